@@ -1,0 +1,408 @@
+//! The feature engine: applies validated events to per-entity state and reads feature
+//! values at a moment. The server and the training pipeline both call this code, so a
+//! history gives the same values in both, bit for bit.
+//!
+//! Time is event time. The watermark is the newest event time applied. An event older
+//! than `watermark - allowed_lateness` is refused as late (and counted); one within
+//! the lateness lands in its own tile. An event whose id was applied before, with an
+//! event time no older than `watermark - dedup_horizon`, is a duplicate: acknowledged,
+//! not applied. An entity whose newest event is older than
+//! `watermark - allowed_lateness - ttl - longest tile` is expired: reads see it as
+//! unknown and its next event starts it afresh. Expiry depends on event time only, so
+//! when memory is actually reclaimed ([`Engine::evict_expired`]) never changes a value.
+
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+
+use crate::definitions::{Aggregation, Definitions, EntityTypeId, FieldSource};
+use crate::events::{COMPOSITE_SEPARATOR, Event, Refusal, RefusalKind};
+
+use super::dedup::Dedup;
+use super::plan::{EntityPlan, Reader};
+use super::state::EntityState;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EngineSettings {
+    pub allowed_lateness_ms: i64,
+    pub dedup_horizon_ms: i64,
+}
+
+/// What the engine decides about an event before it is logged and applied.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Admission {
+    Apply,
+    Duplicate,
+    Refused(Refusal),
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub applied: u64,
+    pub duplicates: u64,
+    pub late: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ReadError {
+    #[error("unknown entity type '{0}'")]
+    UnknownEntityType(String),
+    #[error("entity type '{0}' has no features")]
+    NoFeatures(String),
+    #[error("'{feature}' is not a feature of entity type '{entity}'")]
+    UnknownFeature { feature: String, entity: String },
+    #[error("entity id {0}")]
+    BadId(String),
+}
+
+/// Feature values read for one entity.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeatureRead {
+    /// False when the engine holds no live state for the entity (every value is a default).
+    pub known: bool,
+    pub as_of_ms: i64,
+    pub values: Vec<(usize, Option<f64>)>,
+}
+
+pub struct Engine {
+    definitions: Arc<Definitions>,
+    settings: EngineSettings,
+    plans: Vec<Option<EntityPlan>>,
+    tables: Vec<FxHashMap<Box<str>, EntityState>>,
+    watermark_ms: i64,
+    dedup: Dedup,
+    applied_seq: u64,
+    counters: Counters,
+}
+
+/// The engine's state as persisted in a snapshot.
+#[derive(Serialize, Deserialize)]
+pub struct EngineSnapshot {
+    pub fingerprint: u64,
+    pub watermark_ms: i64,
+    pub applied_seq: u64,
+    pub counters: Counters,
+    pub dedup: Dedup,
+    pub tables: Vec<FxHashMap<Box<str>, EntityState>>,
+}
+
+#[derive(Serialize)]
+struct EngineSnapshotRef<'a> {
+    fingerprint: u64,
+    watermark_ms: i64,
+    applied_seq: u64,
+    counters: Counters,
+    dedup: &'a Dedup,
+    tables: &'a [FxHashMap<Box<str>, EntityState>],
+}
+
+impl Engine {
+    pub fn new(definitions: Arc<Definitions>, settings: EngineSettings) -> Engine {
+        let plans: Vec<Option<EntityPlan>> =
+            (0..definitions.entities.len()).map(|entity| EntityPlan::build(&definitions, entity)).collect();
+        let tables = plans.iter().map(|_| FxHashMap::default()).collect();
+        Engine {
+            definitions,
+            settings,
+            plans,
+            tables,
+            watermark_ms: 0,
+            dedup: Dedup::default(),
+            applied_seq: 0,
+            counters: Counters::default(),
+        }
+    }
+
+    /// Restores a snapshot taken with the same definitions.
+    pub fn from_snapshot(
+        definitions: Arc<Definitions>,
+        settings: EngineSettings,
+        snapshot: EngineSnapshot,
+    ) -> Result<Engine, String> {
+        if snapshot.fingerprint != definitions.fingerprint {
+            return Err(format!(
+                "it was taken with other feature definitions (fingerprint {:016x}, running {:016x})",
+                snapshot.fingerprint, definitions.fingerprint
+            ));
+        }
+        let mut engine = Engine::new(definitions, settings);
+        if snapshot.tables.len() != engine.tables.len() {
+            return Err("its entity tables do not match the definitions".into());
+        }
+        engine.tables = snapshot.tables;
+        engine.watermark_ms = snapshot.watermark_ms;
+        engine.applied_seq = snapshot.applied_seq;
+        engine.counters = snapshot.counters;
+        engine.dedup = snapshot.dedup;
+        Ok(engine)
+    }
+
+    /// Serialises the state (postcard); the caller holds the engine still meanwhile.
+    pub fn snapshot_bytes(&self) -> Result<Vec<u8>, postcard::Error> {
+        postcard::to_allocvec(&EngineSnapshotRef {
+            fingerprint: self.definitions.fingerprint,
+            watermark_ms: self.watermark_ms,
+            applied_seq: self.applied_seq,
+            counters: self.counters,
+            dedup: &self.dedup,
+            tables: &self.tables,
+        })
+    }
+
+    pub fn definitions(&self) -> &Arc<Definitions> {
+        &self.definitions
+    }
+
+    pub fn watermark_ms(&self) -> i64 {
+        self.watermark_ms
+    }
+
+    /// Sequence number of the last logged event applied (0 if none).
+    pub fn applied_seq(&self) -> u64 {
+        self.applied_seq
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// Entities currently held in memory, per entity type name.
+    pub fn entity_counts(&self) -> Vec<(&str, usize)> {
+        self.definitions.entities.iter().zip(&self.tables).map(|(e, t)| (e.name.as_str(), t.len())).collect()
+    }
+
+    /// Decides whether `event` is applied, is a duplicate, or is too late; counts the
+    /// latter two.
+    pub fn admit(&mut self, event: &Event<'_>) -> Admission {
+        let oldest_allowed = self.watermark_ms.saturating_sub(self.settings.allowed_lateness_ms);
+        if event.time_ms < oldest_allowed {
+            self.counters.late += 1;
+            return Admission::Refused(Refusal {
+                field: "event_time_ms".into(),
+                reason: format!(
+                    "is {} ms behind the newest event time {}; at most {} ms of lateness is allowed",
+                    self.watermark_ms - event.time_ms,
+                    self.watermark_ms,
+                    self.settings.allowed_lateness_ms
+                ),
+                kind: RefusalKind::Late,
+            });
+        }
+        let horizon_start = self.watermark_ms.saturating_sub(self.settings.dedup_horizon_ms);
+        if self.dedup.contains(event.id_hash, horizon_start) {
+            self.counters.duplicates += 1;
+            return Admission::Duplicate;
+        }
+        Admission::Apply
+    }
+
+    /// Applies an admitted event. `seq` is its position in the log (0 when not logged).
+    pub fn apply(&mut self, event: &Event<'_>, seq: u64) {
+        self.watermark_ms = self.watermark_ms.max(event.time_ms);
+        self.dedup.insert(event.id_hash, event.time_ms, self.watermark_ms.saturating_sub(self.settings.dedup_horizon_ms));
+        self.applied_seq = self.applied_seq.max(seq);
+        self.counters.applied += 1;
+        let mut key = String::new();
+        for entity in 0..self.plans.len() {
+            let Some(plan) = &self.plans[entity] else { continue };
+            let Some(slots) = &plan.key_slots[event.type_id] else { continue };
+            if !build_key(&mut key, slots, &event.entities) {
+                continue;
+            }
+            let expired_before = self.expiry_cutoff(plan);
+            let keep_from_time = self.watermark_ms.saturating_sub(self.settings.allowed_lateness_ms);
+            let table = &mut self.tables[entity];
+            let state = match table.get_mut(key.as_str()) {
+                Some(state) => {
+                    if state.last_seen_ms < expired_before {
+                        *state = EntityState::default();
+                    }
+                    state
+                }
+                None => table.entry(key.clone().into_boxed_str()).or_default(),
+            };
+            apply_to_state(plan, state, event, keep_from_time);
+        }
+    }
+
+    /// Newest-event times below this mean the entity is expired.
+    fn expiry_cutoff(&self, plan: &EntityPlan) -> i64 {
+        self.watermark_ms
+            .saturating_sub(self.settings.allowed_lateness_ms)
+            .saturating_sub(plan.ttl_ms)
+            .saturating_sub(plan.longest_tile_ms)
+    }
+
+    /// Frees the memory of expired entities; returns how many were dropped.
+    pub fn evict_expired(&mut self) -> usize {
+        let mut dropped = 0;
+        for entity in 0..self.plans.len() {
+            let Some(plan) = &self.plans[entity] else { continue };
+            let cutoff = self.expiry_cutoff(plan);
+            let table = &mut self.tables[entity];
+            let before = table.len();
+            table.retain(|_, state| state.last_seen_ms >= cutoff);
+            dropped += before - table.len();
+        }
+        self.dedup.prune(self.watermark_ms.saturating_sub(self.settings.dedup_horizon_ms));
+        dropped
+    }
+
+    /// Resolves an entity type and optional feature names to feature ids.
+    pub fn resolve(&self, entity_type: &str, names: &[String]) -> Result<(EntityTypeId, Vec<usize>), ReadError> {
+        let entity = self
+            .definitions
+            .entity_id(entity_type)
+            .ok_or_else(|| ReadError::UnknownEntityType(entity_type.to_string()))?;
+        let plan = self.plans[entity].as_ref().ok_or_else(|| ReadError::NoFeatures(entity_type.to_string()))?;
+        if names.is_empty() {
+            return Ok((entity, plan.features.clone()));
+        }
+        let ids = names
+            .iter()
+            .map(|name| {
+                self.definitions
+                    .feature_id(name)
+                    .filter(|id| plan.readers[*id].is_some())
+                    .ok_or_else(|| ReadError::UnknownFeature { feature: name.clone(), entity: entity_type.to_string() })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok((entity, ids))
+    }
+
+    /// Reads `features` (ids from [`Engine::resolve`]) of one entity as of `as_of_ms`.
+    pub fn read(&self, entity: EntityTypeId, id: &str, features: &[usize], as_of_ms: i64) -> Result<FeatureRead, ReadError> {
+        let definition = &self.definitions.entities[entity];
+        let Some(plan) = &self.plans[entity] else {
+            return Err(ReadError::NoFeatures(definition.name.clone()));
+        };
+        check_entity_id(id, definition.parts.len())?;
+        let live = self.tables[entity].get(id).filter(|state| state.last_seen_ms >= self.expiry_cutoff(plan));
+        let empty = EntityState::default();
+        let state = live.unwrap_or(&empty);
+        let values = features
+            .iter()
+            .map(|&feature| {
+                let window = self.definitions.features[feature].window;
+                let value = plan.readers[feature].and_then(|reader| read_one(state, reader, window, as_of_ms));
+                (feature, value)
+            })
+            .collect();
+        Ok(FeatureRead { known: live.is_some(), as_of_ms, values })
+    }
+}
+
+fn check_entity_id(id: &str, parts: usize) -> Result<(), ReadError> {
+    if id.is_empty() {
+        return Err(ReadError::BadId("must not be empty".into()));
+    }
+    if parts > 0 {
+        let pieces = id.split(COMPOSITE_SEPARATOR).count();
+        if pieces != parts || id.split(COMPOSITE_SEPARATOR).any(str::is_empty) {
+            return Err(ReadError::BadId(format!(
+                "'{id}' must be {parts} non-empty ids joined with '{COMPOSITE_SEPARATOR}'"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Writes the entity key of an event into `key`; false if a part is absent.
+fn build_key(key: &mut String, slots: &[usize], entities: &[Option<&str>]) -> bool {
+    key.clear();
+    for (position, slot) in slots.iter().enumerate() {
+        let Some(id) = entities[*slot] else { return false };
+        if position > 0 {
+            key.push(COMPOSITE_SEPARATOR);
+        }
+        key.push_str(id);
+    }
+    true
+}
+
+fn number_of(event: &Event<'_>, source: Option<FieldSource>) -> Option<f64> {
+    match source {
+        Some(FieldSource::Number(index)) => event.numbers[index],
+        _ => None,
+    }
+}
+
+fn text_of<'a>(event: &Event<'a>, source: Option<FieldSource>) -> Option<&'a str> {
+    match source {
+        Some(FieldSource::Text(index)) => event.strings[index],
+        Some(FieldSource::Entity(index)) => event.entities[index],
+        _ => None,
+    }
+}
+
+fn present(event: &Event<'_>, source: Option<FieldSource>) -> bool {
+    match source {
+        None => true,
+        Some(FieldSource::Number(index)) => event.numbers[index].is_some(),
+        Some(FieldSource::Text(index)) => event.strings[index].is_some(),
+        Some(FieldSource::Entity(index)) => event.entities[index].is_some(),
+    }
+}
+
+fn apply_to_state(plan: &EntityPlan, state: &mut EntityState, event: &Event<'_>, keep_from_time: i64) {
+    state.last_seen_ms = state.last_seen_ms.max(event.time_ms);
+    let routes = &plan.by_type[event.type_id];
+    let time = event.time_ms;
+    for &index in &routes.counts {
+        let series = &plan.count_series[index];
+        if !series.has_field || present(event, series.sources[event.type_id]) {
+            let keep_from = series.window.tiles_read_at(keep_from_time).0;
+            state.add_count(index as u16, series.window.tile_of(time), keep_from);
+        }
+    }
+    for &index in &routes.stats {
+        let series = &plan.stats_series[index];
+        if let Some(value) = number_of(event, series.sources[event.type_id]) {
+            let keep_from = series.window.tiles_read_at(keep_from_time).0;
+            state.add_value(index as u16, series.window.tile_of(time), value, keep_from);
+        }
+    }
+    for &index in &routes.distinct {
+        let series = &plan.distinct_series[index];
+        if let Some(value) = text_of(event, series.sources[event.type_id]) {
+            let keep_from = series.window.tiles_read_at(keep_from_time).0;
+            state.add_distinct(index as u16, series.window.tile_of(time), value, keep_from);
+        }
+    }
+    for &index in &routes.lasts {
+        let slot = &plan.last_slots[index];
+        if !slot.has_field {
+            state.observe_last(index, plan.last_slots.len(), time, f64::NAN);
+        } else if let Some(value) = number_of(event, slot.sources[event.type_id]) {
+            state.observe_last(index, plan.last_slots.len(), time, value);
+        }
+    }
+    for &index in &routes.firsts {
+        state.observe_first(index, plan.first_slots.len(), time);
+    }
+}
+
+fn seconds(ms: i64) -> f64 {
+    ms as f64 / 1000.0
+}
+
+fn read_one(state: &EntityState, reader: Reader, window: super::window::Window, at: i64) -> Option<f64> {
+    let tiles = window.tiles_read_at(at);
+    match reader {
+        Reader::Count(series) => Some(f64::from(state.count(series as u16, tiles))),
+        Reader::Stats(series, aggregation) => state.stats(series as u16, tiles).value(aggregation),
+        Reader::Distinct(series) => Some(state.distinct_count(series as u16, tiles) as f64),
+        Reader::Last(slot) => state.last(slot).map(|last| last.value),
+        Reader::TimeSinceLast(slot) => state.last(slot).map(|last| seconds(at - last.time_ms)),
+        Reader::AgeSinceFirst(slot) => state.first(slot).map(|first| seconds(at - first)),
+    }
+}
+
+/// The default of a feature for an entity never seen (what a read of unknown gives).
+pub fn default_value(aggregation: Aggregation) -> Option<f64> {
+    match aggregation {
+        Aggregation::Count | Aggregation::Sum | Aggregation::DistinctCount => Some(0.0),
+        _ => None,
+    }
+}

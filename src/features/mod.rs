@@ -1,0 +1,13 @@
+//! Real-time features: tiled sliding windows ([`window`]), per-entity state, and the
+//! [`Engine`] that applies events and reads values. See `window` for the exact window
+//! semantics and `engine` for lateness, dedup and eviction.
+
+mod dedup;
+mod engine;
+mod plan;
+mod state;
+pub mod window;
+
+pub use dedup::Dedup;
+pub use engine::{Admission, Counters, Engine, EngineSettings, EngineSnapshot, FeatureRead, ReadError, default_value};
+pub use state::EntityState;

@@ -1,0 +1,279 @@
+//! What the engine keeps per entity: sparse tiles (only tiles that saw events are
+//! stored, so a quiet entity costs little) in three sorted vectors, plus the lifetime
+//! slots. Old tiles are dropped as new ones open, which bounds memory per entity and
+//! window to the window's tiles.
+
+use serde::{Deserialize, Serialize};
+
+use crate::definitions::{Aggregation, fnv64};
+
+/// A count of events in one tile of one series.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub(crate) struct CountTile {
+    pub series: u16,
+    pub tile: u32,
+    pub count: u32,
+}
+
+/// Running statistics of one numeric field in one tile of one series.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub(crate) struct StatsTile {
+    pub series: u16,
+    pub tile: u32,
+    pub stats: Stats,
+}
+
+/// A distinct value (its 64-bit hash) seen in one tile of one series.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub(crate) struct DistinctTile {
+    pub series: u16,
+    pub tile: u32,
+    pub hash: u64,
+}
+
+/// Count, sum, min, max and the sum of squared deviations from the mean (Welford), which
+/// merge exactly across tiles (Chan et al.) without the cancellation of a sum of squares.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Stats {
+    pub count: u32,
+    pub sum: f64,
+    pub m2: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Stats {
+    pub const EMPTY: Stats = Stats { count: 0, sum: 0.0, m2: 0.0, min: f64::INFINITY, max: f64::NEG_INFINITY };
+
+    pub fn add(&mut self, value: f64) {
+        let old_mean = if self.count == 0 { 0.0 } else { self.sum / f64::from(self.count) };
+        self.count += 1;
+        self.sum += value;
+        let new_mean = self.sum / f64::from(self.count);
+        self.m2 += (value - old_mean) * (value - new_mean);
+        self.min = self.min.min(value);
+        self.max = self.max.max(value);
+    }
+
+    pub fn merge(&mut self, other: &Stats) {
+        if other.count == 0 {
+            return;
+        }
+        if self.count == 0 {
+            *self = *other;
+            return;
+        }
+        let (n_a, n_b) = (f64::from(self.count), f64::from(other.count));
+        let delta = other.sum / n_b - self.sum / n_a;
+        self.m2 += other.m2 + delta * delta * n_a * n_b / (n_a + n_b);
+        self.count += other.count;
+        self.sum += other.sum;
+        self.min = self.min.min(other.min);
+        self.max = self.max.max(other.max);
+    }
+
+    pub fn value(&self, aggregation: Aggregation) -> Option<f64> {
+        let n = f64::from(self.count);
+        match aggregation {
+            Aggregation::Count => Some(n),
+            Aggregation::Sum => Some(self.sum),
+            _ if self.count == 0 => None,
+            Aggregation::Mean => Some(self.sum / n),
+            Aggregation::Min => Some(self.min),
+            Aggregation::Max => Some(self.max),
+            Aggregation::Stddev => Some((self.m2.max(0.0) / n).sqrt()),
+            _ => None,
+        }
+    }
+}
+
+/// The newest matching event of a lifetime slot.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub(crate) struct LastValue {
+    pub time_ms: i64,
+    pub value: f64,
+}
+
+/// `time_ms` of a slot that has seen nothing.
+pub(crate) const NEVER: i64 = i64::MIN;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EntityState {
+    /// Newest event time of any event touching the entity; drives eviction.
+    pub(crate) last_seen_ms: i64,
+    pub(crate) counts: Vec<CountTile>,
+    pub(crate) stats: Vec<StatsTile>,
+    pub(crate) distinct: Vec<DistinctTile>,
+    pub(crate) lasts: Vec<LastValue>,
+    pub(crate) firsts: Vec<i64>,
+}
+
+/// The index range of `series` in a vector sorted by series first.
+fn series_range<T>(tiles: &[T], series: u16, key: impl Fn(&T) -> u16) -> std::ops::Range<usize> {
+    let start = tiles.partition_point(|t| key(t) < series);
+    let end = start + tiles[start..].partition_point(|t| key(t) == series);
+    start..end
+}
+
+/// Removes the tiles of `range` older than `keep_from` (the range is sorted by tile).
+fn prune<T>(tiles: &mut Vec<T>, range: std::ops::Range<usize>, keep_from: u32, tile: impl Fn(&T) -> u32) {
+    let stale = tiles[range.clone()].partition_point(|t| tile(t) < keep_from);
+    if stale > 0 {
+        tiles.drain(range.start..range.start + stale);
+    }
+}
+
+impl EntityState {
+    pub(crate) fn add_count(&mut self, series: u16, tile: u32, keep_from: u32) {
+        let range = series_range(&self.counts, series, |t| t.series);
+        let within = self.counts[range.clone()].partition_point(|t| t.tile < tile);
+        let at = range.start + within;
+        if at < range.end && self.counts[at].tile == tile {
+            self.counts[at].count += 1;
+            return;
+        }
+        self.counts.insert(at, CountTile { series, tile, count: 1 });
+        prune(&mut self.counts, range.start..range.end + 1, keep_from, |t| t.tile);
+    }
+
+    pub(crate) fn add_value(&mut self, series: u16, tile: u32, value: f64, keep_from: u32) {
+        let range = series_range(&self.stats, series, |t| t.series);
+        let within = self.stats[range.clone()].partition_point(|t| t.tile < tile);
+        let at = range.start + within;
+        if at < range.end && self.stats[at].tile == tile {
+            self.stats[at].stats.add(value);
+            return;
+        }
+        let mut stats = Stats::EMPTY;
+        stats.add(value);
+        self.stats.insert(at, StatsTile { series, tile, stats });
+        prune(&mut self.stats, range.start..range.end + 1, keep_from, |t| t.tile);
+    }
+
+    pub(crate) fn add_distinct(&mut self, series: u16, tile: u32, value: &str, keep_from: u32) {
+        let entry = DistinctTile { series, tile, hash: fnv64(value.as_bytes()) };
+        let at = self.distinct.partition_point(|t| *t < entry);
+        if self.distinct.get(at) == Some(&entry) {
+            return;
+        }
+        let new_tile = self.distinct.get(at.wrapping_sub(1)).is_none_or(|t| t.series != series || t.tile != tile)
+            && self.distinct.get(at).is_none_or(|t| t.series != series || t.tile != tile);
+        self.distinct.insert(at, entry);
+        if new_tile {
+            let range = series_range(&self.distinct, series, |t| t.series);
+            prune(&mut self.distinct, range, keep_from, |t| t.tile);
+        }
+    }
+
+    pub(crate) fn observe_last(&mut self, slot: usize, slots: usize, time_ms: i64, value: f64) {
+        if self.lasts.is_empty() {
+            self.lasts = vec![LastValue { time_ms: NEVER, value: f64::NAN }; slots];
+        }
+        let last = &mut self.lasts[slot];
+        // Ties go to the event applied later, so replay order decides, not hashing.
+        if time_ms >= last.time_ms {
+            *last = LastValue { time_ms, value };
+        }
+    }
+
+    pub(crate) fn observe_first(&mut self, slot: usize, slots: usize, time_ms: i64) {
+        if self.firsts.is_empty() {
+            self.firsts = vec![i64::MAX; slots];
+        }
+        self.firsts[slot] = self.firsts[slot].min(time_ms);
+    }
+
+    pub(crate) fn count(&self, series: u16, (oldest, newest): (u32, u32)) -> u32 {
+        let range = series_range(&self.counts, series, |t| t.series);
+        self.counts[range].iter().filter(|t| t.tile >= oldest && t.tile <= newest).map(|t| t.count).sum()
+    }
+
+    pub(crate) fn stats(&self, series: u16, (oldest, newest): (u32, u32)) -> Stats {
+        let range = series_range(&self.stats, series, |t| t.series);
+        let mut total = Stats::EMPTY;
+        for tile in self.stats[range].iter().filter(|t| t.tile >= oldest && t.tile <= newest) {
+            total.merge(&tile.stats);
+        }
+        total
+    }
+
+    pub(crate) fn distinct_count(&self, series: u16, (oldest, newest): (u32, u32)) -> usize {
+        let range = series_range(&self.distinct, series, |t| t.series);
+        let mut hashes: Vec<u64> =
+            self.distinct[range].iter().filter(|t| t.tile >= oldest && t.tile <= newest).map(|t| t.hash).collect();
+        hashes.sort_unstable();
+        hashes.dedup();
+        hashes.len()
+    }
+
+    pub(crate) fn last(&self, slot: usize) -> Option<LastValue> {
+        self.lasts.get(slot).copied().filter(|l| l.time_ms != NEVER)
+    }
+
+    pub(crate) fn first(&self, slot: usize) -> Option<i64> {
+        self.firsts.get(slot).copied().filter(|t| *t != i64::MAX)
+    }
+
+    /// Bytes held on the heap by this state (for the memory figures).
+    pub fn heap_bytes(&self) -> usize {
+        self.counts.capacity() * size_of::<CountTile>()
+            + self.stats.capacity() * size_of::<StatsTile>()
+            + self.distinct.capacity() * size_of::<DistinctTile>()
+            + self.lasts.capacity() * size_of::<LastValue>()
+            + self.firsts.capacity() * size_of::<i64>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use approx::assert_relative_eq;
+
+    #[test]
+    fn merged_stats_equal_stats_of_all_values() {
+        let values = [3.0, 7.5, 1.25, 100.0, 42.0, 0.5];
+        let mut whole = Stats::EMPTY;
+        values.iter().for_each(|v| whole.add(*v));
+        let (mut left, mut right) = (Stats::EMPTY, Stats::EMPTY);
+        values[..2].iter().for_each(|v| left.add(*v));
+        values[2..].iter().for_each(|v| right.add(*v));
+        left.merge(&right);
+        let mean = values.iter().sum::<f64>() / 6.0;
+        let variance = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / 6.0;
+        for stats in [whole, left] {
+            assert_eq!(stats.count, 6);
+            assert_relative_eq!(stats.value(Aggregation::Mean).unwrap(), mean, max_relative = 1e-12);
+            assert_relative_eq!(stats.value(Aggregation::Stddev).unwrap(), variance.sqrt(), max_relative = 1e-12);
+            assert_eq!(stats.value(Aggregation::Min), Some(0.5));
+            assert_eq!(stats.value(Aggregation::Max), Some(100.0));
+        }
+        assert_eq!(Stats::EMPTY.value(Aggregation::Mean), None);
+        assert_eq!(Stats::EMPTY.value(Aggregation::Sum), Some(0.0));
+    }
+
+    #[test]
+    fn tiles_stay_sorted_and_old_ones_are_pruned() {
+        let mut state = EntityState::default();
+        state.add_count(1, 10, 0);
+        state.add_count(0, 12, 0);
+        state.add_count(1, 11, 0);
+        state.add_count(1, 10, 0);
+        assert_eq!(state.count(1, (0, 100)), 3);
+        assert_eq!(state.count(1, (11, 11)), 1);
+        assert_eq!(state.count(0, (0, 100)), 1);
+        state.add_count(1, 40, 30);
+        assert_eq!(state.count(1, (0, 100)), 1, "tiles before 30 are dropped once tile 40 opens");
+        assert_eq!(state.count(0, (0, 100)), 1, "other series are untouched");
+    }
+
+    #[test]
+    fn distinct_values_count_once_per_window() {
+        let mut state = EntityState::default();
+        for (tile, value) in [(5, "a"), (5, "a"), (6, "a"), (6, "b"), (9, "c")] {
+            state.add_distinct(2, tile, value, 0);
+        }
+        assert_eq!(state.distinct_count(2, (0, 10)), 3);
+        assert_eq!(state.distinct_count(2, (6, 6)), 2);
+        assert_eq!(state.distinct_count(2, (7, 8)), 0);
+    }
+}

@@ -1,0 +1,8 @@
+//! streamscore: an online machine-learning scoring service for e-commerce. Events come in
+//! over gRPC, are logged durably and applied to a real-time feature engine; features are
+//! read back for scoring and for point-in-time training sets.
+
+pub mod definitions;
+pub mod events;
+pub mod features;
+pub mod time;
