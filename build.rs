@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::write(&descriptor_path, prost::Message::encode_to_vec(&descriptors))?;
     tonic_prost_build::configure()
         .file_descriptor_set_path(&descriptor_path)
+        .btree_map(".")
         .skip_protoc_run()
         .compile_fds(descriptors)?;
     Ok(())

@@ -55,6 +55,12 @@ pub fn format_duration_ms(ms: i64) -> String {
 #[serde(into = "String")]
 pub struct Millis(pub i64);
 
+impl Millis {
+    pub fn as_duration(self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.0.max(0) as u64)
+    }
+}
+
 impl From<Millis> for String {
     fn from(value: Millis) -> Self {
         format_duration_ms(value.0)

@@ -333,17 +333,22 @@ fn resolve_feature(
         }
     }
 
-    let windows: Vec<Window> = match (&raw.window, &raw.windows) {
+    // Each window with the name of the feature it makes: `windows` adds the window as
+    // written in the file, so `24h` names `_24h`, not `_1d`.
+    let windows: Vec<(String, Window)> = match (&raw.window, &raw.windows) {
         (Some(_), Some(_)) => return Err(invalid(line, format!("feature '{name}': give 'window' or 'windows', not both"))),
-        (Some(window), None) => vec![parse_window(window, line, name)?],
+        (Some(window), None) => vec![(name.clone(), parse_window(window, line, name)?)],
         (None, Some(list)) if list.is_empty() => {
             return Err(invalid(line, format!("feature '{name}': 'windows' is empty")));
         }
-        (None, Some(list)) => list.iter().map(|w| parse_window(w, line, name)).collect::<Result<_, _>>()?,
-        (None, None) if aggregation.is_lifetime_only() => vec![Window::Lifetime],
+        (None, Some(list)) => list
+            .iter()
+            .map(|w| Ok((format!("{name}_{}", w.trim()), parse_window(w, line, name)?)))
+            .collect::<Result<_, DefinitionsError>>()?,
+        (None, None) if aggregation.is_lifetime_only() => vec![(name.clone(), Window::Lifetime)],
         (None, None) => return Err(invalid(line, format!("feature '{name}': needs a 'window' (e.g. \"24h\" or \"lifetime\")"))),
     };
-    for window in &windows {
+    for (_, window) in &windows {
         if aggregation.is_lifetime_only() && *window != Window::Lifetime {
             return Err(invalid(line, format!("feature '{name}': {} is over the entity's lifetime; drop the window", aggregation.name())));
         }
@@ -352,11 +357,10 @@ fn resolve_feature(
         }
     }
 
-    let expand = raw.windows.is_some();
     Ok(windows
         .into_iter()
-        .map(|window| FeatureDef {
-            name: if expand { format!("{name}_{}", window.label()) } else { name.clone() },
+        .map(|(name, window)| FeatureDef {
+            name,
             entity,
             event_types: types.clone(),
             aggregation,

@@ -1,0 +1,62 @@
+//! Conversions between protobuf messages and domain types.
+
+use super::pb;
+use crate::events::{RawEvent, RefusalKind};
+use crate::store::{BatchOutcome, NamedFeatures};
+
+impl From<pb::Event> for RawEvent {
+    fn from(event: pb::Event) -> Self {
+        RawEvent {
+            event_id: event.event_id,
+            event_type: event.event_type,
+            event_time_ms: event.event_time_ms,
+            entities: event.entities,
+            numbers: event.numbers,
+            strings: event.strings,
+        }
+    }
+}
+
+impl From<RawEvent> for pb::Event {
+    fn from(event: RawEvent) -> Self {
+        pb::Event {
+            event_id: event.event_id,
+            event_type: event.event_type,
+            event_time_ms: event.event_time_ms,
+            entities: event.entities,
+            numbers: event.numbers,
+            strings: event.strings,
+        }
+    }
+}
+
+pub(super) fn ack(batch_id: u64, outcome: BatchOutcome) -> pb::IngestAck {
+    pb::IngestAck {
+        batch_id,
+        accepted: outcome.accepted,
+        duplicates: outcome.duplicates,
+        refused: outcome
+            .refused
+            .into_iter()
+            .map(|(index, refusal)| pb::Refusal {
+                index: index as u32,
+                field: refusal.field,
+                reason: refusal.reason,
+                kind: match refusal.kind {
+                    RefusalKind::Invalid => pb::RefusalKind::Invalid,
+                    RefusalKind::Late => pb::RefusalKind::Late,
+                } as i32,
+            })
+            .collect(),
+    }
+}
+
+impl From<NamedFeatures> for pb::GetFeaturesResponse {
+    fn from(features: NamedFeatures) -> Self {
+        pb::GetFeaturesResponse {
+            known: features.known,
+            as_of_ms: features.as_of_ms,
+            values: features.values.into_iter().map(|(name, value)| pb::FeatureValue { name, value }).collect(),
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! The `Ingest` service: a unary batch call and a bidirectional stream with one ack per
+//! batch, in order, each sent once the batch's events are durable.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::convert::ack;
+use super::pb::{self, ingest_server::Ingest};
+use crate::events::RawEvent;
+use crate::store::FeatureStore;
+
+/// Batches a stream may have in flight (applied, waiting to be durable) before the server
+/// stops reading more from it.
+const STREAM_WINDOW: usize = 64;
+
+pub struct IngestService {
+    store: Arc<FeatureStore>,
+}
+
+impl IngestService {
+    pub fn new(store: Arc<FeatureStore>) -> IngestService {
+        IngestService { store }
+    }
+}
+
+fn to_raw(request: pb::IngestRequest) -> (u64, Vec<RawEvent>) {
+    (request.batch_id, request.events.into_iter().map(RawEvent::from).collect())
+}
+
+type AckStream = Pin<Box<dyn Stream<Item = Result<pb::IngestAck, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Ingest for IngestService {
+    async fn ingest_batch(&self, request: Request<pb::IngestRequest>) -> Result<Response<pb::IngestAck>, Status> {
+        let (batch_id, events) = to_raw(request.into_inner());
+        let outcome = self.store.ingest(&events).await?;
+        Ok(Response::new(ack(batch_id, outcome)))
+    }
+
+    type IngestStreamStream = AckStream;
+
+    async fn ingest_stream(
+        &self,
+        request: Request<Streaming<pb::IngestRequest>>,
+    ) -> Result<Response<Self::IngestStreamStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (sender, receiver) = mpsc::channel::<Result<pb::IngestAck, Status>>(STREAM_WINDOW);
+        let store = Arc::clone(&self.store);
+        // Batches are applied in arrival order and their durability waits run
+        // concurrently, so one fsync can cover many batches of the same stream; the acks
+        // still leave in order because each waits for the one before it.
+        let (pending_tx, mut pending_rx) = mpsc::channel(STREAM_WINDOW);
+        tokio::spawn(async move {
+            while let Some(next) = inbound.next().await {
+                let request = match next {
+                    Ok(request) => request,
+                    Err(status) => {
+                        let _ = pending_tx.send(tokio::spawn(async move { Err(status) })).await;
+                        break;
+                    }
+                };
+                let (batch_id, events) = to_raw(request);
+                let store = Arc::clone(&store);
+                let done = tokio::spawn(async move {
+                    store.ingest(&events).await.map(|outcome| ack(batch_id, outcome)).map_err(Status::from)
+                });
+                if pending_tx.send(done).await.is_err() {
+                    break;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            while let Some(done) = pending_rx.recv().await {
+                let result = done.await.unwrap_or_else(|join| Err(Status::internal(format!("ingest task failed: {join}"))));
+                let failed = result.is_err();
+                if sender.send(result).await.is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+}

@@ -1,0 +1,20 @@
+//! The gRPC face of streamscore: generated protobuf types, conversions between them and
+//! the domain types, the services, and the one place domain errors become statuses.
+//! Handlers stay thin: convert, call the store, convert back.
+
+mod convert;
+mod error;
+mod features;
+mod ingest;
+
+pub use features::FeaturesService;
+pub use ingest::IngestService;
+
+/// Generated from `proto/streamscore.proto`.
+pub mod pb {
+    #![allow(clippy::all, clippy::pedantic)]
+    tonic::include_proto!("streamscore.v1");
+}
+
+/// The descriptor set served by gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("streamscore_descriptor");

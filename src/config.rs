@@ -1,0 +1,165 @@
+//! Server settings: one typed struct with defaults, then an optional TOML file, then
+//! `STREAMSCORE__SECTION__KEY` environment variables (e.g.
+//! `STREAMSCORE__INGEST__ALLOWED_LATENESS=2h`), then command-line flags. The result is
+//! passed into constructors; nothing reads settings globally.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::log::FsyncPolicy;
+use crate::time::{DAY_MS, HOUR_MS, MINUTE_MS, Millis};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    /// gRPC listen address.
+    pub listen: SocketAddr,
+    /// Where the event log and snapshots live.
+    pub data_dir: PathBuf,
+    /// Feature definitions file; unset = the built-in shop definitions.
+    pub definitions: Option<PathBuf>,
+    pub ingest: IngestSettings,
+    pub log: LogSettings,
+    pub snapshot: SnapshotSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestSettings {
+    /// How far ahead of the server clock an event may be stamped.
+    pub max_future_skew: Millis,
+    /// How far behind the newest event time an event may arrive and still be applied.
+    pub allowed_lateness: Millis,
+    /// Event ids are remembered this long (event time) to drop duplicates.
+    pub dedup_horizon: Millis,
+    /// Longest id or string field, in bytes.
+    pub max_id_bytes: usize,
+    /// Largest gRPC message accepted; larger ones get RESOURCE_EXHAUSTED.
+    pub max_message_bytes: usize,
+    /// Most events in one batch.
+    pub max_batch_events: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// `always` (ack after fsync) or `never` (ack after the OS has the bytes).
+    pub fsync: FsyncPolicy,
+    /// A new segment file is started past this size.
+    pub segment_bytes: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SnapshotSettings {
+    /// How often the engine is snapshotted (if events arrived since the last one).
+    pub interval: Millis,
+    /// How many snapshots to keep.
+    pub keep: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            listen: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            data_dir: PathBuf::from("streamscore-data"),
+            definitions: None,
+            ingest: IngestSettings::default(),
+            log: LogSettings::default(),
+            snapshot: SnapshotSettings::default(),
+        }
+    }
+}
+
+impl Default for IngestSettings {
+    fn default() -> Self {
+        IngestSettings {
+            max_future_skew: Millis(5 * MINUTE_MS),
+            allowed_lateness: Millis(HOUR_MS),
+            dedup_horizon: Millis(DAY_MS),
+            max_id_bytes: 128,
+            max_message_bytes: 4 << 20,
+            max_batch_events: 10_000,
+        }
+    }
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings { fsync: FsyncPolicy::Always, segment_bytes: 64 << 20 }
+    }
+}
+
+impl Default for SnapshotSettings {
+    fn default() -> Self {
+        SnapshotSettings { interval: Millis(5 * MINUTE_MS), keep: 2 }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid settings: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("invalid settings: {0}")]
+    Invalid(String),
+}
+
+impl Settings {
+    /// Defaults, then `file` (if given), then `STREAMSCORE__...` environment variables.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(file) = file {
+            if !file.exists() {
+                return Err(ConfigError::Invalid(format!("config file {} does not exist", file.display())));
+            }
+            figment = figment.merge(Toml::file(file));
+        }
+        let settings: Settings = figment.merge(Env::prefixed("STREAMSCORE__").split("__")).extract().map_err(Box::new)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let ingest = &self.ingest;
+        if ingest.dedup_horizon.0 < ingest.allowed_lateness.0 {
+            return Err(ConfigError::Invalid(
+                "ingest.dedup_horizon must be at least ingest.allowed_lateness, or a late duplicate could be applied twice".into(),
+            ));
+        }
+        if ingest.max_id_bytes == 0 || ingest.max_batch_events == 0 || ingest.max_message_bytes < 1024 {
+            return Err(ConfigError::Invalid(
+                "ingest.max_id_bytes and max_batch_events must be positive, max_message_bytes at least 1024".into(),
+            ));
+        }
+        if self.snapshot.interval.0 < 1000 {
+            return Err(ConfigError::Invalid("snapshot.interval must be at least 1s".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_env_override_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("server.toml", "data_dir = \"/tmp/x\"\n[ingest]\nallowed_lateness = \"2h\"\n")?;
+            jail.set_env("STREAMSCORE__INGEST__MAX_ID_BYTES", "64");
+            let settings = Settings::load(Some(Path::new("server.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(settings.data_dir, PathBuf::from("/tmp/x"));
+            assert_eq!(settings.ingest.allowed_lateness, Millis(2 * HOUR_MS));
+            assert_eq!(settings.ingest.max_id_bytes, 64);
+            assert_eq!(settings.ingest.dedup_horizon, Millis(DAY_MS));
+            jail.set_env("STREAMSCORE__INGEST__DEDUP_HORIZON", "1m");
+            let error = Settings::load(Some(Path::new("server.toml"))).unwrap_err().to_string();
+            assert!(error.contains("dedup_horizon"), "{error}");
+            Ok(())
+        });
+    }
+}

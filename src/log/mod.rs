@@ -1,0 +1,70 @@
+//! The durable event log and engine snapshots.
+//!
+//! Accepted events are appended as checksummed records to segment files
+//! (`log/<first seq>.log`); a writer thread flushes and fsyncs them in groups, and an
+//! ingest ack waits until its events are durable. Snapshots of the engine
+//! (`snapshots/snapshot-<seq>.snap`) bound restart time: start = newest valid snapshot
+//! plus a replay of the records after it. A torn or corrupted tail of the newest segment
+//! is truncated with a warning; a bad snapshot falls back to an older one or to a full
+//! replay. Segments are kept (the log is also the training history; see `export`).
+
+mod reader;
+mod record;
+mod snapshot;
+mod writer;
+
+pub use reader::{ReplayStats, replay};
+pub use snapshot::{load_newest_snapshot, write_snapshot};
+pub use writer::{EventLog, FsyncPolicy};
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("event log I/O error on {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("cannot encode event for the log: {0}")]
+    Encode(#[from] postcard::Error),
+    #[error("event log segment {path} is corrupt at byte {offset} ({reason}) and it is not the newest segment; refusing to skip acknowledged events")]
+    CorruptSegment { path: PathBuf, offset: u64, reason: String },
+    #[error("the event log writer has failed; no further events can be made durable")]
+    WriterFailed,
+}
+
+pub(crate) fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> LogError + '_ {
+    move |source| LogError::Io { path: path.to_path_buf(), source }
+}
+
+pub fn segments_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("log")
+}
+
+pub fn snapshots_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("snapshots")
+}
+
+/// Segment files with their first sequence number, oldest first.
+pub(crate) fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, LogError> {
+    let mut segments = Vec::new();
+    if !dir.exists() {
+        return Ok(segments);
+    }
+    for entry in std::fs::read_dir(dir).map_err(io_error(dir))? {
+        let path = entry.map_err(io_error(dir))?.path();
+        let first = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".log"))
+            .and_then(|n| n.parse::<u64>().ok());
+        if let Some(first) = first {
+            segments.push((first, path));
+        }
+    }
+    segments.sort();
+    Ok(segments)
+}
+
+/// Makes a new or renamed file's directory entry durable.
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), LogError> {
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_error(dir))
+}

@@ -1,0 +1,205 @@
+//! Appending to the log with group commit: producers encode records into a shared buffer
+//! under a short lock; one writer thread takes the whole buffer, writes it, fsyncs once,
+//! and publishes the new durable sequence number, so one fsync covers every batch that
+//! arrived meanwhile.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use parking_lot::{Condvar, Mutex};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::{LogError, io_error, record, sync_dir};
+use crate::events::RawEvent;
+
+/// When an append counts as durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncPolicy {
+    /// After the record is written and fsynced (the default: an ack survives power loss).
+    #[default]
+    Always,
+    /// After the record is handed to the OS (survives a process crash, not power loss).
+    Never,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Durable {
+    seq: u64,
+    failed: bool,
+}
+
+struct Pending {
+    buffer: Vec<u8>,
+    /// Sequence number of the first record in `buffer`.
+    buffer_first_seq: u64,
+    next_seq: u64,
+    durable: Durable,
+    closing: bool,
+}
+
+struct Shared {
+    pending: Mutex<Pending>,
+    work: Condvar,
+    durable_changed: Condvar,
+    durable: watch::Sender<Durable>,
+}
+
+pub struct EventLog {
+    shared: Arc<Shared>,
+    worker: Mutex<Option<JoinHandle<()>>>,
+}
+
+struct SegmentWriter {
+    dir: PathBuf,
+    file: File,
+    path: PathBuf,
+    written: u64,
+    segment_bytes: u64,
+    fsync: FsyncPolicy,
+}
+
+impl SegmentWriter {
+    fn create(dir: &Path, first_seq: u64, segment_bytes: u64, fsync: FsyncPolicy) -> Result<SegmentWriter, LogError> {
+        let path = dir.join(format!("{first_seq:020}.log"));
+        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io_error(&path))?;
+        let written = file.metadata().map_err(io_error(&path))?.len();
+        sync_dir(dir)?;
+        Ok(SegmentWriter { dir: dir.to_path_buf(), file, path, written, segment_bytes, fsync })
+    }
+
+    fn write(&mut self, bytes: &[u8], first_seq: u64) -> Result<(), LogError> {
+        if self.written >= self.segment_bytes {
+            *self = SegmentWriter::create(&self.dir, first_seq, self.segment_bytes, self.fsync)?;
+        }
+        self.file.write_all(bytes).map_err(io_error(&self.path))?;
+        self.written += bytes.len() as u64;
+        if self.fsync == FsyncPolicy::Always {
+            self.file.sync_data().map_err(io_error(&self.path))?;
+        }
+        Ok(())
+    }
+}
+
+impl EventLog {
+    /// Opens the log for appending; the next record gets `next_seq`. A new segment is
+    /// started so a tail truncated during recovery is never appended to.
+    pub fn open(dir: &Path, next_seq: u64, segment_bytes: u64, fsync: FsyncPolicy) -> Result<EventLog, LogError> {
+        std::fs::create_dir_all(dir).map_err(io_error(dir))?;
+        let mut segment = SegmentWriter::create(dir, next_seq, segment_bytes, fsync)?;
+        let durable = Durable { seq: next_seq - 1, failed: false };
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(Pending { buffer: Vec::new(), buffer_first_seq: next_seq, next_seq, durable, closing: false }),
+            work: Condvar::new(),
+            durable_changed: Condvar::new(),
+            durable: watch::Sender::new(durable),
+        });
+        let worker_shared = Arc::clone(&shared);
+        let worker = std::thread::Builder::new()
+            .name("event-log-writer".into())
+            .spawn(move || write_loop(&worker_shared, &mut segment))
+            .map_err(io_error(dir))?;
+        Ok(EventLog { shared, worker: Mutex::new(Some(worker)) })
+    }
+
+    /// Appends a record and returns its sequence number; durable once
+    /// [`EventLog::wait_durable`] says so.
+    pub fn append(&self, event: &RawEvent) -> Result<u64, LogError> {
+        let mut pending = self.shared.pending.lock();
+        if pending.durable.failed || pending.closing {
+            return Err(LogError::WriterFailed);
+        }
+        let seq = pending.next_seq;
+        let was_empty = pending.buffer.is_empty();
+        if was_empty {
+            pending.buffer_first_seq = seq;
+        }
+        record::encode(&mut pending.buffer, seq, event)?;
+        pending.next_seq += 1;
+        if was_empty {
+            self.shared.work.notify_one();
+        }
+        Ok(seq)
+    }
+
+    /// Sequence number of the newest appended record.
+    pub fn last_seq(&self) -> u64 {
+        self.shared.pending.lock().next_seq - 1
+    }
+
+    /// Waits until every record up to `seq` is durable.
+    pub async fn wait_durable(&self, seq: u64) -> Result<(), LogError> {
+        let mut receiver = self.shared.durable.subscribe();
+        let reached = receiver.wait_for(|durable| durable.seq >= seq || durable.failed).await;
+        match reached {
+            Ok(durable) if !durable.failed => Ok(()),
+            _ => Err(LogError::WriterFailed),
+        }
+    }
+
+    /// Blocking form of [`EventLog::wait_durable`], for snapshots and shutdown.
+    pub fn wait_durable_blocking(&self, seq: u64) -> Result<(), LogError> {
+        let mut pending = self.shared.pending.lock();
+        while pending.durable.seq < seq && !pending.durable.failed {
+            self.shared.durable_changed.wait(&mut pending);
+        }
+        if pending.durable.failed { Err(LogError::WriterFailed) } else { Ok(()) }
+    }
+
+    /// Flushes what is pending and stops the writer thread.
+    pub fn close(&self) {
+        self.shared.pending.lock().closing = true;
+        self.shared.work.notify_one();
+        if let Some(worker) = self.worker.lock().take()
+            && worker.join().is_err()
+        {
+            tracing::error!("event log writer thread panicked");
+        }
+    }
+}
+
+impl Drop for EventLog {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn write_loop(shared: &Shared, segment: &mut SegmentWriter) {
+    let mut spare = Vec::new();
+    loop {
+        let (mut batch, first_seq, upto) = {
+            let mut pending = shared.pending.lock();
+            while pending.buffer.is_empty() && !pending.closing {
+                shared.work.wait(&mut pending);
+            }
+            if pending.buffer.is_empty() {
+                return;
+            }
+            let batch = std::mem::replace(&mut pending.buffer, std::mem::take(&mut spare));
+            (batch, pending.buffer_first_seq, pending.next_seq - 1)
+        };
+        let result = segment.write(&batch, first_seq);
+        let durable = match &result {
+            Ok(()) => Durable { seq: upto, failed: false },
+            Err(error) => {
+                tracing::error!(%error, "event log write failed; refusing further events");
+                Durable { seq: upto.min(first_seq.saturating_sub(1)), failed: true }
+            }
+        };
+        {
+            let mut pending = shared.pending.lock();
+            pending.durable = durable;
+        }
+        shared.durable_changed.notify_all();
+        shared.durable.send_replace(durable);
+        if durable.failed {
+            return;
+        }
+        batch.clear();
+        spare = batch;
+    }
+}

@@ -1,0 +1,94 @@
+//! The simulated shop's people and things: users with their cards, devices, home ip and
+//! spending habit; products with prices; fresh ids for what fraudsters bring.
+
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+const COUNTRIES: [&str; 8] = ["DE", "FR", "GB", "NL", "ES", "IT", "PL", "US"];
+
+#[derive(Debug, Clone)]
+pub(super) struct User {
+    pub id: String,
+    pub country: String,
+    pub cards: Vec<String>,
+    pub devices: Vec<String>,
+    pub ip: String,
+    pub typical_amount: f64,
+}
+
+pub(super) struct Population {
+    users: Vec<User>,
+    products: Vec<(String, f64)>,
+    next_id: u64,
+}
+
+impl Population {
+    pub fn new(rng: &mut ChaCha8Rng, users: usize, products: usize) -> Population {
+        let mut population = Population { users: Vec::with_capacity(users), products: Vec::with_capacity(products), next_id: 0 };
+        for index in 0..products.max(1) {
+            // Log-normal-ish prices between about 3 and 600.
+            let price = (rng.random_range(1.0f64..6.4)).exp().round();
+            population.products.push((format!("p{index}"), price));
+        }
+        for _ in 0..users.max(1) {
+            let user = population.make_user(rng);
+            population.users.push(user);
+        }
+        population
+    }
+
+    fn id(&mut self, prefix: &str) -> String {
+        self.next_id += 1;
+        format!("{prefix}{}", self.next_id)
+    }
+
+    fn make_user(&mut self, rng: &mut ChaCha8Rng) -> User {
+        let id = self.id("u");
+        let cards = (0..rng.random_range(1..=2)).map(|_| self.id("c")).collect();
+        let devices = (0..rng.random_range(1..=2)).map(|_| self.id("d")).collect();
+        let ip = self.id("ip");
+        User {
+            id,
+            country: COUNTRIES[rng.random_range(0..COUNTRIES.len())].to_string(),
+            cards,
+            devices,
+            ip,
+            typical_amount: rng.random_range(2.5f64..5.5).exp(),
+        }
+    }
+
+    /// An existing user (popular ones more often), or now and then a new sign-up.
+    pub fn pick_user(&mut self, rng: &mut ChaCha8Rng) -> User {
+        if rng.random_bool(0.01) {
+            let user = self.make_user(rng);
+            self.users.push(user.clone());
+            return user;
+        }
+        let skew: f64 = rng.random_range(0.0..1.0);
+        let index = ((skew * skew) * self.users.len() as f64) as usize;
+        self.users[index.min(self.users.len() - 1)].clone()
+    }
+
+    /// A throwaway account, not added to the regular users.
+    pub fn new_user(&mut self, rng: &mut ChaCha8Rng) -> User {
+        self.make_user(rng)
+    }
+
+    pub fn pick_product(&self, rng: &mut ChaCha8Rng) -> (String, f64) {
+        let skew: f64 = rng.random_range(0.0..1.0);
+        let index = ((skew * skew * skew) * self.products.len() as f64) as usize;
+        self.products[index.min(self.products.len() - 1)].clone()
+    }
+
+    pub fn fresh_card(&mut self) -> String {
+        self.id("c")
+    }
+
+    pub fn fresh_device(&mut self) -> String {
+        self.id("d")
+    }
+
+    pub fn fresh_ip(&mut self) -> String {
+        self.id("ip")
+    }
+}

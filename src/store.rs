@@ -1,0 +1,220 @@
+//! The embedded feature store: the feature engine behind a lock, fed through the durable
+//! event log. `ingest` validates a batch, applies and logs the accepted events in one
+//! order under the engine's write lock, then waits, without the lock, until they are
+//! durable. `open` recovers from the newest valid snapshot plus the log after it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::config::Settings;
+use crate::definitions::Definitions;
+use crate::events::{Limits, RawEvent, Refusal, validate};
+use crate::features::{Admission, Counters, Engine, EngineSettings, EngineSnapshot, FeatureRead, ReadError};
+use crate::log::{self, EventLog, LogError};
+use crate::time::now_ms;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("batch has {got} events; at most {max} are allowed")]
+    BatchTooLarge { got: usize, max: usize },
+}
+
+/// The ack of one batch: what was applied, what was a repeat, what was refused and why.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BatchOutcome {
+    pub accepted: u32,
+    pub duplicates: u32,
+    pub refused: Vec<(usize, Refusal)>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecoveryReport {
+    pub snapshot_seq: Option<u64>,
+    pub replayed: u64,
+    pub truncated_bytes: u64,
+    pub elapsed: Duration,
+}
+
+/// Feature values by name for one entity.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedFeatures {
+    pub known: bool,
+    pub as_of_ms: i64,
+    pub values: Vec<(String, Option<f64>)>,
+}
+
+pub struct FeatureStore {
+    engine: RwLock<Engine>,
+    log: EventLog,
+    definitions: Arc<Definitions>,
+    limits: Limits,
+    max_batch_events: usize,
+    data_dir: PathBuf,
+    snapshot_keep: usize,
+    /// Serialises snapshot writers; remembers the sequence of the last one.
+    last_snapshot_seq: Mutex<u64>,
+}
+
+impl FeatureStore {
+    pub fn open(settings: &Settings, definitions: Arc<Definitions>) -> Result<(FeatureStore, RecoveryReport), StoreError> {
+        let started = Instant::now();
+        let engine_settings = EngineSettings {
+            allowed_lateness_ms: settings.ingest.allowed_lateness.0,
+            dedup_horizon_ms: settings.ingest.dedup_horizon.0,
+        };
+        let limits = Limits { max_future_skew_ms: settings.ingest.max_future_skew.0, max_id_bytes: settings.ingest.max_id_bytes };
+        let snapshots = log::snapshots_dir(&settings.data_dir);
+        let restored = log::load_newest_snapshot(&snapshots, |payload| {
+            let snapshot: EngineSnapshot = postcard::from_bytes(payload).map_err(|e| format!("undecodable: {e}"))?;
+            Engine::from_snapshot(Arc::clone(&definitions), engine_settings, snapshot)
+        })?;
+        let snapshot_seq = restored.as_ref().map(|(seq, _)| *seq);
+        let mut engine = match restored {
+            Some((_, engine)) => engine,
+            None => Engine::new(Arc::clone(&definitions), engine_settings),
+        };
+
+        let segments = log::segments_dir(&settings.data_dir);
+        let mut skipped = 0u64;
+        let replay = log::replay(&segments, engine.applied_seq(), |seq, raw| {
+            match validate(&definitions, &limits, raw, None) {
+                Ok(event) => {
+                    if engine.admit(&event) == Admission::Apply {
+                        engine.apply(&event, seq);
+                    }
+                }
+                Err(_) => skipped += 1,
+            }
+        })?;
+        if skipped > 0 {
+            tracing::warn!(skipped, "logged events no longer valid under the current definitions were skipped");
+        }
+        let next_seq = replay.last_seq.max(engine.applied_seq()) + 1;
+        let log = EventLog::open(&segments, next_seq, settings.log.segment_bytes, settings.log.fsync)?;
+        let report = RecoveryReport {
+            snapshot_seq,
+            replayed: replay.replayed,
+            truncated_bytes: replay.truncated_bytes,
+            elapsed: started.elapsed(),
+        };
+        let store = FeatureStore {
+            engine: RwLock::new(engine),
+            log,
+            definitions,
+            limits,
+            max_batch_events: settings.ingest.max_batch_events,
+            data_dir: settings.data_dir.clone(),
+            snapshot_keep: settings.snapshot.keep,
+            last_snapshot_seq: Mutex::new(snapshot_seq.unwrap_or(0)),
+        };
+        Ok((store, report))
+    }
+
+    pub fn definitions(&self) -> &Arc<Definitions> {
+        &self.definitions
+    }
+
+    /// Validates, applies and logs a batch; returns once every accepted event is durable.
+    pub async fn ingest(&self, events: &[RawEvent]) -> Result<BatchOutcome, StoreError> {
+        let (outcome, wait_for) = self.apply_batch(events)?;
+        if let Some(seq) = wait_for {
+            self.log.wait_durable(seq).await?;
+        }
+        Ok(outcome)
+    }
+
+    /// The synchronous half of [`FeatureStore::ingest`]: the outcome and the sequence
+    /// number to wait for, if anything was logged.
+    fn apply_batch(&self, events: &[RawEvent]) -> Result<(BatchOutcome, Option<u64>), StoreError> {
+        if events.len() > self.max_batch_events {
+            return Err(StoreError::BatchTooLarge { got: events.len(), max: self.max_batch_events });
+        }
+        let now = now_ms();
+        let validated: Vec<_> = events.iter().map(|raw| validate(&self.definitions, &self.limits, raw, Some(now))).collect();
+        let mut outcome = BatchOutcome::default();
+        let mut last_seq = None;
+        let mut engine = self.engine.write();
+        for (index, (raw, checked)) in events.iter().zip(validated).enumerate() {
+            let event = match checked {
+                Ok(event) => event,
+                Err(refusal) => {
+                    outcome.refused.push((index, refusal));
+                    continue;
+                }
+            };
+            match engine.admit(&event) {
+                Admission::Apply => {
+                    let seq = self.log.append(raw)?;
+                    engine.apply(&event, seq);
+                    outcome.accepted += 1;
+                    last_seq = Some(seq);
+                }
+                Admission::Duplicate => outcome.duplicates += 1,
+                Admission::Refused(refusal) => outcome.refused.push((index, refusal)),
+            }
+        }
+        // A duplicate's original may still be on its way to disk in another batch; its
+        // ack must not run ahead of that.
+        if outcome.duplicates > 0 {
+            last_seq = Some(self.log.last_seq());
+        }
+        Ok((outcome, last_seq))
+    }
+
+    /// Reads features of one entity by name (all of the entity type's when `names` is
+    /// empty) as of `as_of_ms`, or now.
+    pub fn read(&self, entity_type: &str, id: &str, names: &[String], as_of_ms: Option<i64>) -> Result<NamedFeatures, ReadError> {
+        let engine = self.engine.read();
+        let (entity, ids) = engine.resolve(entity_type, names)?;
+        let FeatureRead { known, as_of_ms, values } = engine.read(entity, id, &ids, as_of_ms.unwrap_or_else(now_ms))?;
+        let values = values.into_iter().map(|(id, value)| (self.definitions.features[id].name.clone(), value)).collect();
+        Ok(NamedFeatures { known, as_of_ms, values })
+    }
+
+    /// Runs `f` with shared access to the engine (for reads that need several entities).
+    pub fn with_engine<T>(&self, f: impl FnOnce(&Engine) -> T) -> T {
+        f(&self.engine.read())
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.engine.read().counters()
+    }
+
+    /// Frees expired entities; returns how many.
+    pub fn evict_expired(&self) -> usize {
+        self.engine.write().evict_expired()
+    }
+
+    /// Snapshots the engine if anything was applied since the last snapshot. Blocking:
+    /// call from a blocking thread.
+    pub fn snapshot(&self) -> Result<Option<PathBuf>, StoreError> {
+        let mut last = self.last_snapshot_seq.lock();
+        let (seq, payload) = {
+            let engine = self.engine.read();
+            if engine.applied_seq() == *last {
+                return Ok(None);
+            }
+            let payload = engine.snapshot_bytes().map_err(LogError::Encode)?;
+            (engine.applied_seq(), payload)
+        };
+        // The snapshot must never be ahead of the durable log it summarises.
+        self.log.wait_durable_blocking(seq)?;
+        let path = log::write_snapshot(&log::snapshots_dir(&self.data_dir), seq, &payload, self.snapshot_keep)?;
+        *last = seq;
+        tracing::info!(seq, bytes = payload.len(), path = %path.display(), "engine snapshot written");
+        Ok(Some(path))
+    }
+
+    /// Flushes the log, writes a final snapshot and stops the log writer.
+    pub fn close(&self) -> Result<(), StoreError> {
+        self.log.wait_durable_blocking(self.log.last_seq())?;
+        self.snapshot()?;
+        self.log.close();
+        Ok(())
+    }
+}
