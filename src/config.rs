@@ -90,13 +90,19 @@ impl Default for IngestSettings {
 
 impl Default for LogSettings {
     fn default() -> Self {
-        LogSettings { fsync: FsyncPolicy::Always, segment_bytes: 64 << 20 }
+        LogSettings {
+            fsync: FsyncPolicy::Always,
+            segment_bytes: 64 << 20,
+        }
     }
 }
 
 impl Default for SnapshotSettings {
     fn default() -> Self {
-        SnapshotSettings { interval: Millis(5 * MINUTE_MS), keep: 2 }
+        SnapshotSettings {
+            interval: Millis(5 * MINUTE_MS),
+            keep: 2,
+        }
     }
 }
 
@@ -114,11 +120,17 @@ impl Settings {
         let mut figment = Figment::from(Serialized::defaults(Settings::default()));
         if let Some(file) = file {
             if !file.exists() {
-                return Err(ConfigError::Invalid(format!("config file {} does not exist", file.display())));
+                return Err(ConfigError::Invalid(format!(
+                    "config file {} does not exist",
+                    file.display()
+                )));
             }
             figment = figment.merge(Toml::file(file));
         }
-        let settings: Settings = figment.merge(Env::prefixed("STREAMSCORE__").split("__")).extract().map_err(Box::new)?;
+        let settings: Settings = figment
+            .merge(Env::prefixed("STREAMSCORE__").split("__"))
+            .extract()
+            .map_err(Box::new)?;
         settings.validate()?;
         Ok(settings)
     }
@@ -130,13 +142,18 @@ impl Settings {
                 "ingest.dedup_horizon must be at least ingest.allowed_lateness, or a late duplicate could be applied twice".into(),
             ));
         }
-        if ingest.max_id_bytes == 0 || ingest.max_batch_events == 0 || ingest.max_message_bytes < 1024 {
+        if ingest.max_id_bytes == 0
+            || ingest.max_batch_events == 0
+            || ingest.max_message_bytes < 1024
+        {
             return Err(ConfigError::Invalid(
                 "ingest.max_id_bytes and max_batch_events must be positive, max_message_bytes at least 1024".into(),
             ));
         }
         if self.snapshot.interval.0 < 1000 {
-            return Err(ConfigError::Invalid("snapshot.interval must be at least 1s".into()));
+            return Err(ConfigError::Invalid(
+                "snapshot.interval must be at least 1s".into(),
+            ));
         }
         Ok(())
     }
@@ -149,15 +166,21 @@ mod tests {
     #[test]
     fn file_then_env_override_defaults() {
         figment::Jail::expect_with(|jail| {
-            jail.create_file("server.toml", "data_dir = \"/tmp/x\"\n[ingest]\nallowed_lateness = \"2h\"\n")?;
+            jail.create_file(
+                "server.toml",
+                "data_dir = \"/tmp/x\"\n[ingest]\nallowed_lateness = \"2h\"\n",
+            )?;
             jail.set_env("STREAMSCORE__INGEST__MAX_ID_BYTES", "64");
-            let settings = Settings::load(Some(Path::new("server.toml"))).map_err(|e| e.to_string())?;
+            let settings =
+                Settings::load(Some(Path::new("server.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(settings.data_dir, PathBuf::from("/tmp/x"));
             assert_eq!(settings.ingest.allowed_lateness, Millis(2 * HOUR_MS));
             assert_eq!(settings.ingest.max_id_bytes, 64);
             assert_eq!(settings.ingest.dedup_horizon, Millis(DAY_MS));
             jail.set_env("STREAMSCORE__INGEST__DEDUP_HORIZON", "1m");
-            let error = Settings::load(Some(Path::new("server.toml"))).unwrap_err().to_string();
+            let error = Settings::load(Some(Path::new("server.toml")))
+                .unwrap_err()
+                .to_string();
             assert!(error.contains("dedup_horizon"), "{error}");
             Ok(())
         });

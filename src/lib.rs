@@ -2,13 +2,14 @@
 //! over gRPC, are logged durably and applied to a real-time feature engine; features are
 //! read back for scoring and for point-in-time training sets.
 
+pub mod api;
+pub mod cli;
+pub mod config;
 pub mod definitions;
 pub mod events;
 pub mod features;
-pub mod time;
-pub mod config;
 pub mod log;
-pub mod store;
-pub mod api;
 pub mod server;
 pub mod simulate;
+pub mod store;
+pub mod time;

@@ -28,7 +28,10 @@ pub enum ServerError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: std::net::SocketAddr, source: std::io::Error },
+    Bind {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("reflection service: {0}")]
@@ -49,7 +52,8 @@ pub fn load_definitions(settings: &Settings) -> Result<Arc<Definitions>, Definit
 pub async fn open_store(settings: &Settings) -> Result<Arc<FeatureStore>, ServerError> {
     let definitions = load_definitions(settings)?;
     let settings = settings.clone();
-    let (store, report) = tokio::task::spawn_blocking(move || FeatureStore::open(&settings, definitions)).await??;
+    let (store, report) =
+        tokio::task::spawn_blocking(move || FeatureStore::open(&settings, definitions)).await??;
     tracing::info!(
         snapshot_seq = ?report.snapshot_seq,
         replayed = report.replayed,
@@ -61,10 +65,18 @@ pub async fn open_store(settings: &Settings) -> Result<Arc<FeatureStore>, Server
 }
 
 /// Binds `settings.listen`, opens the store and serves until `shutdown` resolves.
-pub async fn serve(settings: Settings, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServerError> {
+pub async fn serve(
+    settings: Settings,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
     let store = open_store(&settings).await?;
     let listener =
-        TcpListener::bind(settings.listen).await.map_err(|source| ServerError::Bind { addr: settings.listen, source })?;
+        TcpListener::bind(settings.listen)
+            .await
+            .map_err(|source| ServerError::Bind {
+                addr: settings.listen,
+                source,
+            })?;
     tracing::info!(addr = %listener.local_addr().unwrap_or(settings.listen), "streamscore listening");
     run(listener, store, &settings, shutdown).await
 }
@@ -79,18 +91,29 @@ pub async fn run(
     let max_message = settings.ingest.max_message_bytes;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<IngestServer<IngestService>>().await;
-    health.set_serving::<FeaturesServer<FeaturesService>>().await;
+    health
+        .set_serving::<FeaturesServer<FeaturesService>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
 
-    let maintenance = tokio::spawn(maintain(Arc::clone(&store), settings.snapshot.interval.as_duration()));
+    let maintenance = tokio::spawn(maintain(
+        Arc::clone(&store),
+        settings.snapshot.interval.as_duration(),
+    ));
     let result = Server::builder()
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(IngestServer::new(IngestService::new(Arc::clone(&store))).max_decoding_message_size(max_message))
-        .add_service(FeaturesServer::new(FeaturesService::new(Arc::clone(&store))).max_decoding_message_size(max_message))
+        .add_service(
+            IngestServer::new(IngestService::new(Arc::clone(&store)))
+                .max_decoding_message_size(max_message),
+        )
+        .add_service(
+            FeaturesServer::new(FeaturesService::new(Arc::clone(&store)))
+                .max_decoding_message_size(max_message),
+        )
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await;
     maintenance.abort();
@@ -131,7 +154,9 @@ pub async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        let mut terminate = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::terminate(),
+        ) {
             Ok(signal) => signal,
             Err(error) => {
                 tracing::error!(%error, "cannot listen for SIGTERM; only SIGINT will stop the server");

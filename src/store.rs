@@ -12,7 +12,9 @@ use parking_lot::{Mutex, RwLock};
 use crate::config::Settings;
 use crate::definitions::Definitions;
 use crate::events::{Limits, RawEvent, Refusal, validate};
-use crate::features::{Admission, Counters, Engine, EngineSettings, EngineSnapshot, FeatureRead, ReadError};
+use crate::features::{
+    Admission, Counters, Engine, EngineSettings, EngineSnapshot, FeatureRead, ReadError,
+};
 use crate::log::{self, EventLog, LogError};
 use crate::time::now_ms;
 
@@ -61,16 +63,23 @@ pub struct FeatureStore {
 }
 
 impl FeatureStore {
-    pub fn open(settings: &Settings, definitions: Arc<Definitions>) -> Result<(FeatureStore, RecoveryReport), StoreError> {
+    pub fn open(
+        settings: &Settings,
+        definitions: Arc<Definitions>,
+    ) -> Result<(FeatureStore, RecoveryReport), StoreError> {
         let started = Instant::now();
         let engine_settings = EngineSettings {
             allowed_lateness_ms: settings.ingest.allowed_lateness.0,
             dedup_horizon_ms: settings.ingest.dedup_horizon.0,
         };
-        let limits = Limits { max_future_skew_ms: settings.ingest.max_future_skew.0, max_id_bytes: settings.ingest.max_id_bytes };
+        let limits = Limits {
+            max_future_skew_ms: settings.ingest.max_future_skew.0,
+            max_id_bytes: settings.ingest.max_id_bytes,
+        };
         let snapshots = log::snapshots_dir(&settings.data_dir);
         let restored = log::load_newest_snapshot(&snapshots, |payload| {
-            let snapshot: EngineSnapshot = postcard::from_bytes(payload).map_err(|e| format!("undecodable: {e}"))?;
+            let snapshot: EngineSnapshot =
+                postcard::from_bytes(payload).map_err(|e| format!("undecodable: {e}"))?;
             Engine::from_snapshot(Arc::clone(&definitions), engine_settings, snapshot)
         })?;
         let snapshot_seq = restored.as_ref().map(|(seq, _)| *seq);
@@ -92,10 +101,18 @@ impl FeatureStore {
             }
         })?;
         if skipped > 0 {
-            tracing::warn!(skipped, "logged events no longer valid under the current definitions were skipped");
+            tracing::warn!(
+                skipped,
+                "logged events no longer valid under the current definitions were skipped"
+            );
         }
         let next_seq = replay.last_seq.max(engine.applied_seq()) + 1;
-        let log = EventLog::open(&segments, next_seq, settings.log.segment_bytes, settings.log.fsync)?;
+        let log = EventLog::open(
+            &segments,
+            next_seq,
+            settings.log.segment_bytes,
+            settings.log.fsync,
+        )?;
         let report = RecoveryReport {
             snapshot_seq,
             replayed: replay.replayed,
@@ -132,10 +149,16 @@ impl FeatureStore {
     /// number to wait for, if anything was logged.
     fn apply_batch(&self, events: &[RawEvent]) -> Result<(BatchOutcome, Option<u64>), StoreError> {
         if events.len() > self.max_batch_events {
-            return Err(StoreError::BatchTooLarge { got: events.len(), max: self.max_batch_events });
+            return Err(StoreError::BatchTooLarge {
+                got: events.len(),
+                max: self.max_batch_events,
+            });
         }
         let now = now_ms();
-        let validated: Vec<_> = events.iter().map(|raw| validate(&self.definitions, &self.limits, raw, Some(now))).collect();
+        let validated: Vec<_> = events
+            .iter()
+            .map(|raw| validate(&self.definitions, &self.limits, raw, Some(now)))
+            .collect();
         let mut outcome = BatchOutcome::default();
         let mut last_seq = None;
         let mut engine = self.engine.write();
@@ -168,12 +191,29 @@ impl FeatureStore {
 
     /// Reads features of one entity by name (all of the entity type's when `names` is
     /// empty) as of `as_of_ms`, or now.
-    pub fn read(&self, entity_type: &str, id: &str, names: &[String], as_of_ms: Option<i64>) -> Result<NamedFeatures, ReadError> {
+    pub fn read(
+        &self,
+        entity_type: &str,
+        id: &str,
+        names: &[String],
+        as_of_ms: Option<i64>,
+    ) -> Result<NamedFeatures, ReadError> {
         let engine = self.engine.read();
         let (entity, ids) = engine.resolve(entity_type, names)?;
-        let FeatureRead { known, as_of_ms, values } = engine.read(entity, id, &ids, as_of_ms.unwrap_or_else(now_ms))?;
-        let values = values.into_iter().map(|(id, value)| (self.definitions.features[id].name.clone(), value)).collect();
-        Ok(NamedFeatures { known, as_of_ms, values })
+        let FeatureRead {
+            known,
+            as_of_ms,
+            values,
+        } = engine.read(entity, id, &ids, as_of_ms.unwrap_or_else(now_ms))?;
+        let values = values
+            .into_iter()
+            .map(|(id, value)| (self.definitions.features[id].name.clone(), value))
+            .collect();
+        Ok(NamedFeatures {
+            known,
+            as_of_ms,
+            values,
+        })
     }
 
     /// Runs `f` with shared access to the engine (for reads that need several entities).
@@ -204,7 +244,12 @@ impl FeatureStore {
         };
         // The snapshot must never be ahead of the durable log it summarises.
         self.log.wait_durable_blocking(seq)?;
-        let path = log::write_snapshot(&log::snapshots_dir(&self.data_dir), seq, &payload, self.snapshot_keep)?;
+        let path = log::write_snapshot(
+            &log::snapshots_dir(&self.data_dir),
+            seq,
+            &payload,
+            self.snapshot_keep,
+        )?;
         *last = seq;
         tracing::info!(seq, bytes = payload.len(), path = %path.display(), "engine snapshot written");
         Ok(Some(path))

@@ -33,7 +33,11 @@ pub fn parse_duration_ms(text: &str) -> Result<i64, String> {
         "h" => HOUR_MS,
         "d" => DAY_MS,
         "w" => 7 * DAY_MS,
-        other => return Err(format!("duration '{text}' has unknown unit '{other}' (use ms, s, m, h, d or w)")),
+        other => {
+            return Err(format!(
+                "duration '{text}' has unknown unit '{other}' (use ms, s, m, h, d or w)"
+            ));
+        }
     };
     amount
         .checked_mul(unit_ms)
@@ -42,7 +46,12 @@ pub fn parse_duration_ms(text: &str) -> Result<i64, String> {
 
 /// Formats milliseconds in the largest unit that divides them, e.g. `600000` -> `10m`.
 pub fn format_duration_ms(ms: i64) -> String {
-    for (unit, size) in [("d", DAY_MS), ("h", HOUR_MS), ("m", MINUTE_MS), ("s", SECOND_MS)] {
+    for (unit, size) in [
+        ("d", DAY_MS),
+        ("h", HOUR_MS),
+        ("m", MINUTE_MS),
+        ("s", SECOND_MS),
+    ] {
         if ms != 0 && ms % size == 0 {
             return format!("{}{unit}", ms / size);
         }
@@ -77,8 +86,12 @@ impl<'de> serde::Deserialize<'de> for Millis {
         }
         match Raw::deserialize(deserializer)? {
             Raw::Ms(ms) if ms >= 0 => Ok(Millis(ms)),
-            Raw::Ms(ms) => Err(serde::de::Error::custom(format!("duration {ms} must not be negative"))),
-            Raw::Text(text) => parse_duration_ms(&text).map(Millis).map_err(serde::de::Error::custom),
+            Raw::Ms(ms) => Err(serde::de::Error::custom(format!(
+                "duration {ms} must not be negative"
+            ))),
+            Raw::Text(text) => parse_duration_ms(&text)
+                .map(Millis)
+                .map_err(serde::de::Error::custom),
         }
     }
 }

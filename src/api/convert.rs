@@ -56,7 +56,11 @@ impl From<NamedFeatures> for pb::GetFeaturesResponse {
         pb::GetFeaturesResponse {
             known: features.known,
             as_of_ms: features.as_of_ms,
-            values: features.values.into_iter().map(|(name, value)| pb::FeatureValue { name, value }).collect(),
+            values: features
+                .values
+                .into_iter()
+                .map(|(name, value)| pb::FeatureValue { name, value })
+                .collect(),
         }
     }
 }

@@ -9,7 +9,9 @@ use crate::store::StoreError;
 impl From<StoreError> for Status {
     fn from(error: StoreError) -> Self {
         match &error {
-            StoreError::BatchTooLarge { .. } => Status::resource_exhausted(format!("events: {error}")),
+            StoreError::BatchTooLarge { .. } => {
+                Status::resource_exhausted(format!("events: {error}"))
+            }
             StoreError::Log(LogError::WriterFailed) => Status::unavailable(error.to_string()),
             StoreError::Log(_) => Status::internal(error.to_string()),
         }
@@ -22,7 +24,9 @@ impl From<ReadError> for Status {
             ReadError::UnknownEntityType(_) | ReadError::NoFeatures(_) => {
                 Status::invalid_argument(format!("entity_type: {error}"))
             }
-            ReadError::UnknownFeature { .. } => Status::invalid_argument(format!("feature_names: {error}")),
+            ReadError::UnknownFeature { .. } => {
+                Status::invalid_argument(format!("feature_names: {error}"))
+            }
             ReadError::BadId(_) => Status::invalid_argument(format!("entity_id: {error}")),
         }
     }

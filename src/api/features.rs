@@ -19,14 +19,24 @@ impl FeaturesService {
 
 #[tonic::async_trait]
 impl Features for FeaturesService {
-    async fn get_features(&self, request: Request<pb::GetFeaturesRequest>) -> Result<Response<pb::GetFeaturesResponse>, Status> {
+    async fn get_features(
+        &self,
+        request: Request<pb::GetFeaturesRequest>,
+    ) -> Result<Response<pb::GetFeaturesResponse>, Status> {
         let request = request.into_inner();
         if let Some(as_of) = request.as_of_ms
             && as_of <= 0
         {
-            return Err(Status::invalid_argument("as_of_ms: must be a positive time in ms since the Unix epoch"));
+            return Err(Status::invalid_argument(
+                "as_of_ms: must be a positive time in ms since the Unix epoch",
+            ));
         }
-        let features = self.store.read(&request.entity_type, &request.entity_id, &request.feature_names, request.as_of_ms)?;
+        let features = self.store.read(
+            &request.entity_type,
+            &request.entity_id,
+            &request.feature_names,
+            request.as_of_ms,
+        )?;
         Ok(Response::new(features.into()))
     }
 }

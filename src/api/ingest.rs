@@ -29,14 +29,20 @@ impl IngestService {
 }
 
 fn to_raw(request: pb::IngestRequest) -> (u64, Vec<RawEvent>) {
-    (request.batch_id, request.events.into_iter().map(RawEvent::from).collect())
+    (
+        request.batch_id,
+        request.events.into_iter().map(RawEvent::from).collect(),
+    )
 }
 
 type AckStream = Pin<Box<dyn Stream<Item = Result<pb::IngestAck, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Ingest for IngestService {
-    async fn ingest_batch(&self, request: Request<pb::IngestRequest>) -> Result<Response<pb::IngestAck>, Status> {
+    async fn ingest_batch(
+        &self,
+        request: Request<pb::IngestRequest>,
+    ) -> Result<Response<pb::IngestAck>, Status> {
         let (batch_id, events) = to_raw(request.into_inner());
         let outcome = self.store.ingest(&events).await?;
         Ok(Response::new(ack(batch_id, outcome)))
@@ -60,14 +66,20 @@ impl Ingest for IngestService {
                 let request = match next {
                     Ok(request) => request,
                     Err(status) => {
-                        let _ = pending_tx.send(tokio::spawn(async move { Err(status) })).await;
+                        let _ = pending_tx
+                            .send(tokio::spawn(async move { Err(status) }))
+                            .await;
                         break;
                     }
                 };
                 let (batch_id, events) = to_raw(request);
                 let store = Arc::clone(&store);
                 let done = tokio::spawn(async move {
-                    store.ingest(&events).await.map(|outcome| ack(batch_id, outcome)).map_err(Status::from)
+                    store
+                        .ingest(&events)
+                        .await
+                        .map(|outcome| ack(batch_id, outcome))
+                        .map_err(Status::from)
                 });
                 if pending_tx.send(done).await.is_err() {
                     break;
@@ -76,7 +88,9 @@ impl Ingest for IngestService {
         });
         tokio::spawn(async move {
             while let Some(done) = pending_rx.recv().await {
-                let result = done.await.unwrap_or_else(|join| Err(Status::internal(format!("ingest task failed: {join}"))));
+                let result = done.await.unwrap_or_else(|join| {
+                    Err(Status::internal(format!("ingest task failed: {join}")))
+                });
                 let failed = result.is_err();
                 if sender.send(result).await.is_err() || failed {
                     break;

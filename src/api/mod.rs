@@ -2,6 +2,7 @@
 //! the domain types, the services, and the one place domain errors become statuses.
 //! Handlers stay thin: convert, call the store, convert back.
 
+pub mod client;
 mod convert;
 mod error;
 mod features;
@@ -17,4 +18,5 @@ pub mod pb {
 }
 
 /// The descriptor set served by gRPC reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("streamscore_descriptor");
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    tonic::include_file_descriptor_set!("streamscore_descriptor");

@@ -114,7 +114,10 @@ impl Aggregation {
 
     /// Aggregations that keep one value per entity rather than tiles.
     pub fn is_lifetime_only(self) -> bool {
-        matches!(self, Aggregation::Last | Aggregation::TimeSinceLast | Aggregation::AgeSinceFirst)
+        matches!(
+            self,
+            Aggregation::Last | Aggregation::TimeSinceLast | Aggregation::AgeSinceFirst
+        )
     }
 }
 
@@ -177,7 +180,10 @@ impl Definitions {
 
     /// Features of one entity type, in file order.
     pub fn features_of(&self, entity: EntityTypeId) -> impl Iterator<Item = (usize, &FeatureDef)> {
-        self.features.iter().enumerate().filter(move |(_, f)| f.entity == entity)
+        self.features
+            .iter()
+            .enumerate()
+            .filter(move |(_, f)| f.entity == entity)
     }
 }
 

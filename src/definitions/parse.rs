@@ -7,8 +7,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    Aggregation, Definitions, EntityDef, EntitySlot, EventTypeDef, FeatureDef, FieldSource, NumberField, StringField,
-    fnv64,
+    Aggregation, Definitions, EntityDef, EntitySlot, EventTypeDef, FeatureDef, FieldSource,
+    NumberField, StringField, fnv64,
 };
 use crate::features::window::Window;
 use crate::time::parse_duration_ms;
@@ -21,15 +21,21 @@ pub enum DefinitionsError {
     #[error("cannot read feature definitions {path}: {reason}")]
     Read { path: String, reason: String },
     #[error("{file}line {line}: {message}")]
-    Invalid { file: String, line: usize, message: String },
+    Invalid {
+        file: String,
+        line: usize,
+        message: String,
+    },
 }
 
 impl DefinitionsError {
     pub(super) fn in_file(self, path: &std::path::Path) -> DefinitionsError {
         match self {
-            DefinitionsError::Invalid { line, message, .. } => {
-                DefinitionsError::Invalid { file: format!("{}: ", path.display()), line, message }
-            }
+            DefinitionsError::Invalid { line, message, .. } => DefinitionsError::Invalid {
+                file: format!("{}: ", path.display()),
+                line,
+                message,
+            },
             other => other,
         }
     }
@@ -102,12 +108,20 @@ struct LineIndex<'a>(&'a str);
 
 impl LineIndex<'_> {
     fn line(&self, offset: usize) -> usize {
-        self.0.as_bytes()[..offset.min(self.0.len())].iter().filter(|b| **b == b'\n').count() + 1
+        self.0.as_bytes()[..offset.min(self.0.len())]
+            .iter()
+            .filter(|b| **b == b'\n')
+            .count()
+            + 1
     }
 }
 
 fn invalid(line: usize, message: impl Into<String>) -> DefinitionsError {
-    DefinitionsError::Invalid { file: String::new(), line, message: message.into() }
+    DefinitionsError::Invalid {
+        file: String::new(),
+        line,
+        message: message.into(),
+    }
 }
 
 fn check_name(kind: &str, name: &str, line: usize) -> Result<(), DefinitionsError> {
@@ -116,7 +130,12 @@ fn check_name(kind: &str, name: &str, line: usize) -> Result<(), DefinitionsErro
     if starts_well && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
         Ok(())
     } else {
-        Err(invalid(line, format!("{kind} name '{name}' must be lowercase letters, digits and '_', starting with a letter")))
+        Err(invalid(
+            line,
+            format!(
+                "{kind} name '{name}' must be lowercase letters, digits and '_', starting with a letter"
+            ),
+        ))
     }
 }
 
@@ -132,10 +151,18 @@ pub(super) fn parse(text: &str) -> Result<Definitions, DefinitionsError> {
     let mut features = Vec::new();
     for raw_feature in &raw.features {
         let line = lines.line(raw_feature.span().start);
-        features.extend(resolve_feature(raw_feature.get_ref(), line, &entities, &event_types)?);
+        features.extend(resolve_feature(
+            raw_feature.get_ref(),
+            line,
+            &entities,
+            &event_types,
+        )?);
     }
     for (index, feature) in features.iter().enumerate() {
-        if features[..index].iter().any(|other| other.name == feature.name) {
+        if features[..index]
+            .iter()
+            .any(|other| other.name == feature.name)
+        {
             let line = raw
                 .features
                 .iter()
@@ -143,14 +170,26 @@ pub(super) fn parse(text: &str) -> Result<Definitions, DefinitionsError> {
                 .find(|f| feature.name.starts_with(&f.get_ref().name))
                 .map(|f| lines.line(f.span().start))
                 .unwrap_or(1);
-            return Err(invalid(line, format!("feature '{}' is defined twice", feature.name)));
+            return Err(invalid(
+                line,
+                format!("feature '{}' is defined twice", feature.name),
+            ));
         }
     }
     let entities = with_default_ttls(entities, &features);
 
-    let mut definitions = Definitions { entities, event_types, features, fingerprint: 0 };
-    let canonical = serde_json::to_vec(&(&definitions.entities, &definitions.event_types, &definitions.features))
-        .map_err(|error| invalid(1, format!("cannot fingerprint definitions: {error}")))?;
+    let mut definitions = Definitions {
+        entities,
+        event_types,
+        features,
+        fingerprint: 0,
+    };
+    let canonical = serde_json::to_vec(&(
+        &definitions.entities,
+        &definitions.event_types,
+        &definitions.features,
+    ))
+    .map_err(|error| invalid(1, format!("cannot fingerprint definitions: {error}")))?;
     definitions.fingerprint = fnv64(&canonical);
     Ok(definitions)
 }
@@ -158,7 +197,10 @@ pub(super) fn parse(text: &str) -> Result<Definitions, DefinitionsError> {
 /// Entities with their declared TTL, or `None` where the default is to be derived.
 type PendingEntity = (EntityDef, Option<i64>);
 
-fn resolve_entities(raw: &RawFile, lines: &LineIndex) -> Result<Vec<PendingEntity>, DefinitionsError> {
+fn resolve_entities(
+    raw: &RawFile,
+    lines: &LineIndex,
+) -> Result<Vec<PendingEntity>, DefinitionsError> {
     if raw.entities.is_empty() {
         return Err(invalid(1, "no [entities] are declared"));
     }
@@ -170,32 +212,51 @@ fn resolve_entities(raw: &RawFile, lines: &LineIndex) -> Result<Vec<PendingEntit
         let entity = spanned.get_ref();
         let mut parts = Vec::new();
         for part in &entity.parts {
-            let index = names
-                .iter()
-                .position(|n| *n == part)
-                .ok_or_else(|| invalid(line, format!("entity '{name}' has unknown part '{part}'")))?;
+            let index = names.iter().position(|n| *n == part).ok_or_else(|| {
+                invalid(line, format!("entity '{name}' has unknown part '{part}'"))
+            })?;
             if !raw.entities[part].get_ref().parts.is_empty() {
-                return Err(invalid(line, format!("entity '{name}': part '{part}' is itself composite")));
+                return Err(invalid(
+                    line,
+                    format!("entity '{name}': part '{part}' is itself composite"),
+                ));
             }
             if parts.contains(&index) {
-                return Err(invalid(line, format!("entity '{name}' lists part '{part}' twice")));
+                return Err(invalid(
+                    line,
+                    format!("entity '{name}' lists part '{part}' twice"),
+                ));
             }
             parts.push(index);
         }
         if parts.len() == 1 {
-            return Err(invalid(line, format!("composite entity '{name}' needs at least two parts")));
+            return Err(invalid(
+                line,
+                format!("composite entity '{name}' needs at least two parts"),
+            ));
         }
         let ttl = match &entity.ttl {
             Some(text) => {
-                let ms = parse_duration_ms(text).map_err(|reason| invalid(line, format!("entity '{name}' ttl: {reason}")))?;
+                let ms = parse_duration_ms(text)
+                    .map_err(|reason| invalid(line, format!("entity '{name}' ttl: {reason}")))?;
                 if ms <= 0 {
-                    return Err(invalid(line, format!("entity '{name}' ttl must be positive")));
+                    return Err(invalid(
+                        line,
+                        format!("entity '{name}' ttl must be positive"),
+                    ));
                 }
                 Some(ms)
             }
             None => None,
         };
-        entities.push((EntityDef { name: name.clone(), parts, ttl_ms: 0 }, ttl));
+        entities.push((
+            EntityDef {
+                name: name.clone(),
+                parts,
+                ttl_ms: 0,
+            },
+            ttl,
+        ));
     }
     Ok(entities)
 }
@@ -209,7 +270,10 @@ fn resolve_event_types(
         return Err(invalid(1, "no [events] are declared"));
     }
     if raw.events.len() > MAX_EVENT_TYPES {
-        return Err(invalid(1, format!("at most {MAX_EVENT_TYPES} event types are supported")));
+        return Err(invalid(
+            1,
+            format!("at most {MAX_EVENT_TYPES} event types are supported"),
+        ));
     }
     let mut event_types = Vec::new();
     for (name, spanned) in &raw.events {
@@ -217,63 +281,105 @@ fn resolve_event_types(
         check_name("event type", name, line)?;
         let raw_type = spanned.get_ref();
         if raw_type.entities.is_empty() {
-            return Err(invalid(line, format!("event type '{name}' touches no entity")));
+            return Err(invalid(
+                line,
+                format!("event type '{name}' touches no entity"),
+            ));
         }
         let mut slots = Vec::new();
         for (entity_name, presence) in &raw_type.entities {
             let entity = entities
                 .iter()
                 .position(|(e, _)| &e.name == entity_name)
-                .ok_or_else(|| invalid(line, format!("event type '{name}' names unknown entity '{entity_name}'")))?;
+                .ok_or_else(|| {
+                    invalid(
+                        line,
+                        format!("event type '{name}' names unknown entity '{entity_name}'"),
+                    )
+                })?;
             if !entities[entity].0.parts.is_empty() {
                 return Err(invalid(
                     line,
-                    format!("event type '{name}': '{entity_name}' is composite; list its parts instead"),
+                    format!(
+                        "event type '{name}': '{entity_name}' is composite; list its parts instead"
+                    ),
                 ));
             }
-            slots.push(EntitySlot { entity, required: *presence == Presence::Required });
+            slots.push(EntitySlot {
+                entity,
+                required: *presence == Presence::Required,
+            });
         }
         let mut numbers = Vec::new();
         let mut strings = Vec::new();
         for (field_name, field) in &raw_type.fields {
             check_name("field", field_name, line)?;
             if raw_type.entities.contains_key(field_name) {
-                return Err(invalid(line, format!("event type '{name}': field '{field_name}' has an entity's name")));
+                return Err(invalid(
+                    line,
+                    format!("event type '{name}': field '{field_name}' has an entity's name"),
+                ));
             }
             match field.kind {
                 FieldKind::Number => {
                     if let (Some(min), Some(max)) = (field.min, field.max)
                         && min > max
                     {
-                        return Err(invalid(line, format!("field '{name}.{field_name}': min {min} > max {max}")));
+                        return Err(invalid(
+                            line,
+                            format!("field '{name}.{field_name}': min {min} > max {max}"),
+                        ));
                     }
-                    numbers.push(NumberField { name: field_name.clone(), required: field.required, min: field.min, max: field.max });
+                    numbers.push(NumberField {
+                        name: field_name.clone(),
+                        required: field.required,
+                        min: field.min,
+                        max: field.max,
+                    });
                 }
                 FieldKind::String => {
                     if field.min.is_some() || field.max.is_some() {
-                        return Err(invalid(line, format!("field '{name}.{field_name}': min/max apply to numbers only")));
+                        return Err(invalid(
+                            line,
+                            format!("field '{name}.{field_name}': min/max apply to numbers only"),
+                        ));
                     }
-                    strings.push(StringField { name: field_name.clone(), required: field.required });
+                    strings.push(StringField {
+                        name: field_name.clone(),
+                        required: field.required,
+                    });
                 }
             }
         }
-        event_types.push(EventTypeDef { name: name.clone(), entities: slots, numbers, strings });
+        event_types.push(EventTypeDef {
+            name: name.clone(),
+            entities: slots,
+            numbers,
+            strings,
+        });
     }
     Ok(event_types)
 }
 
 fn parse_aggregation(text: &str, line: usize) -> Result<Aggregation, DefinitionsError> {
-    Aggregation::ALL.into_iter().find(|a| a.name() == text).ok_or_else(|| {
-        let known: Vec<&str> = Aggregation::ALL.iter().map(|a| a.name()).collect();
-        invalid(line, format!("unknown aggregation '{text}' (known: {})", known.join(", ")))
-    })
+    Aggregation::ALL
+        .into_iter()
+        .find(|a| a.name() == text)
+        .ok_or_else(|| {
+            let known: Vec<&str> = Aggregation::ALL.iter().map(|a| a.name()).collect();
+            invalid(
+                line,
+                format!("unknown aggregation '{text}' (known: {})", known.join(", ")),
+            )
+        })
 }
 
 fn parse_window(text: &str, line: usize, feature: &str) -> Result<Window, DefinitionsError> {
     if text == "lifetime" {
         return Ok(Window::Lifetime);
     }
-    let ms = parse_duration_ms(text).map_err(|reason| invalid(line, format!("feature '{feature}': {reason}")))?;
+    let ms = parse_duration_ms(text)
+        .map_err(|reason| invalid(line, format!("feature '{feature}': {reason}")))?;
     Window::sliding(ms).map_err(|reason| invalid(line, format!("feature '{feature}': {reason}")))
 }
 
@@ -288,10 +394,18 @@ fn resolve_feature(
     let entity = entities
         .iter()
         .position(|(e, _)| e.name == raw.entity)
-        .ok_or_else(|| invalid(line, format!("feature '{name}': unknown entity '{}'", raw.entity)))?;
+        .ok_or_else(|| {
+            invalid(
+                line,
+                format!("feature '{name}': unknown entity '{}'", raw.entity),
+            )
+        })?;
     let aggregation = parse_aggregation(&raw.aggregation, line)?;
     if raw.events.is_empty() {
-        return Err(invalid(line, format!("feature '{name}': 'events' must list at least one event type")));
+        return Err(invalid(
+            line,
+            format!("feature '{name}': 'events' must list at least one event type"),
+        ));
     }
     let parts: Vec<usize> = match entities[entity].0.parts.as_slice() {
         [] => vec![entity],
@@ -303,12 +417,25 @@ fn resolve_feature(
         let type_id = event_types
             .iter()
             .position(|t| &t.name == event_name)
-            .ok_or_else(|| invalid(line, format!("feature '{name}': unknown event type '{event_name}'")))?;
-        let touches = parts.iter().all(|part| event_types[type_id].entities.iter().any(|slot| slot.entity == *part));
+            .ok_or_else(|| {
+                invalid(
+                    line,
+                    format!("feature '{name}': unknown event type '{event_name}'"),
+                )
+            })?;
+        let touches = parts.iter().all(|part| {
+            event_types[type_id]
+                .entities
+                .iter()
+                .any(|slot| slot.entity == *part)
+        });
         if !touches {
             return Err(invalid(
                 line,
-                format!("feature '{name}': event type '{event_name}' does not carry entity '{}'", raw.entity),
+                format!(
+                    "feature '{name}': event type '{event_name}' does not carry entity '{}'",
+                    raw.entity
+                ),
             ));
         }
         if !types.contains(&type_id) {
@@ -320,15 +447,31 @@ fn resolve_feature(
     let mut sources = vec![None; event_types.len()];
     match (&raw.field, aggregation) {
         (Some(field), Aggregation::TimeSinceLast | Aggregation::AgeSinceFirst) => {
-            return Err(invalid(line, format!("feature '{name}': {} takes no field, got '{field}'", aggregation.name())));
+            return Err(invalid(
+                line,
+                format!(
+                    "feature '{name}': {} takes no field, got '{field}'",
+                    aggregation.name()
+                ),
+            ));
         }
         (None, Aggregation::Count | Aggregation::TimeSinceLast | Aggregation::AgeSinceFirst) => {}
         (None, _) => {
-            return Err(invalid(line, format!("feature '{name}': {} needs a 'field'", aggregation.name())));
+            return Err(invalid(
+                line,
+                format!("feature '{name}': {} needs a 'field'", aggregation.name()),
+            ));
         }
         (Some(field), _) => {
             for &type_id in &types {
-                sources[type_id] = Some(resolve_source(name, field, aggregation, &event_types[type_id], entities, line)?);
+                sources[type_id] = Some(resolve_source(
+                    name,
+                    field,
+                    aggregation,
+                    &event_types[type_id],
+                    entities,
+                    line,
+                )?);
             }
         }
     }
@@ -336,24 +479,48 @@ fn resolve_feature(
     // Each window with the name of the feature it makes: `windows` adds the window as
     // written in the file, so `24h` names `_24h`, not `_1d`.
     let windows: Vec<(String, Window)> = match (&raw.window, &raw.windows) {
-        (Some(_), Some(_)) => return Err(invalid(line, format!("feature '{name}': give 'window' or 'windows', not both"))),
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                line,
+                format!("feature '{name}': give 'window' or 'windows', not both"),
+            ));
+        }
         (Some(window), None) => vec![(name.clone(), parse_window(window, line, name)?)],
         (None, Some(list)) if list.is_empty() => {
-            return Err(invalid(line, format!("feature '{name}': 'windows' is empty")));
+            return Err(invalid(
+                line,
+                format!("feature '{name}': 'windows' is empty"),
+            ));
         }
         (None, Some(list)) => list
             .iter()
             .map(|w| Ok((format!("{name}_{}", w.trim()), parse_window(w, line, name)?)))
             .collect::<Result<_, DefinitionsError>>()?,
         (None, None) if aggregation.is_lifetime_only() => vec![(name.clone(), Window::Lifetime)],
-        (None, None) => return Err(invalid(line, format!("feature '{name}': needs a 'window' (e.g. \"24h\" or \"lifetime\")"))),
+        (None, None) => {
+            return Err(invalid(
+                line,
+                format!("feature '{name}': needs a 'window' (e.g. \"24h\" or \"lifetime\")"),
+            ));
+        }
     };
     for (_, window) in &windows {
         if aggregation.is_lifetime_only() && *window != Window::Lifetime {
-            return Err(invalid(line, format!("feature '{name}': {} is over the entity's lifetime; drop the window", aggregation.name())));
+            return Err(invalid(
+                line,
+                format!(
+                    "feature '{name}': {} is over the entity's lifetime; drop the window",
+                    aggregation.name()
+                ),
+            ));
         }
         if aggregation == Aggregation::DistinctCount && *window == Window::Lifetime {
-            return Err(invalid(line, format!("feature '{name}': distinct_count needs a bounded window so memory stays bounded")));
+            return Err(invalid(
+                line,
+                format!(
+                    "feature '{name}': distinct_count needs a bounded window so memory stays bounded"
+                ),
+            ));
         }
     }
 
@@ -379,9 +546,21 @@ fn resolve_source(
     entities: &[PendingEntity],
     line: usize,
 ) -> Result<FieldSource, DefinitionsError> {
-    let number = event_type.numbers.iter().position(|f| f.name == field).map(FieldSource::Number);
-    let text = event_type.strings.iter().position(|f| f.name == field).map(FieldSource::Text);
-    let entity = event_type.entities.iter().position(|slot| entities[slot.entity].0.name == field).map(FieldSource::Entity);
+    let number = event_type
+        .numbers
+        .iter()
+        .position(|f| f.name == field)
+        .map(FieldSource::Number);
+    let text = event_type
+        .strings
+        .iter()
+        .position(|f| f.name == field)
+        .map(FieldSource::Text);
+    let entity = event_type
+        .entities
+        .iter()
+        .position(|slot| entities[slot.entity].0.name == field)
+        .map(FieldSource::Entity);
     let event = &event_type.name;
     match aggregation {
         Aggregation::Count => number.or(text).or(entity).ok_or_else(|| {
@@ -401,7 +580,11 @@ fn with_default_ttls(entities: Vec<PendingEntity>, features: &[FeatureDef]) -> V
         .into_iter()
         .enumerate()
         .map(|(index, (mut entity, ttl))| {
-            let longest = features.iter().filter(|f| f.entity == index).filter_map(|f| f.window.length_ms()).max();
+            let longest = features
+                .iter()
+                .filter(|f| f.entity == index)
+                .filter_map(|f| f.window.length_ms())
+                .max();
             entity.ttl_ms = ttl.or(longest).unwrap_or(i64::MAX);
             entity
         })

@@ -19,18 +19,36 @@ fields.amount = { type = "number", required = true, min = 0 }
 #[test]
 fn the_shipped_definitions_are_valid_and_rich_enough() {
     let definitions = Definitions::default_shop();
-    assert!(definitions.features.len() >= 25, "only {} features", definitions.features.len());
-    for name in ["card_payments_10m", "card_amount_7d", "user_amount_mean_30d", "device_cards_24h", "user_product_views_1h"] {
+    assert!(
+        definitions.features.len() >= 25,
+        "only {} features",
+        definitions.features.len()
+    );
+    for name in [
+        "card_payments_10m",
+        "card_amount_7d",
+        "user_amount_mean_30d",
+        "device_cards_24h",
+        "user_product_views_1h",
+    ] {
         assert!(definitions.feature_id(name).is_some(), "missing {name}");
     }
-    assert_eq!(definitions.entities[definitions.entity_id("user_product").unwrap()].parts.len(), 2);
+    assert_eq!(
+        definitions.entities[definitions.entity_id("user_product").unwrap()]
+            .parts
+            .len(),
+        2
+    );
 }
 
 #[test]
 fn the_fingerprint_follows_the_content() {
     let a = Definitions::from_toml(MINIMAL).unwrap();
     let b = Definitions::from_toml(&MINIMAL.replace("min = 0", "min = 1")).unwrap();
-    assert_eq!(a.fingerprint, Definitions::from_toml(MINIMAL).unwrap().fingerprint);
+    assert_eq!(
+        a.fingerprint,
+        Definitions::from_toml(MINIMAL).unwrap().fingerprint
+    );
     assert_ne!(a.fingerprint, b.fingerprint);
 }
 
@@ -42,7 +60,9 @@ fn syntax_errors_name_the_line() {
 
 #[test]
 fn unknown_keys_are_refused_with_their_line() {
-    let text = format!("{MINIMAL}\n[[features]]\nname = \"x\"\nentity = \"card\"\nevents = [\"payment\"]\naggregation = \"count\"\nwindow = \"1h\"\nwindwo = \"2h\"\n");
+    let text = format!(
+        "{MINIMAL}\n[[features]]\nname = \"x\"\nentity = \"card\"\nevents = [\"payment\"]\naggregation = \"count\"\nwindow = \"1h\"\nwindwo = \"2h\"\n"
+    );
     let (line, message) = error_of(&text);
     assert!(message.contains("windwo"), "{message}");
     assert!(line >= 9, "line {line}: {message}");
@@ -51,32 +71,62 @@ fn unknown_keys_are_refused_with_their_line() {
 #[test]
 fn semantic_errors_name_the_feature_line_and_problem() {
     let cases = [
-        ("aggregation = \"median\"\nwindow = \"1h\"", "unknown aggregation 'median'"),
-        ("aggregation = \"sum\"\nwindow = \"1h\"", "sum needs a 'field'"),
-        ("aggregation = \"sum\"\nfield = \"nope\"\nwindow = \"1h\"", "no number field 'nope'"),
+        (
+            "aggregation = \"median\"\nwindow = \"1h\"",
+            "unknown aggregation 'median'",
+        ),
+        (
+            "aggregation = \"sum\"\nwindow = \"1h\"",
+            "sum needs a 'field'",
+        ),
+        (
+            "aggregation = \"sum\"\nfield = \"nope\"\nwindow = \"1h\"",
+            "no number field 'nope'",
+        ),
         ("aggregation = \"count\"\nwindow = \"5s\"", "at least"),
         ("aggregation = \"count\"\nwindow = \"1y\"", "unknown unit"),
         ("aggregation = \"count\"", "needs a 'window'"),
-        ("aggregation = \"distinct_count\"\nfield = \"card\"\nwindow = \"lifetime\"", "bounded window"),
-        ("aggregation = \"time_since_last\"\nwindow = \"1h\"", "drop the window"),
+        (
+            "aggregation = \"distinct_count\"\nfield = \"card\"\nwindow = \"lifetime\"",
+            "bounded window",
+        ),
+        (
+            "aggregation = \"time_since_last\"\nwindow = \"1h\"",
+            "drop the window",
+        ),
     ];
     for (body, expected) in cases {
-        let text = format!("{MINIMAL}\n[[features]]\nname = \"f\"\nentity = \"card\"\nevents = [\"payment\"]\n{body}\n");
+        let text = format!(
+            "{MINIMAL}\n[[features]]\nname = \"f\"\nentity = \"card\"\nevents = [\"payment\"]\n{body}\n"
+        );
         let (line, message) = error_of(&text);
-        assert!(message.contains(expected), "expected '{expected}' in '{message}'");
+        assert!(
+            message.contains(expected),
+            "expected '{expected}' in '{message}'"
+        );
         assert_eq!(line, 9, "{message}");
     }
-    let text = format!("{MINIMAL}\n[[features]]\nname = \"f\"\nentity = \"user\"\nevents = [\"payment\"]\naggregation = \"count\"\nwindow = \"1h\"\n");
+    let text = format!(
+        "{MINIMAL}\n[[features]]\nname = \"f\"\nentity = \"user\"\nevents = [\"payment\"]\naggregation = \"count\"\nwindow = \"1h\"\n"
+    );
     assert!(error_of(&text).1.contains("unknown entity 'user'"));
-    let text = format!("{MINIMAL}\n[[features]]\nname = \"f\"\nentity = \"card\"\nevents = [\"refund\"]\naggregation = \"count\"\nwindow = \"1h\"\n");
+    let text = format!(
+        "{MINIMAL}\n[[features]]\nname = \"f\"\nentity = \"card\"\nevents = [\"refund\"]\naggregation = \"count\"\nwindow = \"1h\"\n"
+    );
     assert!(error_of(&text).1.contains("unknown event type 'refund'"));
 }
 
 #[test]
 fn windows_expand_into_named_features() {
-    let text = format!("{MINIMAL}\n[[features]]\nname = \"card_payments\"\nentity = \"card\"\nevents = [\"payment\"]\naggregation = \"count\"\nwindows = [\"10m\", \"1h\"]\n");
+    let text = format!(
+        "{MINIMAL}\n[[features]]\nname = \"card_payments\"\nentity = \"card\"\nevents = [\"payment\"]\naggregation = \"count\"\nwindows = [\"10m\", \"1h\"]\n"
+    );
     let definitions = Definitions::from_toml(&text).unwrap();
-    let names: Vec<&str> = definitions.features.iter().map(|f| f.name.as_str()).collect();
+    let names: Vec<&str> = definitions
+        .features
+        .iter()
+        .map(|f| f.name.as_str())
+        .collect();
     assert_eq!(names, ["card_payments_10m", "card_payments_1h"]);
     assert_eq!(definitions.entities[0].ttl_ms, crate::time::HOUR_MS);
 }

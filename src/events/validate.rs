@@ -29,7 +29,11 @@ pub struct Refusal {
 
 impl Refusal {
     pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Refusal {
-        Refusal { field: field.into(), reason: reason.into(), kind: RefusalKind::Invalid }
+        Refusal {
+            field: field.into(),
+            reason: reason.into(),
+            kind: RefusalKind::Invalid,
+        }
     }
 }
 
@@ -56,7 +60,14 @@ fn check_id(field: impl FnOnce() -> String, value: &str, limits: &Limits) -> Res
         return Err(Refusal::invalid(field(), "must not be empty"));
     }
     if value.len() > limits.max_id_bytes {
-        return Err(Refusal::invalid(field(), format!("is {} bytes; at most {} allowed", value.len(), limits.max_id_bytes)));
+        return Err(Refusal::invalid(
+            field(),
+            format!(
+                "is {} bytes; at most {} allowed",
+                value.len(),
+                limits.max_id_bytes
+            ),
+        ));
     }
     Ok(())
 }
@@ -71,21 +82,38 @@ pub fn validate<'a>(
 ) -> Result<Event<'a>, Refusal> {
     check_id(|| "event_id".into(), &raw.event_id, limits)?;
     let type_id = definitions.event_type_id(&raw.event_type).ok_or_else(|| {
-        let known: Vec<&str> = definitions.event_types.iter().map(|t| t.name.as_str()).collect();
-        Refusal::invalid("event_type", format!("unknown event type '{}' (known: {})", raw.event_type, known.join(", ")))
+        let known: Vec<&str> = definitions
+            .event_types
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect();
+        Refusal::invalid(
+            "event_type",
+            format!(
+                "unknown event type '{}' (known: {})",
+                raw.event_type,
+                known.join(", ")
+            ),
+        )
     })?;
     let event_type = &definitions.event_types[type_id];
     let type_name = &event_type.name;
 
     if raw.event_time_ms <= 0 {
-        return Err(Refusal::invalid("event_time_ms", "must be a positive time in ms since the Unix epoch"));
+        return Err(Refusal::invalid(
+            "event_time_ms",
+            "must be a positive time in ms since the Unix epoch",
+        ));
     }
     if let Some(now) = now_ms {
         let ahead = raw.event_time_ms.saturating_sub(now);
         if ahead > limits.max_future_skew_ms {
             return Err(Refusal::invalid(
                 "event_time_ms",
-                format!("is {ahead} ms ahead of the server clock; at most {} ms allowed", limits.max_future_skew_ms),
+                format!(
+                    "is {ahead} ms ahead of the server clock; at most {} ms allowed",
+                    limits.max_future_skew_ms
+                ),
             ));
         }
     }
@@ -97,23 +125,35 @@ pub fn validate<'a>(
             .iter()
             .position(|slot| definitions.entities[slot.entity].name == *name)
             .ok_or_else(|| {
-                let expected: Vec<&str> =
-                    event_type.entities.iter().map(|s| definitions.entities[s.entity].name.as_str()).collect();
+                let expected: Vec<&str> = event_type
+                    .entities
+                    .iter()
+                    .map(|s| definitions.entities[s.entity].name.as_str())
+                    .collect();
                 Refusal::invalid(
                     format!("entities.{name}"),
-                    format!("is not an entity of '{type_name}' (expected: {})", expected.join(", ")),
+                    format!(
+                        "is not an entity of '{type_name}' (expected: {})",
+                        expected.join(", ")
+                    ),
                 )
             })?;
         check_id(|| format!("entities.{name}"), id, limits)?;
         if id.contains(COMPOSITE_SEPARATOR) {
-            return Err(Refusal::invalid(format!("entities.{name}"), format!("must not contain '{COMPOSITE_SEPARATOR}'")));
+            return Err(Refusal::invalid(
+                format!("entities.{name}"),
+                format!("must not contain '{COMPOSITE_SEPARATOR}'"),
+            ));
         }
         entities[slot] = Some(id.as_str());
     }
     for (slot, declared) in event_type.entities.iter().enumerate() {
         if declared.required && entities[slot].is_none() {
             let name = &definitions.entities[declared.entity].name;
-            return Err(Refusal::invalid(format!("entities.{name}"), format!("is required for '{type_name}'")));
+            return Err(Refusal::invalid(
+                format!("entities.{name}"),
+                format!("is required for '{type_name}'"),
+            ));
         }
     }
 
@@ -129,23 +169,35 @@ pub fn validate<'a>(
         };
         let field = &event_type.numbers[index];
         if !value.is_finite() {
-            return Err(Refusal::invalid(format!("numbers.{name}"), format!("must be a finite number, got {value}")));
+            return Err(Refusal::invalid(
+                format!("numbers.{name}"),
+                format!("must be a finite number, got {value}"),
+            ));
         }
         if let Some(min) = field.min
             && *value < min
         {
-            return Err(Refusal::invalid(format!("numbers.{name}"), format!("must be >= {min}, got {value}")));
+            return Err(Refusal::invalid(
+                format!("numbers.{name}"),
+                format!("must be >= {min}, got {value}"),
+            ));
         }
         if let Some(max) = field.max
             && *value > max
         {
-            return Err(Refusal::invalid(format!("numbers.{name}"), format!("must be <= {max}, got {value}")));
+            return Err(Refusal::invalid(
+                format!("numbers.{name}"),
+                format!("must be <= {max}, got {value}"),
+            ));
         }
         numbers[index] = Some(*value);
     }
     for (index, field) in event_type.numbers.iter().enumerate() {
         if field.required && numbers[index].is_none() {
-            return Err(Refusal::invalid(format!("numbers.{}", field.name), format!("is required for '{type_name}'")));
+            return Err(Refusal::invalid(
+                format!("numbers.{}", field.name),
+                format!("is required for '{type_name}'"),
+            ));
         }
     }
 
@@ -162,16 +214,30 @@ pub fn validate<'a>(
         if value.len() > limits.max_id_bytes {
             return Err(Refusal::invalid(
                 format!("strings.{name}"),
-                format!("is {} bytes; at most {} allowed", value.len(), limits.max_id_bytes),
+                format!(
+                    "is {} bytes; at most {} allowed",
+                    value.len(),
+                    limits.max_id_bytes
+                ),
             ));
         }
         strings[index] = Some(value.as_str());
     }
     for (index, field) in event_type.strings.iter().enumerate() {
         if field.required && strings[index].is_none() {
-            return Err(Refusal::invalid(format!("strings.{}", field.name), format!("is required for '{type_name}'")));
+            return Err(Refusal::invalid(
+                format!("strings.{}", field.name),
+                format!("is required for '{type_name}'"),
+            ));
         }
     }
 
-    Ok(Event { id_hash: fnv128(raw.event_id.as_bytes()), type_id, time_ms: raw.event_time_ms, entities, numbers, strings })
+    Ok(Event {
+        id_hash: fnv128(raw.event_id.as_bytes()),
+        type_id,
+        time_ms: raw.event_time_ms,
+        entities,
+        numbers,
+        strings,
+    })
 }

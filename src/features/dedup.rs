@@ -14,7 +14,9 @@ pub struct Dedup {
 impl Dedup {
     /// Whether `id` was applied with an event time at or after `horizon_start`.
     pub fn contains(&self, id: u128, horizon_start: i64) -> bool {
-        self.seen.get(&id).is_some_and(|time| *time >= horizon_start)
+        self.seen
+            .get(&id)
+            .is_some_and(|time| *time >= horizon_start)
     }
 
     pub fn insert(&mut self, id: u128, time_ms: i64, horizon_start: i64) {

@@ -99,8 +99,9 @@ struct EngineSnapshotRef<'a> {
 
 impl Engine {
     pub fn new(definitions: Arc<Definitions>, settings: EngineSettings) -> Engine {
-        let plans: Vec<Option<EntityPlan>> =
-            (0..definitions.entities.len()).map(|entity| EntityPlan::build(&definitions, entity)).collect();
+        let plans: Vec<Option<EntityPlan>> = (0..definitions.entities.len())
+            .map(|entity| EntityPlan::build(&definitions, entity))
+            .collect();
         let tables = plans.iter().map(|_| FxHashMap::default()).collect();
         Engine {
             definitions,
@@ -169,13 +170,20 @@ impl Engine {
 
     /// Entities currently held in memory, per entity type name.
     pub fn entity_counts(&self) -> Vec<(&str, usize)> {
-        self.definitions.entities.iter().zip(&self.tables).map(|(e, t)| (e.name.as_str(), t.len())).collect()
+        self.definitions
+            .entities
+            .iter()
+            .zip(&self.tables)
+            .map(|(e, t)| (e.name.as_str(), t.len()))
+            .collect()
     }
 
     /// Decides whether `event` is applied, is a duplicate, or is too late; counts the
     /// latter two.
     pub fn admit(&mut self, event: &Event<'_>) -> Admission {
-        let oldest_allowed = self.watermark_ms.saturating_sub(self.settings.allowed_lateness_ms);
+        let oldest_allowed = self
+            .watermark_ms
+            .saturating_sub(self.settings.allowed_lateness_ms);
         if event.time_ms < oldest_allowed {
             self.counters.late += 1;
             return Admission::Refused(Refusal {
@@ -189,7 +197,9 @@ impl Engine {
                 kind: RefusalKind::Late,
             });
         }
-        let horizon_start = self.watermark_ms.saturating_sub(self.settings.dedup_horizon_ms);
+        let horizon_start = self
+            .watermark_ms
+            .saturating_sub(self.settings.dedup_horizon_ms);
         if self.dedup.contains(event.id_hash, horizon_start) {
             self.counters.duplicates += 1;
             return Admission::Duplicate;
@@ -200,18 +210,29 @@ impl Engine {
     /// Applies an admitted event. `seq` is its position in the log (0 when not logged).
     pub fn apply(&mut self, event: &Event<'_>, seq: u64) {
         self.watermark_ms = self.watermark_ms.max(event.time_ms);
-        self.dedup.insert(event.id_hash, event.time_ms, self.watermark_ms.saturating_sub(self.settings.dedup_horizon_ms));
+        self.dedup.insert(
+            event.id_hash,
+            event.time_ms,
+            self.watermark_ms
+                .saturating_sub(self.settings.dedup_horizon_ms),
+        );
         self.applied_seq = self.applied_seq.max(seq);
         self.counters.applied += 1;
         let mut key = String::new();
         for entity in 0..self.plans.len() {
-            let Some(plan) = &self.plans[entity] else { continue };
-            let Some(slots) = &plan.key_slots[event.type_id] else { continue };
+            let Some(plan) = &self.plans[entity] else {
+                continue;
+            };
+            let Some(slots) = &plan.key_slots[event.type_id] else {
+                continue;
+            };
             if !build_key(&mut key, slots, &event.entities) {
                 continue;
             }
             let expired_before = self.expiry_cutoff(plan);
-            let keep_from_time = self.watermark_ms.saturating_sub(self.settings.allowed_lateness_ms);
+            let keep_from_time = self
+                .watermark_ms
+                .saturating_sub(self.settings.allowed_lateness_ms);
             let table = &mut self.tables[entity];
             let state = match table.get_mut(key.as_str()) {
                 Some(state) => {
@@ -238,24 +259,35 @@ impl Engine {
     pub fn evict_expired(&mut self) -> usize {
         let mut dropped = 0;
         for entity in 0..self.plans.len() {
-            let Some(plan) = &self.plans[entity] else { continue };
+            let Some(plan) = &self.plans[entity] else {
+                continue;
+            };
             let cutoff = self.expiry_cutoff(plan);
             let table = &mut self.tables[entity];
             let before = table.len();
             table.retain(|_, state| state.last_seen_ms >= cutoff);
             dropped += before - table.len();
         }
-        self.dedup.prune(self.watermark_ms.saturating_sub(self.settings.dedup_horizon_ms));
+        self.dedup.prune(
+            self.watermark_ms
+                .saturating_sub(self.settings.dedup_horizon_ms),
+        );
         dropped
     }
 
     /// Resolves an entity type and optional feature names to feature ids.
-    pub fn resolve(&self, entity_type: &str, names: &[String]) -> Result<(EntityTypeId, Vec<usize>), ReadError> {
+    pub fn resolve(
+        &self,
+        entity_type: &str,
+        names: &[String],
+    ) -> Result<(EntityTypeId, Vec<usize>), ReadError> {
         let entity = self
             .definitions
             .entity_id(entity_type)
             .ok_or_else(|| ReadError::UnknownEntityType(entity_type.to_string()))?;
-        let plan = self.plans[entity].as_ref().ok_or_else(|| ReadError::NoFeatures(entity_type.to_string()))?;
+        let plan = self.plans[entity]
+            .as_ref()
+            .ok_or_else(|| ReadError::NoFeatures(entity_type.to_string()))?;
         if names.is_empty() {
             return Ok((entity, plan.features.clone()));
         }
@@ -265,31 +297,47 @@ impl Engine {
                 self.definitions
                     .feature_id(name)
                     .filter(|id| plan.readers[*id].is_some())
-                    .ok_or_else(|| ReadError::UnknownFeature { feature: name.clone(), entity: entity_type.to_string() })
+                    .ok_or_else(|| ReadError::UnknownFeature {
+                        feature: name.clone(),
+                        entity: entity_type.to_string(),
+                    })
             })
             .collect::<Result<_, _>>()?;
         Ok((entity, ids))
     }
 
     /// Reads `features` (ids from [`Engine::resolve`]) of one entity as of `as_of_ms`.
-    pub fn read(&self, entity: EntityTypeId, id: &str, features: &[usize], as_of_ms: i64) -> Result<FeatureRead, ReadError> {
+    pub fn read(
+        &self,
+        entity: EntityTypeId,
+        id: &str,
+        features: &[usize],
+        as_of_ms: i64,
+    ) -> Result<FeatureRead, ReadError> {
         let definition = &self.definitions.entities[entity];
         let Some(plan) = &self.plans[entity] else {
             return Err(ReadError::NoFeatures(definition.name.clone()));
         };
         check_entity_id(id, definition.parts.len())?;
-        let live = self.tables[entity].get(id).filter(|state| state.last_seen_ms >= self.expiry_cutoff(plan));
+        let live = self.tables[entity]
+            .get(id)
+            .filter(|state| state.last_seen_ms >= self.expiry_cutoff(plan));
         let empty = EntityState::default();
         let state = live.unwrap_or(&empty);
         let values = features
             .iter()
             .map(|&feature| {
                 let window = self.definitions.features[feature].window;
-                let value = plan.readers[feature].and_then(|reader| read_one(state, reader, window, as_of_ms));
+                let value = plan.readers[feature]
+                    .and_then(|reader| read_one(state, reader, window, as_of_ms));
                 (feature, value)
             })
             .collect();
-        Ok(FeatureRead { known: live.is_some(), as_of_ms, values })
+        Ok(FeatureRead {
+            known: live.is_some(),
+            as_of_ms,
+            values,
+        })
     }
 }
 
@@ -312,7 +360,9 @@ fn check_entity_id(id: &str, parts: usize) -> Result<(), ReadError> {
 fn build_key(key: &mut String, slots: &[usize], entities: &[Option<&str>]) -> bool {
     key.clear();
     for (position, slot) in slots.iter().enumerate() {
-        let Some(id) = entities[*slot] else { return false };
+        let Some(id) = entities[*slot] else {
+            return false;
+        };
         if position > 0 {
             key.push(COMPOSITE_SEPARATOR);
         }
@@ -345,7 +395,12 @@ fn present(event: &Event<'_>, source: Option<FieldSource>) -> bool {
     }
 }
 
-fn apply_to_state(plan: &EntityPlan, state: &mut EntityState, event: &Event<'_>, keep_from_time: i64) {
+fn apply_to_state(
+    plan: &EntityPlan,
+    state: &mut EntityState,
+    event: &Event<'_>,
+    keep_from_time: i64,
+) {
     state.last_seen_ms = state.last_seen_ms.max(event.time_ms);
     let routes = &plan.by_type[event.type_id];
     let time = event.time_ms;
@@ -387,7 +442,12 @@ fn seconds(ms: i64) -> f64 {
     ms as f64 / 1000.0
 }
 
-fn read_one(state: &EntityState, reader: Reader, window: super::window::Window, at: i64) -> Option<f64> {
+fn read_one(
+    state: &EntityState,
+    reader: Reader,
+    window: super::window::Window,
+    at: i64,
+) -> Option<f64> {
     let tiles = window.tiles_read_at(at);
     match reader {
         Reader::Count(series) => Some(f64::from(state.count(series as u16, tiles))),

@@ -9,5 +9,8 @@ mod state;
 pub mod window;
 
 pub use dedup::Dedup;
-pub use engine::{Admission, Counters, Engine, EngineSettings, EngineSnapshot, FeatureRead, ReadError, default_value};
+pub use engine::{
+    Admission, Counters, Engine, EngineSettings, EngineSnapshot, FeatureRead, ReadError,
+    default_value,
+};
 pub use state::EntityState;

@@ -98,11 +98,25 @@ impl EntityPlan {
         // Numeric series first, so a plain count can ride on a series over a required field.
         for &id in &features {
             let feature = &definitions.features[id];
-            if matches!(feature.aggregation, Aggregation::Sum | Aggregation::Mean | Aggregation::Min | Aggregation::Max | Aggregation::Stddev)
-                || (feature.aggregation == Aggregation::Count
-                    && feature.sources.iter().any(|s| matches!(s, Some(FieldSource::Number(_)))))
+            if matches!(
+                feature.aggregation,
+                Aggregation::Sum
+                    | Aggregation::Mean
+                    | Aggregation::Min
+                    | Aggregation::Max
+                    | Aggregation::Stddev
+            ) || (feature.aggregation == Aggregation::Count
+                && feature
+                    .sources
+                    .iter()
+                    .any(|s| matches!(s, Some(FieldSource::Number(_)))))
             {
-                let series = SeriesDef { mask: mask_of(&feature.event_types), sources: feature.sources.clone(), has_field: true, window: feature.window };
+                let series = SeriesDef {
+                    mask: mask_of(&feature.event_types),
+                    sources: feature.sources.clone(),
+                    has_field: true,
+                    window: feature.window,
+                };
                 let index = find_or_push(&mut plan.stats_series, series);
                 plan.readers[id] = Some(Reader::Stats(index, feature.aggregation));
             }
@@ -116,31 +130,56 @@ impl EntityPlan {
                         plan.stats_series.iter().position(|s| {
                             s.mask == mask
                                 && s.window == feature.window
-                                && feature.event_types.iter().all(|&t| required_number(definitions, t, s.sources[t]))
+                                && feature
+                                    .event_types
+                                    .iter()
+                                    .all(|&t| required_number(definitions, t, s.sources[t]))
                         })
                     });
                     match covering.flatten() {
                         Some(index) => Reader::Stats(index, Aggregation::Count),
                         None => {
-                            let series = SeriesDef { mask, sources: feature.sources.clone(), has_field: feature.field.is_some(), window: feature.window };
+                            let series = SeriesDef {
+                                mask,
+                                sources: feature.sources.clone(),
+                                has_field: feature.field.is_some(),
+                                window: feature.window,
+                            };
                             Reader::Count(find_or_push(&mut plan.count_series, series))
                         }
                     }
                 }
                 Aggregation::DistinctCount => {
-                    let series = SeriesDef { mask, sources: feature.sources.clone(), has_field: true, window: feature.window };
+                    let series = SeriesDef {
+                        mask,
+                        sources: feature.sources.clone(),
+                        has_field: true,
+                        window: feature.window,
+                    };
                     Reader::Distinct(find_or_push(&mut plan.distinct_series, series))
                 }
                 Aggregation::Last => {
-                    let slot = SlotDef { mask, sources: feature.sources.clone(), has_field: true };
+                    let slot = SlotDef {
+                        mask,
+                        sources: feature.sources.clone(),
+                        has_field: true,
+                    };
                     Reader::Last(find_or_push(&mut plan.last_slots, slot))
                 }
                 Aggregation::TimeSinceLast => {
-                    let slot = SlotDef { mask, sources: vec![None; type_count], has_field: false };
+                    let slot = SlotDef {
+                        mask,
+                        sources: vec![None; type_count],
+                        has_field: false,
+                    };
                     Reader::TimeSinceLast(find_or_push(&mut plan.last_slots, slot))
                 }
                 Aggregation::AgeSinceFirst => {
-                    let slot = SlotDef { mask, sources: vec![None; type_count], has_field: false };
+                    let slot = SlotDef {
+                        mask,
+                        sources: vec![None; type_count],
+                        has_field: false,
+                    };
                     Reader::AgeSinceFirst(find_or_push(&mut plan.first_slots, slot))
                 }
                 _ => continue,
@@ -151,11 +190,21 @@ impl EntityPlan {
         for (type_id, routes) in plan.by_type.iter_mut().enumerate() {
             let bit = 1u64 << type_id;
             let feeds = |mask: u64| mask & bit != 0;
-            routes.counts = (0..plan.count_series.len()).filter(|&i| feeds(plan.count_series[i].mask)).collect();
-            routes.stats = (0..plan.stats_series.len()).filter(|&i| feeds(plan.stats_series[i].mask)).collect();
-            routes.distinct = (0..plan.distinct_series.len()).filter(|&i| feeds(plan.distinct_series[i].mask)).collect();
-            routes.lasts = (0..plan.last_slots.len()).filter(|&i| feeds(plan.last_slots[i].mask)).collect();
-            routes.firsts = (0..plan.first_slots.len()).filter(|&i| feeds(plan.first_slots[i].mask)).collect();
+            routes.counts = (0..plan.count_series.len())
+                .filter(|&i| feeds(plan.count_series[i].mask))
+                .collect();
+            routes.stats = (0..plan.stats_series.len())
+                .filter(|&i| feeds(plan.stats_series[i].mask))
+                .collect();
+            routes.distinct = (0..plan.distinct_series.len())
+                .filter(|&i| feeds(plan.distinct_series[i].mask))
+                .collect();
+            routes.lasts = (0..plan.last_slots.len())
+                .filter(|&i| feeds(plan.last_slots[i].mask))
+                .collect();
+            routes.firsts = (0..plan.first_slots.len())
+                .filter(|&i| feeds(plan.first_slots[i].mask))
+                .collect();
         }
 
         let parts: Vec<EntityTypeId> = match definitions.entities[entity].parts.as_slice() {
@@ -163,8 +212,15 @@ impl EntityPlan {
             parts => parts.to_vec(),
         };
         for (type_id, event_type) in definitions.event_types.iter().enumerate() {
-            let slots: Option<Vec<usize>> =
-                parts.iter().map(|part| event_type.entities.iter().position(|slot| slot.entity == *part)).collect();
+            let slots: Option<Vec<usize>> = parts
+                .iter()
+                .map(|part| {
+                    event_type
+                        .entities
+                        .iter()
+                        .position(|slot| slot.entity == *part)
+                })
+                .collect();
             plan.key_slots[type_id] = slots;
         }
 
@@ -186,7 +242,9 @@ fn mask_of(types: &[usize]) -> u64 {
 
 fn required_number(definitions: &Definitions, type_id: usize, source: Option<FieldSource>) -> bool {
     match source {
-        Some(FieldSource::Number(index)) => definitions.event_types[type_id].numbers[index].required,
+        Some(FieldSource::Number(index)) => {
+            definitions.event_types[type_id].numbers[index].required
+        }
         _ => false,
     }
 }

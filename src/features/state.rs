@@ -43,10 +43,20 @@ pub(crate) struct Stats {
 }
 
 impl Stats {
-    pub const EMPTY: Stats = Stats { count: 0, sum: 0.0, m2: 0.0, min: f64::INFINITY, max: f64::NEG_INFINITY };
+    pub const EMPTY: Stats = Stats {
+        count: 0,
+        sum: 0.0,
+        m2: 0.0,
+        min: f64::INFINITY,
+        max: f64::NEG_INFINITY,
+    };
 
     pub fn add(&mut self, value: f64) {
-        let old_mean = if self.count == 0 { 0.0 } else { self.sum / f64::from(self.count) };
+        let old_mean = if self.count == 0 {
+            0.0
+        } else {
+            self.sum / f64::from(self.count)
+        };
         self.count += 1;
         self.sum += value;
         let new_mean = self.sum / f64::from(self.count);
@@ -116,7 +126,12 @@ fn series_range<T>(tiles: &[T], series: u16, key: impl Fn(&T) -> u16) -> std::op
 }
 
 /// Removes the tiles of `range` older than `keep_from` (the range is sorted by tile).
-fn prune<T>(tiles: &mut Vec<T>, range: std::ops::Range<usize>, keep_from: u32, tile: impl Fn(&T) -> u32) {
+fn prune<T>(
+    tiles: &mut Vec<T>,
+    range: std::ops::Range<usize>,
+    keep_from: u32,
+    tile: impl Fn(&T) -> u32,
+) {
     let stale = tiles[range.clone()].partition_point(|t| tile(t) < keep_from);
     if stale > 0 {
         tiles.drain(range.start..range.start + stale);
@@ -132,8 +147,20 @@ impl EntityState {
             self.counts[at].count += 1;
             return;
         }
-        self.counts.insert(at, CountTile { series, tile, count: 1 });
-        prune(&mut self.counts, range.start..range.end + 1, keep_from, |t| t.tile);
+        self.counts.insert(
+            at,
+            CountTile {
+                series,
+                tile,
+                count: 1,
+            },
+        );
+        prune(
+            &mut self.counts,
+            range.start..range.end + 1,
+            keep_from,
+            |t| t.tile,
+        );
     }
 
     pub(crate) fn add_value(&mut self, series: u16, tile: u32, value: f64, keep_from: u32) {
@@ -146,18 +173,40 @@ impl EntityState {
         }
         let mut stats = Stats::EMPTY;
         stats.add(value);
-        self.stats.insert(at, StatsTile { series, tile, stats });
-        prune(&mut self.stats, range.start..range.end + 1, keep_from, |t| t.tile);
+        self.stats.insert(
+            at,
+            StatsTile {
+                series,
+                tile,
+                stats,
+            },
+        );
+        prune(
+            &mut self.stats,
+            range.start..range.end + 1,
+            keep_from,
+            |t| t.tile,
+        );
     }
 
     pub(crate) fn add_distinct(&mut self, series: u16, tile: u32, value: &str, keep_from: u32) {
-        let entry = DistinctTile { series, tile, hash: fnv64(value.as_bytes()) };
+        let entry = DistinctTile {
+            series,
+            tile,
+            hash: fnv64(value.as_bytes()),
+        };
         let at = self.distinct.partition_point(|t| *t < entry);
         if self.distinct.get(at) == Some(&entry) {
             return;
         }
-        let new_tile = self.distinct.get(at.wrapping_sub(1)).is_none_or(|t| t.series != series || t.tile != tile)
-            && self.distinct.get(at).is_none_or(|t| t.series != series || t.tile != tile);
+        let new_tile = self
+            .distinct
+            .get(at.wrapping_sub(1))
+            .is_none_or(|t| t.series != series || t.tile != tile)
+            && self
+                .distinct
+                .get(at)
+                .is_none_or(|t| t.series != series || t.tile != tile);
         self.distinct.insert(at, entry);
         if new_tile {
             let range = series_range(&self.distinct, series, |t| t.series);
@@ -167,7 +216,13 @@ impl EntityState {
 
     pub(crate) fn observe_last(&mut self, slot: usize, slots: usize, time_ms: i64, value: f64) {
         if self.lasts.is_empty() {
-            self.lasts = vec![LastValue { time_ms: NEVER, value: f64::NAN }; slots];
+            self.lasts = vec![
+                LastValue {
+                    time_ms: NEVER,
+                    value: f64::NAN
+                };
+                slots
+            ];
         }
         let last = &mut self.lasts[slot];
         // Ties go to the event applied later, so replay order decides, not hashing.
@@ -185,13 +240,20 @@ impl EntityState {
 
     pub(crate) fn count(&self, series: u16, (oldest, newest): (u32, u32)) -> u32 {
         let range = series_range(&self.counts, series, |t| t.series);
-        self.counts[range].iter().filter(|t| t.tile >= oldest && t.tile <= newest).map(|t| t.count).sum()
+        self.counts[range]
+            .iter()
+            .filter(|t| t.tile >= oldest && t.tile <= newest)
+            .map(|t| t.count)
+            .sum()
     }
 
     pub(crate) fn stats(&self, series: u16, (oldest, newest): (u32, u32)) -> Stats {
         let range = series_range(&self.stats, series, |t| t.series);
         let mut total = Stats::EMPTY;
-        for tile in self.stats[range].iter().filter(|t| t.tile >= oldest && t.tile <= newest) {
+        for tile in self.stats[range]
+            .iter()
+            .filter(|t| t.tile >= oldest && t.tile <= newest)
+        {
             total.merge(&tile.stats);
         }
         total
@@ -199,8 +261,11 @@ impl EntityState {
 
     pub(crate) fn distinct_count(&self, series: u16, (oldest, newest): (u32, u32)) -> usize {
         let range = series_range(&self.distinct, series, |t| t.series);
-        let mut hashes: Vec<u64> =
-            self.distinct[range].iter().filter(|t| t.tile >= oldest && t.tile <= newest).map(|t| t.hash).collect();
+        let mut hashes: Vec<u64> = self.distinct[range]
+            .iter()
+            .filter(|t| t.tile >= oldest && t.tile <= newest)
+            .map(|t| t.hash)
+            .collect();
         hashes.sort_unstable();
         hashes.dedup();
         hashes.len()
@@ -242,8 +307,16 @@ mod tests {
         let variance = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / 6.0;
         for stats in [whole, left] {
             assert_eq!(stats.count, 6);
-            assert_relative_eq!(stats.value(Aggregation::Mean).unwrap(), mean, max_relative = 1e-12);
-            assert_relative_eq!(stats.value(Aggregation::Stddev).unwrap(), variance.sqrt(), max_relative = 1e-12);
+            assert_relative_eq!(
+                stats.value(Aggregation::Mean).unwrap(),
+                mean,
+                max_relative = 1e-12
+            );
+            assert_relative_eq!(
+                stats.value(Aggregation::Stddev).unwrap(),
+                variance.sqrt(),
+                max_relative = 1e-12
+            );
             assert_eq!(stats.value(Aggregation::Min), Some(0.5));
             assert_eq!(stats.value(Aggregation::Max), Some(100.0));
         }
@@ -262,7 +335,11 @@ mod tests {
         assert_eq!(state.count(1, (11, 11)), 1);
         assert_eq!(state.count(0, (0, 100)), 1);
         state.add_count(1, 40, 30);
-        assert_eq!(state.count(1, (0, 100)), 1, "tiles before 30 are dropped once tile 40 opens");
+        assert_eq!(
+            state.count(1, (0, 100)),
+            1,
+            "tiles before 30 are dropped once tile 40 opens"
+        );
         assert_eq!(state.count(0, (0, 100)), 1, "other series are untouched");
     }
 

@@ -46,7 +46,10 @@ impl Window {
             .rev()
             .find(|d| seconds % d == 0)
             .unwrap_or(1);
-        Ok(Window::Sliding { length_ms, tile_ms: tile_seconds * SECOND_MS })
+        Ok(Window::Sliding {
+            length_ms,
+            tile_ms: tile_seconds * SECOND_MS,
+        })
     }
 
     /// The tile an event at `time_ms` falls into.
@@ -55,7 +58,9 @@ impl Window {
             Window::Lifetime => 0,
             // Event times are validated positive and tiles are >= 1 s, so the quotient
             // fits u32 until the year 2106; saturate rather than wrap beyond that.
-            Window::Sliding { tile_ms, .. } => u32::try_from(time_ms.max(0) / tile_ms).unwrap_or(u32::MAX),
+            Window::Sliding { tile_ms, .. } => {
+                u32::try_from(time_ms.max(0) / tile_ms).unwrap_or(u32::MAX)
+            }
         }
     }
 
@@ -123,7 +128,11 @@ mod tests {
     fn reads_reach_back_at_most_one_tile_past_the_window() {
         let window = Window::sliding(HOUR_MS).unwrap();
         let tile = window.tile_ms().unwrap();
-        for t in [HOUR_MS * 1000, HOUR_MS * 1000 + 1, HOUR_MS * 1000 + tile - 1] {
+        for t in [
+            HOUR_MS * 1000,
+            HOUR_MS * 1000 + 1,
+            HOUR_MS * 1000 + tile - 1,
+        ] {
             let (oldest, newest) = window.tiles_read_at(t);
             let old_edge = i64::from(oldest) * tile;
             assert!(old_edge <= t - HOUR_MS);

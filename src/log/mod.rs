@@ -22,17 +22,29 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum LogError {
     #[error("event log I/O error on {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot encode event for the log: {0}")]
     Encode(#[from] postcard::Error),
-    #[error("event log segment {path} is corrupt at byte {offset} ({reason}) and it is not the newest segment; refusing to skip acknowledged events")]
-    CorruptSegment { path: PathBuf, offset: u64, reason: String },
+    #[error(
+        "event log segment {path} is corrupt at byte {offset} ({reason}) and it is not the newest segment; refusing to skip acknowledged events"
+    )]
+    CorruptSegment {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
     #[error("the event log writer has failed; no further events can be made durable")]
     WriterFailed,
 }
 
 pub(crate) fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> LogError + '_ {
-    move |source| LogError::Io { path: path.to_path_buf(), source }
+    move |source| LogError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 pub fn segments_dir(data_dir: &Path) -> PathBuf {
@@ -66,5 +78,7 @@ pub(crate) fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, LogError>
 
 /// Makes a new or renamed file's directory entry durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), LogError> {
-    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_error(dir))
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_error(dir))
 }

@@ -21,7 +21,11 @@ pub struct ReplayStats {
 }
 
 /// Calls `apply` for each record with a sequence number above `after_seq`.
-pub fn replay(dir: &Path, after_seq: u64, mut apply: impl FnMut(u64, &RawEvent)) -> Result<ReplayStats, LogError> {
+pub fn replay(
+    dir: &Path,
+    after_seq: u64,
+    mut apply: impl FnMut(u64, &RawEvent),
+) -> Result<ReplayStats, LogError> {
     let segments = list_segments(dir)?;
     let mut stats = ReplayStats::default();
     for (index, (first_seq, path)) in segments.iter().enumerate() {
@@ -39,7 +43,11 @@ pub fn replay(dir: &Path, after_seq: u64, mut apply: impl FnMut(u64, &RawEvent))
         loop {
             match decode(&bytes[offset..]) {
                 Decoded::End => break,
-                Decoded::Record { seq, event, bytes: used } => {
+                Decoded::Record {
+                    seq,
+                    event,
+                    bytes: used,
+                } => {
                     if seq != expected {
                         let reason = format!("sequence {seq} where {expected} was expected");
                         handle_damage(path, offset, reason, is_newest, &mut stats)?;
@@ -63,11 +71,24 @@ pub fn replay(dir: &Path, after_seq: u64, mut apply: impl FnMut(u64, &RawEvent))
     Ok(stats)
 }
 
-fn handle_damage(path: &Path, offset: usize, reason: String, is_newest: bool, stats: &mut ReplayStats) -> Result<(), LogError> {
+fn handle_damage(
+    path: &Path,
+    offset: usize,
+    reason: String,
+    is_newest: bool,
+    stats: &mut ReplayStats,
+) -> Result<(), LogError> {
     if !is_newest {
-        return Err(LogError::CorruptSegment { path: path.to_path_buf(), offset: offset as u64, reason });
+        return Err(LogError::CorruptSegment {
+            path: path.to_path_buf(),
+            offset: offset as u64,
+            reason,
+        });
     }
-    let file = OpenOptions::new().write(true).open(path).map_err(io_error(path))?;
+    let file = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io_error(path))?;
     let length = file.metadata().map_err(io_error(path))?.len();
     tracing::warn!(
         segment = %path.display(),

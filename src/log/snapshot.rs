@@ -34,7 +34,12 @@ fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, LogError> {
 }
 
 /// Writes a snapshot covering the log up to `seq` and keeps only the newest `keep`.
-pub fn write_snapshot(dir: &Path, seq: u64, payload: &[u8], keep: usize) -> Result<PathBuf, LogError> {
+pub fn write_snapshot(
+    dir: &Path,
+    seq: u64,
+    payload: &[u8],
+    keep: usize,
+) -> Result<PathBuf, LogError> {
     std::fs::create_dir_all(dir).map_err(io_error(dir))?;
     let path = snapshot_path(dir, seq);
     let temporary = path.with_extension("tmp");
@@ -67,7 +72,9 @@ pub fn load_newest_snapshot<T>(
         let bytes = std::fs::read(&path).map_err(io_error(&path))?;
         match check(&bytes).and_then(|payload| restore(payload)) {
             Ok(state) => return Ok(Some((seq, state))),
-            Err(reason) => tracing::warn!(snapshot = %path.display(), %reason, "skipping unusable snapshot"),
+            Err(reason) => {
+                tracing::warn!(snapshot = %path.display(), %reason, "skipping unusable snapshot")
+            }
         }
     }
     Ok(None)
@@ -84,7 +91,10 @@ fn check(bytes: &[u8]) -> Result<&[u8], String> {
     crc.copy_from_slice(&bytes[16..20]);
     let payload = &bytes[HEADER_BYTES..];
     if payload.len() != length {
-        return Err(format!("truncated: {} of {length} payload bytes", payload.len()));
+        return Err(format!(
+            "truncated: {} of {length} payload bytes",
+            payload.len()
+        ));
     }
     if crc32fast::hash(payload) != u32::from_le_bytes(crc) {
         return Err("checksum mismatch".into());

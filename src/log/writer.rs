@@ -64,12 +64,28 @@ struct SegmentWriter {
 }
 
 impl SegmentWriter {
-    fn create(dir: &Path, first_seq: u64, segment_bytes: u64, fsync: FsyncPolicy) -> Result<SegmentWriter, LogError> {
+    fn create(
+        dir: &Path,
+        first_seq: u64,
+        segment_bytes: u64,
+        fsync: FsyncPolicy,
+    ) -> Result<SegmentWriter, LogError> {
         let path = dir.join(format!("{first_seq:020}.log"));
-        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(io_error(&path))?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_error(&path))?;
         let written = file.metadata().map_err(io_error(&path))?.len();
         sync_dir(dir)?;
-        Ok(SegmentWriter { dir: dir.to_path_buf(), file, path, written, segment_bytes, fsync })
+        Ok(SegmentWriter {
+            dir: dir.to_path_buf(),
+            file,
+            path,
+            written,
+            segment_bytes,
+            fsync,
+        })
     }
 
     fn write(&mut self, bytes: &[u8], first_seq: u64) -> Result<(), LogError> {
@@ -88,12 +104,26 @@ impl SegmentWriter {
 impl EventLog {
     /// Opens the log for appending; the next record gets `next_seq`. A new segment is
     /// started so a tail truncated during recovery is never appended to.
-    pub fn open(dir: &Path, next_seq: u64, segment_bytes: u64, fsync: FsyncPolicy) -> Result<EventLog, LogError> {
+    pub fn open(
+        dir: &Path,
+        next_seq: u64,
+        segment_bytes: u64,
+        fsync: FsyncPolicy,
+    ) -> Result<EventLog, LogError> {
         std::fs::create_dir_all(dir).map_err(io_error(dir))?;
         let mut segment = SegmentWriter::create(dir, next_seq, segment_bytes, fsync)?;
-        let durable = Durable { seq: next_seq - 1, failed: false };
+        let durable = Durable {
+            seq: next_seq - 1,
+            failed: false,
+        };
         let shared = Arc::new(Shared {
-            pending: Mutex::new(Pending { buffer: Vec::new(), buffer_first_seq: next_seq, next_seq, durable, closing: false }),
+            pending: Mutex::new(Pending {
+                buffer: Vec::new(),
+                buffer_first_seq: next_seq,
+                next_seq,
+                durable,
+                closing: false,
+            }),
             work: Condvar::new(),
             durable_changed: Condvar::new(),
             durable: watch::Sender::new(durable),
@@ -103,7 +133,10 @@ impl EventLog {
             .name("event-log-writer".into())
             .spawn(move || write_loop(&worker_shared, &mut segment))
             .map_err(io_error(dir))?;
-        Ok(EventLog { shared, worker: Mutex::new(Some(worker)) })
+        Ok(EventLog {
+            shared,
+            worker: Mutex::new(Some(worker)),
+        })
     }
 
     /// Appends a record and returns its sequence number; durable once
@@ -134,7 +167,9 @@ impl EventLog {
     /// Waits until every record up to `seq` is durable.
     pub async fn wait_durable(&self, seq: u64) -> Result<(), LogError> {
         let mut receiver = self.shared.durable.subscribe();
-        let reached = receiver.wait_for(|durable| durable.seq >= seq || durable.failed).await;
+        let reached = receiver
+            .wait_for(|durable| durable.seq >= seq || durable.failed)
+            .await;
         match reached {
             Ok(durable) if !durable.failed => Ok(()),
             _ => Err(LogError::WriterFailed),
@@ -147,7 +182,11 @@ impl EventLog {
         while pending.durable.seq < seq && !pending.durable.failed {
             self.shared.durable_changed.wait(&mut pending);
         }
-        if pending.durable.failed { Err(LogError::WriterFailed) } else { Ok(()) }
+        if pending.durable.failed {
+            Err(LogError::WriterFailed)
+        } else {
+            Ok(())
+        }
     }
 
     /// Flushes what is pending and stops the writer thread.
@@ -184,10 +223,16 @@ fn write_loop(shared: &Shared, segment: &mut SegmentWriter) {
         };
         let result = segment.write(&batch, first_seq);
         let durable = match &result {
-            Ok(()) => Durable { seq: upto, failed: false },
+            Ok(()) => Durable {
+                seq: upto,
+                failed: false,
+            },
             Err(error) => {
                 tracing::error!(%error, "event log write failed; refusing further events");
-                Durable { seq: upto.min(first_seq.saturating_sub(1)), failed: true }
+                Durable {
+                    seq: upto.min(first_seq.saturating_sub(1)),
+                    failed: true,
+                }
             }
         };
         {

@@ -120,13 +120,27 @@ impl Simulator {
         self.stats
     }
 
-    fn schedule(&mut self, time_ms: i64, event_type: &str, build: impl FnOnce(&mut RawEvent)) -> String {
+    fn schedule(
+        &mut self,
+        time_ms: i64,
+        event_type: &str,
+        build: impl FnOnce(&mut RawEvent),
+    ) -> String {
         self.next_event += 1;
         let event_id = format!("e{}-{}", self.config.seed, self.next_event);
-        let mut event = RawEvent { event_id: event_id.clone(), event_type: event_type.into(), event_time_ms: time_ms, ..Default::default() };
+        let mut event = RawEvent {
+            event_id: event_id.clone(),
+            event_type: event_type.into(),
+            event_time_ms: time_ms,
+            ..Default::default()
+        };
         build(&mut event);
         self.next_order += 1;
-        self.scheduled.push(Reverse(Scheduled { time_ms, order: self.next_order, event }));
+        self.scheduled.push(Reverse(Scheduled {
+            time_ms,
+            order: self.next_order,
+            event,
+        }));
         event_id
     }
 
@@ -151,12 +165,17 @@ impl Simulator {
             e.entities.insert("ip".into(), ip.into());
             e.numbers.insert("amount".into(), amount);
             e.strings.insert("currency".into(), "EUR".into());
-            e.strings.insert("billing_country".into(), billing_country.into());
+            e.strings
+                .insert("billing_country".into(), billing_country.into());
             e.strings.insert("ip_country".into(), ip_country.into());
         });
         self.stats.payments += 1;
         self.stats.fraud_payments += u64::from(fraud);
-        let disputed = if fraud { self.rng.random_bool(0.9) } else { self.rng.random_bool(0.002) };
+        let disputed = if fraud {
+            self.rng.random_bool(0.9)
+        } else {
+            self.rng.random_bool(0.002)
+        };
         if disputed {
             let delay = self.rng.random_range(DAY_MS..=60 * DAY_MS);
             let (user, card, payment) = (user.to_string(), card.to_string(), payment_id.clone());
@@ -175,7 +194,11 @@ impl Simulator {
         let start = self.clock_ms;
         let user: User = self.population.pick_user(&mut self.rng);
         let device = user.devices[self.rng.random_range(0..user.devices.len())].clone();
-        let ip = if self.rng.random_bool(0.9) { user.ip.clone() } else { self.population.fresh_ip() };
+        let ip = if self.rng.random_bool(0.9) {
+            user.ip.clone()
+        } else {
+            self.population.fresh_ip()
+        };
         let mut time = start;
         if self.rng.random_bool(0.3) {
             self.schedule(time, "login", |e| {
@@ -215,13 +238,24 @@ impl Simulator {
         if cart_total > 0.0 && self.rng.random_bool(0.65) {
             time += self.rng.random_range(10 * SECOND_MS..=90 * SECOND_MS);
             let card = user.cards[self.rng.random_range(0..user.cards.len())].clone();
-            let payment_id = self.payment(time, &user.id, &card, &device, &ip, cart_total, &user.country, &user.country, false);
+            let payment_id = self.payment(
+                time,
+                &user.id,
+                &card,
+                &device,
+                &ip,
+                cart_total,
+                &user.country,
+                &user.country,
+                false,
+            );
             time += self.rng.random_range(SECOND_MS..=10 * SECOND_MS);
             let order_id = self.schedule(time, "order", |e| {
                 e.entities.insert("user".into(), user.id.clone());
                 e.entities.insert("card".into(), card.clone());
                 e.entities.insert("device".into(), device.clone());
-                e.numbers.insert("amount".into(), (cart_total * 100.0).round() / 100.0);
+                e.numbers
+                    .insert("amount".into(), (cart_total * 100.0).round() / 100.0);
                 e.strings.insert("payment_id".into(), payment_id);
             });
             if self.rng.random_bool(0.03) {
@@ -229,7 +263,8 @@ impl Simulator {
                 self.schedule(refund_time, "refund", |e| {
                     e.entities.insert("user".into(), user.id.clone());
                     e.entities.insert("card".into(), card.clone());
-                    e.numbers.insert("amount".into(), (cart_total * 100.0).round() / 100.0);
+                    e.numbers
+                        .insert("amount".into(), (cart_total * 100.0).round() / 100.0);
                     e.strings.insert("order_id".into(), order_id);
                 });
             }
@@ -238,7 +273,8 @@ impl Simulator {
 
     fn attack(&mut self) {
         let start = self.clock_ms;
-        let foreign = FOREIGN_COUNTRIES[self.rng.random_range(0..FOREIGN_COUNTRIES.len())].to_string();
+        let foreign =
+            FOREIGN_COUNTRIES[self.rng.random_range(0..FOREIGN_COUNTRIES.len())].to_string();
         match self.rng.random_range(0..4) {
             // Card testing: a burst of tiny payments on a fresh card, then a real one.
             0 => {
@@ -250,11 +286,31 @@ impl Simulator {
                 for _ in 0..self.rng.random_range(6..=15) {
                     time += self.rng.random_range(3 * SECOND_MS..=40 * SECOND_MS);
                     let amount = self.rng.random_range(0.5..5.0);
-                    self.payment(time, &user.id, &card, &device, &ip, amount, &user.country, &foreign, true);
+                    self.payment(
+                        time,
+                        &user.id,
+                        &card,
+                        &device,
+                        &ip,
+                        amount,
+                        &user.country,
+                        &foreign,
+                        true,
+                    );
                 }
                 time += self.rng.random_range(30 * SECOND_MS..=300 * SECOND_MS);
                 let amount = self.rng.random_range(200.0..1500.0);
-                self.payment(time, &user.id, &card, &device, &ip, amount, &user.country, &foreign, true);
+                self.payment(
+                    time,
+                    &user.id,
+                    &card,
+                    &device,
+                    &ip,
+                    amount,
+                    &user.country,
+                    &foreign,
+                    true,
+                );
             }
             // One device (and ip) cycling through stolen cards under throwaway accounts.
             1 => {
@@ -266,7 +322,17 @@ impl Simulator {
                     let card = self.population.fresh_card();
                     time += self.rng.random_range(20 * SECOND_MS..=600 * SECOND_MS);
                     let amount = self.rng.random_range(50.0..600.0);
-                    self.payment(time, &user.id, &card, &device, &ip, amount, &user.country, &foreign, true);
+                    self.payment(
+                        time,
+                        &user.id,
+                        &card,
+                        &device,
+                        &ip,
+                        amount,
+                        &user.country,
+                        &foreign,
+                        true,
+                    );
                 }
             }
             // A brand-new account paying a large amount at once, from abroad.
@@ -285,7 +351,17 @@ impl Simulator {
                 for _ in 0..self.rng.random_range(1..=3) {
                     time += self.rng.random_range(10 * SECOND_MS..=90 * SECOND_MS);
                     let amount = self.rng.random_range(300.0..2500.0);
-                    self.payment(time, &user.id, &card, &device, &ip, amount, &user.country, &foreign, true);
+                    self.payment(
+                        time,
+                        &user.id,
+                        &card,
+                        &device,
+                        &ip,
+                        amount,
+                        &user.country,
+                        &foreign,
+                        true,
+                    );
                 }
             }
             // A stolen card of an existing user, used from a new device abroad for
@@ -299,7 +375,17 @@ impl Simulator {
                 for _ in 0..self.rng.random_range(2..=6) {
                     time += self.rng.random_range(60 * SECOND_MS..=1800 * SECOND_MS);
                     let amount = victim.typical_amount * self.rng.random_range(5.0..15.0);
-                    self.payment(time, &victim.id, &card, &device, &ip, amount, &victim.country, &foreign, true);
+                    self.payment(
+                        time,
+                        &victim.id,
+                        &card,
+                        &device,
+                        &ip,
+                        amount,
+                        &victim.country,
+                        &foreign,
+                        true,
+                    );
                 }
             }
         }
@@ -339,14 +425,18 @@ mod tests {
     #[test]
     fn the_stream_is_ordered_valid_seeded_and_about_as_fraudulent_as_asked() {
         let definitions = Definitions::default_shop();
-        let limits = Limits { max_future_skew_ms: 0, max_id_bytes: 128 };
+        let limits = Limits {
+            max_future_skew_ms: 0,
+            max_id_bytes: 128,
+        };
         let mut simulator = Simulator::new(SimConfig::default());
         let events: Vec<RawEvent> = simulator.by_ref().take(60_000).collect();
         for pair in events.windows(2) {
             assert!(pair[0].event_time_ms <= pair[1].event_time_ms);
         }
         for event in &events {
-            validate(&definitions, &limits, event, None).unwrap_or_else(|r| panic!("{r} in {event:?}"));
+            validate(&definitions, &limits, event, None)
+                .unwrap_or_else(|r| panic!("{r} in {event:?}"));
         }
         let stats = simulator.stats();
         let share = stats.fraud_payments as f64 / stats.payments as f64;

@@ -24,7 +24,11 @@ pub(super) struct Population {
 
 impl Population {
     pub fn new(rng: &mut ChaCha8Rng, users: usize, products: usize) -> Population {
-        let mut population = Population { users: Vec::with_capacity(users), products: Vec::with_capacity(products), next_id: 0 };
+        let mut population = Population {
+            users: Vec::with_capacity(users),
+            products: Vec::with_capacity(products),
+            next_id: 0,
+        };
         for index in 0..products.max(1) {
             // Log-normal-ish prices between about 3 and 600.
             let price = (rng.random_range(1.0f64..6.4)).exp().round();

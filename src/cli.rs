@@ -1,0 +1,224 @@
+//! The `streamscore` command line: `serve`, `simulate`, `features`, `check-definitions`.
+
+use std::io::{BufWriter, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::api::client;
+use crate::config::Settings;
+use crate::definitions::Definitions;
+use crate::simulate::{SimConfig, Simulator};
+use crate::time::{DAY_MS, now_ms};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "streamscore",
+    version,
+    about = "Online ML scoring for e-commerce: events in, features and scores out"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gRPC server (embedded feature store, default shop definitions).
+    Serve(ServeArgs),
+    /// Generate a seeded shop event stream, to a JSON-lines file or a running server.
+    Simulate(SimulateArgs),
+    /// Print the feature values of one entity from a running server.
+    Features(FeaturesArgs),
+    /// Check a feature definitions file and list the features it defines.
+    CheckDefinitions {
+        /// The TOML file.
+        path: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Settings file (TOML); STREAMSCORE__... environment variables override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Listen address, e.g. 127.0.0.1:50051.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Directory for the event log and snapshots.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Feature definitions file (default: the built-in shop definitions).
+    #[arg(long)]
+    pub definitions: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct SimulateArgs {
+    /// How many events to generate.
+    #[arg(long, default_value_t = 100_000)]
+    pub events: usize,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Users at the start.
+    #[arg(long, default_value_t = 5_000)]
+    pub users: usize,
+    /// Share of payments that are fraudulent.
+    #[arg(long, default_value_t = 0.015)]
+    pub fraud_rate: f64,
+    /// Event time of the first event, ms since the epoch (default: far enough back that
+    /// the stream ends about now, at roughly 2 events a second).
+    #[arg(long)]
+    pub start_ms: Option<i64>,
+    /// Write JSON lines here ('-' for stdout).
+    #[arg(long, conflicts_with = "target")]
+    pub out: Option<PathBuf>,
+    /// Stream to this server instead, e.g. http://127.0.0.1:50051.
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Events per batch when streaming.
+    #[arg(long, default_value_t = 1_000)]
+    pub batch: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct FeaturesArgs {
+    /// Entity type, e.g. card, user, user_product.
+    pub entity_type: String,
+    /// Entity id, e.g. c17 (for a composite: u3|p12).
+    pub entity_id: String,
+    /// Server URL.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    pub target: String,
+    /// Read as of this time (ms since the epoch) instead of now.
+    #[arg(long)]
+    pub as_of_ms: Option<i64>,
+}
+
+pub type CliResult = Result<(), Box<dyn std::error::Error>>;
+
+pub async fn run(cli: Cli) -> CliResult {
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Simulate(args) => simulate(args).await,
+        Command::Features(args) => features(args).await,
+        Command::CheckDefinitions { path } => check_definitions(&path),
+    }
+}
+
+async fn serve(args: ServeArgs) -> CliResult {
+    let mut settings = Settings::load(args.config.as_deref())?;
+    if let Some(listen) = args.listen {
+        settings.listen = listen;
+    }
+    if let Some(data_dir) = args.data_dir {
+        settings.data_dir = data_dir;
+    }
+    if let Some(definitions) = args.definitions {
+        settings.definitions = Some(definitions);
+    }
+    settings.validate()?;
+    crate::server::serve(settings, crate::server::shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn simulate(args: SimulateArgs) -> CliResult {
+    let config = SimConfig {
+        seed: args.seed,
+        start_ms: args.start_ms.unwrap_or_else(|| now_ms() - (args.events as i64 * 500).min(60 * DAY_MS)),
+        users: args.users,
+        fraud_rate: args.fraud_rate,
+        ..SimConfig::default()
+    };
+    let simulator = Simulator::new(config);
+    match (&args.target, &args.out) {
+        (Some(target), _) => {
+            let channel = client::connect(target).await?;
+            // A server refuses events stamped in its future; stop at the present.
+            let now = now_ms();
+            let events = simulator
+                .take(args.events)
+                .take_while(move |e| e.event_time_ms <= now);
+            let mut sent = 0u64;
+            let summary = client::stream_events(channel, events, args.batch, 16, |ack| {
+                sent += u64::from(ack.accepted + ack.duplicates) + ack.refused.len() as u64;
+                if ack.batch_id % 100 == 0 {
+                    eprintln!("  {sent} events acknowledged");
+                }
+            })
+            .await?;
+            println!(
+                "streamed {} batches: {} accepted, {} duplicates, {} refused",
+                summary.batches,
+                summary.accepted,
+                summary.duplicates,
+                summary.refused.len()
+            );
+            for refusal in summary.refused.iter().take(5) {
+                println!(
+                    "  refused #{}: {}: {}",
+                    refusal.index, refusal.field, refusal.reason
+                );
+            }
+        }
+        (None, out) => {
+            let sink: Box<dyn Write> = match out {
+                Some(path) if path.as_os_str() != "-" => Box::new(std::fs::File::create(path)?),
+                _ => Box::new(std::io::stdout().lock()),
+            };
+            let mut sink = BufWriter::new(sink);
+            let mut simulator = simulator;
+            for event in simulator.by_ref().take(args.events) {
+                serde_json::to_writer(&mut sink, &event)?;
+                sink.write_all(b"\n")?;
+            }
+            sink.flush()?;
+            let stats = simulator.stats();
+            eprintln!(
+                "wrote {} events: {} payments, {} fraudulent, {} chargebacks scheduled",
+                stats.events, stats.payments, stats.fraud_payments, stats.chargebacks
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn features(args: FeaturesArgs) -> CliResult {
+    let channel = client::connect(&args.target).await?;
+    let response =
+        client::get_features(channel, &args.entity_type, &args.entity_id, args.as_of_ms).await?;
+    println!(
+        "{} {} (known: {}, as of {} ms)",
+        args.entity_type, args.entity_id, response.known, response.as_of_ms
+    );
+    for value in response.values {
+        match value.value {
+            Some(number) => println!("  {:<36} {number}", value.name),
+            None => println!("  {:<36} -", value.name),
+        }
+    }
+    Ok(())
+}
+
+fn check_definitions(path: &std::path::Path) -> CliResult {
+    let definitions = Definitions::load(path)?;
+    println!(
+        "{}: {} entities, {} event types, {} features (fingerprint {:016x})",
+        path.display(),
+        definitions.entities.len(),
+        definitions.event_types.len(),
+        definitions.features.len(),
+        definitions.fingerprint
+    );
+    for feature in &definitions.features {
+        println!(
+            "  {:<36} {} {} {}",
+            feature.name,
+            definitions.entities[feature.entity].name,
+            feature.aggregation.name(),
+            feature.window.label()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,194 @@
+//! A deliberately simple model of the feature semantics documented in
+//! `src/features/window.rs` and `src/features/engine.rs`: it keeps every accepted event
+//! and answers each read with plain loops. No tiles, no sharing, no pruning.
+
+use std::collections::{BTreeSet, HashMap};
+
+use streamscore::definitions::{Aggregation, Definitions, FeatureDef};
+use streamscore::events::RawEvent;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Applied,
+    Duplicate,
+    Late,
+}
+
+struct Accepted {
+    event: RawEvent,
+    /// The watermark right after this event was applied.
+    watermark_after: i64,
+}
+
+pub struct Naive {
+    definitions: Definitions,
+    lateness_ms: i64,
+    horizon_ms: i64,
+    watermark_ms: i64,
+    seen: HashMap<String, i64>,
+    accepted: Vec<Accepted>,
+    by_entity: HashMap<(usize, String), Vec<usize>>,
+}
+
+/// Tile size by the documented rule: the largest whole number of seconds dividing the
+/// window that is at most 1/24 of it.
+fn tile_ms(window_ms: i64) -> i64 {
+    let seconds = window_ms / 1000;
+    (1..=seconds / 24).rev().find(|d| seconds % d == 0).unwrap_or(1) * 1000
+}
+
+impl Naive {
+    pub fn new(definitions: Definitions, lateness_ms: i64, horizon_ms: i64) -> Naive {
+        Naive {
+            definitions,
+            lateness_ms,
+            horizon_ms,
+            watermark_ms: 0,
+            seen: HashMap::new(),
+            accepted: Vec::new(),
+            by_entity: HashMap::new(),
+        }
+    }
+
+    pub fn watermark_ms(&self) -> i64 {
+        self.watermark_ms
+    }
+
+    /// Offers a valid event, as the engine's admit + apply would see it.
+    pub fn offer(&mut self, event: &RawEvent) -> Outcome {
+        if event.event_time_ms < self.watermark_ms - self.lateness_ms {
+            return Outcome::Late;
+        }
+        if self.seen.get(&event.event_id).is_some_and(|t| *t >= self.watermark_ms - self.horizon_ms) {
+            return Outcome::Duplicate;
+        }
+        self.watermark_ms = self.watermark_ms.max(event.event_time_ms);
+        let seen = self.seen.entry(event.event_id.clone()).or_insert(event.event_time_ms);
+        *seen = (*seen).max(event.event_time_ms);
+        let index = self.accepted.len();
+        self.accepted.push(Accepted { event: event.clone(), watermark_after: self.watermark_ms });
+        for (entity, definition) in self.definitions.entities.iter().enumerate() {
+            let parts: Vec<&str> = if definition.parts.is_empty() {
+                vec![definition.name.as_str()]
+            } else {
+                definition.parts.iter().map(|p| self.definitions.entities[*p].name.as_str()).collect()
+            };
+            let ids: Option<Vec<&str>> = parts.iter().map(|p| event.entities.get(*p).map(String::as_str)).collect();
+            if let Some(ids) = ids {
+                self.by_entity.entry((entity, ids.join("|"))).or_default().push(index);
+            }
+        }
+        Outcome::Applied
+    }
+
+    fn expiry_margin(&self, entity: usize) -> i64 {
+        let longest_tile = self
+            .definitions
+            .features
+            .iter()
+            .filter(|f| f.entity == entity)
+            .filter_map(|f| f.window.length_ms().map(tile_ms))
+            .max()
+            .unwrap_or(0);
+        self.lateness_ms.saturating_add(self.definitions.entities[entity].ttl_ms).saturating_add(longest_tile)
+    }
+
+    /// The events of an entity since its last expiry, or `None` if it is unknown now.
+    fn live_history(&self, entity: usize, id: &str) -> Option<Vec<&RawEvent>> {
+        let indexes = self.by_entity.get(&(entity, id.to_string()))?;
+        let margin = self.expiry_margin(entity);
+        let mut history: Vec<&RawEvent> = Vec::new();
+        let mut last_seen = i64::MIN;
+        for &index in indexes {
+            let accepted = &self.accepted[index];
+            // Mirrors the documented rule: an entity is expired when its newest event is
+            // older than `watermark - lateness - ttl - longest tile`.
+            if !history.is_empty() && last_seen < accepted.watermark_after.saturating_sub(margin) {
+                history.clear();
+                last_seen = i64::MIN;
+            }
+            history.push(&accepted.event);
+            last_seen = last_seen.max(accepted.event.event_time_ms);
+        }
+        (last_seen >= self.watermark_ms.saturating_sub(margin)).then_some(history)
+    }
+
+    /// Whether the entity is known, and the feature's value, at `at_ms`.
+    pub fn read(&self, feature: &FeatureDef, id: &str, at_ms: i64) -> (bool, Option<f64>) {
+        let history = self.live_history(feature.entity, id);
+        let known = history.is_some();
+        let history = history.unwrap_or_default();
+        let types: Vec<&str> =
+            feature.event_types.iter().map(|t| self.definitions.event_types[*t].name.as_str()).collect();
+        let in_window = |time: i64| match feature.window.length_ms() {
+            None => true,
+            Some(length) => {
+                let tile = tile_ms(length);
+                let newest = at_ms.div_euclid(tile);
+                let oldest = newest - length / tile;
+                let event_tile = time.div_euclid(tile);
+                event_tile >= oldest && event_tile <= newest
+            }
+        };
+        let events: Vec<&RawEvent> = history
+            .into_iter()
+            .filter(|e| types.contains(&e.event_type.as_str()) && in_window(e.event_time_ms))
+            .collect();
+        let field = feature.field.as_deref();
+        let numbers: Vec<f64> = events.iter().filter_map(|e| field.and_then(|f| e.numbers.get(f).copied())).collect();
+        let value = match feature.aggregation {
+            Aggregation::Count => Some(match field {
+                None => events.len() as f64,
+                Some(f) => events
+                    .iter()
+                    .filter(|e| e.numbers.contains_key(f) || e.strings.contains_key(f) || e.entities.contains_key(f))
+                    .count() as f64,
+            }),
+            Aggregation::Sum => Some(numbers.iter().sum()),
+            Aggregation::Mean => (!numbers.is_empty()).then(|| numbers.iter().sum::<f64>() / numbers.len() as f64),
+            Aggregation::Min => numbers.iter().copied().reduce(f64::min),
+            Aggregation::Max => numbers.iter().copied().reduce(f64::max),
+            Aggregation::Stddev => (!numbers.is_empty()).then(|| {
+                let mean = numbers.iter().sum::<f64>() / numbers.len() as f64;
+                (numbers.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / numbers.len() as f64).sqrt()
+            }),
+            Aggregation::DistinctCount => {
+                let f = field.expect("distinct_count has a field");
+                let values: BTreeSet<&str> = events
+                    .iter()
+                    .filter_map(|e| e.strings.get(f).or_else(|| e.entities.get(f)).map(String::as_str))
+                    .collect();
+                Some(values.len() as f64)
+            }
+            Aggregation::Last => {
+                let f = field.expect("last has a field");
+                let mut best: Option<(i64, f64)> = None;
+                for event in &events {
+                    if let Some(value) = event.numbers.get(f)
+                        && best.is_none_or(|(time, _)| event.event_time_ms >= time)
+                    {
+                        best = Some((event.event_time_ms, *value));
+                    }
+                }
+                best.map(|(_, value)| value)
+            }
+            Aggregation::TimeSinceLast => {
+                events.iter().map(|e| e.event_time_ms).max().map(|t| (at_ms - t) as f64 / 1000.0)
+            }
+            Aggregation::AgeSinceFirst => {
+                events.iter().map(|e| e.event_time_ms).min().map(|t| (at_ms - t) as f64 / 1000.0)
+            }
+        };
+        (known, value)
+    }
+}
+
+/// Float comparison for feature values: sums over tiles add in another order than a
+/// plain loop, so equal means equal to 1e-9 relative (or 1e-9 absolute near zero).
+pub fn same_value(engine: Option<f64>, naive: Option<f64>) -> bool {
+    match (engine, naive) {
+        (None, None) => true,
+        (Some(a), Some(b)) => approx::relative_eq!(a, b, epsilon = 1e-9, max_relative = 1e-9),
+        _ => false,
+    }
+}
