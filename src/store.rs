@@ -50,6 +50,13 @@ pub struct NamedFeatures {
     pub values: Vec<(String, Option<f64>)>,
 }
 
+/// A batch applied and logged but maybe not durable yet.
+#[derive(Debug)]
+pub struct Submitted {
+    outcome: BatchOutcome,
+    wait_for: Option<u64>,
+}
+
 pub struct FeatureStore {
     engine: RwLock<Engine>,
     log: EventLog,
@@ -138,16 +145,22 @@ impl FeatureStore {
 
     /// Validates, applies and logs a batch; returns once every accepted event is durable.
     pub async fn ingest(&self, events: &[RawEvent]) -> Result<BatchOutcome, StoreError> {
-        let (outcome, wait_for) = self.apply_batch(events)?;
-        if let Some(seq) = wait_for {
-            self.log.wait_durable(seq).await?;
-        }
-        Ok(outcome)
+        let submitted = self.submit(events)?;
+        self.wait_durable(submitted).await
     }
 
-    /// The synchronous half of [`FeatureStore::ingest`]: the outcome and the sequence
-    /// number to wait for, if anything was logged.
-    fn apply_batch(&self, events: &[RawEvent]) -> Result<(BatchOutcome, Option<u64>), StoreError> {
+    /// Waits until a submitted batch is durable and returns its outcome (the ack).
+    pub async fn wait_durable(&self, submitted: Submitted) -> Result<BatchOutcome, StoreError> {
+        if let Some(seq) = submitted.wait_for {
+            self.log.wait_durable(seq).await?;
+        }
+        Ok(submitted.outcome)
+    }
+
+    /// The synchronous half of [`FeatureStore::ingest`]: validates, applies and logs the
+    /// batch now, so batches of one stream are applied in the order they arrived even
+    /// while earlier ones still wait for the disk.
+    pub fn submit(&self, events: &[RawEvent]) -> Result<Submitted, StoreError> {
         if events.len() > self.max_batch_events {
             return Err(StoreError::BatchTooLarge {
                 got: events.len(),
@@ -186,7 +199,7 @@ impl FeatureStore {
         if outcome.duplicates > 0 {
             last_seq = Some(self.log.last_seq());
         }
-        Ok((outcome, last_seq))
+        Ok(Submitted { outcome, wait_for: last_seq })
     }
 
     /// Reads features of one entity by name (all of the entity type's when `names` is

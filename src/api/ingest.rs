@@ -73,13 +73,14 @@ impl Ingest for IngestService {
                     }
                 };
                 let (batch_id, events) = to_raw(request);
+                let submitted = store.submit(&events);
                 let store = Arc::clone(&store);
                 let done = tokio::spawn(async move {
-                    store
-                        .ingest(&events)
-                        .await
-                        .map(|outcome| ack(batch_id, outcome))
-                        .map_err(Status::from)
+                    let outcome = match submitted {
+                        Ok(submitted) => store.wait_durable(submitted).await,
+                        Err(error) => Err(error),
+                    };
+                    outcome.map(|outcome| ack(batch_id, outcome)).map_err(Status::from)
                 });
                 if pending_tx.send(done).await.is_err() {
                     break;
