@@ -57,3 +57,66 @@ impl TestServer {
         self.dir
     }
 }
+
+use std::collections::BTreeSet;
+
+use streamscore::definitions::Definitions;
+use streamscore::events::RawEvent;
+
+/// A spread of entity ids of every type found in `events`: a stride through the sorted
+/// ids, so both busy and quiet entities are checked.
+pub fn sample_entities(definitions: &Definitions, events: &[RawEvent], per_type: usize) -> Vec<(String, String)> {
+    let mut samples = Vec::new();
+    for entity in &definitions.entities {
+        let ids: BTreeSet<String> = events
+            .iter()
+            .filter_map(|e| {
+                let parts: Vec<&str> = if entity.parts.is_empty() {
+                    vec![entity.name.as_str()]
+                } else {
+                    entity.parts.iter().map(|p| definitions.entities[*p].name.as_str()).collect()
+                };
+                let ids: Option<Vec<&str>> = parts.iter().map(|p| e.entities.get(*p).map(String::as_str)).collect();
+                ids.map(|ids| ids.join("|"))
+            })
+            .collect();
+        let stride = (ids.len() / per_type).max(1);
+        samples.extend(ids.iter().step_by(stride).map(|id| (entity.name.clone(), id.clone())));
+    }
+    samples
+}
+
+/// Feature values of `samples` read from a store, in definition order.
+pub fn read_all(store: &FeatureStore, samples: &[(String, String)], at_ms: i64) -> Vec<(bool, Vec<Option<f64>>)> {
+    samples
+        .iter()
+        .map(|(entity_type, id)| {
+            let read = store.read(entity_type, id, &[], Some(at_ms)).expect("read features");
+            (read.known, read.values.into_iter().map(|(_, v)| v).collect())
+        })
+        .collect()
+}
+
+/// Asserts that `reads` (from [`read_all`]) equal the naive model's values.
+pub fn assert_matches_naive(
+    definitions: &Definitions,
+    naive: &naive::Naive,
+    samples: &[(String, String)],
+    reads: &[(bool, Vec<Option<f64>>)],
+    at_ms: i64,
+) {
+    for ((entity_type, id), (known, values)) in samples.iter().zip(reads) {
+        let features: Vec<_> =
+            definitions.features.iter().filter(|f| definitions.entities[f.entity].name == *entity_type).collect();
+        assert_eq!(values.len(), features.len());
+        for (value, feature) in values.iter().zip(features) {
+            let (expected_known, expected) = naive.read(feature, id, at_ms);
+            assert_eq!(*known, expected_known, "{entity_type} {id}");
+            assert!(
+                naive::same_value(*value, expected),
+                "{entity_type} {id} {}: store {value:?}, naive {expected:?}",
+                feature.name
+            );
+        }
+    }
+}

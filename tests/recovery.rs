@@ -1,0 +1,124 @@
+//! Recovery: a torn final log record and a corrupted snapshot are survived, and the
+//! recovered features equal the naive model over exactly the events that survived.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::naive::{Naive, Outcome};
+use common::{assert_matches_naive, read_all, sample_entities};
+use streamscore::config::Settings;
+use streamscore::definitions::Definitions;
+use streamscore::events::RawEvent;
+use streamscore::log::{segments_dir, snapshots_dir};
+use streamscore::simulate::{SimConfig, Simulator};
+use streamscore::store::FeatureStore;
+
+fn settings(dir: &std::path::Path) -> Settings {
+    Settings { data_dir: dir.to_path_buf(), ..Settings::default() }
+}
+
+fn open(settings: &Settings) -> (FeatureStore, streamscore::store::RecoveryReport) {
+    FeatureStore::open(settings, Arc::new(Definitions::default_shop())).expect("store opens")
+}
+
+fn naive_over(events: &[RawEvent]) -> Naive {
+    let defaults = Settings::default();
+    let mut naive =
+        Naive::new(Definitions::default_shop(), defaults.ingest.allowed_lateness.0, defaults.ingest.dedup_horizon.0);
+    for event in events {
+        assert_eq!(naive.offer(event), Outcome::Applied);
+    }
+    naive
+}
+
+fn events(count: usize) -> Vec<RawEvent> {
+    Simulator::new(SimConfig { seed: 7, users: 500, ..SimConfig::default() }).take(count).collect()
+}
+
+async fn ingest(store: &FeatureStore, events: &[RawEvent]) {
+    for batch in events.chunks(500) {
+        let outcome = store.ingest(batch).await.expect("ingest");
+        assert_eq!(outcome.accepted as usize, batch.len(), "{:?}", outcome.refused.first());
+    }
+}
+
+fn newest_segment(dir: &std::path::Path) -> std::path::PathBuf {
+    let mut segments: Vec<_> = std::fs::read_dir(segments_dir(dir))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| std::fs::metadata(p).unwrap().len() > 0)
+        .collect();
+    segments.sort();
+    segments.pop().expect("a non-empty segment")
+}
+
+#[tokio::test]
+async fn a_torn_final_record_is_truncated_and_the_rest_recovered() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = settings(dir.path());
+    let events = events(5_000);
+    {
+        let (store, _) = open(&settings);
+        ingest(&store, &events).await;
+        store.close().unwrap();
+    }
+    // Drop the snapshots so recovery must replay the log, then tear its last record.
+    std::fs::remove_dir_all(snapshots_dir(dir.path())).unwrap();
+    let segment = newest_segment(dir.path());
+    let length = std::fs::metadata(&segment).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&segment).unwrap().set_len(length - 7).unwrap();
+
+    let (store, report) = open(&settings);
+    assert_eq!(report.replayed, 4_999);
+    assert!(report.truncated_bytes > 0);
+    let definitions = Definitions::default_shop();
+    let samples = sample_entities(&definitions, &events, 20);
+    let at = events[4_998].event_time_ms;
+    assert_matches_naive(&definitions, &naive_over(&events[..4_999]), &samples, &read_all(&store, &samples, at), at);
+
+    // The log keeps working after the cut: the lost event can be sent again.
+    ingest(&store, &events[4_999..]).await;
+    store.close().unwrap();
+    let (store, _) = open(&settings);
+    let at = events[4_999].event_time_ms;
+    assert_matches_naive(&definitions, &naive_over(&events), &samples, &read_all(&store, &samples, at), at);
+}
+
+#[tokio::test]
+async fn a_corrupted_snapshot_falls_back_to_an_older_one_or_a_full_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = settings(dir.path());
+    let events = events(6_000);
+    for part in [&events[..3_000], &events[3_000..]] {
+        let (store, _) = open(&settings);
+        ingest(&store, part).await;
+        store.close().unwrap();
+    }
+    let mut snapshots: Vec<_> = std::fs::read_dir(snapshots_dir(dir.path())).unwrap().map(|e| e.unwrap().path()).collect();
+    snapshots.sort();
+    assert_eq!(snapshots.len(), 2);
+    let mut bytes = std::fs::read(&snapshots[1]).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&snapshots[1], &bytes).unwrap();
+
+    let definitions = Definitions::default_shop();
+    let samples = sample_entities(&definitions, &events, 20);
+    let naive = naive_over(&events);
+    let at = events[5_999].event_time_ms;
+
+    let (store, report) = open(&settings);
+    assert_eq!(report.snapshot_seq, Some(3_000), "fell back to the older snapshot");
+    assert_eq!(report.replayed, 3_000);
+    assert_matches_naive(&definitions, &naive, &samples, &read_all(&store, &samples, at), at);
+    drop(store);
+
+    // With every snapshot unreadable, the whole log is replayed.
+    std::fs::write(&snapshots[0], b"garbage").unwrap();
+    std::fs::write(&snapshots[1], &bytes).unwrap();
+    let (store, report) = open(&settings);
+    assert_eq!(report.snapshot_seq, None);
+    assert_eq!(report.replayed, 6_000);
+    assert_matches_naive(&definitions, &naive, &samples, &read_all(&store, &samples, at), at);
+}
