@@ -126,7 +126,9 @@ async fn serve(args: ServeArgs) -> CliResult {
 async fn simulate(args: SimulateArgs) -> CliResult {
     let config = SimConfig {
         seed: args.seed,
-        start_ms: args.start_ms.unwrap_or_else(|| now_ms() - (args.events as i64 * 500).min(60 * DAY_MS)),
+        start_ms: args
+            .start_ms
+            .unwrap_or_else(|| now_ms() - (args.events as i64 * 500).min(60 * DAY_MS)),
         users: args.users,
         fraud_rate: args.fraud_rate,
         ..SimConfig::default()

@@ -199,7 +199,10 @@ impl FeatureStore {
         if outcome.duplicates > 0 {
             last_seq = Some(self.log.last_seq());
         }
-        Ok(Submitted { outcome, wait_for: last_seq })
+        Ok(Submitted {
+            outcome,
+            wait_for: last_seq,
+        })
     }
 
     /// Reads features of one entity by name (all of the entity type's when `names` is

@@ -187,17 +187,19 @@ fn spec() -> impl Strategy<Value = Spec> {
         proptest::option::of((0u32..500).prop_map(|c| f64::from(c) / 10.0)),
         0u8..4,
     )
-        .prop_map(|(id, pay, user, card, step_ms, back_ms, amount, tip, label)| Spec {
-            id,
-            pay,
-            user,
-            card,
-            step_ms,
-            back_ms,
-            amount,
-            tip,
-            label,
-        })
+        .prop_map(
+            |(id, pay, user, card, step_ms, back_ms, amount, tip, label)| Spec {
+                id,
+                pay,
+                user,
+                card,
+                step_ms,
+                back_ms,
+                amount,
+                tip,
+                label,
+            },
+        )
 }
 
 fn to_events(specs: &[Spec]) -> Vec<RawEvent> {
@@ -213,14 +215,20 @@ fn to_events(specs: &[Spec]) -> Vec<RawEvent> {
                 ..RawEvent::default()
             };
             event.entities.insert("user".into(), format!("u{}", s.user));
-            let card = if s.pay { Some(s.card.unwrap_or(0)) } else { s.card };
+            let card = if s.pay {
+                Some(s.card.unwrap_or(0))
+            } else {
+                s.card
+            };
             if let Some(card) = card {
                 event.entities.insert("card".into(), format!("c{card}"));
             }
             if s.pay {
                 event.numbers.insert("amount".into(), s.amount);
                 if s.label > 0 {
-                    event.strings.insert("country".into(), format!("X{}", s.label));
+                    event
+                        .strings
+                        .insert("country".into(), format!("X{}", s.label));
                 }
             } else {
                 event.strings.insert("page".into(), format!("p{}", s.label));

@@ -15,7 +15,10 @@ use streamscore::simulate::{SimConfig, Simulator};
 use streamscore::store::FeatureStore;
 
 fn settings(dir: &std::path::Path) -> Settings {
-    Settings { data_dir: dir.to_path_buf(), ..Settings::default() }
+    Settings {
+        data_dir: dir.to_path_buf(),
+        ..Settings::default()
+    }
 }
 
 fn open(settings: &Settings) -> (FeatureStore, streamscore::store::RecoveryReport) {
@@ -24,8 +27,11 @@ fn open(settings: &Settings) -> (FeatureStore, streamscore::store::RecoveryRepor
 
 fn naive_over(events: &[RawEvent]) -> Naive {
     let defaults = Settings::default();
-    let mut naive =
-        Naive::new(Definitions::default_shop(), defaults.ingest.allowed_lateness.0, defaults.ingest.dedup_horizon.0);
+    let mut naive = Naive::new(
+        Definitions::default_shop(),
+        defaults.ingest.allowed_lateness.0,
+        defaults.ingest.dedup_horizon.0,
+    );
     for event in events {
         assert_eq!(naive.offer(event), Outcome::Applied);
     }
@@ -33,13 +39,24 @@ fn naive_over(events: &[RawEvent]) -> Naive {
 }
 
 fn events(count: usize) -> Vec<RawEvent> {
-    Simulator::new(SimConfig { seed: 7, users: 500, ..SimConfig::default() }).take(count).collect()
+    Simulator::new(SimConfig {
+        seed: 7,
+        users: 500,
+        ..SimConfig::default()
+    })
+    .take(count)
+    .collect()
 }
 
 async fn ingest(store: &FeatureStore, events: &[RawEvent]) {
     for batch in events.chunks(500) {
         let outcome = store.ingest(batch).await.expect("ingest");
-        assert_eq!(outcome.accepted as usize, batch.len(), "{:?}", outcome.refused.first());
+        assert_eq!(
+            outcome.accepted as usize,
+            batch.len(),
+            "{:?}",
+            outcome.refused.first()
+        );
     }
 }
 
@@ -67,7 +84,12 @@ async fn a_torn_final_record_is_truncated_and_the_rest_recovered() {
     std::fs::remove_dir_all(snapshots_dir(dir.path())).unwrap();
     let segment = newest_segment(dir.path());
     let length = std::fs::metadata(&segment).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&segment).unwrap().set_len(length - 7).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap()
+        .set_len(length - 7)
+        .unwrap();
 
     let (store, report) = open(&settings);
     assert_eq!(report.replayed, 4_999);
@@ -75,14 +97,26 @@ async fn a_torn_final_record_is_truncated_and_the_rest_recovered() {
     let definitions = Definitions::default_shop();
     let samples = sample_entities(&definitions, &events, 20);
     let at = events[4_998].event_time_ms;
-    assert_matches_naive(&definitions, &naive_over(&events[..4_999]), &samples, &read_all(&store, &samples, at), at);
+    assert_matches_naive(
+        &definitions,
+        &naive_over(&events[..4_999]),
+        &samples,
+        &read_all(&store, &samples, at),
+        at,
+    );
 
     // The log keeps working after the cut: the lost event can be sent again.
     ingest(&store, &events[4_999..]).await;
     store.close().unwrap();
     let (store, _) = open(&settings);
     let at = events[4_999].event_time_ms;
-    assert_matches_naive(&definitions, &naive_over(&events), &samples, &read_all(&store, &samples, at), at);
+    assert_matches_naive(
+        &definitions,
+        &naive_over(&events),
+        &samples,
+        &read_all(&store, &samples, at),
+        at,
+    );
 }
 
 #[tokio::test]
@@ -95,7 +129,10 @@ async fn a_corrupted_snapshot_falls_back_to_an_older_one_or_a_full_replay() {
         ingest(&store, part).await;
         store.close().unwrap();
     }
-    let mut snapshots: Vec<_> = std::fs::read_dir(snapshots_dir(dir.path())).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut snapshots: Vec<_> = std::fs::read_dir(snapshots_dir(dir.path()))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     snapshots.sort();
     assert_eq!(snapshots.len(), 2);
     let mut bytes = std::fs::read(&snapshots[1]).unwrap();
@@ -109,9 +146,19 @@ async fn a_corrupted_snapshot_falls_back_to_an_older_one_or_a_full_replay() {
     let at = events[5_999].event_time_ms;
 
     let (store, report) = open(&settings);
-    assert_eq!(report.snapshot_seq, Some(3_000), "fell back to the older snapshot");
+    assert_eq!(
+        report.snapshot_seq,
+        Some(3_000),
+        "fell back to the older snapshot"
+    );
     assert_eq!(report.replayed, 3_000);
-    assert_matches_naive(&definitions, &naive, &samples, &read_all(&store, &samples, at), at);
+    assert_matches_naive(
+        &definitions,
+        &naive,
+        &samples,
+        &read_all(&store, &samples, at),
+        at,
+    );
     drop(store);
 
     // With every snapshot unreadable, the whole log is replayed.
@@ -120,5 +167,11 @@ async fn a_corrupted_snapshot_falls_back_to_an_older_one_or_a_full_replay() {
     let (store, report) = open(&settings);
     assert_eq!(report.snapshot_seq, None);
     assert_eq!(report.replayed, 6_000);
-    assert_matches_naive(&definitions, &naive, &samples, &read_all(&store, &samples, at), at);
+    assert_matches_naive(
+        &definitions,
+        &naive,
+        &samples,
+        &read_all(&store, &samples, at),
+        at,
+    );
 }

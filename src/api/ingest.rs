@@ -80,7 +80,9 @@ impl Ingest for IngestService {
                         Ok(submitted) => store.wait_durable(submitted).await,
                         Err(error) => Err(error),
                     };
-                    outcome.map(|outcome| ack(batch_id, outcome)).map_err(Status::from)
+                    outcome
+                        .map(|outcome| ack(batch_id, outcome))
+                        .map_err(Status::from)
                 });
                 if pending_tx.send(done).await.is_err() {
                     break;

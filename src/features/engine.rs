@@ -6,8 +6,9 @@
 //! than `watermark - allowed_lateness` is refused as late (and counted); one within
 //! the lateness lands in its own tile. An event whose id was applied before, with an
 //! event time no older than `watermark - dedup_horizon`, is a duplicate: acknowledged,
-//! not applied. An entity whose newest event is older than
-//! `watermark - allowed_lateness - ttl - longest tile` is expired: reads see it as
+//! not applied (checked first, so a retried old batch is not called late). An entity
+//! whose newest event is older than `watermark - allowed_lateness - ttl - longest tile`
+//! is expired: reads see it as
 //! unknown and its next event starts it afresh. Expiry depends on event time only, so
 //! when memory is actually reclaimed ([`Engine::evict_expired`]) never changes a value.
 
@@ -178,9 +179,18 @@ impl Engine {
             .collect()
     }
 
-    /// Decides whether `event` is applied, is a duplicate, or is too late; counts the
-    /// latter two.
+    /// Decides whether `event` is a duplicate, is too late, or is applied; counts the
+    /// first two.
     pub fn admit(&mut self, event: &Event<'_>) -> Admission {
+        // Duplicates first: a producer retrying an old batch should hear 'already have
+        // it', not 'too late'.
+        let horizon_start = self
+            .watermark_ms
+            .saturating_sub(self.settings.dedup_horizon_ms);
+        if self.dedup.contains(event.id_hash, horizon_start) {
+            self.counters.duplicates += 1;
+            return Admission::Duplicate;
+        }
         let oldest_allowed = self
             .watermark_ms
             .saturating_sub(self.settings.allowed_lateness_ms);
@@ -196,13 +206,6 @@ impl Engine {
                 ),
                 kind: RefusalKind::Late,
             });
-        }
-        let horizon_start = self
-            .watermark_ms
-            .saturating_sub(self.settings.dedup_horizon_ms);
-        if self.dedup.contains(event.id_hash, horizon_start) {
-            self.counters.duplicates += 1;
-            return Admission::Duplicate;
         }
         Admission::Apply
     }

@@ -28,9 +28,14 @@ impl TestServer {
     /// the settings first.
     pub async fn start(adjust: impl FnOnce(&mut Settings)) -> TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut settings = Settings { data_dir: dir.path().to_path_buf(), ..Settings::default() };
+        let mut settings = Settings {
+            data_dir: dir.path().to_path_buf(),
+            ..Settings::default()
+        };
         adjust(&mut settings);
-        let store = streamscore::server::open_store(&settings).await.expect("store opens");
+        let store = streamscore::server::open_store(&settings)
+            .await
+            .expect("store opens");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
         let addr = listener.local_addr().expect("local addr");
         let (shutdown, signal) = oneshot::channel::<()>();
@@ -41,11 +46,20 @@ impl TestServer {
             })
             .await
         });
-        TestServer { url: format!("http://{addr}"), addr, store, dir, shutdown: Some(shutdown), task }
+        TestServer {
+            url: format!("http://{addr}"),
+            addr,
+            store,
+            dir,
+            shutdown: Some(shutdown),
+            task,
+        }
     }
 
     pub async fn channel(&self) -> tonic::transport::Channel {
-        streamscore::api::client::connect(&self.url).await.expect("connect to test server")
+        streamscore::api::client::connect(&self.url)
+            .await
+            .expect("connect to test server")
     }
 
     /// Stops the server gracefully and returns its data dir.
@@ -53,7 +67,10 @@ impl TestServer {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
-        self.task.await.expect("server task").expect("server ran cleanly");
+        self.task
+            .await
+            .expect("server task")
+            .expect("server ran cleanly");
         self.dir
     }
 }
@@ -65,7 +82,11 @@ use streamscore::events::RawEvent;
 
 /// A spread of entity ids of every type found in `events`: a stride through the sorted
 /// ids, so both busy and quiet entities are checked.
-pub fn sample_entities(definitions: &Definitions, events: &[RawEvent], per_type: usize) -> Vec<(String, String)> {
+pub fn sample_entities(
+    definitions: &Definitions,
+    events: &[RawEvent],
+    per_type: usize,
+) -> Vec<(String, String)> {
     let mut samples = Vec::new();
     for entity in &definitions.entities {
         let ids: BTreeSet<String> = events
@@ -74,25 +95,45 @@ pub fn sample_entities(definitions: &Definitions, events: &[RawEvent], per_type:
                 let parts: Vec<&str> = if entity.parts.is_empty() {
                     vec![entity.name.as_str()]
                 } else {
-                    entity.parts.iter().map(|p| definitions.entities[*p].name.as_str()).collect()
+                    entity
+                        .parts
+                        .iter()
+                        .map(|p| definitions.entities[*p].name.as_str())
+                        .collect()
                 };
-                let ids: Option<Vec<&str>> = parts.iter().map(|p| e.entities.get(*p).map(String::as_str)).collect();
+                let ids: Option<Vec<&str>> = parts
+                    .iter()
+                    .map(|p| e.entities.get(*p).map(String::as_str))
+                    .collect();
                 ids.map(|ids| ids.join("|"))
             })
             .collect();
         let stride = (ids.len() / per_type).max(1);
-        samples.extend(ids.iter().step_by(stride).map(|id| (entity.name.clone(), id.clone())));
+        samples.extend(
+            ids.iter()
+                .step_by(stride)
+                .map(|id| (entity.name.clone(), id.clone())),
+        );
     }
     samples
 }
 
 /// Feature values of `samples` read from a store, in definition order.
-pub fn read_all(store: &FeatureStore, samples: &[(String, String)], at_ms: i64) -> Vec<(bool, Vec<Option<f64>>)> {
+pub fn read_all(
+    store: &FeatureStore,
+    samples: &[(String, String)],
+    at_ms: i64,
+) -> Vec<(bool, Vec<Option<f64>>)> {
     samples
         .iter()
         .map(|(entity_type, id)| {
-            let read = store.read(entity_type, id, &[], Some(at_ms)).expect("read features");
-            (read.known, read.values.into_iter().map(|(_, v)| v).collect())
+            let read = store
+                .read(entity_type, id, &[], Some(at_ms))
+                .expect("read features");
+            (
+                read.known,
+                read.values.into_iter().map(|(_, v)| v).collect(),
+            )
         })
         .collect()
 }
@@ -106,8 +147,11 @@ pub fn assert_matches_naive(
     at_ms: i64,
 ) {
     for ((entity_type, id), (known, values)) in samples.iter().zip(reads) {
-        let features: Vec<_> =
-            definitions.features.iter().filter(|f| definitions.entities[f.entity].name == *entity_type).collect();
+        let features: Vec<_> = definitions
+            .features
+            .iter()
+            .filter(|f| definitions.entities[f.entity].name == *entity_type)
+            .collect();
         assert_eq!(values.len(), features.len());
         for (value, feature) in values.iter().zip(features) {
             let (expected_known, expected) = naive.read(feature, id, at_ms);

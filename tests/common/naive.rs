@@ -34,7 +34,11 @@ pub struct Naive {
 /// window that is at most 1/24 of it.
 fn tile_ms(window_ms: i64) -> i64 {
     let seconds = window_ms / 1000;
-    (1..=seconds / 24).rev().find(|d| seconds % d == 0).unwrap_or(1) * 1000
+    (1..=seconds / 24)
+        .rev()
+        .find(|d| seconds % d == 0)
+        .unwrap_or(1)
+        * 1000
 }
 
 impl Naive {
@@ -56,26 +60,46 @@ impl Naive {
 
     /// Offers a valid event, as the engine's admit + apply would see it.
     pub fn offer(&mut self, event: &RawEvent) -> Outcome {
+        if self
+            .seen
+            .get(&event.event_id)
+            .is_some_and(|t| *t >= self.watermark_ms - self.horizon_ms)
+        {
+            return Outcome::Duplicate;
+        }
         if event.event_time_ms < self.watermark_ms - self.lateness_ms {
             return Outcome::Late;
         }
-        if self.seen.get(&event.event_id).is_some_and(|t| *t >= self.watermark_ms - self.horizon_ms) {
-            return Outcome::Duplicate;
-        }
         self.watermark_ms = self.watermark_ms.max(event.event_time_ms);
-        let seen = self.seen.entry(event.event_id.clone()).or_insert(event.event_time_ms);
+        let seen = self
+            .seen
+            .entry(event.event_id.clone())
+            .or_insert(event.event_time_ms);
         *seen = (*seen).max(event.event_time_ms);
         let index = self.accepted.len();
-        self.accepted.push(Accepted { event: event.clone(), watermark_after: self.watermark_ms });
+        self.accepted.push(Accepted {
+            event: event.clone(),
+            watermark_after: self.watermark_ms,
+        });
         for (entity, definition) in self.definitions.entities.iter().enumerate() {
             let parts: Vec<&str> = if definition.parts.is_empty() {
                 vec![definition.name.as_str()]
             } else {
-                definition.parts.iter().map(|p| self.definitions.entities[*p].name.as_str()).collect()
+                definition
+                    .parts
+                    .iter()
+                    .map(|p| self.definitions.entities[*p].name.as_str())
+                    .collect()
             };
-            let ids: Option<Vec<&str>> = parts.iter().map(|p| event.entities.get(*p).map(String::as_str)).collect();
+            let ids: Option<Vec<&str>> = parts
+                .iter()
+                .map(|p| event.entities.get(*p).map(String::as_str))
+                .collect();
             if let Some(ids) = ids {
-                self.by_entity.entry((entity, ids.join("|"))).or_default().push(index);
+                self.by_entity
+                    .entry((entity, ids.join("|")))
+                    .or_default()
+                    .push(index);
             }
         }
         Outcome::Applied
@@ -90,7 +114,9 @@ impl Naive {
             .filter_map(|f| f.window.length_ms().map(tile_ms))
             .max()
             .unwrap_or(0);
-        self.lateness_ms.saturating_add(self.definitions.entities[entity].ttl_ms).saturating_add(longest_tile)
+        self.lateness_ms
+            .saturating_add(self.definitions.entities[entity].ttl_ms)
+            .saturating_add(longest_tile)
     }
 
     /// The events of an entity since its last expiry, or `None` if it is unknown now.
@@ -118,8 +144,11 @@ impl Naive {
         let history = self.live_history(feature.entity, id);
         let known = history.is_some();
         let history = history.unwrap_or_default();
-        let types: Vec<&str> =
-            feature.event_types.iter().map(|t| self.definitions.event_types[*t].name.as_str()).collect();
+        let types: Vec<&str> = feature
+            .event_types
+            .iter()
+            .map(|t| self.definitions.event_types[*t].name.as_str())
+            .collect();
         let in_window = |time: i64| match feature.window.length_ms() {
             None => true,
             Some(length) => {
@@ -135,28 +164,44 @@ impl Naive {
             .filter(|e| types.contains(&e.event_type.as_str()) && in_window(e.event_time_ms))
             .collect();
         let field = feature.field.as_deref();
-        let numbers: Vec<f64> = events.iter().filter_map(|e| field.and_then(|f| e.numbers.get(f).copied())).collect();
+        let numbers: Vec<f64> = events
+            .iter()
+            .filter_map(|e| field.and_then(|f| e.numbers.get(f).copied()))
+            .collect();
         let value = match feature.aggregation {
             Aggregation::Count => Some(match field {
                 None => events.len() as f64,
                 Some(f) => events
                     .iter()
-                    .filter(|e| e.numbers.contains_key(f) || e.strings.contains_key(f) || e.entities.contains_key(f))
+                    .filter(|e| {
+                        e.numbers.contains_key(f)
+                            || e.strings.contains_key(f)
+                            || e.entities.contains_key(f)
+                    })
                     .count() as f64,
             }),
             Aggregation::Sum => Some(numbers.iter().sum()),
-            Aggregation::Mean => (!numbers.is_empty()).then(|| numbers.iter().sum::<f64>() / numbers.len() as f64),
+            Aggregation::Mean => {
+                (!numbers.is_empty()).then(|| numbers.iter().sum::<f64>() / numbers.len() as f64)
+            }
             Aggregation::Min => numbers.iter().copied().reduce(f64::min),
             Aggregation::Max => numbers.iter().copied().reduce(f64::max),
             Aggregation::Stddev => (!numbers.is_empty()).then(|| {
                 let mean = numbers.iter().sum::<f64>() / numbers.len() as f64;
-                (numbers.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / numbers.len() as f64).sqrt()
+                (numbers.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>()
+                    / numbers.len() as f64)
+                    .sqrt()
             }),
             Aggregation::DistinctCount => {
                 let f = field.expect("distinct_count has a field");
                 let values: BTreeSet<&str> = events
                     .iter()
-                    .filter_map(|e| e.strings.get(f).or_else(|| e.entities.get(f)).map(String::as_str))
+                    .filter_map(|e| {
+                        e.strings
+                            .get(f)
+                            .or_else(|| e.entities.get(f))
+                            .map(String::as_str)
+                    })
                     .collect();
                 Some(values.len() as f64)
             }
@@ -172,12 +217,16 @@ impl Naive {
                 }
                 best.map(|(_, value)| value)
             }
-            Aggregation::TimeSinceLast => {
-                events.iter().map(|e| e.event_time_ms).max().map(|t| (at_ms - t) as f64 / 1000.0)
-            }
-            Aggregation::AgeSinceFirst => {
-                events.iter().map(|e| e.event_time_ms).min().map(|t| (at_ms - t) as f64 / 1000.0)
-            }
+            Aggregation::TimeSinceLast => events
+                .iter()
+                .map(|e| e.event_time_ms)
+                .max()
+                .map(|t| (at_ms - t) as f64 / 1000.0),
+            Aggregation::AgeSinceFirst => events
+                .iter()
+                .map(|e| e.event_time_ms)
+                .min()
+                .map(|t| (at_ms - t) as f64 / 1000.0),
         };
         (known, value)
     }
