@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
+use crate::api::limits::SizeRefusalLayer;
 use crate::api::pb::features_server::FeaturesServer;
 use crate::api::pb::ingest_server::IngestServer;
 use crate::api::{FILE_DESCRIPTOR_SET, FeaturesService, IngestService};
@@ -104,6 +105,7 @@ pub async fn run(
         settings.snapshot.interval.as_duration(),
     ));
     let result = Server::builder()
+        .layer(SizeRefusalLayer)
         .add_service(health_service)
         .add_service(reflection)
         .add_service(

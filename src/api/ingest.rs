@@ -66,6 +66,7 @@ impl Ingest for IngestService {
                 let request = match next {
                     Ok(request) => request,
                     Err(status) => {
+                        let status = super::limits::normalise(status);
                         let _ = pending_tx
                             .send(tokio::spawn(async move { Err(status) }))
                             .await;

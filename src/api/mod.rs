@@ -7,6 +7,7 @@ mod convert;
 mod error;
 mod features;
 mod ingest;
+pub mod limits;
 
 pub use features::FeaturesService;
 pub use ingest::IngestService;
