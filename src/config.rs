@@ -164,6 +164,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail fixes the closure's error type
     fn file_then_env_override_defaults() {
         figment::Jail::expect_with(|jail| {
             jail.create_file(

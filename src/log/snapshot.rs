@@ -70,7 +70,7 @@ pub fn load_newest_snapshot<T>(
 ) -> Result<Option<(u64, T)>, LogError> {
     for (seq, path) in list(dir)?.into_iter().rev() {
         let bytes = std::fs::read(&path).map_err(io_error(&path))?;
-        match check(&bytes).and_then(|payload| restore(payload)) {
+        match check(&bytes).and_then(&mut restore) {
             Ok(state) => return Ok(Some((seq, state))),
             Err(reason) => {
                 tracing::warn!(snapshot = %path.display(), %reason, "skipping unusable snapshot")
