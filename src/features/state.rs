@@ -4,6 +4,7 @@
 //! window to the window's tiles.
 
 use serde::{Deserialize, Serialize};
+use thin_vec::ThinVec;
 
 use crate::definitions::{Aggregation, fnv64};
 
@@ -111,11 +112,13 @@ pub(crate) const NEVER: i64 = i64::MIN;
 pub struct EntityState {
     /// Newest event time of any event touching the entity; drives eviction.
     pub(crate) last_seen_ms: i64,
-    pub(crate) counts: Vec<CountTile>,
-    pub(crate) stats: Vec<StatsTile>,
-    pub(crate) distinct: Vec<DistinctTile>,
-    pub(crate) lasts: Vec<LastValue>,
-    pub(crate) firsts: Vec<i64>,
+    // ThinVec keeps its length and capacity on the heap: 8 bytes per empty vector
+    // instead of 24, which matters at millions of mostly quiet entities.
+    pub(crate) counts: ThinVec<CountTile>,
+    pub(crate) stats: ThinVec<StatsTile>,
+    pub(crate) distinct: ThinVec<DistinctTile>,
+    pub(crate) lasts: ThinVec<LastValue>,
+    pub(crate) firsts: ThinVec<i64>,
 }
 
 /// The index range of `series` in a vector sorted by series first.
@@ -127,7 +130,7 @@ fn series_range<T>(tiles: &[T], series: u16, key: impl Fn(&T) -> u16) -> std::op
 
 /// Removes the tiles of `range` older than `keep_from` (the range is sorted by tile).
 fn prune<T>(
-    tiles: &mut Vec<T>,
+    tiles: &mut ThinVec<T>,
     range: std::ops::Range<usize>,
     keep_from: u32,
     tile: impl Fn(&T) -> u32,
@@ -216,13 +219,8 @@ impl EntityState {
 
     pub(crate) fn observe_last(&mut self, slot: usize, slots: usize, time_ms: i64, value: f64) {
         if self.lasts.is_empty() {
-            self.lasts = vec![
-                LastValue {
-                    time_ms: NEVER,
-                    value: f64::NAN
-                };
-                slots
-            ];
+            let never = LastValue { time_ms: NEVER, value: f64::NAN };
+            self.lasts = std::iter::repeat_n(never, slots).collect();
         }
         let last = &mut self.lasts[slot];
         // Ties go to the event applied later, so replay order decides, not hashing.
@@ -233,7 +231,7 @@ impl EntityState {
 
     pub(crate) fn observe_first(&mut self, slot: usize, slots: usize, time_ms: i64) {
         if self.firsts.is_empty() {
-            self.firsts = vec![i64::MAX; slots];
+            self.firsts = std::iter::repeat_n(i64::MAX, slots).collect();
         }
         self.firsts[slot] = self.firsts[slot].min(time_ms);
     }
