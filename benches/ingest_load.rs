@@ -34,7 +34,11 @@ fn main() {
         .expect("runtime");
     runtime.block_on(async move {
         let dir = tempfile::tempdir().expect("temp dir");
-        let settings = Settings { data_dir: dir.path().to_path_buf(), ..Settings::default() };
+        let mut settings = Settings { data_dir: dir.path().to_path_buf(), ..Settings::default() };
+        // Concurrent streams drift apart in event time; a wide lateness keeps the bench
+        // about throughput rather than about which stream ran ahead.
+        settings.ingest.allowed_lateness = streamscore::time::Millis(30 * streamscore::time::DAY_MS);
+        settings.ingest.dedup_horizon = settings.ingest.allowed_lateness;
         let store = streamscore::server::open_store(&settings).await.expect("store");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
