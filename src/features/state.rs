@@ -219,7 +219,10 @@ impl EntityState {
 
     pub(crate) fn observe_last(&mut self, slot: usize, slots: usize, time_ms: i64, value: f64) {
         if self.lasts.is_empty() {
-            let never = LastValue { time_ms: NEVER, value: f64::NAN };
+            let never = LastValue {
+                time_ms: NEVER,
+                value: f64::NAN,
+            };
             self.lasts = std::iter::repeat_n(never, slots).collect();
         }
         let last = &mut self.lasts[slot];
