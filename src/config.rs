@@ -58,6 +58,9 @@ pub struct LogSettings {
 pub struct SnapshotSettings {
     /// How often the engine is snapshotted (if events arrived since the last one).
     pub interval: Millis,
+    /// Also snapshot once this many events arrived since the last one, which bounds the
+    /// replay after a hard kill (at a few hundred thousand events/s replayed).
+    pub every_events: u64,
     /// How many snapshots to keep.
     pub keep: usize,
 }
@@ -101,6 +104,7 @@ impl Default for SnapshotSettings {
     fn default() -> Self {
         SnapshotSettings {
             interval: Millis(5 * MINUTE_MS),
+            every_events: 1_000_000,
             keep: 2,
         }
     }

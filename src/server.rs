@@ -103,6 +103,7 @@ pub async fn run(
     let maintenance = tokio::spawn(maintain(
         Arc::clone(&store),
         settings.snapshot.interval.as_duration(),
+        settings.snapshot.every_events,
     ));
     let result = Server::builder()
         .layer(SizeRefusalLayer)
@@ -125,27 +126,31 @@ pub async fn run(
     Ok(())
 }
 
-/// Periodic snapshots and eviction.
-async fn maintain(store: Arc<FeatureStore>, snapshot_interval: Duration) {
-    let mut snapshots = tokio::time::interval(snapshot_interval);
-    let mut evictions = tokio::time::interval(EVICTION_INTERVAL);
-    snapshots.tick().await;
-    evictions.tick().await;
+/// How often the snapshot triggers (time and event count) are checked.
+const MAINTENANCE_TICK: Duration = Duration::from_secs(1);
+
+/// Snapshots (after `interval`, or after `every_events` new events) and eviction.
+async fn maintain(store: Arc<FeatureStore>, interval: Duration, every_events: u64) {
+    let mut ticks = tokio::time::interval(MAINTENANCE_TICK);
+    let mut last_snapshot = tokio::time::Instant::now();
+    let mut last_eviction = tokio::time::Instant::now();
     loop {
-        tokio::select! {
-            _ = snapshots.tick() => {
-                let store = Arc::clone(&store);
-                match tokio::task::spawn_blocking(move || store.snapshot()).await {
-                    Ok(Err(error)) => tracing::error!(%error, "periodic snapshot failed"),
-                    Err(error) => tracing::error!(%error, "periodic snapshot task failed"),
-                    Ok(Ok(_)) => {}
-                }
+        ticks.tick().await;
+        let pending = store.events_since_snapshot();
+        if pending > 0 && (pending >= every_events || last_snapshot.elapsed() >= interval) {
+            last_snapshot = tokio::time::Instant::now();
+            let store = Arc::clone(&store);
+            match tokio::task::spawn_blocking(move || store.snapshot()).await {
+                Ok(Err(error)) => tracing::error!(%error, "periodic snapshot failed"),
+                Err(error) => tracing::error!(%error, "periodic snapshot task failed"),
+                Ok(Ok(_)) => {}
             }
-            _ = evictions.tick() => {
-                let evicted = store.evict_expired();
-                if evicted > 0 {
-                    tracing::debug!(evicted, "expired entities evicted");
-                }
+        }
+        if last_eviction.elapsed() >= EVICTION_INTERVAL {
+            last_eviction = tokio::time::Instant::now();
+            let evicted = store.evict_expired();
+            if evicted > 0 {
+                tracing::debug!(evicted, "expired entities evicted");
             }
         }
     }

@@ -246,6 +246,12 @@ impl FeatureStore {
         self.engine.write().evict_expired()
     }
 
+    /// Events applied since the last snapshot.
+    pub fn events_since_snapshot(&self) -> u64 {
+        let last = *self.last_snapshot_seq.lock();
+        self.engine.read().applied_seq().saturating_sub(last)
+    }
+
     /// Snapshots the engine if anything was applied since the last snapshot. Blocking:
     /// call from a blocking thread.
     pub fn snapshot(&self) -> Result<Option<PathBuf>, StoreError> {

@@ -1,6 +1,8 @@
 //! Validation of raw events against the definitions: every refusal names the field and
 //! the reason, so a producer can fix its event without reading server logs.
 
+use smallvec::{SmallVec, smallvec};
+
 use crate::definitions::{Definitions, EventTypeId, fnv128};
 
 use super::{COMPOSITE_SEPARATOR, RawEvent};
@@ -50,9 +52,10 @@ pub struct Event<'a> {
     pub id_hash: u128,
     pub type_id: EventTypeId,
     pub time_ms: i64,
-    pub entities: Vec<Option<&'a str>>,
-    pub numbers: Vec<Option<f64>>,
-    pub strings: Vec<Option<&'a str>>,
+    // Inline up to 8 slots: validation allocates nothing for a typical event.
+    pub entities: SmallVec<[Option<&'a str>; 8]>,
+    pub numbers: SmallVec<[Option<f64>; 8]>,
+    pub strings: SmallVec<[Option<&'a str>; 8]>,
 }
 
 fn check_id(field: impl FnOnce() -> String, value: &str, limits: &Limits) -> Result<(), Refusal> {
@@ -118,7 +121,7 @@ pub fn validate<'a>(
         }
     }
 
-    let mut entities = vec![None; event_type.entities.len()];
+    let mut entities: SmallVec<[Option<&str>; 8]> = smallvec![None; event_type.entities.len()];
     for (name, id) in &raw.entities {
         let slot = event_type
             .entities
@@ -157,7 +160,7 @@ pub fn validate<'a>(
         }
     }
 
-    let mut numbers = vec![None; event_type.numbers.len()];
+    let mut numbers: SmallVec<[Option<f64>; 8]> = smallvec![None; event_type.numbers.len()];
     for (name, value) in &raw.numbers {
         let Some(index) = event_type.numbers.iter().position(|f| f.name == *name) else {
             let reason = if event_type.strings.iter().any(|f| f.name == *name) {
@@ -201,7 +204,7 @@ pub fn validate<'a>(
         }
     }
 
-    let mut strings = vec![None; event_type.strings.len()];
+    let mut strings: SmallVec<[Option<&str>; 8]> = smallvec![None; event_type.strings.len()];
     for (name, value) in &raw.strings {
         let Some(index) = event_type.strings.iter().position(|f| f.name == *name) else {
             let reason = if event_type.numbers.iter().any(|f| f.name == *name) {
