@@ -14,7 +14,11 @@
 
 use std::sync::Arc;
 
-use rustc_hash::FxHashMap;
+use rustc_hash::FxBuildHasher;
+
+/// Entities of one type by id. hashbrown for `entry_ref`: one lookup per event, and the
+/// key is allocated only when the entity is new.
+pub type EntityTable = hashbrown::HashMap<Box<str>, EntityState, FxBuildHasher>;
 use serde::{Deserialize, Serialize};
 
 use crate::definitions::{Aggregation, Definitions, EntityTypeId, FieldSource};
@@ -70,7 +74,7 @@ pub struct Engine {
     definitions: Arc<Definitions>,
     settings: EngineSettings,
     plans: Vec<Option<EntityPlan>>,
-    tables: Vec<FxHashMap<Box<str>, EntityState>>,
+    tables: Vec<EntityTable>,
     watermark_ms: i64,
     dedup: Dedup,
     applied_seq: u64,
@@ -85,7 +89,7 @@ pub struct EngineSnapshot {
     pub applied_seq: u64,
     pub counters: Counters,
     pub dedup: Dedup,
-    pub tables: Vec<FxHashMap<Box<str>, EntityState>>,
+    pub tables: Vec<EntityTable>,
 }
 
 #[derive(Serialize)]
@@ -95,7 +99,7 @@ struct EngineSnapshotRef<'a> {
     applied_seq: u64,
     counters: Counters,
     dedup: &'a Dedup,
-    tables: &'a [FxHashMap<Box<str>, EntityState>],
+    tables: &'a [EntityTable],
 }
 
 impl Engine {
@@ -103,7 +107,7 @@ impl Engine {
         let plans: Vec<Option<EntityPlan>> = (0..definitions.entities.len())
             .map(|entity| EntityPlan::build(&definitions, entity))
             .collect();
-        let tables = plans.iter().map(|_| FxHashMap::default()).collect();
+        let tables = plans.iter().map(|_| EntityTable::default()).collect();
         Engine {
             definitions,
             settings,
@@ -236,15 +240,17 @@ impl Engine {
             let keep_from_time = self
                 .watermark_ms
                 .saturating_sub(self.settings.allowed_lateness_ms);
-            let table = &mut self.tables[entity];
-            let state = match table.get_mut(key.as_str()) {
-                Some(state) => {
+            let state = match self.tables[entity].entry_ref(key.as_str()) {
+                hashbrown::hash_map::EntryRef::Occupied(occupied) => {
+                    let state = occupied.into_mut();
                     if state.last_seen_ms < expired_before {
                         *state = EntityState::default();
                     }
                     state
                 }
-                None => table.entry(key.clone().into_boxed_str()).or_default(),
+                hashbrown::hash_map::EntryRef::Vacant(vacant) => {
+                    vacant.insert(EntityState::default())
+                }
             };
             apply_to_state(plan, state, event, keep_from_time);
         }
