@@ -5,6 +5,7 @@
 mod dedup;
 mod engine;
 mod plan;
+pub mod request;
 mod state;
 pub mod window;
 

@@ -1,0 +1,309 @@
+//! Point-in-time training sets. The history is replayed in order through the same
+//! [`Engine`] the server uses; at each observation (fraud: a payment; purchase: a page
+//! view; order value: an order) the features are read as of the event's time *before*
+//! the event is applied, so the event itself and anything after it never leak in.
+//! Request-time features come from [`request_features`], the function serving calls.
+//!
+//! Labels arrive late and are found in a first pass over the history:
+//! - fraud: a chargeback naming the payment (`payment_id`) within `label_window` of it;
+//!   a payment younger than `label_window` at the end of the history is left out, not
+//!   labelled 0;
+//! - purchase: an order by the same user within `horizon` after the view (views younger
+//!   than `horizon` at the end are left out);
+//! - order value: the order's own amount.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::definitions::{Definitions, EntityTypeId};
+use crate::events::{COMPOSITE_SEPARATOR, Limits, RawEvent, validate};
+use crate::features::request::{REQUEST_FEATURES, USER_MEAN_FEATURE, request_features};
+use crate::features::{Admission, Engine, EngineSettings, default_value};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Target {
+    Fraud { label_window_ms: i64 },
+    Purchase { horizon_ms: i64 },
+    OrderValue,
+}
+
+impl Target {
+    /// The event type observed.
+    pub fn observed_event(&self) -> &'static str {
+        match self {
+            Target::Fraud { .. } => "payment",
+            Target::Purchase { .. } => "page_view",
+            Target::OrderValue => "order",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DatasetSpec {
+    pub target: Target,
+    /// Entity types whose stored features are columns, in this order (each entity's
+    /// features in definition order).
+    pub entities: Vec<String>,
+    /// Append the request-time features.
+    pub request_features: bool,
+}
+
+impl DatasetSpec {
+    /// The default fraud model's inputs: card, user, device and ip features plus the
+    /// request-time features.
+    pub fn fraud(label_window_ms: i64) -> DatasetSpec {
+        DatasetSpec {
+            target: Target::Fraud { label_window_ms },
+            entities: ["card", "user", "device", "ip"].map(String::from).to_vec(),
+            request_features: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Row {
+    pub event_id: String,
+    pub time_ms: i64,
+    /// One value per column; `None` where the feature has no value.
+    pub values: Vec<Option<f64>>,
+    pub label: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Dataset {
+    pub columns: Vec<String>,
+    pub rows: Vec<Row>,
+    /// Observations left out because their label could not be known yet.
+    pub unlabelled: usize,
+    /// Events of the history that were invalid, duplicate or too late (not applied).
+    pub skipped_events: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DatasetError {
+    #[error("dataset entity '{0}' is not an entity with features in the definitions")]
+    UnknownEntity(String),
+    #[error("the request-time features need the stored feature '{USER_MEAN_FEATURE}'")]
+    MissingUserMean,
+}
+
+struct Labels {
+    end_ms: i64,
+    chargebacks: HashMap<String, i64>,
+    orders_by_user: HashMap<String, Vec<i64>>,
+}
+
+fn collect_labels(history: impl Iterator<Item = RawEvent>) -> Labels {
+    let mut labels = Labels {
+        end_ms: i64::MIN,
+        chargebacks: HashMap::new(),
+        orders_by_user: HashMap::new(),
+    };
+    for event in history {
+        labels.end_ms = labels.end_ms.max(event.event_time_ms);
+        match event.event_type.as_str() {
+            "chargeback" => {
+                if let Some(payment) = event.strings.get("payment_id") {
+                    let first = labels
+                        .chargebacks
+                        .entry(payment.clone())
+                        .or_insert(event.event_time_ms);
+                    *first = (*first).min(event.event_time_ms);
+                }
+            }
+            "order" => {
+                if let Some(user) = event.entities.get("user") {
+                    labels
+                        .orders_by_user
+                        .entry(user.clone())
+                        .or_default()
+                        .push(event.event_time_ms);
+                }
+            }
+            _ => {}
+        }
+    }
+    for times in labels.orders_by_user.values_mut() {
+        times.sort_unstable();
+    }
+    labels
+}
+
+/// The label of an observation, or `None` if it cannot be known from this history.
+fn label_of(target: Target, labels: &Labels, event: &RawEvent) -> Option<f64> {
+    let time = event.event_time_ms;
+    match target {
+        Target::Fraud { label_window_ms } => {
+            if time > labels.end_ms - label_window_ms {
+                return None;
+            }
+            let charged_back = labels
+                .chargebacks
+                .get(&event.event_id)
+                .is_some_and(|at| *at >= time && *at - time <= label_window_ms);
+            Some(f64::from(u8::from(charged_back)))
+        }
+        Target::Purchase { horizon_ms } => {
+            if time > labels.end_ms - horizon_ms {
+                return None;
+            }
+            let orders = event
+                .entities
+                .get("user")
+                .and_then(|user| labels.orders_by_user.get(user));
+            let bought = orders.is_some_and(|times| {
+                let after = times.partition_point(|t| *t <= time);
+                times.get(after).is_some_and(|t| *t - time <= horizon_ms)
+            });
+            Some(f64::from(u8::from(bought)))
+        }
+        Target::OrderValue => event.numbers.get("amount").copied(),
+    }
+}
+
+/// Which columns come from which entity: (entity type, feature ids).
+struct ColumnPlan {
+    entities: Vec<(EntityTypeId, Vec<usize>)>,
+    user_mean: Option<(usize, usize)>,
+}
+
+fn plan_columns(
+    definitions: &Definitions,
+    engine: &Engine,
+    spec: &DatasetSpec,
+) -> Result<(Vec<String>, ColumnPlan), DatasetError> {
+    let mut columns = Vec::new();
+    let mut entities = Vec::new();
+    let mut user_mean = None;
+    for name in &spec.entities {
+        let (entity, features) = engine
+            .resolve(name, &[])
+            .map_err(|_| DatasetError::UnknownEntity(name.clone()))?;
+        for (position, &feature) in features.iter().enumerate() {
+            if definitions.features[feature].name == USER_MEAN_FEATURE {
+                user_mean = Some((entities.len(), position));
+            }
+            columns.push(definitions.features[feature].name.clone());
+        }
+        entities.push((entity, features));
+    }
+    if spec.request_features {
+        if user_mean.is_none() {
+            return Err(DatasetError::MissingUserMean);
+        }
+        columns.extend(REQUEST_FEATURES.iter().map(|name| name.to_string()));
+    }
+    Ok((
+        columns,
+        ColumnPlan {
+            entities,
+            user_mean,
+        },
+    ))
+}
+
+/// The id of `entity` in `event`, joining a composite's parts; `None` if absent.
+fn entity_id(definitions: &Definitions, entity: EntityTypeId, event: &RawEvent) -> Option<String> {
+    let definition = &definitions.entities[entity];
+    if definition.parts.is_empty() {
+        return event.entities.get(&definition.name).cloned();
+    }
+    let parts: Option<Vec<&str>> = definition
+        .parts
+        .iter()
+        .map(|p| {
+            event
+                .entities
+                .get(&definitions.entities[*p].name)
+                .map(String::as_str)
+        })
+        .collect();
+    parts.map(|parts| parts.join(&COMPOSITE_SEPARATOR.to_string()))
+}
+
+/// The observation's feature vector, read from `engine` as it stands (the caller has not
+/// applied the event yet).
+pub fn observe(
+    definitions: &Definitions,
+    engine: &Engine,
+    plan_entities: &[(EntityTypeId, Vec<usize>)],
+    event: &RawEvent,
+) -> Vec<Vec<Option<f64>>> {
+    plan_entities
+        .iter()
+        .map(|(entity, features)| {
+            let read = entity_id(definitions, *entity, event).and_then(|id| {
+                engine
+                    .read(*entity, &id, features, event.event_time_ms)
+                    .ok()
+            });
+            match read {
+                Some(read) => read.values.into_iter().map(|(_, value)| value).collect(),
+                None => features
+                    .iter()
+                    .map(|f| default_value(definitions.features[*f].aggregation))
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+impl Dataset {
+    /// Replays `history` (called twice: once for labels, once for features) and builds
+    /// the point-in-time training set described by `spec`.
+    pub fn build<I: Iterator<Item = RawEvent>>(
+        definitions: Arc<Definitions>,
+        settings: EngineSettings,
+        history: impl Fn() -> I,
+        spec: &DatasetSpec,
+        mut progress: impl FnMut(u64),
+    ) -> Result<Dataset, DatasetError> {
+        let labels = collect_labels(history());
+        let mut engine = Engine::new(Arc::clone(&definitions), settings);
+        let (columns, plan) = plan_columns(&definitions, &engine, spec)?;
+        let limits = Limits {
+            max_future_skew_ms: i64::MAX,
+            max_id_bytes: usize::MAX,
+        };
+        let observed = spec.target.observed_event();
+        let mut dataset = Dataset {
+            columns,
+            ..Dataset::default()
+        };
+        for (seq, raw) in history().enumerate() {
+            if seq % 100_000 == 0 {
+                progress(seq as u64);
+            }
+            let Ok(event) = validate(&definitions, &limits, &raw, None) else {
+                dataset.skipped_events += 1;
+                continue;
+            };
+            if engine.admit(&event) != Admission::Apply {
+                dataset.skipped_events += 1;
+                continue;
+            }
+            if raw.event_type == observed {
+                match label_of(spec.target, &labels, &raw) {
+                    Some(label) => {
+                        let per_entity = observe(&definitions, &engine, &plan.entities, &raw);
+                        let mut values: Vec<Option<f64>> =
+                            per_entity.iter().flatten().copied().collect();
+                        if spec.request_features {
+                            let user_mean = plan.user_mean.and_then(|(e, f)| per_entity[e][f]);
+                            values.extend(request_features(&raw, user_mean));
+                        }
+                        dataset.rows.push(Row {
+                            event_id: raw.event_id.clone(),
+                            time_ms: raw.event_time_ms,
+                            values,
+                            label,
+                        });
+                    }
+                    None => dataset.unlabelled += 1,
+                }
+            }
+            engine.apply(&event, seq as u64 + 1);
+        }
+        Ok(dataset)
+    }
+}

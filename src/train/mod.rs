@@ -1,0 +1,6 @@
+//! Offline training: point-in-time training sets replayed through the same feature
+//! engine the server runs (so there is no training/serving skew), with late labels.
+
+pub mod dataset;
+
+pub use dataset::{Dataset, DatasetError, DatasetSpec, Row, Target};

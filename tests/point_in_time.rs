@@ -1,0 +1,204 @@
+//! Point-in-time training sets: an observation never sees its own event or a later one,
+//! late labels are honoured, and the vectors equal, to the bit, what the running server
+//! returns for the same history at the same moments.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use common::TestServer;
+use streamscore::api::client;
+use streamscore::api::pb::{self, ingest_client::IngestClient};
+use streamscore::config::Settings;
+use streamscore::definitions::Definitions;
+use streamscore::events::RawEvent;
+use streamscore::features::EngineSettings;
+use streamscore::features::request::{USER_MEAN_FEATURE, request_features};
+use streamscore::simulate::{SimConfig, Simulator};
+use streamscore::time::{DAY_MS, HOUR_MS, MINUTE_MS};
+use streamscore::train::{Dataset, DatasetSpec};
+
+fn engine_settings() -> EngineSettings {
+    let defaults = Settings::default();
+    EngineSettings {
+        allowed_lateness_ms: defaults.ingest.allowed_lateness.0,
+        dedup_horizon_ms: defaults.ingest.dedup_horizon.0,
+    }
+}
+
+fn payment(id: &str, time: i64, amount: f64) -> RawEvent {
+    RawEvent {
+        event_id: id.into(),
+        event_type: "payment".into(),
+        event_time_ms: time,
+        entities: BTreeMap::from([("user".into(), "u1".into()), ("card".into(), "c1".into())]),
+        numbers: BTreeMap::from([("amount".into(), amount)]),
+        strings: BTreeMap::from([
+            ("billing_country".into(), "DE".into()),
+            ("ip_country".into(), "DE".into()),
+        ]),
+    }
+}
+
+fn chargeback(id: &str, payment_id: &str, time: i64) -> RawEvent {
+    RawEvent {
+        event_id: id.into(),
+        event_type: "chargeback".into(),
+        event_time_ms: time,
+        entities: BTreeMap::from([("card".into(), "c1".into())]),
+        numbers: BTreeMap::from([("amount".into(), 1.0)]),
+        strings: BTreeMap::from([("payment_id".into(), payment_id.into())]),
+    }
+}
+
+#[test]
+fn observations_see_only_the_past_and_labels_respect_the_window() {
+    let t = 1_767_225_600_000;
+    let mut history = vec![
+        payment("p1", t, 10.0),
+        payment("p2", t + 10 * MINUTE_MS, 20.0),
+        payment("p3", t + 20 * MINUTE_MS, 30.0),
+        chargeback("cb2", "p2", t + 5 * DAY_MS),
+        chargeback("cb1", "p1", t + 45 * DAY_MS),
+        payment("p4", t + 90 * DAY_MS, 40.0),
+        RawEvent {
+            event_id: "end".into(),
+            event_type: "login".into(),
+            event_time_ms: t + 100 * DAY_MS,
+            entities: BTreeMap::from([("user".into(), "u9".into())]),
+            ..RawEvent::default()
+        },
+    ];
+    history.sort_by_key(|e| e.event_time_ms);
+    let definitions = Arc::new(Definitions::default_shop());
+    let spec = DatasetSpec::fraud(30 * DAY_MS);
+    let dataset = Dataset::build(
+        definitions,
+        engine_settings(),
+        || history.clone().into_iter(),
+        &spec,
+        |_| {},
+    )
+    .unwrap();
+
+    let column = |name: &str| dataset.columns.iter().position(|c| c == name).unwrap();
+    let ids: Vec<&str> = dataset.rows.iter().map(|r| r.event_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        ["p1", "p2", "p3"],
+        "p4 is younger than the label window at the end: left out"
+    );
+    assert_eq!(dataset.unlabelled, 1);
+    let labels: Vec<f64> = dataset.rows.iter().map(|r| r.label).collect();
+    assert_eq!(
+        labels,
+        [0.0, 1.0, 0.0],
+        "p1's chargeback came after 30 days; p2's within"
+    );
+
+    let value = |row: usize, name: &str| dataset.rows[row].values[column(name)];
+    assert_eq!(
+        value(0, "card_payments_1h"),
+        Some(0.0),
+        "p1 does not count itself"
+    );
+    assert_eq!(value(1, "card_payments_1h"), Some(1.0));
+    assert_eq!(
+        value(1, "card_amount_1h"),
+        Some(10.0),
+        "p2 sees p1's amount only"
+    );
+    assert_eq!(value(2, "card_amount_1h"), Some(30.0));
+    assert_eq!(value(0, USER_MEAN_FEATURE), None);
+    assert_eq!(value(2, USER_MEAN_FEATURE), Some(15.0));
+    assert_eq!(value(2, "req_amount"), Some(30.0));
+    assert_eq!(value(2, "req_amount_to_user_mean_30d"), Some(2.0));
+    assert_eq!(value(1, "card_seconds_since_last_payment"), Some(600.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn training_vectors_equal_the_servers_to_the_bit() {
+    let events: Vec<RawEvent> = Simulator::new(SimConfig {
+        seed: 5,
+        users: 800,
+        ..SimConfig::default()
+    })
+    .take(30_000)
+    .collect();
+    let definitions = Arc::new(Definitions::default_shop());
+    // A short label window: the 30k events span only hours.
+    let spec = DatasetSpec::fraud(HOUR_MS);
+    let dataset = Dataset::build(
+        Arc::clone(&definitions),
+        engine_settings(),
+        || events.clone().into_iter(),
+        &spec,
+        |_| {},
+    )
+    .unwrap();
+    assert!(dataset.rows.len() > 300, "{} rows", dataset.rows.len());
+
+    let server = TestServer::start(|_| {}).await;
+    let mut ingest = IngestClient::new(server.channel().await);
+    let checkpoints: Vec<usize> = events
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| e.event_type == "payment")
+        .map(|(index, _)| index)
+        .step_by(25)
+        .collect();
+    let mut sent = 0;
+    let mut compared = 0;
+    for index in checkpoints {
+        for chunk in events[sent..index].chunks(5_000) {
+            let request = pb::IngestRequest {
+                batch_id: 0,
+                events: chunk.iter().cloned().map(pb::Event::from).collect(),
+            };
+            let ack = ingest.ingest_batch(request).await.unwrap().into_inner();
+            assert_eq!(ack.accepted as usize, chunk.len());
+        }
+        sent = index;
+        let payment = &events[index];
+        let Some(row) = dataset.rows.iter().find(|r| r.event_id == payment.event_id) else {
+            continue;
+        };
+
+        let mut served: Vec<Option<f64>> = Vec::new();
+        for entity in &spec.entities {
+            let id = payment
+                .entities
+                .get(entity)
+                .expect("simulated payments carry every entity");
+            let response = client::get_features(
+                server.channel().await,
+                entity,
+                id,
+                Some(payment.event_time_ms),
+            )
+            .await
+            .unwrap();
+            served.extend(response.values.iter().map(|v| v.value));
+        }
+        let user_mean = dataset
+            .columns
+            .iter()
+            .position(|c| c == USER_MEAN_FEATURE)
+            .and_then(|i| served[i]);
+        served.extend(request_features(payment, user_mean));
+
+        assert_eq!(served.len(), row.values.len());
+        for ((column, trained), online) in dataset.columns.iter().zip(&row.values).zip(&served) {
+            assert_eq!(
+                trained.map(f64::to_bits),
+                online.map(f64::to_bits),
+                "{column} of {}",
+                payment.event_id
+            );
+        }
+        compared += 1;
+    }
+    assert!(compared >= 30, "only {compared} payments compared");
+    server.stop().await;
+}
