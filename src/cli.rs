@@ -31,6 +31,8 @@ pub enum Command {
     Simulate(SimulateArgs),
     /// Print the feature values of one entity from a running server.
     Features(FeaturesArgs),
+    /// Write the server's event log as JSON lines (safe beside a running server).
+    Export(ExportArgs),
     /// Check a feature definitions file and list the features it defines.
     CheckDefinitions {
         /// The TOML file.
@@ -83,6 +85,16 @@ pub struct SimulateArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The server's data directory.
+    #[arg(long, default_value = "streamscore-data")]
+    pub data_dir: PathBuf,
+    /// Output file ('-' or absent for stdout).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
 pub struct FeaturesArgs {
     /// Entity type, e.g. card, user, user_product.
     pub entity_type: String,
@@ -103,6 +115,7 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Serve(args) => serve(args).await,
         Command::Simulate(args) => simulate(args).await,
         Command::Features(args) => features(args).await,
+        Command::Export(args) => export(args),
         Command::CheckDefinitions { path } => check_definitions(&path),
     }
 }
@@ -165,11 +178,7 @@ async fn simulate(args: SimulateArgs) -> CliResult {
             }
         }
         (None, out) => {
-            let sink: Box<dyn Write> = match out {
-                Some(path) if path.as_os_str() != "-" => Box::new(std::fs::File::create(path)?),
-                _ => Box::new(std::io::stdout().lock()),
-            };
-            let mut sink = BufWriter::new(sink);
+            let mut sink = open_sink(out.as_ref())?;
             let mut simulator = simulator;
             for event in simulator.by_ref().take(args.events) {
                 serde_json::to_writer(&mut sink, &event)?;
@@ -186,18 +195,59 @@ async fn simulate(args: SimulateArgs) -> CliResult {
     Ok(())
 }
 
+fn export(args: ExportArgs) -> CliResult {
+    let segments = crate::log::segments_dir(&args.data_dir);
+    if !segments.exists() {
+        return Err(format!(
+            "no event log under {} (is it a streamscore data dir?)",
+            args.data_dir.display()
+        )
+        .into());
+    }
+    let mut sink = open_sink(args.out.as_ref())?;
+    let mut failure = None;
+    let stats = crate::log::replay(&segments, 0, crate::log::TailDamage::Stop, |_, event| {
+        if failure.is_none()
+            && let Err(error) = serde_json::to_writer(&mut sink, event)
+                .map_err(std::io::Error::from)
+                .and_then(|()| sink.write_all(b"\n"))
+        {
+            failure = Some(error);
+        }
+    })?;
+    if let Some(error) = failure {
+        return Err(error.into());
+    }
+    sink.flush()?;
+    eprintln!(
+        "exported {} events (log sequence 1..={})",
+        stats.replayed, stats.last_seq
+    );
+    Ok(())
+}
+
+fn open_sink(out: Option<&PathBuf>) -> Result<BufWriter<Box<dyn Write>>, std::io::Error> {
+    let sink: Box<dyn Write> = match out {
+        Some(path) if path.as_os_str() != "-" => Box::new(std::fs::File::create(path)?),
+        _ => Box::new(std::io::stdout().lock()),
+    };
+    Ok(BufWriter::new(sink))
+}
+
 async fn features(args: FeaturesArgs) -> CliResult {
     let channel = client::connect(&args.target).await?;
     let response =
         client::get_features(channel, &args.entity_type, &args.entity_id, args.as_of_ms).await?;
-    println!(
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
         "{} {} (known: {}, as of {} ms)",
         args.entity_type, args.entity_id, response.known, response.as_of_ms
-    );
+    )?;
     for value in response.values {
         match value.value {
-            Some(number) => println!("  {:<36} {number}", value.name),
-            None => println!("  {:<36} -", value.name),
+            Some(number) => writeln!(out, "  {:<36} {number}", value.name)?,
+            None => writeln!(out, "  {:<36} -", value.name)?,
         }
     }
     Ok(())
@@ -205,22 +255,25 @@ async fn features(args: FeaturesArgs) -> CliResult {
 
 fn check_definitions(path: &std::path::Path) -> CliResult {
     let definitions = Definitions::load(path)?;
-    println!(
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
         "{}: {} entities, {} event types, {} features (fingerprint {:016x})",
         path.display(),
         definitions.entities.len(),
         definitions.event_types.len(),
         definitions.features.len(),
         definitions.fingerprint
-    );
+    )?;
     for feature in &definitions.features {
-        println!(
+        writeln!(
+            out,
             "  {:<36} {} {} {}",
             feature.name,
             definitions.entities[feature.entity].name,
             feature.aggregation.name(),
             feature.window.label()
-        );
+        )?;
     }
     Ok(())
 }

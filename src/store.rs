@@ -97,16 +97,19 @@ impl FeatureStore {
 
         let segments = log::segments_dir(&settings.data_dir);
         let mut skipped = 0u64;
-        let replay = log::replay(&segments, engine.applied_seq(), |seq, raw| {
-            match validate(&definitions, &limits, raw, None) {
+        let replay = log::replay(
+            &segments,
+            engine.applied_seq(),
+            log::TailDamage::Truncate,
+            |seq, raw| match validate(&definitions, &limits, raw, None) {
                 Ok(event) => {
                     if engine.admit(&event) == Admission::Apply {
                         engine.apply(&event, seq);
                     }
                 }
                 Err(_) => skipped += 1,
-            }
-        })?;
+            },
+        )?;
         if skipped > 0 {
             tracing::warn!(
                 skipped,

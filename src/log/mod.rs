@@ -13,7 +13,7 @@ mod record;
 mod snapshot;
 mod writer;
 
-pub use reader::{ReplayStats, replay};
+pub use reader::{ReplayStats, TailDamage, replay};
 pub use snapshot::{load_newest_snapshot, write_snapshot};
 pub use writer::{EventLog, FsyncPolicy};
 

@@ -20,10 +20,21 @@ pub struct ReplayStats {
     pub truncated_bytes: u64,
 }
 
+/// What to do with a damaged tail of the newest segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TailDamage {
+    /// Cut it off (at start-up, before appending again).
+    Truncate,
+    /// Stop reading there and leave the file alone (a reader beside a live server, whose
+    /// writer may be mid-append).
+    Stop,
+}
+
 /// Calls `apply` for each record with a sequence number above `after_seq`.
 pub fn replay(
     dir: &Path,
     after_seq: u64,
+    tail: TailDamage,
     mut apply: impl FnMut(u64, &RawEvent),
 ) -> Result<ReplayStats, LogError> {
     let segments = list_segments(dir)?;
@@ -50,7 +61,7 @@ pub fn replay(
                 } => {
                     if seq != expected {
                         let reason = format!("sequence {seq} where {expected} was expected");
-                        handle_damage(path, offset, reason, is_newest, &mut stats)?;
+                        handle_damage(path, offset, reason, is_newest, tail, &mut stats)?;
                         break;
                     }
                     if seq > after_seq {
@@ -62,7 +73,7 @@ pub fn replay(
                     offset += used;
                 }
                 Decoded::Corrupt(reason) => {
-                    handle_damage(path, offset, reason, is_newest, &mut stats)?;
+                    handle_damage(path, offset, reason, is_newest, tail, &mut stats)?;
                     break;
                 }
             }
@@ -76,6 +87,7 @@ fn handle_damage(
     offset: usize,
     reason: String,
     is_newest: bool,
+    tail: TailDamage,
     stats: &mut ReplayStats,
 ) -> Result<(), LogError> {
     if !is_newest {
@@ -84,6 +96,9 @@ fn handle_damage(
             offset: offset as u64,
             reason,
         });
+    }
+    if tail == TailDamage::Stop {
+        return Ok(());
     }
     let file = OpenOptions::new()
         .write(true)
