@@ -31,6 +31,8 @@ pub enum Command {
     Simulate(SimulateArgs),
     /// Print the feature values of one entity from a running server.
     Features(FeaturesArgs),
+    /// Train the fraud model (logistic regression) from JSON-lines event history.
+    Train(TrainArgs),
     /// Write the server's event log as JSON lines (safe beside a running server).
     Export(ExportArgs),
     /// Check a feature definitions file and list the features it defines.
@@ -69,6 +71,10 @@ pub struct SimulateArgs {
     /// Share of payments that are fraudulent.
     #[arg(long, default_value_t = 0.015)]
     pub fraud_rate: f64,
+    /// Mean gap between session starts in ms (larger = a longer history for the same
+    /// number of events; labels need weeks of history).
+    #[arg(long, default_value_t = 4_000.0)]
+    pub session_gap_ms: f64,
     /// Event time of the first event, ms since the epoch (default: far enough back that
     /// the stream ends about now, at roughly 2 events a second).
     #[arg(long)]
@@ -82,6 +88,32 @@ pub struct SimulateArgs {
     /// Events per batch when streaming.
     #[arg(long, default_value_t = 1_000)]
     pub batch: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Event history as JSON lines (from `simulate --out` or `export`).
+    #[arg(long)]
+    pub events: PathBuf,
+    /// Model name: the artifact goes to <models-dir>/<name>/<name>-v<N>.json.
+    #[arg(long, default_value = "fraud")]
+    pub name: String,
+    #[arg(long, default_value = "models")]
+    pub models_dir: PathBuf,
+    /// A payment is fraud if charged back within this window (e.g. 60d).
+    #[arg(long, default_value = "60d")]
+    pub label_window: String,
+    /// Share of the latest rows held out for validation.
+    #[arg(long, default_value_t = 0.25)]
+    pub holdout: f64,
+    /// L2 penalty of the logistic regression.
+    #[arg(long, default_value_t = 1e-3)]
+    pub l2: f64,
+    #[arg(long, default_value_t = 200)]
+    pub max_iterations: u64,
+    /// Feature definitions (default: the built-in shop definitions).
+    #[arg(long)]
+    pub definitions: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -115,6 +147,7 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Serve(args) => serve(args).await,
         Command::Simulate(args) => simulate(args).await,
         Command::Features(args) => features(args).await,
+        Command::Train(args) => train(args),
         Command::Export(args) => export(args),
         Command::CheckDefinitions { path } => check_definitions(&path),
     }
@@ -144,6 +177,7 @@ async fn simulate(args: SimulateArgs) -> CliResult {
             .unwrap_or_else(|| now_ms() - (args.events as i64 * 500).min(60 * DAY_MS)),
         users: args.users,
         fraud_rate: args.fraud_rate,
+        mean_session_gap_ms: args.session_gap_ms,
         ..SimConfig::default()
     };
     let simulator = Simulator::new(config);
@@ -192,6 +226,75 @@ async fn simulate(args: SimulateArgs) -> CliResult {
             );
         }
     }
+    Ok(())
+}
+
+fn read_history(
+    path: &std::path::Path,
+) -> Result<Vec<crate::events::RawEvent>, Box<dyn std::error::Error>> {
+    use std::io::BufRead;
+    let file =
+        std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let mut events = Vec::new();
+    for (number, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let event = serde_json::from_str(&line)
+            .map_err(|e| format!("{} line {}: {e}", path.display(), number + 1))?;
+        events.push(event);
+    }
+    Ok(events)
+}
+
+fn train(args: TrainArgs) -> CliResult {
+    use crate::train::logistic::LogisticParams;
+    let params = LogisticParams {
+        l2: args.l2,
+        max_iterations: args.max_iterations,
+    }
+    .check()?;
+    let label_window = crate::time::parse_duration_ms(&args.label_window)
+        .map_err(|e| format!("--label-window: {e}"))?;
+    let definitions = std::sync::Arc::new(match &args.definitions {
+        Some(path) => Definitions::load(path)?,
+        None => Definitions::default_shop(),
+    });
+    eprintln!("reading {}...", args.events.display());
+    let events = read_history(&args.events)?;
+    let defaults = Settings::default();
+    let settings = crate::features::EngineSettings {
+        allowed_lateness_ms: defaults.ingest.allowed_lateness.0,
+        dedup_horizon_ms: defaults.ingest.dedup_horizon.0,
+    };
+    let total = events.len();
+    let outcome = crate::train::pipeline::train_logistic(
+        definitions,
+        settings,
+        || events.iter().cloned(),
+        &crate::train::DatasetSpec::fraud(label_window),
+        params,
+        args.holdout,
+        &args.models_dir,
+        &args.name,
+        |done| eprintln!("  replayed {done} of {total} events"),
+    )?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "trained {} v{}: {} training rows ({} fraud), {} validation rows, fit in {:.2} s",
+        args.name,
+        outcome.version,
+        outcome.train_rows,
+        outcome.positives,
+        outcome.validation_rows,
+        outcome.fit_seconds
+    )?;
+    for (metric, value) in &outcome.metrics {
+        writeln!(out, "  {metric:<10} {value:.4}")?;
+    }
+    writeln!(out, "artifact: {}", outcome.artifact.display())?;
     Ok(())
 }
 

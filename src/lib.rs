@@ -9,6 +9,7 @@ pub mod definitions;
 pub mod events;
 pub mod features;
 pub mod log;
+pub mod model;
 pub mod server;
 pub mod simulate;
 pub mod store;

@@ -238,6 +238,12 @@ impl Simulator {
         if cart_total > 0.0 && self.rng.random_bool(0.65) {
             time += self.rng.random_range(10 * SECOND_MS..=90 * SECOND_MS);
             let card = user.cards[self.rng.random_range(0..user.cards.len())].clone();
+            // Honest customers travel too: some pay from an ip abroad.
+            let ip_country = if self.rng.random_bool(0.05) {
+                FOREIGN_COUNTRIES[self.rng.random_range(0..FOREIGN_COUNTRIES.len())].to_string()
+            } else {
+                user.country.clone()
+            };
             let payment_id = self.payment(
                 time,
                 &user.id,
@@ -246,7 +252,7 @@ impl Simulator {
                 &ip,
                 cart_total,
                 &user.country,
-                &user.country,
+                &ip_country,
                 false,
             );
             time += self.rng.random_range(SECOND_MS..=10 * SECOND_MS);
@@ -273,8 +279,12 @@ impl Simulator {
 
     fn attack(&mut self) {
         let start = self.clock_ms;
-        let foreign =
-            FOREIGN_COUNTRIES[self.rng.random_range(0..FOREIGN_COUNTRIES.len())].to_string();
+        // Most attacks come from abroad, but a quarter hide behind a local proxy.
+        let foreign = if self.rng.random_bool(0.75) {
+            FOREIGN_COUNTRIES[self.rng.random_range(0..FOREIGN_COUNTRIES.len())].to_string()
+        } else {
+            "DE".to_string()
+        };
         match self.rng.random_range(0..4) {
             // Card testing: a burst of tiny payments on a fresh card, then a real one.
             0 => {

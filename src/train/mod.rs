@@ -2,5 +2,8 @@
 //! engine the server runs (so there is no training/serving skew), with late labels.
 
 pub mod dataset;
+pub mod evaluate;
+pub mod logistic;
+pub mod pipeline;
 
 pub use dataset::{Dataset, DatasetError, DatasetSpec, Row, Target};

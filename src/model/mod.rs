@@ -1,0 +1,129 @@
+//! Trained models as the server and the offline scripts share them: the preprocessing
+//! (imputation and standardisation, fitted on the training rows), the family's
+//! parameters, and prediction from a feature vector with missing values. Pure Rust and
+//! ndarray-free, so scoring one row costs a few dozen multiply-adds.
+
+pub mod artifact;
+
+use serde::{Deserialize, Serialize};
+
+/// Imputation and standardisation, learned from the training rows: a missing value
+/// becomes the column's training mean, then every value is scaled to zero mean and unit
+/// variance (a constant column is left unscaled).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Preprocessing {
+    pub means: Vec<f64>,
+    pub scales: Vec<f64>,
+}
+
+impl Preprocessing {
+    pub fn fit(rows: &[Vec<Option<f64>>], columns: usize) -> Preprocessing {
+        let mut sums = vec![0.0; columns];
+        let mut counts = vec![0usize; columns];
+        for row in rows {
+            for (column, value) in row.iter().enumerate() {
+                if let Some(value) = value {
+                    sums[column] += value;
+                    counts[column] += 1;
+                }
+            }
+        }
+        let means: Vec<f64> = sums
+            .iter()
+            .zip(&counts)
+            .map(|(sum, n)| if *n == 0 { 0.0 } else { sum / *n as f64 })
+            .collect();
+        let mut squares = vec![0.0; columns];
+        for row in rows {
+            for (column, value) in row.iter().enumerate() {
+                let deviation = value.unwrap_or(means[column]) - means[column];
+                squares[column] += deviation * deviation;
+            }
+        }
+        let n = rows.len().max(1) as f64;
+        let scales = squares
+            .iter()
+            .map(|s| (s / n).sqrt())
+            .map(|sd| if sd > 1e-12 { sd } else { 1.0 })
+            .collect();
+        Preprocessing { means, scales }
+    }
+
+    /// Writes the standardised row into `out`.
+    pub fn transform_into(&self, row: &[Option<f64>], out: &mut [f64]) {
+        for (column, slot) in out.iter_mut().enumerate() {
+            let value = row
+                .get(column)
+                .copied()
+                .flatten()
+                .unwrap_or(self.means[column]);
+            *slot = (value - self.means[column]) / self.scales[column];
+        }
+    }
+}
+
+/// A linear model over standardised inputs: logistic (probability) or linear (value).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LinearWeights {
+    pub weights: Vec<f64>,
+    pub intercept: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "family", rename_all = "snake_case")]
+pub enum Family {
+    LogisticRegression(LinearWeights),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Model {
+    pub columns: Vec<String>,
+    pub preprocessing: Preprocessing,
+    pub family: Family,
+}
+
+pub fn sigmoid(z: f64) -> f64 {
+    1.0 / (1.0 + (-z).exp())
+}
+
+impl Model {
+    /// The score of one row (probability for classifiers).
+    pub fn predict(&self, row: &[Option<f64>]) -> f64 {
+        let mut standardised = vec![0.0; self.columns.len()];
+        self.preprocessing.transform_into(row, &mut standardised);
+        match &self.family {
+            Family::LogisticRegression(linear) => {
+                let z = linear.intercept
+                    + linear
+                        .weights
+                        .iter()
+                        .zip(&standardised)
+                        .map(|(w, x)| w * x)
+                        .sum::<f64>();
+                sigmoid(z)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use approx::assert_relative_eq;
+
+    #[test]
+    fn preprocessing_imputes_the_mean_and_standardises() {
+        let rows = vec![
+            vec![Some(1.0), Some(5.0)],
+            vec![Some(3.0), Some(5.0)],
+            vec![None, Some(5.0)],
+        ];
+        let pre = Preprocessing::fit(&rows, 2);
+        assert_eq!(pre.means, vec![2.0, 5.0]);
+        assert_relative_eq!(pre.scales[0], (2.0f64 / 3.0).sqrt());
+        assert_eq!(pre.scales[1], 1.0, "a constant column is not scaled");
+        let mut out = [0.0; 2];
+        pre.transform_into(&[None, Some(7.0)], &mut out);
+        assert_eq!(out, [0.0, 2.0]);
+    }
+}

@@ -1,0 +1,121 @@
+//! Classifier metrics on a hold-out set: ROC-AUC, PR-AUC (average precision), log loss
+//! and Brier score.
+
+/// Ties share their rank, so a constant score gets AUC 0.5.
+pub fn roc_auc(scores: &[f64], labels: &[f64]) -> f64 {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|a, b| scores[*a].total_cmp(&scores[*b]));
+    let positives = labels.iter().filter(|l| **l > 0.5).count() as f64;
+    let negatives = labels.len() as f64 - positives;
+    if positives == 0.0 || negatives == 0.0 {
+        return f64::NAN;
+    }
+    let mut rank_sum = 0.0;
+    let mut start = 0;
+    while start < order.len() {
+        let mut end = start;
+        while end + 1 < order.len() && scores[order[end + 1]] == scores[order[start]] {
+            end += 1;
+        }
+        let average_rank = (start + end) as f64 / 2.0 + 1.0;
+        rank_sum += order[start..=end]
+            .iter()
+            .filter(|i| labels[**i] > 0.5)
+            .count() as f64
+            * average_rank;
+        start = end + 1;
+    }
+    (rank_sum - positives * (positives + 1.0) / 2.0) / (positives * negatives)
+}
+
+/// Average precision: the mean of the precision at each positive, by descending score.
+pub fn pr_auc(scores: &[f64], labels: &[f64]) -> f64 {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|a, b| scores[*b].total_cmp(&scores[*a]));
+    let positives = labels.iter().filter(|l| **l > 0.5).count() as f64;
+    if positives == 0.0 {
+        return f64::NAN;
+    }
+    let (mut hits, mut total) = (0.0, 0.0);
+    for (seen, index) in order.iter().enumerate() {
+        if labels[*index] > 0.5 {
+            hits += 1.0;
+            total += hits / (seen + 1) as f64;
+        }
+    }
+    total / positives
+}
+
+pub fn log_loss(scores: &[f64], labels: &[f64]) -> f64 {
+    let eps = 1e-15;
+    let sum: f64 = scores
+        .iter()
+        .zip(labels)
+        .map(|(p, y)| {
+            let p = p.clamp(eps, 1.0 - eps);
+            -(y * p.ln() + (1.0 - y) * (1.0 - p).ln())
+        })
+        .sum();
+    sum / scores.len().max(1) as f64
+}
+
+pub fn brier(scores: &[f64], labels: &[f64]) -> f64 {
+    scores
+        .iter()
+        .zip(labels)
+        .map(|(p, y)| (p - y) * (p - y))
+        .sum::<f64>()
+        / scores.len().max(1) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use approx::assert_relative_eq;
+    use proptest::prelude::*;
+
+    /// The probability that a random positive outscores a random negative (ties half).
+    fn naive_auc(scores: &[f64], labels: &[f64]) -> f64 {
+        let (mut wins, mut pairs) = (0.0, 0.0);
+        for (i, si) in scores.iter().enumerate() {
+            for (j, sj) in scores.iter().enumerate() {
+                if labels[i] > 0.5 && labels[j] < 0.5 {
+                    pairs += 1.0;
+                    wins += if si > sj {
+                        1.0
+                    } else if si == sj {
+                        0.5
+                    } else {
+                        0.0
+                    };
+                }
+            }
+        }
+        wins / pairs
+    }
+
+    proptest! {
+        #[test]
+        fn roc_auc_matches_pair_counting(pairs in proptest::collection::vec((0u8..6, any::<bool>()), 2..60)) {
+            let scores: Vec<f64> = pairs.iter().map(|(s, _)| f64::from(*s) / 5.0).collect();
+            let labels: Vec<f64> = pairs.iter().map(|(_, l)| f64::from(u8::from(*l))).collect();
+            let positives = labels.iter().filter(|l| **l > 0.5).count();
+            prop_assume!(positives > 0 && positives < labels.len());
+            prop_assert!((roc_auc(&scores, &labels) - naive_auc(&scores, &labels)).abs() < 1e-12);
+        }
+    }
+
+    #[test]
+    fn metrics_of_known_cases() {
+        let labels = [0.0, 0.0, 1.0, 1.0];
+        assert_eq!(roc_auc(&[0.1, 0.2, 0.8, 0.9], &labels), 1.0);
+        assert_eq!(roc_auc(&[0.5; 4], &labels), 0.5);
+        assert_eq!(pr_auc(&[0.1, 0.2, 0.8, 0.9], &labels), 1.0);
+        assert_relative_eq!(
+            pr_auc(&[0.9, 0.2, 0.8, 0.1], &labels),
+            (0.5 + 2.0 / 3.0) / 2.0
+        );
+        assert_relative_eq!(brier(&[0.0, 0.0, 1.0, 0.5], &labels), 0.0625);
+        assert_relative_eq!(log_loss(&[0.5; 4], &labels), std::f64::consts::LN_2);
+    }
+}

@@ -1,0 +1,129 @@
+//! One training run: point-in-time dataset, time-based hold-out (train on the earlier
+//! rows, validate on the later ones), fit, evaluate, and write a versioned artifact.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::dataset::{Dataset, DatasetError, DatasetSpec};
+use super::evaluate::{brier, log_loss, pr_auc, roc_auc};
+use super::logistic::{self, CheckedLogisticParams, TrainError};
+use crate::definitions::{Definitions, fnv64};
+use crate::events::RawEvent;
+use crate::features::EngineSettings;
+use crate::model::artifact::{self, ArtifactBody, ArtifactError};
+use crate::time::now_ms;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Dataset(#[from] DatasetError),
+    #[error(transparent)]
+    Train(#[from] TrainError),
+    #[error(transparent)]
+    Artifact(#[from] ArtifactError),
+    #[error("hold-out share must be in (0, 1), got {0}")]
+    Holdout(f64),
+}
+
+#[derive(Debug, Clone)]
+pub struct TrainOutcome {
+    pub artifact: PathBuf,
+    pub version: u32,
+    pub train_rows: usize,
+    pub validation_rows: usize,
+    pub positives: usize,
+    pub fit_seconds: f64,
+    pub metrics: Vec<(String, f64)>,
+}
+
+/// The next free version number in `dir` for files named `<name>-v<N>.json`.
+fn next_version(dir: &Path, name: &str) -> u32 {
+    let prefix = format!("{name}-v");
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let file = e.file_name().to_string_lossy().to_string();
+                    file.strip_prefix(&prefix)?
+                        .strip_suffix(".json")?
+                        .parse::<u32>()
+                        .ok()
+                })
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0)
+        + 1
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn train_logistic<I: Iterator<Item = RawEvent>>(
+    definitions: Arc<Definitions>,
+    settings: EngineSettings,
+    history: impl Fn() -> I,
+    spec: &DatasetSpec,
+    params: CheckedLogisticParams,
+    holdout: f64,
+    models_dir: &Path,
+    name: &str,
+    progress: impl FnMut(u64),
+) -> Result<TrainOutcome, PipelineError> {
+    if !(holdout > 0.0 && holdout < 1.0) {
+        return Err(PipelineError::Holdout(holdout));
+    }
+    let dataset = Dataset::build(Arc::clone(&definitions), settings, history, spec, progress)?;
+    // Rows come in event-time order, so the split is a cut in time.
+    let cut = ((dataset.rows.len() as f64) * (1.0 - holdout)).round() as usize;
+    let (train, validation) = dataset.rows.split_at(cut.min(dataset.rows.len()));
+    let rows: Vec<Vec<Option<f64>>> = train.iter().map(|r| r.values.clone()).collect();
+    let labels: Vec<f64> = train.iter().map(|r| r.label).collect();
+    let started = Instant::now();
+    let model = logistic::fit(&dataset.columns, &rows, &labels, params)?;
+    let fit_seconds = started.elapsed().as_secs_f64();
+
+    let scores: Vec<f64> = validation
+        .iter()
+        .map(|r| model.predict(&r.values))
+        .collect();
+    let truth: Vec<f64> = validation.iter().map(|r| r.label).collect();
+    let metrics = vec![
+        ("roc_auc".to_string(), roc_auc(&scores, &truth)),
+        ("pr_auc".to_string(), pr_auc(&scores, &truth)),
+        ("log_loss".to_string(), log_loss(&scores, &truth)),
+        ("brier".to_string(), brier(&scores, &truth)),
+    ];
+
+    let mut fingerprint_bytes = Vec::new();
+    for row in &dataset.rows {
+        fingerprint_bytes.extend_from_slice(row.event_id.as_bytes());
+        fingerprint_bytes.extend_from_slice(&row.label.to_le_bytes());
+    }
+    let dir = models_dir.join(name);
+    let version = next_version(&dir, name);
+    let path = dir.join(format!("{name}-v{version}.json"));
+    artifact::save(
+        &path,
+        ArtifactBody {
+            name: name.to_string(),
+            version,
+            created_at_ms: now_ms(),
+            definitions_fingerprint: definitions.fingerprint,
+            trained_from_ms: train.first().map(|r| r.time_ms).unwrap_or(0),
+            trained_to_ms: train.last().map(|r| r.time_ms).unwrap_or(0),
+            data_fingerprint: fnv64(&fingerprint_bytes),
+            metrics: metrics.clone(),
+            model,
+        },
+    )?;
+    Ok(TrainOutcome {
+        artifact: path,
+        version,
+        train_rows: train.len(),
+        validation_rows: validation.len(),
+        positives: labels.iter().filter(|l| **l > 0.5).count(),
+        fit_seconds,
+        metrics,
+    })
+}

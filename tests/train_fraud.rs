@@ -1,0 +1,125 @@
+//! Training the fraud model end to end on simulated history: a useful model, an artifact
+//! that loads and scores the same, and clear refusals of a corrupted artifact or one
+//! trained against other feature definitions.
+
+use std::sync::Arc;
+
+use streamscore::config::Settings;
+use streamscore::definitions::Definitions;
+use streamscore::events::RawEvent;
+use streamscore::features::EngineSettings;
+use streamscore::model::artifact::{self, ArtifactError};
+use streamscore::simulate::{SimConfig, Simulator};
+use streamscore::time::DAY_MS;
+use streamscore::train::logistic::LogisticParams;
+use streamscore::train::{Dataset, DatasetSpec, pipeline};
+
+#[test]
+fn invalid_hyper_parameters_are_refused_before_training() {
+    assert!(
+        LogisticParams {
+            l2: -1.0,
+            ..LogisticParams::default()
+        }
+        .check()
+        .unwrap_err()
+        .to_string()
+        .contains("l2")
+    );
+    assert!(
+        LogisticParams {
+            l2: f64::NAN,
+            ..LogisticParams::default()
+        }
+        .check()
+        .is_err()
+    );
+    let error = LogisticParams {
+        max_iterations: 0,
+        ..LogisticParams::default()
+    }
+    .check()
+    .unwrap_err();
+    assert!(error.to_string().contains("max_iterations"), "{error}");
+}
+
+#[test]
+fn the_fraud_model_learns_and_its_artifact_round_trips() {
+    let events: Vec<RawEvent> = Simulator::new(SimConfig {
+        seed: 21,
+        users: 8_000,
+        // Sparse traffic: 700k events span about 140 days, so 60-day labels are known.
+        mean_session_gap_ms: 150_000.0,
+        ..SimConfig::default()
+    })
+    .take(700_000)
+    .collect();
+    let definitions = Arc::new(Definitions::default_shop());
+    let defaults = Settings::default();
+    let settings = EngineSettings {
+        allowed_lateness_ms: defaults.ingest.allowed_lateness.0,
+        dedup_horizon_ms: defaults.ingest.dedup_horizon.0,
+    };
+    let spec = DatasetSpec::fraud(60 * DAY_MS);
+    let models = tempfile::tempdir().unwrap();
+    let outcome = pipeline::train_logistic(
+        Arc::clone(&definitions),
+        settings,
+        || events.iter().cloned(),
+        &spec,
+        LogisticParams::default().check().unwrap(),
+        0.25,
+        models.path(),
+        "fraud",
+        |_| {},
+    )
+    .expect("training succeeds");
+    let auc = outcome
+        .metrics
+        .iter()
+        .find(|(name, _)| name == "roc_auc")
+        .unwrap()
+        .1;
+    assert!(
+        outcome.positives >= 50,
+        "only {} fraud rows",
+        outcome.positives
+    );
+    assert!(auc > 0.8, "hold-out ROC-AUC {auc}");
+
+    // The artifact loads and scores exactly as the trained model did.
+    let body = artifact::load(&outcome.artifact, &definitions).expect("artifact loads");
+    assert_eq!(body.version, 1);
+    let dataset = Dataset::build(
+        Arc::clone(&definitions),
+        settings,
+        || events.iter().cloned(),
+        &spec,
+        |_| {},
+    )
+    .unwrap();
+    let fraud_row = dataset.rows.iter().rev().find(|r| r.label > 0.5).unwrap();
+    let honest_row = dataset.rows.iter().rev().find(|r| r.label < 0.5).unwrap();
+    assert!(body.model.predict(&fraud_row.values) > body.model.predict(&honest_row.values));
+
+    // A flipped byte is refused, naming the checksum.
+    let text = std::fs::read_to_string(&outcome.artifact).unwrap();
+    let corrupted = models.path().join("corrupted.json");
+    std::fs::write(&corrupted, text.replacen("\"roc_auc\"", "\"roc_aux\"", 1)).unwrap();
+    let error = artifact::load(&corrupted, &definitions).unwrap_err();
+    assert!(
+        matches!(error, ArtifactError::Corrupt { .. }) && error.to_string().contains("checksum"),
+        "{error}"
+    );
+
+    // Other definitions (here: without the card features) are refused, naming them.
+    let mut other = (*definitions).clone();
+    other.features.retain(|f| !f.name.starts_with("card_"));
+    other.fingerprint ^= 1;
+    let error = artifact::load(&outcome.artifact, &other).unwrap_err();
+    assert!(
+        error.to_string().contains("other feature definitions")
+            && error.to_string().contains("card_payments_10m"),
+        "{error}"
+    );
+}
