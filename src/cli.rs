@@ -106,10 +106,10 @@ pub struct TrainArgs {
     /// Share of the latest rows held out for validation.
     #[arg(long, default_value_t = 0.25)]
     pub holdout: f64,
-    /// L2 penalty of the logistic regression.
-    #[arg(long, default_value_t = 1e-3)]
+    /// L2 penalty of the logistic regression (on the summed loss).
+    #[arg(long, default_value_t = 1.0)]
     pub l2: f64,
-    #[arg(long, default_value_t = 200)]
+    #[arg(long, default_value_t = 500)]
     pub max_iterations: u64,
     /// Feature definitions (default: the built-in shop definitions).
     #[arg(long)]
@@ -253,6 +253,7 @@ fn train(args: TrainArgs) -> CliResult {
     let params = LogisticParams {
         l2: args.l2,
         max_iterations: args.max_iterations,
+        ..LogisticParams::default()
     }
     .check()?;
     let label_window = crate::time::parse_duration_ms(&args.label_window)

@@ -1,26 +1,32 @@
-//! Logistic regression on standardised inputs, fitted with linfa-logistic (L-BFGS).
-//! Hyper-parameters are checked before anything is fitted.
+//! Logistic regression on standardised inputs: L2-regularised, optionally class-weighted,
+//! fitted with our own L-BFGS. linfa-logistic fits the same model but took 39 s for 143k
+//! rows x 45 columns here (scikit-learn: well under a second); this solver reaches the
+//! same coefficients (tested against linfa) in a fraction of that, and reports whether it
+//! converged. Hyper-parameters are checked before anything is fitted.
 
-use linfa::prelude::*;
-use linfa_logistic::LogisticRegression;
-use ndarray::{Array1, Array2};
-
-use crate::model::{Family, LinearWeights, Model, Preprocessing};
+use super::lbfgs;
+use crate::model::{Family, LinearWeights, Model, Preprocessing, sigmoid};
 
 /// Unchecked hyper-parameters, as written in a training config.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogisticParams {
-    /// L2 penalty strength (linfa's `alpha`).
+    /// L2 penalty on the summed loss: `sum(loss) + l2/2 * |w|^2` (linfa's `alpha`).
     pub l2: f64,
     pub max_iterations: u64,
+    /// Weight of each positive row relative to a negative one (imbalance).
+    pub positive_weight: f64,
+    /// Stop when no gradient component of the mean loss exceeds this.
+    pub tolerance: f64,
 }
 
 impl Default for LogisticParams {
     fn default() -> Self {
         LogisticParams {
-            l2: 1e-3,
-            max_iterations: 200,
+            l2: 1.0,
+            max_iterations: 500,
+            positive_weight: 1.0,
+            tolerance: 1e-5,
         }
     }
 }
@@ -35,35 +41,72 @@ pub enum TrainError {
     InvalidParam { name: &'static str, reason: String },
     #[error("cannot train on {0}")]
     BadData(String),
-    #[error("the solver failed: {0}")]
-    Solver(String),
 }
 
 impl LogisticParams {
     pub fn check(self) -> Result<CheckedLogisticParams, TrainError> {
+        let invalid = |name, reason: String| Err(TrainError::InvalidParam { name, reason });
         if !self.l2.is_finite() || self.l2 < 0.0 {
-            return Err(TrainError::InvalidParam {
-                name: "l2",
-                reason: format!("must be finite and >= 0, got {}", self.l2),
-            });
+            return invalid("l2", format!("must be finite and >= 0, got {}", self.l2));
         }
         if self.max_iterations == 0 {
-            return Err(TrainError::InvalidParam {
-                name: "max_iterations",
-                reason: "must be at least 1".into(),
-            });
+            return invalid("max_iterations", "must be at least 1".into());
+        }
+        if !self.positive_weight.is_finite() || self.positive_weight <= 0.0 {
+            return invalid(
+                "positive_weight",
+                format!("must be finite and > 0, got {}", self.positive_weight),
+            );
+        }
+        if !self.tolerance.is_finite() || self.tolerance <= 0.0 {
+            return invalid(
+                "tolerance",
+                format!("must be finite and > 0, got {}", self.tolerance),
+            );
         }
         Ok(CheckedLogisticParams(self))
     }
 }
 
-/// Fits preprocessing and a logistic regression on `rows` with 0/1 `labels`.
+/// Weighted loss sum and its gradient over some rows: `(loss, gradient (w..., b))`.
+fn partial_loss(
+    rows: &[f64],
+    columns: usize,
+    labels: &[f64],
+    weights: &[f64],
+    params: &[f64],
+) -> (f64, Vec<f64>) {
+    let (w, b) = params.split_at(columns);
+    let mut gradient = vec![0.0; columns + 1];
+    let mut loss = 0.0;
+    for ((row, y), s) in rows.chunks(columns).zip(labels).zip(weights) {
+        let z = b[0] + row.iter().zip(w).map(|(x, wi)| x * wi).sum::<f64>();
+        // log(1 + e^z) without overflow.
+        let softplus = if z > 0.0 {
+            z + (-z).exp().ln_1p()
+        } else {
+            z.exp().ln_1p()
+        };
+        loss += s * (softplus - y * z);
+        let residual = s * (sigmoid(z) - y);
+        gradient[..columns]
+            .iter_mut()
+            .zip(row)
+            .for_each(|(g, x)| *g += residual * x);
+        gradient[columns] += residual;
+    }
+    (loss, gradient)
+}
+
+/// Fits preprocessing and a logistic regression on `rows` with 0/1 `labels`; also
+/// returns whether the solver converged.
 pub fn fit(
     columns: &[String],
     rows: &[Vec<Option<f64>>],
     labels: &[f64],
     params: CheckedLogisticParams,
-) -> Result<Model, TrainError> {
+) -> Result<(Model, bool), TrainError> {
+    let params = params.0;
     let positives = labels.iter().filter(|l| **l > 0.5).count();
     if rows.is_empty() || positives == 0 || positives == labels.len() {
         return Err(TrainError::BadData(format!(
@@ -71,30 +114,165 @@ pub fn fit(
             rows.len()
         )));
     }
-    let preprocessing = Preprocessing::fit(rows, columns.len());
-    let mut matrix = Array2::<f64>::zeros((rows.len(), columns.len()));
-    for (row, mut out) in rows.iter().zip(matrix.rows_mut()) {
-        let slice = out
-            .as_slice_mut()
-            .ok_or_else(|| TrainError::BadData("non-contiguous matrix".into()))?;
-        preprocessing.transform_into(row, slice);
+    let width = columns.len();
+    let preprocessing = Preprocessing::fit(rows, width);
+    // Standardised rows, row-major.
+    let mut matrix = vec![0.0; rows.len() * width];
+    for (row, out) in rows.iter().zip(matrix.chunks_mut(width.max(1))) {
+        preprocessing.transform_into(row, out);
     }
-    let targets: Array1<bool> = labels.iter().map(|l| *l > 0.5).collect();
-    let fitted = LogisticRegression::default()
-        .alpha(params.0.l2)
-        .max_iterations(params.0.max_iterations)
-        .fit(&Dataset::new(matrix, targets))
-        .map_err(|e| TrainError::Solver(e.to_string()))?;
-    // linfa's parameters give the probability of its `pos` class, which is not always
-    // `true`: flip the sign so the model scores the probability of fraud.
-    let sign = if fitted.labels().pos.class { 1.0 } else { -1.0 };
-    let weights = fitted.params().iter().map(|w| sign * w).collect();
-    Ok(Model {
+    let targets: Vec<f64> = labels
+        .iter()
+        .map(|l| f64::from(u8::from(*l > 0.5)))
+        .collect();
+    let weights: Vec<f64> = targets
+        .iter()
+        .map(|y| {
+            if *y > 0.5 {
+                params.positive_weight
+            } else {
+                1.0
+            }
+        })
+        .collect();
+    let n = rows.len() as f64;
+    let split = rows.len() / 2;
+    let (first_rows, second_rows) = matrix.split_at(split * width);
+
+    let objective = |x: &[f64], gradient: &mut [f64]| {
+        // Two halves on two threads: the gradient is a sum over rows.
+        let ((loss_a, grad_a), (loss_b, grad_b)) = std::thread::scope(|scope| {
+            let second = scope.spawn(|| {
+                partial_loss(second_rows, width, &targets[split..], &weights[split..], x)
+            });
+            let first = partial_loss(first_rows, width, &targets[..split], &weights[..split], x);
+            (
+                first,
+                second
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            )
+        });
+        let penalty: f64 = x[..width].iter().map(|w| w * w).sum::<f64>() * params.l2 / 2.0;
+        for (index, g) in gradient.iter_mut().enumerate() {
+            let ridge = if index < width {
+                params.l2 * x[index]
+            } else {
+                0.0
+            };
+            *g = (grad_a[index] + grad_b[index] + ridge) / n;
+        }
+        (loss_a + loss_b + penalty) / n
+    };
+    let found = lbfgs::minimise(
+        objective,
+        vec![0.0; width + 1],
+        params.max_iterations as usize,
+        params.tolerance,
+    );
+    let (weights, intercept) = found.x.split_at(width);
+    let model = Model {
         columns: columns.to_vec(),
         preprocessing,
         family: Family::LogisticRegression(LinearWeights {
-            weights,
-            intercept: sign * fitted.intercept(),
+            weights: weights.to_vec(),
+            intercept: intercept[0],
         }),
-    })
+    };
+    Ok((model, found.converged))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use linfa::prelude::*;
+    use linfa_logistic::LogisticRegression;
+    use ndarray::{Array1, Array2};
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    fn synthetic(rows: usize, seed: u64) -> (Vec<Vec<Option<f64>>>, Vec<f64>) {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let truth = [1.5, -2.0, 0.5, 0.0];
+        let mut data = Vec::new();
+        let mut labels = Vec::new();
+        for _ in 0..rows {
+            let x: Vec<f64> = (0..4)
+                .map(|_| rng.random_range(-2.0..2.0) * 3.0 + 1.0)
+                .collect();
+            let z = -0.5
+                + x.iter()
+                    .zip(truth)
+                    .map(|(a, b)| (a - 1.0) / 3.0 * b)
+                    .sum::<f64>();
+            labels.push(f64::from(u8::from(rng.random_bool(sigmoid(z)))));
+            data.push(x.into_iter().map(Some).collect());
+        }
+        (data, labels)
+    }
+
+    #[test]
+    fn coefficients_match_linfa_on_the_same_objective() {
+        let (rows, labels) = synthetic(3_000, 7);
+        let columns: Vec<String> = (0..4).map(|i| format!("x{i}")).collect();
+        let params = LogisticParams {
+            l2: 2.0,
+            tolerance: 1e-9,
+            ..LogisticParams::default()
+        };
+        let (model, converged) = fit(&columns, &rows, &labels, params.check().unwrap()).unwrap();
+        assert!(converged);
+
+        let mut matrix = Array2::zeros((rows.len(), 4));
+        for (row, mut out) in rows.iter().zip(matrix.rows_mut()) {
+            model
+                .preprocessing
+                .transform_into(row, out.as_slice_mut().unwrap());
+        }
+        let targets: Array1<bool> = labels.iter().map(|l| *l > 0.5).collect();
+        let reference = LogisticRegression::default()
+            .alpha(2.0)
+            .gradient_tolerance(1e-10)
+            .max_iterations(1_000)
+            .fit(&linfa::Dataset::new(matrix, targets))
+            .unwrap();
+        let sign = if reference.labels().pos.class {
+            1.0
+        } else {
+            -1.0
+        };
+        let Family::LogisticRegression(ours) = &model.family;
+        for (a, b) in ours.weights.iter().zip(reference.params()) {
+            assert!(
+                (a - sign * b).abs() < 1e-4,
+                "ours {:?} vs linfa {:?}",
+                ours.weights,
+                reference.params()
+            );
+        }
+        assert!((ours.intercept - sign * reference.intercept()).abs() < 1e-4);
+    }
+
+    #[test]
+    fn a_positive_weight_raises_the_scores() {
+        let (rows, labels) = synthetic(2_000, 9);
+        let columns: Vec<String> = (0..4).map(|i| format!("x{i}")).collect();
+        let plain = fit(
+            &columns,
+            &rows,
+            &labels,
+            LogisticParams::default().check().unwrap(),
+        )
+        .unwrap()
+        .0;
+        let weighted = LogisticParams {
+            positive_weight: 5.0,
+            ..LogisticParams::default()
+        };
+        let heavy = fit(&columns, &rows, &labels, weighted.check().unwrap())
+            .unwrap()
+            .0;
+        let mean = |m: &Model| rows.iter().map(|r| m.predict(r)).sum::<f64>() / rows.len() as f64;
+        assert!(mean(&heavy) > mean(&plain) + 0.05);
+    }
 }

@@ -3,6 +3,7 @@
 
 pub mod dataset;
 pub mod evaluate;
+pub mod lbfgs;
 pub mod logistic;
 pub mod pipeline;
 

@@ -80,7 +80,13 @@ pub fn train_logistic<I: Iterator<Item = RawEvent>>(
     let rows: Vec<Vec<Option<f64>>> = train.iter().map(|r| r.values.clone()).collect();
     let labels: Vec<f64> = train.iter().map(|r| r.label).collect();
     let started = Instant::now();
-    let model = logistic::fit(&dataset.columns, &rows, &labels, params)?;
+    let (model, converged) = logistic::fit(&dataset.columns, &rows, &labels, params)?;
+    if !converged {
+        tracing::warn!(
+            name,
+            "logistic regression stopped at its iteration limit before converging"
+        );
+    }
     let fit_seconds = started.elapsed().as_secs_f64();
 
     let scores: Vec<f64> = validation
