@@ -31,7 +31,7 @@ pub enum Command {
     Simulate(SimulateArgs),
     /// Print the feature values of one entity from a running server.
     Features(FeaturesArgs),
-    /// Train the fraud model (logistic regression) from JSON-lines event history.
+    /// Train the fraud model (logistic regression or decision tree) from JSON-lines history.
     Train(TrainArgs),
     /// Write the server's event log as JSON lines (safe beside a running server).
     Export(ExportArgs),
@@ -106,6 +106,12 @@ pub struct TrainArgs {
     /// Share of the latest rows held out for validation.
     #[arg(long, default_value_t = 0.25)]
     pub holdout: f64,
+    /// Model family: logistic or tree.
+    #[arg(long, default_value = "logistic")]
+    pub family: String,
+    /// Depth limit of the decision tree.
+    #[arg(long, default_value_t = 10)]
+    pub max_depth: usize,
     /// L2 penalty of the logistic regression (on the summed loss).
     #[arg(long, default_value_t = 1.0)]
     pub l2: f64,
@@ -250,12 +256,30 @@ fn read_history(
 
 fn train(args: TrainArgs) -> CliResult {
     use crate::train::logistic::LogisticParams;
-    let params = LogisticParams {
-        l2: args.l2,
-        max_iterations: args.max_iterations,
-        ..LogisticParams::default()
-    }
-    .check()?;
+    use crate::train::pipeline::FamilyParams;
+    use crate::train::tree::TreeParams;
+    let family = match args.family.as_str() {
+        "logistic" => FamilyParams::Logistic(
+            LogisticParams {
+                l2: args.l2,
+                max_iterations: args.max_iterations,
+                ..LogisticParams::default()
+            }
+            .check()?,
+        ),
+        "tree" => FamilyParams::Tree(
+            TreeParams {
+                max_depth: args.max_depth,
+                ..TreeParams::default()
+            }
+            .check()?,
+        ),
+        other => {
+            return Err(
+                format!("--family: unknown family '{other}' (known: logistic, tree)").into(),
+            );
+        }
+    };
     let label_window = crate::time::parse_duration_ms(&args.label_window)
         .map_err(|e| format!("--label-window: {e}"))?;
     let definitions = std::sync::Arc::new(match &args.definitions {
@@ -270,12 +294,12 @@ fn train(args: TrainArgs) -> CliResult {
         dedup_horizon_ms: defaults.ingest.dedup_horizon.0,
     };
     let total = events.len();
-    let outcome = crate::train::pipeline::train_logistic(
+    let outcome = crate::train::pipeline::train(
         definitions,
         settings,
         || events.iter().cloned(),
         &crate::train::DatasetSpec::fraud(label_window),
-        params,
+        family,
         args.holdout,
         &args.models_dir,
         &args.name,

@@ -12,6 +12,7 @@ use streamscore::model::artifact::{self, ArtifactError};
 use streamscore::simulate::{SimConfig, Simulator};
 use streamscore::time::DAY_MS;
 use streamscore::train::logistic::LogisticParams;
+use streamscore::train::tree::TreeParams;
 use streamscore::train::{Dataset, DatasetSpec, pipeline};
 
 #[test]
@@ -62,12 +63,12 @@ fn the_fraud_model_learns_and_its_artifact_round_trips() {
     };
     let spec = DatasetSpec::fraud(60 * DAY_MS);
     let models = tempfile::tempdir().unwrap();
-    let outcome = pipeline::train_logistic(
+    let outcome = pipeline::train(
         Arc::clone(&definitions),
         settings,
         || events.iter().cloned(),
         &spec,
-        LogisticParams::default().check().unwrap(),
+        pipeline::FamilyParams::Logistic(LogisticParams::default().check().unwrap()),
         0.25,
         models.path(),
         "fraud",
@@ -86,6 +87,23 @@ fn the_fraud_model_learns_and_its_artifact_round_trips() {
         outcome.positives
     );
     assert!(auc > 0.8, "hold-out ROC-AUC {auc}");
+
+    // The decision tree learns too, scoring with leaf frequencies.
+    let tree = pipeline::train(
+        Arc::clone(&definitions),
+        settings,
+        || events.iter().cloned(),
+        &spec,
+        pipeline::FamilyParams::Tree(TreeParams::default().check().unwrap()),
+        0.25,
+        models.path(),
+        "fraud",
+        |_| {},
+    )
+    .expect("tree training succeeds");
+    let tree_auc = tree.metrics.iter().find(|(name, _)| name == "roc_auc").unwrap().1;
+    assert!(tree_auc > 0.8, "tree hold-out ROC-AUC {tree_auc}");
+    assert_eq!(tree.version, 2, "a second artifact of the same name gets the next version");
 
     // The artifact loads and scores exactly as the trained model did.
     let body = artifact::load(&outcome.artifact, &definitions).expect("artifact loads");

@@ -4,6 +4,7 @@
 //! ndarray-free, so scoring one row costs a few dozen multiply-adds.
 
 pub mod artifact;
+pub mod tree;
 
 use serde::{Deserialize, Serialize};
 
@@ -73,6 +74,7 @@ pub struct LinearWeights {
 #[serde(tag = "family", rename_all = "snake_case")]
 pub enum Family {
     LogisticRegression(LinearWeights),
+    DecisionTree(tree::Tree),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -87,6 +89,13 @@ pub fn sigmoid(z: f64) -> f64 {
 }
 
 impl Model {
+    pub fn family_name(&self) -> &'static str {
+        match self.family {
+            Family::LogisticRegression(_) => "logistic_regression",
+            Family::DecisionTree(_) => "decision_tree",
+        }
+    }
+
     /// The score of one row (probability for classifiers).
     pub fn predict(&self, row: &[Option<f64>]) -> f64 {
         let mut standardised = vec![0.0; self.columns.len()];
@@ -102,6 +111,7 @@ impl Model {
                         .sum::<f64>();
                 sigmoid(z)
             }
+            Family::DecisionTree(tree) => tree.predict(&standardised),
         }
     }
 }

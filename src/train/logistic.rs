@@ -241,7 +241,9 @@ mod tests {
         } else {
             -1.0
         };
-        let Family::LogisticRegression(ours) = &model.family;
+        let Family::LogisticRegression(ours) = &model.family else {
+            panic!("a logistic model")
+        };
         for (a, b) in ours.weights.iter().zip(reference.params()) {
             assert!(
                 (a - sign * b).abs() < 1e-4,

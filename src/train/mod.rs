@@ -6,5 +6,6 @@ pub mod evaluate;
 pub mod lbfgs;
 pub mod logistic;
 pub mod pipeline;
+pub mod tree;
 
 pub use dataset::{Dataset, DatasetError, DatasetSpec, Row, Target};

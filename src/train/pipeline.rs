@@ -8,11 +8,19 @@ use std::time::Instant;
 use super::dataset::{Dataset, DatasetError, DatasetSpec};
 use super::evaluate::{brier, log_loss, pr_auc, roc_auc};
 use super::logistic::{self, CheckedLogisticParams, TrainError};
+use super::tree::{self, CheckedTreeParams};
 use crate::definitions::{Definitions, fnv64};
 use crate::events::RawEvent;
 use crate::features::EngineSettings;
 use crate::model::artifact::{self, ArtifactBody, ArtifactError};
 use crate::time::now_ms;
+
+/// The family to train, with checked hyper-parameters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FamilyParams {
+    Logistic(CheckedLogisticParams),
+    Tree(CheckedTreeParams),
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -59,12 +67,12 @@ fn next_version(dir: &Path, name: &str) -> u32 {
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn train_logistic<I: Iterator<Item = RawEvent>>(
+pub fn train<I: Iterator<Item = RawEvent>>(
     definitions: Arc<Definitions>,
     settings: EngineSettings,
     history: impl Fn() -> I,
     spec: &DatasetSpec,
-    params: CheckedLogisticParams,
+    family: FamilyParams,
     holdout: f64,
     models_dir: &Path,
     name: &str,
@@ -80,13 +88,19 @@ pub fn train_logistic<I: Iterator<Item = RawEvent>>(
     let rows: Vec<Vec<Option<f64>>> = train.iter().map(|r| r.values.clone()).collect();
     let labels: Vec<f64> = train.iter().map(|r| r.label).collect();
     let started = Instant::now();
-    let (model, converged) = logistic::fit(&dataset.columns, &rows, &labels, params)?;
-    if !converged {
-        tracing::warn!(
-            name,
-            "logistic regression stopped at its iteration limit before converging"
-        );
-    }
+    let model = match family {
+        FamilyParams::Logistic(params) => {
+            let (model, converged) = logistic::fit(&dataset.columns, &rows, &labels, params)?;
+            if !converged {
+                tracing::warn!(
+                    name,
+                    "logistic regression stopped at its iteration limit before converging"
+                );
+            }
+            model
+        }
+        FamilyParams::Tree(params) => tree::fit(&dataset.columns, &rows, &labels, params)?,
+    };
     let fit_seconds = started.elapsed().as_secs_f64();
 
     let scores: Vec<f64> = validation
