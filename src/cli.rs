@@ -120,6 +120,10 @@ pub struct TrainArgs {
     /// Feature definitions (default: the built-in shop definitions).
     #[arg(long)]
     pub definitions: Option<PathBuf>,
+    /// Creation time written into the artifact (default: now); fixed by the training
+    /// script so the shipped models are reproducible bit for bit.
+    #[arg(long)]
+    pub created_at_ms: Option<i64>,
 }
 
 #[derive(Debug, Args)]
@@ -303,6 +307,7 @@ fn train(args: TrainArgs) -> CliResult {
         args.holdout,
         &args.models_dir,
         &args.name,
+        args.created_at_ms.unwrap_or_else(now_ms),
         |done| eprintln!("  replayed {done} of {total} events"),
     )?;
     let mut out = std::io::stdout().lock();

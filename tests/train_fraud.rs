@@ -72,6 +72,7 @@ fn the_fraud_model_learns_and_its_artifact_round_trips() {
         0.25,
         models.path(),
         "fraud",
+        1_767_225_600_000,
         |_| {},
     )
     .expect("training succeeds");
@@ -98,12 +99,21 @@ fn the_fraud_model_learns_and_its_artifact_round_trips() {
         0.25,
         models.path(),
         "fraud",
+        1_767_225_600_000,
         |_| {},
     )
     .expect("tree training succeeds");
-    let tree_auc = tree.metrics.iter().find(|(name, _)| name == "roc_auc").unwrap().1;
+    let tree_auc = tree
+        .metrics
+        .iter()
+        .find(|(name, _)| name == "roc_auc")
+        .unwrap()
+        .1;
     assert!(tree_auc > 0.8, "tree hold-out ROC-AUC {tree_auc}");
-    assert_eq!(tree.version, 2, "a second artifact of the same name gets the next version");
+    assert_eq!(
+        tree.version, 2,
+        "a second artifact of the same name gets the next version"
+    );
 
     // The artifact loads and scores exactly as the trained model did.
     let body = artifact::load(&outcome.artifact, &definitions).expect("artifact loads");

@@ -13,7 +13,6 @@ use crate::definitions::{Definitions, fnv64};
 use crate::events::RawEvent;
 use crate::features::EngineSettings;
 use crate::model::artifact::{self, ArtifactBody, ArtifactError};
-use crate::time::now_ms;
 
 /// The family to train, with checked hyper-parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -76,6 +75,7 @@ pub fn train<I: Iterator<Item = RawEvent>>(
     holdout: f64,
     models_dir: &Path,
     name: &str,
+    created_at_ms: i64,
     progress: impl FnMut(u64),
 ) -> Result<TrainOutcome, PipelineError> {
     if !(holdout > 0.0 && holdout < 1.0) {
@@ -128,7 +128,7 @@ pub fn train<I: Iterator<Item = RawEvent>>(
         ArtifactBody {
             name: name.to_string(),
             version,
-            created_at_ms: now_ms(),
+            created_at_ms,
             definitions_fingerprint: definitions.fingerprint,
             trained_from_ms: train.first().map(|r| r.time_ms).unwrap_or(0),
             trained_to_ms: train.last().map(|r| r.time_ms).unwrap_or(0),
