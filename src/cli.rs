@@ -304,6 +304,7 @@ fn train(args: TrainArgs) -> CliResult {
         || events.iter().cloned(),
         &crate::train::DatasetSpec::fraud(label_window),
         family,
+        crate::train::thresholds::ThresholdRule::default().check()?,
         args.holdout,
         &args.models_dir,
         &args.name,
@@ -324,7 +325,19 @@ fn train(args: TrainArgs) -> CliResult {
     for (metric, value) in &outcome.metrics {
         writeln!(out, "  {metric:<10} {value:.4}")?;
     }
+    if let Some(thresholds) = outcome.thresholds {
+        writeln!(
+            out,
+            "  review at >= {:.4}, block at >= {:.4}",
+            thresholds.review, thresholds.block
+        )?;
+    }
     writeln!(out, "artifact: {}", outcome.artifact.display())?;
+    writeln!(
+        out,
+        "report: {}",
+        outcome.artifact.with_extension("report.md").display()
+    )?;
     Ok(())
 }
 

@@ -12,6 +12,7 @@ use streamscore::model::artifact::{self, ArtifactError};
 use streamscore::simulate::{SimConfig, Simulator};
 use streamscore::time::DAY_MS;
 use streamscore::train::logistic::LogisticParams;
+use streamscore::train::thresholds::ThresholdRule;
 use streamscore::train::tree::TreeParams;
 use streamscore::train::{Dataset, DatasetSpec, pipeline};
 
@@ -69,6 +70,7 @@ fn the_fraud_model_learns_and_its_artifact_round_trips() {
         || events.iter().cloned(),
         &spec,
         pipeline::FamilyParams::Logistic(LogisticParams::default().check().unwrap()),
+        ThresholdRule::default().check().unwrap(),
         0.25,
         models.path(),
         "fraud",
@@ -96,6 +98,7 @@ fn the_fraud_model_learns_and_its_artifact_round_trips() {
         || events.iter().cloned(),
         &spec,
         pipeline::FamilyParams::Tree(TreeParams::default().check().unwrap()),
+        ThresholdRule::default().check().unwrap(),
         0.25,
         models.path(),
         "fraud",
@@ -113,6 +116,15 @@ fn the_fraud_model_learns_and_its_artifact_round_trips() {
     assert_eq!(
         tree.version, 2,
         "a second artifact of the same name gets the next version"
+    );
+
+    // Thresholds and the report come with the artifact.
+    let thresholds = outcome.thresholds.expect("thresholds chosen");
+    assert!(thresholds.review <= thresholds.block);
+    let report = std::fs::read_to_string(outcome.artifact.with_extension("report.md")).unwrap();
+    assert!(
+        report.contains("roc_auc") && report.contains("Calibration") && report.contains("block at"),
+        "{report}"
     );
 
     // The artifact loads and scores exactly as the trained model did.

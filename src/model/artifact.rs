@@ -8,6 +8,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::Model;
+use super::decision::Thresholds;
 use crate::definitions::{Definitions, fnv64};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -22,6 +23,9 @@ pub struct ArtifactBody {
     /// Hash of the training rows and labels.
     pub data_fingerprint: u64,
     pub metrics: Vec<(String, f64)>,
+    /// Decision thresholds chosen on the validation set (classifiers).
+    #[serde(default)]
+    pub thresholds: Option<Thresholds>,
     pub model: Model,
 }
 

@@ -4,6 +4,7 @@
 //! ndarray-free, so scoring one row costs a few dozen multiply-adds.
 
 pub mod artifact;
+pub mod decision;
 pub mod tree;
 
 use serde::{Deserialize, Serialize};

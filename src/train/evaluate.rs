@@ -68,6 +68,39 @@ pub fn brier(scores: &[f64], labels: &[f64]) -> f64 {
         / scores.len().max(1) as f64
 }
 
+/// One bin of a calibration table: predictions in `[lower, upper)` against what happened.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct CalibrationBin {
+    pub lower: f64,
+    pub upper: f64,
+    pub count: usize,
+    pub mean_predicted: f64,
+    pub observed_rate: f64,
+}
+
+/// Equal-width bins over [0, 1]; empty bins are left out.
+pub fn calibration(scores: &[f64], labels: &[f64], bins: usize) -> Vec<CalibrationBin> {
+    let bins = bins.max(1);
+    let mut sums = vec![(0usize, 0.0, 0.0); bins];
+    for (score, label) in scores.iter().zip(labels) {
+        let bin = ((score.clamp(0.0, 1.0) * bins as f64) as usize).min(bins - 1);
+        sums[bin].0 += 1;
+        sums[bin].1 += score;
+        sums[bin].2 += label;
+    }
+    sums.iter()
+        .enumerate()
+        .filter(|(_, (count, _, _))| *count > 0)
+        .map(|(bin, (count, predicted, observed))| CalibrationBin {
+            lower: bin as f64 / bins as f64,
+            upper: (bin + 1) as f64 / bins as f64,
+            count: *count,
+            mean_predicted: predicted / *count as f64,
+            observed_rate: observed / *count as f64,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,5 +148,9 @@ mod tests {
         assert_relative_eq!(pr_auc(&[0.9, 0.2, 0.8, 0.1], &labels), 0.5);
         assert_relative_eq!(brier(&[0.0, 0.0, 1.0, 0.5], &labels), 0.0625);
         assert_relative_eq!(log_loss(&[0.5; 4], &labels), std::f64::consts::LN_2);
+        let table = calibration(&[0.05, 0.15, 0.12, 0.95], &labels, 10);
+        assert_eq!(table.len(), 3);
+        assert_eq!((table[1].count, table[1].observed_rate), (2, 0.5));
+        assert_relative_eq!(table[1].mean_predicted, 0.135);
     }
 }

@@ -6,6 +6,8 @@ pub mod evaluate;
 pub mod lbfgs;
 pub mod logistic;
 pub mod pipeline;
+pub mod report;
+pub mod thresholds;
 pub mod tree;
 
 pub use dataset::{Dataset, DatasetError, DatasetSpec, Row, Target};

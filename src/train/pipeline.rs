@@ -6,8 +6,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::dataset::{Dataset, DatasetError, DatasetSpec};
-use super::evaluate::{brier, log_loss, pr_auc, roc_auc};
+use super::evaluate::{brier, calibration, log_loss, pr_auc, roc_auc};
 use super::logistic::{self, CheckedLogisticParams, TrainError};
+use super::report::{Report, importance};
+use super::thresholds::{self, CheckedThresholdRule};
 use super::tree::{self, CheckedTreeParams};
 use crate::definitions::{Definitions, fnv64};
 use crate::events::RawEvent;
@@ -31,11 +33,14 @@ pub enum PipelineError {
     Artifact(#[from] ArtifactError),
     #[error("hold-out share must be in (0, 1), got {0}")]
     Holdout(f64),
+    #[error("cannot write the training report: {0}")]
+    Report(#[from] std::io::Error),
 }
 
 #[derive(Debug, Clone)]
 pub struct TrainOutcome {
     pub artifact: PathBuf,
+    pub thresholds: Option<crate::model::decision::Thresholds>,
     pub version: u32,
     pub train_rows: usize,
     pub validation_rows: usize,
@@ -72,6 +77,7 @@ pub fn train<I: Iterator<Item = RawEvent>>(
     history: impl Fn() -> I,
     spec: &DatasetSpec,
     family: FamilyParams,
+    rule: CheckedThresholdRule,
     holdout: f64,
     models_dir: &Path,
     name: &str,
@@ -115,6 +121,7 @@ pub fn train<I: Iterator<Item = RawEvent>>(
         ("brier".to_string(), brier(&scores, &truth)),
     ];
 
+    let chosen = thresholds::choose(&scores, &truth, rule);
     let mut fingerprint_bytes = Vec::new();
     for row in &dataset.rows {
         fingerprint_bytes.extend_from_slice(row.event_id.as_bytes());
@@ -134,11 +141,28 @@ pub fn train<I: Iterator<Item = RawEvent>>(
             trained_to_ms: train.last().map(|r| r.time_ms).unwrap_or(0),
             data_fingerprint: fnv64(&fingerprint_bytes),
             metrics: metrics.clone(),
-            model,
+            thresholds: chosen,
+            model: model.clone(),
         },
     )?;
+    let report = Report {
+        name: name.to_string(),
+        version,
+        family: model.family_name().to_string(),
+        train_rows: train.len(),
+        validation_rows: validation.len(),
+        train_positives: labels.iter().filter(|l| **l > 0.5).count(),
+        unlabelled: dataset.unlabelled,
+        fit_seconds,
+        metrics: metrics.clone(),
+        thresholds: chosen,
+        calibration: calibration(&scores, &truth, 10),
+        importance: importance(&model, 15),
+    };
+    report.write_beside(&path)?;
     Ok(TrainOutcome {
         artifact: path,
+        thresholds: chosen,
         version,
         train_rows: train.len(),
         validation_rows: validation.len(),
