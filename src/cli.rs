@@ -31,7 +31,7 @@ pub enum Command {
     Simulate(SimulateArgs),
     /// Print the feature values of one entity from a running server.
     Features(FeaturesArgs),
-    /// Train the fraud model (logistic regression or decision tree) from JSON-lines history.
+    /// Train a model (fraud: logistic or tree; order value: linear) from JSON-lines history.
     Train(TrainArgs),
     /// Write the server's event log as JSON lines (safe beside a running server).
     Export(ExportArgs),
@@ -106,7 +106,10 @@ pub struct TrainArgs {
     /// Share of the latest rows held out for validation.
     #[arg(long, default_value_t = 0.25)]
     pub holdout: f64,
-    /// Model family: logistic or tree.
+    /// What to predict: fraud (each payment) or order_value (each order's amount).
+    #[arg(long, default_value = "fraud")]
+    pub target: String,
+    /// Model family: logistic or tree (fraud), linear (order_value).
     #[arg(long, default_value = "logistic")]
     pub family: String,
     /// Depth limit of the decision tree.
@@ -278,10 +281,14 @@ fn train(args: TrainArgs) -> CliResult {
             }
             .check()?,
         ),
+        "linear" => {
+            FamilyParams::Linear(crate::train::linear::LinearParams { l2: args.l2 }.check()?)
+        }
         other => {
-            return Err(
-                format!("--family: unknown family '{other}' (known: logistic, tree)").into(),
-            );
+            return Err(format!(
+                "--family: unknown family '{other}' (known: logistic, tree, linear)"
+            )
+            .into());
         }
     };
     let label_window = crate::time::parse_duration_ms(&args.label_window)
@@ -297,12 +304,21 @@ fn train(args: TrainArgs) -> CliResult {
         allowed_lateness_ms: defaults.ingest.allowed_lateness.0,
         dedup_horizon_ms: defaults.ingest.dedup_horizon.0,
     };
+    let spec = match args.target.as_str() {
+        "fraud" => crate::train::DatasetSpec::fraud(label_window),
+        "order_value" => crate::train::DatasetSpec::order_value(),
+        other => {
+            return Err(
+                format!("--target: unknown target '{other}' (known: fraud, order_value)").into(),
+            );
+        }
+    };
     let total = events.len();
     let outcome = crate::train::pipeline::train(
         definitions,
         settings,
         || events.iter().cloned(),
-        &crate::train::DatasetSpec::fraud(label_window),
+        &spec,
         family,
         crate::train::thresholds::ThresholdRule::default().check()?,
         args.holdout,
@@ -314,11 +330,15 @@ fn train(args: TrainArgs) -> CliResult {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "trained {} v{}: {} training rows ({} fraud), {} validation rows, fit in {:.2} s",
+        "trained {} v{}: {} training rows{}, {} validation rows, fit in {:.2} s",
         args.name,
         outcome.version,
         outcome.train_rows,
-        outcome.positives,
+        if args.target == "fraud" {
+            format!(" ({} fraud)", outcome.positives)
+        } else {
+            String::new()
+        },
         outcome.validation_rows,
         outcome.fit_seconds
     )?;

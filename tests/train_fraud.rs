@@ -11,6 +11,7 @@ use streamscore::features::EngineSettings;
 use streamscore::model::artifact::{self, ArtifactError};
 use streamscore::simulate::{SimConfig, Simulator};
 use streamscore::time::DAY_MS;
+use streamscore::train::linear::LinearParams;
 use streamscore::train::logistic::LogisticParams;
 use streamscore::train::thresholds::ThresholdRule;
 use streamscore::train::tree::TreeParams;
@@ -117,6 +118,45 @@ fn the_fraud_model_learns_and_its_artifact_round_trips() {
         tree.version, 2,
         "a second artifact of the same name gets the next version"
     );
+
+    // The order-value model is a regression, and families that cannot learn it are refused.
+    let order_value = pipeline::train(
+        Arc::clone(&definitions),
+        settings,
+        || events.iter().cloned(),
+        &DatasetSpec::order_value(),
+        pipeline::FamilyParams::Linear(LinearParams::default().check().unwrap()),
+        ThresholdRule::default().check().unwrap(),
+        0.25,
+        models.path(),
+        "order_value",
+        1_767_225_600_000,
+        |_| {},
+    )
+    .expect("order value training succeeds");
+    let r2 = order_value
+        .metrics
+        .iter()
+        .find(|(name, _)| name == "r2")
+        .unwrap()
+        .1;
+    assert!(r2 > 0.05 && r2 < 0.99, "hold-out R^2 {r2}");
+    assert!(order_value.thresholds.is_none());
+    let refused = pipeline::train(
+        Arc::clone(&definitions),
+        settings,
+        || events.iter().cloned(),
+        &DatasetSpec::order_value(),
+        pipeline::FamilyParams::Logistic(LogisticParams::default().check().unwrap()),
+        ThresholdRule::default().check().unwrap(),
+        0.25,
+        models.path(),
+        "order_value",
+        1_767_225_600_000,
+        |_| {},
+    )
+    .unwrap_err();
+    assert!(refused.to_string().contains("use linear"), "{refused}");
 
     // Thresholds and the report come with the artifact.
     let thresholds = outcome.thresholds.expect("thresholds chosen");

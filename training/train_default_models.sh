@@ -15,11 +15,14 @@ mkdir -p "$work"
   --start-ms 1735689600000 --out "$work/history.jsonl"
 
 created=1767225600000
-rm -rf models/fraud "$work/models"
+rm -rf models/fraud models/order_value "$work/models"
 "$bin" train --events "$work/history.jsonl" --name fraud --family logistic \
   --label-window 60d --created-at-ms "$created" --models-dir models | tee "$work/logistic.txt"
 "$bin" train --events "$work/history.jsonl" --name fraud --family tree --max-depth 10 \
   --label-window 60d --created-at-ms "$created" --models-dir "$work/models" | tee "$work/tree.txt"
+
+"$bin" train --events "$work/history.jsonl" --name order_value --target order_value --family linear \
+  --created-at-ms "$created" --models-dir models | tee "$work/linear.txt"
 
 metric() { grep -E "^  $1 " "$2" | awk '{print $2}'; }
 fit() { sed -nE 's/.*fit in ([0-9.]+) s.*/\1/p' "$1"; }
@@ -36,5 +39,11 @@ fit() { sed -nE 's/.*fit in ([0-9.]+) s.*/\1/p' "$1"; }
     artifact=$(sed -nE 's/^artifact: (.*)/\1/p' "$file")
     echo "| $family | $(metric roc_auc "$file") | $(metric pr_auc "$file") | $(metric log_loss "$file") | $(metric brier "$file") | $(fit "$file") s | $(wc -c < "$artifact") bytes |"
   done
+  echo
+  echo "# Order value model"
+  echo
+  echo "| family | RMSE | MAE | R^2 | fit time |"
+  echo "|---|---|---|---|---|"
+  echo "| linear (ridge) | $(metric rmse "$work/linear.txt") | $(metric mae "$work/linear.txt") | $(metric r2 "$work/linear.txt") | $(fit "$work/linear.txt") s |"
 } > training/RESULTS.md
 cat training/RESULTS.md

@@ -76,6 +76,8 @@ pub struct LinearWeights {
 pub enum Family {
     LogisticRegression(LinearWeights),
     DecisionTree(tree::Tree),
+    /// A value, not a probability (e.g. expected order amount).
+    LinearRegression(LinearWeights),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -94,6 +96,7 @@ impl Model {
         match self.family {
             Family::LogisticRegression(_) => "logistic_regression",
             Family::DecisionTree(_) => "decision_tree",
+            Family::LinearRegression(_) => "linear_regression",
         }
     }
 
@@ -113,6 +116,15 @@ impl Model {
                 sigmoid(z)
             }
             Family::DecisionTree(tree) => tree.predict(&standardised),
+            Family::LinearRegression(linear) => {
+                linear.intercept
+                    + linear
+                        .weights
+                        .iter()
+                        .zip(&standardised)
+                        .map(|(w, x)| w * x)
+                        .sum::<f64>()
+            }
         }
     }
 }

@@ -244,7 +244,17 @@ impl Simulator {
             } else {
                 user.country.clone()
             };
-            let payment_id = self.payment(
+            // The order is placed first and paid a few seconds later, so a model of the
+            // order's value cannot read it off the payment.
+            let order_id = self.schedule(time, "order", |e| {
+                e.entities.insert("user".into(), user.id.clone());
+                e.entities.insert("card".into(), card.clone());
+                e.entities.insert("device".into(), device.clone());
+                e.numbers
+                    .insert("amount".into(), (cart_total * 100.0).round() / 100.0);
+            });
+            time += self.rng.random_range(SECOND_MS..=10 * SECOND_MS);
+            self.payment(
                 time,
                 &user.id,
                 &card,
@@ -255,15 +265,6 @@ impl Simulator {
                 &ip_country,
                 false,
             );
-            time += self.rng.random_range(SECOND_MS..=10 * SECOND_MS);
-            let order_id = self.schedule(time, "order", |e| {
-                e.entities.insert("user".into(), user.id.clone());
-                e.entities.insert("card".into(), card.clone());
-                e.entities.insert("device".into(), device.clone());
-                e.numbers
-                    .insert("amount".into(), (cart_total * 100.0).round() / 100.0);
-                e.strings.insert("payment_id".into(), payment_id);
-            });
             if self.rng.random_bool(0.03) {
                 let refund_time = time + self.rng.random_range(2 * DAY_MS..=20 * DAY_MS);
                 self.schedule(refund_time, "refund", |e| {

@@ -49,6 +49,16 @@ pub struct DatasetSpec {
 }
 
 impl DatasetSpec {
+    /// The default order-value model's inputs: user, card and device features (no
+    /// request-time features: the order's amount is the label).
+    pub fn order_value() -> DatasetSpec {
+        DatasetSpec {
+            target: Target::OrderValue,
+            entities: ["user", "card", "device"].map(String::from).to_vec(),
+            request_features: false,
+        }
+    }
+
     /// The default fraud model's inputs: card, user, device and ip features plus the
     /// request-time features.
     pub fn fraud(label_window_ms: i64) -> DatasetSpec {

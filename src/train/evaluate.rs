@@ -68,6 +68,38 @@ pub fn brier(scores: &[f64], labels: &[f64]) -> f64 {
         / scores.len().max(1) as f64
 }
 
+pub fn rmse(predictions: &[f64], targets: &[f64]) -> f64 {
+    let n = predictions.len().max(1) as f64;
+    (predictions
+        .iter()
+        .zip(targets)
+        .map(|(p, y)| (p - y) * (p - y))
+        .sum::<f64>()
+        / n)
+        .sqrt()
+}
+
+pub fn mae(predictions: &[f64], targets: &[f64]) -> f64 {
+    predictions
+        .iter()
+        .zip(targets)
+        .map(|(p, y)| (p - y).abs())
+        .sum::<f64>()
+        / predictions.len().max(1) as f64
+}
+
+/// Coefficient of determination: 1 - SS_residual / SS_total.
+pub fn r2(predictions: &[f64], targets: &[f64]) -> f64 {
+    let mean = targets.iter().sum::<f64>() / targets.len().max(1) as f64;
+    let total: f64 = targets.iter().map(|y| (y - mean) * (y - mean)).sum();
+    let residual: f64 = predictions
+        .iter()
+        .zip(targets)
+        .map(|(p, y)| (p - y) * (p - y))
+        .sum();
+    1.0 - residual / total
+}
+
 /// One bin of a calibration table: predictions in `[lower, upper)` against what happened.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct CalibrationBin {
@@ -148,6 +180,10 @@ mod tests {
         assert_relative_eq!(pr_auc(&[0.9, 0.2, 0.8, 0.1], &labels), 0.5);
         assert_relative_eq!(brier(&[0.0, 0.0, 1.0, 0.5], &labels), 0.0625);
         assert_relative_eq!(log_loss(&[0.5; 4], &labels), std::f64::consts::LN_2);
+        assert_relative_eq!(rmse(&[1.0, 3.0], &[2.0, 2.0]), 1.0);
+        assert_relative_eq!(mae(&[1.0, 4.0], &[2.0, 2.0]), 1.5);
+        assert_relative_eq!(r2(&[1.0, 2.0, 3.0], &[1.0, 2.0, 3.0]), 1.0);
+        assert_relative_eq!(r2(&[2.0, 2.0, 2.0], &[1.0, 2.0, 3.0]), 0.0);
         let table = calibration(&[0.05, 0.15, 0.12, 0.95], &labels, 10);
         assert_eq!(table.len(), 3);
         assert_eq!((table[1].count, table[1].observed_rate), (2, 0.5));

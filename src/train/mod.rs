@@ -4,6 +4,7 @@
 pub mod dataset;
 pub mod evaluate;
 pub mod lbfgs;
+pub mod linear;
 pub mod logistic;
 pub mod pipeline;
 pub mod report;

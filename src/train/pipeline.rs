@@ -5,8 +5,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::dataset::Target;
 use super::dataset::{Dataset, DatasetError, DatasetSpec};
-use super::evaluate::{brier, calibration, log_loss, pr_auc, roc_auc};
+use super::evaluate::{brier, calibration, log_loss, mae, pr_auc, r2, rmse, roc_auc};
+use super::linear::{self, CheckedLinearParams};
 use super::logistic::{self, CheckedLogisticParams, TrainError};
 use super::report::{Report, importance};
 use super::thresholds::{self, CheckedThresholdRule};
@@ -21,6 +23,7 @@ use crate::model::artifact::{self, ArtifactBody, ArtifactError};
 pub enum FamilyParams {
     Logistic(CheckedLogisticParams),
     Tree(CheckedTreeParams),
+    Linear(CheckedLinearParams),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +36,12 @@ pub enum PipelineError {
     Artifact(#[from] ArtifactError),
     #[error("hold-out share must be in (0, 1), got {0}")]
     Holdout(f64),
+    #[error("family {family} cannot learn the {target} target ({hint})")]
+    FamilyTarget {
+        family: &'static str,
+        target: &'static str,
+        hint: &'static str,
+    },
     #[error("cannot write the training report: {0}")]
     Report(#[from] std::io::Error),
 }
@@ -87,6 +96,24 @@ pub fn train<I: Iterator<Item = RawEvent>>(
     if !(holdout > 0.0 && holdout < 1.0) {
         return Err(PipelineError::Holdout(holdout));
     }
+    let classifier = spec.target != Target::OrderValue;
+    match (classifier, family) {
+        (true, FamilyParams::Linear(_)) => {
+            return Err(PipelineError::FamilyTarget {
+                family: "linear",
+                target: "fraud",
+                hint: "use logistic or tree",
+            });
+        }
+        (false, FamilyParams::Logistic(_) | FamilyParams::Tree(_)) => {
+            return Err(PipelineError::FamilyTarget {
+                family: "logistic/tree",
+                target: "order_value",
+                hint: "use linear",
+            });
+        }
+        _ => {}
+    }
     let dataset = Dataset::build(Arc::clone(&definitions), settings, history, spec, progress)?;
     // Rows come in event-time order, so the split is a cut in time.
     let cut = ((dataset.rows.len() as f64) * (1.0 - holdout)).round() as usize;
@@ -106,6 +133,7 @@ pub fn train<I: Iterator<Item = RawEvent>>(
             model
         }
         FamilyParams::Tree(params) => tree::fit(&dataset.columns, &rows, &labels, params)?,
+        FamilyParams::Linear(params) => linear::fit(&dataset.columns, &rows, &labels, params)?,
     };
     let fit_seconds = started.elapsed().as_secs_f64();
 
@@ -114,14 +142,26 @@ pub fn train<I: Iterator<Item = RawEvent>>(
         .map(|r| model.predict(&r.values))
         .collect();
     let truth: Vec<f64> = validation.iter().map(|r| r.label).collect();
-    let metrics = vec![
-        ("roc_auc".to_string(), roc_auc(&scores, &truth)),
-        ("pr_auc".to_string(), pr_auc(&scores, &truth)),
-        ("log_loss".to_string(), log_loss(&scores, &truth)),
-        ("brier".to_string(), brier(&scores, &truth)),
-    ];
+    let metrics = if classifier {
+        vec![
+            ("roc_auc".to_string(), roc_auc(&scores, &truth)),
+            ("pr_auc".to_string(), pr_auc(&scores, &truth)),
+            ("log_loss".to_string(), log_loss(&scores, &truth)),
+            ("brier".to_string(), brier(&scores, &truth)),
+        ]
+    } else {
+        vec![
+            ("rmse".to_string(), rmse(&scores, &truth)),
+            ("mae".to_string(), mae(&scores, &truth)),
+            ("r2".to_string(), r2(&scores, &truth)),
+        ]
+    };
 
-    let chosen = thresholds::choose(&scores, &truth, rule);
+    let chosen = if classifier {
+        thresholds::choose(&scores, &truth, rule)
+    } else {
+        None
+    };
     let mut fingerprint_bytes = Vec::new();
     for row in &dataset.rows {
         fingerprint_bytes.extend_from_slice(row.event_id.as_bytes());
@@ -151,12 +191,20 @@ pub fn train<I: Iterator<Item = RawEvent>>(
         family: model.family_name().to_string(),
         train_rows: train.len(),
         validation_rows: validation.len(),
-        train_positives: labels.iter().filter(|l| **l > 0.5).count(),
+        train_positives: if classifier {
+            labels.iter().filter(|l| **l > 0.5).count()
+        } else {
+            0
+        },
         unlabelled: dataset.unlabelled,
         fit_seconds,
         metrics: metrics.clone(),
         thresholds: chosen,
-        calibration: calibration(&scores, &truth, 10),
+        calibration: if classifier {
+            calibration(&scores, &truth, 10)
+        } else {
+            Vec::new()
+        },
         importance: importance(&model, 15),
     };
     report.write_beside(&path)?;
@@ -166,7 +214,11 @@ pub fn train<I: Iterator<Item = RawEvent>>(
         version,
         train_rows: train.len(),
         validation_rows: validation.len(),
-        positives: labels.iter().filter(|l| **l > 0.5).count(),
+        positives: if classifier {
+            labels.iter().filter(|l| **l > 0.5).count()
+        } else {
+            0
+        },
         fit_seconds,
         metrics,
     })

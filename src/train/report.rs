@@ -31,7 +31,7 @@ pub struct Report {
 pub fn importance(model: &Model, top: usize) -> Vec<(String, f64)> {
     let mut scores = vec![0.0; model.columns.len()];
     match &model.family {
-        Family::LogisticRegression(linear) => {
+        Family::LogisticRegression(linear) | Family::LinearRegression(linear) => {
             scores
                 .iter_mut()
                 .zip(&linear.weights)
