@@ -11,6 +11,7 @@ use rand_chacha::ChaCha8Rng;
 use streamscore::model::sigmoid;
 use streamscore::train::evaluate::roc_auc;
 use streamscore::train::logistic::{self, LogisticParams};
+use streamscore::train::svm::{self, SvmParams};
 use streamscore::train::tree::{self, TreeParams};
 
 fn main() {
@@ -65,6 +66,21 @@ fn main() {
     let scores: Vec<f64> = data.iter().map(|r| model.predict(r)).collect();
     println!(
         "logistic regression: {seconds:.2} s (converged: {converged}), training AUC {:.4}",
+        roc_auc(&scores, &labels)
+    );
+
+    let started = Instant::now();
+    let (model, converged) = svm::fit(
+        &columns,
+        &data,
+        &labels,
+        SvmParams::default().check().expect("params"),
+    )
+    .expect("fit");
+    let seconds = started.elapsed().as_secs_f64();
+    let scores: Vec<f64> = data.iter().map(|r| model.predict(r)).collect();
+    println!(
+        "linear SVM + Platt: {seconds:.2} s (converged: {converged}), training AUC {:.4}",
         roc_auc(&scores, &labels)
     );
 

@@ -109,9 +109,12 @@ pub struct TrainArgs {
     /// What to predict: fraud (each payment) or order_value (each order's amount).
     #[arg(long, default_value = "fraud")]
     pub target: String,
-    /// Model family: logistic or tree (fraud), linear (order_value).
+    /// Model family: logistic, tree or svm (fraud), linear (order_value).
     #[arg(long, default_value = "logistic")]
     pub family: String,
+    /// Violation cost of the linear SVM.
+    #[arg(long, default_value_t = 0.1)]
+    pub c: f64,
     /// Depth limit of the decision tree.
     #[arg(long, default_value_t = 10)]
     pub max_depth: usize,
@@ -281,12 +284,19 @@ fn train(args: TrainArgs) -> CliResult {
             }
             .check()?,
         ),
+        "svm" => FamilyParams::LinearSvm(
+            crate::train::svm::SvmParams {
+                c: args.c,
+                ..Default::default()
+            }
+            .check()?,
+        ),
         "linear" => {
             FamilyParams::Linear(crate::train::linear::LinearParams { l2: args.l2 }.check()?)
         }
         other => {
             return Err(format!(
-                "--family: unknown family '{other}' (known: logistic, tree, linear)"
+                "--family: unknown family '{other}' (known: logistic, tree, svm, linear)"
             )
             .into());
         }

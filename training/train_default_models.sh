@@ -21,6 +21,8 @@ rm -rf models/fraud models/order_value "$work/models"
 "$bin" train --events "$work/history.jsonl" --name fraud --family tree --max-depth 10 \
   --label-window 60d --created-at-ms "$created" --models-dir "$work/models" | tee "$work/tree.txt"
 
+"$bin" train --events "$work/history.jsonl" --name fraud --family svm \
+  --label-window 60d --created-at-ms "$created" --models-dir "$work/models" | tee "$work/svm.txt"
 "$bin" train --events "$work/history.jsonl" --name order_value --target order_value --family linear \
   --created-at-ms "$created" --models-dir models | tee "$work/linear.txt"
 
@@ -34,7 +36,7 @@ fit() { sed -nE 's/.*fit in ([0-9.]+) s.*/\1/p' "$1"; }
   echo
   echo "| family | ROC-AUC | PR-AUC | log loss | Brier | fit time | artifact size |"
   echo "|---|---|---|---|---|---|---|"
-  for family in logistic tree; do
+  for family in logistic tree svm; do
     file="$work/$family.txt"
     artifact=$(sed -nE 's/^artifact: (.*)/\1/p' "$file")
     echo "| $family | $(metric roc_auc "$file") | $(metric pr_auc "$file") | $(metric log_loss "$file") | $(metric brier "$file") | $(fit "$file") s | $(wc -c < "$artifact") bytes |"

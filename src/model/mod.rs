@@ -71,6 +71,15 @@ pub struct LinearWeights {
     pub intercept: f64,
 }
 
+/// A linear SVM's margin `w.x + b` and its Platt scaling `p = 1 / (1 + exp(a f + b'))`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LinearSvm {
+    pub weights: Vec<f64>,
+    pub intercept: f64,
+    pub platt_a: f64,
+    pub platt_b: f64,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "family", rename_all = "snake_case")]
 pub enum Family {
@@ -78,6 +87,7 @@ pub enum Family {
     DecisionTree(tree::Tree),
     /// A value, not a probability (e.g. expected order amount).
     LinearRegression(LinearWeights),
+    LinearSvm(LinearSvm),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -85,6 +95,11 @@ pub struct Model {
     pub columns: Vec<String>,
     pub preprocessing: Preprocessing,
     pub family: Family,
+}
+
+/// `intercept + weights . x`.
+fn margin(weights: &[f64], intercept: f64, x: &[f64]) -> f64 {
+    intercept + weights.iter().zip(x).map(|(w, v)| w * v).sum::<f64>()
 }
 
 pub fn sigmoid(z: f64) -> f64 {
@@ -97,6 +112,7 @@ impl Model {
             Family::LogisticRegression(_) => "logistic_regression",
             Family::DecisionTree(_) => "decision_tree",
             Family::LinearRegression(_) => "linear_regression",
+            Family::LinearSvm(_) => "linear_svm",
         }
     }
 
@@ -106,24 +122,15 @@ impl Model {
         self.preprocessing.transform_into(row, &mut standardised);
         match &self.family {
             Family::LogisticRegression(linear) => {
-                let z = linear.intercept
-                    + linear
-                        .weights
-                        .iter()
-                        .zip(&standardised)
-                        .map(|(w, x)| w * x)
-                        .sum::<f64>();
-                sigmoid(z)
+                sigmoid(margin(&linear.weights, linear.intercept, &standardised))
             }
             Family::DecisionTree(tree) => tree.predict(&standardised),
             Family::LinearRegression(linear) => {
-                linear.intercept
-                    + linear
-                        .weights
-                        .iter()
-                        .zip(&standardised)
-                        .map(|(w, x)| w * x)
-                        .sum::<f64>()
+                margin(&linear.weights, linear.intercept, &standardised)
+            }
+            Family::LinearSvm(svm) => {
+                let margin = margin(&svm.weights, svm.intercept, &standardised);
+                1.0 / (1.0 + (svm.platt_a * margin + svm.platt_b).exp())
             }
         }
     }

@@ -8,6 +8,7 @@ pub mod linear;
 pub mod logistic;
 pub mod pipeline;
 pub mod report;
+pub mod svm;
 pub mod thresholds;
 pub mod tree;
 

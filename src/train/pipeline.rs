@@ -11,6 +11,7 @@ use super::evaluate::{brier, calibration, log_loss, mae, pr_auc, r2, rmse, roc_a
 use super::linear::{self, CheckedLinearParams};
 use super::logistic::{self, CheckedLogisticParams, TrainError};
 use super::report::{Report, importance};
+use super::svm::{self, CheckedSvmParams};
 use super::thresholds::{self, CheckedThresholdRule};
 use super::tree::{self, CheckedTreeParams};
 use crate::definitions::{Definitions, fnv64};
@@ -24,6 +25,7 @@ pub enum FamilyParams {
     Logistic(CheckedLogisticParams),
     Tree(CheckedTreeParams),
     Linear(CheckedLinearParams),
+    LinearSvm(CheckedSvmParams),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,9 +107,9 @@ pub fn train<I: Iterator<Item = RawEvent>>(
                 hint: "use logistic or tree",
             });
         }
-        (false, FamilyParams::Logistic(_) | FamilyParams::Tree(_)) => {
+        (false, FamilyParams::Logistic(_) | FamilyParams::Tree(_) | FamilyParams::LinearSvm(_)) => {
             return Err(PipelineError::FamilyTarget {
-                family: "logistic/tree",
+                family: "logistic/tree/svm",
                 target: "order_value",
                 hint: "use linear",
             });
@@ -134,6 +136,16 @@ pub fn train<I: Iterator<Item = RawEvent>>(
         }
         FamilyParams::Tree(params) => tree::fit(&dataset.columns, &rows, &labels, params)?,
         FamilyParams::Linear(params) => linear::fit(&dataset.columns, &rows, &labels, params)?,
+        FamilyParams::LinearSvm(params) => {
+            let (model, converged) = svm::fit(&dataset.columns, &rows, &labels, params)?;
+            if !converged {
+                tracing::warn!(
+                    name,
+                    "linear SVM stopped at its iteration limit before converging"
+                );
+            }
+            model
+        }
     };
     let fit_seconds = started.elapsed().as_secs_f64();
 

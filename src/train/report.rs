@@ -37,6 +37,12 @@ pub fn importance(model: &Model, top: usize) -> Vec<(String, f64)> {
                 .zip(&linear.weights)
                 .for_each(|(s, w)| *s = *w);
         }
+        Family::LinearSvm(svm) => {
+            scores
+                .iter_mut()
+                .zip(&svm.weights)
+                .for_each(|(s, w)| *s = *w);
+        }
         Family::DecisionTree(tree) => {
             for node in &tree.nodes {
                 if let Node::Split { feature, .. } = node {
