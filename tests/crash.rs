@@ -7,10 +7,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 
-use common::naive::{Naive, Outcome};
 use common::sample_entities;
 use streamscore::api::client;
-use streamscore::config::Settings;
 use streamscore::definitions::Definitions;
 use streamscore::events::RawEvent;
 use streamscore::simulate::{SimConfig, Simulator};
@@ -45,19 +43,6 @@ fn spawn_server(data_dir: &std::path::Path) -> (Child, String) {
     // Keep draining the server's log so it never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
     (child, format!("http://{addr}"))
-}
-
-fn naive_over(events: &[RawEvent]) -> Naive {
-    let defaults = Settings::default();
-    let mut naive = Naive::new(
-        Definitions::default_shop(),
-        defaults.ingest.allowed_lateness.0,
-        defaults.ingest.dedup_horizon.0,
-    );
-    for event in events {
-        assert_eq!(naive.offer(event), Outcome::Applied);
-    }
-    naive
 }
 
 async fn read_samples(
@@ -155,13 +140,19 @@ async fn acknowledged_events_survive_sigkill_exactly_once() {
     // those of every event once.
     common::assert_matches_naive(
         &definitions,
-        &naive_over(&events[..survived]),
+        &common::naive::over_default_shop(&events[..survived]),
         &samples,
         &recovered,
         at,
     );
     let after = read_samples(&url, &samples, at).await;
-    common::assert_matches_naive(&definitions, &naive_over(&events), &samples, &after, at);
+    common::assert_matches_naive(
+        &definitions,
+        &common::naive::over_default_shop(&events),
+        &samples,
+        &after,
+        at,
+    );
 
     child.kill().unwrap();
     child.wait().unwrap();

@@ -5,7 +5,6 @@ mod common;
 
 use std::sync::Arc;
 
-use common::naive::{Naive, Outcome};
 use common::{assert_matches_naive, read_all, sample_entities};
 use streamscore::config::Settings;
 use streamscore::definitions::Definitions;
@@ -23,19 +22,6 @@ fn settings(dir: &std::path::Path) -> Settings {
 
 fn open(settings: &Settings) -> (FeatureStore, streamscore::store::RecoveryReport) {
     FeatureStore::open(settings, Arc::new(Definitions::default_shop())).expect("store opens")
-}
-
-fn naive_over(events: &[RawEvent]) -> Naive {
-    let defaults = Settings::default();
-    let mut naive = Naive::new(
-        Definitions::default_shop(),
-        defaults.ingest.allowed_lateness.0,
-        defaults.ingest.dedup_horizon.0,
-    );
-    for event in events {
-        assert_eq!(naive.offer(event), Outcome::Applied);
-    }
-    naive
 }
 
 fn events(count: usize) -> Vec<RawEvent> {
@@ -99,7 +85,7 @@ async fn a_torn_final_record_is_truncated_and_the_rest_recovered() {
     let at = events[4_998].event_time_ms;
     assert_matches_naive(
         &definitions,
-        &naive_over(&events[..4_999]),
+        &common::naive::over_default_shop(&events[..4_999]),
         &samples,
         &read_all(&store, &samples, at),
         at,
@@ -112,7 +98,7 @@ async fn a_torn_final_record_is_truncated_and_the_rest_recovered() {
     let at = events[4_999].event_time_ms;
     assert_matches_naive(
         &definitions,
-        &naive_over(&events),
+        &common::naive::over_default_shop(&events),
         &samples,
         &read_all(&store, &samples, at),
         at,
@@ -142,7 +128,7 @@ async fn a_corrupted_snapshot_falls_back_to_an_older_one_or_a_full_replay() {
 
     let definitions = Definitions::default_shop();
     let samples = sample_entities(&definitions, &events, 20);
-    let naive = naive_over(&events);
+    let naive = common::naive::over_default_shop(&events);
     let at = events[5_999].event_time_ms;
 
     let (store, report) = open(&settings);

@@ -4,8 +4,8 @@
 //! same coefficients (tested against linfa) in a fraction of that, and reports whether it
 //! converged. Hyper-parameters are checked before anything is fitted.
 
-use super::lbfgs;
-use crate::model::{Family, LinearWeights, Model, Preprocessing, sigmoid};
+use super::{lbfgs, objective};
+use crate::model::{Family, LinearWeights, Model, sigmoid};
 
 /// Unchecked hyper-parameters, as written in a training config.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize, serde::Serialize)]
@@ -115,12 +115,7 @@ pub fn fit(
         )));
     }
     let width = columns.len();
-    let preprocessing = Preprocessing::fit(rows, width);
-    // Standardised rows, row-major.
-    let mut matrix = vec![0.0; rows.len() * width];
-    for (row, out) in rows.iter().zip(matrix.chunks_mut(width.max(1))) {
-        preprocessing.transform_into(row, out);
-    }
+    let (preprocessing, matrix) = objective::standardise(rows, width);
     let targets: Vec<f64> = labels
         .iter()
         .map(|l| f64::from(u8::from(*l > 0.5)))
@@ -135,35 +130,15 @@ pub fn fit(
             }
         })
         .collect();
-    let n = rows.len() as f64;
-    let split = rows.len() / 2;
-    let (first_rows, second_rows) = matrix.split_at(split * width);
-
-    let objective = |x: &[f64], gradient: &mut [f64]| {
-        // Two halves on two threads: the gradient is a sum over rows.
-        let ((loss_a, grad_a), (loss_b, grad_b)) = std::thread::scope(|scope| {
-            let second = scope.spawn(|| {
-                partial_loss(second_rows, width, &targets[split..], &weights[split..], x)
-            });
-            let first = partial_loss(first_rows, width, &targets[..split], &weights[..split], x);
-            (
-                first,
-                second
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
-            )
-        });
-        let penalty: f64 = x[..width].iter().map(|w| w * w).sum::<f64>() * params.l2 / 2.0;
-        for (index, g) in gradient.iter_mut().enumerate() {
-            let ridge = if index < width {
-                params.l2 * x[index]
-            } else {
-                0.0
-            };
-            *g = (grad_a[index] + grad_b[index] + ridge) / n;
-        }
-        (loss_a + loss_b + penalty) / n
-    };
+    let objective = objective::penalised_mean(
+        rows.len(),
+        width,
+        params.l2,
+        |range: std::ops::Range<usize>, x: &[f64]| {
+            let slice = &matrix[range.start * width..range.end * width];
+            partial_loss(slice, width, &targets[range.clone()], &weights[range], x)
+        },
+    );
     let found = lbfgs::minimise(
         objective,
         vec![0.0; width + 1],

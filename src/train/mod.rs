@@ -6,6 +6,7 @@ pub mod evaluate;
 pub mod lbfgs;
 pub mod linear;
 pub mod logistic;
+pub mod objective;
 pub mod pipeline;
 pub mod report;
 pub mod svm;

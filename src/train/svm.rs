@@ -5,9 +5,9 @@
 //! descent; without liblinear's shrinking it needed a minute for 1M rows. Scores become
 //! probabilities by Platt scaling, a sigmoid fitted to the decision values.
 
-use super::lbfgs;
 use super::logistic::TrainError;
-use crate::model::{Family, LinearSvm, Model, Preprocessing};
+use super::{lbfgs, objective};
+use crate::model::{Family, LinearSvm, Model};
 
 #[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -69,7 +69,6 @@ fn primal_squared_hinge(
     costs: &[f64],
     params: &SvmParams,
 ) -> (Vec<f64>, f64, bool) {
-    let n = signs.len() as f64;
     let partial = |rows: &[f64], signs: &[f64], costs: &[f64], params: &[f64]| {
         let (w, b) = params.split_at(width);
         let mut gradient = vec![0.0; width + 1];
@@ -89,26 +88,20 @@ fn primal_squared_hinge(
         }
         (loss, gradient)
     };
-    let split = signs.len() / 2;
-    let (first, second) = x.split_at(split * width);
-    let objective = |p: &[f64], gradient: &mut [f64]| {
-        let ((loss_a, grad_a), (loss_b, grad_b)) = std::thread::scope(|scope| {
-            let other = scope.spawn(|| partial(second, &signs[split..], &costs[split..], p));
-            let mine = partial(first, &signs[..split], &costs[..split], p);
-            (
-                mine,
-                other
-                    .join()
-                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+    // |w|^2 / 2 is the penalty with l2 = 1; the costs weigh the losses.
+    let objective = objective::penalised_mean(
+        signs.len(),
+        width,
+        1.0,
+        |range: std::ops::Range<usize>, p: &[f64]| {
+            partial(
+                &x[range.start * width..range.end * width],
+                &signs[range.clone()],
+                &costs[range],
+                p,
             )
-        });
-        let ridge: f64 = p[..width].iter().map(|w| w * w).sum::<f64>() / 2.0;
-        for (index, g) in gradient.iter_mut().enumerate() {
-            let penalty = if index < width { p[index] } else { 0.0 };
-            *g = (grad_a[index] + grad_b[index] + penalty) / n;
-        }
-        (loss_a + loss_b + ridge) / n
-    };
+        },
+    );
     let found = lbfgs::minimise(
         objective,
         vec![0.0; width + 1],
@@ -173,11 +166,7 @@ pub fn fit(
         )));
     }
     let width = columns.len();
-    let preprocessing = Preprocessing::fit(rows, width);
-    let mut x = vec![0.0; rows.len() * width];
-    for (row, out) in rows.iter().zip(x.chunks_mut(width.max(1))) {
-        preprocessing.transform_into(row, out);
-    }
+    let (preprocessing, x) = objective::standardise(rows, width);
     let signs: Vec<f64> = labels
         .iter()
         .map(|l| if *l > 0.5 { 1.0 } else { -1.0 })

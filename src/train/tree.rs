@@ -6,7 +6,7 @@
 //! (linfa's tree is not deterministic, and neither it nor smartcore gives frequencies).
 
 use crate::model::tree::{Node, Tree};
-use crate::model::{Family, Model, Preprocessing};
+use crate::model::{Family, Model};
 
 use super::logistic::TrainError;
 
@@ -186,11 +186,7 @@ pub fn fit(
         return Err(TrainError::BadData("0 rows".into()));
     }
     let width = columns.len();
-    let preprocessing = Preprocessing::fit(rows, width);
-    let mut matrix = vec![0.0; rows.len() * width];
-    for (row, out) in rows.iter().zip(matrix.chunks_mut(width.max(1))) {
-        preprocessing.transform_into(row, out);
-    }
+    let (preprocessing, matrix) = super::objective::standardise(rows, width);
     let binned = bin_columns(&matrix, rows.len(), width, params.max_bins);
     let targets: Vec<f64> = labels
         .iter()

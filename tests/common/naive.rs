@@ -232,6 +232,21 @@ impl Naive {
     }
 }
 
+/// The naive model of the shipped definitions and default settings over `events`, each
+/// of which must be applied.
+pub fn over_default_shop(events: &[RawEvent]) -> Naive {
+    let defaults = streamscore::config::Settings::default();
+    let mut naive = Naive::new(
+        Definitions::default_shop(),
+        defaults.ingest.allowed_lateness.0,
+        defaults.ingest.dedup_horizon.0,
+    );
+    for event in events {
+        assert_eq!(naive.offer(event), Outcome::Applied);
+    }
+    naive
+}
+
 /// Float comparison for feature values: sums over tiles add in another order than a
 /// plain loop, so equal means equal to 1e-9 relative (or 1e-9 absolute near zero).
 pub fn same_value(engine: Option<f64>, naive: Option<f64>) -> bool {

@@ -1,0 +1,54 @@
+//! Shared pieces of the linear learners: standardising the rows once into a matrix, and
+//! a penalised empirical risk whose sum over rows runs on two threads.
+
+use std::ops::Range;
+
+use crate::model::Preprocessing;
+
+/// Fits the preprocessing on `rows` and returns it with the standardised rows, row-major.
+pub fn standardise(rows: &[Vec<Option<f64>>], width: usize) -> (Preprocessing, Vec<f64>) {
+    let preprocessing = Preprocessing::fit(rows, width);
+    let mut matrix = vec![0.0; rows.len() * width];
+    for (row, out) in rows.iter().zip(matrix.chunks_mut(width.max(1))) {
+        preprocessing.transform_into(row, out);
+    }
+    (preprocessing, matrix)
+}
+
+/// The objective `(sum of losses + l2/2 |w|^2) / rows` over parameters `(w..., b)` (the
+/// bias is not penalised), where `partial(range, params)` returns the loss sum and its
+/// gradient over a range of rows. The two halves of the rows run on two threads.
+pub fn penalised_mean<F>(
+    rows: usize,
+    width: usize,
+    l2: f64,
+    partial: F,
+) -> impl FnMut(&[f64], &mut [f64]) -> f64
+where
+    F: Fn(Range<usize>, &[f64]) -> (f64, Vec<f64>) + Sync,
+{
+    let split = rows / 2;
+    let n = rows.max(1) as f64;
+    move |params: &[f64], gradient: &mut [f64]| {
+        let ((loss_a, grad_a), (loss_b, grad_b)) = std::thread::scope(|scope| {
+            let second = scope.spawn(|| partial(split..rows, params));
+            let first = partial(0..split, params);
+            (
+                first,
+                second
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            )
+        });
+        let penalty = params[..width].iter().map(|w| w * w).sum::<f64>() * l2 / 2.0;
+        for (index, g) in gradient.iter_mut().enumerate() {
+            let ridge = if index < width {
+                l2 * params[index]
+            } else {
+                0.0
+            };
+            *g = (grad_a[index] + grad_b[index] + ridge) / n;
+        }
+        (loss_a + loss_b + penalty) / n
+    }
+}
