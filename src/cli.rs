@@ -126,6 +126,9 @@ pub struct TrainArgs {
     /// Feature definitions (default: the built-in shop definitions).
     #[arg(long)]
     pub definitions: Option<PathBuf>,
+    /// Also write the point-in-time training set here as CSV.
+    #[arg(long)]
+    pub export_dataset: Option<PathBuf>,
     /// Creation time written into the artifact (default: now); fixed by the training
     /// script so the shipped models are reproducible bit for bit.
     #[arg(long)]
@@ -335,6 +338,7 @@ fn train(args: TrainArgs) -> CliResult {
         &args.models_dir,
         &args.name,
         args.created_at_ms.unwrap_or_else(now_ms),
+        args.export_dataset.as_deref(),
         |done| eprintln!("  replayed {done} of {total} events"),
     )?;
     let mut out = std::io::stdout().lock();

@@ -115,6 +115,26 @@ fn observations_see_only_the_past_and_labels_respect_the_window() {
     assert_eq!(value(2, "req_amount"), Some(30.0));
     assert_eq!(value(2, "req_amount_to_user_mean_30d"), Some(2.0));
     assert_eq!(value(1, "card_seconds_since_last_payment"), Some(600.0));
+
+    // The same set as CSV: a header, one line per row, empty cells for missing values.
+    let mut csv = Vec::new();
+    dataset.write_csv(&mut csv).unwrap();
+    let text = String::from_utf8(csv).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4);
+    assert!(
+        lines[0].starts_with("event_id,time_ms,card_payments_10m,") && lines[0].ends_with(",label")
+    );
+    assert!(
+        lines[2].starts_with("p2,") && lines[2].ends_with(",1"),
+        "{}",
+        lines[2]
+    );
+    assert!(
+        lines[1].contains(",,"),
+        "p1 has missing values: {}",
+        lines[1]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

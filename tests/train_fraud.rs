@@ -76,6 +76,7 @@ fn the_fraud_model_learns_and_its_artifact_round_trips() {
         models.path(),
         "fraud",
         1_767_225_600_000,
+        None,
         |_| {},
     )
     .expect("training succeeds");
@@ -104,6 +105,7 @@ fn the_fraud_model_learns_and_its_artifact_round_trips() {
         models.path(),
         "fraud",
         1_767_225_600_000,
+        None,
         |_| {},
     )
     .expect("tree training succeeds");
@@ -131,6 +133,7 @@ fn the_fraud_model_learns_and_its_artifact_round_trips() {
         models.path(),
         "order_value",
         1_767_225_600_000,
+        None,
         |_| {},
     )
     .expect("order value training succeeds");
@@ -153,6 +156,7 @@ fn the_fraud_model_learns_and_its_artifact_round_trips() {
         models.path(),
         "order_value",
         1_767_225_600_000,
+        None,
         |_| {},
     )
     .unwrap_err();

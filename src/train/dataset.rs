@@ -259,6 +259,28 @@ pub fn observe(
 }
 
 impl Dataset {
+    /// Writes the set as CSV: `event_id, time_ms, <feature columns...>, label`, with an
+    /// empty cell where a feature has no value.
+    pub fn write_csv(&self, out: impl std::io::Write) -> Result<(), csv::Error> {
+        let mut writer = csv::Writer::from_writer(out);
+        let mut header = vec!["event_id".to_string(), "time_ms".to_string()];
+        header.extend(self.columns.iter().cloned());
+        header.push("label".to_string());
+        writer.write_record(&header)?;
+        for row in &self.rows {
+            let mut record = vec![row.event_id.clone(), row.time_ms.to_string()];
+            record.extend(
+                row.values
+                    .iter()
+                    .map(|v| v.map(|v| v.to_string()).unwrap_or_default()),
+            );
+            record.push(row.label.to_string());
+            writer.write_record(&record)?;
+        }
+        writer.flush()?;
+        Ok(())
+    }
+
     /// Replays `history` (called twice: once for labels, once for features) and builds
     /// the point-in-time training set described by `spec`.
     pub fn build<I: Iterator<Item = RawEvent>>(

@@ -44,7 +44,7 @@ pub enum PipelineError {
         target: &'static str,
         hint: &'static str,
     },
-    #[error("cannot write the training report: {0}")]
+    #[error("cannot write the training report or dataset: {0}")]
     Report(#[from] std::io::Error),
 }
 
@@ -93,6 +93,7 @@ pub fn train<I: Iterator<Item = RawEvent>>(
     models_dir: &Path,
     name: &str,
     created_at_ms: i64,
+    export_dataset: Option<&Path>,
     progress: impl FnMut(u64),
 ) -> Result<TrainOutcome, PipelineError> {
     if !(holdout > 0.0 && holdout < 1.0) {
@@ -117,6 +118,12 @@ pub fn train<I: Iterator<Item = RawEvent>>(
         _ => {}
     }
     let dataset = Dataset::build(Arc::clone(&definitions), settings, history, spec, progress)?;
+    if let Some(path) = export_dataset {
+        let file = std::fs::File::create(path)?;
+        dataset
+            .write_csv(std::io::BufWriter::new(file))
+            .map_err(std::io::Error::other)?;
+    }
     // Rows come in event-time order, so the split is a cut in time.
     let cut = ((dataset.rows.len() as f64) * (1.0 - holdout)).round() as usize;
     let (train, validation) = dataset.rows.split_at(cut.min(dataset.rows.len()));
