@@ -107,29 +107,10 @@ pub fn fit(
     params: CheckedLogisticParams,
 ) -> Result<(Model, bool), TrainError> {
     let params = params.0;
-    let positives = labels.iter().filter(|l| **l > 0.5).count();
-    if rows.is_empty() || positives == 0 || positives == labels.len() {
-        return Err(TrainError::BadData(format!(
-            "{} rows with {positives} positives: both classes are needed",
-            rows.len()
-        )));
-    }
+    objective::require_both_classes(rows.len(), labels)?;
     let width = columns.len();
     let (preprocessing, matrix) = objective::standardise(rows, width);
-    let targets: Vec<f64> = labels
-        .iter()
-        .map(|l| f64::from(u8::from(*l > 0.5)))
-        .collect();
-    let weights: Vec<f64> = targets
-        .iter()
-        .map(|y| {
-            if *y > 0.5 {
-                params.positive_weight
-            } else {
-                1.0
-            }
-        })
-        .collect();
+    let (targets, weights) = objective::weighted_targets(labels, params.positive_weight);
     let objective = objective::penalised_mean(
         rows.len(),
         width,

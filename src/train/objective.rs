@@ -3,6 +3,7 @@
 
 use std::ops::Range;
 
+use super::logistic::TrainError;
 use crate::model::Preprocessing;
 
 /// Fits the preprocessing on `rows` and returns it with the standardised rows, row-major.
@@ -51,4 +52,28 @@ where
         }
         (loss_a + loss_b + penalty) / n
     }
+}
+
+/// Refuses training data without both classes.
+pub fn require_both_classes(rows: usize, labels: &[f64]) -> Result<(), TrainError> {
+    let positives = labels.iter().filter(|l| **l > 0.5).count();
+    if rows == 0 || positives == 0 || positives == labels.len() {
+        return Err(TrainError::BadData(format!(
+            "{rows} rows with {positives} positives: both classes are needed"
+        )));
+    }
+    Ok(())
+}
+
+/// 0/1 targets and per-row weights (`positive_weight` for positives, 1 otherwise).
+pub fn weighted_targets(labels: &[f64], positive_weight: f64) -> (Vec<f64>, Vec<f64>) {
+    let targets: Vec<f64> = labels
+        .iter()
+        .map(|l| f64::from(u8::from(*l > 0.5)))
+        .collect();
+    let weights = targets
+        .iter()
+        .map(|y| if *y > 0.5 { positive_weight } else { 1.0 })
+        .collect();
+    (targets, weights)
 }

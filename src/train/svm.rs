@@ -158,13 +158,7 @@ pub fn fit(
     params: CheckedSvmParams,
 ) -> Result<(Model, bool), TrainError> {
     let params = params.0;
-    let positives = labels.iter().filter(|l| **l > 0.5).count();
-    if rows.is_empty() || positives == 0 || positives == labels.len() {
-        return Err(TrainError::BadData(format!(
-            "{} rows with {positives} positives: both classes are needed",
-            rows.len()
-        )));
-    }
+    objective::require_both_classes(rows.len(), labels)?;
     let width = columns.len();
     let (preprocessing, x) = objective::standardise(rows, width);
     let signs: Vec<f64> = labels

@@ -188,20 +188,7 @@ pub fn fit(
     let width = columns.len();
     let (preprocessing, matrix) = super::objective::standardise(rows, width);
     let binned = bin_columns(&matrix, rows.len(), width, params.max_bins);
-    let targets: Vec<f64> = labels
-        .iter()
-        .map(|l| f64::from(u8::from(*l > 0.5)))
-        .collect();
-    let weights: Vec<f64> = targets
-        .iter()
-        .map(|y| {
-            if *y > 0.5 {
-                params.positive_weight
-            } else {
-                1.0
-            }
-        })
-        .collect();
+    let (targets, weights) = super::objective::weighted_targets(labels, params.positive_weight);
 
     let tally_of = |rows: &[u32]| {
         rows.iter().fold(Tally::default(), |mut t, r| {
