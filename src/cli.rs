@@ -100,13 +100,14 @@ pub struct TrainArgs {
     pub name: String,
     #[arg(long, default_value = "models")]
     pub models_dir: PathBuf,
-    /// A payment is fraud if charged back within this window (e.g. 60d).
+    /// Fraud: a chargeback within this window; purchase: an order within it (e.g. 1d).
     #[arg(long, default_value = "60d")]
     pub label_window: String,
     /// Share of the latest rows held out for validation.
     #[arg(long, default_value_t = 0.25)]
     pub holdout: f64,
-    /// What to predict: fraud (each payment) or order_value (each order's amount).
+    /// What to predict: fraud (each payment), purchase (an order within --label-window of
+    /// each page view) or order_value (each order's amount).
     #[arg(long, default_value = "fraud")]
     pub target: String,
     /// Model family: logistic, tree or svm (fraud), linear (order_value).
@@ -320,10 +321,12 @@ fn train(args: TrainArgs) -> CliResult {
     let spec = match args.target.as_str() {
         "fraud" => crate::train::DatasetSpec::fraud(label_window),
         "order_value" => crate::train::DatasetSpec::order_value(),
+        "purchase" => crate::train::DatasetSpec::purchase(label_window),
         other => {
-            return Err(
-                format!("--target: unknown target '{other}' (known: fraud, order_value)").into(),
-            );
+            return Err(format!(
+                "--target: unknown target '{other}' (known: fraud, purchase, order_value)"
+            )
+            .into());
         }
     };
     let total = events.len();
@@ -348,10 +351,10 @@ fn train(args: TrainArgs) -> CliResult {
         args.name,
         outcome.version,
         outcome.train_rows,
-        if args.target == "fraud" {
-            format!(" ({} fraud)", outcome.positives)
-        } else {
+        if args.target == "order_value" {
             String::new()
+        } else {
+            format!(" ({} positive)", outcome.positives)
         },
         outcome.validation_rows,
         outcome.fit_seconds

@@ -137,6 +137,65 @@ fn observations_see_only_the_past_and_labels_respect_the_window() {
     );
 }
 
+fn event(id: &str, kind: &str, time: i64, user: &str) -> RawEvent {
+    let mut event = RawEvent {
+        event_id: id.into(),
+        event_type: kind.into(),
+        event_time_ms: time,
+        ..RawEvent::default()
+    };
+    event.entities.insert("user".into(), user.into());
+    if kind == "page_view" {
+        event.entities.insert("product".into(), "p1".into());
+    } else {
+        event.numbers.insert("amount".into(), 10.0);
+    }
+    event
+}
+
+#[test]
+fn purchase_labels_look_ahead_by_the_horizon_only() {
+    let t = 1_767_225_600_000;
+    let history = vec![
+        event("v1", "page_view", t, "u1"),
+        event("v2", "page_view", t + MINUTE_MS, "u2"),
+        event("o1", "order", t + 30 * MINUTE_MS, "u1"),
+        event("o2", "order", t + 3 * HOUR_MS, "u2"),
+        event("v3", "page_view", t + 2 * DAY_MS, "u1"),
+        event("v4", "page_view", t + 3 * DAY_MS - 30 * MINUTE_MS, "u1"),
+        event("end", "login", t + 3 * DAY_MS, "u9"),
+    ];
+    let definitions = Arc::new(Definitions::default_shop());
+    let spec = DatasetSpec::purchase(HOUR_MS);
+    let dataset = Dataset::build(
+        definitions,
+        engine_settings(),
+        || history.clone().into_iter(),
+        &spec,
+        |_| {},
+    )
+    .unwrap();
+    let labels: Vec<(&str, f64)> = dataset
+        .rows
+        .iter()
+        .map(|r| (r.event_id.as_str(), r.label))
+        .collect();
+    // v1: ordered 30 min later; v2: 3 h later, past the 1 h horizon; v3: no order;
+    // v4: within an hour of the end, so its label is unknown.
+    assert_eq!(labels, [("v1", 1.0), ("v2", 0.0), ("v3", 0.0)]);
+    assert_eq!(dataset.unlabelled, 1);
+    let views = dataset
+        .columns
+        .iter()
+        .position(|c| c == "user_product_views_24h")
+        .unwrap();
+    assert_eq!(
+        dataset.rows[2].values[views],
+        Some(0.0),
+        "v1 is older than 24h at v3"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn training_vectors_equal_the_servers_to_the_bit() {
     let events: Vec<RawEvent> = Simulator::new(SimConfig {

@@ -49,6 +49,18 @@ pub struct DatasetSpec {
 }
 
 impl DatasetSpec {
+    /// The default purchase model's inputs, observed at each page view: user, product and
+    /// user x product features.
+    pub fn purchase(horizon_ms: i64) -> DatasetSpec {
+        DatasetSpec {
+            target: Target::Purchase { horizon_ms },
+            entities: ["user", "product", "user_product"]
+                .map(String::from)
+                .to_vec(),
+            request_features: false,
+        }
+    }
+
     /// The default order-value model's inputs: user, card and device features (no
     /// request-time features: the order's amount is the label).
     pub fn order_value() -> DatasetSpec {

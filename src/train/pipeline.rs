@@ -104,8 +104,8 @@ pub fn train<I: Iterator<Item = RawEvent>>(
         (true, FamilyParams::Linear(_)) => {
             return Err(PipelineError::FamilyTarget {
                 family: "linear",
-                target: "fraud",
-                hint: "use logistic or tree",
+                target: "fraud/purchase",
+                hint: "use logistic, tree or svm",
             });
         }
         (false, FamilyParams::Logistic(_) | FamilyParams::Tree(_) | FamilyParams::LinearSvm(_)) => {
