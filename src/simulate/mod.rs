@@ -80,6 +80,17 @@ impl Ord for Scheduled {
     }
 }
 
+/// Who pays, with what, from where: the parties of one payment.
+#[derive(Clone, Copy)]
+struct Payer<'a> {
+    user: &'a str,
+    card: &'a str,
+    device: &'a str,
+    ip: &'a str,
+    billing_country: &'a str,
+    ip_country: &'a str,
+}
+
 const FOREIGN_COUNTRIES: [&str; 5] = ["NG", "RU", "VN", "ID", "RO"];
 
 pub struct Simulator {
@@ -144,19 +155,15 @@ impl Simulator {
         event_id
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn payment(
-        &mut self,
-        time_ms: i64,
-        user: &str,
-        card: &str,
-        device: &str,
-        ip: &str,
-        amount: f64,
-        billing_country: &str,
-        ip_country: &str,
-        fraud: bool,
-    ) -> String {
+    fn payment(&mut self, time_ms: i64, payer: &Payer<'_>, amount: f64, fraud: bool) -> String {
+        let Payer {
+            user,
+            card,
+            device,
+            ip,
+            billing_country,
+            ip_country,
+        } = *payer;
         let amount = (amount * 100.0).round() / 100.0;
         let payment_id = self.schedule(time_ms, "payment", |e| {
             e.entities.insert("user".into(), user.into());
@@ -190,6 +197,15 @@ impl Simulator {
         payment_id
     }
 
+    fn login(&mut self, time_ms: i64, user: &str, device: &str, ip: &str) {
+        self.schedule(time_ms, "login", |e| {
+            e.entities.insert("user".into(), user.into());
+            e.entities.insert("device".into(), device.into());
+            e.entities.insert("ip".into(), ip.into());
+            e.numbers.insert("success".into(), 1.0);
+        });
+    }
+
     fn session(&mut self) {
         let start = self.clock_ms;
         let user: User = self.population.pick_user(&mut self.rng);
@@ -201,12 +217,7 @@ impl Simulator {
         };
         let mut time = start;
         if self.rng.random_bool(0.3) {
-            self.schedule(time, "login", |e| {
-                e.entities.insert("user".into(), user.id.clone());
-                e.entities.insert("device".into(), device.clone());
-                e.entities.insert("ip".into(), ip.clone());
-                e.numbers.insert("success".into(), 1.0);
-            });
+            self.login(time, &user.id, &device, &ip);
         }
         let session_id = format!("s{}", self.next_event);
         let views = self.rng.random_range(1..=10);
@@ -254,17 +265,15 @@ impl Simulator {
                     .insert("amount".into(), (cart_total * 100.0).round() / 100.0);
             });
             time += self.rng.random_range(SECOND_MS..=10 * SECOND_MS);
-            self.payment(
-                time,
-                &user.id,
-                &card,
-                &device,
-                &ip,
-                cart_total,
-                &user.country,
-                &ip_country,
-                false,
-            );
+            let payer = Payer {
+                user: &user.id,
+                card: &card,
+                device: &device,
+                ip: &ip,
+                billing_country: &user.country,
+                ip_country: &ip_country,
+            };
+            self.payment(time, &payer, cart_total, false);
             if self.rng.random_bool(0.03) {
                 let refund_time = time + self.rng.random_range(2 * DAY_MS..=20 * DAY_MS);
                 self.schedule(refund_time, "refund", |e| {
@@ -293,35 +302,23 @@ impl Simulator {
                 let card = self.population.fresh_card();
                 let device = self.population.fresh_device();
                 let ip = self.population.fresh_ip();
+                let payer = Payer {
+                    user: &user.id,
+                    card: &card,
+                    device: &device,
+                    ip: &ip,
+                    billing_country: &user.country,
+                    ip_country: &foreign,
+                };
                 let mut time = start;
                 for _ in 0..self.rng.random_range(6..=15) {
                     time += self.rng.random_range(3 * SECOND_MS..=40 * SECOND_MS);
                     let amount = self.rng.random_range(0.5..5.0);
-                    self.payment(
-                        time,
-                        &user.id,
-                        &card,
-                        &device,
-                        &ip,
-                        amount,
-                        &user.country,
-                        &foreign,
-                        true,
-                    );
+                    self.payment(time, &payer, amount, true);
                 }
                 time += self.rng.random_range(30 * SECOND_MS..=300 * SECOND_MS);
                 let amount = self.rng.random_range(200.0..1500.0);
-                self.payment(
-                    time,
-                    &user.id,
-                    &card,
-                    &device,
-                    &ip,
-                    amount,
-                    &user.country,
-                    &foreign,
-                    true,
-                );
+                self.payment(time, &payer, amount, true);
             }
             // One device (and ip) cycling through stolen cards under throwaway accounts.
             1 => {
@@ -333,17 +330,15 @@ impl Simulator {
                     let card = self.population.fresh_card();
                     time += self.rng.random_range(20 * SECOND_MS..=600 * SECOND_MS);
                     let amount = self.rng.random_range(50.0..600.0);
-                    self.payment(
-                        time,
-                        &user.id,
-                        &card,
-                        &device,
-                        &ip,
-                        amount,
-                        &user.country,
-                        &foreign,
-                        true,
-                    );
+                    let payer = Payer {
+                        user: &user.id,
+                        card: &card,
+                        device: &device,
+                        ip: &ip,
+                        billing_country: &user.country,
+                        ip_country: &foreign,
+                    };
+                    self.payment(time, &payer, amount, true);
                 }
             }
             // A brand-new account paying a large amount at once, from abroad.
@@ -352,27 +347,20 @@ impl Simulator {
                 let card = self.population.fresh_card();
                 let device = self.population.fresh_device();
                 let ip = self.population.fresh_ip();
-                self.schedule(start, "login", |e| {
-                    e.entities.insert("user".into(), user.id.clone());
-                    e.entities.insert("device".into(), device.clone());
-                    e.entities.insert("ip".into(), ip.clone());
-                    e.numbers.insert("success".into(), 1.0);
-                });
+                self.login(start, &user.id, &device, &ip);
+                let payer = Payer {
+                    user: &user.id,
+                    card: &card,
+                    device: &device,
+                    ip: &ip,
+                    billing_country: &user.country,
+                    ip_country: &foreign,
+                };
                 let mut time = start;
                 for _ in 0..self.rng.random_range(1..=3) {
                     time += self.rng.random_range(10 * SECOND_MS..=90 * SECOND_MS);
                     let amount = self.rng.random_range(300.0..2500.0);
-                    self.payment(
-                        time,
-                        &user.id,
-                        &card,
-                        &device,
-                        &ip,
-                        amount,
-                        &user.country,
-                        &foreign,
-                        true,
-                    );
+                    self.payment(time, &payer, amount, true);
                 }
             }
             // A stolen card of an existing user, used from a new device abroad for
@@ -382,21 +370,19 @@ impl Simulator {
                 let card = victim.cards[0].clone();
                 let device = self.population.fresh_device();
                 let ip = self.population.fresh_ip();
+                let payer = Payer {
+                    user: &victim.id,
+                    card: &card,
+                    device: &device,
+                    ip: &ip,
+                    billing_country: &victim.country,
+                    ip_country: &foreign,
+                };
                 let mut time = start;
                 for _ in 0..self.rng.random_range(2..=6) {
                     time += self.rng.random_range(60 * SECOND_MS..=1800 * SECOND_MS);
                     let amount = victim.typical_amount * self.rng.random_range(5.0..15.0);
-                    self.payment(
-                        time,
-                        &victim.id,
-                        &card,
-                        &device,
-                        &ip,
-                        amount,
-                        &victim.country,
-                        &foreign,
-                        true,
-                    );
+                    self.payment(time, &payer, amount, true);
                 }
             }
         }
