@@ -65,19 +65,27 @@ fn the_fraud_model_learns_and_its_artifact_round_trips() {
     };
     let spec = DatasetSpec::fraud(60 * DAY_MS);
     let models = tempfile::tempdir().unwrap();
-    let outcome = pipeline::train(
-        Arc::clone(&definitions),
-        settings,
-        || events.iter().cloned(),
+    // Every run: the same history, default thresholds, a quarter held out, a fixed time.
+    let train = |spec: &DatasetSpec, family: pipeline::FamilyParams, name: &str| {
+        pipeline::train(
+            Arc::clone(&definitions),
+            settings,
+            || events.iter().cloned(),
+            spec,
+            family,
+            ThresholdRule::default().check().unwrap(),
+            0.25,
+            models.path(),
+            name,
+            1_767_225_600_000,
+            None,
+            |_| {},
+        )
+    };
+    let outcome = train(
         &spec,
         pipeline::FamilyParams::Logistic(LogisticParams::default().check().unwrap()),
-        ThresholdRule::default().check().unwrap(),
-        0.25,
-        models.path(),
         "fraud",
-        1_767_225_600_000,
-        None,
-        |_| {},
     )
     .expect("training succeeds");
     let auc = outcome
@@ -94,19 +102,10 @@ fn the_fraud_model_learns_and_its_artifact_round_trips() {
     assert!(auc > 0.8, "hold-out ROC-AUC {auc}");
 
     // The decision tree learns too, scoring with leaf frequencies.
-    let tree = pipeline::train(
-        Arc::clone(&definitions),
-        settings,
-        || events.iter().cloned(),
+    let tree = train(
         &spec,
         pipeline::FamilyParams::Tree(TreeParams::default().check().unwrap()),
-        ThresholdRule::default().check().unwrap(),
-        0.25,
-        models.path(),
         "fraud",
-        1_767_225_600_000,
-        None,
-        |_| {},
     )
     .expect("tree training succeeds");
     let tree_auc = tree
@@ -122,19 +121,10 @@ fn the_fraud_model_learns_and_its_artifact_round_trips() {
     );
 
     // The order-value model is a regression, and families that cannot learn it are refused.
-    let order_value = pipeline::train(
-        Arc::clone(&definitions),
-        settings,
-        || events.iter().cloned(),
+    let order_value = train(
         &DatasetSpec::order_value(),
         pipeline::FamilyParams::Linear(LinearParams::default().check().unwrap()),
-        ThresholdRule::default().check().unwrap(),
-        0.25,
-        models.path(),
         "order_value",
-        1_767_225_600_000,
-        None,
-        |_| {},
     )
     .expect("order value training succeeds");
     let r2 = order_value
@@ -145,19 +135,10 @@ fn the_fraud_model_learns_and_its_artifact_round_trips() {
         .1;
     assert!(r2 > 0.05 && r2 < 0.99, "hold-out R^2 {r2}");
     assert!(order_value.thresholds.is_none());
-    let refused = pipeline::train(
-        Arc::clone(&definitions),
-        settings,
-        || events.iter().cloned(),
+    let refused = train(
         &DatasetSpec::order_value(),
         pipeline::FamilyParams::Logistic(LogisticParams::default().check().unwrap()),
-        ThresholdRule::default().check().unwrap(),
-        0.25,
-        models.path(),
         "order_value",
-        1_767_225_600_000,
-        None,
-        |_| {},
     )
     .unwrap_err();
     assert!(refused.to_string().contains("use linear"), "{refused}");
