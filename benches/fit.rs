@@ -2,7 +2,10 @@
 //! synthetic rows from a known logistic model, imbalanced, with some missing
 //! values. Prints seconds and the training ROC-AUC (a sanity check, not a quality claim).
 //!
-//! `cargo bench --bench fit` (env: ROWS=1000000).
+//! The kernel SVM fits on the first 20k rows (env KERNEL_ROWS), as it does in
+//! training (a stratified sample).
+//!
+//! `cargo bench --bench fit` (env: ROWS=1000000, KERNEL_ROWS=20000).
 
 use std::time::Instant;
 
@@ -10,6 +13,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use streamscore::model::sigmoid;
 use streamscore::train::evaluate::roc_auc;
+use streamscore::train::kernel_svm::{self, KernelSvmParams};
 use streamscore::train::logistic::{self, LogisticParams};
 use streamscore::train::svm::{self, SvmParams};
 use streamscore::train::tree::{self, TreeParams};
@@ -97,5 +101,34 @@ fn main() {
     println!(
         "decision tree, depth 12: {seconds:.2} s, training AUC {:.4}",
         roc_auc(&scores, &labels)
+    );
+
+    let kernel_rows: usize = std::env::var("KERNEL_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000)
+        .min(rows);
+    let params = KernelSvmParams {
+        sample_size: kernel_rows,
+        ..KernelSvmParams::default()
+    }
+    .check()
+    .expect("params");
+    let started = Instant::now();
+    let (model, converged) = kernel_svm::fit(
+        &columns,
+        &data[..kernel_rows],
+        &labels[..kernel_rows],
+        params,
+    )
+    .expect("fit");
+    let seconds = started.elapsed().as_secs_f64();
+    let scores: Vec<f64> = data[..kernel_rows]
+        .iter()
+        .map(|r| model.predict(r))
+        .collect();
+    println!(
+        "kernel SVM (Gaussian) on {kernel_rows} rows: {seconds:.2} s (converged: {converged}), training AUC {:.4}",
+        roc_auc(&scores, &labels[..kernel_rows])
     );
 }

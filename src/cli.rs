@@ -11,6 +11,7 @@ use crate::config::Settings;
 use crate::definitions::Definitions;
 use crate::simulate::{SimConfig, Simulator};
 use crate::time::{DAY_MS, now_ms};
+use crate::train::config::TrainConfig;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -110,12 +111,23 @@ pub struct TrainArgs {
     /// each page view) or order_value (each order's amount).
     #[arg(long, default_value = "fraud")]
     pub target: String,
-    /// Model family: logistic, tree or svm (fraud), linear (order_value).
-    #[arg(long, default_value = "logistic")]
-    pub family: String,
-    /// Violation cost of the linear SVM.
+    /// Training config (TOML, see training/*.toml): target, labels, thresholds and the
+    /// families to train. Without it, the flags describe one family.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Model family: logistic, tree, svm or kernel_svm (fraud, purchase), linear
+    /// (order_value). With --config: train only this family of the config.
+    #[arg(long)]
+    pub family: Option<String>,
+    /// Violation cost of the SVMs.
     #[arg(long, default_value_t = 0.1)]
     pub c: f64,
+    /// Kernel width of the kernel SVM (default 1 / columns).
+    #[arg(long)]
+    pub gamma: Option<f64>,
+    /// Rows the kernel SVM trains on (a stratified sample).
+    #[arg(long, default_value_t = 20_000)]
+    pub sample_size: usize,
     /// Depth limit of the decision tree.
     #[arg(long, default_value_t = 10)]
     pub max_depth: usize,
@@ -268,45 +280,67 @@ fn read_history(
     Ok(events)
 }
 
-fn train(args: TrainArgs) -> CliResult {
-    use crate::train::logistic::LogisticParams;
-    use crate::train::pipeline::FamilyParams;
-    use crate::train::tree::TreeParams;
-    let family = match args.family.as_str() {
-        "logistic" => FamilyParams::Logistic(
-            LogisticParams {
-                l2: args.l2,
-                max_iterations: args.max_iterations,
-                ..LogisticParams::default()
-            }
-            .check()?,
-        ),
-        "tree" => FamilyParams::Tree(
-            TreeParams {
-                max_depth: args.max_depth,
-                ..TreeParams::default()
-            }
-            .check()?,
-        ),
-        "svm" => FamilyParams::LinearSvm(
-            crate::train::svm::SvmParams {
-                c: args.c,
-                ..Default::default()
-            }
-            .check()?,
-        ),
-        "linear" => {
-            FamilyParams::Linear(crate::train::linear::LinearParams { l2: args.l2 }.check()?)
-        }
+/// The training config the flags describe (one family), for runs without `--config`.
+fn config_from_flags(args: &TrainArgs) -> Result<TrainConfig, String> {
+    use crate::train::config::FamilySpec;
+    let family = match args.family.as_deref().unwrap_or("logistic") {
+        "logistic" => FamilySpec::Logistic(crate::train::logistic::LogisticParams {
+            l2: args.l2,
+            max_iterations: args.max_iterations,
+            ..Default::default()
+        }),
+        "tree" => FamilySpec::Tree(crate::train::tree::TreeParams {
+            max_depth: args.max_depth,
+            ..Default::default()
+        }),
+        "svm" => FamilySpec::Svm(crate::train::svm::SvmParams {
+            c: args.c,
+            ..Default::default()
+        }),
+        "kernel_svm" => FamilySpec::KernelSvm(crate::train::kernel_svm::KernelSvmParams {
+            c: args.c,
+            gamma: args.gamma,
+            sample_size: args.sample_size,
+            ..Default::default()
+        }),
+        "linear" => FamilySpec::Linear(crate::train::linear::LinearParams { l2: args.l2 }),
         other => {
             return Err(format!(
-                "--family: unknown family '{other}' (known: logistic, tree, svm, linear)"
-            )
-            .into());
+                "--family: unknown family '{other}' (known: logistic, tree, svm, kernel_svm, linear)"
+            ));
         }
     };
-    let label_window = crate::time::parse_duration_ms(&args.label_window)
-        .map_err(|e| format!("--label-window: {e}"))?;
+    Ok(TrainConfig {
+        name: args.name.clone(),
+        target: args.target.clone(),
+        label_window: args.label_window.clone(),
+        holdout: args.holdout,
+        thresholds: Default::default(),
+        families: vec![family],
+    })
+}
+
+fn train(args: TrainArgs) -> CliResult {
+    let config = match &args.config {
+        Some(path) => {
+            let mut config = TrainConfig::load(path)?;
+            if let Some(kind) = &args.family {
+                let known: Vec<&str> = config.families.iter().map(|f| f.kind()).collect();
+                config.families.retain(|f| f.kind() == kind);
+                if config.families.is_empty() {
+                    return Err(format!(
+                        "--family {kind}: {} has no such family (it has: {})",
+                        path.display(),
+                        known.join(", ")
+                    )
+                    .into());
+                }
+            }
+            config
+        }
+        None => config_from_flags(&args)?,
+    }
+    .check()?;
     let definitions = std::sync::Arc::new(match &args.definitions {
         Some(path) => Definitions::load(path)?,
         None => Definitions::default_shop(),
@@ -318,63 +352,60 @@ fn train(args: TrainArgs) -> CliResult {
         allowed_lateness_ms: defaults.ingest.allowed_lateness.0,
         dedup_horizon_ms: defaults.ingest.dedup_horizon.0,
     };
-    let spec = match args.target.as_str() {
-        "fraud" => crate::train::DatasetSpec::fraud(label_window),
-        "order_value" => crate::train::DatasetSpec::order_value(),
-        "purchase" => crate::train::DatasetSpec::purchase(label_window),
-        other => {
-            return Err(format!(
-                "--target: unknown target '{other}' (known: fraud, purchase, order_value)"
-            )
-            .into());
-        }
-    };
-    let total = events.len();
-    let outcome = crate::train::pipeline::train(
-        definitions,
-        settings,
-        || events.iter().cloned(),
-        &spec,
-        family,
-        crate::train::thresholds::ThresholdRule::default().check()?,
-        args.holdout,
-        &args.models_dir,
-        &args.name,
-        args.created_at_ms.unwrap_or_else(now_ms),
-        args.export_dataset.as_deref(),
-        |done| eprintln!("  replayed {done} of {total} events"),
-    )?;
+    let classifier = config.spec.target != crate::train::Target::OrderValue;
     let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        "trained {} v{}: {} training rows{}, {} validation rows, fit in {:.2} s",
-        args.name,
-        outcome.version,
-        outcome.train_rows,
-        if args.target == "order_value" {
-            String::new()
-        } else {
-            format!(" ({} positive)", outcome.positives)
-        },
-        outcome.validation_rows,
-        outcome.fit_seconds
-    )?;
-    for (metric, value) in &outcome.metrics {
-        writeln!(out, "  {metric:<10} {value:.4}")?;
-    }
-    if let Some(thresholds) = outcome.thresholds {
+    for (kind, family) in &config.families {
+        let bar = crate::train::progress::TrainingBar::new(kind, events.len() as u64);
+        let outcome = crate::train::pipeline::train(
+            std::sync::Arc::clone(&definitions),
+            settings,
+            || events.iter().cloned(),
+            &config.spec,
+            *family,
+            config.rule,
+            config.holdout,
+            &args.models_dir,
+            &config.name,
+            args.created_at_ms.unwrap_or_else(now_ms),
+            args.export_dataset.as_deref(),
+            |step| bar.show(step),
+        );
+        bar.finish();
+        let outcome = outcome?;
         writeln!(
             out,
-            "  review at >= {:.4}, block at >= {:.4}",
-            thresholds.review, thresholds.block
+            "trained {} v{} ({kind}): {} training rows{}, {} validation rows, fit in {:.2} s",
+            config.name,
+            outcome.version,
+            outcome.train_rows,
+            if classifier {
+                format!(" ({} positive)", outcome.positives)
+            } else {
+                String::new()
+            },
+            outcome.validation_rows,
+            outcome.fit_seconds
         )?;
+        for (metric, value) in &outcome.metrics {
+            writeln!(out, "  {metric:<10} {value:.4}")?;
+        }
+        if let Some(thresholds) = outcome.thresholds {
+            writeln!(
+                out,
+                "  review at >= {:.4}, block at >= {:.4}",
+                thresholds.review, thresholds.block
+            )?;
+        }
+        writeln!(out, "artifact: {}", outcome.artifact.display())?;
+        writeln!(
+            out,
+            "report: {}",
+            outcome.artifact.with_extension("report.md").display()
+        )?;
+        for plot in &outcome.plots {
+            writeln!(out, "plot: {}", plot.display())?;
+        }
     }
-    writeln!(out, "artifact: {}", outcome.artifact.display())?;
-    writeln!(
-        out,
-        "report: {}",
-        outcome.artifact.with_extension("report.md").display()
-    )?;
     Ok(())
 }
 

@@ -11,6 +11,7 @@ use streamscore::features::EngineSettings;
 use streamscore::model::artifact::{self, ArtifactError};
 use streamscore::simulate::{SimConfig, Simulator};
 use streamscore::time::DAY_MS;
+use streamscore::train::kernel_svm::KernelSvmParams;
 use streamscore::train::linear::LinearParams;
 use streamscore::train::logistic::LogisticParams;
 use streamscore::train::thresholds::ThresholdRule;
@@ -100,6 +101,28 @@ fn the_fraud_model_learns_and_its_artifact_round_trips() {
         outcome.positives
     );
     assert!(auc > 0.8, "hold-out ROC-AUC {auc}");
+    let plot_names: Vec<String> = outcome
+        .plots
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().to_string())
+        .collect();
+    assert_eq!(
+        plot_names,
+        [
+            "fraud-v1.roc.png",
+            "fraud-v1.pr.png",
+            "fraud-v1.calibration.png",
+            "fraud-v1.importance.png"
+        ]
+    );
+    for plot in &outcome.plots {
+        let bytes = std::fs::read(plot).unwrap();
+        assert!(
+            bytes.len() > 1000 && &bytes[1..4] == b"PNG",
+            "{}",
+            plot.display()
+        );
+    }
 
     // The decision tree learns too, scoring with leaf frequencies.
     let tree = train(
@@ -135,6 +158,35 @@ fn the_fraud_model_learns_and_its_artifact_round_trips() {
         .1;
     assert!(r2 > 0.05 && r2 < 0.99, "hold-out R^2 {r2}");
     assert!(order_value.thresholds.is_none());
+    assert!(
+        order_value.plots[0].ends_with("order_value-v1.predicted.png"),
+        "{:?}",
+        order_value.plots
+    );
+
+    // The kernel SVM trains on a stratified sample and scores probabilities.
+    let kernel = train(
+        &spec,
+        pipeline::FamilyParams::KernelSvm(
+            KernelSvmParams {
+                sample_size: 3000,
+                ..KernelSvmParams::default()
+            }
+            .check()
+            .unwrap(),
+        ),
+        "fraud_kernel",
+    )
+    .expect("kernel SVM training succeeds");
+    let kernel_auc = kernel
+        .metrics
+        .iter()
+        .find(|(name, _)| name == "roc_auc")
+        .unwrap()
+        .1;
+    assert!(kernel_auc > 0.8, "kernel SVM hold-out ROC-AUC {kernel_auc}");
+    let loaded = artifact::load(&kernel.artifact, &definitions).unwrap();
+    assert_eq!(loaded.model.family_name(), "kernel_svm");
     let refused = train(
         &DatasetSpec::order_value(),
         pipeline::FamilyParams::Logistic(LogisticParams::default().check().unwrap()),

@@ -5,6 +5,7 @@
 
 pub mod artifact;
 pub mod decision;
+pub mod explain;
 pub mod tree;
 
 use serde::{Deserialize, Serialize};
@@ -80,6 +81,31 @@ pub struct LinearSvm {
     pub platt_b: f64,
 }
 
+/// A Gaussian-kernel SVM: `f(x) = sum(c_i exp(-gamma |s_i - x|^2)) + b` over the support
+/// vectors `s_i` (standardised, row-major), then Platt scaling as for [`LinearSvm`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KernelSvm {
+    pub gamma: f64,
+    pub support: Vec<f64>,
+    pub coefficients: Vec<f64>,
+    pub intercept: f64,
+    pub platt_a: f64,
+    pub platt_b: f64,
+}
+
+impl KernelSvm {
+    pub(crate) fn margin(&self, x: &[f64]) -> f64 {
+        let width = x.len().max(1);
+        self.intercept
+            + self
+                .support
+                .chunks(width)
+                .zip(&self.coefficients)
+                .map(|(s, c)| c * (-self.gamma * squared_distance(s, x)).exp())
+                .sum::<f64>()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "family", rename_all = "snake_case")]
 pub enum Family {
@@ -88,6 +114,7 @@ pub enum Family {
     /// A value, not a probability (e.g. expected order amount).
     LinearRegression(LinearWeights),
     LinearSvm(LinearSvm),
+    KernelSvm(KernelSvm),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -97,9 +124,42 @@ pub struct Model {
     pub family: Family,
 }
 
+/// Four independent lanes, which the compiler turns into vector code (a plain float
+/// sum must keep its order and cannot be vectorised).
+fn lanes4(a: &[f64], b: &[f64], term: impl Fn(f64, f64) -> f64) -> f64 {
+    let mut lanes = [0.0f64; 4];
+    let (a4, b4) = (a.chunks_exact(4), b.chunks_exact(4));
+    let tail: f64 = a4
+        .remainder()
+        .iter()
+        .zip(b4.remainder())
+        .map(|(x, y)| term(*x, *y))
+        .sum();
+    for (x, y) in a4.zip(b4) {
+        for lane in 0..4 {
+            lanes[lane] += term(x[lane], y[lane]);
+        }
+    }
+    lanes[0] + lanes[1] + lanes[2] + lanes[3] + tail
+}
+
+/// `a . b`.
+pub fn dot(a: &[f64], b: &[f64]) -> f64 {
+    lanes4(a, b, |x, y| x * y)
+}
+
+/// `|a - b|^2`.
+pub fn squared_distance(a: &[f64], b: &[f64]) -> f64 {
+    lanes4(a, b, |x, y| (x - y) * (x - y))
+}
+
 /// `intercept + weights . x`.
 fn margin(weights: &[f64], intercept: f64, x: &[f64]) -> f64 {
     intercept + weights.iter().zip(x).map(|(w, v)| w * v).sum::<f64>()
+}
+
+fn platt(a: f64, b: f64, margin: f64) -> f64 {
+    1.0 / (1.0 + (a * margin + b).exp())
 }
 
 pub fn sigmoid(z: f64) -> f64 {
@@ -113,6 +173,7 @@ impl Model {
             Family::DecisionTree(_) => "decision_tree",
             Family::LinearRegression(_) => "linear_regression",
             Family::LinearSvm(_) => "linear_svm",
+            Family::KernelSvm(_) => "kernel_svm",
         }
     }
 
@@ -120,18 +181,39 @@ impl Model {
     pub fn predict(&self, row: &[Option<f64>]) -> f64 {
         let mut standardised = vec![0.0; self.columns.len()];
         self.preprocessing.transform_into(row, &mut standardised);
+        self.predict_standardised(&standardised)
+    }
+
+    /// The raw decision value before any link (margin for SVMs, log-odds for logistic
+    /// regression, the value itself otherwise).
+    pub fn decision(&self, row: &[Option<f64>]) -> f64 {
+        let mut standardised = vec![0.0; self.columns.len()];
+        self.preprocessing.transform_into(row, &mut standardised);
         match &self.family {
-            Family::LogisticRegression(linear) => {
-                sigmoid(margin(&linear.weights, linear.intercept, &standardised))
-            }
-            Family::DecisionTree(tree) => tree.predict(&standardised),
-            Family::LinearRegression(linear) => {
+            Family::LogisticRegression(linear) | Family::LinearRegression(linear) => {
                 margin(&linear.weights, linear.intercept, &standardised)
             }
-            Family::LinearSvm(svm) => {
-                let margin = margin(&svm.weights, svm.intercept, &standardised);
-                1.0 / (1.0 + (svm.platt_a * margin + svm.platt_b).exp())
+            Family::DecisionTree(tree) => tree.predict(&standardised),
+            Family::LinearSvm(svm) => margin(&svm.weights, svm.intercept, &standardised),
+            Family::KernelSvm(svm) => svm.margin(&standardised),
+        }
+    }
+
+    /// The score of a row already imputed and standardised.
+    pub fn predict_standardised(&self, standardised: &[f64]) -> f64 {
+        match &self.family {
+            Family::LogisticRegression(linear) => {
+                sigmoid(margin(&linear.weights, linear.intercept, standardised))
             }
+            Family::DecisionTree(tree) => tree.predict(standardised),
+            Family::LinearRegression(linear) => {
+                margin(&linear.weights, linear.intercept, standardised)
+            }
+            Family::LinearSvm(svm) => {
+                let margin = margin(&svm.weights, svm.intercept, standardised);
+                platt(svm.platt_a, svm.platt_b, margin)
+            }
+            Family::KernelSvm(svm) => platt(svm.platt_a, svm.platt_b, svm.margin(standardised)),
         }
     }
 }

@@ -11,6 +11,9 @@ pub enum Node {
         threshold: f64,
         left: usize,
         right: usize,
+        /// The weighted share of positives among the training rows that reached it,
+        /// so a path can be read as a sequence of changes (reasons).
+        positive_rate: f64,
     },
     Leaf {
         positive_rate: f64,
@@ -35,6 +38,7 @@ impl Tree {
                     threshold,
                     left,
                     right,
+                    ..
                 } => {
                     index = if standardised[*feature] <= *threshold {
                         *left
@@ -44,6 +48,34 @@ impl Tree {
                 }
             }
         }
+    }
+
+    /// Path contributions (Saabas): each split on the way to the leaf moves the score
+    /// from the node's positive share to its child's, and that change is credited to the
+    /// split's feature. Returns the root's share and the per-feature changes; they sum to
+    /// the prediction exactly.
+    pub fn contributions(&self, standardised: &[f64], out: &mut [f64]) -> f64 {
+        let rate = |index: usize| match &self.nodes[index] {
+            Node::Leaf { positive_rate, .. } | Node::Split { positive_rate, .. } => *positive_rate,
+        };
+        let mut index = 0;
+        while let Node::Split {
+            feature,
+            threshold,
+            left,
+            right,
+            positive_rate,
+        } = &self.nodes[index]
+        {
+            let next = if standardised[*feature] <= *threshold {
+                *left
+            } else {
+                *right
+            };
+            out[*feature] += rate(next) - positive_rate;
+            index = next;
+        }
+        rate(0)
     }
 
     pub fn depth(&self) -> usize {

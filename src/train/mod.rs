@@ -1,13 +1,17 @@
 //! Offline training: point-in-time training sets replayed through the same feature
 //! engine the server runs (so there is no training/serving skew), with late labels.
 
+pub mod config;
 pub mod dataset;
 pub mod evaluate;
+pub mod kernel_svm;
 pub mod lbfgs;
 pub mod linear;
 pub mod logistic;
 pub mod objective;
 pub mod pipeline;
+pub mod plots;
+pub mod progress;
 pub mod report;
 pub mod svm;
 pub mod thresholds;

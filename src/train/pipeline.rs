@@ -8,8 +8,10 @@ use std::time::Instant;
 use super::dataset::Target;
 use super::dataset::{Dataset, DatasetError, DatasetSpec};
 use super::evaluate::{brier, calibration, log_loss, mae, pr_auc, r2, rmse, roc_auc};
+use super::kernel_svm::{self, CheckedKernelSvmParams};
 use super::linear::{self, CheckedLinearParams};
 use super::logistic::{self, CheckedLogisticParams, TrainError};
+use super::plots;
 use super::report::{Report, importance};
 use super::svm::{self, CheckedSvmParams};
 use super::thresholds::{self, CheckedThresholdRule};
@@ -19,6 +21,19 @@ use crate::events::RawEvent;
 use crate::features::EngineSettings;
 use crate::model::artifact::{self, ArtifactBody, ArtifactError};
 
+/// Where a run is, for progress display.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Progress {
+    /// Events of the history replayed so far.
+    Replayed(u64),
+    Fitting {
+        rows: usize,
+    },
+    Evaluating {
+        rows: usize,
+    },
+}
+
 /// The family to train, with checked hyper-parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum FamilyParams {
@@ -26,6 +41,7 @@ pub enum FamilyParams {
     Tree(CheckedTreeParams),
     Linear(CheckedLinearParams),
     LinearSvm(CheckedSvmParams),
+    KernelSvm(CheckedKernelSvmParams),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +60,8 @@ pub enum PipelineError {
         target: &'static str,
         hint: &'static str,
     },
+    #[error(transparent)]
+    Plot(#[from] plots::PlotError),
     #[error("cannot write the training report or dataset: {0}")]
     Report(#[from] std::io::Error),
 }
@@ -51,6 +69,7 @@ pub enum PipelineError {
 #[derive(Debug, Clone)]
 pub struct TrainOutcome {
     pub artifact: PathBuf,
+    pub plots: Vec<PathBuf>,
     pub thresholds: Option<crate::model::decision::Thresholds>,
     pub version: u32,
     pub train_rows: usize,
@@ -94,7 +113,7 @@ pub fn train<I: Iterator<Item = RawEvent>>(
     name: &str,
     created_at_ms: i64,
     export_dataset: Option<&Path>,
-    progress: impl FnMut(u64),
+    mut progress: impl FnMut(Progress),
 ) -> Result<TrainOutcome, PipelineError> {
     if !(holdout > 0.0 && holdout < 1.0) {
         return Err(PipelineError::Holdout(holdout));
@@ -105,19 +124,27 @@ pub fn train<I: Iterator<Item = RawEvent>>(
             return Err(PipelineError::FamilyTarget {
                 family: "linear",
                 target: "fraud/purchase",
-                hint: "use logistic, tree or svm",
+                hint: "use logistic, tree, svm or kernel_svm",
             });
         }
-        (false, FamilyParams::Logistic(_) | FamilyParams::Tree(_) | FamilyParams::LinearSvm(_)) => {
+        (
+            false,
+            FamilyParams::Logistic(_)
+            | FamilyParams::Tree(_)
+            | FamilyParams::LinearSvm(_)
+            | FamilyParams::KernelSvm(_),
+        ) => {
             return Err(PipelineError::FamilyTarget {
-                family: "logistic/tree/svm",
+                family: "logistic/tree/svm/kernel_svm",
                 target: "order_value",
                 hint: "use linear",
             });
         }
         _ => {}
     }
-    let dataset = Dataset::build(Arc::clone(&definitions), settings, history, spec, progress)?;
+    let dataset = Dataset::build(Arc::clone(&definitions), settings, history, spec, |done| {
+        progress(Progress::Replayed(done))
+    })?;
     if let Some(path) = export_dataset {
         let file = std::fs::File::create(path)?;
         dataset
@@ -129,6 +156,7 @@ pub fn train<I: Iterator<Item = RawEvent>>(
     let (train, validation) = dataset.rows.split_at(cut.min(dataset.rows.len()));
     let rows: Vec<Vec<Option<f64>>> = train.iter().map(|r| r.values.clone()).collect();
     let labels: Vec<f64> = train.iter().map(|r| r.label).collect();
+    progress(Progress::Fitting { rows: rows.len() });
     let started = Instant::now();
     let model = match family {
         FamilyParams::Logistic(params) => {
@@ -153,8 +181,21 @@ pub fn train<I: Iterator<Item = RawEvent>>(
             }
             model
         }
+        FamilyParams::KernelSvm(params) => {
+            let (model, converged) = kernel_svm::fit(&dataset.columns, &rows, &labels, params)?;
+            if !converged {
+                tracing::warn!(
+                    name,
+                    "kernel SVM stopped at its iteration limit before converging"
+                );
+            }
+            model
+        }
     };
     let fit_seconds = started.elapsed().as_secs_f64();
+    progress(Progress::Evaluating {
+        rows: validation.len(),
+    });
 
     let scores: Vec<f64> = validation
         .iter()
@@ -224,11 +265,31 @@ pub fn train<I: Iterator<Item = RawEvent>>(
         } else {
             Vec::new()
         },
-        importance: importance(&model, 15),
+        importance: importance(
+            &model,
+            &validation
+                .iter()
+                .step_by(validation.len().div_ceil(2000).max(1))
+                .map(|r| r.values.as_slice())
+                .collect::<Vec<_>>(),
+            15,
+        ),
     };
     report.write_beside(&path)?;
+    let plots = plots::draw_beside(
+        &path,
+        &plots::PlotInputs {
+            title: &format!("{name} v{version} ({})", model.family_name()),
+            classifier,
+            scores: &scores,
+            truth: &truth,
+            calibration: &report.calibration,
+            importance: &report.importance,
+        },
+    )?;
     Ok(TrainOutcome {
         artifact: path,
+        plots,
         thresholds: chosen,
         version,
         train_rows: train.len(),

@@ -6,9 +6,8 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::evaluate::CalibrationBin;
+use crate::model::Model;
 use crate::model::decision::Thresholds;
-use crate::model::tree::Node;
-use crate::model::{Family, Model};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -23,33 +22,20 @@ pub struct Report {
     pub metrics: Vec<(String, f64)>,
     pub thresholds: Option<Thresholds>,
     pub calibration: Vec<CalibrationBin>,
-    /// Largest standardised weights (logistic) or split counts (tree), strongest first.
+    /// Mean absolute contribution per feature on (a sample of) the validation rows.
     pub importance: Vec<(String, f64)>,
 }
 
-/// Feature importance: |weight| on standardised inputs, or how often a tree splits on it.
-pub fn importance(model: &Model, top: usize) -> Vec<(String, f64)> {
+/// Feature importance: the mean absolute contribution of each feature (see
+/// `model::explain`) over `rows`, strongest first.
+pub fn importance(model: &Model, rows: &[&[Option<f64>]], top: usize) -> Vec<(String, f64)> {
     let mut scores = vec![0.0; model.columns.len()];
-    match &model.family {
-        Family::LogisticRegression(linear) | Family::LinearRegression(linear) => {
-            scores
-                .iter_mut()
-                .zip(&linear.weights)
-                .for_each(|(s, w)| *s = *w);
-        }
-        Family::LinearSvm(svm) => {
-            scores
-                .iter_mut()
-                .zip(&svm.weights)
-                .for_each(|(s, w)| *s = *w);
-        }
-        Family::DecisionTree(tree) => {
-            for node in &tree.nodes {
-                if let Node::Split { feature, .. } = node {
-                    scores[*feature] += 1.0;
-                }
-            }
-        }
+    for row in rows {
+        let explanation = model.explain(row);
+        scores
+            .iter_mut()
+            .zip(&explanation.contributions)
+            .for_each(|(s, c)| *s += c.abs() / rows.len() as f64);
     }
     let mut ranked: Vec<(String, f64)> = model.columns.iter().cloned().zip(scores).collect();
     ranked.sort_by(|a, b| b.1.abs().total_cmp(&a.1.abs()).then_with(|| a.0.cmp(&b.0)));
@@ -85,7 +71,7 @@ impl Report {
                 bin.lower, bin.upper, bin.count, bin.mean_predicted, bin.observed_rate
             );
         }
-        text += "\n## What the model leans on\n\n| feature | weight or splits |\n|---|---|\n";
+        text += "\n## What the model leans on\n\n| feature | mean abs contribution |\n|---|---|\n";
         for (feature, score) in &self.importance {
             text += &format!("| {feature} | {score:.4} |\n");
         }

@@ -115,7 +115,7 @@ fn primal_squared_hinge(
 
 /// Platt scaling: `p = 1 / (1 + exp(a * f + b))` fitted to decision values `f`, with
 /// Platt's smoothed targets so separable data does not push the sigmoid to a step.
-fn platt(decisions: &[f64], labels: &[f64]) -> (f64, f64) {
+pub(super) fn platt(decisions: &[f64], labels: &[f64]) -> (f64, f64) {
     let positives = labels.iter().filter(|l| **l > 0.5).count() as f64;
     let negatives = labels.len() as f64 - positives;
     let high = (positives + 1.0) / (positives + 2.0);

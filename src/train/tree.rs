@@ -212,12 +212,12 @@ pub fn fit(
         } else {
             None
         };
+        let positive_rate = if total.weight > 0.0 {
+            total.positive / total.weight
+        } else {
+            0.0
+        };
         let Some(split) = split else {
-            let positive_rate = if total.weight > 0.0 {
-                total.positive / total.weight
-            } else {
-                0.0
-            };
             nodes[index] = Node::Leaf {
                 positive_rate,
                 rows: total.count,
@@ -243,6 +243,7 @@ pub fn fit(
             threshold: binned.edges[split.column][split.bin],
             left,
             right,
+            positive_rate,
         };
         pending.push((right, right_rows, depth + 1));
         pending.push((left, left_rows, depth + 1));

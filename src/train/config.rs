@@ -1,0 +1,192 @@
+//! A training config file: what to predict, how to label and hold out, the threshold
+//! rule, and one or several model families with their hyper-parameters. Parsed strictly
+//! (unknown keys are errors) and checked before any history is read, so a typo fails in
+//! a second rather than after a long replay.
+
+use std::path::Path;
+
+use serde::Deserialize;
+
+use super::dataset::DatasetSpec;
+use super::kernel_svm::KernelSvmParams;
+use super::linear::LinearParams;
+use super::logistic::{LogisticParams, TrainError};
+use super::pipeline::FamilyParams;
+use super::svm::SvmParams;
+use super::thresholds::{CheckedThresholdRule, ThresholdRule};
+use super::tree::TreeParams;
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Model name: artifacts go to `<models-dir>/<name>/<name>-v<N>.json`.
+    pub name: String,
+    /// fraud, purchase or order_value.
+    pub target: String,
+    /// Fraud: a chargeback within this window; purchase: an order within it.
+    #[serde(default = "default_label_window")]
+    pub label_window: String,
+    /// Share of the latest rows held out for validation.
+    #[serde(default = "default_holdout")]
+    pub holdout: f64,
+    #[serde(default)]
+    pub thresholds: ThresholdRule,
+    /// The families to train, each into its own version.
+    #[serde(rename = "family")]
+    pub families: Vec<FamilySpec>,
+}
+
+fn default_label_window() -> String {
+    "60d".into()
+}
+
+fn default_holdout() -> f64 {
+    0.25
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum FamilySpec {
+    Logistic(LogisticParams),
+    Tree(TreeParams),
+    Svm(SvmParams),
+    KernelSvm(KernelSvmParams),
+    Linear(LinearParams),
+}
+
+impl FamilySpec {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            FamilySpec::Logistic(_) => "logistic",
+            FamilySpec::Tree(_) => "tree",
+            FamilySpec::Svm(_) => "svm",
+            FamilySpec::KernelSvm(_) => "kernel_svm",
+            FamilySpec::Linear(_) => "linear",
+        }
+    }
+
+    pub fn check(self) -> Result<FamilyParams, TrainError> {
+        Ok(match self {
+            FamilySpec::Logistic(p) => FamilyParams::Logistic(p.check()?),
+            FamilySpec::Tree(p) => FamilyParams::Tree(p.check()?),
+            FamilySpec::Svm(p) => FamilyParams::LinearSvm(p.check()?),
+            FamilySpec::KernelSvm(p) => FamilyParams::KernelSvm(p.check()?),
+            FamilySpec::Linear(p) => FamilyParams::Linear(p.check()?),
+        })
+    }
+}
+
+/// A config with every part checked.
+#[derive(Debug, Clone)]
+pub struct CheckedTrainConfig {
+    pub name: String,
+    pub spec: DatasetSpec,
+    pub holdout: f64,
+    pub rule: CheckedThresholdRule,
+    pub families: Vec<(&'static str, FamilyParams)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read training config {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("training config {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("training config: {0}")]
+    Invalid(String),
+    #[error("training config: {0}")]
+    Param(#[from] TrainError),
+}
+
+impl TrainConfig {
+    pub fn load(path: &Path) -> Result<TrainConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    pub fn check(self) -> Result<CheckedTrainConfig, ConfigError> {
+        let window = crate::time::parse_duration_ms(&self.label_window)
+            .map_err(|e| ConfigError::Invalid(format!("label_window: {e}")))?;
+        let spec = match self.target.as_str() {
+            "fraud" => DatasetSpec::fraud(window),
+            "purchase" => DatasetSpec::purchase(window),
+            "order_value" => DatasetSpec::order_value(),
+            other => {
+                return Err(ConfigError::Invalid(format!(
+                    "target: unknown target '{other}' (known: fraud, purchase, order_value)"
+                )));
+            }
+        };
+        if self.families.is_empty() {
+            return Err(ConfigError::Invalid(
+                "no [[family]] to train: add at least one".into(),
+            ));
+        }
+        if self.name.is_empty() || self.name.contains(['/', '\\', '@']) {
+            return Err(ConfigError::Invalid(format!(
+                "name: '{}' must be non-empty without '/', '\\' or '@'",
+                self.name
+            )));
+        }
+        let families = self
+            .families
+            .iter()
+            .map(|f| Ok((f.kind(), f.check()?)))
+            .collect::<Result<Vec<_>, TrainError>>()?;
+        Ok(CheckedTrainConfig {
+            name: self.name,
+            spec,
+            holdout: self.holdout,
+            rule: self.thresholds.check()?,
+            families,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_configs_parse_and_check() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("training");
+        for name in ["fraud", "purchase", "order_value"] {
+            let config = TrainConfig::load(&dir.join(format!("{name}.toml")))
+                .unwrap()
+                .check()
+                .unwrap();
+            assert_eq!(config.name, name);
+        }
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let parse = |text: &str| {
+            toml::from_str::<TrainConfig>(text)
+                .map_err(|e| e.to_string())
+                .and_then(|c| c.check().map_err(|e| e.to_string()))
+                .unwrap_err()
+        };
+        let unknown_key =
+            parse("name = 'f'\ntarget = 'fraud'\n[[family]]\nkind = 'logistic'\nl3 = 1.0\n");
+        assert!(unknown_key.contains("l3"), "{unknown_key}");
+        let bad_value =
+            parse("name = 'f'\ntarget = 'fraud'\n[[family]]\nkind = 'tree'\nmax_depth = 0\n");
+        assert!(bad_value.contains("max_depth"), "{bad_value}");
+        let unknown_kind = parse("name = 'f'\ntarget = 'fraud'\n[[family]]\nkind = 'forest'\n");
+        assert!(unknown_kind.contains("forest"), "{unknown_kind}");
+        let no_family = parse("name = 'f'\ntarget = 'fraud'\nfamily = []\n");
+        assert!(no_family.contains("[[family]]"), "{no_family}");
+        let bad_target = parse("name = 'f'\ntarget = 'churn'\n[[family]]\nkind = 'linear'\n");
+        assert!(bad_target.contains("churn"), "{bad_target}");
+    }
+}
