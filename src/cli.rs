@@ -94,8 +94,12 @@ pub struct SimulateArgs {
 #[derive(Debug, Args)]
 pub struct TrainArgs {
     /// Event history as JSON lines (from `simulate --out` or `export`).
+    #[arg(long, required_unless_present = "table", conflicts_with = "table")]
+    pub events: Option<PathBuf>,
+    /// A ready feature table instead of history: CSV with feature columns, `label`, and
+    /// optionally `event_id` and `time_ms` (the `--export-dataset` format).
     #[arg(long)]
-    pub events: PathBuf,
+    pub table: Option<PathBuf>,
     /// Model name: the artifact goes to <models-dir>/<name>/<name>-v<N>.json.
     #[arg(long, default_value = "fraud")]
     pub name: String,
@@ -345,29 +349,60 @@ fn train(args: TrainArgs) -> CliResult {
         Some(path) => Definitions::load(path)?,
         None => Definitions::default_shop(),
     });
-    eprintln!("reading {}...", args.events.display());
-    let events = read_history(&args.events)?;
-    let defaults = Settings::default();
-    let settings = crate::features::EngineSettings {
-        allowed_lateness_ms: defaults.ingest.allowed_lateness.0,
-        dedup_horizon_ms: defaults.ingest.dedup_horizon.0,
-    };
     let classifier = config.spec.target != crate::train::Target::OrderValue;
+    for (_, family) in &config.families {
+        crate::train::pipeline::check_family(classifier, *family)?;
+    }
+    let dataset = match (&args.events, &args.table) {
+        (_, Some(table)) => {
+            eprintln!("reading {}...", table.display());
+            crate::train::table::read_csv(table)?
+        }
+        (Some(history), None) => {
+            eprintln!("reading {}...", history.display());
+            let events = read_history(history)?;
+            let defaults = Settings::default();
+            let settings = crate::features::EngineSettings {
+                allowed_lateness_ms: defaults.ingest.allowed_lateness.0,
+                dedup_horizon_ms: defaults.ingest.dedup_horizon.0,
+            };
+            let bar = crate::train::progress::TrainingBar::new("dataset", events.len() as u64);
+            let dataset = crate::train::Dataset::build(
+                std::sync::Arc::clone(&definitions),
+                settings,
+                || events.iter().cloned(),
+                &config.spec,
+                |done| bar.show(crate::train::pipeline::Progress::Replayed(done)),
+            );
+            bar.finish();
+            dataset?
+        }
+        (None, None) => return Err("give --events or --table".into()),
+    };
+    eprintln!(
+        "{} labelled rows x {} columns ({} left out for want of a label)",
+        dataset.rows.len(),
+        dataset.columns.len(),
+        dataset.unlabelled
+    );
+    if let Some(path) = &args.export_dataset {
+        crate::train::pipeline::export(&dataset, path)?;
+    }
     let mut out = std::io::stdout().lock();
     for (kind, family) in &config.families {
-        let bar = crate::train::progress::TrainingBar::new(kind, events.len() as u64);
-        let outcome = crate::train::pipeline::train(
-            std::sync::Arc::clone(&definitions),
-            settings,
-            || events.iter().cloned(),
-            &config.spec,
+        let bar = crate::train::progress::TrainingBar::new(kind, 0);
+        let outcome = crate::train::pipeline::train_on(
+            &dataset,
+            classifier,
+            definitions.fingerprint,
             *family,
             config.rule,
             config.holdout,
-            &args.models_dir,
-            &config.name,
-            args.created_at_ms.unwrap_or_else(now_ms),
-            args.export_dataset.as_deref(),
+            crate::train::pipeline::Output {
+                models_dir: &args.models_dir,
+                name: &config.name,
+                created_at_ms: args.created_at_ms.unwrap_or_else(now_ms),
+            },
             |step| bar.show(step),
         );
         bar.finish();

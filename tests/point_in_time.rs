@@ -145,7 +145,7 @@ fn event(id: &str, kind: &str, time: i64, user: &str) -> RawEvent {
         ..RawEvent::default()
     };
     event.entities.insert("user".into(), user.into());
-    if kind == "page_view" {
+    if kind == "page_view" || kind == "add_to_cart" {
         event.entities.insert("product".into(), "p1".into());
     } else {
         event.numbers.insert("amount".into(), 10.0);
@@ -156,12 +156,19 @@ fn event(id: &str, kind: &str, time: i64, user: &str) -> RawEvent {
 #[test]
 fn purchase_labels_look_ahead_by_the_horizon_only() {
     let t = 1_767_225_600_000;
+    let mut other_product = event("v5", "page_view", t + 2 * DAY_MS + MINUTE_MS, "u1");
+    other_product.entities.insert("product".into(), "p2".into());
     let history = vec![
         event("v1", "page_view", t, "u1"),
         event("v2", "page_view", t + MINUTE_MS, "u2"),
+        event("c1", "add_to_cart", t + 10 * MINUTE_MS, "u1"),
+        event("c2", "add_to_cart", t + 11 * MINUTE_MS, "u2"),
         event("o1", "order", t + 30 * MINUTE_MS, "u1"),
         event("o2", "order", t + 3 * HOUR_MS, "u2"),
         event("v3", "page_view", t + 2 * DAY_MS, "u1"),
+        other_product,
+        event("c3", "add_to_cart", t + 2 * DAY_MS + 2 * MINUTE_MS, "u1"),
+        event("o3", "order", t + 2 * DAY_MS + 3 * MINUTE_MS, "u1"),
         event("v4", "page_view", t + 3 * DAY_MS - 30 * MINUTE_MS, "u1"),
         event("end", "login", t + 3 * DAY_MS, "u9"),
     ];
@@ -180,9 +187,10 @@ fn purchase_labels_look_ahead_by_the_horizon_only() {
         .iter()
         .map(|r| (r.event_id.as_str(), r.label))
         .collect();
-    // v1: ordered 30 min later; v2: 3 h later, past the 1 h horizon; v3: no order;
-    // v4: within an hour of the end, so its label is unknown.
-    assert_eq!(labels, [("v1", 1.0), ("v2", 0.0), ("v3", 0.0)]);
+    // v1: carted, then ordered 30 min later; v2: carted, but ordered 3 h later, past the
+    // 1 h horizon; v3: p1 carted and ordered within the hour; v5: the order came, but
+    // p2 was never carted; v4: within an hour of the end, so its label is unknown.
+    assert_eq!(labels, [("v1", 1.0), ("v2", 0.0), ("v3", 1.0), ("v5", 0.0)]);
     assert_eq!(dataset.unlabelled, 1);
     let views = dataset
         .columns

@@ -235,8 +235,15 @@ fn the_fraud_model_learns_and_its_artifact_round_trips() {
     other.fingerprint ^= 1;
     let error = artifact::load(&outcome.artifact, &other).unwrap_err();
     assert!(
-        error.to_string().contains("other feature definitions")
-            && error.to_string().contains("card_payments_10m"),
+        error.to_string().contains("lack") && error.to_string().contains("card_payments_10m"),
+        "{error}"
+    );
+    // Every feature is there, but a definition changed (say a window): refused too.
+    let mut changed = (*definitions).clone();
+    changed.fingerprint ^= 1;
+    let error = artifact::load(&outcome.artifact, &changed).unwrap_err();
+    assert!(
+        error.to_string().contains("other feature definitions"),
         "{error}"
     );
 }

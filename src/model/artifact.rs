@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::Model;
 use super::decision::Thresholds;
 use crate::definitions::{Definitions, fnv64};
+use crate::features::request::REQUEST_FEATURES;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ArtifactBody {
@@ -42,14 +43,15 @@ pub enum ArtifactError {
     #[error("model artifact {path} is corrupt: {reason}")]
     Corrupt { path: String, reason: String },
     #[error(
-        "model artifact {path} was trained against other feature definitions (fingerprint {trained:016x}, running {running:016x}); features it needs that the running definitions lack: {missing:?}"
+        "model artifact {path} was trained against other feature definitions (fingerprint {trained:016x}, running {running:016x}): the same feature names may now mean other windows or events; retrain it"
     )]
     OtherDefinitions {
         path: String,
         trained: u64,
         running: u64,
-        missing: Vec<String>,
     },
+    #[error("model artifact {path} needs features the running definitions lack: {missing:?}")]
+    UnknownFeatures { path: String, missing: Vec<String> },
     #[error("cannot write model artifact {path}: {reason}")]
     Write { path: String, reason: String },
 }
@@ -95,20 +97,25 @@ pub fn load(path: &Path, definitions: &Definitions) -> Result<ArtifactBody, Arti
             ),
         });
     }
+    let missing: Vec<String> = file
+        .body
+        .model
+        .columns
+        .iter()
+        .filter(|c| !REQUEST_FEATURES.contains(&c.as_str()) && definitions.feature_id(c).is_none())
+        .cloned()
+        .collect();
+    if !missing.is_empty() {
+        return Err(ArtifactError::UnknownFeatures {
+            path: shown,
+            missing,
+        });
+    }
     if file.body.definitions_fingerprint != definitions.fingerprint {
-        let missing = file
-            .body
-            .model
-            .columns
-            .iter()
-            .filter(|c| !c.starts_with("req_") && definitions.feature_id(c).is_none())
-            .cloned()
-            .collect();
         return Err(ArtifactError::OtherDefinitions {
             path: shown,
             trained: file.body.definitions_fingerprint,
             running: definitions.fingerprint,
-            missing,
         });
     }
     Ok(file.body)

@@ -19,7 +19,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::events::RawEvent;
 use crate::time::{DAY_MS, SECOND_MS};
-use population::{Population, User};
+use population::{Population, Product, User};
 
 #[derive(Debug, Clone)]
 pub struct SimConfig {
@@ -110,10 +110,10 @@ impl Simulator {
     pub fn new(config: SimConfig) -> Simulator {
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
         let population = Population::new(&mut rng, config.users, config.products);
-        // Ordinary sessions pay about 0.3 times, attacks about 5 times: solve for the
+        // Ordinary sessions pay about 0.4 times, attacks about 5 times: solve for the
         // attack rate that makes `fraud_rate` of all payments fraudulent.
         let fraud = config.fraud_rate.clamp(0.0, 0.5);
-        let attack_probability = fraud * 0.3 / (5.0 * (1.0 - fraud) + fraud * 0.3);
+        let attack_probability = fraud * 0.4 / (5.0 * (1.0 - fraud) + fraud * 0.4);
         Simulator {
             clock_ms: config.start_ms,
             config,
@@ -222,9 +222,24 @@ impl Simulator {
         let session_id = format!("s{}", self.next_event);
         let views = self.rng.random_range(1..=10);
         let mut cart_total = 0.0;
+        let mut seen: Vec<Product> = Vec::new();
         for _ in 0..views {
             time += self.rng.random_range(5 * SECOND_MS..=120 * SECOND_MS);
-            let (product, price) = self.population.pick_product(&mut self.rng);
+            // People come back to what they looked at, and a second look is warmer.
+            let revisit = !seen.is_empty() && self.rng.random_bool(0.3);
+            let picked = if revisit {
+                seen[self.rng.random_range(0..seen.len())].clone()
+            } else {
+                self.population.pick_product(&mut self.rng)
+            };
+            seen.push(picked.clone());
+            let Product {
+                id: product,
+                price,
+                appeal,
+            } = picked;
+            let warmth = if revisit { 1.5 } else { 1.0 };
+            let cart_chance = (user.cart_propensity * appeal * warmth).min(0.95);
             self.schedule(time, "page_view", |e| {
                 e.entities.insert("user".into(), user.id.clone());
                 e.entities.insert("product".into(), product.clone());
@@ -232,7 +247,7 @@ impl Simulator {
                 e.entities.insert("ip".into(), ip.clone());
                 e.strings.insert("session_id".into(), session_id.clone());
             });
-            if self.rng.random_bool(0.25) {
+            if self.rng.random_bool(cart_chance) {
                 time += self.rng.random_range(2 * SECOND_MS..=30 * SECOND_MS);
                 let quantity = f64::from(self.rng.random_range(1..=3));
                 cart_total += price * quantity;
@@ -427,7 +442,7 @@ mod tests {
             max_id_bytes: 128,
         };
         let mut simulator = Simulator::new(SimConfig::default());
-        let events: Vec<RawEvent> = simulator.by_ref().take(60_000).collect();
+        let events: Vec<RawEvent> = simulator.by_ref().take(150_000).collect();
         for pair in events.windows(2) {
             assert!(pair[0].event_time_ms <= pair[1].event_time_ms);
         }

@@ -14,11 +14,22 @@ pub(super) struct User {
     pub devices: Vec<String>,
     pub ip: String,
     pub typical_amount: f64,
+    /// How readily this user puts what they look at into the cart: buyers and
+    /// browsers, so a purchase model has something to learn from their history.
+    pub cart_propensity: f64,
+}
+
+#[derive(Debug, Clone)]
+pub(super) struct Product {
+    pub id: String,
+    pub price: f64,
+    /// Multiplies the chance a view ends in the cart.
+    pub appeal: f64,
 }
 
 pub(super) struct Population {
     users: Vec<User>,
-    products: Vec<(String, f64)>,
+    products: Vec<Product>,
     next_id: u64,
 }
 
@@ -32,7 +43,12 @@ impl Population {
         for index in 0..products.max(1) {
             // Log-normal-ish prices between about 3 and 600.
             let price = (rng.random_range(1.0f64..6.4)).exp().round();
-            population.products.push((format!("p{index}"), price));
+            let appeal = rng.random_range(0.3..1.7);
+            population.products.push(Product {
+                id: format!("p{index}"),
+                price,
+                appeal,
+            });
         }
         for _ in 0..users.max(1) {
             let user = population.make_user(rng);
@@ -58,6 +74,7 @@ impl Population {
             devices,
             ip,
             typical_amount: rng.random_range(2.5f64..5.5).exp(),
+            cart_propensity: rng.random_range(0.02f64..0.6),
         }
     }
 
@@ -78,7 +95,7 @@ impl Population {
         self.make_user(rng)
     }
 
-    pub fn pick_product(&self, rng: &mut ChaCha8Rng) -> (String, f64) {
+    pub fn pick_product(&self, rng: &mut ChaCha8Rng) -> Product {
         let skew: f64 = rng.random_range(0.0..1.0);
         let index = ((skew * skew * skew) * self.products.len() as f64) as usize;
         self.products[index.min(self.products.len() - 1)].clone()

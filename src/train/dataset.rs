@@ -8,8 +8,10 @@
 //! - fraud: a chargeback naming the payment (`payment_id`) within `label_window` of it;
 //!   a payment younger than `label_window` at the end of the history is left out, not
 //!   labelled 0;
-//! - purchase: an order by the same user within `horizon` after the view (views younger
-//!   than `horizon` at the end are left out);
+//! - purchase: the user puts the viewed product in the cart and then places an order,
+//!   both within `horizon` after the view (views younger than `horizon` at the end are
+//!   left out). Product-specific, so the model can rank candidate products for a user;
+//!   "any order by the user" would only say whether the user is a buyer;
 //! - order value: the order's own amount.
 
 use std::collections::HashMap;
@@ -113,6 +115,14 @@ struct Labels {
     end_ms: i64,
     chargebacks: HashMap<String, i64>,
     orders_by_user: HashMap<String, Vec<i64>>,
+    /// Cart times per `user|product`.
+    carts: HashMap<String, Vec<i64>>,
+}
+
+fn user_product(event: &RawEvent) -> Option<String> {
+    let user = event.entities.get("user")?;
+    let product = event.entities.get("product")?;
+    Some(format!("{user}{COMPOSITE_SEPARATOR}{product}"))
 }
 
 fn collect_labels(history: impl Iterator<Item = RawEvent>) -> Labels {
@@ -120,6 +130,7 @@ fn collect_labels(history: impl Iterator<Item = RawEvent>) -> Labels {
         end_ms: i64::MIN,
         chargebacks: HashMap::new(),
         orders_by_user: HashMap::new(),
+        carts: HashMap::new(),
     };
     for event in history {
         labels.end_ms = labels.end_ms.max(event.event_time_ms);
@@ -142,10 +153,23 @@ fn collect_labels(history: impl Iterator<Item = RawEvent>) -> Labels {
                         .push(event.event_time_ms);
                 }
             }
+            "add_to_cart" => {
+                if let Some(key) = user_product(&event) {
+                    labels
+                        .carts
+                        .entry(key)
+                        .or_default()
+                        .push(event.event_time_ms);
+                }
+            }
             _ => {}
         }
     }
-    for times in labels.orders_by_user.values_mut() {
+    for times in labels
+        .orders_by_user
+        .values_mut()
+        .chain(labels.carts.values_mut())
+    {
         times.sort_unstable();
     }
     labels
@@ -169,13 +193,22 @@ fn label_of(target: Target, labels: &Labels, event: &RawEvent) -> Option<f64> {
             if time > labels.end_ms - horizon_ms {
                 return None;
             }
-            let orders = event
-                .entities
-                .get("user")
-                .and_then(|user| labels.orders_by_user.get(user));
-            let bought = orders.is_some_and(|times| {
-                let after = times.partition_point(|t| *t <= time);
-                times.get(after).is_some_and(|t| *t - time <= horizon_ms)
+            let deadline = time + horizon_ms;
+            // The first time in `times` after `from`, if it is within the horizon.
+            let first_after = |times: &Vec<i64>, from: i64| {
+                let after = times.partition_point(|t| *t <= from);
+                times.get(after).copied().filter(|t| *t <= deadline)
+            };
+            let carted = user_product(event)
+                .and_then(|key| labels.carts.get(&key))
+                .and_then(|times| first_after(times, time));
+            let bought = carted.is_some_and(|cart| {
+                event
+                    .entities
+                    .get("user")
+                    .and_then(|user| labels.orders_by_user.get(user))
+                    .and_then(|orders| first_after(orders, cart - 1))
+                    .is_some()
             });
             Some(f64::from(u8::from(bought)))
         }

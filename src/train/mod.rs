@@ -14,6 +14,7 @@ pub mod plots;
 pub mod progress;
 pub mod report;
 pub mod svm;
+pub mod table;
 pub mod thresholds;
 pub mod tree;
 

@@ -100,6 +100,38 @@ fn next_version(dir: &Path, name: &str) -> u32 {
         + 1
 }
 
+/// Where the run's output goes and what it is called.
+#[derive(Debug, Clone, Copy)]
+pub struct Output<'a> {
+    pub models_dir: &'a Path,
+    pub name: &'a str,
+    pub created_at_ms: i64,
+}
+
+/// Refuses a family that cannot learn the target before any work is done.
+pub fn check_family(classifier: bool, family: FamilyParams) -> Result<(), PipelineError> {
+    match (classifier, family) {
+        (true, FamilyParams::Linear(_)) => Err(PipelineError::FamilyTarget {
+            family: "linear",
+            target: "fraud/purchase",
+            hint: "use logistic, tree, svm or kernel_svm",
+        }),
+        (
+            false,
+            FamilyParams::Logistic(_)
+            | FamilyParams::Tree(_)
+            | FamilyParams::LinearSvm(_)
+            | FamilyParams::KernelSvm(_),
+        ) => Err(PipelineError::FamilyTarget {
+            family: "logistic/tree/svm/kernel_svm",
+            target: "order_value",
+            hint: "use linear",
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Builds the point-in-time set from `history` and trains on it (see [`train_on`]).
 #[allow(clippy::too_many_arguments)]
 pub fn train<I: Iterator<Item = RawEvent>>(
     definitions: Arc<Definitions>,
@@ -115,42 +147,61 @@ pub fn train<I: Iterator<Item = RawEvent>>(
     export_dataset: Option<&Path>,
     mut progress: impl FnMut(Progress),
 ) -> Result<TrainOutcome, PipelineError> {
-    if !(holdout > 0.0 && holdout < 1.0) {
-        return Err(PipelineError::Holdout(holdout));
-    }
     let classifier = spec.target != Target::OrderValue;
-    match (classifier, family) {
-        (true, FamilyParams::Linear(_)) => {
-            return Err(PipelineError::FamilyTarget {
-                family: "linear",
-                target: "fraud/purchase",
-                hint: "use logistic, tree, svm or kernel_svm",
-            });
-        }
-        (
-            false,
-            FamilyParams::Logistic(_)
-            | FamilyParams::Tree(_)
-            | FamilyParams::LinearSvm(_)
-            | FamilyParams::KernelSvm(_),
-        ) => {
-            return Err(PipelineError::FamilyTarget {
-                family: "logistic/tree/svm/kernel_svm",
-                target: "order_value",
-                hint: "use linear",
-            });
-        }
-        _ => {}
-    }
+    check_family(classifier, family)?;
     let dataset = Dataset::build(Arc::clone(&definitions), settings, history, spec, |done| {
         progress(Progress::Replayed(done))
     })?;
     if let Some(path) = export_dataset {
-        let file = std::fs::File::create(path)?;
-        dataset
-            .write_csv(std::io::BufWriter::new(file))
-            .map_err(std::io::Error::other)?;
+        export(&dataset, path)?;
     }
+    train_on(
+        &dataset,
+        classifier,
+        definitions.fingerprint,
+        family,
+        rule,
+        holdout,
+        Output {
+            models_dir,
+            name,
+            created_at_ms,
+        },
+        progress,
+    )
+}
+
+/// Writes the training set as CSV (the format `table::read_csv` reads back).
+pub fn export(dataset: &Dataset, path: &Path) -> Result<(), PipelineError> {
+    let file = std::fs::File::create(path)?;
+    dataset
+        .write_csv(std::io::BufWriter::new(file))
+        .map_err(std::io::Error::other)?;
+    Ok(())
+}
+
+/// Time-based hold-out, fit, evaluation, artifact, report and plots for one family on
+/// a built training set (from history or a table).
+#[allow(clippy::too_many_arguments)]
+pub fn train_on(
+    dataset: &Dataset,
+    classifier: bool,
+    definitions_fingerprint: u64,
+    family: FamilyParams,
+    rule: CheckedThresholdRule,
+    holdout: f64,
+    output: Output,
+    mut progress: impl FnMut(Progress),
+) -> Result<TrainOutcome, PipelineError> {
+    let Output {
+        models_dir,
+        name,
+        created_at_ms,
+    } = output;
+    if !(holdout > 0.0 && holdout < 1.0) {
+        return Err(PipelineError::Holdout(holdout));
+    }
+    check_family(classifier, family)?;
     // Rows come in event-time order, so the split is a cut in time.
     let cut = ((dataset.rows.len() as f64) * (1.0 - holdout)).round() as usize;
     let (train, validation) = dataset.rows.split_at(cut.min(dataset.rows.len()));
@@ -236,7 +287,7 @@ pub fn train<I: Iterator<Item = RawEvent>>(
             name: name.to_string(),
             version,
             created_at_ms,
-            definitions_fingerprint: definitions.fingerprint,
+            definitions_fingerprint,
             trained_from_ms: train.first().map(|r| r.time_ms).unwrap_or(0),
             trained_to_ms: train.last().map(|r| r.time_ms).unwrap_or(0),
             data_fingerprint: fnv64(&fingerprint_bytes),
