@@ -32,8 +32,9 @@ pub enum Command {
     Simulate(SimulateArgs),
     /// Print the feature values of one entity from a running server.
     Features(FeaturesArgs),
-    /// Train a model (fraud: logistic or tree; order value: linear) from JSON-lines history.
-    Train(TrainArgs),
+    /// Train models from event history (JSON lines) or a feature table (CSV), by a
+    /// training config (training/*.toml) or flags.
+    Train(Box<TrainArgs>),
     /// Write the server's event log as JSON lines (safe beside a running server).
     Export(ExportArgs),
     /// Check a feature definitions file and list the features it defines.
@@ -183,7 +184,7 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Serve(args) => serve(args).await,
         Command::Simulate(args) => simulate(args).await,
         Command::Features(args) => features(args).await,
-        Command::Train(args) => train(args),
+        Command::Train(args) => train(*args),
         Command::Export(args) => export(args),
         Command::CheckDefinitions { path } => check_definitions(&path),
     }
