@@ -7,6 +7,7 @@ mod engine;
 mod plan;
 pub mod request;
 mod state;
+pub mod vector;
 pub mod window;
 
 pub use dedup::Dedup;

@@ -17,10 +17,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::definitions::{Definitions, EntityTypeId};
+use crate::definitions::Definitions;
 use crate::events::{COMPOSITE_SEPARATOR, Limits, RawEvent, validate};
-use crate::features::request::{REQUEST_FEATURES, USER_MEAN_FEATURE, request_features};
-use crate::features::{Admission, Engine, EngineSettings, default_value};
+use crate::features::request::{REQUEST_FEATURES, USER_MEAN_FEATURE};
+use crate::features::vector::VectorPlan;
+use crate::features::{Admission, Engine, EngineSettings};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Target {
@@ -216,91 +217,31 @@ fn label_of(target: Target, labels: &Labels, event: &RawEvent) -> Option<f64> {
     }
 }
 
-/// Which columns come from which entity: (entity type, feature ids).
-struct ColumnPlan {
-    entities: Vec<(EntityTypeId, Vec<usize>)>,
-    user_mean: Option<(usize, usize)>,
-}
-
+/// The columns of the set: each entity's features in definition order, entities in
+/// `spec` order, then the request-time features.
 fn plan_columns(
     definitions: &Definitions,
     engine: &Engine,
     spec: &DatasetSpec,
-) -> Result<(Vec<String>, ColumnPlan), DatasetError> {
+) -> Result<Vec<String>, DatasetError> {
     let mut columns = Vec::new();
-    let mut entities = Vec::new();
-    let mut user_mean = None;
     for name in &spec.entities {
-        let (entity, features) = engine
+        let (_, features) = engine
             .resolve(name, &[])
             .map_err(|_| DatasetError::UnknownEntity(name.clone()))?;
-        for (position, &feature) in features.iter().enumerate() {
-            if definitions.features[feature].name == USER_MEAN_FEATURE {
-                user_mean = Some((entities.len(), position));
-            }
-            columns.push(definitions.features[feature].name.clone());
-        }
-        entities.push((entity, features));
+        columns.extend(
+            features
+                .iter()
+                .map(|f| definitions.features[*f].name.clone()),
+        );
     }
     if spec.request_features {
-        if user_mean.is_none() {
+        if !columns.iter().any(|c| c == USER_MEAN_FEATURE) {
             return Err(DatasetError::MissingUserMean);
         }
         columns.extend(REQUEST_FEATURES.iter().map(|name| name.to_string()));
     }
-    Ok((
-        columns,
-        ColumnPlan {
-            entities,
-            user_mean,
-        },
-    ))
-}
-
-/// The id of `entity` in `event`, joining a composite's parts; `None` if absent.
-fn entity_id(definitions: &Definitions, entity: EntityTypeId, event: &RawEvent) -> Option<String> {
-    let definition = &definitions.entities[entity];
-    if definition.parts.is_empty() {
-        return event.entities.get(&definition.name).cloned();
-    }
-    let parts: Option<Vec<&str>> = definition
-        .parts
-        .iter()
-        .map(|p| {
-            event
-                .entities
-                .get(&definitions.entities[*p].name)
-                .map(String::as_str)
-        })
-        .collect();
-    parts.map(|parts| parts.join(&COMPOSITE_SEPARATOR.to_string()))
-}
-
-/// The observation's feature vector, read from `engine` as it stands (the caller has not
-/// applied the event yet).
-pub fn observe(
-    definitions: &Definitions,
-    engine: &Engine,
-    plan_entities: &[(EntityTypeId, Vec<usize>)],
-    event: &RawEvent,
-) -> Vec<Vec<Option<f64>>> {
-    plan_entities
-        .iter()
-        .map(|(entity, features)| {
-            let read = entity_id(definitions, *entity, event).and_then(|id| {
-                engine
-                    .read(*entity, &id, features, event.event_time_ms)
-                    .ok()
-            });
-            match read {
-                Some(read) => read.values.into_iter().map(|(_, value)| value).collect(),
-                None => features
-                    .iter()
-                    .map(|f| default_value(definitions.features[*f].aggregation))
-                    .collect(),
-            }
-        })
-        .collect()
+    Ok(columns)
 }
 
 impl Dataset {
@@ -337,7 +278,9 @@ impl Dataset {
     ) -> Result<Dataset, DatasetError> {
         let labels = collect_labels(history());
         let mut engine = Engine::new(Arc::clone(&definitions), settings);
-        let (columns, plan) = plan_columns(&definitions, &engine, spec)?;
+        let columns = plan_columns(&definitions, &engine, spec)?;
+        let plan = VectorPlan::for_columns(&definitions, &columns)
+            .map_err(|_| DatasetError::MissingUserMean)?;
         let limits = Limits {
             max_future_skew_ms: i64::MAX,
             max_id_bytes: usize::MAX,
@@ -362,13 +305,8 @@ impl Dataset {
             if raw.event_type == observed {
                 match label_of(spec.target, &labels, &raw) {
                     Some(label) => {
-                        let per_entity = observe(&definitions, &engine, &plan.entities, &raw);
-                        let mut values: Vec<Option<f64>> =
-                            per_entity.iter().flatten().copied().collect();
-                        if spec.request_features {
-                            let user_mean = plan.user_mean.and_then(|(e, f)| per_entity[e][f]);
-                            values.extend(request_features(&raw, user_mean));
-                        }
+                        let mut values = Vec::new();
+                        plan.read(&definitions, &engine, &raw, &mut values);
                         dataset.rows.push(Row {
                             event_id: raw.event_id.clone(),
                             time_ms: raw.event_time_ms,

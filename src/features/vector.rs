@@ -1,0 +1,194 @@
+//! Model input vectors: the values of a model's columns for one event (a payment being
+//! scored, a page view being observed), read from the engine as it stands plus the
+//! request-time features. Training and serving both build vectors here, so a model is
+//! fed the same numbers offline and online (no training/serving skew).
+
+use crate::definitions::{Definitions, EntityTypeId};
+use crate::events::{COMPOSITE_SEPARATOR, RawEvent};
+use crate::features::request::{REQUEST_FEATURES, USER_MEAN_FEATURE, request_features};
+use crate::features::{Engine, default_value};
+
+/// One entity type's share of the columns.
+#[derive(Debug, Clone)]
+struct EntityColumns {
+    entity: EntityTypeId,
+    features: Vec<usize>,
+    /// The column of each feature; `None` for a feature read only as an input of a
+    /// request-time feature.
+    columns: Vec<Option<usize>>,
+}
+
+/// Where each column of a model comes from, resolved once per model.
+#[derive(Debug, Clone)]
+pub struct VectorPlan {
+    width: usize,
+    entities: Vec<EntityColumns>,
+    /// (index in [`REQUEST_FEATURES`], column).
+    request: Vec<(usize, usize)>,
+    /// (slot in `entities`, position) of the user's 30-day mean amount.
+    user_mean: Option<(usize, usize)>,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PlanError {
+    #[error("features not defined in the running definitions: {0:?}")]
+    UnknownFeatures(Vec<String>),
+    #[error("the request-time features need the stored feature '{USER_MEAN_FEATURE}'")]
+    MissingUserMean,
+}
+
+/// What a vector was read from.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct VectorSource {
+    /// Entity types the model reads whose id was given but which the engine holds no
+    /// state for (never seen, or expired): their features are defaults.
+    pub unknown: Vec<EntityTypeId>,
+    /// Entity types the model reads whose id the event does not carry.
+    pub absent: Vec<EntityTypeId>,
+}
+
+impl VectorPlan {
+    /// Resolves `columns` (stored feature names and request-time feature names, in any
+    /// order) against the definitions.
+    pub fn for_columns(
+        definitions: &Definitions,
+        columns: &[String],
+    ) -> Result<VectorPlan, PlanError> {
+        let mut entities: Vec<EntityColumns> = Vec::new();
+        let mut request = Vec::new();
+        let mut unknown = Vec::new();
+        let slot_of = |entities: &mut Vec<EntityColumns>, entity: EntityTypeId| match entities
+            .iter()
+            .position(|e| e.entity == entity)
+        {
+            Some(slot) => slot,
+            None => {
+                entities.push(EntityColumns {
+                    entity,
+                    features: Vec::new(),
+                    columns: Vec::new(),
+                });
+                entities.len() - 1
+            }
+        };
+        for (column, name) in columns.iter().enumerate() {
+            if let Some(index) = REQUEST_FEATURES.iter().position(|r| r == name) {
+                request.push((index, column));
+            } else if let Some(feature) = definitions.feature_id(name) {
+                let slot = slot_of(&mut entities, definitions.features[feature].entity);
+                entities[slot].features.push(feature);
+                entities[slot].columns.push(Some(column));
+            } else {
+                unknown.push(name.clone());
+            }
+        }
+        if !unknown.is_empty() {
+            return Err(PlanError::UnknownFeatures(unknown));
+        }
+        let mut user_mean = None;
+        if !request.is_empty() {
+            let feature = definitions
+                .feature_id(USER_MEAN_FEATURE)
+                .ok_or(PlanError::MissingUserMean)?;
+            let slot = slot_of(&mut entities, definitions.features[feature].entity);
+            let position = match entities[slot].features.iter().position(|f| *f == feature) {
+                Some(position) => position,
+                None => {
+                    entities[slot].features.push(feature);
+                    entities[slot].columns.push(None);
+                    entities[slot].features.len() - 1
+                }
+            };
+            user_mean = Some((slot, position));
+        }
+        Ok(VectorPlan {
+            width: columns.len(),
+            entities,
+            request,
+            user_mean,
+        })
+    }
+
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// The entity types the plan reads.
+    pub fn entity_types(&self) -> impl Iterator<Item = EntityTypeId> + '_ {
+        self.entities.iter().map(|e| e.entity)
+    }
+
+    /// Reads the vector for `event` as of its event time into `out` (resized to the
+    /// width). An entity the event does not name gets its features' defaults, as does
+    /// one the engine does not hold.
+    pub fn read(
+        &self,
+        definitions: &Definitions,
+        engine: &Engine,
+        event: &RawEvent,
+        out: &mut Vec<Option<f64>>,
+    ) -> VectorSource {
+        out.clear();
+        out.resize(self.width, None);
+        let mut source = VectorSource::default();
+        let mut user_mean = None;
+        for (slot, entity) in self.entities.iter().enumerate() {
+            let read = match entity_id(definitions, entity.entity, event) {
+                None => {
+                    source.absent.push(entity.entity);
+                    None
+                }
+                Some(id) => engine
+                    .read(entity.entity, &id, &entity.features, event.event_time_ms)
+                    .ok(),
+            };
+            if read.as_ref().is_some_and(|r| !r.known) {
+                source.unknown.push(entity.entity);
+            }
+            for (position, (&feature, column)) in
+                entity.features.iter().zip(&entity.columns).enumerate()
+            {
+                let value = match &read {
+                    Some(read) => read.values[position].1,
+                    None => default_value(definitions.features[feature].aggregation),
+                };
+                if let Some(column) = column {
+                    out[*column] = value;
+                }
+                if self.user_mean == Some((slot, position)) {
+                    user_mean = value;
+                }
+            }
+        }
+        if !self.request.is_empty() {
+            let values = request_features(event, user_mean);
+            for (index, column) in &self.request {
+                out[*column] = values[*index];
+            }
+        }
+        source
+    }
+}
+
+/// The id of `entity` in `event`, joining a composite's parts; `None` if absent.
+pub fn entity_id(
+    definitions: &Definitions,
+    entity: EntityTypeId,
+    event: &RawEvent,
+) -> Option<String> {
+    let definition = &definitions.entities[entity];
+    if definition.parts.is_empty() {
+        return event.entities.get(&definition.name).cloned();
+    }
+    let parts: Option<Vec<&str>> = definition
+        .parts
+        .iter()
+        .map(|p| {
+            event
+                .entities
+                .get(&definitions.entities[*p].name)
+                .map(String::as_str)
+        })
+        .collect();
+    parts.map(|parts| parts.join(&COMPOSITE_SEPARATOR.to_string()))
+}
