@@ -426,11 +426,7 @@ fn train(args: TrainArgs) -> CliResult {
             writeln!(out, "  {metric:<10} {value:.4}")?;
         }
         if let Some(thresholds) = outcome.thresholds {
-            writeln!(
-                out,
-                "  review at >= {:.4}, block at >= {:.4}",
-                thresholds.review, thresholds.block
-            )?;
+            writeln!(out, "  {thresholds}")?;
         }
         writeln!(out, "artifact: {}", outcome.artifact.display())?;
         writeln!(

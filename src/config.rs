@@ -25,6 +25,41 @@ pub struct Settings {
     pub ingest: IngestSettings,
     pub log: LogSettings,
     pub snapshot: SnapshotSettings,
+    pub models: ModelSettings,
+    pub metrics: MetricsSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelSettings {
+    /// Where model artifacts live: `<dir>/<name>/<name>-v<N>.json`.
+    pub dir: PathBuf,
+    /// How often the directory is checked for new or changed files.
+    pub watch_interval: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Prometheus scrape address (`GET /metrics`); unset = no metrics endpoint.
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for ModelSettings {
+    fn default() -> Self {
+        ModelSettings {
+            dir: PathBuf::from("models"),
+            watch_interval: Millis(2_000),
+        }
+    }
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        MetricsSettings {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,6 +109,8 @@ impl Default for Settings {
             ingest: IngestSettings::default(),
             log: LogSettings::default(),
             snapshot: SnapshotSettings::default(),
+            models: ModelSettings::default(),
+            metrics: MetricsSettings::default(),
         }
     }
 }
@@ -152,6 +189,11 @@ impl Settings {
         {
             return Err(ConfigError::Invalid(
                 "ingest.max_id_bytes and max_batch_events must be positive, max_message_bytes at least 1024".into(),
+            ));
+        }
+        if self.models.watch_interval.0 < 10 {
+            return Err(ConfigError::Invalid(
+                "models.watch_interval must be at least 10ms".into(),
             ));
         }
         if self.snapshot.interval.0 < 1000 {

@@ -10,6 +10,8 @@ pub mod events;
 pub mod features;
 pub mod log;
 pub mod model;
+pub mod registry;
+pub mod scoring;
 pub mod server;
 pub mod simulate;
 pub mod store;

@@ -12,11 +12,18 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 
 use crate::api::limits::SizeRefusalLayer;
+use crate::api::metrics::{Metrics, MetricsLayer};
 use crate::api::pb::features_server::FeaturesServer;
 use crate::api::pb::ingest_server::IngestServer;
-use crate::api::{FILE_DESCRIPTOR_SET, FeaturesService, IngestService};
+use crate::api::pb::models_server::ModelsServer;
+use crate::api::pb::scoring_server::ScoringServer;
+use crate::api::prometheus;
+use crate::api::{
+    FILE_DESCRIPTOR_SET, FeaturesService, IngestService, ModelsService, ScoringService,
+};
 use crate::config::Settings;
 use crate::definitions::{Definitions, DefinitionsError};
+use crate::registry::{Registry, RegistryError};
 use crate::store::{FeatureStore, StoreError};
 
 /// How often expired entities are swept out of memory.
@@ -37,6 +44,8 @@ pub enum ServerError {
     Transport(#[from] tonic::transport::Error),
     #[error("reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
     #[error("background task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
 }
@@ -82,15 +91,72 @@ pub async fn serve(
     run(listener, store, &settings, shutdown).await
 }
 
-/// Serves the gRPC API on `listener` until `shutdown` resolves, then closes the store.
+/// The sockets a server answers on.
+pub struct Listeners {
+    pub grpc: TcpListener,
+    /// Prometheus scrapes; `None` = no metrics endpoint.
+    pub metrics: Option<TcpListener>,
+}
+
+/// Serves the gRPC API on `listener` (and metrics where `settings.metrics.listen` says)
+/// until `shutdown` resolves, then closes the store.
 pub async fn run(
     listener: TcpListener,
     store: Arc<FeatureStore>,
     settings: &Settings,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
+    let metrics = match settings.metrics.listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Bind { addr, source })?,
+        ),
+        None => None,
+    };
+    run_with(
+        Listeners {
+            grpc: listener,
+            metrics,
+        },
+        store,
+        settings,
+        shutdown,
+    )
+    .await
+}
+
+/// Loads the models directory into a new registry (a bad file is logged and skipped).
+pub async fn open_registry(
+    settings: &Settings,
+    definitions: Arc<Definitions>,
+) -> Result<Arc<Registry>, ServerError> {
+    let registry = Arc::new(Registry::new(definitions, settings.models.dir.clone()));
+    let scanning = Arc::clone(&registry);
+    let failures = tokio::task::spawn_blocking(move || scanning.scan()).await??;
+    let catalog = registry.catalog();
+    tracing::info!(
+        dir = %settings.models.dir.display(),
+        loaded = catalog.models().len(),
+        refused = failures.len(),
+        "model registry loaded"
+    );
+    Ok(registry)
+}
+
+/// Serves on `listeners` until `shutdown` resolves, then closes the store. Health says
+/// NOT_SERVING for scoring until the models are loaded.
+pub async fn run_with(
+    listeners: Listeners,
+    store: Arc<FeatureStore>,
+    settings: &Settings,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
     let max_message = settings.ingest.max_message_bytes;
     let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_not_serving::<ScoringServer<ScoringService>>()
+        .await;
     health.set_serving::<IngestServer<IngestService>>().await;
     health
         .set_serving::<FeaturesServer<FeaturesService>>()
@@ -100,6 +166,32 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
 
+    let registry = open_registry(settings, Arc::clone(store.definitions())).await?;
+    if registry.catalog().models().is_empty() {
+        tracing::warn!(dir = %settings.models.dir.display(), "no model loaded: Score answers NOT_FOUND until one is");
+    } else {
+        health.set_serving::<ScoringServer<ScoringService>>().await;
+    }
+    let metrics = Arc::new(Metrics::default());
+    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics_task = listeners.metrics.map(|listener| {
+        tracing::info!(addr = ?listener.local_addr().ok(), "metrics on GET /metrics");
+        tokio::spawn(prometheus::serve(
+            listener,
+            prometheus::Sources {
+                metrics: Arc::clone(&metrics),
+                store: Arc::clone(&store),
+                registry: Arc::clone(&registry),
+            },
+            async {
+                let _ = metrics_stopped.await;
+            },
+        ))
+    });
+    let watcher = tokio::spawn(crate::registry::watch(
+        Arc::clone(&registry),
+        settings.models.watch_interval.as_duration(),
+    ));
     let maintenance = tokio::spawn(maintain(
         Arc::clone(&store),
         settings.snapshot.interval.as_duration(),
@@ -107,6 +199,7 @@ pub async fn run(
     ));
     let result = Server::builder()
         .layer(SizeRefusalLayer)
+        .layer(MetricsLayer::new(Arc::clone(&metrics)))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(
@@ -117,9 +210,22 @@ pub async fn run(
             FeaturesServer::new(FeaturesService::new(Arc::clone(&store)))
                 .max_decoding_message_size(max_message),
         )
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .add_service(
+            ScoringServer::new(ScoringService::new(
+                Arc::clone(&store),
+                Arc::clone(&registry),
+            ))
+            .max_decoding_message_size(max_message),
+        )
+        .add_service(ModelsServer::new(ModelsService::new(Arc::clone(&registry))))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), shutdown)
         .await;
     maintenance.abort();
+    watcher.abort();
+    let _ = stop_metrics.send(());
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
     tracing::info!("server stopped accepting; flushing the log and writing a final snapshot");
     tokio::task::spawn_blocking(move || store.close()).await??;
     result?;

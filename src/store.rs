@@ -67,6 +67,8 @@ pub struct FeatureStore {
     snapshot_keep: usize,
     /// Serialises snapshot writers; remembers the sequence of the last one.
     last_snapshot_seq: Mutex<u64>,
+    /// Events refused as invalid since start (late ones are counted by the engine).
+    invalid_events: std::sync::atomic::AtomicU64,
 }
 
 impl FeatureStore {
@@ -138,6 +140,7 @@ impl FeatureStore {
             data_dir: settings.data_dir.clone(),
             snapshot_keep: settings.snapshot.keep,
             last_snapshot_seq: Mutex::new(snapshot_seq.unwrap_or(0)),
+            invalid_events: Default::default(),
         };
         Ok((store, report))
     }
@@ -182,6 +185,8 @@ impl FeatureStore {
             let event = match checked {
                 Ok(event) => event,
                 Err(refusal) => {
+                    self.invalid_events
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     outcome.refused.push((index, refusal));
                     continue;
                 }
@@ -235,9 +240,20 @@ impl FeatureStore {
         })
     }
 
+    /// Checks `raw` as ingest would (definitions, limits, time), without applying it.
+    pub fn check(&self, raw: &RawEvent) -> Result<(), Refusal> {
+        validate(&self.definitions, &self.limits, raw, Some(now_ms())).map(|_| ())
+    }
+
     /// Runs `f` with shared access to the engine (for reads that need several entities).
     pub fn with_engine<T>(&self, f: impl FnOnce(&Engine) -> T) -> T {
         f(&self.engine.read())
+    }
+
+    /// Events refused as invalid since start.
+    pub fn invalid_events(&self) -> u64 {
+        self.invalid_events
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn counters(&self) -> Counters {

@@ -19,6 +19,8 @@ fn spawn_server(data_dir: &std::path::Path) -> (Child, String) {
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
         .env("RUST_LOG", "info")
+        // Any free port: a fixed one could be taken by another server on the machine.
+        .env("STREAMSCORE__METRICS__LISTEN", "127.0.0.1:0")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

@@ -2,6 +2,7 @@
 
 use super::pb;
 use crate::events::{RawEvent, RefusalKind};
+use crate::model::decision::Decision;
 use crate::store::{BatchOutcome, NamedFeatures};
 
 impl From<pb::Event> for RawEvent {
@@ -62,5 +63,14 @@ impl From<NamedFeatures> for pb::GetFeaturesResponse {
                 .map(|(name, value)| pb::FeatureValue { name, value })
                 .collect(),
         }
+    }
+}
+
+pub(super) fn decision(decision: Option<Decision>) -> pb::Decision {
+    match decision {
+        Some(Decision::Allow) => pb::Decision::Allow,
+        Some(Decision::Review) => pb::Decision::Review,
+        Some(Decision::Block) => pb::Decision::Block,
+        None => pb::Decision::None,
     }
 }

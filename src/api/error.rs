@@ -4,6 +4,8 @@ use tonic::Status;
 
 use crate::features::ReadError;
 use crate::log::LogError;
+use crate::registry::RegistryError;
+use crate::scoring::ScoreError;
 use crate::store::StoreError;
 
 impl From<StoreError> for Status {
@@ -28,6 +30,35 @@ impl From<ReadError> for Status {
                 Status::invalid_argument(format!("feature_names: {error}"))
             }
             ReadError::BadId(_) => Status::invalid_argument(format!("entity_id: {error}")),
+        }
+    }
+}
+
+impl From<RegistryError> for Status {
+    fn from(error: RegistryError) -> Self {
+        match &error {
+            RegistryError::NotFound(_) => Status::not_found(format!("model: {error}")),
+            RegistryError::BadReference(_) => Status::invalid_argument(format!("model: {error}")),
+            RegistryError::BadAlias(_) => Status::invalid_argument(format!("alias: {error}")),
+            RegistryError::Artifact(_) | RegistryError::Plan { .. } => {
+                Status::failed_precondition(error.to_string())
+            }
+            RegistryError::Directory { .. } => Status::internal(error.to_string()),
+        }
+    }
+}
+
+impl From<ScoreError> for Status {
+    fn from(error: ScoreError) -> Self {
+        match error {
+            ScoreError::Registry(error) => error.into(),
+            ScoreError::Store(error) => error.into(),
+            ScoreError::Refused(refusal) => {
+                Status::invalid_argument(format!("event.{}: {}", refusal.field, refusal.reason))
+            }
+            error @ (ScoreError::RecordWithoutId | ScoreError::Invalid { .. }) => {
+                Status::invalid_argument(error.to_string())
+            }
         }
     }
 }

@@ -8,9 +8,15 @@ mod error;
 mod features;
 mod ingest;
 pub mod limits;
+pub mod metrics;
+mod models;
+pub mod prometheus;
+mod scoring;
 
 pub use features::FeaturesService;
 pub use ingest::IngestService;
+pub use models::ModelsService;
+pub use scoring::ScoringService;
 
 /// Generated from `proto/streamscore.proto`.
 pub mod pb {

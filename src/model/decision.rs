@@ -12,16 +12,28 @@ pub enum Decision {
 }
 
 /// Scores at or above `block` are blocked, at or above `review` reviewed (`review <=
-/// block`).
+/// block`). No `block` when no threshold reached the rule's precision on validation:
+/// such a model reviews but never blocks.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Thresholds {
     pub review: f64,
-    pub block: f64,
+    #[serde(default)]
+    pub block: Option<f64>,
+}
+
+impl std::fmt::Display for Thresholds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "review at score >= {:.4}, ", self.review)?;
+        match self.block {
+            Some(block) => write!(f, "block at score >= {block:.4}"),
+            None => write!(f, "never block (no threshold reached the block precision)"),
+        }
+    }
 }
 
 impl Thresholds {
     pub fn decide(&self, score: f64) -> Decision {
-        if score >= self.block {
+        if self.block.is_some_and(|block| score >= block) {
             Decision::Block
         } else if score >= self.review {
             Decision::Review

@@ -59,10 +59,7 @@ impl Report {
             text += &format!("| {metric} | {value:.4} |\n");
         }
         if let Some(thresholds) = &self.thresholds {
-            text += &format!(
-                "\n## Decisions\n\nreview at score >= {:.4}, block at score >= {:.4}\n",
-                thresholds.review, thresholds.block
-            );
+            text += &format!("\n## Decisions\n\n{thresholds}\n");
         }
         text += "\n## Calibration\n\n| predicted | rows | mean predicted | observed |\n|---|---|---|---|\n";
         for bin in &self.calibration {

@@ -51,7 +51,7 @@ pub fn choose(scores: &[f64], labels: &[f64], rule: CheckedThresholdRule) -> Opt
     }
     let mut order: Vec<usize> = (0..scores.len()).collect();
     order.sort_by(|a, b| scores[*b].total_cmp(&scores[*a]));
-    let (mut hits, mut block, mut review) = (0.0, f64::INFINITY, None);
+    let (mut hits, mut block, mut review) = (0.0, None, None);
     let mut seen = 0usize;
     let mut index = 0;
     while index < order.len() {
@@ -63,13 +63,15 @@ pub fn choose(scores: &[f64], labels: &[f64], rule: CheckedThresholdRule) -> Opt
             index += 1;
         }
         if hits / seen as f64 >= rule.block_precision {
-            block = score;
+            block = Some(score);
         }
         if review.is_none() && hits / positives >= rule.review_recall {
             review = Some(score);
         }
     }
-    let review = review.unwrap_or(f64::NEG_INFINITY).min(block);
+    // Recall reaches 1 at the lowest score, so `review` is always found.
+    let review = review.unwrap_or(0.0);
+    let review = block.map_or(review, |block: f64| review.min(block));
     Some(Thresholds { review, block })
 }
 
@@ -91,7 +93,7 @@ mod tests {
         .unwrap();
         let thresholds = choose(&scores, &labels, rule).unwrap();
         // Precision at 0.6 is 3/4: the lowest cut with precision >= 0.75.
-        assert_eq!(thresholds.block, 0.6);
+        assert_eq!(thresholds.block, Some(0.6));
         // Recall reaches 3/4 at 0.6 too.
         assert_eq!(thresholds.review, 0.6);
         let rule = ThresholdRule {
@@ -101,7 +103,7 @@ mod tests {
         .check()
         .unwrap();
         let thresholds = choose(&scores, &labels, rule).unwrap();
-        assert_eq!((thresholds.block, thresholds.review), (0.8, 0.4));
+        assert_eq!((thresholds.block, thresholds.review), (Some(0.8), 0.4));
         assert_eq!(thresholds.decide(0.85), Decision::Block);
         assert_eq!(thresholds.decide(0.5), Decision::Review);
         assert_eq!(thresholds.decide(0.1), Decision::Allow);

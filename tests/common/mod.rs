@@ -32,6 +32,8 @@ impl TestServer {
             data_dir: dir.path().to_path_buf(),
             ..Settings::default()
         };
+        // Tests run side by side: no fixed metrics port.
+        settings.metrics.listen = None;
         adjust(&mut settings);
         let store = streamscore::server::open_store(&settings)
             .await

@@ -1,0 +1,103 @@
+//! The `Models` service: list, show, load and alias models in the registry.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::pb::{self, models_server::Models};
+use crate::registry::{Catalog, LoadedModel, Registry};
+
+pub struct ModelsService {
+    registry: Arc<Registry>,
+}
+
+impl ModelsService {
+    pub fn new(registry: Arc<Registry>) -> ModelsService {
+        ModelsService { registry }
+    }
+}
+
+fn summary(model: &LoadedModel, catalog: &Catalog) -> pb::ModelSummary {
+    pb::ModelSummary {
+        name: model.name().to_string(),
+        version: model.version(),
+        family: model.body.model.family_name().to_string(),
+        path: model.path.display().to_string(),
+        created_at_ms: model.body.created_at_ms,
+        serving: catalog.serving(model.name()) == Some(model.version()),
+    }
+}
+
+fn detail(model: &LoadedModel, catalog: &Catalog) -> pb::ModelDetail {
+    let body = &model.body;
+    pb::ModelDetail {
+        summary: Some(summary(model, catalog)),
+        columns: body.model.columns.clone(),
+        metrics: body
+            .metrics
+            .iter()
+            .map(|(name, value)| pb::Metric {
+                name: name.clone(),
+                value: *value,
+            })
+            .collect(),
+        review_threshold: body.thresholds.map(|t| t.review),
+        block_threshold: body.thresholds.and_then(|t| t.block),
+        trained_from_ms: body.trained_from_ms,
+        trained_to_ms: body.trained_to_ms,
+        definitions_fingerprint: format!("{:016x}", body.definitions_fingerprint),
+    }
+}
+
+#[tonic::async_trait]
+impl Models for ModelsService {
+    async fn list_models(
+        &self,
+        _request: Request<pb::ListModelsRequest>,
+    ) -> Result<Response<pb::ListModelsResponse>, Status> {
+        let catalog = self.registry.catalog();
+        Ok(Response::new(pb::ListModelsResponse {
+            models: catalog
+                .models()
+                .iter()
+                .map(|m| summary(m, &catalog))
+                .collect(),
+            aliases: catalog
+                .aliases()
+                .into_iter()
+                .map(|(alias, target)| pb::Alias { alias, target })
+                .collect(),
+        }))
+    }
+
+    async fn get_model(
+        &self,
+        request: Request<pb::GetModelRequest>,
+    ) -> Result<Response<pb::ModelDetail>, Status> {
+        let catalog = self.registry.catalog();
+        let model = catalog.resolve(&request.into_inner().model)?;
+        Ok(Response::new(detail(&model, &catalog)))
+    }
+
+    async fn load_model(
+        &self,
+        request: Request<pb::LoadModelRequest>,
+    ) -> Result<Response<pb::ModelDetail>, Status> {
+        let path = PathBuf::from(request.into_inner().path);
+        let registry = Arc::clone(&self.registry);
+        let model = tokio::task::spawn_blocking(move || registry.load_file(&path))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(detail(&model, &self.registry.catalog())))
+    }
+
+    async fn set_alias(
+        &self,
+        request: Request<pb::SetAliasRequest>,
+    ) -> Result<Response<pb::ModelDetail>, Status> {
+        let request = request.into_inner();
+        let model = self.registry.set_alias(&request.alias, &request.target)?;
+        Ok(Response::new(detail(&model, &self.registry.catalog())))
+    }
+}

@@ -1,0 +1,115 @@
+//! The Prometheus scrape endpoint: `GET /metrics` on its own HTTP port, answering the
+//! call metrics of [`super::metrics`] plus gauges read at scrape time from the store
+//! and the registry. A few lines of HTTP/1.1 (one request per connection) instead of a
+//! web framework: a scraper needs nothing more.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::metrics::Metrics;
+use crate::registry::Registry;
+use crate::store::FeatureStore;
+
+/// What a scrape reads besides the call metrics.
+#[derive(Clone)]
+pub struct Sources {
+    pub metrics: Arc<Metrics>,
+    pub store: Arc<FeatureStore>,
+    pub registry: Arc<Registry>,
+}
+
+impl Sources {
+    pub fn render(&self) -> String {
+        let counters = self.store.counters();
+        let entities: usize = self
+            .store
+            .with_engine(|engine| engine.entity_counts().iter().map(|(_, n)| *n).sum());
+        let catalog = self.registry.catalog();
+        self.metrics.render(&[
+            (
+                "streamscore_events_applied",
+                "events applied to the features since start",
+                counters.applied as f64,
+            ),
+            (
+                "streamscore_events_duplicate",
+                "events acknowledged as duplicates since start",
+                counters.duplicates as f64,
+            ),
+            (
+                "streamscore_events_late",
+                "events refused as too late since start",
+                counters.late as f64,
+            ),
+            (
+                "streamscore_events_invalid",
+                "events refused as invalid since start",
+                self.store.invalid_events() as f64,
+            ),
+            (
+                "streamscore_entities",
+                "entities held in memory",
+                entities as f64,
+            ),
+            (
+                "streamscore_models_loaded",
+                "model versions in the registry",
+                catalog.models().len() as f64,
+            ),
+            (
+                "streamscore_model_swaps",
+                "changes of the version a model name serves, since start",
+                self.registry.swaps() as f64,
+            ),
+        ])
+    }
+}
+
+async fn answer(mut stream: TcpStream, sources: Sources) -> std::io::Result<()> {
+    let mut request = Vec::with_capacity(512);
+    let mut buffer = [0u8; 512];
+    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
+        let read = stream.read(&mut buffer).await?;
+        if read == 0 {
+            break;
+        }
+        request.extend_from_slice(&buffer[..read]);
+    }
+    let line = String::from_utf8_lossy(&request);
+    let (status, body) = if line.starts_with("GET /metrics ") {
+        ("200 OK", sources.render())
+    } else {
+        ("404 Not Found", "try GET /metrics\n".to_string())
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.write_all(body.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+/// Serves scrapes on `listener` until `shutdown` resolves.
+pub async fn serve(listener: TcpListener, sources: Sources, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let sources = sources.clone();
+                    tokio::spawn(async move {
+                        if let Err(error) = answer(stream, sources).await {
+                            tracing::debug!(%error, "metrics scrape failed");
+                        }
+                    });
+                }
+                Err(error) => tracing::warn!(%error, "metrics listener accept failed"),
+            },
+        }
+    }
+}

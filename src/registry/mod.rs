@@ -1,0 +1,318 @@
+//! The model registry: every valid artifact under the models directory, by name and
+//! version, with aliases. A request resolves `name`, `name@version` or an alias to an
+//! `Arc<LoadedModel>` and keeps it until it is done, so a swap never changes the model
+//! under a request in flight. Changes build a new catalog and publish it atomically
+//! (arc-swap); readers never wait for a writer.
+//!
+//! Without an alias of its own, a name resolves to its newest version, so a new file
+//! dropped in the directory starts serving at once. An alias pinned to a version
+//! (promote, roll back) stays put until it is moved again.
+
+mod watch;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+
+use crate::definitions::Definitions;
+use crate::features::vector::{PlanError, VectorPlan};
+use crate::model::artifact::{self, ArtifactBody, ArtifactError};
+
+pub use watch::watch;
+
+/// A model ready to score: its artifact and the plan that builds its input vectors.
+#[derive(Debug)]
+pub struct LoadedModel {
+    pub body: ArtifactBody,
+    pub plan: VectorPlan,
+    pub path: PathBuf,
+}
+
+impl LoadedModel {
+    pub fn name(&self) -> &str {
+        &self.body.name
+    }
+
+    pub fn version(&self) -> u32 {
+        self.body.version
+    }
+
+    pub fn reference(&self) -> String {
+        format!("{}@{}", self.body.name, self.body.version)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("no model '{0}' (list the models with ListModels)")]
+    NotFound(String),
+    #[error("model reference '{0}': expected name, name@version or an alias")]
+    BadReference(String),
+    #[error(transparent)]
+    Artifact(#[from] ArtifactError),
+    #[error("model artifact {path}: {source}")]
+    Plan { path: String, source: PlanError },
+    #[error("alias '{0}': must be non-empty without '@' or '/'")]
+    BadAlias(String),
+    #[error("cannot read the models directory {path}: {reason}")]
+    Directory { path: String, reason: String },
+}
+
+/// An immutable view of the registry, replaced whole on every change.
+#[derive(Debug, Default, Clone)]
+pub struct Catalog {
+    models: HashMap<String, BTreeMap<u32, Arc<LoadedModel>>>,
+    aliases: HashMap<String, (String, u32)>,
+}
+
+impl Catalog {
+    pub fn resolve(&self, reference: &str) -> Result<Arc<LoadedModel>, RegistryError> {
+        let not_found = || RegistryError::NotFound(reference.to_string());
+        if let Some((name, version)) = reference.split_once('@') {
+            let version: u32 = version
+                .parse()
+                .map_err(|_| RegistryError::BadReference(reference.to_string()))?;
+            return self
+                .models
+                .get(name)
+                .and_then(|versions| versions.get(&version))
+                .cloned()
+                .ok_or_else(not_found);
+        }
+        if let Some((name, version)) = self.aliases.get(reference) {
+            return self
+                .models
+                .get(name)
+                .and_then(|versions| versions.get(version))
+                .cloned()
+                .ok_or_else(not_found);
+        }
+        self.models
+            .get(reference)
+            .and_then(|versions| versions.values().next_back())
+            .cloned()
+            .ok_or_else(not_found)
+    }
+
+    /// Every loaded model, by name then version.
+    pub fn models(&self) -> Vec<Arc<LoadedModel>> {
+        let mut all: Vec<Arc<LoadedModel>> = self
+            .models
+            .values()
+            .flat_map(|versions| versions.values().cloned())
+            .collect();
+        all.sort_by(|a, b| (a.name(), a.version()).cmp(&(b.name(), b.version())));
+        all
+    }
+
+    /// Aliases and what they point at, sorted.
+    pub fn aliases(&self) -> Vec<(String, String)> {
+        let mut all: Vec<(String, String)> = self
+            .aliases
+            .iter()
+            .map(|(alias, (name, version))| (alias.clone(), format!("{name}@{version}")))
+            .collect();
+        all.sort();
+        all
+    }
+
+    /// The version a bare name serves now.
+    pub fn serving(&self, name: &str) -> Option<u32> {
+        self.resolve(name).ok().map(|m| m.version())
+    }
+}
+
+pub struct Registry {
+    definitions: Arc<Definitions>,
+    dir: PathBuf,
+    catalog: ArcSwap<Catalog>,
+    /// Serialises writers (load, alias); readers go through `catalog` alone.
+    writer: Mutex<()>,
+    swaps: std::sync::atomic::AtomicU64,
+}
+
+impl Registry {
+    pub fn new(definitions: Arc<Definitions>, dir: impl Into<PathBuf>) -> Registry {
+        Registry {
+            definitions,
+            dir: dir.into(),
+            catalog: ArcSwap::from_pointee(Catalog::default()),
+            writer: Mutex::new(()),
+            swaps: Default::default(),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The current catalog; hold it (or a model resolved from it) for a whole request.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.load_full()
+    }
+
+    pub fn resolve(&self, reference: &str) -> Result<Arc<LoadedModel>, RegistryError> {
+        self.catalog.load().resolve(reference)
+    }
+
+    /// How many times a name's serving version changed since start.
+    pub fn swaps(&self) -> u64 {
+        self.swaps.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Checks an artifact file and adds it (replacing the same name and version).
+    pub fn load_file(&self, path: &Path) -> Result<Arc<LoadedModel>, RegistryError> {
+        let body = artifact::load(path, &self.definitions)?;
+        let plan =
+            VectorPlan::for_columns(&self.definitions, &body.model.columns).map_err(|source| {
+                RegistryError::Plan {
+                    path: path.display().to_string(),
+                    source,
+                }
+            })?;
+        let model = Arc::new(LoadedModel {
+            body,
+            plan,
+            path: path.to_path_buf(),
+        });
+        self.update(|catalog| {
+            catalog
+                .models
+                .entry(model.name().to_string())
+                .or_default()
+                .insert(model.version(), Arc::clone(&model));
+        });
+        tracing::info!(model = %model.reference(), path = %path.display(), "model loaded");
+        Ok(model)
+    }
+
+    /// Points `alias` at `target` (`name@version`, or a name for its newest version).
+    pub fn set_alias(&self, alias: &str, target: &str) -> Result<Arc<LoadedModel>, RegistryError> {
+        if alias.is_empty() || alias.contains(['@', '/']) {
+            return Err(RegistryError::BadAlias(alias.to_string()));
+        }
+        let _writer = self.writer.lock();
+        let model = self.catalog.load().resolve(target)?;
+        self.update_locked(|catalog| {
+            catalog.aliases.insert(
+                alias.to_string(),
+                (model.name().to_string(), model.version()),
+            );
+        });
+        tracing::info!(alias, target = %model.reference(), "alias moved");
+        Ok(model)
+    }
+
+    fn update(&self, change: impl FnOnce(&mut Catalog)) {
+        let _writer = self.writer.lock();
+        self.update_locked(change);
+    }
+
+    fn update_locked(&self, change: impl FnOnce(&mut Catalog)) {
+        let before = self.catalog.load_full();
+        let mut next = Catalog::clone(&before);
+        change(&mut next);
+        let changed = next
+            .models
+            .keys()
+            .chain(next.aliases.keys())
+            .any(|name| before.serving(name) != next.serving(name));
+        self.catalog.store(Arc::new(next));
+        if changed {
+            self.swaps
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Loads every artifact under the directory (`<name>/<name>-v<N>.json`); a file
+    /// that does not load is logged and skipped, so one bad file never stops the rest.
+    /// Returns the files that failed, with why.
+    pub fn scan(&self) -> Result<Vec<(PathBuf, RegistryError)>, RegistryError> {
+        let mut failures = Vec::new();
+        for path in artifact_files(&self.dir)? {
+            if let Err(error) = self.load_file(&path) {
+                tracing::error!(path = %path.display(), %error, "model artifact refused");
+                failures.push((path, error));
+            }
+        }
+        Ok(failures)
+    }
+}
+
+/// Artifact files under `dir`: `*/<something>-v<N>.json`, sorted.
+pub fn artifact_files(dir: &Path) -> Result<Vec<PathBuf>, RegistryError> {
+    let error = |e: std::io::Error| RegistryError::Directory {
+        path: dir.display().to_string(),
+        reason: e.to_string(),
+    };
+    let mut files = Vec::new();
+    if !dir.exists() {
+        return Ok(files);
+    }
+    for entry in std::fs::read_dir(dir).map_err(error)? {
+        let sub = entry.map_err(error)?.path();
+        if !sub.is_dir() {
+            continue;
+        }
+        for file in std::fs::read_dir(&sub).map_err(error)? {
+            let path = file.map_err(error)?.path();
+            if is_artifact_name(&path) {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn is_artifact_name(path: &Path) -> bool {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    name.strip_suffix(".json")
+        .and_then(|stem| stem.rsplit_once("-v"))
+        .is_some_and(|(_, version)| {
+            !version.is_empty() && version.chars().all(|c| c.is_ascii_digit())
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn artifact_names_exclude_reports_and_plots() {
+        assert!(is_artifact_name(Path::new("m/fraud/fraud-v12.json")));
+        assert!(!is_artifact_name(Path::new("m/fraud/fraud-v1.report.json")));
+        assert!(!is_artifact_name(Path::new("m/fraud/fraud-v1.roc.png")));
+        assert!(!is_artifact_name(Path::new("m/fraud/notes.json")));
+    }
+
+    #[test]
+    fn the_shipped_models_load_and_resolve_by_name_version_and_alias() {
+        let definitions = Arc::new(Definitions::default_shop());
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+        let registry = Registry::new(definitions, dir);
+        let failures = registry.scan().unwrap();
+        assert!(failures.is_empty(), "{failures:?}");
+        let fraud = registry.resolve("fraud").unwrap();
+        assert_eq!(fraud.reference(), "fraud@1");
+        assert_eq!(registry.resolve("fraud@1").unwrap().version(), 1);
+        assert!(matches!(
+            registry.resolve("fraud@9"),
+            Err(RegistryError::NotFound(_))
+        ));
+        assert!(matches!(
+            registry.resolve("fraud@x"),
+            Err(RegistryError::BadReference(_))
+        ));
+        registry.set_alias("checkout", "fraud@1").unwrap();
+        assert_eq!(registry.resolve("checkout").unwrap().reference(), "fraud@1");
+        for name in ["purchase", "order_value"] {
+            assert!(registry.resolve(name).is_ok(), "{name}");
+        }
+    }
+}

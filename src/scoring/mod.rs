@@ -1,0 +1,161 @@
+//! Scoring: a request's entities and fields become an event, the event becomes the
+//! model's input vector (stored features as of now + request-time features, built by
+//! `features::vector` exactly as in training), and the model gives a score, a decision
+//! and its reasons. `record` then ingests the scored event, so it counts toward the
+//! next score's velocity features.
+
+mod candidates;
+
+use std::sync::Arc;
+
+use crate::events::{RawEvent, Refusal};
+use crate::model::decision::Decision;
+use crate::registry::{LoadedModel, Registry, RegistryError};
+use crate::store::{BatchOutcome, FeatureStore, StoreError};
+use crate::time::now_ms;
+
+pub use candidates::{CandidateInput, RankedCandidate, Ranking, score_candidates};
+
+/// Reasons returned when the request does not say.
+pub const DEFAULT_REASONS: usize = 5;
+
+/// The event id used when a score is not recorded (validation needs one).
+const UNRECORDED_ID: &str = "unrecorded-score";
+
+#[derive(Debug, Clone)]
+pub struct ScoreInput {
+    /// Name, `name@version` or alias.
+    pub model: String,
+    /// The event being scored (usually a payment); its time defaults to now.
+    pub event: RawEvent,
+    pub include_features: bool,
+    pub record: bool,
+    pub reasons: usize,
+}
+
+/// A feature that pushed the score, signed (see `model::explain` for the units).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reason {
+    pub feature: String,
+    pub value: Option<f64>,
+    pub contribution: f64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Scored {
+    pub model: Arc<LoadedModel>,
+    pub score: f64,
+    /// `None` for a regression model (it has no thresholds).
+    pub decision: Option<Decision>,
+    pub reasons: Vec<Reason>,
+    /// Entity types named in the request that the store holds nothing for.
+    pub unknown_entities: Vec<String>,
+    /// The input vector, when asked for.
+    pub features: Option<Vec<(String, Option<f64>)>>,
+    /// The ingest outcome when `record` was set.
+    pub recorded: Option<BatchOutcome>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScoreError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("{}: {}", .0.field, .0.reason)]
+    Refused(Refusal),
+    #[error("event_id: required when record is set (it makes a retried call safe)")]
+    RecordWithoutId,
+    #[error("{field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Fills what a scoring request may leave out: the event time (now) and, for an
+/// unrecorded score, the event id.
+fn complete(event: &mut RawEvent, record: bool) -> Result<(), ScoreError> {
+    if event.event_time_ms == 0 {
+        event.event_time_ms = now_ms();
+    }
+    if event.event_id.is_empty() {
+        if record {
+            return Err(ScoreError::RecordWithoutId);
+        }
+        event.event_id = UNRECORDED_ID.to_string();
+    }
+    Ok(())
+}
+
+/// The top `count` contributions by size, strongest first.
+fn top_reasons(model: &LoadedModel, values: &[Option<f64>], count: usize) -> Vec<Reason> {
+    if count == 0 {
+        return Vec::new();
+    }
+    let explanation = model.body.model.explain(values);
+    let mut order: Vec<usize> = (0..explanation.contributions.len()).collect();
+    order.sort_by(|a, b| {
+        explanation.contributions[*b]
+            .abs()
+            .total_cmp(&explanation.contributions[*a].abs())
+            .then(a.cmp(b))
+    });
+    order
+        .into_iter()
+        .take(count)
+        .map(|column| Reason {
+            feature: model.body.model.columns[column].clone(),
+            value: values[column],
+            contribution: explanation.contributions[column],
+        })
+        .collect()
+}
+
+/// Scores one event. The model is resolved once, so a swap during the call does not
+/// change which version answers.
+pub async fn score(
+    store: &FeatureStore,
+    registry: &Registry,
+    mut input: ScoreInput,
+) -> Result<Scored, ScoreError> {
+    let model = registry.resolve(&input.model)?;
+    complete(&mut input.event, input.record)?;
+    store.check(&input.event).map_err(ScoreError::Refused)?;
+    let definitions = store.definitions();
+    let mut values = Vec::with_capacity(model.plan.width());
+    let source = store.with_engine(|engine| {
+        model
+            .plan
+            .read(definitions, engine, &input.event, &mut values)
+    });
+    let score = model.body.model.predict(&values);
+    let decision = model.body.thresholds.map(|t| t.decide(score));
+    let reasons = top_reasons(&model, &values, input.reasons);
+    let unknown_entities = source
+        .unknown
+        .iter()
+        .map(|entity| definitions.entities[*entity].name.clone())
+        .collect();
+    let features = input.include_features.then(|| {
+        model
+            .body
+            .model
+            .columns
+            .iter()
+            .cloned()
+            .zip(values.iter().copied())
+            .collect()
+    });
+    let recorded = if input.record {
+        Some(store.ingest(std::slice::from_ref(&input.event)).await?)
+    } else {
+        None
+    };
+    Ok(Scored {
+        model,
+        score,
+        decision,
+        reasons,
+        unknown_entities,
+        features,
+        recorded,
+    })
+}
