@@ -250,7 +250,13 @@ where
                         "streamscore_decisions_total",
                         vec![
                             ("model", scored.model.clone()),
-                            ("decision", decision.as_str_name().to_lowercase()),
+                            (
+                                "decision",
+                                decision
+                                    .as_str_name()
+                                    .trim_start_matches("DECISION_")
+                                    .to_lowercase(),
+                            ),
                         ],
                     );
                 }

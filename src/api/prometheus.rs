@@ -60,6 +60,11 @@ impl Sources {
                 catalog.models().len() as f64,
             ),
             (
+                "streamscore_model_files_refused",
+                "model artifact files refused since start",
+                self.registry.refused() as f64,
+            ),
+            (
                 "streamscore_model_swaps",
                 "changes of the version a model name serves, since start",
                 self.registry.swaps() as f64,

@@ -132,6 +132,7 @@ pub struct Registry {
     /// Serialises writers (load, alias); readers go through `catalog` alone.
     writer: Mutex<()>,
     swaps: std::sync::atomic::AtomicU64,
+    refused: std::sync::atomic::AtomicU64,
 }
 
 impl Registry {
@@ -142,6 +143,7 @@ impl Registry {
             catalog: ArcSwap::from_pointee(Catalog::default()),
             writer: Mutex::new(()),
             swaps: Default::default(),
+            refused: Default::default(),
         }
     }
 
@@ -163,8 +165,23 @@ impl Registry {
         self.swaps.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Checks an artifact file and adds it (replacing the same name and version).
+    /// Artifact files refused since start (corrupt, other definitions, unknown features).
+    pub fn refused(&self) -> u64 {
+        self.refused.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Checks an artifact file and adds it (replacing the same name and version); a
+    /// refused file changes nothing.
     pub fn load_file(&self, path: &Path) -> Result<Arc<LoadedModel>, RegistryError> {
+        let loaded = self.check_and_add(path);
+        if loaded.is_err() {
+            self.refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        loaded
+    }
+
+    fn check_and_add(&self, path: &Path) -> Result<Arc<LoadedModel>, RegistryError> {
         let body = artifact::load(path, &self.definitions)?;
         let plan =
             VectorPlan::for_columns(&self.definitions, &body.model.columns).map_err(|source| {
@@ -215,11 +232,10 @@ impl Registry {
         let before = self.catalog.load_full();
         let mut next = Catalog::clone(&before);
         change(&mut next);
-        let changed = next
-            .models
-            .keys()
-            .chain(next.aliases.keys())
-            .any(|name| before.serving(name) != next.serving(name));
+        let changed = next.models.keys().chain(next.aliases.keys()).any(|name| {
+            let was = before.serving(name);
+            was.is_some() && was != next.serving(name)
+        });
         self.catalog.store(Arc::new(next));
         if changed {
             self.swaps

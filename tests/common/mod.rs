@@ -17,6 +17,8 @@ use tokio::task::JoinHandle;
 pub struct TestServer {
     pub url: String,
     pub addr: SocketAddr,
+    /// The Prometheus endpoint (`GET /metrics`).
+    pub metrics_addr: SocketAddr,
     pub store: Arc<FeatureStore>,
     pub dir: TempDir,
     shutdown: Option<oneshot::Sender<()>>,
@@ -32,7 +34,7 @@ impl TestServer {
             data_dir: dir.path().to_path_buf(),
             ..Settings::default()
         };
-        // Tests run side by side: no fixed metrics port.
+        // Tests run side by side: no fixed metrics port (one on port 0 below).
         settings.metrics.listen = None;
         adjust(&mut settings);
         let store = streamscore::server::open_store(&settings)
@@ -40,10 +42,16 @@ impl TestServer {
             .expect("store opens");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
         let addr = listener.local_addr().expect("local addr");
+        let metrics = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+        let metrics_addr = metrics.local_addr().expect("local addr");
         let (shutdown, signal) = oneshot::channel::<()>();
         let server_store = Arc::clone(&store);
         let task = tokio::spawn(async move {
-            streamscore::server::run(listener, server_store, &settings, async {
+            let listeners = streamscore::server::Listeners {
+                grpc: listener,
+                metrics: Some(metrics),
+            };
+            streamscore::server::run_with(listeners, server_store, &settings, async {
                 let _ = signal.await;
             })
             .await
@@ -51,6 +59,7 @@ impl TestServer {
         TestServer {
             url: format!("http://{addr}"),
             addr,
+            metrics_addr,
             store,
             dir,
             shutdown: Some(shutdown),
@@ -62,6 +71,28 @@ impl TestServer {
         streamscore::api::client::connect(&self.url)
             .await
             .expect("connect to test server")
+    }
+
+    /// One scrape of the metrics endpoint: the body of `GET /metrics`.
+    pub async fn scrape(&self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(self.metrics_addr)
+            .await
+            .expect("connect to metrics");
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nhost: test\r\n\r\n")
+            .await
+            .expect("send scrape");
+        let mut response = String::new();
+        stream
+            .read_to_string(&mut response)
+            .await
+            .expect("read scrape");
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        response
+            .split_once("\r\n\r\n")
+            .map(|(_, body)| body.to_string())
+            .unwrap_or_default()
     }
 
     /// Stops the server gracefully and returns its data dir.
