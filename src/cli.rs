@@ -35,6 +35,9 @@ pub enum Command {
     /// Train models from event history (JSON lines) or a feature table (CSV), by a
     /// training config (training/*.toml) or flags.
     Train(Box<TrainArgs>),
+    /// Drive Score, ScoreCandidates or IngestBatch against a running server and report
+    /// requests/s and latency percentiles.
+    Loadtest(LoadtestArgs),
     /// Write the server's event log as JSON lines (safe beside a running server).
     Export(ExportArgs),
     /// Check a feature definitions file and list the features it defines.
@@ -164,6 +167,37 @@ pub struct ExportArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct LoadtestArgs {
+    /// The server, e.g. http://127.0.0.1:50051.
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    pub addr: String,
+    /// score, candidates or ingest.
+    #[arg(long, default_value = "score")]
+    pub call: crate::loadtest::Call,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// HTTP/2 connections the requests share.
+    #[arg(long, default_value_t = 4)]
+    pub connections: usize,
+    /// How long to run, e.g. 10s or 1m.
+    #[arg(long, default_value = "10s")]
+    pub duration: String,
+    /// Total requests per second (default: as fast as the server answers).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Model to call (default: fraud for score, purchase for candidates).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Candidates per ScoreCandidates call, or events per IngestBatch call.
+    #[arg(long, default_value_t = 100)]
+    pub batch: usize,
+    /// Seed of the simulated shop the requests come from (match `simulate --seed`).
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+#[derive(Debug, Args)]
 pub struct FeaturesArgs {
     /// Entity type, e.g. card, user, user_product.
     pub entity_type: String,
@@ -186,6 +220,7 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Features(args) => features(args).await,
         Command::Train(args) => train(*args),
         Command::Export(args) => export(args),
+        Command::Loadtest(args) => loadtest(args).await,
         Command::CheckDefinitions { path } => check_definitions(&path),
     }
 }
@@ -520,6 +555,51 @@ fn check_definitions(path: &std::path::Path) -> CliResult {
             feature.aggregation.name(),
             feature.window.label()
         )?;
+    }
+    Ok(())
+}
+
+async fn loadtest(args: LoadtestArgs) -> CliResult {
+    use crate::loadtest::{Call, LoadSpec};
+    let duration =
+        crate::time::parse_duration_ms(&args.duration).map_err(|e| format!("--duration: {e}"))?;
+    if args.concurrency == 0 || args.batch == 0 {
+        return Err("--concurrency and --batch must be at least 1".into());
+    }
+    if args.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+        return Err("--rate must be a positive number of requests per second".into());
+    }
+    let spec = LoadSpec {
+        call: args.call,
+        concurrency: args.concurrency,
+        connections: args.connections,
+        duration: std::time::Duration::from_millis(duration.max(1) as u64),
+        rate: args.rate,
+        model: args.model.unwrap_or_else(|| {
+            if args.call == Call::Candidates {
+                "purchase".into()
+            } else {
+                "fraud".into()
+            }
+        }),
+        batch: args.batch,
+        sim: SimConfig {
+            seed: args.seed,
+            ..SimConfig::default()
+        },
+    };
+    eprintln!(
+        "{:?} against {} for {}, {} in flight{}...",
+        spec.call,
+        args.addr,
+        args.duration,
+        spec.concurrency,
+        spec.rate.map(|r| format!(", {r}/s")).unwrap_or_default()
+    );
+    let report = crate::loadtest::run(&args.addr, &spec).await?;
+    println!("{report}");
+    if report.errors > 0 {
+        return Err(format!("{} requests failed", report.errors).into());
     }
     Ok(())
 }

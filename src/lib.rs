@@ -8,6 +8,7 @@ pub mod config;
 pub mod definitions;
 pub mod events;
 pub mod features;
+pub mod loadtest;
 pub mod log;
 pub mod model;
 pub mod registry;

@@ -218,7 +218,7 @@ pub async fn run_with(
             .max_decoding_message_size(max_message),
         )
         .add_service(ModelsServer::new(ModelsService::new(Arc::clone(&registry))))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), shutdown)
+        .serve_with_incoming_shutdown(without_nagle(listeners.grpc), shutdown)
         .await;
     maintenance.abort();
     watcher.abort();
@@ -230,6 +230,22 @@ pub async fn run_with(
     tokio::task::spawn_blocking(move || store.close()).await??;
     result?;
     Ok(())
+}
+
+/// Accepted connections with Nagle's algorithm off: small responses (a score) would
+/// otherwise wait for the peer's delayed ACK, up to 40 ms on Linux.
+fn without_nagle(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(listener).map(|accepted| {
+        if let Ok(stream) = &accepted
+            && let Err(error) = stream.set_nodelay(true)
+        {
+            tracing::debug!(%error, "cannot turn off Nagle's algorithm");
+        }
+        accepted
+    })
 }
 
 /// How often the snapshot triggers (time and event count) are checked.

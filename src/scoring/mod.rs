@@ -118,23 +118,41 @@ pub async fn score(
 ) -> Result<Scored, ScoreError> {
     let model = registry.resolve(&input.model)?;
     complete(&mut input.event, input.record)?;
-    store.check(&input.event).map_err(ScoreError::Refused)?;
+    let mut scored = score_with(
+        store,
+        model,
+        &input.event,
+        input.reasons,
+        input.include_features,
+    )?;
+    if input.record {
+        scored.recorded = Some(store.ingest(std::slice::from_ref(&input.event)).await?);
+    }
+    Ok(scored)
+}
+
+/// The synchronous heart of [`score`]: validation, input vector, prediction, reasons.
+pub fn score_with(
+    store: &FeatureStore,
+    model: Arc<LoadedModel>,
+    event: &RawEvent,
+    reasons: usize,
+    include_features: bool,
+) -> Result<Scored, ScoreError> {
+    store.check(event).map_err(ScoreError::Refused)?;
     let definitions = store.definitions();
     let mut values = Vec::with_capacity(model.plan.width());
-    let source = store.with_engine(|engine| {
-        model
-            .plan
-            .read(definitions, engine, &input.event, &mut values)
-    });
+    let source =
+        store.with_engine(|engine| model.plan.read(definitions, engine, event, &mut values));
     let score = model.body.model.predict(&values);
     let decision = model.body.thresholds.map(|t| t.decide(score));
-    let reasons = top_reasons(&model, &values, input.reasons);
+    let reasons = top_reasons(&model, &values, reasons);
     let unknown_entities = source
         .unknown
         .iter()
         .map(|entity| definitions.entities[*entity].name.clone())
         .collect();
-    let features = input.include_features.then(|| {
+    let features = include_features.then(|| {
         model
             .body
             .model
@@ -144,11 +162,6 @@ pub async fn score(
             .zip(values.iter().copied())
             .collect()
     });
-    let recorded = if input.record {
-        Some(store.ingest(std::slice::from_ref(&input.event)).await?)
-    } else {
-        None
-    };
     Ok(Scored {
         model,
         score,
@@ -156,6 +169,6 @@ pub async fn score(
         reasons,
         unknown_entities,
         features,
-        recorded,
+        recorded: None,
     })
 }

@@ -1,0 +1,126 @@
+//! The gRPC load bench for scoring: starts the real server (its own runtime, on
+//! loopback), feeds it three hours of simulated traffic, then runs the load generator
+//! of `streamscore loadtest` (a second runtime, same 2 cores) for the PRODUCT.md
+//! targets: `Score` at 32 in flight, one client in a loop, `ScoreCandidates` with 100
+//! candidates, and durable ingest of 100-event batches.
+//!
+//! `cargo bench --bench score_load` (env: SECONDS=10 per run).
+
+use std::time::Duration;
+
+use streamscore::api::client;
+use streamscore::config::Settings;
+use streamscore::loadtest::{self, Call, LoadSpec};
+use streamscore::simulate::{SimConfig, Simulator};
+use streamscore::time::{HOUR_MS, MINUTE_MS, now_ms};
+use tokio::net::TcpListener;
+
+fn main() {
+    if std::env::args().any(|a| a == "--list" || a == "--test") {
+        return;
+    }
+    let seconds: u64 = std::env::var("SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut settings = Settings {
+        data_dir: dir.path().to_path_buf(),
+        ..Settings::default()
+    };
+    settings.metrics.listen = None;
+    settings.models.dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+
+    let server_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("server runtime");
+    let (addr, stop) = server_runtime.block_on(async {
+        let store = streamscore::server::open_store(&settings)
+            .await
+            .expect("store opens");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let settings = settings.clone();
+        tokio::spawn(async move {
+            streamscore::server::run(listener, store, &settings, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("server runs")
+        });
+        (addr, stop)
+    });
+    let url = format!("http://{addr}");
+
+    let client_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("client runtime");
+    let end = now_ms() - MINUTE_MS;
+    let sim = SimConfig {
+        start_ms: end - 3 * HOUR_MS,
+        ..SimConfig::default()
+    };
+    client_runtime.block_on(async {
+        let history: Vec<_> = Simulator::new(sim.clone())
+            .take_while(|e| e.event_time_ms <= end)
+            .collect();
+        let count = history.len();
+        let channel = client::connect(&url).await.expect("connect");
+        client::stream_events(channel, history.into_iter(), 1_000, 8, |_| {})
+            .await
+            .expect("history streams");
+        println!("server fed {count} simulated events (3 hours of traffic)\n");
+
+        let runs = [
+            ("Score, 32 in flight", Call::Score, 32, "fraud", 1),
+            ("Score, 1 client in a loop", Call::Score, 1, "fraud", 1),
+            (
+                "ScoreCandidates x100, 8 in flight",
+                Call::Candidates,
+                8,
+                "purchase",
+                100,
+            ),
+            (
+                "IngestBatch x100 (durable), 8 in flight",
+                Call::Ingest,
+                8,
+                "",
+                100,
+            ),
+        ];
+        println!("| run | requests/s | p50 | p99 | p99.9 | errors |");
+        println!("|---|---|---|---|---|---|");
+        for (name, call, concurrency, model, batch) in runs {
+            let spec = LoadSpec {
+                call,
+                concurrency,
+                connections: 4,
+                duration: Duration::from_secs(seconds),
+                rate: None,
+                model: model.to_string(),
+                batch,
+                sim: sim.clone(),
+            };
+            let report = loadtest::run(&url, &spec).await.expect("load runs");
+            println!(
+                "| {name} | {:.0} | {} us | {} us | {} us | {} |",
+                report.per_second(),
+                report.p50_us,
+                report.p99_us,
+                report.p999_us,
+                report.errors
+            );
+            if let Some(error) = report.first_error {
+                println!("first error: {error}");
+            }
+        }
+    });
+    let _ = stop.send(());
+    drop(server_runtime);
+}
