@@ -198,6 +198,7 @@ pub async fn run_with(
         settings.snapshot.every_events,
     ));
     let result = Server::builder()
+        .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path()))
         .layer(SizeRefusalLayer)
         .layer(MetricsLayer::new(Arc::clone(&metrics)))
         .add_service(health_service)

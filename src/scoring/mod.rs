@@ -139,6 +139,7 @@ pub fn score_with(
     reasons: usize,
     include_features: bool,
 ) -> Result<Scored, ScoreError> {
+    let _span = tracing::debug_span!("score", model = %model.reference()).entered();
     store.check(event).map_err(ScoreError::Refused)?;
     let definitions = store.definitions();
     let mut values = Vec::with_capacity(model.plan.width());

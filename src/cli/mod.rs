@@ -1,4 +1,7 @@
-//! The `streamscore` command line: `serve`, `simulate`, `features`, `check-definitions`.
+//! The `streamscore` command line: `serve`, `simulate`, `features`, `train`, `export`,
+//! `score`, `models`, `loadtest`, `check-definitions`.
+
+mod remote;
 
 use std::io::{BufWriter, Write};
 use std::net::SocketAddr;
@@ -35,6 +38,10 @@ pub enum Command {
     /// Train models from event history (JSON lines) or a feature table (CSV), by a
     /// training config (training/*.toml) or flags.
     Train(Box<TrainArgs>),
+    /// Score one payment on a running server: score, decision, reasons.
+    Score(remote::ScoreArgs),
+    /// List, show, load or alias models on a running server.
+    Models(remote::ModelsArgs),
     /// Drive Score, ScoreCandidates or IngestBatch against a running server and report
     /// requests/s and latency percentiles.
     Loadtest(LoadtestArgs),
@@ -221,6 +228,8 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Train(args) => train(*args),
         Command::Export(args) => export(args),
         Command::Loadtest(args) => loadtest(args).await,
+        Command::Score(args) => remote::score(args).await,
+        Command::Models(args) => remote::models(args).await,
         Command::CheckDefinitions { path } => check_definitions(&path),
     }
 }

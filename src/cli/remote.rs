@@ -1,0 +1,214 @@
+//! Command-line clients of a running server's scoring and model registry: `score` one
+//! payment and `models` list / show / load / alias, for the quick tour and for
+//! operators without a gRPC tool at hand.
+
+use std::io::Write;
+
+use clap::{Args, Subcommand};
+
+use crate::api::client;
+use crate::api::pb::{self, models_client::ModelsClient, scoring_client::ScoringClient};
+
+type CliResult = Result<(), Box<dyn std::error::Error>>;
+
+#[derive(Debug, Args)]
+pub struct ScoreArgs {
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    pub target: String,
+    /// Model name, name@version or alias.
+    #[arg(long, default_value = "fraud")]
+    pub model: String,
+    #[arg(long)]
+    pub user: String,
+    #[arg(long)]
+    pub card: String,
+    #[arg(long)]
+    pub device: Option<String>,
+    #[arg(long)]
+    pub ip: Option<String>,
+    #[arg(long)]
+    pub amount: f64,
+    #[arg(long)]
+    pub billing_country: Option<String>,
+    #[arg(long)]
+    pub ip_country: Option<String>,
+    /// Also ingest the payment after scoring (needs --event-id).
+    #[arg(long)]
+    pub record: bool,
+    #[arg(long, default_value = "")]
+    pub event_id: String,
+    /// Print every input feature too.
+    #[arg(long)]
+    pub features: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ModelsArgs {
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    pub target: String,
+    #[command(subcommand)]
+    pub command: ModelsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Every loaded model version and alias.
+    List,
+    /// One model's metrics, thresholds and inputs.
+    Show { model: String },
+    /// Load an artifact file (a path on the server's machine).
+    Load { path: String },
+    /// Point an alias at name@version: promote, or roll back.
+    Alias { alias: String, target: String },
+}
+
+pub async fn score(args: ScoreArgs) -> CliResult {
+    let mut entities = vec![("user", args.user), ("card", args.card)];
+    entities.extend(args.device.map(|d| ("device", d)));
+    entities.extend(args.ip.map(|i| ("ip", i)));
+    let mut strings = Vec::new();
+    strings.extend(args.billing_country.map(|c| ("billing_country", c)));
+    strings.extend(args.ip_country.map(|c| ("ip_country", c)));
+    let request = pb::ScoreRequest {
+        model: args.model,
+        event: Some(pb::Event {
+            event_id: args.event_id,
+            event_type: "payment".into(),
+            event_time_ms: 0,
+            entities: entities
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+            numbers: [("amount".to_string(), args.amount)].into(),
+            strings: strings
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+        }),
+        include_features: args.features,
+        record: args.record,
+        reasons: None,
+    };
+    let channel = client::connect(&args.target).await?;
+    let response = ScoringClient::new(channel)
+        .score(request)
+        .await?
+        .into_inner();
+    let decision = pb::Decision::try_from(response.decision)
+        .map(|d| {
+            d.as_str_name()
+                .trim_start_matches("DECISION_")
+                .to_lowercase()
+        })
+        .unwrap_or_default();
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "score {:.4} -> {decision} ({}@{})",
+        response.score, response.model, response.version
+    )?;
+    if !response.unknown_entities.is_empty() {
+        writeln!(out, "unknown: {}", response.unknown_entities.join(", "))?;
+    }
+    for reason in &response.reasons {
+        let value = reason.value.map_or("-".to_string(), |v| v.to_string());
+        writeln!(
+            out,
+            "  {:+.4}  {} = {value}",
+            reason.contribution, reason.feature
+        )?;
+    }
+    if let Some(recorded) = response.recorded {
+        writeln!(
+            out,
+            "recorded: {} accepted, {} duplicate, {} refused",
+            recorded.accepted,
+            recorded.duplicates,
+            recorded.refused.len()
+        )?;
+    }
+    for feature in &response.features {
+        let value = feature.value.map_or("-".to_string(), |v| v.to_string());
+        writeln!(out, "  {:<36} {value}", feature.name)?;
+    }
+    Ok(())
+}
+
+fn print_detail(out: &mut impl Write, detail: &pb::ModelDetail) -> std::io::Result<()> {
+    if let Some(summary) = &detail.summary {
+        writeln!(
+            out,
+            "{}@{} ({}), {}{}",
+            summary.name,
+            summary.version,
+            summary.family,
+            summary.path,
+            if summary.serving { ", serving" } else { "" }
+        )?;
+    }
+    for metric in &detail.metrics {
+        writeln!(out, "  {:<10} {:.4}", metric.name, metric.value)?;
+    }
+    match (detail.review_threshold, detail.block_threshold) {
+        (Some(review), Some(block)) => {
+            writeln!(out, "  review at >= {review:.4}, block at >= {block:.4}")?
+        }
+        (Some(review), None) => writeln!(out, "  review at >= {review:.4}, never blocks")?,
+        _ => {}
+    }
+    writeln!(
+        out,
+        "  {} inputs: {}",
+        detail.columns.len(),
+        detail.columns.join(", ")
+    )
+}
+
+pub async fn models(args: ModelsArgs) -> CliResult {
+    let mut models = ModelsClient::new(client::connect(&args.target).await?);
+    let mut out = std::io::stdout().lock();
+    match args.command {
+        ModelsCommand::List => {
+            let list = models
+                .list_models(pb::ListModelsRequest {})
+                .await?
+                .into_inner();
+            for model in &list.models {
+                writeln!(
+                    out,
+                    "{}@{}  {:<20} {}{}",
+                    model.name,
+                    model.version,
+                    model.family,
+                    model.path,
+                    if model.serving { "  (serving)" } else { "" }
+                )?;
+            }
+            for alias in &list.aliases {
+                writeln!(out, "alias {} -> {}", alias.alias, alias.target)?;
+            }
+        }
+        ModelsCommand::Show { model } => {
+            let detail = models
+                .get_model(pb::GetModelRequest { model })
+                .await?
+                .into_inner();
+            print_detail(&mut out, &detail)?;
+        }
+        ModelsCommand::Load { path } => {
+            let detail = models
+                .load_model(pb::LoadModelRequest { path })
+                .await?
+                .into_inner();
+            print_detail(&mut out, &detail)?;
+        }
+        ModelsCommand::Alias { alias, target } => {
+            let detail = models
+                .set_alias(pb::SetAliasRequest { alias, target })
+                .await?
+                .into_inner();
+            print_detail(&mut out, &detail)?;
+        }
+    }
+    Ok(())
+}
