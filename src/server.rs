@@ -169,9 +169,12 @@ pub async fn run_with(
     let registry = open_registry(settings, Arc::clone(store.definitions())).await?;
     if registry.catalog().models().is_empty() {
         tracing::warn!(dir = %settings.models.dir.display(), "no model loaded: Score answers NOT_FOUND until one is");
-    } else {
-        health.set_serving::<ScoringServer<ScoringService>>().await;
     }
+    let scoring_health = tokio::spawn(report_scoring_health(
+        health.clone(),
+        Arc::clone(&registry),
+        settings.models.watch_interval.as_duration(),
+    ));
     let metrics = Arc::new(Metrics::default());
     let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
     let metrics_task = listeners.metrics.map(|listener| {
@@ -223,6 +226,7 @@ pub async fn run_with(
         .await;
     maintenance.abort();
     watcher.abort();
+    scoring_health.abort();
     let _ = stop_metrics.send(());
     if let Some(task) = metrics_task {
         let _ = task.await;
@@ -231,6 +235,31 @@ pub async fn run_with(
     tokio::task::spawn_blocking(move || store.close()).await??;
     result?;
     Ok(())
+}
+
+/// Keeps the health of `Scoring` in step with the registry: SERVING while at least one
+/// model is loaded.
+async fn report_scoring_health(
+    health: tonic_health::server::HealthReporter,
+    registry: Arc<Registry>,
+    every: Duration,
+) {
+    let mut serving = None;
+    let mut ticks = tokio::time::interval(every);
+    loop {
+        ticks.tick().await;
+        let now = !registry.catalog().models().is_empty();
+        if serving != Some(now) {
+            if now {
+                health.set_serving::<ScoringServer<ScoringService>>().await;
+            } else {
+                health
+                    .set_not_serving::<ScoringServer<ScoringService>>()
+                    .await;
+            }
+            serving = Some(now);
+        }
+    }
 }
 
 /// Accepted connections with Nagle's algorithm off: small responses (a score) would

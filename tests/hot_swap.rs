@@ -270,3 +270,53 @@ async fn scores_never_fail_while_models_swap_and_roll_back() {
     ));
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_says_not_serving_until_a_model_is_loaded() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+    let models = tempfile::tempdir().unwrap();
+    let models_dir = models.path().to_path_buf();
+    let server = TestServer::start(|settings| {
+        settings.models.dir = models_dir;
+        settings.models.watch_interval = Millis(20);
+    })
+    .await;
+    let mut health = HealthClient::new(server.channel().await);
+    let status = |service: &str| HealthCheckRequest {
+        service: service.into(),
+    };
+    let scoring = health
+        .check(status("streamscore.v1.Scoring"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(scoring.status(), ServingStatus::NotServing);
+    let ingest = health
+        .check(status("streamscore.v1.Ingest"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ingest.status(), ServingStatus::Serving);
+
+    // A model dropped in the directory is loaded, and scoring is then served.
+    write_version(models.path(), version_of(&shipped_fraud(), 1));
+    loop {
+        let scoring = health
+            .check(status("streamscore.v1.Scoring"))
+            .await
+            .unwrap()
+            .into_inner();
+        if scoring.status() == ServingStatus::Serving {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let mut client = ScoringClient::new(server.channel().await);
+    assert_eq!(
+        client.score(request()).await.unwrap().into_inner().version,
+        1
+    );
+    server.stop().await;
+}
