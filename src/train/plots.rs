@@ -67,12 +67,15 @@ fn sweep(
     points
 }
 
+/// A line through `series` on the unit square, optionally with the diagonal and with
+/// dots of given radii.
 fn curve(
     path: &Path,
     title: &str,
     axes: (&str, &str),
     series: &[(f64, f64)],
     diagonal: bool,
+    dots: &[((f64, f64), i32)],
 ) -> Result<(), PlotError> {
     let root = BitMapBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(failed)?;
@@ -101,47 +104,34 @@ fn curve(
             BLUE.stroke_width(2),
         ))
         .map_err(failed)?;
+    chart
+        .draw_series(
+            dots.iter()
+                .map(|(at, radius)| Circle::new(*at, *radius, BLUE.filled())),
+        )
+        .map_err(failed)?;
     root.present().map_err(failed)
 }
 
 fn calibration_plot(path: &Path, title: &str, bins: &[CalibrationBin]) -> Result<(), PlotError> {
-    let root = BitMapBackend::new(path, SIZE).into_drawing_area();
-    root.fill(&WHITE).map_err(failed)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, (FONT, 24))
-        .margin(16)
-        .x_label_area_size(48)
-        .y_label_area_size(60)
-        .build_cartesian_2d(0.0..1.0, 0.0..1.0)
-        .map_err(failed)?;
-    chart
-        .configure_mesh()
-        .x_desc("mean predicted probability")
-        .y_desc("observed positive rate")
-        .label_style((FONT, 14))
-        .draw()
-        .map_err(failed)?;
-    chart
-        .draw_series(LineSeries::new([(0.0, 0.0), (1.0, 1.0)], BLACK.mix(0.3)))
-        .map_err(failed)?;
     let points: Vec<(f64, f64)> = bins
         .iter()
         .map(|b| (b.mean_predicted, b.observed_rate))
         .collect();
-    chart
-        .draw_series(LineSeries::new(
-            points.iter().copied(),
-            BLUE.stroke_width(2),
-        ))
-        .map_err(failed)?;
-    chart
-        .draw_series(bins.iter().map(|b| {
-            // Bigger dots for bins with more rows: a bin of 5 rows says little.
-            let radius = 3 + ((b.count as f64).log10().max(0.0) * 2.0) as i32;
-            Circle::new((b.mean_predicted, b.observed_rate), radius, BLUE.filled())
-        }))
-        .map_err(failed)?;
-    root.present().map_err(failed)
+    // Bigger dots for bins with more rows: a bin of 5 rows says little.
+    let dots: Vec<((f64, f64), i32)> = bins
+        .iter()
+        .zip(&points)
+        .map(|(b, at)| (*at, 3 + ((b.count as f64).log10().max(0.0) * 2.0) as i32))
+        .collect();
+    curve(
+        path,
+        title,
+        ("mean predicted probability", "observed positive rate"),
+        &points,
+        true,
+        &dots,
+    )
 }
 
 fn scatter(path: &Path, title: &str, predicted: &[f64], actual: &[f64]) -> Result<(), PlotError> {
@@ -262,6 +252,7 @@ pub fn draw_beside(artifact: &Path, inputs: &PlotInputs) -> Result<Vec<PathBuf>,
             ("false positive rate", "true positive rate"),
             &roc_points,
             true,
+            &[],
         )?;
         written.push(path("roc"));
         let pr = sweep(inputs.scores, inputs.truth, |tp, fp, p, _| {
@@ -273,6 +264,7 @@ pub fn draw_beside(artifact: &Path, inputs: &PlotInputs) -> Result<Vec<PathBuf>,
             ("recall", "precision"),
             &pr,
             false,
+            &[],
         )?;
         written.push(path("pr"));
         calibration_plot(
