@@ -107,8 +107,9 @@ pub struct TrainArgs {
     /// Event history as JSON lines (from `simulate --out` or `export`).
     #[arg(long, required_unless_present = "table", conflicts_with = "table")]
     pub events: Option<PathBuf>,
-    /// A ready feature table instead of history: CSV with feature columns, `label`, and
-    /// optionally `event_id` and `time_ms` (the `--export-dataset` format).
+    /// A ready feature table instead of history: Parquet (.parquet) or CSV with feature
+    /// columns, `label`, and optionally `event_id` and `time_ms` (the `--export-dataset`
+    /// format).
     #[arg(long)]
     pub table: Option<PathBuf>,
     /// Model name: the artifact goes to <models-dir>/<name>/<name>-v<N>.json.
@@ -154,7 +155,8 @@ pub struct TrainArgs {
     /// Feature definitions (default: the built-in shop definitions).
     #[arg(long)]
     pub definitions: Option<PathBuf>,
-    /// Also write the point-in-time training set here as CSV.
+    /// Also write the point-in-time training set here: Parquet for a .parquet path, CSV
+    /// otherwise.
     #[arg(long)]
     pub export_dataset: Option<PathBuf>,
     /// Creation time written into the artifact (default: now); fixed by the training
@@ -401,7 +403,7 @@ fn train(args: TrainArgs) -> CliResult {
     let dataset = match (&args.events, &args.table) {
         (_, Some(table)) => {
             eprintln!("reading {}...", table.display());
-            crate::train::table::read_csv(table)?
+            crate::train::table::read(table)?
         }
         (Some(history), None) => {
             eprintln!("reading {}...", history.display());

@@ -171,8 +171,13 @@ pub fn train<I: Iterator<Item = RawEvent>>(
     )
 }
 
-/// Writes the training set as CSV (the format `table::read_csv` reads back).
+/// Writes the training set as Parquet (a `.parquet` path) or CSV (any other), the formats
+/// `train --table` reads back.
 pub fn export(dataset: &Dataset, path: &Path) -> Result<(), PipelineError> {
+    if super::table::is_parquet(path) {
+        super::parquet::write(dataset, path)?;
+        return Ok(());
+    }
     let file = std::fs::File::create(path)?;
     dataset
         .write_csv(std::io::BufWriter::new(file))

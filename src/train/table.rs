@@ -1,4 +1,5 @@
-//! Tabular training input, for teams that already have feature tables: a CSV with one
+//! Tabular training input, for teams that already have feature tables: Parquet (see
+//! `train::parquet`) or a CSV with one
 //! column per feature, a `label` column, and optionally `event_id` and `time_ms` (the
 //! format `train --export-dataset` writes). Rows are put in `time_ms` order so the
 //! hold-out is still a cut in time; without `time_ms`, file order is taken as time
@@ -28,6 +29,21 @@ pub enum TableError {
 }
 
 const LABEL: &str = "label";
+
+/// Parquet by its extension; anything else is read as CSV.
+pub fn is_parquet(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("parquet"))
+}
+
+/// Reads a feature table: Parquet (`.parquet`) or CSV.
+pub fn read(path: &Path) -> Result<Dataset, TableError> {
+    if is_parquet(path) {
+        super::parquet::read(path)
+    } else {
+        read_csv(path)
+    }
+}
 
 pub fn read_csv(path: &Path) -> Result<Dataset, TableError> {
     let shown = path.display().to_string();
