@@ -92,15 +92,20 @@ fn top_reasons(model: &LoadedModel, values: &[Option<f64>], count: usize) -> Vec
     }
     let explanation = model.body.model.explain(values);
     let mut order: Vec<usize> = (0..explanation.contributions.len()).collect();
-    order.sort_by(|a, b| {
+    let stronger = |a: &usize, b: &usize| {
         explanation.contributions[*b]
             .abs()
             .total_cmp(&explanation.contributions[*a].abs())
             .then(a.cmp(b))
-    });
+    };
+    // Only the top `count` need an order: select them, then sort just those.
+    if count < order.len() {
+        order.select_nth_unstable_by(count, stronger);
+        order.truncate(count);
+    }
+    order.sort_by(stronger);
     order
         .into_iter()
-        .take(count)
         .map(|column| Reason {
             feature: model.body.model.columns[column].clone(),
             value: values[column],
