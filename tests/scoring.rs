@@ -520,3 +520,48 @@ async fn bad_scoring_requests_get_clear_errors() {
     assert!(scoring.score(score_request(good, false)).await.is_ok());
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_load_generator_drives_every_call_without_errors() {
+    use std::time::Duration;
+    use streamscore::loadtest::{self, Call, LoadSpec};
+
+    let sim = SimConfig {
+        seed: 14,
+        users: 500,
+        start_ms: now_ms() - HOUR_MS,
+        ..SimConfig::default()
+    };
+    let server = TestServer::start(|_| {}).await;
+    for (call, model, batch) in [
+        (Call::Score, "fraud", 1),
+        (Call::Candidates, "purchase", 100),
+        (Call::Ingest, "", 50),
+    ] {
+        let report = loadtest::run(
+            &server.url,
+            &LoadSpec {
+                call,
+                concurrency: 4,
+                connections: 2,
+                duration: Duration::from_millis(300),
+                rate: None,
+                model: model.into(),
+                batch,
+                sim: sim.clone(),
+            },
+        )
+        .await
+        .expect("load runs");
+        assert_eq!(report.errors, 0, "{call:?}: {report}");
+        assert!(report.requests > 0, "{call:?}: {report}");
+        assert!(report.p50_us <= report.p99_us && report.p99_us <= report.max_us);
+    }
+    // The ingest run's events were applied.
+    let metrics = server.scrape().await;
+    assert!(
+        !metrics.contains("streamscore_events_applied 0\n"),
+        "{metrics}"
+    );
+    server.stop().await;
+}

@@ -6,7 +6,7 @@
 use crate::definitions::{Definitions, EntityTypeId};
 use crate::events::{COMPOSITE_SEPARATOR, RawEvent};
 use crate::features::request::{REQUEST_FEATURES, USER_MEAN_FEATURE, request_features};
-use crate::features::{Engine, default_value};
+use crate::features::{Engine, FeatureRead, default_value};
 
 /// One entity type's share of the columns.
 #[derive(Debug, Clone)]
@@ -35,6 +35,12 @@ pub enum PlanError {
     UnknownFeatures(Vec<String>),
     #[error("the request-time features need the stored feature '{USER_MEAN_FEATURE}'")]
     MissingUserMean,
+}
+
+/// The last read of each entity slot, keyed by entity id and time.
+#[derive(Default)]
+struct ReadCache {
+    slots: Vec<Option<((String, i64), Option<FeatureRead>)>>,
 }
 
 /// What a vector was read from.
@@ -128,8 +134,37 @@ impl VectorPlan {
         event: &RawEvent,
         out: &mut Vec<Option<f64>>,
     ) -> VectorSource {
+        self.read_cached(definitions, engine, event, out, &mut ReadCache::default())
+    }
+
+    /// [`VectorPlan::read`] for many events at one moment that share entities (one user,
+    /// many candidate products): an entity is read once and its values reused.
+    pub fn read_many(
+        &self,
+        definitions: &Definitions,
+        engine: &Engine,
+        events: &[RawEvent],
+        out: &mut [Vec<Option<f64>>],
+    ) -> Vec<VectorSource> {
+        let mut cache = ReadCache::default();
+        events
+            .iter()
+            .zip(out)
+            .map(|(event, vector)| self.read_cached(definitions, engine, event, vector, &mut cache))
+            .collect()
+    }
+
+    fn read_cached(
+        &self,
+        definitions: &Definitions,
+        engine: &Engine,
+        event: &RawEvent,
+        out: &mut Vec<Option<f64>>,
+        cache: &mut ReadCache,
+    ) -> VectorSource {
         out.clear();
         out.resize(self.width, None);
+        cache.slots.resize_with(self.entities.len(), || None);
         let mut source = VectorSource::default();
         let mut user_mean = None;
         for (slot, entity) in self.entities.iter().enumerate() {
@@ -138,9 +173,19 @@ impl VectorPlan {
                     source.absent.push(entity.entity);
                     None
                 }
-                Some(id) => engine
-                    .read(entity.entity, &id, &entity.features, event.event_time_ms)
-                    .ok(),
+                Some(id) => {
+                    let key = (id, event.event_time_ms);
+                    match &cache.slots[slot] {
+                        Some((cached, read)) if *cached == key => read.clone(),
+                        _ => {
+                            let read = engine
+                                .read(entity.entity, &key.0, &entity.features, key.1)
+                                .ok();
+                            cache.slots[slot] = Some((key, read.clone()));
+                            read
+                        }
+                    }
+                }
             };
             if read.as_ref().is_some_and(|r| !r.known) {
                 source.unknown.push(entity.entity);

@@ -83,15 +83,16 @@ pub fn score_candidates(
     let definitions = store.definitions();
     let width = model.plan.width();
     let mut vectors = vec![Vec::with_capacity(width); events.len()];
-    let mut unknown = Vec::new();
-    store.with_engine(|engine| {
-        for (event, vector) in events.iter().zip(&mut vectors) {
-            let source = model.plan.read(definitions, engine, event, vector);
-            if unknown.is_empty() {
-                unknown = source.unknown;
-            }
-        }
+    let sources = store.with_engine(|engine| {
+        model
+            .plan
+            .read_many(definitions, engine, &events, &mut vectors)
     });
+    let unknown = sources
+        .into_iter()
+        .next()
+        .map(|source| source.unknown)
+        .unwrap_or_default();
     let mut ranked: Vec<RankedCandidate> = candidates
         .iter()
         .zip(&vectors)
