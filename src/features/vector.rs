@@ -37,10 +37,13 @@ pub enum PlanError {
     MissingUserMean,
 }
 
-/// The last read of each entity slot, keyed by entity id and time.
+/// An entity read: (entity id, time) and what the engine answered.
+type CachedRead = ((String, i64), Option<FeatureRead>);
+
+/// The last read of each entity slot.
 #[derive(Default)]
 struct ReadCache {
-    slots: Vec<Option<((String, i64), Option<FeatureRead>)>>,
+    slots: Vec<Option<CachedRead>>,
 }
 
 /// What a vector was read from.
