@@ -171,4 +171,37 @@ mod tests {
         }
         assert!(LinearParams { l2: -1.0 }.check().is_err());
     }
+
+    #[test]
+    fn without_a_penalty_it_predicts_what_linfa_linear_does() {
+        use linfa::prelude::*;
+        use ndarray::{Array1, Array2};
+
+        let mut rng = ChaCha8Rng::seed_from_u64(8);
+        let rows: Vec<Vec<Option<f64>>> = (0..800)
+            .map(|_| (0..4).map(|_| Some(rng.random_range(-3.0..3.0))).collect())
+            .collect();
+        let targets: Vec<f64> = rows
+            .iter()
+            .map(|r| {
+                1.0 + r[0].unwrap() - 2.0 * r[1].unwrap() * r[3].unwrap()
+                    + rng.random_range(-1.0..1.0)
+            })
+            .collect();
+        let columns: Vec<String> = (0..4).map(|i| format!("x{i}")).collect();
+        let ours = fit(
+            &columns,
+            &rows,
+            &targets,
+            LinearParams { l2: 0.0 }.check().unwrap(),
+        )
+        .unwrap();
+        let matrix = Array2::from_shape_fn((rows.len(), 4), |(i, j)| rows[i][j].unwrap());
+        let dataset = linfa::Dataset::new(matrix.clone(), Array1::from(targets.clone()));
+        let reference = linfa_linear::LinearRegression::new().fit(&dataset).unwrap();
+        let theirs = reference.predict(&matrix);
+        for (row, expected) in rows.iter().zip(theirs.iter()) {
+            approx::assert_abs_diff_eq!(ours.predict(row), *expected, epsilon = 1e-8);
+        }
+    }
 }
