@@ -23,6 +23,9 @@ use crate::model::artifact::{self, ArtifactBody, ArtifactError};
 
 pub use watch::watch;
 
+/// Where `SetAlias` keeps the aliases, in the models directory.
+pub const ALIASES_FILE: &str = "aliases.json";
+
 /// A model ready to score: its artifact and the plan that builds its input vectors.
 #[derive(Debug)]
 pub struct LoadedModel {
@@ -213,14 +216,66 @@ impl Registry {
         }
         let _writer = self.writer.lock();
         let model = self.catalog.load().resolve(target)?;
-        self.update_locked(|catalog| {
-            catalog.aliases.insert(
-                alias.to_string(),
-                (model.name().to_string(), model.version()),
-            );
-        });
+        let mut aliases = self.catalog.load().aliases.clone();
+        aliases.insert(
+            alias.to_string(),
+            (model.name().to_string(), model.version()),
+        );
+        // Written before it takes effect: a rollback must survive a restart.
+        self.save_aliases(&aliases)?;
+        self.update_locked(|catalog| catalog.aliases = aliases);
         tracing::info!(alias, target = %model.reference(), "alias moved");
         Ok(model)
+    }
+
+    fn aliases_file(&self) -> PathBuf {
+        self.dir.join(ALIASES_FILE)
+    }
+
+    /// Writes the aliases (atomically: a temporary file, then a rename).
+    fn save_aliases(&self, aliases: &HashMap<String, (String, u32)>) -> Result<(), RegistryError> {
+        let sorted: BTreeMap<&String, String> = aliases
+            .iter()
+            .map(|(alias, (name, version))| (alias, format!("{name}@{version}")))
+            .collect();
+        let error = |e: std::io::Error| RegistryError::Directory {
+            path: self.aliases_file().display().to_string(),
+            reason: e.to_string(),
+        };
+        let text = serde_json::to_string_pretty(&sorted).map_err(|e| error(e.into()))?;
+        std::fs::create_dir_all(&self.dir).map_err(error)?;
+        let temporary = self.dir.join(format!("{ALIASES_FILE}.tmp"));
+        std::fs::write(&temporary, text).map_err(error)?;
+        std::fs::rename(&temporary, self.aliases_file()).map_err(error)
+    }
+
+    /// Restores the aliases saved by `set_alias`; one whose target is not loaded is
+    /// skipped with a warning.
+    fn load_aliases(&self) {
+        let path = self.aliases_file();
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            return;
+        };
+        let saved: BTreeMap<String, String> = match serde_json::from_str(&text) {
+            Ok(saved) => saved,
+            Err(error) => {
+                tracing::error!(path = %path.display(), %error, "aliases file unreadable; ignored");
+                return;
+            }
+        };
+        let catalog = self.catalog.load_full();
+        let mut aliases = catalog.aliases.clone();
+        for (alias, target) in saved {
+            match catalog.resolve(&target) {
+                Ok(model) => {
+                    aliases.insert(alias, (model.name().to_string(), model.version()));
+                }
+                Err(error) => {
+                    tracing::warn!(alias, target, %error, "saved alias points at no loaded model; skipped")
+                }
+            }
+        }
+        self.update(|catalog| catalog.aliases = aliases);
     }
 
     fn update(&self, change: impl FnOnce(&mut Catalog)) {
@@ -254,6 +309,7 @@ impl Registry {
                 failures.push((path, error));
             }
         }
+        self.load_aliases();
         Ok(failures)
     }
 }
@@ -325,10 +381,47 @@ mod tests {
             registry.resolve("fraud@x"),
             Err(RegistryError::BadReference(_))
         ));
-        registry.set_alias("checkout", "fraud@1").unwrap();
-        assert_eq!(registry.resolve("checkout").unwrap().reference(), "fraud@1");
         for name in ["purchase", "order_value"] {
             assert!(registry.resolve(name).is_ok(), "{name}");
         }
+    }
+
+    #[test]
+    fn aliases_survive_a_restart() {
+        let definitions = Arc::new(Definitions::default_shop());
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fraud/fraud-v1.json");
+        let dir = tempfile::tempdir().unwrap();
+        let body = artifact::load(&shipped, &definitions).unwrap();
+        for version in [1, 2] {
+            let mut body = body.clone();
+            body.version = version;
+            artifact::save(
+                &dir.path().join(format!("fraud/fraud-v{version}.json")),
+                body,
+            )
+            .unwrap();
+        }
+        let registry = Registry::new(Arc::clone(&definitions), dir.path());
+        registry.scan().unwrap();
+        assert_eq!(registry.resolve("fraud").unwrap().version(), 2);
+        registry.set_alias("fraud", "fraud@1").unwrap();
+        registry.set_alias("checkout", "fraud").unwrap();
+        assert_eq!(registry.resolve("fraud").unwrap().version(), 1);
+        assert_eq!(registry.resolve("checkout").unwrap().reference(), "fraud@1");
+
+        let restarted = Registry::new(definitions, dir.path());
+        restarted.scan().unwrap();
+        assert_eq!(
+            restarted.resolve("fraud").unwrap().version(),
+            1,
+            "the rollback held"
+        );
+        assert_eq!(
+            restarted.catalog().aliases(),
+            [
+                ("checkout".into(), "fraud@1".into()),
+                ("fraud".into(), "fraud@1".into())
+            ]
+        );
     }
 }
