@@ -457,7 +457,6 @@ pub fn fit(
 mod tests {
     use super::*;
     use linfa::prelude::*;
-    use ndarray::{Array1, Array2};
     use rand::Rng;
 
     /// Two classes split by a circle: no linear model can separate them.
@@ -485,13 +484,7 @@ mod tests {
         let (model, converged) = fit(&columns, &rows, &labels, params.check().unwrap()).unwrap();
         assert!(converged);
 
-        let mut matrix = Array2::zeros((rows.len(), 3));
-        for (row, mut out) in rows.iter().zip(matrix.rows_mut()) {
-            model
-                .preprocessing
-                .transform_into(row, out.as_slice_mut().unwrap());
-        }
-        let targets: Array1<bool> = labels.iter().map(|l| *l > 0.5).collect();
+        let (matrix, targets) = crate::train::reference::standardised(&model, &rows, &labels);
         let dataset = linfa::Dataset::new(matrix.clone(), targets);
         // linfa's Gaussian kernel is exp(-|a - b|^2 / eps).
         let reference = linfa_svm::Svm::<f64, bool>::params()

@@ -143,7 +143,6 @@ mod tests {
     use super::*;
     use linfa::prelude::*;
     use linfa_logistic::LogisticRegression;
-    use ndarray::{Array1, Array2};
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 
@@ -179,13 +178,7 @@ mod tests {
         let (model, converged) = fit(&columns, &rows, &labels, params.check().unwrap()).unwrap();
         assert!(converged);
 
-        let mut matrix = Array2::zeros((rows.len(), 4));
-        for (row, mut out) in rows.iter().zip(matrix.rows_mut()) {
-            model
-                .preprocessing
-                .transform_into(row, out.as_slice_mut().unwrap());
-        }
-        let targets: Array1<bool> = labels.iter().map(|l| *l > 0.5).collect();
+        let (matrix, targets) = crate::train::reference::standardised(&model, &rows, &labels);
         let reference = LogisticRegression::default()
             .alpha(2.0)
             .gradient_tolerance(1e-10)

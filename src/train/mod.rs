@@ -13,6 +13,8 @@ pub mod parquet;
 pub mod pipeline;
 pub mod plots;
 pub mod progress;
+#[cfg(test)]
+mod reference;
 pub mod report;
 pub mod svm;
 pub mod table;

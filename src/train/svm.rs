@@ -199,7 +199,6 @@ pub fn fit(
 mod tests {
     use super::*;
     use linfa::prelude::*;
-    use ndarray::{Array1, Array2};
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 
@@ -227,13 +226,7 @@ mod tests {
         let (model, converged) = fit(&columns, &rows, &labels, params.check().unwrap()).unwrap();
         assert!(converged);
 
-        let mut matrix = Array2::zeros((rows.len(), 3));
-        for (row, mut out) in rows.iter().zip(matrix.rows_mut()) {
-            model
-                .preprocessing
-                .transform_into(row, out.as_slice_mut().unwrap());
-        }
-        let targets: Array1<bool> = labels.iter().map(|l| *l > 0.5).collect();
+        let (matrix, targets) = crate::train::reference::standardised(&model, &rows, &labels);
         let dataset = linfa::Dataset::new(matrix.clone(), targets);
         let reference = linfa_svm::Svm::<f64, bool>::params()
             .pos_neg_weights(1.0, 1.0)
