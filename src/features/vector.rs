@@ -137,7 +137,7 @@ impl VectorPlan {
         event: &RawEvent,
         out: &mut Vec<Option<f64>>,
     ) -> VectorSource {
-        self.read_cached(definitions, engine, event, out, &mut ReadCache::default())
+        self.read_cached(definitions, engine, event, out, None)
     }
 
     /// [`VectorPlan::read`] for many events at one moment that share entities (one user,
@@ -153,7 +153,9 @@ impl VectorPlan {
         events
             .iter()
             .zip(out)
-            .map(|(event, vector)| self.read_cached(definitions, engine, event, vector, &mut cache))
+            .map(|(event, vector)| {
+                self.read_cached(definitions, engine, event, vector, Some(&mut cache))
+            })
             .collect()
     }
 
@@ -163,11 +165,13 @@ impl VectorPlan {
         engine: &Engine,
         event: &RawEvent,
         out: &mut Vec<Option<f64>>,
-        cache: &mut ReadCache,
+        mut cache: Option<&mut ReadCache>,
     ) -> VectorSource {
         out.clear();
         out.resize(self.width, None);
-        cache.slots.resize_with(self.entities.len(), || None);
+        if let Some(cache) = cache.as_deref_mut() {
+            cache.slots.resize_with(self.entities.len(), || None);
+        }
         let mut source = VectorSource::default();
         let mut user_mean = None;
         for (slot, entity) in self.entities.iter().enumerate() {
@@ -177,16 +181,21 @@ impl VectorPlan {
                     None
                 }
                 Some(id) => {
-                    let key = (id, event.event_time_ms);
-                    match &cache.slots[slot] {
-                        Some((cached, read)) if *cached == key => read.clone(),
-                        _ => {
-                            let read = engine
-                                .read(entity.entity, &key.0, &entity.features, key.1)
-                                .ok();
-                            cache.slots[slot] = Some((key, read.clone()));
-                            read
-                        }
+                    let time = event.event_time_ms;
+                    let fresh =
+                        |id: &str| engine.read(entity.entity, id, &entity.features, time).ok();
+                    match cache.as_deref_mut() {
+                        None => fresh(&id),
+                        Some(cache) => match &cache.slots[slot] {
+                            Some(((cached, at), read)) if *cached == id && *at == time => {
+                                read.clone()
+                            }
+                            _ => {
+                                let read = fresh(&id);
+                                cache.slots[slot] = Some(((id, time), read.clone()));
+                                read
+                            }
+                        },
                     }
                 }
             };

@@ -376,20 +376,8 @@ pub fn fit(
     objective::require_both_classes(sample_rows.len(), &sample_labels)?;
     let (preprocessing, x) = objective::standardise(&sample_rows, width);
     let gamma = params.gamma.unwrap_or(1.0 / width.max(1) as f64);
-    let signs: Vec<f64> = sample_labels
-        .iter()
-        .map(|l| if *l > 0.5 { 1.0 } else { -1.0 })
-        .collect();
-    let costs: Vec<f64> = signs
-        .iter()
-        .map(|s| {
-            if *s > 0.0 {
-                params.c * params.positive_weight
-            } else {
-                params.c
-            }
-        })
-        .collect();
+    let (signs, costs) =
+        objective::signs_and_costs(&sample_labels, params.c, params.positive_weight);
     let mut cache = KernelCache::new(&x, width, gamma, params.cache_mib);
     let solution = smo(&mut cache, &signs, &costs, &params);
 

@@ -65,6 +65,15 @@ pub fn require_both_classes(rows: usize, labels: &[f64]) -> Result<(), TrainErro
     Ok(())
 }
 
+/// SVM labels in {-1, +1} and each row's violation cost: `c`, times `positive_weight`
+/// for positives.
+pub fn signs_and_costs(labels: &[f64], c: f64, positive_weight: f64) -> (Vec<f64>, Vec<f64>) {
+    let (targets, weights) = weighted_targets(labels, positive_weight);
+    let signs = targets.iter().map(|y| 2.0 * y - 1.0).collect();
+    let costs = weights.iter().map(|w| c * w).collect();
+    (signs, costs)
+}
+
 /// 0/1 targets and per-row weights (`positive_weight` for positives, 1 otherwise).
 pub fn weighted_targets(labels: &[f64], positive_weight: f64) -> (Vec<f64>, Vec<f64>) {
     let targets: Vec<f64> = labels

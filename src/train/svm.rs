@@ -161,20 +161,7 @@ pub fn fit(
     objective::require_both_classes(rows.len(), labels)?;
     let width = columns.len();
     let (preprocessing, x) = objective::standardise(rows, width);
-    let signs: Vec<f64> = labels
-        .iter()
-        .map(|l| if *l > 0.5 { 1.0 } else { -1.0 })
-        .collect();
-    let costs: Vec<f64> = signs
-        .iter()
-        .map(|s| {
-            if *s > 0.0 {
-                params.c * params.positive_weight
-            } else {
-                params.c
-            }
-        })
-        .collect();
+    let (signs, costs) = objective::signs_and_costs(labels, params.c, params.positive_weight);
     let (weights, bias, converged) = primal_squared_hinge(&x, width, &signs, &costs, &params);
     let decisions: Vec<f64> = x
         .chunks(width.max(1))
