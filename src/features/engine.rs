@@ -21,12 +21,12 @@ use rustc_hash::FxBuildHasher;
 pub type EntityTable = hashbrown::HashMap<Box<str>, EntityState, FxBuildHasher>;
 use serde::{Deserialize, Serialize};
 
-use crate::definitions::{Aggregation, Definitions, EntityTypeId, FieldSource};
+use crate::definitions::{Aggregation, Definitions, EntityTypeId};
 use crate::events::{COMPOSITE_SEPARATOR, Event, Refusal, RefusalKind};
 
 use super::dedup::Dedup;
-use super::plan::{EntityPlan, Reader};
-use super::state::EntityState;
+use super::plan::EntityPlan;
+use super::state::{EntityState, apply_to_state, read_one};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EngineSettings {
@@ -378,94 +378,6 @@ fn build_key(key: &mut String, slots: &[usize], entities: &[Option<&str>]) -> bo
         key.push_str(id);
     }
     true
-}
-
-fn number_of(event: &Event<'_>, source: Option<FieldSource>) -> Option<f64> {
-    match source {
-        Some(FieldSource::Number(index)) => event.numbers[index],
-        _ => None,
-    }
-}
-
-fn text_of<'a>(event: &Event<'a>, source: Option<FieldSource>) -> Option<&'a str> {
-    match source {
-        Some(FieldSource::Text(index)) => event.strings[index],
-        Some(FieldSource::Entity(index)) => event.entities[index],
-        _ => None,
-    }
-}
-
-fn present(event: &Event<'_>, source: Option<FieldSource>) -> bool {
-    match source {
-        None => true,
-        Some(FieldSource::Number(index)) => event.numbers[index].is_some(),
-        Some(FieldSource::Text(index)) => event.strings[index].is_some(),
-        Some(FieldSource::Entity(index)) => event.entities[index].is_some(),
-    }
-}
-
-fn apply_to_state(
-    plan: &EntityPlan,
-    state: &mut EntityState,
-    event: &Event<'_>,
-    keep_from_time: i64,
-) {
-    state.last_seen_ms = state.last_seen_ms.max(event.time_ms);
-    let routes = &plan.by_type[event.type_id];
-    let time = event.time_ms;
-    for &index in &routes.counts {
-        let series = &plan.count_series[index];
-        if !series.has_field || present(event, series.sources[event.type_id]) {
-            let keep_from = series.window.tiles_read_at(keep_from_time).0;
-            state.add_count(index as u16, series.window.tile_of(time), keep_from);
-        }
-    }
-    for &index in &routes.stats {
-        let series = &plan.stats_series[index];
-        if let Some(value) = number_of(event, series.sources[event.type_id]) {
-            let keep_from = series.window.tiles_read_at(keep_from_time).0;
-            state.add_value(index as u16, series.window.tile_of(time), value, keep_from);
-        }
-    }
-    for &index in &routes.distinct {
-        let series = &plan.distinct_series[index];
-        if let Some(value) = text_of(event, series.sources[event.type_id]) {
-            let keep_from = series.window.tiles_read_at(keep_from_time).0;
-            state.add_distinct(index as u16, series.window.tile_of(time), value, keep_from);
-        }
-    }
-    for &index in &routes.lasts {
-        let slot = &plan.last_slots[index];
-        if !slot.has_field {
-            state.observe_last(index, plan.last_slots.len(), time, f64::NAN);
-        } else if let Some(value) = number_of(event, slot.sources[event.type_id]) {
-            state.observe_last(index, plan.last_slots.len(), time, value);
-        }
-    }
-    for &index in &routes.firsts {
-        state.observe_first(index, plan.first_slots.len(), time);
-    }
-}
-
-fn seconds(ms: i64) -> f64 {
-    ms as f64 / 1000.0
-}
-
-fn read_one(
-    state: &EntityState,
-    reader: Reader,
-    window: super::window::Window,
-    at: i64,
-) -> Option<f64> {
-    let tiles = window.tiles_read_at(at);
-    match reader {
-        Reader::Count(series) => Some(f64::from(state.count(series as u16, tiles))),
-        Reader::Stats(series, aggregation) => state.stats(series as u16, tiles).value(aggregation),
-        Reader::Distinct(series) => Some(state.distinct_count(series as u16, tiles) as f64),
-        Reader::Last(slot) => state.last(slot).map(|last| last.value),
-        Reader::TimeSinceLast(slot) => state.last(slot).map(|last| seconds(at - last.time_ms)),
-        Reader::AgeSinceFirst(slot) => state.first(slot).map(|first| seconds(at - first)),
-    }
 }
 
 /// The default of a feature for an entity never seen (what a read of unknown gives).
