@@ -30,6 +30,9 @@ impl From<ReadError> for Status {
                 Status::invalid_argument(format!("feature_names: {error}"))
             }
             ReadError::BadId(_) => Status::invalid_argument(format!("entity_id: {error}")),
+            ReadError::TooOld { .. } | ReadError::TooOldForEntity { .. } => {
+                Status::out_of_range(format!("as_of_ms: {error}"))
+            }
         }
     }
 }
@@ -53,6 +56,10 @@ impl From<ScoreError> for Status {
         match error {
             ScoreError::Registry(error) => error.into(),
             ScoreError::Store(error) => error.into(),
+            ScoreError::Read(
+                error @ (ReadError::TooOld { .. } | ReadError::TooOldForEntity { .. }),
+            ) => Status::out_of_range(format!("event.event_time_ms: {error}")),
+            ScoreError::Read(error) => Status::invalid_argument(format!("event: {error}")),
             ScoreError::Refused(refusal) => {
                 Status::invalid_argument(format!("event.{}: {}", refusal.field, refusal.reason))
             }

@@ -4,7 +4,10 @@
 //!
 //! Time is event time. The watermark is the newest event time applied. An event older
 //! than `watermark - allowed_lateness` is refused as late (and counted); one within
-//! the lateness lands in its own tile. An event whose id was applied before, with an
+//! the lateness lands in its own tile. A read as of `t` sees exactly the events stamped
+//! at or before `t`; it is refused ([`ReadError::TooOld`]) when `t` is older than
+//! `watermark - allowed_lateness`, and ([`ReadError::TooOldForEntity`]) when the entity
+//! had more than [`super::MAX_PENDING_EVENTS`] events after `t` within the lateness. An event whose id was applied before, with an
 //! event time no older than `watermark - dedup_horizon`, is a duplicate: acknowledged,
 //! not applied (checked first, so a retried old batch is not called late). An entity
 //! whose newest event is older than `watermark - allowed_lateness - ttl - longest tile`
@@ -59,6 +62,27 @@ pub enum ReadError {
     UnknownFeature { feature: String, entity: String },
     #[error("entity id {0}")]
     BadId(String),
+    /// The read is older than `watermark - allowed_lateness`: windows before that may
+    /// already be pruned, so no exact answer is possible.
+    #[error(
+        "{as_of_ms} is before {oldest_ms}, the oldest moment the store can answer exactly (the newest event time {watermark_ms} less the allowed lateness)"
+    )]
+    TooOld {
+        as_of_ms: i64,
+        oldest_ms: i64,
+        watermark_ms: i64,
+    },
+    /// The entity had so many events after the read's moment that some were sealed
+    /// into its tiles early; an exact answer would need them left out.
+    #[error(
+        "{as_of_ms} is before {oldest_ms}, the oldest moment the store can answer exactly for {entity} '{id}' (it had more events after that moment than are kept apart)"
+    )]
+    TooOldForEntity {
+        as_of_ms: i64,
+        oldest_ms: i64,
+        entity: String,
+        id: String,
+    },
 }
 
 /// Feature values read for one entity.
@@ -237,9 +261,7 @@ impl Engine {
                 continue;
             }
             let expired_before = self.expiry_cutoff(plan);
-            let keep_from_time = self
-                .watermark_ms
-                .saturating_sub(self.settings.allowed_lateness_ms);
+            let seal_before = self.oldest_exact_read_ms();
             let state = match self.tables[entity].entry_ref(key.as_str()) {
                 hashbrown::hash_map::EntryRef::Occupied(occupied) => {
                     let state = occupied.into_mut();
@@ -252,8 +274,15 @@ impl Engine {
                     vacant.insert(EntityState::default())
                 }
             };
-            apply_to_state(plan, state, event, keep_from_time);
+            apply_to_state(plan, state, event, seal_before);
         }
+    }
+
+    /// Reads as of an earlier moment are refused: tiles before it may be pruned, and
+    /// events older than it are sealed into tiles.
+    pub fn oldest_exact_read_ms(&self) -> i64 {
+        self.watermark_ms
+            .saturating_sub(self.settings.allowed_lateness_ms)
     }
 
     /// Newest-event times below this mean the entity is expired.
@@ -328,9 +357,27 @@ impl Engine {
             return Err(ReadError::NoFeatures(definition.name.clone()));
         };
         check_entity_id(id, definition.parts.len())?;
+        let oldest_ms = self.oldest_exact_read_ms();
+        if as_of_ms < oldest_ms {
+            return Err(ReadError::TooOld {
+                as_of_ms,
+                oldest_ms,
+                watermark_ms: self.watermark_ms,
+            });
+        }
         let live = self.tables[entity]
             .get(id)
             .filter(|state| state.last_seen_ms >= self.expiry_cutoff(plan));
+        if let Some(state) = live
+            && as_of_ms < state.exact_from_ms
+        {
+            return Err(ReadError::TooOldForEntity {
+                as_of_ms,
+                oldest_ms: state.exact_from_ms,
+                entity: definition.name.clone(),
+                id: id.to_string(),
+            });
+        }
         let empty = EntityState::default();
         let state = live.unwrap_or(&empty);
         let values = features

@@ -15,4 +15,4 @@ pub use engine::{
     Admission, Counters, Engine, EngineSettings, EngineSnapshot, FeatureRead, ReadError,
     default_value,
 };
-pub use state::EntityState;
+pub use state::{EntityState, MAX_PENDING_EVENTS};

@@ -123,6 +123,15 @@ pub struct EntityState {
     pub(crate) distinct: ThinVec<DistinctTile>,
     pub(crate) lasts: ThinVec<LastValue>,
     pub(crate) firsts: ThinVec<i64>,
+    /// Contributions of the entity's newest events, by event time, not yet in the tiles
+    /// and slots above. They stay here while a read may be older than they are (until
+    /// `watermark - allowed_lateness` passes them), so a read as of a past moment leaves
+    /// out what came later; at most [`MAX_PENDING_EVENTS`] events.
+    pub(crate) recent: ThinVec<Pending>,
+    /// Reads as of an earlier moment are refused: contributions at or after it were
+    /// sealed early (more than [`MAX_PENDING_EVENTS`] pending), so tiles can no longer tell them
+    /// apart. 0 when nothing was sealed early.
+    pub(crate) exact_from_ms: i64,
 }
 
 /// The index range of `series` in a vector sorted by series first.
@@ -196,12 +205,8 @@ impl EntityState {
         );
     }
 
-    pub(crate) fn add_distinct(&mut self, series: u16, tile: u32, value: &str, keep_from: u32) {
-        let entry = DistinctTile {
-            series,
-            tile,
-            hash: fnv64(value.as_bytes()),
-        };
+    pub(crate) fn add_distinct(&mut self, series: u16, tile: u32, hash: u64, keep_from: u32) {
+        let entry = DistinctTile { series, tile, hash };
         let at = self.distinct.partition_point(|t| *t < entry);
         if self.distinct.get(at) == Some(&entry) {
             return;
@@ -264,12 +269,18 @@ impl EntityState {
         total
     }
 
-    pub(crate) fn distinct_count(&self, series: u16, (oldest, newest): (u32, u32)) -> usize {
+    pub(crate) fn distinct_count(
+        &self,
+        series: u16,
+        (oldest, newest): (u32, u32),
+        pending: impl Iterator<Item = u64>,
+    ) -> usize {
         let range = series_range(&self.distinct, series, |t| t.series);
         let mut hashes: Vec<u64> = self.distinct[range]
             .iter()
             .filter(|t| t.tile >= oldest && t.tile <= newest)
             .map(|t| t.hash)
+            .chain(pending)
             .collect();
         hashes.sort_unstable();
         hashes.dedup();
@@ -291,6 +302,7 @@ impl EntityState {
             + self.distinct.capacity() * size_of::<DistinctTile>()
             + self.lasts.capacity() * size_of::<LastValue>()
             + self.firsts.capacity() * size_of::<i64>()
+            + self.recent.capacity() * size_of::<Pending>()
     }
 }
 
@@ -318,53 +330,140 @@ fn present(event: &Event<'_>, source: Option<FieldSource>) -> bool {
     }
 }
 
+/// Contributions of one event that a read may still have to leave out, kept per entity
+/// until they are sealed into tiles (see [`EntityState::recent`]).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Pending {
+    pub time_ms: i64,
+    pub part: Part,
+}
+
+/// What one event adds to one series or slot; each event's parts follow an `Event`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub(crate) enum Part {
+    Event,
+    Count(u16),
+    Value(u16, f64),
+    Distinct(u16, u64),
+    Last(u16, f64),
+    First(u16),
+}
+
+/// At most this many events per entity are kept apart from the tiles; older ones are
+/// sealed early and reads before them refused. Bounds the memory and the read cost of a
+/// hot entity.
+pub const MAX_PENDING_EVENTS: usize = 16;
+
+/// Applies an event to an entity: its contributions join the pending ones (in event
+/// time order, ties in apply order); pending contributions older than `seal_before`
+/// (`watermark - allowed_lateness`: no read may be earlier) are sealed into tiles.
 pub(crate) fn apply_to_state(
     plan: &EntityPlan,
     state: &mut EntityState,
     event: &Event<'_>,
-    keep_from_time: i64,
+    seal_before: i64,
 ) {
     state.last_seen_ms = state.last_seen_ms.max(event.time_ms);
     let routes = &plan.by_type[event.type_id];
-    let time = event.time_ms;
+    let mut parts: smallvec::SmallVec<[Part; 24]> = smallvec::smallvec![Part::Event];
     for &index in &routes.counts {
         let series = &plan.count_series[index];
         if !series.has_field || present(event, series.sources[event.type_id]) {
-            let keep_from = series.window.tiles_read_at(keep_from_time).0;
-            state.add_count(index as u16, series.window.tile_of(time), keep_from);
+            parts.push(Part::Count(index as u16));
         }
     }
     for &index in &routes.stats {
         let series = &plan.stats_series[index];
         if let Some(value) = number_of(event, series.sources[event.type_id]) {
-            let keep_from = series.window.tiles_read_at(keep_from_time).0;
-            state.add_value(index as u16, series.window.tile_of(time), value, keep_from);
+            parts.push(Part::Value(index as u16, value));
         }
     }
     for &index in &routes.distinct {
         let series = &plan.distinct_series[index];
         if let Some(value) = text_of(event, series.sources[event.type_id]) {
-            let keep_from = series.window.tiles_read_at(keep_from_time).0;
-            state.add_distinct(index as u16, series.window.tile_of(time), value, keep_from);
+            parts.push(Part::Distinct(index as u16, fnv64(value.as_bytes())));
         }
     }
     for &index in &routes.lasts {
         let slot = &plan.last_slots[index];
         if !slot.has_field {
-            state.observe_last(index, plan.last_slots.len(), time, f64::NAN);
+            parts.push(Part::Last(index as u16, f64::NAN));
         } else if let Some(value) = number_of(event, slot.sources[event.type_id]) {
-            state.observe_last(index, plan.last_slots.len(), time, value);
+            parts.push(Part::Last(index as u16, value));
         }
     }
     for &index in &routes.firsts {
-        state.observe_first(index, plan.first_slots.len(), time);
+        parts.push(Part::First(index as u16));
     }
+    let at = state.recent.partition_point(|p| p.time_ms <= event.time_ms);
+    let added = parts.len();
+    state.recent.extend(parts.into_iter().map(|part| Pending {
+        time_ms: event.time_ms,
+        part,
+    }));
+    state.recent[at..].rotate_right(added);
+    let due = state.recent.partition_point(|p| p.time_ms < seal_before);
+    seal(plan, state, due, seal_before);
+    let mut starts = state
+        .recent
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.part == Part::Event)
+        .map(|(index, _)| index);
+    let pending_events = starts.clone().count();
+    if pending_events > MAX_PENDING_EVENTS
+        && let Some(keep_from) = starts.nth(pending_events - MAX_PENDING_EVENTS)
+    {
+        // Sealed early: a read before the newest of these would see them, so it is refused.
+        state.exact_from_ms = state
+            .exact_from_ms
+            .max(state.recent[keep_from - 1].time_ms + 1);
+        seal(plan, state, keep_from, seal_before);
+    }
+}
+
+/// Folds the `count` oldest pending contributions into tiles and slots.
+fn seal(plan: &EntityPlan, state: &mut EntityState, count: usize, seal_before: i64) {
+    if count == 0 {
+        return;
+    }
+    let mut recent = std::mem::take(&mut state.recent);
+    for pending in recent.drain(..count) {
+        let time = pending.time_ms;
+        match pending.part {
+            Part::Event => {}
+            Part::Count(series) => {
+                let window = plan.count_series[usize::from(series)].window;
+                let keep_from = window.tiles_read_at(seal_before).0;
+                state.add_count(series, window.tile_of(time), keep_from);
+            }
+            Part::Value(series, value) => {
+                let window = plan.stats_series[usize::from(series)].window;
+                let keep_from = window.tiles_read_at(seal_before).0;
+                state.add_value(series, window.tile_of(time), value, keep_from);
+            }
+            Part::Distinct(series, hash) => {
+                let window = plan.distinct_series[usize::from(series)].window;
+                let keep_from = window.tiles_read_at(seal_before).0;
+                state.add_distinct(series, window.tile_of(time), hash, keep_from);
+            }
+            Part::Last(slot, value) => {
+                state.observe_last(usize::from(slot), plan.last_slots.len(), time, value);
+            }
+            Part::First(slot) => {
+                state.observe_first(usize::from(slot), plan.first_slots.len(), time);
+            }
+        }
+    }
+    state.recent = recent;
 }
 
 fn seconds(ms: i64) -> f64 {
     ms as f64 / 1000.0
 }
 
+/// Reads one feature as of `at`: the sealed tiles (all older than any allowed read, so
+/// never past `at`) plus the pending contributions at or before `at`.
 pub(crate) fn read_one(
     state: &EntityState,
     reader: Reader,
@@ -372,13 +471,69 @@ pub(crate) fn read_one(
     at: i64,
 ) -> Option<f64> {
     let tiles = window.tiles_read_at(at);
+    let seen = &state.recent[..state.recent.partition_point(|p| p.time_ms <= at)];
+    let in_window = |p: &&Pending| window.tile_of(p.time_ms) >= tiles.0;
     match reader {
-        Reader::Count(series) => Some(f64::from(state.count(series as u16, tiles))),
-        Reader::Stats(series, aggregation) => state.stats(series as u16, tiles).value(aggregation),
-        Reader::Distinct(series) => Some(state.distinct_count(series as u16, tiles) as f64),
-        Reader::Last(slot) => state.last(slot).map(|last| last.value),
-        Reader::TimeSinceLast(slot) => state.last(slot).map(|last| seconds(at - last.time_ms)),
-        Reader::AgeSinceFirst(slot) => state.first(slot).map(|first| seconds(at - first)),
+        Reader::Count(series) => {
+            let series = series as u16;
+            let pending = seen
+                .iter()
+                .filter(in_window)
+                .filter(|p| p.part == Part::Count(series))
+                .count();
+            Some(f64::from(state.count(series, tiles)) + pending as f64)
+        }
+        Reader::Stats(series, aggregation) => {
+            let series = series as u16;
+            let mut stats = state.stats(series, tiles);
+            for pending in seen.iter().filter(in_window) {
+                if let Part::Value(s, value) = pending.part
+                    && s == series
+                {
+                    stats.add(value);
+                }
+            }
+            stats.value(aggregation)
+        }
+        Reader::Distinct(series) => {
+            let series = series as u16;
+            let pending = seen.iter().filter(in_window).filter_map(|p| match p.part {
+                Part::Distinct(s, hash) if s == series => Some(hash),
+                _ => None,
+            });
+            Some(state.distinct_count(series, tiles, pending) as f64)
+        }
+        Reader::Last(slot) => last_as_of(state, seen, slot).map(|last| last.value),
+        Reader::TimeSinceLast(slot) => {
+            last_as_of(state, seen, slot).map(|last| seconds(at - last.time_ms))
+        }
+        Reader::AgeSinceFirst(slot) => {
+            let pending = seen.iter().find_map(|p| match p.part {
+                Part::First(s) if usize::from(s) == slot => Some(p.time_ms),
+                _ => None,
+            });
+            let first = match (state.first(slot), pending) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            first.map(|first| seconds(at - first))
+        }
+    }
+}
+
+/// The newest matching event at or before the read; a pending one wins a tie, since it
+/// was applied after anything sealed.
+fn last_as_of(state: &EntityState, seen: &[Pending], slot: usize) -> Option<LastValue> {
+    let pending = seen.iter().rev().find_map(|p| match p.part {
+        Part::Last(s, value) if usize::from(s) == slot => Some(LastValue {
+            time_ms: p.time_ms,
+            value,
+        }),
+        _ => None,
+    });
+    match (state.last(slot), pending) {
+        (Some(sealed), Some(pending)) if sealed.time_ms > pending.time_ms => Some(sealed),
+        (sealed, pending) => pending.or(sealed),
     }
 }
 
@@ -440,10 +595,10 @@ mod tests {
     fn distinct_values_count_once_per_window() {
         let mut state = EntityState::default();
         for (tile, value) in [(5, "a"), (5, "a"), (6, "a"), (6, "b"), (9, "c")] {
-            state.add_distinct(2, tile, value, 0);
+            state.add_distinct(2, tile, fnv64(value.as_bytes()), 0);
         }
-        assert_eq!(state.distinct_count(2, (0, 10)), 3);
-        assert_eq!(state.distinct_count(2, (6, 6)), 2);
-        assert_eq!(state.distinct_count(2, (7, 8)), 0);
+        assert_eq!(state.distinct_count(2, (0, 10), std::iter::empty()), 3);
+        assert_eq!(state.distinct_count(2, (6, 6), std::iter::empty()), 2);
+        assert_eq!(state.distinct_count(2, (7, 8), std::iter::empty()), 0);
     }
 }

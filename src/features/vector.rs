@@ -6,7 +6,7 @@
 use crate::definitions::{Definitions, EntityTypeId};
 use crate::events::{COMPOSITE_SEPARATOR, RawEvent};
 use crate::features::request::{REQUEST_FEATURES, USER_MEAN_FEATURE, request_features};
-use crate::features::{Engine, FeatureRead, default_value};
+use crate::features::{Engine, FeatureRead, ReadError, default_value};
 
 /// One entity type's share of the columns.
 #[derive(Debug, Clone)]
@@ -38,7 +38,7 @@ pub enum PlanError {
 }
 
 /// An entity read: (entity id, time) and what the engine answered.
-type CachedRead = ((String, i64), Option<FeatureRead>);
+type CachedRead = ((String, i64), FeatureRead);
 
 /// The last read of each entity slot.
 #[derive(Default)]
@@ -129,14 +129,15 @@ impl VectorPlan {
 
     /// Reads the vector for `event` as of its event time into `out` (resized to the
     /// width). An entity the event does not name gets its features' defaults, as does
-    /// one the engine does not hold.
+    /// one the engine does not hold. A read the engine cannot answer exactly (too old,
+    /// a malformed id) is an error, never a vector of defaults.
     pub fn read(
         &self,
         definitions: &Definitions,
         engine: &Engine,
         event: &RawEvent,
         out: &mut Vec<Option<f64>>,
-    ) -> VectorSource {
+    ) -> Result<VectorSource, ReadError> {
         self.read_cached(definitions, engine, event, out, None)
     }
 
@@ -148,7 +149,7 @@ impl VectorPlan {
         engine: &Engine,
         events: &[RawEvent],
         out: &mut [Vec<Option<f64>>],
-    ) -> Vec<VectorSource> {
+    ) -> Result<Vec<VectorSource>, ReadError> {
         let mut cache = ReadCache::default();
         events
             .iter()
@@ -166,7 +167,7 @@ impl VectorPlan {
         event: &RawEvent,
         out: &mut Vec<Option<f64>>,
         mut cache: Option<&mut ReadCache>,
-    ) -> VectorSource {
+    ) -> Result<VectorSource, ReadError> {
         out.clear();
         out.resize(self.width, None);
         if let Some(cache) = cache.as_deref_mut() {
@@ -182,21 +183,20 @@ impl VectorPlan {
                 }
                 Some(id) => {
                     let time = event.event_time_ms;
-                    let fresh =
-                        |id: &str| engine.read(entity.entity, id, &entity.features, time).ok();
-                    match cache.as_deref_mut() {
-                        None => fresh(&id),
+                    let fresh = |id: &str| engine.read(entity.entity, id, &entity.features, time);
+                    Some(match cache.as_deref_mut() {
+                        None => fresh(&id)?,
                         Some(cache) => match &cache.slots[slot] {
                             Some(((cached, at), read)) if *cached == id && *at == time => {
                                 read.clone()
                             }
                             _ => {
-                                let read = fresh(&id);
+                                let read = fresh(&id)?;
                                 cache.slots[slot] = Some(((id, time), read.clone()));
                                 read
                             }
                         },
-                    }
+                    })
                 }
             };
             if read.as_ref().is_some_and(|r| !r.known) {
@@ -223,7 +223,7 @@ impl VectorPlan {
                 out[*column] = values[*index];
             }
         }
-        source
+        Ok(source)
     }
 }
 

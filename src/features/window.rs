@@ -10,11 +10,12 @@
 //! and, exactly:
 //! - the old edge reaches back to `(tile(t) - n) * s`, which is at most one tile (`s`)
 //!   further back than `t - W`, never less far;
-//! - the new edge is the end of `t`'s tile: an event stamped after `t` but inside `t`'s
-//!   tile is included (this only matters for reads "as of" a past moment; a read at the
-//!   newest time sees no such events), and events in later tiles are not.
+//! - the new edge is `t` itself: an event stamped after `t` is never seen, even inside
+//!   `t`'s tile. The engine keeps an entity's newest events apart from its tiles until
+//!   no read may be older than they are (see `state::EntityState::recent`), so a read
+//!   "as of" a past moment leaves them out exactly.
 //!
-//! A lifetime window is a single tile that every read sees.
+//! A lifetime window is a single tile that every read sees (events after `t` excepted).
 
 use serde::{Deserialize, Serialize};
 

@@ -87,7 +87,7 @@ pub fn score_candidates(
         model
             .plan
             .read_many(definitions, engine, &events, &mut vectors)
-    });
+    })?;
     let unknown = sources
         .into_iter()
         .next()

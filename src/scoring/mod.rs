@@ -9,6 +9,7 @@ mod candidates;
 use std::sync::Arc;
 
 use crate::events::{RawEvent, Refusal};
+use crate::features::ReadError;
 use crate::model::decision::Decision;
 use crate::registry::{LoadedModel, Registry, RegistryError};
 use crate::store::{BatchOutcome, FeatureStore, StoreError};
@@ -68,6 +69,9 @@ pub enum ScoreError {
     Invalid { field: &'static str, reason: String },
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The features cannot be read exactly as of the event's time.
+    #[error("event.event_time_ms: {0}")]
+    Read(#[from] ReadError),
 }
 
 /// Fills what a scoring request may leave out: the event time (now) and, for an
@@ -149,7 +153,7 @@ pub fn score_with(
     let definitions = store.definitions();
     let mut values = Vec::with_capacity(model.plan.width());
     let source =
-        store.with_engine(|engine| model.plan.read(definitions, engine, event, &mut values));
+        store.with_engine(|engine| model.plan.read(definitions, engine, event, &mut values))?;
     let score = model.body.model.predict(&values);
     let decision = model.body.thresholds.map(|t| t.decide(score));
     let reasons = top_reasons(&model, &values, reasons);

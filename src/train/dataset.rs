@@ -102,6 +102,8 @@ pub struct Dataset {
     pub unlabelled: usize,
     /// Events of the history that were invalid, duplicate or too late (not applied).
     pub skipped_events: usize,
+    /// Observations whose features could not be read exactly as of their time.
+    pub unreadable_observations: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -306,13 +308,15 @@ impl Dataset {
                 match label_of(spec.target, &labels, &raw) {
                     Some(label) => {
                         let mut values = Vec::new();
-                        plan.read(&definitions, &engine, &raw, &mut values);
-                        dataset.rows.push(Row {
-                            event_id: raw.event_id.clone(),
-                            time_ms: raw.event_time_ms,
-                            values,
-                            label,
-                        });
+                        match plan.read(&definitions, &engine, &raw, &mut values) {
+                            Ok(_) => dataset.rows.push(Row {
+                                event_id: raw.event_id.clone(),
+                                time_ms: raw.event_time_ms,
+                                values,
+                                label,
+                            }),
+                            Err(_) => dataset.unreadable_observations += 1,
+                        }
                     }
                     None => dataset.unlabelled += 1,
                 }

@@ -125,6 +125,7 @@ pub fn read(path: &Path) -> Result<Dataset, TableError> {
         rows,
         unlabelled: 0,
         skipped_events: 0,
+        unreadable_observations: 0,
     })
 }
 
@@ -188,6 +189,7 @@ mod tests {
                 .collect(),
             unlabelled: 0,
             skipped_events: 0,
+            unreadable_observations: 0,
         };
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("set.parquet");

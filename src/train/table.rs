@@ -123,6 +123,7 @@ pub fn read_csv(path: &Path) -> Result<Dataset, TableError> {
         rows,
         unlabelled: 0,
         skipped_events: 0,
+        unreadable_observations: 0,
     })
 }
 
@@ -172,6 +173,7 @@ mod tests {
             ],
             unlabelled: 0,
             skipped_events: 0,
+            unreadable_observations: 0,
         };
         let mut bytes = Vec::new();
         original.write_csv(&mut bytes).unwrap();

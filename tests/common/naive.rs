@@ -1,6 +1,9 @@
 //! A deliberately simple model of the feature semantics documented in
 //! `src/features/window.rs` and `src/features/engine.rs`: it keeps every accepted event
-//! and answers each read with plain loops. No tiles, no sharing, no pruning.
+//! and answers each read with plain loops. No tiles, no sharing, no pruning. A read as of
+//! `t` sees the events stamped at or before `t` and nothing later; it is refused when `t`
+//! is older than `watermark - allowed_lateness`, or older than what the engine keeps
+//! apart for that entity (its newest `MAX_PENDING_EVENTS` events, see `pending`).
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -28,6 +31,28 @@ pub struct Naive {
     seen: HashMap<String, i64>,
     accepted: Vec<Accepted>,
     by_entity: HashMap<(usize, String), Vec<usize>>,
+    pending: HashMap<(usize, String), Pending>,
+}
+
+/// The documented rule for as-of reads of one entity: its events not older than
+/// `watermark - lateness` (at its last event) are kept apart, at most
+/// `MAX_PENDING_EVENTS` of them; when more arrive the oldest (by time, then arrival) are
+/// merged in, and reads before the newest merged one are refused from then on.
+#[derive(Default)]
+struct Pending {
+    /// (event time, arrival index) of the events kept apart.
+    events: Vec<(i64, usize)>,
+    exact_from_ms: i64,
+    last_seen_ms: i64,
+}
+
+/// Why the naive model refuses a read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Older than `watermark - lateness`.
+    TooOld,
+    /// Older than the entity's events kept apart.
+    TooOldForEntity,
 }
 
 /// Tile size by the documented rule: the largest whole number of seconds dividing the
@@ -51,6 +76,7 @@ impl Naive {
             seen: HashMap::new(),
             accepted: Vec::new(),
             by_entity: HashMap::new(),
+            pending: HashMap::new(),
         }
     }
 
@@ -96,10 +122,33 @@ impl Naive {
                 .map(|p| event.entities.get(*p).map(String::as_str))
                 .collect();
             if let Some(ids) = ids {
-                self.by_entity
-                    .entry((entity, ids.join("|")))
-                    .or_default()
-                    .push(index);
+                let key = (entity, ids.join("|"));
+                self.by_entity.entry(key.clone()).or_default().push(index);
+                if self.definitions.features.iter().any(|f| f.entity == entity) {
+                    let margin = self.expiry_margin(entity);
+                    let watermark = self.watermark_ms;
+                    let lateness = self.lateness_ms;
+                    let pending = self.pending.entry(key).or_default();
+                    if !pending.events.is_empty() || pending.last_seen_ms != 0 {
+                        // An expired entity starts afresh.
+                        if pending.last_seen_ms < watermark.saturating_sub(margin) {
+                            *pending = Pending::default();
+                        }
+                    }
+                    pending.last_seen_ms = pending.last_seen_ms.max(event.event_time_ms);
+                    pending.events.push((event.event_time_ms, index));
+                    pending.events.sort();
+                    pending
+                        .events
+                        .retain(|(time, _)| *time >= watermark - lateness);
+                    let max = streamscore::features::MAX_PENDING_EVENTS;
+                    if pending.events.len() > max {
+                        let merged = pending.events.len() - max;
+                        let newest_merged = pending.events[merged - 1].0;
+                        pending.exact_from_ms = pending.exact_from_ms.max(newest_merged + 1);
+                        pending.events.drain(..merged);
+                    }
+                }
             }
         }
         Outcome::Applied
@@ -139,7 +188,29 @@ impl Naive {
         (last_seen >= self.watermark_ms.saturating_sub(margin)).then_some(history)
     }
 
-    /// Whether the entity is known, and the feature's value, at `at_ms`.
+    /// Whether the entity is known, and the feature's value, at `at_ms`; or why the read
+    /// is refused.
+    pub fn read_as_of(
+        &self,
+        feature: &FeatureDef,
+        id: &str,
+        at_ms: i64,
+    ) -> Result<(bool, Option<f64>), Refused> {
+        if at_ms < self.watermark_ms - self.lateness_ms {
+            return Err(Refused::TooOld);
+        }
+        let (known, value) = self.read(feature, id, at_ms);
+        let exact_from = self
+            .pending
+            .get(&(feature.entity, id.to_string()))
+            .map_or(0, |p| p.exact_from_ms);
+        if known && at_ms < exact_from {
+            return Err(Refused::TooOldForEntity);
+        }
+        Ok((known, value))
+    }
+
+    /// Whether the entity is known, and the feature's value, at `at_ms` (no refusals).
     pub fn read(&self, feature: &FeatureDef, id: &str, at_ms: i64) -> (bool, Option<f64>) {
         let history = self.live_history(feature.entity, id);
         let known = history.is_some();
@@ -150,13 +221,13 @@ impl Naive {
             .map(|t| self.definitions.event_types[*t].name.as_str())
             .collect();
         let in_window = |time: i64| match feature.window.length_ms() {
-            None => true,
+            None => time <= at_ms,
             Some(length) => {
                 let tile = tile_ms(length);
                 let newest = at_ms.div_euclid(tile);
                 let oldest = newest - length / tile;
                 let event_tile = time.div_euclid(tile);
-                event_tile >= oldest && event_tile <= newest
+                event_tile >= oldest && event_tile <= newest && time <= at_ms
             }
         };
         let events: Vec<&RawEvent> = history
