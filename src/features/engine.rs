@@ -29,7 +29,7 @@ use crate::events::{COMPOSITE_SEPARATOR, Event, Refusal, RefusalKind};
 
 use super::dedup::Dedup;
 use super::plan::EntityPlan;
-use super::state::{EntityState, apply_to_state, read_one};
+use super::state::{EntityState, Overlay, apply_to_state, read_one};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EngineSettings {
@@ -380,12 +380,13 @@ impl Engine {
         }
         let empty = EntityState::default();
         let state = live.unwrap_or(&empty);
+        let overlay = Overlay::build(plan, state, as_of_ms);
         let values = features
             .iter()
             .map(|&feature| {
                 let window = self.definitions.features[feature].window;
                 let value = plan.readers[feature]
-                    .and_then(|reader| read_one(state, reader, window, as_of_ms));
+                    .and_then(|reader| read_one(state, &overlay, reader, window, as_of_ms));
                 (feature, value)
             })
             .collect();

@@ -462,57 +462,98 @@ fn seconds(ms: i64) -> f64 {
     ms as f64 / 1000.0
 }
 
+/// The pending contributions a read as of `at` sees, summed per series and slot in one
+/// pass over them (a read then adds these to the sealed tiles).
+pub(crate) struct Overlay {
+    counts: smallvec::SmallVec<[u32; 16]>,
+    stats: smallvec::SmallVec<[Stats; 16]>,
+    /// (series, value hash) of distinct values.
+    distinct: smallvec::SmallVec<[(u16, u64); 16]>,
+    lasts: smallvec::SmallVec<[Option<LastValue>; 8]>,
+    firsts: smallvec::SmallVec<[Option<i64>; 8]>,
+}
+
+impl Overlay {
+    pub(crate) fn build(plan: &EntityPlan, state: &EntityState, at: i64) -> Overlay {
+        let mut overlay = Overlay {
+            counts: smallvec::smallvec![0; plan.count_series.len()],
+            stats: smallvec::smallvec![Stats::EMPTY; plan.stats_series.len()],
+            distinct: smallvec::SmallVec::new(),
+            lasts: smallvec::smallvec![None; plan.last_slots.len()],
+            firsts: smallvec::smallvec![None; plan.first_slots.len()],
+        };
+        let seen = &state.recent[..state.recent.partition_point(|p| p.time_ms <= at)];
+        let in_window =
+            |window: Window, time: i64| window.tile_of(time) >= window.tiles_read_at(at).0;
+        for pending in seen {
+            let time = pending.time_ms;
+            match pending.part {
+                Part::Event => {}
+                Part::Count(s) => {
+                    if in_window(plan.count_series[usize::from(s)].window, time) {
+                        overlay.counts[usize::from(s)] += 1;
+                    }
+                }
+                Part::Value(s, value) => {
+                    if in_window(plan.stats_series[usize::from(s)].window, time) {
+                        overlay.stats[usize::from(s)].add(value);
+                    }
+                }
+                Part::Distinct(s, hash) => {
+                    if in_window(plan.distinct_series[usize::from(s)].window, time) {
+                        overlay.distinct.push((s, hash));
+                    }
+                }
+                // In time order, ties in apply order: the later one is the last.
+                Part::Last(s, value) => {
+                    overlay.lasts[usize::from(s)] = Some(LastValue {
+                        time_ms: time,
+                        value,
+                    });
+                }
+                Part::First(s) => {
+                    overlay.firsts[usize::from(s)].get_or_insert(time);
+                }
+            }
+        }
+        overlay
+    }
+}
+
 /// Reads one feature as of `at`: the sealed tiles (all older than any allowed read, so
-/// never past `at`) plus the pending contributions at or before `at`.
+/// never past `at`) plus the pending contributions at or before `at` (`overlay`).
 pub(crate) fn read_one(
     state: &EntityState,
+    overlay: &Overlay,
     reader: Reader,
     window: Window,
     at: i64,
 ) -> Option<f64> {
     let tiles = window.tiles_read_at(at);
-    let seen = &state.recent[..state.recent.partition_point(|p| p.time_ms <= at)];
-    let in_window = |p: &&Pending| window.tile_of(p.time_ms) >= tiles.0;
     match reader {
         Reader::Count(series) => {
-            let series = series as u16;
-            let pending = seen
-                .iter()
-                .filter(in_window)
-                .filter(|p| p.part == Part::Count(series))
-                .count();
-            Some(f64::from(state.count(series, tiles)) + pending as f64)
+            Some(f64::from(state.count(series as u16, tiles)) + f64::from(overlay.counts[series]))
         }
         Reader::Stats(series, aggregation) => {
-            let series = series as u16;
-            let mut stats = state.stats(series, tiles);
-            for pending in seen.iter().filter(in_window) {
-                if let Part::Value(s, value) = pending.part
-                    && s == series
-                {
-                    stats.add(value);
-                }
-            }
+            let mut stats = state.stats(series as u16, tiles);
+            stats.merge(&overlay.stats[series]);
             stats.value(aggregation)
         }
         Reader::Distinct(series) => {
             let series = series as u16;
-            let pending = seen.iter().filter(in_window).filter_map(|p| match p.part {
-                Part::Distinct(s, hash) if s == series => Some(hash),
-                _ => None,
-            });
+            let pending = overlay
+                .distinct
+                .iter()
+                .filter(|(s, _)| *s == series)
+                .map(|(_, hash)| *hash);
             Some(state.distinct_count(series, tiles, pending) as f64)
         }
-        Reader::Last(slot) => last_as_of(state, seen, slot).map(|last| last.value),
+        Reader::Last(slot) => last_as_of(state, overlay, slot).map(|last| last.value),
         Reader::TimeSinceLast(slot) => {
-            last_as_of(state, seen, slot).map(|last| seconds(at - last.time_ms))
+            last_as_of(state, overlay, slot).map(|last| seconds(at - last.time_ms))
         }
         Reader::AgeSinceFirst(slot) => {
-            let pending = seen.iter().find_map(|p| match p.part {
-                Part::First(s) if usize::from(s) == slot => Some(p.time_ms),
-                _ => None,
-            });
-            let first = match (state.first(slot), pending) {
+            let first = match (state.first(slot), overlay.firsts[slot]) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
@@ -523,15 +564,8 @@ pub(crate) fn read_one(
 
 /// The newest matching event at or before the read; a pending one wins a tie, since it
 /// was applied after anything sealed.
-fn last_as_of(state: &EntityState, seen: &[Pending], slot: usize) -> Option<LastValue> {
-    let pending = seen.iter().rev().find_map(|p| match p.part {
-        Part::Last(s, value) if usize::from(s) == slot => Some(LastValue {
-            time_ms: p.time_ms,
-            value,
-        }),
-        _ => None,
-    });
-    match (state.last(slot), pending) {
+fn last_as_of(state: &EntityState, overlay: &Overlay, slot: usize) -> Option<LastValue> {
+    match (state.last(slot), overlay.lasts[slot]) {
         (Some(sealed), Some(pending)) if sealed.time_ms > pending.time_ms => Some(sealed),
         (sealed, pending) => pending.or(sealed),
     }
