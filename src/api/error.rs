@@ -56,6 +56,7 @@ impl From<ScoreError> for Status {
         match error {
             ScoreError::Registry(error) => error.into(),
             ScoreError::Store(error) => error.into(),
+            error @ ScoreError::NonFinite { .. } => Status::internal(error.to_string()),
             ScoreError::Read(
                 error @ (ReadError::TooOld { .. } | ReadError::TooOldForEntity { .. }),
             ) => Status::out_of_range(format!("event.event_time_ms: {error}")),

@@ -50,6 +50,11 @@ impl Sources {
                 self.store.invalid_events() as f64,
             ),
             (
+                "streamscore_scores_non_finite",
+                "scores refused since start because the model gave NaN or an infinity",
+                crate::scoring::NON_FINITE_SCORES.load(std::sync::atomic::Ordering::Relaxed) as f64,
+            ),
+            (
                 "streamscore_entities",
                 "entities held in memory",
                 entities as f64,

@@ -3,6 +3,9 @@
 
 use std::collections::BTreeMap;
 
+/// The largest `min`/`max` magnitude a number field may declare.
+const MAX_DECLARED_BOUND: f64 = 1e15;
+
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -322,6 +325,18 @@ fn resolve_event_types(
             }
             match field.kind {
                 FieldKind::Number => {
+                    if let Some(bound) = [field.min, field.max]
+                        .into_iter()
+                        .flatten()
+                        .find(|b| !b.is_finite() || b.abs() > MAX_DECLARED_BOUND)
+                    {
+                        return Err(invalid(
+                            line,
+                            format!(
+                                "field '{name}.{field_name}': min/max {bound} must be finite and within +-{MAX_DECLARED_BOUND:e}, so sums over a window stay finite"
+                            ),
+                        ));
+                    }
                     if let (Some(min), Some(max)) = (field.min, field.max)
                         && min > max
                     {

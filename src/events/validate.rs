@@ -7,6 +7,11 @@ use crate::definitions::{Definitions, EventTypeId, fnv128};
 
 use super::{COMPOSITE_SEPARATOR, RawEvent};
 
+/// The range of a number field that declares no `min` / `max`: +-1e12. Far beyond any
+/// amount or quantity, yet small enough that the sums and squared deviations the engine
+/// keeps over millions of events stay finite.
+pub const NUMBER_BOUND: f64 = 1e12;
+
 /// Validation limits from the settings.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -177,17 +182,17 @@ pub fn validate<'a>(
                 format!("must be a finite number, got {value}"),
             ));
         }
-        if let Some(min) = field.min
-            && *value < min
-        {
+        // Without a declared range a number is bounded anyway, so the sums and squares
+        // kept per window stay finite (and a score built from them stays a number).
+        let min = field.min.unwrap_or(-NUMBER_BOUND);
+        let max = field.max.unwrap_or(NUMBER_BOUND);
+        if *value < min {
             return Err(Refusal::invalid(
                 format!("numbers.{name}"),
                 format!("must be >= {min}, got {value}"),
             ));
         }
-        if let Some(max) = field.max
-            && *value > max
-        {
+        if *value > max {
             return Err(Refusal::invalid(
                 format!("numbers.{name}"),
                 format!("must be <= {max}, got {value}"),

@@ -32,8 +32,10 @@ impl std::fmt::Display for Thresholds {
 }
 
 impl Thresholds {
+    /// A score that is not a number never allows: NaN compares false with every
+    /// threshold, so it is caught first and blocked.
     pub fn decide(&self, score: f64) -> Decision {
-        if self.block.is_some_and(|block| score >= block) {
+        if score.is_nan() || self.block.is_some_and(|block| score >= block) {
             Decision::Block
         } else if score >= self.review {
             Decision::Review

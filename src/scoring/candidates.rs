@@ -93,14 +93,21 @@ pub fn score_candidates(
         .next()
         .map(|source| source.unknown)
         .unwrap_or_default();
-    let mut ranked: Vec<RankedCandidate> = candidates
-        .iter()
-        .zip(&vectors)
-        .map(|(candidate, vector)| RankedCandidate {
+    let mut ranked = Vec::with_capacity(candidates.len());
+    for (candidate, vector) in candidates.iter().zip(&vectors) {
+        let score = model.body.model.predict(vector);
+        if !score.is_finite() {
+            super::NON_FINITE_SCORES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Err(ScoreError::NonFinite {
+                model: model.reference(),
+                score,
+            });
+        }
+        ranked.push(RankedCandidate {
             product: candidate.product.clone(),
-            score: model.body.model.predict(vector),
-        })
-        .collect();
+            score,
+        });
+    }
     ranked.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.product.cmp(&b.product)));
     if top_n > 0 {
         ranked.truncate(top_n);

@@ -7,6 +7,7 @@
 mod candidates;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::events::{RawEvent, Refusal};
 use crate::features::ReadError;
@@ -16,6 +17,9 @@ use crate::store::{BatchOutcome, FeatureStore, StoreError};
 use crate::time::now_ms;
 
 pub use candidates::{CandidateInput, RankedCandidate, Ranking, score_candidates};
+
+/// Scores refused because the model gave NaN or an infinity (a Prometheus counter).
+pub static NON_FINITE_SCORES: AtomicU64 = AtomicU64::new(0);
 
 /// Reasons returned when the request does not say.
 pub const DEFAULT_REASONS: usize = 5;
@@ -69,6 +73,11 @@ pub enum ScoreError {
     Invalid { field: &'static str, reason: String },
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The model gave NaN or an infinity: no decision can be trusted, so none is made.
+    #[error(
+        "model {model} gave a non-finite score ({score}) for this request; refusing to decide (failing closed)"
+    )]
+    NonFinite { model: String, score: f64 },
     /// The features cannot be read exactly as of the event's time.
     #[error("event.event_time_ms: {0}")]
     Read(#[from] ReadError),
@@ -155,6 +164,14 @@ pub fn score_with(
     let source =
         store.with_engine(|engine| model.plan.read(definitions, engine, event, &mut values))?;
     let score = model.body.model.predict(&values);
+    if !score.is_finite() {
+        NON_FINITE_SCORES.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(model = %model.reference(), score, "non-finite score; failing closed");
+        return Err(ScoreError::NonFinite {
+            model: model.reference(),
+            score,
+        });
+    }
     let decision = model.body.thresholds.map(|t| t.decide(score));
     let reasons = top_reasons(&model, &values, reasons);
     let unknown_entities = source
