@@ -86,6 +86,10 @@ impl FeatureStore {
             max_id_bytes: settings.ingest.max_id_bytes,
         };
         let snapshots = log::snapshots_dir(&settings.data_dir);
+        let stale = log::remove_stale_temporaries(&snapshots)?;
+        if stale > 0 {
+            tracing::info!(stale, "removed temp files of interrupted snapshots");
+        }
         let restored = log::load_newest_snapshot(&snapshots, |payload| {
             let snapshot: EngineSnapshot =
                 postcard::from_bytes(payload).map_err(|e| format!("undecodable: {e}"))?;

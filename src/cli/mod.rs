@@ -47,6 +47,9 @@ pub enum Command {
     Loadtest(LoadtestArgs),
     /// Write the server's event log as JSON lines (safe beside a running server).
     Export(ExportArgs),
+    /// Move damaged parts of a stopped server's event log aside (never deleting them),
+    /// record exactly which logged events are lost, and let the server start again.
+    Repair(RepairArgs),
     /// Check a feature definitions file and list the features it defines.
     CheckDefinitions {
         /// The TOML file.
@@ -176,6 +179,13 @@ pub struct ExportArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct RepairArgs {
+    /// The data directory of a stopped server.
+    #[arg(long, default_value = "streamscore-data")]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
 pub struct LoadtestArgs {
     /// The server, e.g. http://127.0.0.1:50051.
     #[arg(long, default_value = "http://127.0.0.1:50051")]
@@ -229,6 +239,7 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Features(args) => features(args).await,
         Command::Train(args) => train(*args),
         Command::Export(args) => export(args),
+        Command::Repair(args) => repair(&args.data_dir),
         Command::Loadtest(args) => loadtest(args).await,
         Command::Score(args) => remote::score(args).await,
         Command::Models(args) => remote::models(args).await,
@@ -483,6 +494,55 @@ fn train(args: TrainArgs) -> CliResult {
         for plot in &outcome.plots {
             writeln!(out, "plot: {}", plot.display())?;
         }
+    }
+    Ok(())
+}
+
+fn repair(data_dir: &std::path::Path) -> CliResult {
+    let segments = crate::log::segments_dir(data_dir);
+    if !segments.exists() {
+        return Err(format!(
+            "no event log under {} (is it a streamscore data dir?)",
+            data_dir.display()
+        )
+        .into());
+    }
+    // Only the sequence number it covers matters here, not the state.
+    let snapshot_seq =
+        crate::log::load_newest_snapshot(&crate::log::snapshots_dir(data_dir), |_| Ok(()))?
+            .map_or(0, |(seq, ())| seq);
+    let report = crate::log::repair::repair(&segments, snapshot_seq)?;
+    println!(
+        "checked {} segments: {} valid records kept",
+        report.segments, report.records
+    );
+    for (path, bytes) in &report.moved {
+        println!("moved {bytes} damaged bytes aside to {}", path.display());
+    }
+    for loss in &report.losses {
+        println!(
+            "lost {} logged events, sequence {}..{}: {}",
+            loss.to - loss.from,
+            loss.from,
+            loss.to - 1,
+            loss.note
+        );
+    }
+    if let Some((path, from, bytes)) = &report.unknown_tail {
+        println!(
+            "the damaged tail of {} ({bytes} bytes, from sequence {from} on) had no valid record after it: \
+             how many records it held cannot be told from its bytes; any that were acknowledged are lost",
+            path.display()
+        );
+    }
+    if report.moved.is_empty() && report.losses.is_empty() {
+        println!("nothing to repair");
+    } else {
+        println!(
+            "{} acknowledged events are recorded as lost in {}; the server will start",
+            report.lost(),
+            segments.join("losses.txt").display()
+        );
     }
     Ok(())
 }

@@ -8,13 +8,15 @@
 //! is truncated with a warning; a bad snapshot falls back to an older one or to a full
 //! replay. Segments are kept (the log is also the training history; see `export`).
 
+pub mod losses;
 mod reader;
 mod record;
+pub mod repair;
 mod snapshot;
 mod writer;
 
-pub use reader::{ReplayStats, TailDamage, replay};
-pub use snapshot::{load_newest_snapshot, write_snapshot};
+pub use reader::{ReplayStats, TailDamage, damaged_dir, replay};
+pub use snapshot::{load_newest_snapshot, remove_stale_temporaries, write_snapshot};
 pub use writer::{EventLog, FsyncPolicy};
 
 use std::path::{Path, PathBuf};
@@ -29,12 +31,29 @@ pub enum LogError {
     #[error("cannot encode event for the log: {0}")]
     Encode(#[from] postcard::Error),
     #[error(
-        "event log segment {path} is corrupt at byte {offset} ({reason}) and it is not the newest segment; refusing to skip acknowledged events"
+        "event log segment {path} is damaged at byte {offset} ({reason}); {following} valid records follow the damage. Refusing to start, since going on would drop acknowledged events: `streamscore repair --data-dir <dir>` moves the damage aside and reports what is lost"
     )]
-    CorruptSegment {
+    Damaged {
         path: PathBuf,
         offset: u64,
         reason: String,
+        following: u64,
+    },
+    #[error(
+        "event log {path}: sequence {found} where {expected} was expected; the records {expected}..{found} are missing (a deleted or damaged segment). Refusing to start: `streamscore repair --data-dir <dir>` records the loss after you have looked for them"
+    )]
+    Gap {
+        path: PathBuf,
+        expected: u64,
+        found: u64,
+    },
+    #[error(
+        "the newest snapshot covers sequence {snapshot_seq} but the event log in {dir} ends at {last_seq}: acknowledged records after {last_seq} are missing (a deleted newest segment?). Refusing to start: `streamscore repair --data-dir <dir>` records the loss"
+    )]
+    BehindSnapshot {
+        dir: PathBuf,
+        snapshot_seq: u64,
+        last_seq: u64,
     },
     #[error("the event log writer has failed; no further events can be made durable")]
     WriterFailed,

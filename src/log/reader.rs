@@ -1,13 +1,20 @@
-//! Replaying the log at start: every record after a given sequence number, in order.
-//! A damaged tail of the newest segment (a torn write from a crash) is truncated with a
-//! warning; damage anywhere else stops the start, because skipping it would lose
-//! acknowledged events.
+//! Reading the log back at start: every segment is checked (checksums and one unbroken
+//! run of sequence numbers, the segments a snapshot covers too), and the records after a
+//! given sequence number are replayed in order.
+//!
+//! Only a *torn tail* is cut: a last record of the newest segment whose bytes end before
+//! its declared length, with no valid record after it and no sign that only its length
+//! field was damaged. Such a record was never fsynced, so never acknowledged; its bytes
+//! are kept aside in `log/damaged/` before the cut. Anything else (a bad checksum, valid
+//! records after the damage, a missing segment, a sequence gap, a snapshot ahead of the
+//! log) stops the start with the place and how many records follow, because going on
+//! would drop acknowledged events; `streamscore repair` then moves the damage aside and
+//! records the loss (see [`super::repair`]).
 
-use std::fs::OpenOptions;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use super::record::{Decoded, decode};
-use super::{LogError, io_error, list_segments};
+use super::record::{Frame, HEADER_BYTES, decode_frame, resync};
+use super::{LogError, io_error, list_segments, losses};
 use crate::events::RawEvent;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -16,21 +23,27 @@ pub struct ReplayStats {
     pub replayed: u64,
     /// Highest sequence number found in the log (0 if empty).
     pub last_seq: u64,
-    /// Bytes cut off a damaged tail.
+    /// Bytes cut off a torn tail.
     pub truncated_bytes: u64,
 }
 
-/// What to do with a damaged tail of the newest segment.
+/// What to do with a torn tail of the newest segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TailDamage {
-    /// Cut it off (at start-up, before appending again).
+    /// Cut it off (at start-up, before appending again), keeping the bytes aside.
     Truncate,
     /// Stop reading there and leave the file alone (a reader beside a live server, whose
     /// writer may be mid-append).
     Stop,
 }
 
-/// Calls `apply` for each record with a sequence number above `after_seq`.
+/// The folder damaged bytes are moved to, never deleted.
+pub fn damaged_dir(segments: &Path) -> PathBuf {
+    segments.join("damaged")
+}
+
+/// Calls `apply` for each record with a sequence number above `after_seq`, after
+/// checking the whole log.
 pub fn replay(
     dir: &Path,
     after_seq: u64,
@@ -38,82 +51,113 @@ pub fn replay(
     mut apply: impl FnMut(u64, &RawEvent),
 ) -> Result<ReplayStats, LogError> {
     let segments = list_segments(dir)?;
+    let accepted = losses::read(dir)?;
     let mut stats = ReplayStats::default();
+    let mut expected: Option<u64> = None;
     for (index, (first_seq, path)) in segments.iter().enumerate() {
         let is_newest = index + 1 == segments.len();
-        // A segment whose successor starts at or before `after_seq + 1` holds nothing new.
-        if let Some((next_first, _)) = segments.get(index + 1)
-            && *next_first <= after_seq + 1
-        {
-            stats.last_seq = stats.last_seq.max(next_first - 1);
-            continue;
+        let from = expected.unwrap_or(1);
+        // The oldest segment may start later only where a snapshot covers the start.
+        let start_covered = expected.is_none() && *first_seq <= after_seq + 1;
+        if *first_seq != from && !start_covered && !accepted.covers(from, *first_seq) {
+            return Err(LogError::Gap {
+                path: path.clone(),
+                expected: from,
+                found: *first_seq,
+            });
         }
         let bytes = std::fs::read(path).map_err(io_error(path))?;
         let mut offset = 0usize;
-        let mut expected = *first_seq;
+        let mut next = *first_seq;
         loop {
-            match decode(&bytes[offset..]) {
-                Decoded::End => break,
-                Decoded::Record {
+            match decode_frame(&bytes[offset..]) {
+                Frame::End => break,
+                Frame::Record {
                     seq,
-                    event,
+                    payload,
                     bytes: used,
                 } => {
-                    if seq != expected {
-                        let reason = format!("sequence {seq} where {expected} was expected");
-                        handle_damage(path, offset, reason, is_newest, tail, &mut stats)?;
-                        break;
+                    if seq != next && !accepted.covers(next, seq) {
+                        return Err(LogError::Gap {
+                            path: path.clone(),
+                            expected: next,
+                            found: seq,
+                        });
                     }
                     if seq > after_seq {
+                        // Only records to replay are decoded; the rest are checksummed.
+                        let event: RawEvent =
+                            postcard::from_bytes(payload).map_err(|e| LogError::Damaged {
+                                path: path.clone(),
+                                offset: offset as u64,
+                                reason: format!("undecodable payload: {e}"),
+                                following: 0,
+                            })?;
                         apply(seq, &event);
                         stats.replayed += 1;
                     }
                     stats.last_seq = seq;
-                    expected += 1;
+                    next = seq + 1;
                     offset += used;
                 }
-                Decoded::Corrupt(reason) => {
-                    handle_damage(path, offset, reason, is_newest, tail, &mut stats)?;
-                    break;
+                Frame::Corrupt(reason) => {
+                    let rest = &bytes[offset..];
+                    let following = resync(rest, next).map_or(0, |(_, _, count)| count);
+                    if is_newest && following == 0 && is_torn(rest) {
+                        if tail == TailDamage::Truncate {
+                            stats.truncated_bytes += cut_torn_tail(dir, path, offset, rest)?;
+                        }
+                        break;
+                    }
+                    return Err(LogError::Damaged {
+                        path: path.clone(),
+                        offset: offset as u64,
+                        reason,
+                        following,
+                    });
                 }
             }
         }
+        expected = Some(next);
+    }
+    if after_seq > stats.last_seq && !accepted.covers(stats.last_seq + 1, after_seq + 1) {
+        return Err(LogError::BehindSnapshot {
+            dir: dir.to_path_buf(),
+            snapshot_seq: after_seq,
+            last_seq: stats.last_seq,
+        });
     }
     Ok(stats)
 }
 
-fn handle_damage(
-    path: &Path,
-    offset: usize,
-    reason: String,
-    is_newest: bool,
-    tail: TailDamage,
-    stats: &mut ReplayStats,
-) -> Result<(), LogError> {
-    if !is_newest {
-        return Err(LogError::CorruptSegment {
-            path: path.to_path_buf(),
-            offset: offset as u64,
-            reason,
-        });
+/// Whether damaged bytes at the end of a segment are a write cut short: a header or a
+/// record shorter than it declares, unless the bytes that are there check out as one
+/// whole record (then only its length field was damaged, and the record was written).
+fn is_torn(rest: &[u8]) -> bool {
+    if rest.len() < HEADER_BYTES {
+        return true;
     }
-    if tail == TailDamage::Stop {
-        return Ok(());
-    }
-    let file = OpenOptions::new()
+    let declared = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+    let short = rest.len() < HEADER_BYTES.saturating_add(declared);
+    let crc = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]);
+    short && crc32fast::hash(&rest[8..]) != crc
+}
+
+/// Moves a torn tail's bytes aside, then cuts them from the segment.
+fn cut_torn_tail(dir: &Path, path: &Path, offset: usize, rest: &[u8]) -> Result<u64, LogError> {
+    let aside = super::repair::keep_aside(dir, path, offset, rest)?;
+    let file = std::fs::OpenOptions::new()
         .write(true)
         .open(path)
         .map_err(io_error(path))?;
-    let length = file.metadata().map_err(io_error(path))?.len();
+    file.set_len(offset as u64).map_err(io_error(path))?;
+    file.sync_all().map_err(io_error(path))?;
     tracing::warn!(
         segment = %path.display(),
         offset,
-        cut_bytes = length - offset as u64,
-        %reason,
-        "truncating a damaged log tail (an unacknowledged write cut short by a crash)"
+        cut_bytes = rest.len(),
+        kept_at = %aside.display(),
+        "cut a torn last record (a write cut short by a crash, never acknowledged)"
     );
-    file.set_len(offset as u64).map_err(io_error(path))?;
-    file.sync_all().map_err(io_error(path))?;
-    stats.truncated_bytes += length - offset as u64;
-    Ok(())
+    Ok(rest.len() as u64)
 }

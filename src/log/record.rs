@@ -24,23 +24,25 @@ pub(crate) fn encode(
     Ok(())
 }
 
+/// One checksummed record, its payload not decoded yet.
 #[derive(Debug)]
-pub(crate) enum Decoded {
+pub(crate) enum Frame<'a> {
     Record {
         seq: u64,
-        event: RawEvent,
+        payload: &'a [u8],
         bytes: usize,
     },
     End,
     Corrupt(String),
 }
 
-pub(crate) fn decode(bytes: &[u8]) -> Decoded {
+/// Checks the record at the start of `bytes` (length, checksum) without decoding it.
+pub(crate) fn decode_frame(bytes: &[u8]) -> Frame<'_> {
     if bytes.is_empty() {
-        return Decoded::End;
+        return Frame::End;
     }
     if bytes.len() < HEADER_BYTES {
-        return Decoded::Corrupt(format!(
+        return Frame::Corrupt(format!(
             "torn header ({} of {HEADER_BYTES} bytes)",
             bytes.len()
         ));
@@ -48,27 +50,65 @@ pub(crate) fn decode(bytes: &[u8]) -> Decoded {
     let len = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) as usize;
     let crc = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
     if len > MAX_PAYLOAD_BYTES {
-        return Decoded::Corrupt(format!("impossible record length {len}"));
+        return Frame::Corrupt(format!("impossible record length {len}"));
     }
     let total = HEADER_BYTES + len;
     if bytes.len() < total {
-        return Decoded::Corrupt(format!("torn record ({} of {total} bytes)", bytes.len()));
+        return Frame::Corrupt(format!("torn record ({} of {total} bytes)", bytes.len()));
     }
-    let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&bytes[8..total]);
-    if hasher.finalize() != crc {
-        return Decoded::Corrupt("checksum mismatch".into());
+    if crc32fast::hash(&bytes[8..total]) != crc {
+        return Frame::Corrupt("checksum mismatch".into());
     }
     let mut seq_bytes = [0u8; 8];
     seq_bytes.copy_from_slice(&bytes[8..16]);
-    match postcard::from_bytes(&bytes[HEADER_BYTES..total]) {
-        Ok(event) => Decoded::Record {
-            seq: u64::from_le_bytes(seq_bytes),
-            event,
-            bytes: total,
-        },
-        Err(error) => Decoded::Corrupt(format!("undecodable payload: {error}")),
+    Frame::Record {
+        seq: u64::from_le_bytes(seq_bytes),
+        payload: &bytes[HEADER_BYTES..total],
+        bytes: total,
     }
+}
+
+/// Decodes the record at the start of `bytes`, payload included.
+/// Decodes the record at the start of `bytes`, payload included.
+#[cfg(test)]
+fn decode(bytes: &[u8]) -> Result<Option<(u64, RawEvent, usize)>, String> {
+    match decode_frame(bytes) {
+        Frame::End => Ok(None),
+        Frame::Corrupt(reason) => Err(reason),
+        Frame::Record {
+            seq,
+            payload,
+            bytes,
+        } => postcard::from_bytes(payload)
+            .map(|event| Some((seq, event, bytes)))
+            .map_err(|e| format!("undecodable payload: {e}")),
+    }
+}
+
+/// After damage at the start of `bytes`, finds the first valid record behind it whose
+/// sequence number is plausible (`next` or later, but no further than the bytes could
+/// hold): its offset, its sequence number, and how many valid records run from there.
+pub(crate) fn resync(bytes: &[u8], next: u64) -> Option<(usize, u64, u64)> {
+    let highest = next.saturating_add(bytes.len() as u64 / HEADER_BYTES as u64 + 1);
+    (1..bytes.len().saturating_sub(HEADER_BYTES - 1)).find_map(|at| {
+        let mut seq_bytes = [0u8; 8];
+        seq_bytes.copy_from_slice(&bytes[at + 8..at + 16]);
+        let seq = u64::from_le_bytes(seq_bytes);
+        // The sequence check first: it rules out almost every offset without a checksum.
+        if seq < next || seq > highest {
+            return None;
+        }
+        let Frame::Record { .. } = decode_frame(&bytes[at..]) else {
+            return None;
+        };
+        let mut count = 0;
+        let mut offset = at;
+        while let Frame::Record { bytes: used, .. } = decode_frame(&bytes[offset..]) {
+            count += 1;
+            offset += used;
+        }
+        Some((at, seq, count))
+    })
 }
 
 #[cfg(test)]
@@ -92,30 +132,43 @@ mod tests {
         let mut buffer = Vec::new();
         encode(&mut buffer, 7, &event("a")).unwrap();
         encode(&mut buffer, 8, &event("b")).unwrap();
-        let Decoded::Record {
-            seq,
-            event: first,
-            bytes,
-        } = decode(&buffer)
-        else {
-            panic!("first record")
-        };
+        let (seq, first, bytes) = decode(&buffer).unwrap().expect("first record");
         assert_eq!((seq, first.event_id.as_str()), (7, "a"));
-        let Decoded::Record {
-            seq, event: second, ..
-        } = decode(&buffer[bytes..])
-        else {
-            panic!("second record")
-        };
+        let (seq, second, _) = decode(&buffer[bytes..]).unwrap().expect("second record");
         assert_eq!((seq, second), (8, event("b")));
 
-        assert!(matches!(decode(&buffer[..bytes - 1]), Decoded::Corrupt(_)));
-        assert!(matches!(decode(&buffer[..5]), Decoded::Corrupt(_)));
+        assert!(decode(&buffer[..bytes - 1]).is_err());
+        assert!(decode(&buffer[..5]).is_err());
         let mut flipped = buffer.clone();
         flipped[bytes - 2] ^= 0x40;
-        assert!(
-            matches!(decode(&flipped), Decoded::Corrupt(reason) if reason.contains("checksum"))
+        assert!(decode(&flipped).unwrap_err().contains("checksum"));
+        assert_eq!(decode(&[]), Ok(None));
+    }
+
+    #[test]
+    fn resync_finds_the_first_valid_record_after_damage_at_every_offset() {
+        let mut buffer = Vec::new();
+        let mut starts = Vec::new();
+        for seq in 1..=5 {
+            starts.push(buffer.len());
+            encode(&mut buffer, seq, &event(&format!("e{seq}"))).unwrap();
+        }
+        // Damage anywhere in record 2: resync from its start finds record 3 and the two
+        // after it.
+        for at in starts[1]..starts[2] {
+            let mut damaged = buffer.clone();
+            damaged[at] ^= 0x01;
+            let (offset, seq, count) = resync(&damaged[starts[1]..], 2).expect("resync");
+            assert_eq!(
+                (starts[1] + offset, seq, count),
+                (starts[2], 3, 3),
+                "flip at {at}"
+            );
+        }
+        assert_eq!(
+            resync(&buffer[starts[4]..], 5),
+            None,
+            "nothing after the last"
         );
-        assert!(matches!(decode(&[]), Decoded::End));
     }
 }

@@ -62,6 +62,23 @@ pub fn write_snapshot(
     Ok(path)
 }
 
+/// Removes temp files of snapshots a crash interrupted (call at start, before any
+/// snapshot is written); returns how many.
+pub fn remove_stale_temporaries(dir: &Path) -> Result<usize, LogError> {
+    if !dir.exists() {
+        return Ok(0);
+    }
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir).map_err(io_error(dir))? {
+        let path = entry.map_err(io_error(dir))?.path();
+        if path.extension().is_some_and(|e| e == "tmp") {
+            std::fs::remove_file(&path).map_err(io_error(&path))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 /// Tries snapshots newest first; `restore` turns a payload into the caller's state or
 /// says why it cannot. Damaged or refused snapshots are skipped with a warning.
 pub fn load_newest_snapshot<T>(

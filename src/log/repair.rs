@@ -1,0 +1,172 @@
+//! `streamscore repair`: what an operator runs when start-up refuses a damaged log. Every
+//! damaged byte range is moved to `log/damaged/` (never deleted), each segment is
+//! rewritten with its valid records only (temp file, fsync, rename, fsync the folder),
+//! and every missing run of sequence numbers is recorded in `log/losses.txt` with how it
+//! was lost, so the next start accepts exactly those gaps and no others.
+
+use std::path::{Path, PathBuf};
+
+use super::losses::{self, Loss};
+use super::reader::damaged_dir;
+use super::record::{Frame, HEADER_BYTES, decode_frame, resync};
+use super::{LogError, io_error, list_segments, sync_dir};
+
+/// What a repair did.
+#[derive(Debug, Default)]
+pub struct RepairReport {
+    /// Segments checked.
+    pub segments: usize,
+    /// Valid records kept.
+    pub records: u64,
+    /// Damaged byte ranges moved aside: where they went and how many bytes.
+    pub moved: Vec<(PathBuf, usize)>,
+    /// Runs of sequence numbers now recorded as lost (exact counts).
+    pub losses: Vec<Loss>,
+    /// A damaged tail of the newest segment with nothing valid after it: how many
+    /// records it held cannot be told from its bytes (segment, first missing sequence
+    /// number, bytes).
+    pub unknown_tail: Option<(PathBuf, u64, usize)>,
+}
+
+impl RepairReport {
+    /// Records known to be lost (the unknown tail aside).
+    pub fn lost(&self) -> u64 {
+        self.losses.iter().map(|l| l.to - l.from).sum()
+    }
+}
+
+/// Writes `bytes` (damaged at `offset` of `segment`) to the damaged folder, durably.
+pub(crate) fn keep_aside(
+    dir: &Path,
+    segment: &Path,
+    offset: usize,
+    bytes: &[u8],
+) -> Result<PathBuf, LogError> {
+    let folder = damaged_dir(dir);
+    std::fs::create_dir_all(&folder).map_err(io_error(&folder))?;
+    let name = segment
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("segment");
+    let mut target = folder.join(format!("{name}.at-{offset}"));
+    let mut copy = 1;
+    while target.exists() {
+        target = folder.join(format!("{name}.at-{offset}.{copy}"));
+        copy += 1;
+    }
+    write_durably(&target, bytes)?;
+    Ok(target)
+}
+
+/// Temp file, fsync, rename, fsync the folder.
+fn write_durably(target: &Path, bytes: &[u8]) -> Result<(), LogError> {
+    let temporary = target.with_extension("repair-tmp");
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&temporary).map_err(io_error(&temporary))?;
+        file.write_all(bytes).map_err(io_error(&temporary))?;
+        file.sync_all().map_err(io_error(&temporary))?;
+    }
+    std::fs::rename(&temporary, target).map_err(io_error(target))?;
+    if let Some(parent) = target.parent() {
+        sync_dir(parent)?;
+    }
+    Ok(())
+}
+
+/// Repairs the log in `dir`; `snapshot_seq` is what the newest snapshot covers.
+pub fn repair(dir: &Path, snapshot_seq: u64) -> Result<RepairReport, LogError> {
+    let segments = list_segments(dir)?;
+    let mut accepted = losses::read(dir)?;
+    let mut report = RepairReport {
+        segments: segments.len(),
+        ..RepairReport::default()
+    };
+    let lose = |accepted: &mut losses::Losses, from: u64, to: u64, note: String| {
+        let loss = Loss { from, to, note };
+        losses::record(dir, &loss)?;
+        report_loss(&loss);
+        *accepted = losses::read(dir)?;
+        Ok::<Loss, LogError>(loss)
+    };
+    let mut expected: Option<u64> = None;
+    for (index, (first_seq, path)) in segments.iter().enumerate() {
+        let from = expected.unwrap_or(1);
+        let start_covered = expected.is_none() && *first_seq <= snapshot_seq + 1;
+        if *first_seq != from && !start_covered && !accepted.covers(from, *first_seq) {
+            let note = format!("no segment holds them (before {})", path.display());
+            report
+                .losses
+                .push(lose(&mut accepted, from, *first_seq, note)?);
+        }
+        let bytes = std::fs::read(path).map_err(io_error(path))?;
+        let mut kept = Vec::with_capacity(bytes.len());
+        let mut offset = 0usize;
+        let mut next = *first_seq;
+        let mut changed = false;
+        loop {
+            match decode_frame(&bytes[offset..]) {
+                Frame::End => break,
+                Frame::Record {
+                    seq, bytes: used, ..
+                } => {
+                    if seq != next && !accepted.covers(next, seq) {
+                        let note = format!("sequence gap inside {}", path.display());
+                        report.losses.push(lose(&mut accepted, next, seq, note)?);
+                    }
+                    kept.extend_from_slice(&bytes[offset..offset + used]);
+                    report.records += 1;
+                    next = seq + 1;
+                    offset += used;
+                }
+                Frame::Corrupt(reason) => {
+                    changed = true;
+                    let rest = &bytes[offset..];
+                    match resync(rest, next) {
+                        Some((at, seq, _)) => {
+                            let aside = keep_aside(dir, path, offset, &rest[..at])?;
+                            report.moved.push((aside, at));
+                            if seq > next {
+                                let note =
+                                    format!("{reason} at byte {offset} of {}", path.display());
+                                report.losses.push(lose(&mut accepted, next, seq, note)?);
+                            }
+                            offset += at;
+                        }
+                        None => {
+                            let aside = keep_aside(dir, path, offset, rest)?;
+                            report.moved.push((aside, rest.len()));
+                            let is_newest = index + 1 == segments.len();
+                            if is_newest && rest.len() >= HEADER_BYTES {
+                                report.unknown_tail = Some((path.clone(), next, rest.len()));
+                            }
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        if changed {
+            write_durably(path, &kept)?;
+        }
+        expected = Some(next);
+    }
+    let last = expected.map_or(0, |next| next - 1);
+    if snapshot_seq > last && !accepted.covers(last + 1, snapshot_seq + 1) {
+        let note = "missing from the end of the log (the snapshot covers them)".to_string();
+        report
+            .losses
+            .push(lose(&mut accepted, last + 1, snapshot_seq + 1, note)?);
+    }
+    Ok(report)
+}
+
+fn report_loss(loss: &Loss) {
+    tracing::warn!(
+        from = loss.from,
+        to = loss.to,
+        lost = loss.to - loss.from,
+        note = %loss.note,
+        "recorded a loss of logged events"
+    );
+}
