@@ -11,7 +11,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::config::Settings;
 use crate::definitions::Definitions;
-use crate::events::{Limits, RawEvent, Refusal, validate};
+use crate::events::{Event, Limits, RawEvent, Refusal, validate};
 use crate::features::{
     Admission, Counters, Engine, EngineSettings, EngineSnapshot, FeatureRead, ReadError,
 };
@@ -171,6 +171,35 @@ impl FeatureStore {
     /// batch now, so batches of one stream are applied in the order they arrived even
     /// while earlier ones still wait for the disk.
     pub fn submit(&self, events: &[RawEvent]) -> Result<Submitted, StoreError> {
+        let validated = self.validate_batch(events)?;
+        let mut engine = self.engine.write();
+        self.submit_locked(&mut engine, events, validated)
+    }
+
+    /// Runs `read` on the engine, then submits `events` under the same write lock, so
+    /// the read sees every event submitted before it and none of those after (a recorded
+    /// score: the k-th of N parallel scores for one card sees the k-1 before it).
+    /// Nothing is submitted when `read` fails.
+    pub fn read_then_submit<T, E>(
+        &self,
+        events: &[RawEvent],
+        read: impl FnOnce(&Engine) -> Result<T, E>,
+    ) -> Result<Result<(T, Submitted), E>, StoreError> {
+        let validated = self.validate_batch(events)?;
+        let mut engine = self.engine.write();
+        let value = match read(&engine) {
+            Ok(value) => value,
+            Err(error) => return Ok(Err(error)),
+        };
+        let submitted = self.submit_locked(&mut engine, events, validated)?;
+        Ok(Ok((value, submitted)))
+    }
+
+    /// Checks a batch before the lock is taken (validation needs no engine).
+    fn validate_batch<'a>(
+        &self,
+        events: &'a [RawEvent],
+    ) -> Result<Vec<Result<Event<'a>, Refusal>>, StoreError> {
         if events.len() > self.max_batch_events {
             return Err(StoreError::BatchTooLarge {
                 got: events.len(),
@@ -178,13 +207,20 @@ impl FeatureStore {
             });
         }
         let now = now_ms();
-        let validated: Vec<_> = events
+        Ok(events
             .iter()
             .map(|raw| validate(&self.definitions, &self.limits, raw, Some(now)))
-            .collect();
+            .collect())
+    }
+
+    fn submit_locked(
+        &self,
+        engine: &mut Engine,
+        events: &[RawEvent],
+        validated: Vec<Result<Event<'_>, Refusal>>,
+    ) -> Result<Submitted, StoreError> {
         let mut outcome = BatchOutcome::default();
         let mut last_seq = None;
-        let mut engine = self.engine.write();
         for (index, (raw, checked)) in events.iter().zip(validated).enumerate() {
             let event = match checked {
                 Ok(event) => event,

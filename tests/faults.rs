@@ -204,3 +204,37 @@ async fn huge_or_non_finite_amounts_never_yield_an_ok_allow() {
     assert!(response.score.is_finite(), "{response:?}");
     server.stop().await;
 }
+
+/// A card-testing burst sent in parallel: each recorded score must see the payments
+/// recorded before it, so the velocity feature climbs 0, 1, ..., 31.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn parallel_recorded_scores_on_one_card_each_see_the_ones_before() {
+    let server = TestServer::start(|_| {}).await;
+    let now = now_ms();
+    let channel = server.channel().await;
+    let calls = (0..32).map(|k| {
+        let mut scoring = ScoringClient::new(channel.clone());
+        tokio::spawn(async move {
+            let mut request = score_request(payment(&format!("burst-{k}"), now, "c-burst", 1.0));
+            request.record = true;
+            request.include_features = true;
+            let response = scoring.score(request).await.expect("scored").into_inner();
+            let seen = response
+                .features
+                .iter()
+                .find(|f| f.name == "card_payments_10m")
+                .and_then(|f| f.value)
+                .expect("the fraud model reads card_payments_10m");
+            assert_eq!(response.recorded.map(|r| r.accepted), Some(1));
+            seen
+        })
+    });
+    let mut seen = Vec::new();
+    for call in calls.collect::<Vec<_>>() {
+        seen.push(call.await.expect("call task"));
+    }
+    seen.sort_by(f64::total_cmp);
+    let expected: Vec<f64> = (0..32).map(f64::from).collect();
+    assert_eq!(seen, expected);
+    server.stop().await;
+}

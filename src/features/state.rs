@@ -128,9 +128,9 @@ pub struct EntityState {
     /// `watermark - allowed_lateness` passes them), so a read as of a past moment leaves
     /// out what came later; at most [`MAX_PENDING_EVENTS`] events.
     pub(crate) recent: ThinVec<Pending>,
-    /// Reads as of an earlier moment are refused: contributions at or after it were
-    /// sealed early (more than [`MAX_PENDING_EVENTS`] pending), so tiles can no longer tell them
-    /// apart. 0 when nothing was sealed early.
+    /// Reads as of an earlier moment are refused: the newest event time sealed early
+    /// (more than [`MAX_PENDING_EVENTS`] pending), which tiles can no longer tell apart
+    /// from what a read before it may see. 0 when nothing was sealed early.
     pub(crate) exact_from_ms: i64,
 }
 
@@ -414,10 +414,9 @@ pub(crate) fn apply_to_state(
     if pending_events > MAX_PENDING_EVENTS
         && let Some(keep_from) = starts.nth(pending_events - MAX_PENDING_EVENTS)
     {
-        // Sealed early: a read before the newest of these would see them, so it is refused.
-        state.exact_from_ms = state
-            .exact_from_ms
-            .max(state.recent[keep_from - 1].time_ms + 1);
+        // Sealed early: a read before the newest of these would see it, so it is refused
+        // (a read at its very time may see it: it is not later than the read).
+        state.exact_from_ms = state.exact_from_ms.max(state.recent[keep_from - 1].time_ms);
         seal(plan, state, keep_from, seal_before);
     }
 }

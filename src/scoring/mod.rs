@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::events::{RawEvent, Refusal};
-use crate::features::ReadError;
+use crate::features::{Engine, ReadError};
 use crate::model::decision::Decision;
 use crate::registry::{LoadedModel, Registry, RegistryError};
 use crate::store::{BatchOutcome, FeatureStore, StoreError};
@@ -128,7 +128,9 @@ fn top_reasons(model: &LoadedModel, values: &[Option<f64>], count: usize) -> Vec
 }
 
 /// Scores one event. The model is resolved once, so a swap during the call does not
-/// change which version answers.
+/// change which version answers. With `record`, the read and the append of the event
+/// are one step under the store's write lock, so parallel recorded scores for one card
+/// each see the ones before them.
 pub async fn score(
     store: &FeatureStore,
     registry: &Registry,
@@ -136,20 +138,37 @@ pub async fn score(
 ) -> Result<Scored, ScoreError> {
     let model = registry.resolve(&input.model)?;
     complete(&mut input.event, input.record)?;
-    let mut scored = score_with(
-        store,
-        model,
-        &input.event,
-        input.reasons,
-        input.include_features,
-    )?;
-    if input.record {
-        scored.recorded = Some(store.ingest(std::slice::from_ref(&input.event)).await?);
+    store.check(&input.event).map_err(ScoreError::Refused)?;
+    let (reasons, include_features) = (input.reasons, input.include_features);
+    if !input.record {
+        return store.with_engine(|engine| {
+            score_on(
+                store,
+                engine,
+                model,
+                &input.event,
+                reasons,
+                include_features,
+            )
+        });
     }
+    let event = std::slice::from_ref(&input.event);
+    let (mut scored, submitted) = store.read_then_submit(event, |engine| {
+        score_on(
+            store,
+            engine,
+            model,
+            &input.event,
+            reasons,
+            include_features,
+        )
+    })??;
+    scored.recorded = Some(store.wait_durable(submitted).await?);
     Ok(scored)
 }
 
-/// The synchronous heart of [`score`]: validation, input vector, prediction, reasons.
+/// The synchronous heart of [`score`] without `record`: validation, input vector,
+/// prediction, reasons.
 pub fn score_with(
     store: &FeatureStore,
     model: Arc<LoadedModel>,
@@ -157,12 +176,23 @@ pub fn score_with(
     reasons: usize,
     include_features: bool,
 ) -> Result<Scored, ScoreError> {
-    let _span = tracing::debug_span!("score", model = %model.reference()).entered();
     store.check(event).map_err(ScoreError::Refused)?;
+    store.with_engine(|engine| score_on(store, engine, model, event, reasons, include_features))
+}
+
+/// Scores a checked event on the engine as it is.
+fn score_on(
+    store: &FeatureStore,
+    engine: &Engine,
+    model: Arc<LoadedModel>,
+    event: &RawEvent,
+    reasons: usize,
+    include_features: bool,
+) -> Result<Scored, ScoreError> {
+    let _span = tracing::debug_span!("score", model = %model.reference()).entered();
     let definitions = store.definitions();
     let mut values = Vec::with_capacity(model.plan.width());
-    let source =
-        store.with_engine(|engine| model.plan.read(definitions, engine, event, &mut values))?;
+    let source = model.plan.read(definitions, engine, event, &mut values)?;
     let score = model.body.model.predict(&values);
     if !score.is_finite() {
         NON_FINITE_SCORES.fetch_add(1, Ordering::Relaxed);

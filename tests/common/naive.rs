@@ -145,7 +145,7 @@ impl Naive {
                     if pending.events.len() > max {
                         let merged = pending.events.len() - max;
                         let newest_merged = pending.events[merged - 1].0;
-                        pending.exact_from_ms = pending.exact_from_ms.max(newest_merged + 1);
+                        pending.exact_from_ms = pending.exact_from_ms.max(newest_merged);
                         pending.events.drain(..merged);
                     }
                 }
