@@ -46,6 +46,27 @@ struct ReadCache {
     slots: Vec<Option<CachedRead>>,
 }
 
+/// Reads vectors of one plan, reusing entity reads between them (see
+/// [`VectorPlan::cached_reads`]).
+pub struct CachedReads<'p> {
+    plan: &'p VectorPlan,
+    cache: ReadCache,
+}
+
+impl CachedReads<'_> {
+    /// [`VectorPlan::read`], with entity reads shared with earlier calls.
+    pub fn read(
+        &mut self,
+        definitions: &Definitions,
+        engine: &Engine,
+        event: &RawEvent,
+        out: &mut Vec<Option<f64>>,
+    ) -> Result<VectorSource, ReadError> {
+        self.plan
+            .read_cached(definitions, engine, event, out, Some(&mut self.cache))
+    }
+}
+
 /// What a vector was read from.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct VectorSource {
@@ -141,23 +162,13 @@ impl VectorPlan {
         self.read_cached(definitions, engine, event, out, None)
     }
 
-    /// [`VectorPlan::read`] for many events at one moment that share entities (one user,
-    /// many candidate products): an entity is read once and its values reused.
-    pub fn read_many(
-        &self,
-        definitions: &Definitions,
-        engine: &Engine,
-        events: &[RawEvent],
-        out: &mut [Vec<Option<f64>>],
-    ) -> Result<Vec<VectorSource>, ReadError> {
-        let mut cache = ReadCache::default();
-        events
-            .iter()
-            .zip(out)
-            .map(|(event, vector)| {
-                self.read_cached(definitions, engine, event, vector, Some(&mut cache))
-            })
-            .collect()
+    /// A reader for many events at one moment that share entities (one user, many
+    /// candidate products): an entity is read once and its values reused.
+    pub fn cached_reads(&self) -> CachedReads<'_> {
+        CachedReads {
+            plan: self,
+            cache: ReadCache::default(),
+        }
     }
 
     fn read_cached(

@@ -35,6 +35,23 @@ pub struct Ranking {
     pub unknown_entities: Vec<String>,
 }
 
+/// Makes `event` the context with `candidate`'s product and numbers.
+fn set_candidate(
+    event: &mut RawEvent,
+    context_numbers: &BTreeMap<String, f64>,
+    candidate: &CandidateInput,
+) {
+    event
+        .entities
+        .insert("product".into(), candidate.product.clone());
+    if !candidate.numbers.is_empty() || event.numbers.len() != context_numbers.len() {
+        event.numbers.clone_from(context_numbers);
+        event
+            .numbers
+            .extend(candidate.numbers.iter().map(|(k, v)| (k.clone(), *v)));
+    }
+}
+
 /// Scores every candidate as a page view of it by the context's user (the purchase
 /// model's observation) and returns the best `top_n` (all when 0).
 pub fn score_candidates(
@@ -59,21 +76,14 @@ pub fn score_candidates(
         context.event_type = "page_view".into();
     }
     complete(&mut context, false)?;
-    // The context is checked once with the first candidate's product; each candidate's
-    // own id and fields are checked as they are turned into events.
-    let events: Vec<RawEvent> = candidates
-        .iter()
-        .map(|candidate| {
-            let mut event = context.clone();
-            event
-                .entities
-                .insert("product".into(), candidate.product.clone());
-            event.numbers.extend(candidate.numbers.clone());
-            event
-        })
-        .collect();
-    for (index, event) in events.iter().enumerate() {
-        store.check(event).map_err(|refusal| {
+    // One event is reused for every candidate: its product and numbers are set in place,
+    // so a large context is never copied per candidate. The context's own numbers are
+    // kept to restore between candidates.
+    let context_numbers = context.numbers.clone();
+    let mut event = context;
+    for (index, candidate) in candidates.iter().enumerate() {
+        set_candidate(&mut event, &context_numbers, candidate);
+        store.check(&event).map_err(|refusal| {
             ScoreError::Refused(crate::events::Refusal {
                 field: format!("candidates[{index}].{}", refusal.field),
                 ..refusal
@@ -81,33 +91,33 @@ pub fn score_candidates(
         })?;
     }
     let definitions = store.definitions();
-    let width = model.plan.width();
-    let mut vectors = vec![Vec::with_capacity(width); events.len()];
-    let sources = store.with_engine(|engine| {
-        model
-            .plan
-            .read_many(definitions, engine, &events, &mut vectors)
-    })?;
-    let unknown = sources
-        .into_iter()
-        .next()
-        .map(|source| source.unknown)
-        .unwrap_or_default();
     let mut ranked = Vec::with_capacity(candidates.len());
-    for (candidate, vector) in candidates.iter().zip(&vectors) {
-        let score = model.body.model.predict(vector);
-        if !score.is_finite() {
-            super::NON_FINITE_SCORES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return Err(ScoreError::NonFinite {
-                model: model.reference(),
+    let mut vector = Vec::with_capacity(model.plan.width());
+    let mut unknown = None;
+    store.with_engine(|engine| {
+        let mut reads = model.plan.cached_reads();
+        for candidate in candidates {
+            set_candidate(&mut event, &context_numbers, candidate);
+            let source = reads.read(definitions, engine, &event, &mut vector)?;
+            unknown.get_or_insert(source.unknown);
+            let score = model.body.model.predict(&vector);
+            if !score.is_finite() {
+                super::NON_FINITE_SCORES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Err(ScoreError::NonFinite {
+                    model: model.reference(),
+                    score,
+                });
+            }
+            ranked.push(RankedCandidate {
+                product: candidate.product.clone(),
                 score,
             });
         }
-        ranked.push(RankedCandidate {
-            product: candidate.product.clone(),
-            score,
-        });
-    }
+        Ok(())
+    })?;
+    let unknown = unknown.unwrap_or_default();
+    let mut context = event;
+    context.entities.remove("product");
     ranked.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.product.cmp(&b.product)));
     if top_n > 0 {
         ranked.truncate(top_n);

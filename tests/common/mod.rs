@@ -4,7 +4,9 @@
 
 pub mod naive;
 
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
 use streamscore::config::Settings;
@@ -196,4 +198,38 @@ pub fn assert_matches_naive(
             );
         }
     }
+}
+
+/// Starts `streamscore serve` on port 0 and returns it with the address it logged.
+pub fn spawn_server(data_dir: &std::path::Path) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_streamscore"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .env("RUST_LOG", "info")
+        // Any free port: a fixed one could be taken by another server on the machine.
+        .env("STREAMSCORE__METRICS__LISTEN", "127.0.0.1:0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn streamscore");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("server exited before listening")
+            .expect("read stderr");
+        if line.contains("streamscore listening") {
+            let addr = line
+                .split("addr=")
+                .nth(1)
+                .expect("addr in log line")
+                .trim()
+                .to_string();
+            break addr;
+        }
+    };
+    // Keep draining the server's log so it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, format!("http://{addr}"))
 }
