@@ -126,6 +126,10 @@ pub struct TrainArgs {
     /// Share of the latest rows held out for validation.
     #[arg(long, default_value_t = 0.25)]
     pub holdout: f64,
+    /// Fail when more than this share of the history's events is refused (invalid,
+    /// duplicate or late); each reason is printed with its count either way.
+    #[arg(long, default_value_t = crate::train::dataset::DEFAULT_MAX_REFUSED_SHARE)]
+    pub max_refused_share: f64,
     /// What to predict: fraud (each payment), purchase (an order within --label-window of
     /// each page view) or order_value (each order's amount).
     #[arg(long, default_value = "fraud")]
@@ -418,7 +422,33 @@ fn train(args: TrainArgs) -> CliResult {
         }
         (Some(history), None) => {
             eprintln!("reading {}...", history.display());
-            let events = read_history(history)?;
+            let mut events = read_history(history)?;
+            // Replay needs time order: an event more than the lateness behind the newest
+            // one would be refused. The history is in memory, so a stable sort fixes it.
+            let mut newest = i64::MIN;
+            let out_of_order = events
+                .iter()
+                .filter(|event| {
+                    let behind = event.event_time_ms < newest;
+                    newest = newest.max(event.event_time_ms);
+                    behind
+                })
+                .count();
+            if out_of_order > 0 {
+                events.sort_by_key(|event| event.event_time_ms);
+                eprintln!(
+                    "the history was not in time order ({out_of_order} events came after a later one): sorted it by event time"
+                );
+            }
+            if !(0.0..=1.0).contains(&args.max_refused_share) {
+                return Err(format!(
+                    "--max-refused-share: must be a share between 0 and 1, got {}",
+                    args.max_refused_share
+                )
+                .into());
+            }
+            let mut spec = config.spec.clone();
+            spec.max_refused_share = args.max_refused_share;
             let defaults = Settings::default();
             let settings = crate::features::EngineSettings {
                 allowed_lateness_ms: defaults.ingest.allowed_lateness.0,
@@ -429,11 +459,25 @@ fn train(args: TrainArgs) -> CliResult {
                 std::sync::Arc::clone(&definitions),
                 settings,
                 || events.iter().cloned(),
-                &config.spec,
+                &spec,
                 |done| bar.show(crate::train::pipeline::Progress::Replayed(done)),
             );
             bar.finish();
-            dataset?
+            let dataset = dataset?;
+            if dataset.skipped_events > 0 {
+                eprintln!(
+                    "{} events of the history were not applied: {}",
+                    dataset.skipped_events,
+                    dataset.refusal_summary(10)
+                );
+            }
+            if dataset.unreadable_observations > 0 {
+                eprintln!(
+                    "{} observations left out: their features could not be read exactly as of their time",
+                    dataset.unreadable_observations
+                );
+            }
+            dataset
         }
         (None, None) => return Err("give --events or --table".into()),
     };

@@ -49,7 +49,14 @@ pub struct DatasetSpec {
     pub entities: Vec<String>,
     /// Append the request-time features.
     pub request_features: bool,
+    /// The build fails when a larger share of the history's events is refused
+    /// (invalid, duplicate or late): a run that quietly trains on what is left of a
+    /// broken export is worse than no run.
+    pub max_refused_share: f64,
 }
+
+/// The default of [`DatasetSpec::max_refused_share`]: 1%.
+pub const DEFAULT_MAX_REFUSED_SHARE: f64 = 0.01;
 
 impl DatasetSpec {
     /// The default purchase model's inputs, observed at each page view: user, product and
@@ -61,6 +68,7 @@ impl DatasetSpec {
                 .map(String::from)
                 .to_vec(),
             request_features: false,
+            max_refused_share: DEFAULT_MAX_REFUSED_SHARE,
         }
     }
 
@@ -71,6 +79,7 @@ impl DatasetSpec {
             target: Target::OrderValue,
             entities: ["user", "card", "device"].map(String::from).to_vec(),
             request_features: false,
+            max_refused_share: DEFAULT_MAX_REFUSED_SHARE,
         }
     }
 
@@ -81,6 +90,7 @@ impl DatasetSpec {
             target: Target::Fraud { label_window_ms },
             entities: ["card", "user", "device", "ip"].map(String::from).to_vec(),
             request_features: true,
+            max_refused_share: DEFAULT_MAX_REFUSED_SHARE,
         }
     }
 }
@@ -102,8 +112,29 @@ pub struct Dataset {
     pub unlabelled: usize,
     /// Events of the history that were invalid, duplicate or too late (not applied).
     pub skipped_events: usize,
+    /// Why those events were not applied: a reason and how many times it was given.
+    pub refusals: std::collections::BTreeMap<String, usize>,
     /// Observations whose features could not be read exactly as of their time.
     pub unreadable_observations: usize,
+}
+
+impl Dataset {
+    fn refuse(&mut self, reason: String) {
+        self.skipped_events += 1;
+        *self.refusals.entry(reason).or_default() += 1;
+    }
+
+    /// The `most` most common refusal reasons with their counts, most common first.
+    pub fn refusal_summary(&self, most: usize) -> String {
+        let mut reasons: Vec<(&String, &usize)> = self.refusals.iter().collect();
+        reasons.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        reasons
+            .iter()
+            .take(most)
+            .map(|(reason, count)| format!("{count} x {reason}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -112,6 +143,16 @@ pub enum DatasetError {
     UnknownEntity(String),
     #[error("the request-time features need the stored feature '{USER_MEAN_FEATURE}'")]
     MissingUserMean,
+    #[error(
+        "{refused} of {total} events of the history were refused (more than {:.1}% allowed); most common: {top}",
+        max_share * 100.0
+    )]
+    TooManyRefused {
+        refused: usize,
+        total: usize,
+        max_share: f64,
+        top: String,
+    },
 }
 
 struct Labels {
@@ -292,17 +333,32 @@ impl Dataset {
             columns,
             ..Dataset::default()
         };
+        let mut total = 0;
         for (seq, raw) in history().enumerate() {
+            total = seq + 1;
             if seq % 100_000 == 0 {
                 progress(seq as u64);
             }
-            let Ok(event) = validate(&definitions, &limits, &raw, None) else {
-                dataset.skipped_events += 1;
-                continue;
+            let event = match validate(&definitions, &limits, &raw, None) {
+                Ok(event) => event,
+                Err(refusal) => {
+                    dataset.refuse(format!("invalid {}: {}", refusal.field, refusal.reason));
+                    continue;
+                }
             };
-            if engine.admit(&event) != Admission::Apply {
-                dataset.skipped_events += 1;
-                continue;
+            match engine.admit(&event) {
+                Admission::Apply => {}
+                Admission::Duplicate => {
+                    dataset.refuse("duplicate event id".into());
+                    continue;
+                }
+                Admission::Refused(_) => {
+                    dataset.refuse(format!(
+                        "later than the allowed lateness ({} ms) behind the newest event",
+                        settings.allowed_lateness_ms
+                    ));
+                    continue;
+                }
             }
             if raw.event_type == observed {
                 match label_of(spec.target, &labels, &raw) {
@@ -322,6 +378,15 @@ impl Dataset {
                 }
             }
             engine.apply(&event, seq as u64 + 1);
+        }
+        let share = dataset.skipped_events as f64 / total.max(1) as f64;
+        if share > spec.max_refused_share {
+            return Err(DatasetError::TooManyRefused {
+                refused: dataset.skipped_events,
+                total,
+                max_share: spec.max_refused_share,
+                top: dataset.refusal_summary(3),
+            });
         }
         Ok(dataset)
     }

@@ -125,6 +125,7 @@ pub fn read(path: &Path) -> Result<Dataset, TableError> {
         rows,
         unlabelled: 0,
         skipped_events: 0,
+        refusals: Default::default(),
         unreadable_observations: 0,
     })
 }
@@ -189,6 +190,7 @@ mod tests {
                 .collect(),
             unlabelled: 0,
             skipped_events: 0,
+            refusals: Default::default(),
             unreadable_observations: 0,
         };
         let dir = tempfile::tempdir().unwrap();

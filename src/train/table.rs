@@ -123,6 +123,7 @@ pub fn read_csv(path: &Path) -> Result<Dataset, TableError> {
         rows,
         unlabelled: 0,
         skipped_events: 0,
+        refusals: Default::default(),
         unreadable_observations: 0,
     })
 }
@@ -173,6 +174,7 @@ mod tests {
             ],
             unlabelled: 0,
             skipped_events: 0,
+            refusals: Default::default(),
             unreadable_observations: 0,
         };
         let mut bytes = Vec::new();
