@@ -81,39 +81,28 @@ pub fn score_candidates(
     // kept to restore between candidates.
     let context_numbers = context.numbers.clone();
     let mut event = context;
-    for (index, candidate) in candidates.iter().enumerate() {
-        set_candidate(&mut event, &context_numbers, candidate);
-        store.check(&event).map_err(|refusal| {
-            ScoreError::Refused(crate::events::Refusal {
-                field: format!("candidates[{index}].{}", refusal.field),
-                ..refusal
-            })
-        })?;
-    }
     let definitions = store.definitions();
     let mut ranked = Vec::with_capacity(candidates.len());
     let mut vector = Vec::with_capacity(model.plan.width());
     let mut unknown = None;
     store.with_engine(|engine| {
         let mut reads = model.plan.cached_reads();
-        for candidate in candidates {
+        for (index, candidate) in candidates.iter().enumerate() {
             set_candidate(&mut event, &context_numbers, candidate);
+            store.check(&event).map_err(|refusal| {
+                ScoreError::Refused(crate::events::Refusal {
+                    field: format!("candidates[{index}].{}", refusal.field),
+                    ..refusal
+                })
+            })?;
             let source = reads.read(definitions, engine, &event, &mut vector)?;
             unknown.get_or_insert(source.unknown);
-            let score = model.body.model.predict(&vector);
-            if !score.is_finite() {
-                super::NON_FINITE_SCORES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                return Err(ScoreError::NonFinite {
-                    model: model.reference(),
-                    score,
-                });
-            }
             ranked.push(RankedCandidate {
                 product: candidate.product.clone(),
-                score,
+                score: super::finite(&model, model.body.model.predict(&vector))?,
             });
         }
-        Ok(())
+        Ok::<(), ScoreError>(())
     })?;
     let unknown = unknown.unwrap_or_default();
     let mut context = event;

@@ -21,6 +21,19 @@ pub use candidates::{CandidateInput, RankedCandidate, Ranking, score_candidates}
 /// Scores refused because the model gave NaN or an infinity (a Prometheus counter).
 pub static NON_FINITE_SCORES: AtomicU64 = AtomicU64::new(0);
 
+/// `score` if it is a number; otherwise the call fails closed and is counted.
+fn finite(model: &LoadedModel, score: f64) -> Result<f64, ScoreError> {
+    if score.is_finite() {
+        return Ok(score);
+    }
+    NON_FINITE_SCORES.fetch_add(1, Ordering::Relaxed);
+    tracing::error!(model = %model.reference(), score, "non-finite score; failing closed");
+    Err(ScoreError::NonFinite {
+        model: model.reference(),
+        score,
+    })
+}
+
 /// Reasons returned when the request does not say.
 pub const DEFAULT_REASONS: usize = 5;
 
@@ -140,29 +153,14 @@ pub async fn score(
     complete(&mut input.event, input.record)?;
     store.check(&input.event).map_err(ScoreError::Refused)?;
     let (reasons, include_features) = (input.reasons, input.include_features);
+    let event = &input.event;
+    let score_now =
+        |engine: &Engine| score_on(store, engine, model, event, reasons, include_features);
     if !input.record {
-        return store.with_engine(|engine| {
-            score_on(
-                store,
-                engine,
-                model,
-                &input.event,
-                reasons,
-                include_features,
-            )
-        });
+        return store.with_engine(score_now);
     }
-    let event = std::slice::from_ref(&input.event);
-    let (mut scored, submitted) = store.read_then_submit(event, |engine| {
-        score_on(
-            store,
-            engine,
-            model,
-            &input.event,
-            reasons,
-            include_features,
-        )
-    })??;
+    let (mut scored, submitted) =
+        store.read_then_submit(std::slice::from_ref(event), score_now)??;
     scored.recorded = Some(store.wait_durable(submitted).await?);
     Ok(scored)
 }
@@ -193,15 +191,7 @@ fn score_on(
     let definitions = store.definitions();
     let mut values = Vec::with_capacity(model.plan.width());
     let source = model.plan.read(definitions, engine, event, &mut values)?;
-    let score = model.body.model.predict(&values);
-    if !score.is_finite() {
-        NON_FINITE_SCORES.fetch_add(1, Ordering::Relaxed);
-        tracing::error!(model = %model.reference(), score, "non-finite score; failing closed");
-        return Err(ScoreError::NonFinite {
-            model: model.reference(),
-            score,
-        });
-    }
+    let score = finite(&model, model.body.model.predict(&values))?;
     let decision = model.body.thresholds.map(|t| t.decide(score));
     let reasons = top_reasons(&model, &values, reasons);
     let unknown_entities = source
