@@ -27,6 +27,23 @@ pub struct Settings {
     pub snapshot: SnapshotSettings,
     pub models: ModelSettings,
     pub metrics: MetricsSettings,
+    pub shutdown: ShutdownSettings,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownSettings {
+    /// After SIGTERM, how long open `IngestStream`s may go on before they are ended with
+    /// UNAVAILABLE; then the log is flushed, a snapshot written and the process exits.
+    pub drain_timeout: Millis,
+}
+
+impl Default for ShutdownSettings {
+    fn default() -> Self {
+        ShutdownSettings {
+            drain_timeout: Millis(10_000),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -111,6 +128,7 @@ impl Default for Settings {
             snapshot: SnapshotSettings::default(),
             models: ModelSettings::default(),
             metrics: MetricsSettings::default(),
+            shutdown: ShutdownSettings::default(),
         }
     }
 }

@@ -19,12 +19,16 @@ use crate::api::pb::models_server::ModelsServer;
 use crate::api::pb::scoring_server::ScoringServer;
 use crate::api::prometheus;
 use crate::api::{
-    FILE_DESCRIPTOR_SET, FeaturesService, IngestService, ModelsService, ScoringService,
+    Drain, FILE_DESCRIPTOR_SET, FeaturesService, IngestService, ModelsService, ScoringService,
 };
 use crate::config::Settings;
 use crate::definitions::{Definitions, DefinitionsError};
 use crate::registry::{Registry, RegistryError};
 use crate::store::{FeatureStore, StoreError};
+
+/// After the drain deadline, how long the last acks may take before connections are
+/// dropped.
+const DRAIN_GRACE: Duration = Duration::from_secs(2);
 
 /// How often expired entities are swept out of memory.
 const EVICTION_INTERVAL: Duration = Duration::from_secs(10);
@@ -200,14 +204,32 @@ pub async fn run_with(
         settings.snapshot.interval.as_duration(),
         settings.snapshot.every_events,
     ));
-    let result = Server::builder()
+    // Shutdown: stop accepting at once; open streams may go on for the drain timeout,
+    // then end with UNAVAILABLE. A connection that still holds the server after that
+    // (and a grace for the last acks) is dropped, so SIGTERM always ends the process.
+    let drain_timeout = settings.shutdown.drain_timeout.as_duration();
+    let (draining, draining_rx) = tokio::sync::watch::channel(false);
+    let mut drain_started = draining_rx.clone();
+    let drain = Drain {
+        draining: draining_rx,
+        timeout: drain_timeout,
+    };
+    let shutdown = async move {
+        shutdown.await;
+        tracing::info!(
+            drain_ms = drain_timeout.as_millis() as u64,
+            "draining: no new connections; open streams end at the drain deadline"
+        );
+        let _ = draining.send(true);
+    };
+    let serving = Server::builder()
         .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path()))
         .layer(SizeRefusalLayer)
         .layer(MetricsLayer::new(Arc::clone(&metrics)))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(
-            IngestServer::new(IngestService::new(Arc::clone(&store)))
+            IngestServer::new(IngestService::new(Arc::clone(&store), drain))
                 .max_decoding_message_size(max_message),
         )
         .add_service(
@@ -222,8 +244,18 @@ pub async fn run_with(
             .max_decoding_message_size(max_message),
         )
         .add_service(ModelsServer::new(ModelsService::new(Arc::clone(&registry))))
-        .serve_with_incoming_shutdown(without_nagle(listeners.grpc), shutdown)
-        .await;
+        .serve_with_incoming_shutdown(without_nagle(listeners.grpc), shutdown);
+    let backstop = async {
+        let _ = drain_started.wait_for(|draining| *draining).await;
+        tokio::time::sleep(drain_timeout + DRAIN_GRACE).await;
+    };
+    let result = tokio::select! {
+        result = serving => result,
+        () = backstop => {
+            tracing::warn!("connections still open after the drain deadline: dropping them");
+            Ok(())
+        }
+    };
     maintenance.abort();
     watcher.abort();
     scoring_health.abort();

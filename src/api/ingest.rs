@@ -4,7 +4,9 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
@@ -20,11 +22,31 @@ const STREAM_WINDOW: usize = 64;
 
 pub struct IngestService {
     store: Arc<FeatureStore>,
+    drain: Drain,
 }
 
 impl IngestService {
-    pub fn new(store: Arc<FeatureStore>) -> IngestService {
-        IngestService { store }
+    pub fn new(store: Arc<FeatureStore>, drain: Drain) -> IngestService {
+        IngestService { store, drain }
+    }
+}
+
+/// Shutdown as open streams see it: once `draining` turns true they may go on for
+/// `timeout`, then they are ended with UNAVAILABLE.
+#[derive(Clone)]
+pub struct Drain {
+    pub draining: watch::Receiver<bool>,
+    pub timeout: Duration,
+}
+
+impl Drain {
+    /// Resolves when a stream must end: `timeout` after draining began.
+    async fn deadline(mut self) {
+        if self.draining.wait_for(|draining| *draining).await.is_err() {
+            // The server is gone without draining: nothing to wait for.
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(self.timeout).await;
     }
 }
 
@@ -57,12 +79,25 @@ impl Ingest for IngestService {
         let mut inbound = request.into_inner();
         let (sender, receiver) = mpsc::channel::<Result<pb::IngestAck, Status>>(STREAM_WINDOW);
         let store = Arc::clone(&self.store);
+        let deadline = self.drain.clone().deadline();
         // Batches are applied in arrival order and their durability waits run
         // concurrently, so one fsync can cover many batches of the same stream; the acks
         // still leave in order because each waits for the one before it.
         let (pending_tx, mut pending_rx) = mpsc::channel(STREAM_WINDOW);
         tokio::spawn(async move {
-            while let Some(next) = inbound.next().await {
+            tokio::pin!(deadline);
+            loop {
+                let next = tokio::select! {
+                    next = inbound.next() => next,
+                    () = &mut deadline => {
+                        let status = Status::unavailable(
+                            "the server is shutting down: this stream's drain time is over; reconnect to another server or retry later (every acked batch is durable)",
+                        );
+                        let _ = pending_tx.send(tokio::spawn(async move { Err(status) })).await;
+                        break;
+                    }
+                };
+                let Some(next) = next else { break };
                 let request = match next {
                     Ok(request) => request,
                     Err(status) => {

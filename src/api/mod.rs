@@ -14,7 +14,7 @@ pub mod prometheus;
 mod scoring;
 
 pub use features::FeaturesService;
-pub use ingest::IngestService;
+pub use ingest::{Drain, IngestService};
 pub use models::ModelsService;
 pub use scoring::ScoringService;
 

@@ -202,9 +202,15 @@ pub fn assert_matches_naive(
 
 /// Starts `streamscore serve` on port 0 and returns it with the address it logged.
 pub fn spawn_server(data_dir: &std::path::Path) -> (Child, String) {
+    spawn_server_with(data_dir, &[])
+}
+
+/// [`spawn_server`] with extra environment settings (`STREAMSCORE__...`).
+pub fn spawn_server_with(data_dir: &std::path::Path, env: &[(&str, &str)]) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_streamscore"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
+        .envs(env.iter().copied())
         .env("RUST_LOG", "info")
         // Any free port: a fixed one could be taken by another server on the machine.
         .env("STREAMSCORE__METRICS__LISTEN", "127.0.0.1:0")
