@@ -26,6 +26,11 @@ use crate::definitions::{Definitions, DefinitionsError};
 use crate::registry::{Registry, RegistryError};
 use crate::store::{FeatureStore, StoreError};
 
+/// Concurrent calls one connection may hold.
+const MAX_STREAMS_PER_CONNECTION: u32 = 1_024;
+/// Header bytes one request may send.
+const MAX_HEADER_BYTES: u32 = 16 << 10;
+
 /// After the drain deadline, how long the last acks may take before connections are
 /// dropped.
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
@@ -223,6 +228,13 @@ pub async fn run_with(
         let _ = draining.send(true);
     };
     let serving = Server::builder()
+        // A peer that stops answering pings is dropped, a dead one found by TCP
+        // keepalive; one connection holds a bounded number of calls and header bytes.
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .tcp_keepalive(Some(Duration::from_secs(60)))
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .http2_max_header_list_size(Some(MAX_HEADER_BYTES))
         .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path()))
         .layer(SizeRefusalLayer)
         .layer(MetricsLayer::new(Arc::clone(&metrics)))

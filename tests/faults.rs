@@ -238,3 +238,26 @@ async fn parallel_recorded_scores_on_one_card_each_see_the_ones_before() {
     assert_eq!(seen, expected);
     server.stop().await;
 }
+
+/// A half-sent request on the metrics port used to hold its connection open forever;
+/// now the server closes it (after its scrape timeout) and keeps answering scrapes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_sent_scrape_is_closed_by_the_server() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start(|_| {}).await;
+    let mut stalled = tokio::net::TcpStream::connect(server.metrics_addr)
+        .await
+        .unwrap();
+    stalled.write_all(b"GET /metr").await.unwrap();
+    let mut rest = Vec::new();
+    // Returns only when the server closes the connection; a hang is the bug.
+    let _ = stalled.read_to_end(&mut rest).await;
+    assert!(rest.is_empty(), "no answer to half a request");
+    assert!(
+        server
+            .scrape()
+            .await
+            .contains("streamscore_scores_non_finite")
+    );
+    server.stop().await;
+}

@@ -1,7 +1,9 @@
-//! Message-size refusals as RESOURCE_EXHAUSTED. tonic reports a message over the
-//! decoding cap as OUT_OF_RANGE; the API promises RESOURCE_EXHAUSTED (the gRPC code for
-//! "too big"), so this tower layer rewrites that one status on its way out, and the
-//! streaming handler rewrites it where it sees it in the request stream.
+//! The codes of requests refused by tonic's decoder, as the API promises them: a message
+//! over the decoding cap (tonic: OUT_OF_RANGE) is RESOURCE_EXHAUSTED, the gRPC code for
+//! "too big"; bytes that are not the message (tonic: INTERNAL, "failed to decode
+//! Protobuf message") are the caller's fault, INVALID_ARGUMENT. This tower layer rewrites
+//! those statuses on their way out, and the streaming handler rewrites them where it
+//! sees them in the request stream.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -18,10 +20,19 @@ fn is_size_refusal(code: Code, message: &str) -> bool {
             .contains("message length too large")
 }
 
-/// OUT_OF_RANGE "message too large" from tonic's decoder -> RESOURCE_EXHAUSTED.
+fn is_decode_refusal(code: Code, message: &str) -> bool {
+    code == Code::Internal
+        && message
+            .replace("%20", " ")
+            .starts_with("failed to decode Protobuf message")
+}
+
+/// tonic's decoder refusals -> the codes the API promises.
 pub fn normalise(status: Status) -> Status {
     if is_size_refusal(status.code(), status.message()) {
         Status::resource_exhausted(status.message().to_string())
+    } else if is_decode_refusal(status.code(), status.message()) {
+        Status::invalid_argument(status.message().to_string())
     } else {
         status
     }
@@ -60,15 +71,17 @@ where
         Box::pin(async move {
             let mut response = response.await?;
             let headers = response.headers_mut();
-            let refused = headers
-                .get("grpc-status")
-                .is_some_and(|code| code.as_bytes() == b"11")
-                && headers
-                    .get("grpc-message")
-                    .and_then(|m| m.to_str().ok())
-                    .is_some_and(|m| is_size_refusal(Code::OutOfRange, m));
-            if refused {
-                headers.insert("grpc-status", HeaderValue::from_static("8"));
+            let message = headers
+                .get("grpc-message")
+                .and_then(|m| m.to_str().ok())
+                .unwrap_or_default();
+            let rewrite = match headers.get("grpc-status").map(|code| code.as_bytes()) {
+                Some(b"11") if is_size_refusal(Code::OutOfRange, message) => Some("8"),
+                Some(b"13") if is_decode_refusal(Code::Internal, message) => Some("3"),
+                _ => None,
+            };
+            if let Some(code) = rewrite {
+                headers.insert("grpc-status", HeaderValue::from_static(code));
             }
             Ok(response)
         })

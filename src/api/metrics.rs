@@ -199,6 +199,32 @@ fn grpc_status<B>(response: &http::Response<B>) -> &str {
     }
 }
 
+/// The methods served; any other path is counted as `unknown`, so a caller cannot make
+/// the label set (and the memory and scrape size) grow by calling made-up paths.
+const METHODS: &[&str] = &[
+    "IngestStream",
+    "IngestBatch",
+    "GetFeatures",
+    "Score",
+    "ScoreCandidates",
+    "ListModels",
+    "GetModel",
+    "LoadModel",
+    "SetAlias",
+    "Check",
+    "Watch",
+    "ServerReflectionInfo",
+];
+
+fn method_label(path: &str) -> &'static str {
+    let method = path.rsplit('/').next().unwrap_or("");
+    METHODS
+        .iter()
+        .find(|known| **known == method)
+        .copied()
+        .unwrap_or("unknown")
+}
+
 impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for MetricsService<S>
 where
     S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>> + Clone + Send + 'static,
@@ -218,13 +244,7 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let metrics = Arc::clone(&self.metrics);
-        let method = request
-            .uri()
-            .path()
-            .rsplit('/')
-            .next()
-            .unwrap_or("")
-            .to_string();
+        let method = method_label(request.uri().path()).to_string();
         let started = Instant::now();
         Box::pin(async move {
             let response = inner.call(request).await?;
@@ -269,6 +289,16 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn method_labels_are_bounded() {
+        assert_eq!(method_label("/streamscore.v1.Scoring/Score"), "Score");
+        assert_eq!(method_label("/x.Y/MadeUp"), "unknown");
+        assert_eq!(
+            method_label(&format!("/a/{}", "z".repeat(10_000))),
+            "unknown"
+        );
+    }
 
     #[test]
     fn renders_counters_histograms_and_gauges() {

@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -103,22 +104,40 @@ async fn answer(mut stream: TcpStream, sources: Sources) -> std::io::Result<()> 
     stream.shutdown().await
 }
 
+/// A scrape that has not sent its request and read the answer by then is dropped, so a
+/// half-sent request cannot hold a connection open forever.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Accept errors (EMFILE when out of descriptors) are retried after a pause that doubles
+/// up to this, instead of spinning and logging in a tight loop.
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
 /// Serves scrapes on `listener` until `shutdown` resolves.
 pub async fn serve(listener: TcpListener, sources: Sources, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
+    let mut backoff = Duration::ZERO;
     loop {
         tokio::select! {
             _ = &mut shutdown => return,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
+                    backoff = Duration::ZERO;
                     let sources = sources.clone();
                     tokio::spawn(async move {
-                        if let Err(error) = answer(stream, sources).await {
-                            tracing::debug!(%error, "metrics scrape failed");
+                        match tokio::time::timeout(SCRAPE_TIMEOUT, answer(stream, sources)).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(error)) => tracing::debug!(%error, "metrics scrape failed"),
+                            Err(_) => tracing::debug!("metrics scrape timed out"),
                         }
                     });
                 }
-                Err(error) => tracing::warn!(%error, "metrics listener accept failed"),
+                Err(error) => {
+                    backoff = (backoff * 2).clamp(Duration::from_millis(10), MAX_ACCEPT_BACKOFF);
+                    tracing::warn!(%error, backoff_ms = backoff.as_millis() as u64, "metrics listener accept failed; pausing");
+                    tokio::select! {
+                        _ = &mut shutdown => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                }
             },
         }
     }
