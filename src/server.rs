@@ -184,6 +184,7 @@ pub async fn run_with(
         Arc::clone(&registry),
         settings.models.watch_interval.as_duration(),
     ));
+    let ingest_health = tokio::spawn(report_ingest_health(health.clone(), Arc::clone(&store)));
     let metrics = Arc::new(Metrics::default());
     let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
     let metrics_task = listeners.metrics.map(|listener| {
@@ -271,6 +272,7 @@ pub async fn run_with(
     maintenance.abort();
     watcher.abort();
     scoring_health.abort();
+    ingest_health.abort();
     let _ = stop_metrics.send(());
     if let Some(task) = metrics_task {
         let _ = task.await;
@@ -306,20 +308,60 @@ async fn report_scoring_health(
     }
 }
 
+/// Keeps the health of `Ingest` in step with the log: NOT_SERVING while it cannot write.
+async fn report_ingest_health(
+    health: tonic_health::server::HealthReporter,
+    store: Arc<FeatureStore>,
+) {
+    let mut stalled = false;
+    let mut ticks = tokio::time::interval(HEALTH_TICK);
+    loop {
+        ticks.tick().await;
+        let now = store.log_stalled();
+        if now != stalled {
+            if now {
+                health
+                    .set_not_serving::<IngestServer<IngestService>>()
+                    .await;
+            } else {
+                health.set_serving::<IngestServer<IngestService>>().await;
+            }
+            stalled = now;
+        }
+    }
+}
+
+/// How often the log's state is turned into Ingest's health.
+const HEALTH_TICK: Duration = Duration::from_millis(250);
+
+/// A failed accept (EMFILE when out of descriptors) pauses the accept loop this long:
+/// tonic would end the server on it, and retrying at once would spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
 /// Accepted connections with Nagle's algorithm off: small responses (a score) would
-/// otherwise wait for the peer's delayed ACK, up to 40 ms on Linux.
+/// otherwise wait for the peer's delayed ACK, up to 40 ms on Linux. Accept errors are
+/// paused over, never passed on.
 fn without_nagle(
     listener: TcpListener,
 ) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
     use tokio_stream::StreamExt;
-    TcpListenerStream::new(listener).map(|accepted| {
-        if let Ok(stream) = &accepted
-            && let Err(error) = stream.set_nodelay(true)
-        {
-            tracing::debug!(%error, "cannot turn off Nagle's algorithm");
-        }
-        accepted
-    })
+    TcpListenerStream::new(listener)
+        .then(|accepted| async move {
+            match accepted {
+                Ok(stream) => {
+                    if let Err(error) = stream.set_nodelay(true) {
+                        tracing::debug!(%error, "cannot turn off Nagle's algorithm");
+                    }
+                    Some(Ok(stream))
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "accept failed; pausing the accept loop");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    None
+                }
+            }
+        })
+        .filter_map(|accepted| accepted)
 }
 
 /// How often the snapshot triggers (time and event count) are checked.

@@ -219,6 +219,11 @@ impl FeatureStore {
         events: &[RawEvent],
         validated: Vec<Result<Event<'_>, Refusal>>,
     ) -> Result<Submitted, StoreError> {
+        // Checked once per batch, so a batch is either taken whole (and acked once the
+        // log writes again) or refused whole while the log cannot write.
+        if self.log.stalled() {
+            return Err(LogError::Stalled.into());
+        }
         let mut outcome = BatchOutcome::default();
         let mut last_seq = None;
         for (index, (raw, checked)) in events.iter().zip(validated).enumerate() {
@@ -336,8 +341,21 @@ impl FeatureStore {
         Ok(Some(path))
     }
 
-    /// Flushes the log, writes a final snapshot and stops the log writer.
+    /// Whether the log cannot write right now and is retrying (ingest is refused).
+    pub fn log_stalled(&self) -> bool {
+        self.log.stalled()
+    }
+
+    /// Flushes the log, writes a final snapshot and stops the log writer. A log that
+    /// cannot write is not waited for: what it holds was never acknowledged.
     pub fn close(&self) -> Result<(), StoreError> {
+        if self.log.stalled() {
+            tracing::error!(
+                "closing while the event log cannot write: unacknowledged events in its buffer are dropped, no final snapshot"
+            );
+            self.log.close();
+            return Err(LogError::Stalled.into());
+        }
         self.log.wait_durable_blocking(self.log.last_seq())?;
         self.snapshot()?;
         self.log.close();

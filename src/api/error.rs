@@ -14,7 +14,9 @@ impl From<StoreError> for Status {
             StoreError::BatchTooLarge { .. } => {
                 Status::resource_exhausted(format!("events: {error}"))
             }
-            StoreError::Log(LogError::WriterFailed) => Status::unavailable(error.to_string()),
+            StoreError::Log(LogError::WriterFailed | LogError::Stalled) => {
+                Status::unavailable(error.to_string())
+            }
             StoreError::Log(_) => Status::internal(error.to_string()),
         }
     }

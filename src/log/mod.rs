@@ -57,6 +57,10 @@ pub enum LogError {
     },
     #[error("the event log writer has failed; no further events can be made durable")]
     WriterFailed,
+    #[error(
+        "the event log cannot write right now (out of disk space or file descriptors?); it retries by itself, try again shortly"
+    )]
+    Stalled,
 }
 
 pub(crate) fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> LogError + '_ {

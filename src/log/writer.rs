@@ -8,6 +8,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
 use serde::{Deserialize, Serialize};
@@ -31,7 +32,13 @@ pub enum FsyncPolicy {
 struct Durable {
     seq: u64,
     failed: bool,
+    /// A write failed and is being retried: new appends are refused meanwhile.
+    stalled: bool,
 }
+
+/// The first pause after a failed write; it doubles up to [`MAX_RETRY_PAUSE`].
+const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(10);
+const MAX_RETRY_PAUSE: Duration = Duration::from_secs(2);
 
 struct Pending {
     buffer: Vec<u8>,
@@ -88,15 +95,24 @@ impl SegmentWriter {
         })
     }
 
+    /// Writes (and fsyncs) `bytes`. On failure the segment is cut back to where it was,
+    /// so the same bytes can be written again without leaving a partial copy behind
+    /// (after a failed fsync the written pages cannot be trusted either).
     fn write(&mut self, bytes: &[u8], first_seq: u64) -> Result<(), LogError> {
         if self.written >= self.segment_bytes {
             *self = SegmentWriter::create(&self.dir, first_seq, self.segment_bytes, self.fsync)?;
         }
-        self.file.write_all(bytes).map_err(io_error(&self.path))?;
-        self.written += bytes.len() as u64;
-        if self.fsync == FsyncPolicy::Always {
-            self.file.sync_data().map_err(io_error(&self.path))?;
+        let result = self.file.write_all(bytes).and_then(|()| match self.fsync {
+            FsyncPolicy::Always => self.file.sync_data(),
+            FsyncPolicy::Never => Ok(()),
+        });
+        if let Err(error) = result {
+            if let Err(cut) = self.file.set_len(self.written) {
+                tracing::error!(%cut, "cannot cut a failed write back; the next start will find it");
+            }
+            return Err(io_error(&self.path)(error));
         }
+        self.written += bytes.len() as u64;
         Ok(())
     }
 }
@@ -115,6 +131,7 @@ impl EventLog {
         let durable = Durable {
             seq: next_seq - 1,
             failed: false,
+            stalled: false,
         };
         let shared = Arc::new(Shared {
             pending: Mutex::new(Pending {
@@ -157,6 +174,11 @@ impl EventLog {
             self.shared.work.notify_one();
         }
         Ok(seq)
+    }
+
+    /// Whether writes are failing and being retried (new appends are refused).
+    pub fn stalled(&self) -> bool {
+        self.shared.durable.borrow().stalled
     }
 
     /// Sequence number of the newest appended record.
@@ -221,30 +243,56 @@ fn write_loop(shared: &Shared, segment: &mut SegmentWriter) {
             let batch = std::mem::replace(&mut pending.buffer, std::mem::take(&mut spare));
             (batch, pending.buffer_first_seq, pending.next_seq - 1)
         };
-        let result = segment.write(&batch, first_seq);
-        let durable = match &result {
-            Ok(()) => Durable {
-                seq: upto,
-                failed: false,
-            },
-            Err(error) => {
-                tracing::error!(%error, "event log write failed; refusing further events");
-                Durable {
-                    seq: upto.min(first_seq.saturating_sub(1)),
-                    failed: true,
+        let mut pause = FIRST_RETRY_PAUSE;
+        let durable = loop {
+            match segment.write(&batch, first_seq) {
+                Ok(()) => {
+                    break Durable {
+                        seq: upto,
+                        failed: false,
+                        stalled: false,
+                    };
+                }
+                Err(error) => {
+                    // Out of disk or descriptors is usually passing: keep the batch, refuse
+                    // new appends (UNAVAILABLE, and Ingest health NOT_SERVING), and retry
+                    // until it is written, or until the log is closed.
+                    let closing = shared.pending.lock().closing;
+                    if closing {
+                        tracing::error!(%error, "event log write failed while closing; giving up");
+                        break Durable {
+                            seq: upto.min(first_seq.saturating_sub(1)),
+                            failed: true,
+                            stalled: false,
+                        };
+                    }
+                    tracing::warn!(%error, retry_ms = pause.as_millis() as u64, "event log write failed; refusing new events and retrying");
+                    publish(shared, |durable| durable.stalled = true);
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(MAX_RETRY_PAUSE);
                 }
             }
         };
-        {
-            let mut pending = shared.pending.lock();
-            pending.durable = durable;
-        }
-        shared.durable_changed.notify_all();
-        shared.durable.send_replace(durable);
         if durable.failed {
+            publish(shared, |state| *state = durable);
             return;
+        }
+        publish(shared, |state| *state = durable);
+        if pause > FIRST_RETRY_PAUSE {
+            tracing::info!(seq = upto, "event log writes again; accepting events");
         }
         batch.clear();
         spare = batch;
     }
+}
+
+/// Changes the writer's published state and wakes everyone waiting on it.
+fn publish(shared: &Shared, change: impl FnOnce(&mut Durable)) {
+    let durable = {
+        let mut pending = shared.pending.lock();
+        change(&mut pending.durable);
+        pending.durable
+    };
+    shared.durable_changed.notify_all();
+    shared.durable.send_replace(durable);
 }

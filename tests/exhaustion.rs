@@ -1,0 +1,149 @@
+//! Running out of file descriptors: the log writer cannot open its next segment. It used
+//! to stay dead until a restart (and the metrics accept loop spun). Now it refuses new
+//! events (UNAVAILABLE, Ingest health NOT_SERVING), retries with a pause, and resumes by
+//! itself once descriptors are back, with every acknowledged event kept.
+
+mod common;
+
+use std::process::Command;
+
+use common::spawn_server_with;
+use streamscore::api::client;
+use streamscore::api::pb::{self, ingest_client::IngestClient};
+use streamscore::time::now_ms;
+use tokio_stream::StreamExt;
+use tonic::Code;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+fn batch(first: usize, count: usize) -> pb::IngestRequest {
+    pb::IngestRequest {
+        batch_id: first as u64,
+        events: (first..first + count)
+            .map(|i| pb::Event {
+                event_id: format!("view-{i}"),
+                event_type: "page_view".into(),
+                event_time_ms: now_ms(),
+                entities: [("user".to_string(), format!("u{}", i % 50))].into(),
+                strings: [("session_id".to_string(), format!("s{i}"))].into(),
+                ..Default::default()
+            })
+            .collect(),
+    }
+}
+
+fn set_open_files(pid: u32, limit: &str) {
+    let status = Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), &format!("--nofile={limit}")])
+        .status()
+        .expect("prlimit runs");
+    assert!(status.success());
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_descriptors_the_log_stalls_and_resumes_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, url) =
+        spawn_server_with(dir.path(), &[("STREAMSCORE__LOG__SEGMENT_BYTES", "1024")]);
+    let pid = child.id();
+    let channel = client::connect(&url).await.expect("connect");
+    let mut ingest = IngestClient::new(channel.clone());
+    let health = HealthClient::new(channel.clone());
+    let mut states = health
+        .clone()
+        .watch(HealthCheckRequest {
+            service: "streamscore.v1.Ingest".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // A state that never comes is the bug; the bound only turns a hang into a failure.
+    let mut next_state = async || {
+        let next = tokio::time::timeout(std::time::Duration::from_secs(60), states.next())
+            .await
+            .expect("the Ingest health changes");
+        ServingStatus::try_from(next.unwrap().unwrap().status).unwrap()
+    };
+    assert_eq!(next_state().await, ServingStatus::Serving);
+    let mut acked = 0;
+    // Past the segment size, so the next write must open a new segment.
+    let ack = ingest
+        .ingest_batch(batch(0, 40))
+        .await
+        .unwrap()
+        .into_inner();
+    acked += ack.accepted as usize;
+    let first_segment = dir.path().join("log/00000000000000000001.log");
+    assert!(std::fs::metadata(&first_segment).unwrap().len() > 1024);
+
+    // No descriptor to spare: the next segment cannot be opened.
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let (soft, hard) = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            (words[3].to_string(), words[4].to_string())
+        })
+        .unwrap();
+    // Only the soft limit moves: raising a hard limit back needs a privilege.
+    let original = format!("{soft}:{hard}");
+    // 0, 1 and 2 are open, so no new descriptor can be had at all.
+    set_open_files(pid, &format!("3:{hard}"));
+
+    // This batch's write needs a new segment: its ack waits until the write can be made.
+    let mut blocked = IngestClient::new(channel.clone());
+    let waiting = tokio::spawn(async move { blocked.ingest_batch(batch(40, 20)).await });
+    assert_eq!(next_state().await, ServingStatus::NotServing);
+    let status = ingest.ingest_batch(batch(60, 5)).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    // Reported, not asserted: CPU used while out of descriptors (a spinning loop would
+    // use a whole core).
+    let before = cpu_ticks(pid);
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_secs(2) {
+        let status = ingest.ingest_batch(batch(60, 5)).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "CPU while out of descriptors: {} ticks (1/100 s) in {:?}",
+        cpu_ticks(pid) - before,
+        started.elapsed()
+    );
+
+    set_open_files(pid, &original);
+    assert_eq!(next_state().await, ServingStatus::Serving);
+    let ack = waiting.await.unwrap().expect("the held batch is acked");
+    let ack = ack.into_inner();
+    acked += ack.accepted as usize;
+    let ack = ingest
+        .ingest_batch(batch(60, 5))
+        .await
+        .unwrap()
+        .into_inner();
+    acked += ack.accepted as usize;
+    assert_eq!(acked, 65);
+
+    // Every acknowledged event is there: sent again, each is a duplicate.
+    let again = ingest
+        .ingest_batch(batch(0, 65))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.duplicates as usize, acked, "{again:?}");
+    child.kill().ok();
+    child.wait().ok();
+}
