@@ -6,6 +6,7 @@ mod dedup;
 mod engine;
 mod plan;
 pub mod request;
+mod sketch;
 mod state;
 pub mod vector;
 pub mod window;
@@ -15,4 +16,4 @@ pub use engine::{
     Admission, Counters, Engine, EngineSettings, EngineSnapshot, FeatureRead, ReadError,
     default_value,
 };
-pub use state::{EntityState, MAX_PENDING_EVENTS};
+pub use state::{EntityState, MAX_EXACT_DISTINCT, MAX_PENDING_EVENTS};

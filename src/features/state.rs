@@ -10,6 +10,7 @@ use crate::definitions::{Aggregation, FieldSource, fnv64};
 use crate::events::Event;
 
 use super::plan::{EntityPlan, Reader};
+use super::sketch::Registers;
 use super::window::Window;
 
 /// A count of events in one tile of one series.
@@ -35,6 +36,20 @@ pub(crate) struct DistinctTile {
     pub tile: u32,
     pub hash: u64,
 }
+
+/// The HyperLogLog registers of one tile of a sketched distinct series.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct SketchTile {
+    pub series: u16,
+    pub tile: u32,
+    pub registers: Registers,
+}
+
+/// (value, tile) entries one distinct series of one entity holds exactly; past this its
+/// tiles become HyperLogLog sketches (see `sketch`), which bounds the memory, the update
+/// and the read of a hot entity. The series counts exactly again once its sketched tiles
+/// have all aged out of its window.
+pub const MAX_EXACT_DISTINCT: usize = 2_048;
 
 /// Count, sum, min, max and the sum of squared deviations from the mean (Welford), which
 /// merge exactly across tiles (Chan et al.) without the cancellation of a sum of squares.
@@ -121,6 +136,8 @@ pub struct EntityState {
     pub(crate) counts: ThinVec<CountTile>,
     pub(crate) stats: ThinVec<StatsTile>,
     pub(crate) distinct: ThinVec<DistinctTile>,
+    /// Distinct series past [`MAX_EXACT_DISTINCT`], by series then tile.
+    pub(crate) sketches: ThinVec<SketchTile>,
     pub(crate) lasts: ThinVec<LastValue>,
     pub(crate) firsts: ThinVec<i64>,
     /// Contributions of the entity's newest events, by event time, not yet in the tiles
@@ -206,6 +223,10 @@ impl EntityState {
     }
 
     pub(crate) fn add_distinct(&mut self, series: u16, tile: u32, hash: u64, keep_from: u32) {
+        if !series_range(&self.sketches, series, |t| t.series).is_empty() {
+            self.add_to_sketch(series, tile, hash, keep_from);
+            return;
+        }
         let entry = DistinctTile { series, tile, hash };
         let at = self.distinct.partition_point(|t| *t < entry);
         if self.distinct.get(at) == Some(&entry) {
@@ -224,6 +245,39 @@ impl EntityState {
             let range = series_range(&self.distinct, series, |t| t.series);
             prune(&mut self.distinct, range, keep_from, |t| t.tile);
         }
+        let range = series_range(&self.distinct, series, |t| t.series);
+        if range.len() > MAX_EXACT_DISTINCT {
+            let exact: Vec<DistinctTile> = self.distinct.drain(range).collect();
+            self.distinct.shrink_to_fit();
+            for entry in exact {
+                self.add_to_sketch(series, entry.tile, entry.hash, keep_from);
+            }
+        }
+    }
+
+    fn add_to_sketch(&mut self, series: u16, tile: u32, hash: u64, keep_from: u32) {
+        let range = series_range(&self.sketches, series, |t| t.series);
+        let at = range.start + self.sketches[range.clone()].partition_point(|t| t.tile < tile);
+        if at < range.end && self.sketches[at].tile == tile {
+            self.sketches[at].registers.add(hash);
+            return;
+        }
+        let mut registers = Registers::default();
+        registers.add(hash);
+        self.sketches.insert(
+            at,
+            SketchTile {
+                series,
+                tile,
+                registers,
+            },
+        );
+        prune(
+            &mut self.sketches,
+            range.start..range.end + 1,
+            keep_from,
+            |t| t.tile,
+        );
     }
 
     pub(crate) fn observe_last(&mut self, slot: usize, slots: usize, time_ms: i64, value: f64) {
@@ -275,6 +329,18 @@ impl EntityState {
         (oldest, newest): (u32, u32),
         pending: impl Iterator<Item = u64>,
     ) -> usize {
+        let sketched = series_range(&self.sketches, series, |t| t.series);
+        if !sketched.is_empty() {
+            let mut merged = Registers::default();
+            for tile in self.sketches[sketched]
+                .iter()
+                .filter(|t| t.tile >= oldest && t.tile <= newest)
+            {
+                merged.merge(&tile.registers);
+            }
+            pending.for_each(|hash| merged.add(hash));
+            return merged.estimate().round() as usize;
+        }
         let range = series_range(&self.distinct, series, |t| t.series);
         let mut hashes: Vec<u64> = self.distinct[range]
             .iter()
@@ -300,6 +366,12 @@ impl EntityState {
         self.counts.capacity() * size_of::<CountTile>()
             + self.stats.capacity() * size_of::<StatsTile>()
             + self.distinct.capacity() * size_of::<DistinctTile>()
+            + self.sketches.capacity() * size_of::<SketchTile>()
+            + self
+                .sketches
+                .iter()
+                .map(|t| t.registers.heap_bytes())
+                .sum::<usize>()
             + self.lasts.capacity() * size_of::<LastValue>()
             + self.firsts.capacity() * size_of::<i64>()
             + self.recent.capacity() * size_of::<Pending>()
@@ -622,6 +694,32 @@ mod tests {
             "tiles before 30 are dropped once tile 40 opens"
         );
         assert_eq!(state.count(0, (0, 100)), 1, "other series are untouched");
+    }
+
+    #[test]
+    fn a_hot_distinct_series_turns_into_a_bounded_sketch() {
+        let mut state = EntityState::default();
+        let n = 200_000u64;
+        for i in 0..n {
+            let tile = (i % 10) as u32;
+            state.add_distinct(3, tile, fnv64(format!("user-{i}").as_bytes()), 0);
+        }
+        assert!(
+            state.distinct.is_empty(),
+            "the exact entries became sketches"
+        );
+        assert_eq!(state.sketches.len(), 10);
+        assert!(state.heap_bytes() < 64 << 10, "{}", state.heap_bytes());
+        let estimate = state.distinct_count(3, (0, 9), std::iter::empty()) as f64;
+        assert!((estimate - n as f64).abs() / (n as f64) < 0.1, "{estimate}");
+        // Below the cap another series stays exact.
+        for i in 0..MAX_EXACT_DISTINCT as u64 {
+            state.add_distinct(4, 0, fnv64(&i.to_le_bytes()), 0);
+        }
+        assert_eq!(
+            state.distinct_count(4, (0, 0), std::iter::empty()),
+            MAX_EXACT_DISTINCT
+        );
     }
 
     #[test]

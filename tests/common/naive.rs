@@ -4,6 +4,8 @@
 //! `t` sees the events stamped at or before `t` and nothing later; it is refused when `t`
 //! is older than `watermark - allowed_lateness`, or older than what the engine keeps
 //! apart for that entity (its newest `MAX_PENDING_EVENTS` events, see `pending`).
+//! Distinct counts are exact while a series holds at most `MAX_EXACT_DISTINCT` (value,
+//! tile) entries, then estimated; the generated histories stay far below that.
 
 use std::collections::{BTreeSet, HashMap};
 
