@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
@@ -19,15 +19,28 @@ use crate::store::FeatureStore;
 /// Batches a stream may have in flight (applied, waiting to be durable) before the server
 /// stops reading more from it.
 const STREAM_WINDOW: usize = 64;
+/// Acks a stream may have waiting for a client that does not read them.
+const ACK_WINDOW: usize = 4;
+/// Bytes of batches read from one stream whose acks have not been handed on yet. A
+/// producer that never reads its acks stops being read once this is taken (HTTP/2 flow
+/// control then holds it back), so it pins at most this much plus [`ACK_WINDOW`] acks.
+pub const STREAM_PENDING_BYTES: usize = 8 << 20;
+/// The same, over all streams together.
+pub const PENDING_BYTES: usize = 256 << 20;
 
 pub struct IngestService {
     store: Arc<FeatureStore>,
     drain: Drain,
+    pending_bytes: Arc<Semaphore>,
 }
 
 impl IngestService {
     pub fn new(store: Arc<FeatureStore>, drain: Drain) -> IngestService {
-        IngestService { store, drain }
+        IngestService {
+            store,
+            drain,
+            pending_bytes: Arc::new(Semaphore::new(PENDING_BYTES)),
+        }
     }
 }
 
@@ -77,7 +90,9 @@ impl Ingest for IngestService {
         request: Request<Streaming<pb::IngestRequest>>,
     ) -> Result<Response<Self::IngestStreamStream>, Status> {
         let mut inbound = request.into_inner();
-        let (sender, receiver) = mpsc::channel::<Result<pb::IngestAck, Status>>(STREAM_WINDOW);
+        let (sender, receiver) = mpsc::channel::<Result<pb::IngestAck, Status>>(ACK_WINDOW);
+        let budget = Arc::clone(&self.pending_bytes);
+        let stream_budget = Arc::new(Semaphore::new(STREAM_PENDING_BYTES));
         let store = Arc::clone(&self.store);
         let deadline = self.drain.clone().deadline();
         // Batches are applied in arrival order and their durability waits run
@@ -93,7 +108,9 @@ impl Ingest for IngestService {
                         let status = Status::unavailable(
                             "the server is shutting down: this stream's drain time is over; reconnect to another server or retry later (every acked batch is durable)",
                         );
-                        let _ = pending_tx.send(tokio::spawn(async move { Err(status) })).await;
+                        let _ = pending_tx
+                            .send((tokio::spawn(async move { Err(status) }), None))
+                            .await;
                         break;
                     }
                 };
@@ -103,10 +120,18 @@ impl Ingest for IngestService {
                     Err(status) => {
                         let status = super::limits::normalise(status);
                         let _ = pending_tx
-                            .send(tokio::spawn(async move { Err(status) }))
+                            .send((tokio::spawn(async move { Err(status) }), None))
                             .await;
                         break;
                     }
+                };
+                let cost =
+                    prost::Message::encoded_len(&request).clamp(1, STREAM_PENDING_BYTES) as u32;
+                let (Ok(stream_permit), Ok(permit)) = (
+                    Arc::clone(&stream_budget).acquire_many_owned(cost).await,
+                    Arc::clone(&budget).acquire_many_owned(cost).await,
+                ) else {
+                    break;
                 };
                 let (batch_id, events) = to_raw(request);
                 let submitted = store.submit(&events);
@@ -120,18 +145,25 @@ impl Ingest for IngestService {
                         .map(|outcome| ack(batch_id, outcome))
                         .map_err(Status::from)
                 });
-                if pending_tx.send(done).await.is_err() {
+                if pending_tx
+                    .send((done, Some((stream_permit, permit))))
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
         });
         tokio::spawn(async move {
-            while let Some(done) = pending_rx.recv().await {
+            while let Some((done, permit)) = pending_rx.recv().await {
                 let result = done.await.unwrap_or_else(|join| {
                     Err(Status::internal(format!("ingest task failed: {join}")))
                 });
                 let failed = result.is_err();
-                if sender.send(result).await.is_err() || failed {
+                // The batch's bytes count until its ack is handed on.
+                let sent = sender.send(result).await;
+                drop(permit);
+                if sent.is_err() || failed {
                     break;
                 }
             }
