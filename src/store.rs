@@ -13,7 +13,7 @@ use crate::config::Settings;
 use crate::definitions::Definitions;
 use crate::events::{Event, Limits, RawEvent, Refusal, validate};
 use crate::features::{
-    Admission, Counters, Engine, EngineSettings, EngineSnapshot, FeatureRead, ReadError,
+    Admission, Counters, Engine, EngineSettings, FeatureRead, ReadError, SHARDS,
 };
 use crate::log::{self, EventLog, LogError};
 use crate::time::now_ms;
@@ -91,9 +91,7 @@ impl FeatureStore {
             tracing::info!(stale, "removed temp files of interrupted snapshots");
         }
         let restored = log::load_newest_snapshot(&snapshots, |payload| {
-            let snapshot: EngineSnapshot =
-                postcard::from_bytes(payload).map_err(|e| format!("undecodable: {e}"))?;
-            Engine::from_snapshot(Arc::clone(&definitions), engine_settings, snapshot)
+            Engine::restore(Arc::clone(&definitions), engine_settings, payload)
         })?;
         let snapshot_seq = restored.as_ref().map(|(seq, _)| *seq);
         let mut engine = match restored {
@@ -317,19 +315,33 @@ impl FeatureStore {
     }
 
     /// Snapshots the engine if anything was applied since the last snapshot. Blocking:
-    /// call from a blocking thread.
+    /// call from a blocking thread. The engine is copied one shard at a time, each under
+    /// its own read lock, so ingest and scoring go on in between.
     pub fn snapshot(&self) -> Result<Option<PathBuf>, StoreError> {
         let mut last = self.last_snapshot_seq.lock();
-        let (seq, payload) = {
+        let mut payload = Vec::new();
+        let (seq, tables) = {
             let engine = self.engine.read();
             if engine.applied_seq() == *last {
                 return Ok(None);
             }
-            let payload = engine.snapshot_bytes().map_err(LogError::Encode)?;
-            (engine.applied_seq(), payload)
+            engine
+                .snapshot_header(&mut payload)
+                .map_err(LogError::Encode)?;
+            (engine.applied_seq(), engine.table_count())
         };
-        // The snapshot must never be ahead of the durable log it summarises.
-        self.log.wait_durable_blocking(seq)?;
+        for table in 0..tables {
+            for shard in 0..SHARDS {
+                self.engine
+                    .read()
+                    .snapshot_shard(table, shard, &mut payload)
+                    .map_err(LogError::Encode)?;
+            }
+        }
+        // Shards copied late hold events up to here: the snapshot must never be ahead
+        // of the durable log it summarises.
+        let copied_to = self.engine.read().applied_seq();
+        self.log.wait_durable_blocking(copied_to)?;
         let path = log::write_snapshot(
             &log::snapshots_dir(&self.data_dir),
             seq,
@@ -337,7 +349,7 @@ impl FeatureStore {
             self.snapshot_keep,
         )?;
         *last = seq;
-        tracing::info!(seq, bytes = payload.len(), path = %path.display(), "engine snapshot written");
+        tracing::info!(seq, copied_to, bytes = payload.len(), path = %path.display(), "engine snapshot written");
         Ok(Some(path))
     }
 

@@ -161,3 +161,57 @@ async fn a_corrupted_snapshot_falls_back_to_an_older_one_or_a_full_replay() {
         at,
     );
 }
+
+/// Snapshots are copied one shard at a time while ingest goes on, so a snapshot holds
+/// some entities as of its start and others with later events. Restoring it and
+/// replaying the log after its start must apply every event to every entity exactly
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_taken_during_ingest_restores_every_event_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = settings(dir.path());
+    let events = events(20_000);
+    {
+        let (store, _) = open(&settings);
+        let store = Arc::new(store);
+        let snapshotting = {
+            let store = Arc::clone(&store);
+            let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let stop = Arc::clone(&done);
+            let thread = std::thread::spawn(move || {
+                let mut taken = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    if store.snapshot().unwrap().is_some() {
+                        taken += 1;
+                    }
+                }
+                taken
+            });
+            (done, thread)
+        };
+        for batch in events[..15_000].chunks(100) {
+            let outcome = store.ingest(batch).await.expect("ingest");
+            assert_eq!(outcome.accepted as usize, batch.len());
+        }
+        snapshotting
+            .0
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let taken = snapshotting.1.join().unwrap();
+        assert!(taken > 1, "snapshots were taken during ingest");
+        ingest(&store, &events[15_000..]).await;
+        // No final snapshot: the start below restores one taken mid-ingest.
+    }
+    let (store, report) = open(&settings);
+    let snapshot_seq = report.snapshot_seq.expect("a snapshot");
+    assert!(snapshot_seq <= 15_000, "{report:?}");
+    let definitions = Definitions::default_shop();
+    let samples = sample_entities(&definitions, &events, 40);
+    let at = events[19_999].event_time_ms;
+    assert_matches_naive(
+        &definitions,
+        &common::naive::over_default_shop(&events),
+        &samples,
+        &read_all(&store, &samples, at),
+        at,
+    );
+}

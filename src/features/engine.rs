@@ -17,11 +17,6 @@
 
 use std::sync::Arc;
 
-use rustc_hash::FxBuildHasher;
-
-/// Entities of one type by id. hashbrown for `entry_ref`: one lookup per event, and the
-/// key is allocated only when the entity is new.
-pub type EntityTable = hashbrown::HashMap<Box<str>, EntityState, FxBuildHasher>;
 use serde::{Deserialize, Serialize};
 
 use crate::definitions::{Aggregation, Definitions, EntityTypeId};
@@ -30,6 +25,7 @@ use crate::events::{COMPOSITE_SEPARATOR, Event, Refusal, RefusalKind};
 use super::dedup::Dedup;
 use super::plan::EntityPlan;
 use super::state::{EntityState, Overlay, apply_to_state, read_one};
+use super::tables::{EntityTable, SHARDS, ShardedTable};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EngineSettings {
@@ -98,32 +94,26 @@ pub struct Engine {
     definitions: Arc<Definitions>,
     settings: EngineSettings,
     plans: Vec<Option<EntityPlan>>,
-    tables: Vec<EntityTable>,
+    tables: Vec<ShardedTable>,
     watermark_ms: i64,
     dedup: Dedup,
     applied_seq: u64,
     counters: Counters,
 }
 
-/// The engine's state as persisted in a snapshot.
+/// What a snapshot starts with; the shards of every entity table follow it, each
+/// copied under its own short lock (see [`Engine::snapshot_shard`]). Shards copied later
+/// may hold events after `applied_seq`: each entity remembers the last sequence number
+/// applied to it, and replay skips what an entity already holds.
 #[derive(Serialize, Deserialize)]
-pub struct EngineSnapshot {
-    pub fingerprint: u64,
-    pub watermark_ms: i64,
-    pub applied_seq: u64,
-    pub counters: Counters,
-    pub dedup: Dedup,
-    pub tables: Vec<EntityTable>,
-}
-
-#[derive(Serialize)]
-struct EngineSnapshotRef<'a> {
+struct SnapshotHeader<D> {
     fingerprint: u64,
     watermark_ms: i64,
     applied_seq: u64,
     counters: Counters,
-    dedup: &'a Dedup,
-    tables: &'a [EntityTable],
+    dedup: D,
+    tables: u32,
+    shards: u32,
 }
 
 impl Engine {
@@ -131,7 +121,7 @@ impl Engine {
         let plans: Vec<Option<EntityPlan>> = (0..definitions.entities.len())
             .map(|entity| EntityPlan::build(&definitions, entity))
             .collect();
-        let tables = plans.iter().map(|_| EntityTable::default()).collect();
+        let tables = plans.iter().map(|_| ShardedTable::default()).collect();
         Engine {
             definitions,
             settings,
@@ -144,40 +134,73 @@ impl Engine {
         }
     }
 
-    /// Restores a snapshot taken with the same definitions.
-    pub fn from_snapshot(
+    /// Restores a snapshot taken with the same definitions (header, then shards).
+    pub fn restore(
         definitions: Arc<Definitions>,
         settings: EngineSettings,
-        snapshot: EngineSnapshot,
+        payload: &[u8],
     ) -> Result<Engine, String> {
-        if snapshot.fingerprint != definitions.fingerprint {
+        let undecodable = |e: postcard::Error| format!("undecodable: {e}");
+        let (header, mut rest): (SnapshotHeader<Dedup>, _) =
+            postcard::take_from_bytes(payload).map_err(undecodable)?;
+        if header.fingerprint != definitions.fingerprint {
             return Err(format!(
                 "it was taken with other feature definitions (fingerprint {:016x}, running {:016x})",
-                snapshot.fingerprint, definitions.fingerprint
+                header.fingerprint, definitions.fingerprint
             ));
         }
         let mut engine = Engine::new(definitions, settings);
-        if snapshot.tables.len() != engine.tables.len() {
+        if header.tables as usize != engine.tables.len() || header.shards as usize != SHARDS {
             return Err("its entity tables do not match the definitions".into());
         }
-        engine.tables = snapshot.tables;
-        engine.watermark_ms = snapshot.watermark_ms;
-        engine.applied_seq = snapshot.applied_seq;
-        engine.counters = snapshot.counters;
-        engine.dedup = snapshot.dedup;
+        for table in &mut engine.tables {
+            for index in 0..SHARDS {
+                let (shard, after): (EntityTable, _) =
+                    postcard::take_from_bytes(rest).map_err(undecodable)?;
+                table.set_shard(index, shard);
+                rest = after;
+            }
+        }
+        if !rest.is_empty() {
+            return Err(format!("{} bytes after the last shard", rest.len()));
+        }
+        engine.watermark_ms = header.watermark_ms;
+        engine.applied_seq = header.applied_seq;
+        engine.counters = header.counters;
+        engine.dedup = header.dedup;
         Ok(engine)
     }
 
-    /// Serialises the state (postcard); the caller holds the engine still meanwhile.
-    pub fn snapshot_bytes(&self) -> Result<Vec<u8>, postcard::Error> {
-        postcard::to_allocvec(&EngineSnapshotRef {
+    /// Appends the snapshot header (postcard) to `out`: call first, then
+    /// [`Engine::snapshot_shard`] for every table and shard in order.
+    pub fn snapshot_header(&self, out: &mut Vec<u8>) -> Result<(), postcard::Error> {
+        let header = SnapshotHeader {
             fingerprint: self.definitions.fingerprint,
             watermark_ms: self.watermark_ms,
             applied_seq: self.applied_seq,
             counters: self.counters,
             dedup: &self.dedup,
-            tables: &self.tables,
-        })
+            tables: self.tables.len() as u32,
+            shards: SHARDS as u32,
+        };
+        *out = postcard::to_extend(&header, std::mem::take(out))?;
+        Ok(())
+    }
+
+    /// Appends one shard of one entity table to `out`.
+    pub fn snapshot_shard(
+        &self,
+        table: usize,
+        shard: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), postcard::Error> {
+        *out = postcard::to_extend(self.tables[table].shard(shard), std::mem::take(out))?;
+        Ok(())
+    }
+
+    /// How many entity tables a snapshot walks.
+    pub fn table_count(&self) -> usize {
+        self.tables.len()
     }
 
     pub fn definitions(&self) -> &Arc<Definitions> {
@@ -262,9 +285,13 @@ impl Engine {
             }
             let expired_before = self.expiry_cutoff(plan);
             let seal_before = self.oldest_exact_read_ms();
-            let state = match self.tables[entity].entry_ref(key.as_str()) {
+            let state = match self.tables[entity].shard_for(&key).entry_ref(key.as_str()) {
                 hashbrown::hash_map::EntryRef::Occupied(occupied) => {
                     let state = occupied.into_mut();
+                    // Replay after a snapshot: this entity was copied after the event.
+                    if seq > 0 && state.applied_seq >= seq {
+                        continue;
+                    }
                     if state.last_seen_ms < expired_before {
                         *state = EntityState::default();
                     }
@@ -275,6 +302,7 @@ impl Engine {
                 }
             };
             apply_to_state(plan, state, event, seal_before);
+            state.applied_seq = state.applied_seq.max(seq);
         }
     }
 

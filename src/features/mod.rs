@@ -8,12 +8,13 @@ mod plan;
 pub mod request;
 mod sketch;
 mod state;
+mod tables;
 pub mod vector;
 pub mod window;
 
 pub use dedup::Dedup;
 pub use engine::{
-    Admission, Counters, Engine, EngineSettings, EngineSnapshot, FeatureRead, ReadError,
-    default_value,
+    Admission, Counters, Engine, EngineSettings, FeatureRead, ReadError, default_value,
 };
 pub use state::{EntityState, MAX_EXACT_DISTINCT, MAX_PENDING_EVENTS};
+pub use tables::{EntityTable, SHARDS};

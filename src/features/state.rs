@@ -131,6 +131,9 @@ pub(crate) const NEVER: i64 = i64::MIN;
 pub struct EntityState {
     /// Newest event time of any event touching the entity; drives eviction.
     pub(crate) last_seen_ms: i64,
+    /// Log sequence number of the last event applied to the entity (0 if unlogged):
+    /// replay after a snapshot skips events the entity already holds.
+    pub(crate) applied_seq: u64,
     // ThinVec keeps its length and capacity on the heap: 8 bytes per empty vector
     // instead of 24, which matters at millions of mostly quiet entities.
     pub(crate) counts: ThinVec<CountTile>,

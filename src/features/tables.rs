@@ -1,0 +1,68 @@
+//! Entities of one type by id, split into shards by a hash of the id. A snapshot copies
+//! one shard at a time under a short read lock, so a queued ingest writer (and every
+//! `Score` behind it) waits for one shard, never for the whole walk.
+
+use std::hash::BuildHasher;
+
+use rustc_hash::FxBuildHasher;
+
+use super::state::EntityState;
+
+/// Shards per entity type: at 1M entities of a type, about 4,000 per shard.
+pub const SHARDS: usize = 256;
+
+/// One shard. hashbrown for `entry_ref`: one lookup per event, and the key is allocated
+/// only when the entity is new.
+pub type EntityTable = hashbrown::HashMap<Box<str>, EntityState, FxBuildHasher>;
+
+#[derive(Debug)]
+pub struct ShardedTable {
+    shards: Vec<EntityTable>,
+}
+
+impl Default for ShardedTable {
+    fn default() -> Self {
+        ShardedTable {
+            shards: (0..SHARDS).map(|_| EntityTable::default()).collect(),
+        }
+    }
+}
+
+impl ShardedTable {
+    /// The shard an id lives in: the top bits of its hash, mixed (FxHash's low bits pick
+    /// the bucket inside the shard).
+    fn shard_of(id: &str) -> usize {
+        let hash = FxBuildHasher
+            .hash_one(id)
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        (hash >> (64 - SHARDS.trailing_zeros())) as usize
+    }
+
+    pub fn get(&self, id: &str) -> Option<&EntityState> {
+        self.shards[Self::shard_of(id)].get(id)
+    }
+
+    /// The shard that holds (or would hold) `id`.
+    pub fn shard_for(&mut self, id: &str) -> &mut EntityTable {
+        &mut self.shards[Self::shard_of(id)]
+    }
+
+    pub fn shard(&self, index: usize) -> &EntityTable {
+        &self.shards[index]
+    }
+
+    /// Puts a restored shard in place.
+    pub fn set_shard(&mut self, index: usize, shard: EntityTable) {
+        self.shards[index] = shard;
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(EntityTable::len).sum()
+    }
+
+    pub fn retain(&mut self, mut keep: impl FnMut(&Box<str>, &mut EntityState) -> bool) {
+        for shard in &mut self.shards {
+            shard.retain(&mut keep);
+        }
+    }
+}
