@@ -8,8 +8,9 @@ use rustc_hash::FxBuildHasher;
 
 use super::state::EntityState;
 
-/// Shards per entity type: at 1M entities of a type, about 4,000 per shard.
-pub const SHARDS: usize = 256;
+/// Shards per entity type: at 1M entities of a type, about 250 per shard, so one shard is
+/// copied in about a millisecond (256 shards gave a Score p99 17x higher during snapshots).
+pub const SHARDS: usize = 4096;
 
 /// One shard. hashbrown for `entry_ref`: one lookup per event, and the key is allocated
 /// only when the entity is new.
