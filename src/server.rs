@@ -386,9 +386,13 @@ async fn maintain(store: Arc<FeatureStore>, interval: Duration, every_events: u6
         }
         if last_eviction.elapsed() >= EVICTION_INTERVAL {
             last_eviction = tokio::time::Instant::now();
-            let evicted = store.evict_expired();
-            if evicted > 0 {
-                tracing::debug!(evicted, "expired entities evicted");
+            let store = Arc::clone(&store);
+            match tokio::task::spawn_blocking(move || store.evict_expired()).await {
+                Ok(evicted) if evicted > 0 => {
+                    tracing::debug!(evicted, "expired entities evicted");
+                }
+                Ok(_) => {}
+                Err(error) => tracing::error!(%error, "eviction task failed"),
             }
         }
     }

@@ -13,7 +13,7 @@ use crate::config::Settings;
 use crate::definitions::Definitions;
 use crate::events::{Event, Limits, RawEvent, Refusal, validate};
 use crate::features::{
-    Admission, Counters, Engine, EngineSettings, FeatureRead, ReadError, SHARDS,
+    Admission, Counters, DEDUP_SHARDS, Engine, EngineSettings, FeatureRead, ReadError, SHARDS,
 };
 use crate::log::{self, EventLog, LogError};
 use crate::time::now_ms;
@@ -106,11 +106,10 @@ impl FeatureStore {
             engine.applied_seq(),
             log::TailDamage::Truncate,
             |seq, raw| match validate(&definitions, &limits, raw, None) {
-                Ok(event) => {
-                    if engine.admit(&event) == Admission::Apply {
-                        engine.apply(&event, seq);
-                    }
-                }
+                // Every logged event was admitted when it arrived; admitting it again
+                // against a snapshot's dedup set (copied after the snapshot's start)
+                // would call it a duplicate of itself.
+                Ok(event) => engine.apply(&event, seq),
                 Err(_) => skipped += 1,
             },
         )?;
@@ -303,9 +302,21 @@ impl FeatureStore {
         self.engine.read().counters()
     }
 
-    /// Frees expired entities; returns how many.
+    /// Frees expired entities and dedup ids past the horizon; returns how many entities.
+    /// One shard at a time, each under its own write lock, so reads and ingest go on in
+    /// between. Blocking: call from a blocking thread.
     pub fn evict_expired(&self) -> usize {
-        self.engine.write().evict_expired()
+        let tables = self.engine.read().table_count();
+        let mut dropped = 0;
+        for table in 0..tables {
+            for shard in 0..SHARDS {
+                dropped += self.engine.write().evict_expired_shard(table, shard);
+            }
+        }
+        for shard in 0..DEDUP_SHARDS {
+            self.engine.write().prune_dedup_shard(shard);
+        }
+        dropped
     }
 
     /// Events applied since the last snapshot.
@@ -337,6 +348,12 @@ impl FeatureStore {
                     .snapshot_shard(table, shard, &mut payload)
                     .map_err(LogError::Encode)?;
             }
+        }
+        for shard in 0..DEDUP_SHARDS {
+            self.engine
+                .read()
+                .snapshot_dedup_shard(shard, &mut payload)
+                .map_err(LogError::Encode)?;
         }
         // Shards copied late hold events up to here: the snapshot must never be ahead
         // of the durable log it summarises.

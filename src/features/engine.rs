@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::definitions::{Aggregation, Definitions, EntityTypeId};
 use crate::events::{COMPOSITE_SEPARATOR, Event, Refusal, RefusalKind};
 
-use super::dedup::Dedup;
+use super::dedup::{DEDUP_SHARDS, Dedup, DedupShard};
 use super::plan::EntityPlan;
 use super::state::{EntityState, Overlay, apply_to_state, read_one};
 use super::tables::{EntityTable, SHARDS, ShardedTable};
@@ -101,19 +101,19 @@ pub struct Engine {
     counters: Counters,
 }
 
-/// What a snapshot starts with; the shards of every entity table follow it, each
-/// copied under its own short lock (see [`Engine::snapshot_shard`]). Shards copied later
+/// What a snapshot starts with; the shards of every entity table, then of the dedup
+/// set, follow it, each copied under its own short lock (see [`Engine::snapshot_shard`]). Shards copied later
 /// may hold events after `applied_seq`: each entity remembers the last sequence number
 /// applied to it, and replay skips what an entity already holds.
 #[derive(Serialize, Deserialize)]
-struct SnapshotHeader<D> {
+struct SnapshotHeader {
     fingerprint: u64,
     watermark_ms: i64,
     applied_seq: u64,
     counters: Counters,
-    dedup: D,
     tables: u32,
     shards: u32,
+    dedup_shards: u32,
 }
 
 impl Engine {
@@ -141,7 +141,7 @@ impl Engine {
         payload: &[u8],
     ) -> Result<Engine, String> {
         let undecodable = |e: postcard::Error| format!("undecodable: {e}");
-        let (header, mut rest): (SnapshotHeader<Dedup>, _) =
+        let (header, mut rest): (SnapshotHeader, _) =
             postcard::take_from_bytes(payload).map_err(undecodable)?;
         if header.fingerprint != definitions.fingerprint {
             return Err(format!(
@@ -150,7 +150,10 @@ impl Engine {
             ));
         }
         let mut engine = Engine::new(definitions, settings);
-        if header.tables as usize != engine.tables.len() || header.shards as usize != SHARDS {
+        if header.tables as usize != engine.tables.len()
+            || header.shards as usize != SHARDS
+            || header.dedup_shards as usize != DEDUP_SHARDS
+        {
             return Err("its entity tables do not match the definitions".into());
         }
         for table in &mut engine.tables {
@@ -161,27 +164,33 @@ impl Engine {
                 rest = after;
             }
         }
+        for index in 0..DEDUP_SHARDS {
+            let (shard, after): (DedupShard, _) =
+                postcard::take_from_bytes(rest).map_err(undecodable)?;
+            engine.dedup.set_shard(index, shard);
+            rest = after;
+        }
         if !rest.is_empty() {
             return Err(format!("{} bytes after the last shard", rest.len()));
         }
         engine.watermark_ms = header.watermark_ms;
         engine.applied_seq = header.applied_seq;
         engine.counters = header.counters;
-        engine.dedup = header.dedup;
         Ok(engine)
     }
 
     /// Appends the snapshot header (postcard) to `out`: call first, then
-    /// [`Engine::snapshot_shard`] for every table and shard in order.
+    /// [`Engine::snapshot_shard`] for every table and shard in order, then
+    /// [`Engine::snapshot_dedup_shard`] for every dedup shard.
     pub fn snapshot_header(&self, out: &mut Vec<u8>) -> Result<(), postcard::Error> {
         let header = SnapshotHeader {
             fingerprint: self.definitions.fingerprint,
             watermark_ms: self.watermark_ms,
             applied_seq: self.applied_seq,
             counters: self.counters,
-            dedup: &self.dedup,
             tables: self.tables.len() as u32,
             shards: SHARDS as u32,
+            dedup_shards: DEDUP_SHARDS as u32,
         };
         *out = postcard::to_extend(&header, std::mem::take(out))?;
         Ok(())
@@ -195,6 +204,16 @@ impl Engine {
         out: &mut Vec<u8>,
     ) -> Result<(), postcard::Error> {
         *out = postcard::to_extend(self.tables[table].shard(shard), std::mem::take(out))?;
+        Ok(())
+    }
+
+    /// Appends one shard of the dedup set to `out`.
+    pub fn snapshot_dedup_shard(
+        &self,
+        shard: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), postcard::Error> {
+        *out = postcard::to_extend(self.dedup.shard(shard), std::mem::take(out))?;
         Ok(())
     }
 
@@ -324,21 +343,35 @@ impl Engine {
     /// Frees the memory of expired entities; returns how many were dropped.
     pub fn evict_expired(&mut self) -> usize {
         let mut dropped = 0;
-        for entity in 0..self.plans.len() {
-            let Some(plan) = &self.plans[entity] else {
-                continue;
-            };
-            let cutoff = self.expiry_cutoff(plan);
-            let table = &mut self.tables[entity];
-            let before = table.len();
-            table.retain(|_, state| state.last_seen_ms >= cutoff);
-            dropped += before - table.len();
+        for table in 0..self.tables.len() {
+            for shard in 0..SHARDS {
+                dropped += self.evict_expired_shard(table, shard);
+            }
         }
-        self.dedup.prune(
-            self.watermark_ms
-                .saturating_sub(self.settings.dedup_horizon_ms),
-        );
+        for shard in 0..DEDUP_SHARDS {
+            self.prune_dedup_shard(shard);
+        }
         dropped
+    }
+
+    /// [`Engine::evict_expired`] for one shard of one table, so the work can be sliced.
+    pub fn evict_expired_shard(&mut self, table: usize, shard: usize) -> usize {
+        let Some(plan) = &self.plans[table] else {
+            return 0;
+        };
+        let cutoff = self.expiry_cutoff(plan);
+        let shard = self.tables[table].shard_mut(shard);
+        let before = shard.len();
+        shard.retain(|_, state| state.last_seen_ms >= cutoff);
+        before - shard.len()
+    }
+
+    /// Forgets the ids of one dedup shard older than the dedup horizon.
+    pub fn prune_dedup_shard(&mut self, shard: usize) {
+        let horizon_start = self
+            .watermark_ms
+            .saturating_sub(self.settings.dedup_horizon_ms);
+        self.dedup.prune_shard(shard, horizon_start);
     }
 
     /// Resolves an entity type and optional feature names to feature ids.

@@ -12,7 +12,7 @@ mod tables;
 pub mod vector;
 pub mod window;
 
-pub use dedup::Dedup;
+pub use dedup::{DEDUP_SHARDS, Dedup};
 pub use engine::{
     Admission, Counters, Engine, EngineSettings, FeatureRead, ReadError, default_value,
 };

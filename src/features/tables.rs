@@ -52,6 +52,10 @@ impl ShardedTable {
         &self.shards[index]
     }
 
+    pub fn shard_mut(&mut self, index: usize) -> &mut EntityTable {
+        &mut self.shards[index]
+    }
+
     /// Puts a restored shard in place.
     pub fn set_shard(&mut self, index: usize, shard: EntityTable) {
         self.shards[index] = shard;
@@ -59,11 +63,5 @@ impl ShardedTable {
 
     pub fn len(&self) -> usize {
         self.shards.iter().map(EntityTable::len).sum()
-    }
-
-    pub fn retain(&mut self, mut keep: impl FnMut(&Box<str>, &mut EntityState) -> bool) {
-        for shard in &mut self.shards {
-            shard.retain(&mut keep);
-        }
     }
 }
