@@ -347,6 +347,8 @@ impl FeatureStore {
                     .read()
                     .snapshot_shard(table, shard, &mut payload)
                     .map_err(LogError::Encode)?;
+                // Background work: let scoring and ingest threads run between shards.
+                std::thread::yield_now();
             }
         }
         for shard in 0..DEDUP_SHARDS {
