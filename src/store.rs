@@ -126,6 +126,9 @@ impl FeatureStore {
             settings.log.segment_bytes,
             settings.log.fsync,
         )?;
+        // Replayed events are durable; from here on reads see only what the log has made
+        // durable, so an event is never visible before it is acknowledged.
+        engine.hide_undurable(log.durable_seq());
         let report = RecoveryReport {
             snapshot_seq,
             replayed: replay.replayed,
@@ -184,7 +187,7 @@ impl FeatureStore {
     ) -> Result<Result<(T, Submitted), E>, StoreError> {
         let validated = self.validate_batch(events)?;
         let mut engine = self.engine.write();
-        let value = match read(&engine) {
+        let value = match engine.with_unacked(read) {
             Ok(value) => value,
             Err(error) => return Ok(Err(error)),
         };

@@ -109,6 +109,22 @@ async fn out_of_descriptors_the_log_stalls_and_resumes_by_itself() {
     assert_eq!(next_state().await, ServingStatus::NotServing);
     let status = ingest.ingest_batch(batch(60, 5)).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    // The held batch is applied but not durable: reads must not see it (u45 appears in
+    // no other batch).
+    let views = |channel| async move {
+        let read = client::get_features(channel, "user", "u45", None)
+            .await
+            .expect("features");
+        (
+            read.known,
+            read.values
+                .iter()
+                .find(|v| v.name == "user_views_1h")
+                .and_then(|v| v.value),
+        )
+    };
+    let (_, unacked) = views(channel.clone()).await;
+    assert_eq!(unacked, Some(0.0), "an unacknowledged event is visible");
     // Reported, not asserted: CPU used while out of descriptors (a spinning loop would
     // use a whole core).
     let before = cpu_ticks(pid);
@@ -127,6 +143,8 @@ async fn out_of_descriptors_the_log_stalls_and_resumes_by_itself() {
     set_open_files(pid, &original);
     assert_eq!(next_state().await, ServingStatus::Serving);
     let ack = waiting.await.unwrap().expect("the held batch is acked");
+    let (_, acked_views) = views(channel.clone()).await;
+    assert_eq!(acked_views, Some(1.0), "once acknowledged it is visible");
     let ack = ack.into_inner();
     acked += ack.accepted as usize;
     let ack = ingest

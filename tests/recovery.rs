@@ -197,7 +197,7 @@ async fn a_snapshot_taken_during_ingest_restores_every_event_once() {
             .0
             .store(true, std::sync::atomic::Ordering::Relaxed);
         let taken = snapshotting.1.join().unwrap();
-        assert!(taken > 1, "snapshots were taken during ingest");
+        assert!(taken >= 1, "a snapshot was taken during ingest");
         ingest(&store, &events[15_000..]).await;
         // No final snapshot: the start below restores one taken mid-ingest.
     }

@@ -16,6 +16,7 @@
 //! when memory is actually reclaimed ([`Engine::evict_expired`]) never changes a value.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -99,6 +100,11 @@ pub struct Engine {
     dedup: Dedup,
     applied_seq: u64,
     counters: Counters,
+    /// When set, reads leave out the pending contributions of events not durable yet.
+    durable_seq: Option<Arc<AtomicU64>>,
+    /// Reads see events not durable yet too (a recorded score, whose answer is only
+    /// sent once its own event, and so every event before it, is durable).
+    read_unacked: bool,
 }
 
 /// What a snapshot starts with; the shards of every entity table, then of the dedup
@@ -131,6 +137,8 @@ impl Engine {
             dedup: Dedup::default(),
             applied_seq: 0,
             counters: Counters::default(),
+            durable_seq: None,
+            read_unacked: false,
         }
     }
 
@@ -215,6 +223,28 @@ impl Engine {
     ) -> Result<(), postcard::Error> {
         *out = postcard::to_extend(self.dedup.shard(shard), std::mem::take(out))?;
         Ok(())
+    }
+
+    /// From now on reads leave out events beyond `durable_seq` (the log's durable
+    /// sequence number), so nothing is visible before it is acknowledged.
+    pub fn hide_undurable(&mut self, durable_seq: Arc<AtomicU64>) {
+        self.durable_seq = Some(durable_seq);
+    }
+
+    /// Runs `read` seeing events that are not durable yet. Needs exclusive access: no
+    /// other reader sees the engine meanwhile.
+    pub fn with_unacked<T>(&mut self, read: impl FnOnce(&Engine) -> T) -> T {
+        self.read_unacked = true;
+        let value = read(self);
+        self.read_unacked = false;
+        value
+    }
+
+    fn visible_through(&self) -> u64 {
+        match &self.durable_seq {
+            Some(durable) if !self.read_unacked => durable.load(Ordering::Acquire),
+            _ => u64::MAX,
+        }
     }
 
     /// How many entity tables a snapshot walks.
@@ -320,7 +350,7 @@ impl Engine {
                     vacant.insert(EntityState::default())
                 }
             };
-            apply_to_state(plan, state, event, seal_before);
+            apply_to_state(plan, state, event, seq, seal_before);
             state.applied_seq = state.applied_seq.max(seq);
         }
     }
@@ -441,7 +471,7 @@ impl Engine {
         }
         let empty = EntityState::default();
         let state = live.unwrap_or(&empty);
-        let overlay = Overlay::build(plan, state, as_of_ms);
+        let overlay = Overlay::build(plan, state, as_of_ms, self.visible_through());
         let values = features
             .iter()
             .map(|&feature| {

@@ -410,6 +410,9 @@ fn present(event: &Event<'_>, source: Option<FieldSource>) -> bool {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Pending {
     pub time_ms: i64,
+    /// Log sequence number of the event (0 if unlogged): reads leave out what is not
+    /// durable yet.
+    pub seq: u64,
     pub part: Part,
 }
 
@@ -436,6 +439,7 @@ pub(crate) fn apply_to_state(
     plan: &EntityPlan,
     state: &mut EntityState,
     event: &Event<'_>,
+    seq: u64,
     seal_before: i64,
 ) {
     state.last_seen_ms = state.last_seen_ms.max(event.time_ms);
@@ -474,6 +478,7 @@ pub(crate) fn apply_to_state(
     let added = parts.len();
     state.recent.extend(parts.into_iter().map(|part| Pending {
         time_ms: event.time_ms,
+        seq,
         part,
     }));
     state.recent[at..].rotate_right(added);
@@ -548,7 +553,14 @@ pub(crate) struct Overlay {
 }
 
 impl Overlay {
-    pub(crate) fn build(plan: &EntityPlan, state: &EntityState, at: i64) -> Overlay {
+    /// `visible_through`: contributions of events with a higher log sequence number are
+    /// left out (not durable yet).
+    pub(crate) fn build(
+        plan: &EntityPlan,
+        state: &EntityState,
+        at: i64,
+        visible_through: u64,
+    ) -> Overlay {
         let mut overlay = Overlay {
             counts: smallvec::smallvec![0; plan.count_series.len()],
             stats: smallvec::smallvec![Stats::EMPTY; plan.stats_series.len()],
@@ -559,7 +571,7 @@ impl Overlay {
         let seen = &state.recent[..state.recent.partition_point(|p| p.time_ms <= at)];
         let in_window =
             |window: Window, time: i64| window.tile_of(time) >= window.tiles_read_at(at).0;
-        for pending in seen {
+        for pending in seen.iter().filter(|p| p.seq <= visible_through) {
             let time = pending.time_ms;
             match pending.part {
                 Part::Event => {}

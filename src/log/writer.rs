@@ -7,6 +7,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -54,6 +55,8 @@ struct Shared {
     work: Condvar,
     durable_changed: Condvar,
     durable: watch::Sender<Durable>,
+    /// The newest durable sequence number, for readers that must not see the rest.
+    durable_seq: Arc<AtomicU64>,
 }
 
 pub struct EventLog {
@@ -144,6 +147,7 @@ impl EventLog {
             work: Condvar::new(),
             durable_changed: Condvar::new(),
             durable: watch::Sender::new(durable),
+            durable_seq: Arc::new(AtomicU64::new(durable.seq)),
         });
         let worker_shared = Arc::clone(&shared);
         let worker = std::thread::Builder::new()
@@ -174,6 +178,11 @@ impl EventLog {
             self.shared.work.notify_one();
         }
         Ok(seq)
+    }
+
+    /// The newest durable sequence number, kept up to date by the writer.
+    pub fn durable_seq(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.shared.durable_seq)
     }
 
     /// Whether writes are failing and being retried (new appends are refused).
@@ -293,6 +302,7 @@ fn publish(shared: &Shared, change: impl FnOnce(&mut Durable)) {
         change(&mut pending.durable);
         pending.durable
     };
+    shared.durable_seq.store(durable.seq, Ordering::Release);
     shared.durable_changed.notify_all();
     shared.durable.send_replace(durable);
 }
