@@ -1,0 +1,132 @@
+//! The disk fills up under the log: writes fail with ENOSPC. The writer refuses new
+//! events (Ingest NOT_SERVING), retries, and resumes by itself once there is room again,
+//! with every acknowledged event kept. The data dir is a small tmpfs mounted for the
+//! test (root only; the test says so and passes over it where mounting is not allowed).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::spawn_server_with;
+use streamscore::api::client;
+use streamscore::api::pb::{self, ingest_client::IngestClient};
+use streamscore::time::now_ms;
+use tokio_stream::StreamExt;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+fn batch(first: usize, count: usize) -> pb::IngestRequest {
+    pb::IngestRequest {
+        batch_id: first as u64,
+        events: (first..first + count)
+            .map(|i| pb::Event {
+                event_id: format!("view-{i}"),
+                event_type: "page_view".into(),
+                event_time_ms: now_ms(),
+                entities: [("user".to_string(), format!("u{}", i % 50))].into(),
+                strings: [("session_id".to_string(), format!("session-{i}"))].into(),
+                ..Default::default()
+            })
+            .collect(),
+    }
+}
+
+/// A tmpfs mounted at a fresh folder, unmounted when dropped.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(bytes: usize) -> Option<SmallDisk> {
+        let dir =
+            std::env::temp_dir().join(format!("streamscore-disk-full-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).ok()?;
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
+            .arg(&dir)
+            .status()
+            .ok()?
+            .success();
+        mounted.then_some(SmallDisk(dir))
+    }
+
+    fn grow(&self, bytes: usize) {
+        let status = Command::new("mount")
+            .args(["-o", &format!("remount,size={bytes}")])
+            .arg(&self.0)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_stalls_the_log_and_it_resumes_when_there_is_room() {
+    let Some(disk) = SmallDisk::mount(512 << 10) else {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (not root?)");
+        return;
+    };
+    let (mut child, url) = spawn_server_with(disk.path(), &[]);
+    let channel = client::connect(&url).await.expect("connect");
+    let mut states = HealthClient::new(channel.clone())
+        .watch(HealthCheckRequest {
+            service: "streamscore.v1.Ingest".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // A state that never comes is the bug; the bound only turns a hang into a failure.
+    let mut next_state = async || {
+        let next = tokio::time::timeout(std::time::Duration::from_secs(60), states.next())
+            .await
+            .expect("the Ingest health changes");
+        ServingStatus::try_from(next.unwrap().unwrap().status).unwrap()
+    };
+    assert_eq!(next_state().await, ServingStatus::Serving);
+
+    // About 1.5 MB of events into a 512 KiB disk: a write fails part way.
+    let producer = {
+        let mut ingest = IngestClient::new(channel.clone());
+        tokio::spawn(async move {
+            let mut acked = 0;
+            for k in 0..30 {
+                let ack = ingest.ingest_batch(batch(k * 500, 500)).await;
+                acked += ack
+                    .expect("a batch taken is acked in the end")
+                    .into_inner()
+                    .accepted;
+            }
+            acked
+        })
+    };
+    assert_eq!(next_state().await, ServingStatus::NotServing);
+    disk.grow(64 << 20);
+    assert_eq!(next_state().await, ServingStatus::Serving);
+    let acked = producer.await.unwrap();
+    assert_eq!(acked, 15_000);
+
+    let mut ingest = IngestClient::new(channel);
+    let mut duplicates = 0;
+    for k in 0..30 {
+        duplicates += ingest
+            .ingest_batch(batch(k * 500, 500))
+            .await
+            .unwrap()
+            .into_inner()
+            .duplicates;
+    }
+    assert_eq!(duplicates, acked, "every acknowledged event is kept");
+    child.kill().ok();
+    child.wait().ok();
+}
