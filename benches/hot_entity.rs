@@ -11,13 +11,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use streamscore::config::Settings;
-use streamscore::definitions::Definitions;
+
+mod support;
 use streamscore::events::RawEvent;
-use streamscore::log::FsyncPolicy;
-use streamscore::registry::Registry;
 use streamscore::scoring;
-use streamscore::store::FeatureStore;
 use streamscore::time::{HOUR_MS, now_ms};
 
 const USERS: usize = 1_000_000;
@@ -41,14 +38,7 @@ fn event(i: usize, time_ms: i64) -> RawEvent {
 }
 
 fn hot_entity(c: &mut Criterion) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut settings = Settings {
-        data_dir: dir.path().to_path_buf(),
-        ..Settings::default()
-    };
-    settings.log.fsync = FsyncPolicy::Never;
-    let definitions = Arc::new(Definitions::default_shop());
-    let (store, _) = FeatureStore::open(&settings, Arc::clone(&definitions)).expect("store");
+    let (_dir, store, definitions) = support::store();
     let end = now_ms() - 1_000;
     let start = end - 20 * HOUR_MS;
     let started = Instant::now();
@@ -70,12 +60,7 @@ fn hot_entity(c: &mut Criterion) {
         .expect("read");
     println!("ip_users_24h = {:?} (true {USERS})", users.values[0].1);
 
-    let registry = Registry::new(
-        Arc::clone(&definitions),
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models"),
-    );
-    assert!(registry.scan().expect("models dir").is_empty());
-    let fraud = registry.resolve("fraud").expect("fraud model");
+    let fraud = support::model(&definitions, "fraud");
     let mut payment = RawEvent {
         event_id: "pay".into(),
         event_type: "payment".into(),

@@ -11,6 +11,8 @@ use streamscore::definitions::Definitions;
 use streamscore::events::{Limits, RawEvent, validate};
 use streamscore::features::{Admission, Engine, EngineSettings};
 
+mod support;
+
 fn rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let kib: f64 = status
@@ -46,18 +48,7 @@ fn main() {
     for i in 0..entities {
         // Spread over a day so tiles and dedup behave as in real traffic.
         let time = start_ms + (i as i64 * 86_400_000) / entities as i64;
-        let payment = RawEvent {
-            event_id: format!("p{i}"),
-            event_type: "payment".into(),
-            event_time_ms: time,
-            entities: BTreeMap::from([
-                ("user".into(), format!("u{i}")),
-                ("card".into(), format!("c{i}")),
-                ("device".into(), format!("d{i}")),
-            ]),
-            numbers: BTreeMap::from([("amount".into(), (i % 500) as f64 + 0.99)]),
-            strings: BTreeMap::from([("ip_country".into(), "DE".into())]),
-        };
+        let payment = support::payment(i, time);
         let view = RawEvent {
             event_id: format!("v{i}"),
             event_type: "page_view".into(),

@@ -9,25 +9,16 @@ use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use streamscore::config::Settings;
-use streamscore::definitions::Definitions;
+
+mod support;
 use streamscore::events::RawEvent;
-use streamscore::log::FsyncPolicy;
 use streamscore::registry::Registry;
 use streamscore::scoring::{self, CandidateInput};
 use streamscore::simulate::{SimConfig, Simulator};
-use streamscore::store::FeatureStore;
 use streamscore::time::{HOUR_MS, MINUTE_MS, now_ms};
 
 fn score_benches(c: &mut Criterion) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut settings = Settings {
-        data_dir: dir.path().to_path_buf(),
-        ..Settings::default()
-    };
-    settings.log.fsync = FsyncPolicy::Never;
-    let definitions = Arc::new(Definitions::default_shop());
-    let (store, _) = FeatureStore::open(&settings, Arc::clone(&definitions)).expect("store");
+    let (_dir, store, definitions) = support::store();
     let end = now_ms() - MINUTE_MS;
     let events: Vec<RawEvent> = Simulator::new(SimConfig {
         start_ms: end - 3 * HOUR_MS,

@@ -6,34 +6,17 @@
 //!
 //! `cargo bench --bench snapshot_stall` (env: ENTITIES=1000000, SECONDS=6).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use streamscore::config::Settings;
-use streamscore::definitions::Definitions;
 use streamscore::events::RawEvent;
-use streamscore::log::FsyncPolicy;
-use streamscore::registry::Registry;
 use streamscore::scoring;
 use streamscore::store::FeatureStore;
 use streamscore::time::{DAY_MS, now_ms};
+use support::payment;
 
-fn payment(i: usize, time: i64) -> RawEvent {
-    RawEvent {
-        event_id: format!("p{i}"),
-        event_type: "payment".into(),
-        event_time_ms: time,
-        entities: BTreeMap::from([
-            ("user".into(), format!("u{i}")),
-            ("card".into(), format!("c{i}")),
-            ("device".into(), format!("d{i}")),
-        ]),
-        numbers: BTreeMap::from([("amount".into(), (i % 500) as f64 + 0.99)]),
-        strings: BTreeMap::from([("ip_country".into(), "DE".into())]),
-    }
-}
+mod support;
 
 /// Scores in a loop for `seconds` while another thread ingests; returns the latencies
 /// in microseconds, sorted.
@@ -93,14 +76,7 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(6);
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut settings = Settings {
-        data_dir: dir.path().to_path_buf(),
-        ..Settings::default()
-    };
-    settings.log.fsync = FsyncPolicy::Never;
-    let definitions = Arc::new(Definitions::default_shop());
-    let (store, _) = FeatureStore::open(&settings, Arc::clone(&definitions)).expect("store");
+    let (_dir, store, definitions) = support::store();
     let store = Arc::new(store);
     let end = now_ms() - 1_000;
     let built = Instant::now();
@@ -120,12 +96,7 @@ fn main() {
         "{entities} users + cards + devices applied in {:.1} s",
         built.elapsed().as_secs_f64()
     );
-    let registry = Registry::new(
-        Arc::clone(&definitions),
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models"),
-    );
-    assert!(registry.scan().expect("models dir").is_empty());
-    let fraud = registry.resolve("fraud").expect("fraud model");
+    let fraud = support::model(&definitions, "fraud");
 
     let mut next_id = entities;
     let quiet = measure(&store, &fraud, entities, seconds, &mut next_id);

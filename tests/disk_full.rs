@@ -8,30 +8,10 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::spawn_server_with;
+use common::{IngestHealth, spawn_server_with, view_batch};
 use streamscore::api::client;
-use streamscore::api::pb::{self, ingest_client::IngestClient};
-use streamscore::time::now_ms;
-use tokio_stream::StreamExt;
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
-
-fn batch(first: usize, count: usize) -> pb::IngestRequest {
-    pb::IngestRequest {
-        batch_id: first as u64,
-        events: (first..first + count)
-            .map(|i| pb::Event {
-                event_id: format!("view-{i}"),
-                event_type: "page_view".into(),
-                event_time_ms: now_ms(),
-                entities: [("user".to_string(), format!("u{}", i % 50))].into(),
-                strings: [("session_id".to_string(), format!("session-{i}"))].into(),
-                ..Default::default()
-            })
-            .collect(),
-    }
-}
+use streamscore::api::pb::ingest_client::IngestClient;
+use tonic_health::ServingStatus;
 
 /// A tmpfs mounted at a fresh folder, unmounted when dropped.
 struct SmallDisk(PathBuf);
@@ -79,21 +59,8 @@ async fn a_full_disk_stalls_the_log_and_it_resumes_when_there_is_room() {
     };
     let (mut child, url) = spawn_server_with(disk.path(), &[]);
     let channel = client::connect(&url).await.expect("connect");
-    let mut states = HealthClient::new(channel.clone())
-        .watch(HealthCheckRequest {
-            service: "streamscore.v1.Ingest".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    // A state that never comes is the bug; the bound only turns a hang into a failure.
-    let mut next_state = async || {
-        let next = tokio::time::timeout(std::time::Duration::from_secs(60), states.next())
-            .await
-            .expect("the Ingest health changes");
-        ServingStatus::try_from(next.unwrap().unwrap().status).unwrap()
-    };
-    assert_eq!(next_state().await, ServingStatus::Serving);
+    let mut health = IngestHealth::watch(channel.clone()).await;
+    assert_eq!(health.next().await, ServingStatus::Serving);
 
     // About 1.5 MB of events into a 512 KiB disk: a write fails part way.
     let producer = {
@@ -101,7 +68,7 @@ async fn a_full_disk_stalls_the_log_and_it_resumes_when_there_is_room() {
         tokio::spawn(async move {
             let mut acked = 0;
             for k in 0..30 {
-                let ack = ingest.ingest_batch(batch(k * 500, 500)).await;
+                let ack = ingest.ingest_batch(view_batch(k * 500, 500)).await;
                 acked += ack
                     .expect("a batch taken is acked in the end")
                     .into_inner()
@@ -110,9 +77,9 @@ async fn a_full_disk_stalls_the_log_and_it_resumes_when_there_is_room() {
             acked
         })
     };
-    assert_eq!(next_state().await, ServingStatus::NotServing);
+    assert_eq!(health.next().await, ServingStatus::NotServing);
     disk.grow(64 << 20);
-    assert_eq!(next_state().await, ServingStatus::Serving);
+    assert_eq!(health.next().await, ServingStatus::Serving);
     let acked = producer.await.unwrap();
     assert_eq!(acked, 15_000);
 
@@ -120,7 +87,7 @@ async fn a_full_disk_stalls_the_log_and_it_resumes_when_there_is_room() {
     let mut duplicates = 0;
     for k in 0..30 {
         duplicates += ingest
-            .ingest_batch(batch(k * 500, 500))
+            .ingest_batch(view_batch(k * 500, 500))
             .await
             .unwrap()
             .into_inner()

@@ -7,31 +7,11 @@ mod common;
 
 use std::process::Command;
 
-use common::spawn_server_with;
+use common::{IngestHealth, spawn_server_with, view_batch};
 use streamscore::api::client;
-use streamscore::api::pb::{self, ingest_client::IngestClient};
-use streamscore::time::now_ms;
-use tokio_stream::StreamExt;
+use streamscore::api::pb::ingest_client::IngestClient;
 use tonic::Code;
-use tonic_health::pb::{
-    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
-};
-
-fn batch(first: usize, count: usize) -> pb::IngestRequest {
-    pb::IngestRequest {
-        batch_id: first as u64,
-        events: (first..first + count)
-            .map(|i| pb::Event {
-                event_id: format!("view-{i}"),
-                event_type: "page_view".into(),
-                event_time_ms: now_ms(),
-                entities: [("user".to_string(), format!("u{}", i % 50))].into(),
-                strings: [("session_id".to_string(), format!("s{i}"))].into(),
-                ..Default::default()
-            })
-            .collect(),
-    }
-}
+use tonic_health::ServingStatus;
 
 fn set_open_files(pid: u32, limit: &str) {
     let status = Command::new("prlimit")
@@ -60,27 +40,12 @@ async fn out_of_descriptors_the_log_stalls_and_resumes_by_itself() {
     let pid = child.id();
     let channel = client::connect(&url).await.expect("connect");
     let mut ingest = IngestClient::new(channel.clone());
-    let health = HealthClient::new(channel.clone());
-    let mut states = health
-        .clone()
-        .watch(HealthCheckRequest {
-            service: "streamscore.v1.Ingest".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    // A state that never comes is the bug; the bound only turns a hang into a failure.
-    let mut next_state = async || {
-        let next = tokio::time::timeout(std::time::Duration::from_secs(60), states.next())
-            .await
-            .expect("the Ingest health changes");
-        ServingStatus::try_from(next.unwrap().unwrap().status).unwrap()
-    };
-    assert_eq!(next_state().await, ServingStatus::Serving);
+    let mut health = IngestHealth::watch(channel.clone()).await;
+    assert_eq!(health.next().await, ServingStatus::Serving);
     let mut acked = 0;
     // Past the segment size, so the next write must open a new segment.
     let ack = ingest
-        .ingest_batch(batch(0, 40))
+        .ingest_batch(view_batch(0, 40))
         .await
         .unwrap()
         .into_inner();
@@ -105,9 +70,9 @@ async fn out_of_descriptors_the_log_stalls_and_resumes_by_itself() {
 
     // This batch's write needs a new segment: its ack waits until the write can be made.
     let mut blocked = IngestClient::new(channel.clone());
-    let waiting = tokio::spawn(async move { blocked.ingest_batch(batch(40, 20)).await });
-    assert_eq!(next_state().await, ServingStatus::NotServing);
-    let status = ingest.ingest_batch(batch(60, 5)).await.unwrap_err();
+    let waiting = tokio::spawn(async move { blocked.ingest_batch(view_batch(40, 20)).await });
+    assert_eq!(health.next().await, ServingStatus::NotServing);
+    let status = ingest.ingest_batch(view_batch(60, 5)).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     // The held batch is applied but not durable: reads must not see it (u45 appears in
     // no other batch).
@@ -130,7 +95,7 @@ async fn out_of_descriptors_the_log_stalls_and_resumes_by_itself() {
     let before = cpu_ticks(pid);
     let started = std::time::Instant::now();
     while started.elapsed() < std::time::Duration::from_secs(2) {
-        let status = ingest.ingest_batch(batch(60, 5)).await.unwrap_err();
+        let status = ingest.ingest_batch(view_batch(60, 5)).await.unwrap_err();
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
@@ -141,14 +106,14 @@ async fn out_of_descriptors_the_log_stalls_and_resumes_by_itself() {
     );
 
     set_open_files(pid, &original);
-    assert_eq!(next_state().await, ServingStatus::Serving);
+    assert_eq!(health.next().await, ServingStatus::Serving);
     let ack = waiting.await.unwrap().expect("the held batch is acked");
     let (_, acked_views) = views(channel.clone()).await;
     assert_eq!(acked_views, Some(1.0), "once acknowledged it is visible");
     let ack = ack.into_inner();
     acked += ack.accepted as usize;
     let ack = ingest
-        .ingest_batch(batch(60, 5))
+        .ingest_batch(view_batch(60, 5))
         .await
         .unwrap()
         .into_inner();
@@ -157,7 +122,7 @@ async fn out_of_descriptors_the_log_stalls_and_resumes_by_itself() {
 
     // Every acknowledged event is there: sent again, each is a duplicate.
     let again = ingest
-        .ingest_batch(batch(0, 65))
+        .ingest_batch(view_batch(0, 65))
         .await
         .unwrap()
         .into_inner();

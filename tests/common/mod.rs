@@ -239,3 +239,56 @@ pub fn spawn_server_with(data_dir: &std::path::Path, env: &[(&str, &str)]) -> (C
     std::thread::spawn(move || for _ in lines {});
     (child, format!("http://{addr}"))
 }
+
+/// Page views `first..first + count` by 50 users in turn, as one batch.
+pub fn view_batch(first: usize, count: usize) -> streamscore::api::pb::IngestRequest {
+    use streamscore::api::pb;
+    pb::IngestRequest {
+        batch_id: first as u64,
+        events: (first..first + count)
+            .map(|i| pb::Event {
+                event_id: format!("view-{i}"),
+                event_type: "page_view".into(),
+                event_time_ms: streamscore::time::now_ms(),
+                entities: [("user".to_string(), format!("u{}", i % 50))].into(),
+                strings: [("session_id".to_string(), format!("session-{i}"))].into(),
+                ..Default::default()
+            })
+            .collect(),
+    }
+}
+
+/// The health of `Ingest` as the server reports its changes.
+pub struct IngestHealth(tonic::Streaming<tonic_health::pb::HealthCheckResponse>);
+
+impl IngestHealth {
+    pub async fn watch(channel: tonic::transport::Channel) -> IngestHealth {
+        let states = tonic_health::pb::health_client::HealthClient::new(channel)
+            .watch(tonic_health::pb::HealthCheckRequest {
+                service: "streamscore.v1.Ingest".into(),
+            })
+            .await
+            .expect("health watch")
+            .into_inner();
+        IngestHealth(states)
+    }
+
+    /// The next state. One that never comes is the bug; the bound only turns a hang
+    /// into a failure.
+    pub async fn next(&mut self) -> tonic_health::ServingStatus {
+        use tokio_stream::StreamExt;
+        let next = tokio::time::timeout(std::time::Duration::from_secs(60), self.0.next())
+            .await
+            .expect("the Ingest health changes");
+        let status = next.expect("stream open").expect("health").status;
+        match tonic_health::pb::health_check_response::ServingStatus::try_from(status) {
+            Ok(tonic_health::pb::health_check_response::ServingStatus::Serving) => {
+                tonic_health::ServingStatus::Serving
+            }
+            Ok(tonic_health::pb::health_check_response::ServingStatus::NotServing) => {
+                tonic_health::ServingStatus::NotServing
+            }
+            _ => tonic_health::ServingStatus::Unknown,
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! What several benches set up the same way: a store on a temp dir without fsync, the
+//! shipped fraud model, and the payment that makes one user, card and device.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use streamscore::config::Settings;
+use streamscore::definitions::Definitions;
+use streamscore::events::RawEvent;
+use streamscore::log::FsyncPolicy;
+use streamscore::registry::{LoadedModel, Registry};
+use streamscore::store::FeatureStore;
+
+/// A fresh store with the default definitions (no fsync: the benches measure reads).
+pub fn store() -> (tempfile::TempDir, FeatureStore, Arc<Definitions>) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut settings = Settings {
+        data_dir: dir.path().to_path_buf(),
+        ..Settings::default()
+    };
+    settings.log.fsync = FsyncPolicy::Never;
+    let definitions = Arc::new(Definitions::default_shop());
+    let (store, _) = FeatureStore::open(&settings, Arc::clone(&definitions)).expect("store");
+    (dir, store, definitions)
+}
+
+/// The shipped models, and one of them resolved by name.
+pub fn model(definitions: &Arc<Definitions>, name: &str) -> Arc<LoadedModel> {
+    let registry = Registry::new(
+        Arc::clone(definitions),
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models"),
+    );
+    assert!(registry.scan().expect("models dir").is_empty());
+    registry.resolve(name).expect("shipped model")
+}
+
+/// Payment `i`: its own user, card and device.
+pub fn payment(i: usize, time_ms: i64) -> RawEvent {
+    RawEvent {
+        event_id: format!("p{i}"),
+        event_type: "payment".into(),
+        event_time_ms: time_ms,
+        entities: BTreeMap::from([
+            ("user".into(), format!("u{i}")),
+            ("card".into(), format!("c{i}")),
+            ("device".into(), format!("d{i}")),
+        ]),
+        numbers: BTreeMap::from([("amount".into(), (i % 500) as f64 + 0.99)]),
+        strings: BTreeMap::from([("ip_country".into(), "DE".into())]),
+    }
+}
