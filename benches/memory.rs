@@ -1,7 +1,8 @@
 //! Memory: RSS of the engine holding 1M users + 1M cards + 1M devices with the default
 //! features (one payment per user/card/device triple, plus a page view per user).
 //!
-//! `cargo bench --bench memory` (env: ENTITIES=1000000).
+//! `cargo bench --bench memory` (env: ENTITIES=1000000); with DEDUP_IDS=N it measures the
+//! dedup set holding N ids instead.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -41,6 +42,30 @@ fn main() {
         allowed_lateness_ms: 3_600_000,
         dedup_horizon_ms: 3_600_000,
     };
+
+    // The dedup set alone: ids of a day at a steady rate, all within the horizon.
+    // Measured in a run of its own (freed memory stays in the process and would hide
+    // what the engine takes after it): `DEDUP_IDS=10000000 cargo bench --bench memory`.
+    if let Some(ids) = std::env::var("DEDUP_IDS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        let dedup_before = rss_mib();
+        let mut dedup = streamscore::features::Dedup::default();
+        for i in 0..ids {
+            let id = streamscore::definitions::fnv128(format!("event-{i}").as_bytes());
+            dedup.insert(id, 1_767_225_600_000 + i as i64, 0);
+        }
+        let dedup_after = rss_mib();
+        println!(
+            "dedup: {} ids held, {:.0} MiB, {:.1} bytes per id",
+            dedup.len(),
+            dedup_after - dedup_before,
+            (dedup_after - dedup_before) * 1024.0 * 1024.0 / ids as f64
+        );
+        return;
+    }
+
     let mut engine = Engine::new(Arc::clone(&definitions), settings);
     let before = rss_mib();
     let started = Instant::now();

@@ -3,8 +3,7 @@
 //! so pruning (which frees memory) never changes a decision. The ids are split into
 //! shards by hash, so pruning and snapshots take one shard at a time (a day of ids at a
 //! high rate is millions of entries: one retain over all of them stalled the engine for
-//! 0.4 s). About 40 bytes per id held (16 + 8 and the map's control bytes and spare room;
-//! estimated, not measured).
+//! 0.4 s). Measured: 57 bytes per id held (`DEDUP_IDS=10000000 cargo bench --bench memory`).
 
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};

@@ -410,16 +410,15 @@ fn present(event: &Event<'_>, source: Option<FieldSource>) -> bool {
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Pending {
     pub time_ms: i64,
-    /// Log sequence number of the event (0 if unlogged): reads leave out what is not
-    /// durable yet.
-    pub seq: u64,
     pub part: Part,
 }
 
-/// What one event adds to one series or slot; each event's parts follow an `Event`.
+/// What one event adds to one series or slot; each event's parts follow an `Event`
+/// that carries its log sequence number (0 if unlogged), so reads can leave out what is
+/// not durable yet. (Kept there rather than in every part: 24 bytes a part, not 32.)
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub(crate) enum Part {
-    Event,
+    Event(u64),
     Count(u16),
     Value(u16, f64),
     Distinct(u16, u64),
@@ -444,7 +443,7 @@ pub(crate) fn apply_to_state(
 ) {
     state.last_seen_ms = state.last_seen_ms.max(event.time_ms);
     let routes = &plan.by_type[event.type_id];
-    let mut parts: smallvec::SmallVec<[Part; 24]> = smallvec::smallvec![Part::Event];
+    let mut parts: smallvec::SmallVec<[Part; 24]> = smallvec::smallvec![Part::Event(seq)];
     for &index in &routes.counts {
         let series = &plan.count_series[index];
         if !series.has_field || present(event, series.sources[event.type_id]) {
@@ -478,7 +477,6 @@ pub(crate) fn apply_to_state(
     let added = parts.len();
     state.recent.extend(parts.into_iter().map(|part| Pending {
         time_ms: event.time_ms,
-        seq,
         part,
     }));
     state.recent[at..].rotate_right(added);
@@ -488,7 +486,7 @@ pub(crate) fn apply_to_state(
         .recent
         .iter()
         .enumerate()
-        .filter(|(_, p)| p.part == Part::Event)
+        .filter(|(_, p)| matches!(p.part, Part::Event(_)))
         .map(|(index, _)| index);
     let pending_events = starts.clone().count();
     if pending_events > MAX_PENDING_EVENTS
@@ -510,7 +508,7 @@ fn seal(plan: &EntityPlan, state: &mut EntityState, count: usize, seal_before: i
     for pending in recent.drain(..count) {
         let time = pending.time_ms;
         match pending.part {
-            Part::Event => {}
+            Part::Event(_) => {}
             Part::Count(series) => {
                 let window = plan.count_series[usize::from(series)].window;
                 let keep_from = window.tiles_read_at(seal_before).0;
@@ -571,10 +569,18 @@ impl Overlay {
         let seen = &state.recent[..state.recent.partition_point(|p| p.time_ms <= at)];
         let in_window =
             |window: Window, time: i64| window.tile_of(time) >= window.tiles_read_at(at).0;
-        for pending in seen.iter().filter(|p| p.seq <= visible_through) {
+        let mut visible = true;
+        for pending in seen {
             let time = pending.time_ms;
+            if let Part::Event(seq) = pending.part {
+                visible = seq <= visible_through;
+                continue;
+            }
+            if !visible {
+                continue;
+            }
             match pending.part {
-                Part::Event => {}
+                Part::Event(_) => {}
                 Part::Count(s) => {
                     if in_window(plan.count_series[usize::from(s)].window, time) {
                         overlay.counts[usize::from(s)] += 1;
