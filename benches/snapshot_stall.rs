@@ -100,11 +100,14 @@ fn main() {
 
     let mut next_id = entities;
     let quiet = measure(&store, &fraud, entities, seconds, &mut next_id);
+    let ingested_quiet = next_id - entities;
     let snapshotting = Arc::new(AtomicBool::new(true));
     let snapshots = {
         let store = Arc::clone(&store);
         let running = Arc::clone(&snapshotting);
         std::thread::spawn(move || {
+            // As the server runs them: on a lowest-priority thread.
+            streamscore::background::lower_current_thread_priority();
             let mut written = Vec::new();
             while running.load(Ordering::Relaxed) {
                 let began = Instant::now();
@@ -115,7 +118,9 @@ fn main() {
             written
         })
     };
+    let before_snapshots = next_id;
     let during = measure(&store, &fraud, entities, seconds, &mut next_id);
+    let ingested_during = next_id - before_snapshots;
     snapshotting.store(false, Ordering::Relaxed);
     let written = snapshots.join().expect("snapshots");
     for (name, sorted) in [
@@ -131,6 +136,9 @@ fn main() {
             sorted.last().copied().unwrap_or(0)
         );
     }
+    println!(
+        "events ingested meanwhile: {ingested_quiet} without a snapshot, {ingested_during} during snapshots"
+    );
     println!(
         "{} snapshots written during the second phase, {:.2} s each on average; p99 ratio {:.2}",
         written.len(),

@@ -3,6 +3,7 @@
 //! read back for scoring and for point-in-time training sets.
 
 pub mod api;
+pub mod background;
 pub mod cli;
 pub mod config;
 pub mod definitions;

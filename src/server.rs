@@ -21,6 +21,7 @@ use crate::api::prometheus;
 use crate::api::{
     Drain, FILE_DESCRIPTOR_SET, FeaturesService, IngestService, ModelsService, ScoringService,
 };
+use crate::background::Background;
 use crate::config::Settings;
 use crate::definitions::{Definitions, DefinitionsError};
 use crate::registry::{Registry, RegistryError};
@@ -367,8 +368,16 @@ fn without_nagle(
 /// How often the snapshot triggers (time and event count) are checked.
 const MAINTENANCE_TICK: Duration = Duration::from_secs(1);
 
-/// Snapshots (after `interval`, or after `every_events` new events) and eviction.
+/// Snapshots (after `interval`, or after `every_events` new events) and eviction, both
+/// on the low-priority background thread so they do not take CPU from requests.
 async fn maintain(store: Arc<FeatureStore>, interval: Duration, every_events: u64) {
+    let background = match Background::start("streamscore-background") {
+        Ok(background) => background,
+        Err(error) => {
+            tracing::error!(%error, "cannot start the background thread: no periodic snapshots or eviction");
+            return;
+        }
+    };
     let mut ticks = tokio::time::interval(MAINTENANCE_TICK);
     let mut last_snapshot = tokio::time::Instant::now();
     let mut last_eviction = tokio::time::Instant::now();
@@ -378,7 +387,7 @@ async fn maintain(store: Arc<FeatureStore>, interval: Duration, every_events: u6
         if pending > 0 && (pending >= every_events || last_snapshot.elapsed() >= interval) {
             last_snapshot = tokio::time::Instant::now();
             let store = Arc::clone(&store);
-            match tokio::task::spawn_blocking(move || store.snapshot()).await {
+            match background.run(move || store.snapshot()).await {
                 Ok(Err(error)) => tracing::error!(%error, "periodic snapshot failed"),
                 Err(error) => tracing::error!(%error, "periodic snapshot task failed"),
                 Ok(Ok(_)) => {}
@@ -387,7 +396,7 @@ async fn maintain(store: Arc<FeatureStore>, interval: Duration, every_events: u6
         if last_eviction.elapsed() >= EVICTION_INTERVAL {
             last_eviction = tokio::time::Instant::now();
             let store = Arc::clone(&store);
-            match tokio::task::spawn_blocking(move || store.evict_expired()).await {
+            match background.run(move || store.evict_expired()).await {
                 Ok(evicted) if evicted > 0 => {
                     tracing::debug!(evicted, "expired entities evicted");
                 }

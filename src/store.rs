@@ -344,21 +344,28 @@ impl FeatureStore {
                 .map_err(LogError::Encode)?;
             (engine.applied_seq(), engine.table_count())
         };
+        let mut scratch = Vec::new();
         for table in 0..tables {
             for shard in 0..SHARDS {
+                // Encoded into a small buffer under the lock, appended after: growing
+                // the gigabyte payload can copy all of it, and must not hold the lock.
+                scratch.clear();
                 self.engine
                     .read()
-                    .snapshot_shard(table, shard, &mut payload)
+                    .snapshot_shard(table, shard, &mut scratch)
                     .map_err(LogError::Encode)?;
+                payload.extend_from_slice(&scratch);
                 // Background work: let scoring and ingest threads run between shards.
                 std::thread::yield_now();
             }
         }
         for shard in 0..DEDUP_SHARDS {
+            scratch.clear();
             self.engine
                 .read()
-                .snapshot_dedup_shard(shard, &mut payload)
+                .snapshot_dedup_shard(shard, &mut scratch)
                 .map_err(LogError::Encode)?;
+            payload.extend_from_slice(&scratch);
         }
         // Shards copied late hold events up to here: the snapshot must never be ahead
         // of the durable log it summarises.
@@ -396,3 +403,4 @@ impl FeatureStore {
         Ok(())
     }
 }
+

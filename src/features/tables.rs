@@ -8,9 +8,12 @@ use rustc_hash::FxBuildHasher;
 
 use super::state::EntityState;
 
-/// Shards per entity type: at 1M entities of a type, about 250 per shard, so one shard is
-/// copied in about a millisecond (256 shards gave a Score p99 17x higher during snapshots).
-pub const SHARDS: usize = 4096;
+/// Shards per entity type: at 1M entities of a type, about 60 per shard, so one shard is
+/// copied in well under a millisecond. Measured with `benches/snapshot_stall.rs` (3M
+/// entities, 2 cores): 256 shards gave a Score p99 17x higher during snapshots, 4,096
+/// 1.5-3.3x, 16,384 0.7-0.9x. Snapshots taken with another count are re-sharded on
+/// restore.
+pub const SHARDS: usize = 16384;
 
 /// One shard. hashbrown for `entry_ref`: one lookup per event, and the key is allocated
 /// only when the entity is new.
