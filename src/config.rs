@@ -53,6 +53,13 @@ pub struct ModelSettings {
     pub dir: PathBuf,
     /// How often the directory is checked for new or changed files.
     pub watch_interval: Millis,
+    /// Largest artifact file read; larger ones are refused unread.
+    pub max_artifact_bytes: u64,
+    /// Key file for HMAC-SHA256 artifact signatures (at least 32 bytes; keep it outside
+    /// the models directory). With it, signatures present are verified.
+    pub signing_key: Option<PathBuf>,
+    /// Refuse artifacts without a valid signature (needs `signing_key`).
+    pub require_signature: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -67,6 +74,9 @@ impl Default for ModelSettings {
         ModelSettings {
             dir: PathBuf::from("models"),
             watch_interval: Millis(2_000),
+            max_artifact_bytes: crate::model::artifact::DEFAULT_MAX_ARTIFACT_BYTES,
+            signing_key: None,
+            require_signature: false,
         }
     }
 }
@@ -212,6 +222,16 @@ impl Settings {
         if self.models.watch_interval.0 < 10 {
             return Err(ConfigError::Invalid(
                 "models.watch_interval must be at least 10ms".into(),
+            ));
+        }
+        if self.models.require_signature && self.models.signing_key.is_none() {
+            return Err(ConfigError::Invalid(
+                "models.require_signature needs models.signing_key".into(),
+            ));
+        }
+        if self.models.max_artifact_bytes < 1024 {
+            return Err(ConfigError::Invalid(
+                "models.max_artifact_bytes must be at least 1024".into(),
             ));
         }
         if self.snapshot.interval.0 < 1000 {

@@ -7,6 +7,7 @@ pub mod background;
 pub mod cli;
 pub mod config;
 pub mod definitions;
+pub mod durable;
 pub mod events;
 pub mod features;
 pub mod loadtest;

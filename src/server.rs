@@ -24,6 +24,7 @@ use crate::api::{
 use crate::background::Background;
 use crate::config::Settings;
 use crate::definitions::{Definitions, DefinitionsError};
+use crate::model::artifact::{SigningKey, Trust};
 use crate::registry::{Registry, RegistryError};
 use crate::store::{FeatureStore, StoreError};
 
@@ -58,6 +59,10 @@ pub enum ServerError {
     Registry(#[from] RegistryError),
     #[error("background task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    /// A setting names something unusable (a key or certificate file), or the settings
+    /// together are unsafe.
+    #[error("{0}")]
+    Setup(String),
 }
 
 /// Loads the definitions named by the settings (or the built-in ones).
@@ -141,7 +146,16 @@ pub async fn open_registry(
     settings: &Settings,
     definitions: Arc<Definitions>,
 ) -> Result<Arc<Registry>, ServerError> {
-    let registry = Arc::new(Registry::new(definitions, settings.models.dir.clone()));
+    let trust = Trust {
+        max_bytes: settings.models.max_artifact_bytes,
+        key: match &settings.models.signing_key {
+            Some(path) => Some(SigningKey::from_file(path).map_err(ServerError::Setup)?),
+            None => None,
+        },
+        require_signature: settings.models.require_signature,
+    };
+    let registry =
+        Arc::new(Registry::new(definitions, settings.models.dir.clone()).with_trust(trust));
     let scanning = Arc::clone(&registry);
     let failures = tokio::task::spawn_blocking(move || scanning.scan()).await??;
     let catalog = registry.catalog();
@@ -292,10 +306,28 @@ async fn report_scoring_health(
     every: Duration,
 ) {
     let mut serving = None;
+    let mut names = std::collections::HashMap::new();
     let mut ticks = tokio::time::interval(every);
     loop {
         ticks.tick().await;
-        let now = !registry.catalog().models().is_empty();
+        let catalog = registry.catalog();
+        // Per name too (health `service` = a model name or alias), so a load balancer
+        // or a checkout can see that `fraud` in particular does not serve, and why.
+        for (name, state) in catalog.health() {
+            let status = if state.is_ok() {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            if names.get(&name) != Some(&status) {
+                if let Err(reason) = &state {
+                    tracing::error!(model = %name, %reason, "model not serving");
+                }
+                health.set_service_status(name.clone(), status).await;
+                names.insert(name, status);
+            }
+        }
+        let now = !catalog.models().is_empty();
         if serving != Some(now) {
             if now {
                 health.set_serving::<ScoringServer<ScoringService>>().await;

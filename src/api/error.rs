@@ -44,10 +44,17 @@ impl From<RegistryError> for Status {
         match &error {
             RegistryError::NotFound(_) => Status::not_found(format!("model: {error}")),
             RegistryError::BadReference(_) => Status::invalid_argument(format!("model: {error}")),
-            RegistryError::BadAlias(_) => Status::invalid_argument(format!("alias: {error}")),
-            RegistryError::Artifact(_) | RegistryError::Plan { .. } => {
-                Status::failed_precondition(error.to_string())
+            RegistryError::BadAlias(_)
+            | RegistryError::AliasCrossesModels { .. }
+            | RegistryError::TooManyAliases => Status::invalid_argument(format!("alias: {error}")),
+            RegistryError::OutsideDir { .. } => Status::invalid_argument(format!("path: {error}")),
+            // Not UNAVAILABLE: retrying does not help, an operator must set the alias.
+            RegistryError::Unavailable { .. } => {
+                Status::failed_precondition(format!("model: {error}"))
             }
+            RegistryError::Artifact(_)
+            | RegistryError::Plan { .. }
+            | RegistryError::NameMismatch { .. } => Status::failed_precondition(error.to_string()),
             RegistryError::Directory { .. } => Status::internal(error.to_string()),
         }
     }

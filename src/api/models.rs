@@ -1,20 +1,32 @@
 //! The `Models` service: list, show, load and alias models in the registry.
 
-use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
 use super::pb::{self, models_server::Models};
 use crate::registry::{Catalog, LoadedModel, Registry};
 
+/// `LoadModel` calls read files on blocking threads: at most this many at once, so
+/// callers cannot fill tokio's blocking pool (snapshots and eviction need it too).
+const CONCURRENT_LOADS: usize = 2;
+
+/// A load still running after this answers DEADLINE_EXCEEDED (the read itself is
+/// bounded by the size limit and only regular files are opened).
+const LOAD_TIMEOUT: Duration = Duration::from_secs(30);
+
 pub struct ModelsService {
     registry: Arc<Registry>,
+    loads: Arc<tokio::sync::Semaphore>,
 }
 
 impl ModelsService {
     pub fn new(registry: Arc<Registry>) -> ModelsService {
-        ModelsService { registry }
+        ModelsService {
+            registry,
+            loads: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_LOADS)),
+        }
     }
 }
 
@@ -84,10 +96,25 @@ impl Models for ModelsService {
         &self,
         request: Request<pb::LoadModelRequest>,
     ) -> Result<Response<pb::ModelDetail>, Status> {
-        let path = PathBuf::from(request.into_inner().path);
+        let path = request.into_inner().path;
+        let Ok(permit) = Arc::clone(&self.loads).try_acquire_owned() else {
+            return Err(Status::resource_exhausted(format!(
+                "{CONCURRENT_LOADS} model loads are already running; try again when they end"
+            )));
+        };
         let registry = Arc::clone(&self.registry);
-        let model = tokio::task::spawn_blocking(move || registry.load_file(&path))
+        let loading = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            registry.load_requested(&path)
+        });
+        let model = tokio::time::timeout(LOAD_TIMEOUT, loading)
             .await
+            .map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "the model load did not finish within {} s",
+                    LOAD_TIMEOUT.as_secs()
+                ))
+            })?
             .map_err(|e| Status::internal(e.to_string()))??;
         Ok(Response::new(detail(&model, &self.registry.catalog())))
     }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use super::losses::{self, Loss};
 use super::reader::damaged_dir;
 use super::record::{Frame, HEADER_BYTES, decode_frame, resync};
-use super::{LogError, io_error, list_segments, sync_dir};
+use super::{LogError, io_error, list_segments};
 
 /// What a repair did.
 #[derive(Debug, Default)]
@@ -60,18 +60,7 @@ pub(crate) fn keep_aside(
 
 /// Temp file, fsync, rename, fsync the folder.
 fn write_durably(target: &Path, bytes: &[u8]) -> Result<(), LogError> {
-    let temporary = target.with_extension("repair-tmp");
-    {
-        use std::io::Write;
-        let mut file = std::fs::File::create(&temporary).map_err(io_error(&temporary))?;
-        file.write_all(bytes).map_err(io_error(&temporary))?;
-        file.sync_all().map_err(io_error(&temporary))?;
-    }
-    std::fs::rename(&temporary, target).map_err(io_error(target))?;
-    if let Some(parent) = target.parent() {
-        sync_dir(parent)?;
-    }
-    Ok(())
+    crate::durable::replace_file(target, bytes).map_err(io_error(target))
 }
 
 /// Repairs the log in `dir`; `snapshot_seq` is what the newest snapshot covers.

@@ -1,8 +1,11 @@
 //! Model artifacts: one JSON file per model version with the model, the fingerprint of
-//! the feature definitions it was trained against, metrics and metadata, and a checksum
-//! over all of it. Loading verifies the checksum and the definitions and names what
-//! differs.
+//! the feature definitions it was trained against, metrics and metadata, a checksum
+//! over all of it and, when a signing key is configured, an HMAC-SHA256 signature.
+//! Loading reads only regular files up to a size limit, verifies the checksum, the
+//! signature and the definitions, checks the model's structure, and names what
+//! differs, never quoting the file's content.
 
+use std::io::Read;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -33,7 +36,91 @@ pub struct ArtifactBody {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct ArtifactFile {
     checksum: String,
+    /// Hex HMAC-SHA256 of the body's JSON under the operator's signing key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    signature: Option<String>,
     body: ArtifactBody,
+}
+
+/// Largest artifact read by default (`models.max_artifact_bytes`).
+pub const DEFAULT_MAX_ARTIFACT_BYTES: u64 = 64 << 20;
+
+/// Shortest signing key accepted, in bytes (the HMAC-SHA256 block security level).
+pub const MIN_KEY_BYTES: usize = 32;
+
+/// The operator's secret for signing artifacts (HMAC-SHA256): `train` signs with it, the
+/// server verifies. A symmetric key because the team that trains is the team that
+/// serves; whoever can read it can sign, so keep it out of the models directory.
+#[derive(Clone)]
+pub struct SigningKey(ring::hmac::Key);
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SigningKey(..)")
+    }
+}
+
+impl SigningKey {
+    pub fn from_bytes(bytes: &[u8]) -> Result<SigningKey, String> {
+        if bytes.len() < MIN_KEY_BYTES {
+            return Err(format!(
+                "a signing key needs at least {MIN_KEY_BYTES} bytes, this one has {} (make one with `head -c 32 /dev/urandom > signing.key`)",
+                bytes.len()
+            ));
+        }
+        Ok(SigningKey(ring::hmac::Key::new(
+            ring::hmac::HMAC_SHA256,
+            bytes,
+        )))
+    }
+
+    pub fn from_file(path: &Path) -> Result<SigningKey, String> {
+        let bytes = std::fs::read(path)
+            .map_err(|e| format!("cannot read signing key {}: {e}", path.display()))?;
+        SigningKey::from_bytes(&bytes).map_err(|e| format!("signing key {}: {e}", path.display()))
+    }
+
+    fn sign(&self, message: &[u8]) -> String {
+        hex(ring::hmac::sign(&self.0, message).as_ref())
+    }
+
+    /// Constant-time comparison (ring's verify), so a forger learns nothing per byte.
+    fn verify(&self, message: &[u8], signature: &str) -> bool {
+        unhex(signature).is_some_and(|tag| ring::hmac::verify(&self.0, message, &tag).is_ok())
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) || !text.is_ascii() {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
+        .collect()
+}
+
+/// What an artifact must satisfy beyond being well formed.
+#[derive(Debug, Clone)]
+pub struct Trust {
+    pub max_bytes: u64,
+    pub key: Option<SigningKey>,
+    /// Refuse artifacts without a valid signature (needs `key`).
+    pub require_signature: bool,
+}
+
+impl Default for Trust {
+    fn default() -> Self {
+        Trust {
+            max_bytes: DEFAULT_MAX_ARTIFACT_BYTES,
+            key: None,
+            require_signature: false,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -52,51 +139,180 @@ pub enum ArtifactError {
     },
     #[error("model artifact {path} needs features the running definitions lack: {missing:?}")]
     UnknownFeatures { path: String, missing: Vec<String> },
+    #[error("model artifact {path} cannot serve: {reason}")]
+    Invalid { path: String, reason: String },
+    #[error("model artifact {path} is not trusted: {reason}")]
+    Untrusted { path: String, reason: String },
     #[error("cannot write model artifact {path}: {reason}")]
     Write { path: String, reason: String },
 }
 
-fn checksum(body: &ArtifactBody) -> Result<String, serde_json::Error> {
-    Ok(format!("{:016x}", fnv64(&serde_json::to_vec(body)?)))
+pub fn save(path: &Path, body: ArtifactBody) -> Result<(), ArtifactError> {
+    save_signed(path, body, None)
 }
 
-pub fn save(path: &Path, body: ArtifactBody) -> Result<(), ArtifactError> {
+/// Writes the artifact durably (temp file, fsync, rename), signed when a key is given.
+pub fn save_signed(
+    path: &Path,
+    body: ArtifactBody,
+    key: Option<&SigningKey>,
+) -> Result<(), ArtifactError> {
     let error = |reason: String| ArtifactError::Write {
         path: path.display().to_string(),
         reason,
     };
-    let checksum = checksum(&body).map_err(|e| error(e.to_string()))?;
-    let text = serde_json::to_string_pretty(&ArtifactFile { checksum, body })
-        .map_err(|e| error(e.to_string()))?;
+    let bytes = serde_json::to_vec(&body).map_err(|e| error(e.to_string()))?;
+    let checksum = format!("{:016x}", fnv64(&bytes));
+    let signature = key.map(|key| key.sign(&bytes));
+    let text = serde_json::to_string_pretty(&ArtifactFile {
+        checksum,
+        signature,
+        body,
+    })
+    .map_err(|e| error(e.to_string()))?;
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|e| error(e.to_string()))?;
     }
-    std::fs::write(path, text).map_err(|e| error(e.to_string()))
+    crate::durable::replace_file(path, text.as_bytes()).map_err(|e| error(e.to_string()))
+}
+
+/// Reads at most `max_bytes` of a regular file. Opened non-blocking, and its type checked
+/// on the open handle: a FIFO or a device is refused before any read, and a file
+/// swapped in after a check cannot slip through.
+fn read_regular_file(path: &Path, max_bytes: u64) -> Result<Vec<u8>, String> {
+    #[cfg(unix)]
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+    };
+    #[cfg(not(unix))]
+    let file = std::fs::File::open(path);
+    let file = file.map_err(|e| e.kind().to_string())?;
+    let metadata = file.metadata().map_err(|e| e.kind().to_string())?;
+    if !metadata.is_file() {
+        return Err("not a regular file".into());
+    }
+    if metadata.len() > max_bytes {
+        return Err(format!(
+            "{} bytes, more than the limit of {max_bytes} (models.max_artifact_bytes)",
+            metadata.len()
+        ));
+    }
+    let mut bytes = Vec::with_capacity(metadata.len() as usize);
+    file.take(max_bytes + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.kind().to_string())?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(format!(
+            "grew past the limit of {max_bytes} bytes while read"
+        ));
+    }
+    Ok(bytes)
+}
+
+/// Says where JSON went wrong without quoting it: serde's messages include the values
+/// they met, and an artifact path may name any file (keys, tokens).
+fn json_problem(error: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let kind = match error.classify() {
+        Category::Io => "unreadable",
+        Category::Syntax => "not JSON",
+        Category::Data => "JSON that is not a model artifact",
+        Category::Eof => "JSON cut short",
+    };
+    format!("{kind} (line {}, column {})", error.line(), error.column())
+}
+
+/// Names a model may have: they become file names, metric labels and references.
+pub fn valid_model_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() <= 64
+        && chars
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '-'))
 }
 
 pub fn load(path: &Path, definitions: &Definitions) -> Result<ArtifactBody, ArtifactError> {
+    load_with(path, definitions, &Trust::default())
+}
+
+pub fn load_with(
+    path: &Path,
+    definitions: &Definitions,
+    trust: &Trust,
+) -> Result<ArtifactBody, ArtifactError> {
     let shown = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ArtifactError::Read {
+    let bytes = read_regular_file(path, trust.max_bytes).map_err(|reason| ArtifactError::Read {
+        path: shown.clone(),
+        reason,
+    })?;
+    let file: ArtifactFile =
+        serde_json::from_slice(&bytes).map_err(|e| ArtifactError::Corrupt {
+            path: shown.clone(),
+            reason: json_problem(&e),
+        })?;
+    let body_bytes = serde_json::to_vec(&file.body).map_err(|e| ArtifactError::Corrupt {
         path: shown.clone(),
         reason: e.to_string(),
     })?;
-    let file: ArtifactFile = serde_json::from_str(&text).map_err(|e| ArtifactError::Corrupt {
-        path: shown.clone(),
-        reason: e.to_string(),
-    })?;
-    let expected = checksum(&file.body).map_err(|e| ArtifactError::Corrupt {
-        path: shown.clone(),
-        reason: e.to_string(),
-    })?;
+    let expected = format!("{:016x}", fnv64(&body_bytes));
     if expected != file.checksum {
         return Err(ArtifactError::Corrupt {
             path: shown,
-            reason: format!(
-                "checksum {} does not match its content ({expected})",
-                file.checksum
-            ),
+            reason: "its checksum does not match its content".into(),
         });
     }
+    match (&trust.key, &file.signature) {
+        (Some(key), Some(signature)) if key.verify(&body_bytes, signature) => {}
+        (Some(_), Some(_)) => {
+            return Err(ArtifactError::Untrusted {
+                path: shown,
+                reason: "its signature does not verify under the configured key".into(),
+            });
+        }
+        (_, None) if trust.require_signature => {
+            return Err(ArtifactError::Untrusted {
+                path: shown,
+                reason: "it is not signed and models.require_signature is on".into(),
+            });
+        }
+        (None, Some(_)) if trust.require_signature => {
+            return Err(ArtifactError::Untrusted {
+                path: shown,
+                reason: "models.require_signature is on but no models.signing_key is set".into(),
+            });
+        }
+        _ => {}
+    }
+    let invalid = |reason: String| ArtifactError::Invalid {
+        path: shown.clone(),
+        reason,
+    };
+    if !valid_model_name(&file.body.name) {
+        return Err(invalid(
+            "its name must be 1-64 of a-z 0-9 _ . - starting with a letter or digit".into(),
+        ));
+    }
+    if file.body.version == 0 {
+        return Err(invalid("its version must be 1 or more".into()));
+    }
+    if let Some(thresholds) = &file.body.thresholds {
+        let block = thresholds.block.unwrap_or(1.0);
+        if !(thresholds.review.is_finite() && block.is_finite() && thresholds.review <= block) {
+            return Err(invalid(
+                "its thresholds must be finite with review <= block".into(),
+            ));
+        }
+    }
+    file.body
+        .model
+        .validate()
+        .map_err(|e| invalid(e.to_string()))?;
     let missing: Vec<String> = file
         .body
         .model

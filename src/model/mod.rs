@@ -7,6 +7,7 @@ pub mod artifact;
 pub mod decision;
 pub mod explain;
 pub mod tree;
+pub mod validate;
 
 use serde::{Deserialize, Serialize};
 

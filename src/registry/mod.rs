@@ -6,7 +6,13 @@
 //!
 //! Without an alias of its own, a name resolves to its newest version, so a new file
 //! dropped in the directory starts serving at once. An alias pinned to a version
-//! (promote, roll back) stays put until it is moved again.
+//! (promote, roll back) stays put until it is moved again; a pin that cannot be
+//! honoured at start (its file lost or unreadable, its target gone) makes the name
+//! unavailable, never silently the newest version.
+//!
+//! Artifacts come from files, so they are input: only regular files inside the models
+//! directory, named after the name and version they hold, structurally valid (and
+//! signed, when required) are loaded.
 
 mod watch;
 
@@ -19,12 +25,19 @@ use parking_lot::Mutex;
 
 use crate::definitions::Definitions;
 use crate::features::vector::{PlanError, VectorPlan};
-use crate::model::artifact::{self, ArtifactBody, ArtifactError};
+use crate::model::artifact::{self, ArtifactBody, ArtifactError, Trust, valid_model_name};
 
 pub use watch::watch;
 
 /// Where `SetAlias` keeps the aliases, in the models directory.
 pub const ALIASES_FILE: &str = "aliases.json";
+
+/// Marks, in a model's folder, that its name is pinned by an alias: if `aliases.json` is
+/// then lost, the name is refused instead of serving the newest version.
+pub const PINNED_FILE: &str = ".pinned";
+
+/// Most aliases kept: each is listed in every `ListModels` answer.
+pub const MAX_ALIASES: usize = 256;
 
 /// A model ready to score: its artifact and the plan that builds its input vectors.
 #[derive(Debug)]
@@ -58,8 +71,26 @@ pub enum RegistryError {
     Artifact(#[from] ArtifactError),
     #[error("model artifact {path}: {source}")]
     Plan { path: String, source: PlanError },
-    #[error("alias '{0}': must be non-empty without '@' or '/'")]
+    #[error("alias '{0}': must be 1-64 of a-z 0-9 _ . - starting with a letter or digit")]
     BadAlias(String),
+    #[error(
+        "alias '{alias}' is the name of a model, so it may only point at its versions, not at {target}"
+    )]
+    AliasCrossesModels { alias: String, target: String },
+    #[error("at most {MAX_ALIASES} aliases; remove one first")]
+    TooManyAliases,
+    #[error("model '{name}' is not serving: {reason}")]
+    Unavailable { name: String, reason: String },
+    #[error(
+        "LoadModel reads only artifact files (<name>/<name>-v<N>.json) inside the models directory {dir}"
+    )]
+    OutsideDir { dir: String },
+    #[error("model artifact {path} holds {inside}, but its file name says {named}")]
+    NameMismatch {
+        path: String,
+        inside: String,
+        named: String,
+    },
     #[error("cannot read the models directory {path}: {reason}")]
     Directory { path: String, reason: String },
 }
@@ -69,11 +100,20 @@ pub enum RegistryError {
 pub struct Catalog {
     models: HashMap<String, BTreeMap<u32, Arc<LoadedModel>>>,
     aliases: HashMap<String, (String, u32)>,
+    /// Names and aliases that must not serve, and why (a pin that could not be
+    /// honoured). `SetAlias` on the name clears it.
+    unavailable: HashMap<String, String>,
 }
 
 impl Catalog {
     pub fn resolve(&self, reference: &str) -> Result<Arc<LoadedModel>, RegistryError> {
         let not_found = || RegistryError::NotFound(reference.to_string());
+        if let Some(reason) = self.unavailable.get(reference) {
+            return Err(RegistryError::Unavailable {
+                name: reference.to_string(),
+                reason: reason.clone(),
+            });
+        }
         if let Some((name, version)) = reference.split_once('@') {
             let version: u32 = version
                 .parse()
@@ -126,11 +166,32 @@ impl Catalog {
     pub fn serving(&self, name: &str) -> Option<u32> {
         self.resolve(name).ok().map(|m| m.version())
     }
+
+    /// Every model name and alias with whether it serves, and why not: what health
+    /// reports per name.
+    pub fn health(&self) -> Vec<(String, Result<(), String>)> {
+        let mut names: Vec<&String> = self
+            .models
+            .keys()
+            .chain(self.aliases.keys())
+            .chain(self.unavailable.keys())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+            .into_iter()
+            .map(|name| {
+                let state = self.resolve(name).map(|_| ()).map_err(|e| e.to_string());
+                (name.clone(), state)
+            })
+            .collect()
+    }
 }
 
 pub struct Registry {
     definitions: Arc<Definitions>,
     dir: PathBuf,
+    trust: Trust,
     catalog: ArcSwap<Catalog>,
     /// Serialises writers (load, alias); readers go through `catalog` alone.
     writer: Mutex<()>,
@@ -143,6 +204,7 @@ impl Registry {
         Registry {
             definitions,
             dir: dir.into(),
+            trust: Trust::default(),
             catalog: ArcSwap::from_pointee(Catalog::default()),
             writer: Mutex::new(()),
             swaps: Default::default(),
@@ -150,8 +212,54 @@ impl Registry {
         }
     }
 
+    /// What artifacts must satisfy (size limit, signature).
+    pub fn with_trust(mut self, trust: Trust) -> Registry {
+        self.trust = trust;
+        self
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Loads an artifact a caller named (`LoadModel`): relative to the models directory
+    /// or absolute, it must be an artifact file inside that directory once symlinks are
+    /// resolved. Nothing outside is opened, so the answer says nothing about what
+    /// exists there.
+    pub fn load_requested(&self, requested: &str) -> Result<Arc<LoadedModel>, RegistryError> {
+        let outside = || RegistryError::OutsideDir {
+            dir: self.dir.display().to_string(),
+        };
+        let requested = Path::new(requested);
+        let dir = std::fs::canonicalize(&self.dir).map_err(|e| RegistryError::Directory {
+            path: self.dir.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let candidate = if requested.is_absolute() {
+            requested.to_path_buf()
+        } else {
+            self.dir.join(requested)
+        };
+        // Lexically first: a path that names no place under the directory is refused
+        // before the file system is asked anything about it.
+        let lexical_dir = if requested.is_absolute() {
+            &dir
+        } else {
+            &self.dir
+        };
+        if requested
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+            || !candidate.starts_with(lexical_dir)
+            || !is_artifact_name(&candidate)
+        {
+            return Err(outside());
+        }
+        let real = std::fs::canonicalize(&candidate).map_err(|_| outside())?;
+        if !real.starts_with(&dir) || !is_artifact_name(&real) {
+            return Err(outside());
+        }
+        self.load_file(&real)
     }
 
     /// The current catalog; hold it (or a model resolved from it) for a whole request.
@@ -185,7 +293,27 @@ impl Registry {
     }
 
     fn check_and_add(&self, path: &Path) -> Result<Arc<LoadedModel>, RegistryError> {
-        let body = artifact::load(path, &self.definitions)?;
+        let body = artifact::load_with(path, &self.definitions, &self.trust)?;
+        // The file name and folder are what operators see and what the watcher keys
+        // on: a `fraud-v2.json` holding version 1 must not replace `fraud@1`.
+        let named = format!("{}-v{}.json", body.name, body.version);
+        let folder = path
+            .parent()
+            .and_then(|p| p.file_name())
+            .and_then(|n| n.to_str());
+        if path.file_name().and_then(|n| n.to_str()) != Some(named.as_str())
+            || folder != Some(body.name.as_str())
+        {
+            return Err(RegistryError::NameMismatch {
+                path: path.display().to_string(),
+                inside: format!("{}@{}", body.name, body.version),
+                named: path
+                    .strip_prefix(&self.dir)
+                    .unwrap_or(path)
+                    .display()
+                    .to_string(),
+            });
+        }
         let plan =
             VectorPlan::for_columns(&self.definitions, &body.model.columns).map_err(|source| {
                 RegistryError::Plan {
@@ -211,19 +339,42 @@ impl Registry {
 
     /// Points `alias` at `target` (`name@version`, or a name for its newest version).
     pub fn set_alias(&self, alias: &str, target: &str) -> Result<Arc<LoadedModel>, RegistryError> {
-        if alias.is_empty() || alias.contains(['@', '/']) {
-            return Err(RegistryError::BadAlias(alias.to_string()));
+        if !valid_model_name(alias) {
+            return Err(RegistryError::BadAlias(
+                alias.escape_debug().take(80).collect(),
+            ));
         }
         let _writer = self.writer.lock();
-        let model = self.catalog.load().resolve(target)?;
-        let mut aliases = self.catalog.load().aliases.clone();
+        let catalog = self.catalog.load_full();
+        let model = catalog.resolve(target)?;
+        let names_a_model = catalog.models.contains_key(alias) || self.dir.join(alias).is_dir();
+        if names_a_model && model.name() != alias {
+            return Err(RegistryError::AliasCrossesModels {
+                alias: alias.to_string(),
+                target: model.reference(),
+            });
+        }
+        let mut aliases = catalog.aliases.clone();
+        if !aliases.contains_key(alias) && aliases.len() >= MAX_ALIASES {
+            return Err(RegistryError::TooManyAliases);
+        }
         aliases.insert(
             alias.to_string(),
             (model.name().to_string(), model.version()),
         );
-        // Written before it takes effect: a rollback must survive a restart.
+        // Written before it takes effect: a rollback must survive a restart. The pin
+        // mark first, so a crash between the two leaves a name refused, not unpinned.
+        if names_a_model {
+            self.write_durably(
+                &self.dir.join(alias).join(PINNED_FILE),
+                format!("{}\n", model.reference()).as_bytes(),
+            )?;
+        }
         self.save_aliases(&aliases)?;
-        self.update_locked(|catalog| catalog.aliases = aliases);
+        self.update_locked(|catalog| {
+            catalog.aliases = aliases;
+            catalog.unavailable.remove(alias);
+        });
         tracing::info!(alias, target = %model.reference(), "alias moved");
         Ok(model)
     }
@@ -232,50 +383,95 @@ impl Registry {
         self.dir.join(ALIASES_FILE)
     }
 
-    /// Writes the aliases (atomically: a temporary file, then a rename).
+    fn write_durably(&self, path: &Path, bytes: &[u8]) -> Result<(), RegistryError> {
+        let error = |e: std::io::Error| RegistryError::Directory {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        };
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(error)?;
+        }
+        crate::durable::replace_file(path, bytes).map_err(error)
+    }
+
+    /// Writes the aliases durably (temp file, fsync, rename, fsync the folder).
     fn save_aliases(&self, aliases: &HashMap<String, (String, u32)>) -> Result<(), RegistryError> {
         let sorted: BTreeMap<&String, String> = aliases
             .iter()
             .map(|(alias, (name, version))| (alias, format!("{name}@{version}")))
             .collect();
-        let error = |e: std::io::Error| RegistryError::Directory {
+        let text = serde_json::to_string_pretty(&sorted).map_err(|e| RegistryError::Directory {
             path: self.aliases_file().display().to_string(),
             reason: e.to_string(),
-        };
-        let text = serde_json::to_string_pretty(&sorted).map_err(|e| error(e.into()))?;
-        std::fs::create_dir_all(&self.dir).map_err(error)?;
-        let temporary = self.dir.join(format!("{ALIASES_FILE}.tmp"));
-        std::fs::write(&temporary, text).map_err(error)?;
-        std::fs::rename(&temporary, self.aliases_file()).map_err(error)
+        })?;
+        self.write_durably(&self.aliases_file(), text.as_bytes())
     }
 
-    /// Restores the aliases saved by `set_alias`; one whose target is not loaded is
-    /// skipped with a warning.
+    /// Model names whose folder holds a pin mark.
+    fn pinned_names(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|entry| entry.ok())
+            .filter(|entry| entry.path().join(PINNED_FILE).exists())
+            .filter_map(|entry| entry.file_name().to_str().map(str::to_string))
+            .collect()
+    }
+
+    /// Restores the aliases saved by `set_alias`. Fails closed: an alias whose target
+    /// is not loaded, and a pinned name whose alias is lost, do not serve (health says
+    /// why); an unreadable file makes every name and alias unavailable.
     fn load_aliases(&self) {
         let path = self.aliases_file();
-        let Ok(text) = std::fs::read_to_string(&path) else {
-            return;
-        };
-        let saved: BTreeMap<String, String> = match serde_json::from_str(&text) {
-            Ok(saved) => saved,
-            Err(error) => {
-                tracing::error!(path = %path.display(), %error, "aliases file unreadable; ignored");
-                return;
-            }
-        };
         let catalog = self.catalog.load_full();
-        let mut aliases = catalog.aliases.clone();
-        for (alias, target) in saved {
-            match catalog.resolve(&target) {
-                Ok(model) => {
-                    aliases.insert(alias, (model.name().to_string(), model.version()));
+        let mut aliases = HashMap::new();
+        let mut unavailable = HashMap::new();
+        let saved: Result<BTreeMap<String, String>, String> = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| format!("{ALIASES_FILE} is unreadable ({e}); set the aliases again")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+            Err(e) => Err(format!("{ALIASES_FILE} cannot be read ({e})")),
+        };
+        match saved {
+            Ok(saved) => {
+                for (alias, target) in saved {
+                    match catalog.resolve(&target) {
+                        Ok(model) => {
+                            aliases.insert(alias, (model.name().to_string(), model.version()));
+                        }
+                        Err(error) => {
+                            tracing::error!(alias, target, %error, "saved alias points at no loaded model; it does not serve");
+                            unavailable.insert(
+                                alias,
+                                format!(
+                                    "its alias points at {target}, which is not loaded ({error})"
+                                ),
+                            );
+                        }
+                    }
                 }
-                Err(error) => {
-                    tracing::warn!(alias, target, %error, "saved alias points at no loaded model; skipped")
+                for name in self.pinned_names() {
+                    if !aliases.contains_key(&name) && !unavailable.contains_key(&name) {
+                        tracing::error!(model = %name, "pinned by an alias that is missing from {ALIASES_FILE}; it does not serve");
+                        unavailable.insert(
+                            name,
+                            format!("it is pinned ({PINNED_FILE}) but {ALIASES_FILE} has no alias for it; set one with SetAlias"),
+                        );
+                    }
+                }
+            }
+            Err(reason) => {
+                tracing::error!(path = %path.display(), %reason, "aliases file unusable; no model serves by name");
+                for name in catalog.models.keys().cloned().chain(self.pinned_names()) {
+                    unavailable.insert(name, reason.clone());
                 }
             }
         }
-        self.update(|catalog| catalog.aliases = aliases);
+        self.update(|catalog| {
+            catalog.aliases = aliases;
+            catalog.unavailable = unavailable;
+        });
     }
 
     fn update(&self, change: impl FnOnce(&mut Catalog)) {
