@@ -107,7 +107,9 @@ fn main() {
                 batch,
                 sim: sim.clone(),
             };
-            let report = loadtest::run(&url, &spec).await.expect("load runs");
+            let report = loadtest::run(&url, &Default::default(), &spec)
+                .await
+                .expect("load runs");
             println!(
                 "| {name} | {:.0} | {} us | {} us | {} us | {} |",
                 report.per_second(),

@@ -28,6 +28,79 @@ pub struct Settings {
     pub models: ModelSettings,
     pub metrics: MetricsSettings,
     pub shutdown: ShutdownSettings,
+    pub tls: TlsSettings,
+    pub auth: AuthSettings,
+    /// Allow listening beyond loopback without TLS and tokens (`serve --insecure`).
+    pub insecure: bool,
+}
+
+/// TLS on the gRPC port (rustls). Both `cert` and `key` turn it on; `client_ca` then
+/// also requires every client to present a certificate signed by it (mTLS).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM certificate chain of the server.
+    pub cert: Option<PathBuf>,
+    /// PEM private key of the server.
+    pub key: Option<PathBuf>,
+    /// PEM CA certificate(s) client certificates must chain to.
+    pub client_ca: Option<PathBuf>,
+}
+
+impl TlsSettings {
+    pub fn enabled(&self) -> bool {
+        self.cert.is_some() || self.key.is_some()
+    }
+}
+
+/// What a caller may do. `Score` with `record` needs `ingest` too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// IngestStream, IngestBatch.
+    Ingest,
+    /// Score, ScoreCandidates.
+    Score,
+    /// GetFeatures, ListModels, GetModel.
+    Read,
+    /// LoadModel, SetAlias.
+    Admin,
+}
+
+/// A caller identified by a bearer token; only the token's SHA-256 is stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenCaller {
+    pub name: String,
+    /// Hex SHA-256 of the token (`printf %s "$TOKEN" | sha256sum`).
+    pub sha256: String,
+    pub roles: Vec<Role>,
+}
+
+/// A caller identified by its TLS client certificate (needs `tls.client_ca`): the
+/// SHA-256 of the certificate (DER), as `openssl x509 -noout -fingerprint -sha256`
+/// prints it (colons optional).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateCaller {
+    pub name: String,
+    pub sha256: String,
+    pub roles: Vec<Role>,
+}
+
+/// Callers and their roles. With none configured, every caller may do everything
+/// (fine on loopback; `serve` refuses other addresses without them).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    pub tokens: Vec<TokenCaller>,
+    pub certificates: Vec<CertificateCaller>,
+}
+
+impl AuthSettings {
+    pub fn enabled(&self) -> bool {
+        !self.tokens.is_empty() || !self.certificates.is_empty()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -139,6 +212,9 @@ impl Default for Settings {
             models: ModelSettings::default(),
             metrics: MetricsSettings::default(),
             shutdown: ShutdownSettings::default(),
+            tls: TlsSettings::default(),
+            auth: AuthSettings::default(),
+            insecure: false,
         }
     }
 }
@@ -233,6 +309,28 @@ impl Settings {
             return Err(ConfigError::Invalid(
                 "models.max_artifact_bytes must be at least 1024".into(),
             ));
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            return Err(ConfigError::Invalid(
+                "tls.cert and tls.key go together: set both, or neither".into(),
+            ));
+        }
+        if self.tls.client_ca.is_some() && !self.tls.enabled() {
+            return Err(ConfigError::Invalid(
+                "tls.client_ca needs tls.cert and tls.key".into(),
+            ));
+        }
+        if !self.auth.certificates.is_empty() && self.tls.client_ca.is_none() {
+            return Err(ConfigError::Invalid(
+                "auth.certificates needs tls.client_ca (client certificates are only asked for with it)".into(),
+            ));
+        }
+        let protected = self.tls.enabled() && self.auth.enabled();
+        if !(self.listen.ip().is_loopback() || protected || self.insecure) {
+            return Err(ConfigError::Invalid(format!(
+                "refusing to listen on {} without TLS and callers: anyone who can reach it could move aliases and switch fraud checks off. Set [tls] cert/key and [[auth.tokens]], listen on 127.0.0.1, or pass --insecure",
+                self.listen
+            )));
         }
         if self.snapshot.interval.0 < 1000 {
             return Err(ConfigError::Invalid(

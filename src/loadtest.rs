@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use tonic::transport::Channel;
+use crate::api::client::{ClientOptions, Connection};
 
 use crate::api::pb::{self, ingest_client::IngestClient, scoring_client::ScoringClient};
 use crate::events::RawEvent;
@@ -134,8 +134,8 @@ fn pool(sim: &SimConfig, call: Call) -> Pool {
 }
 
 enum Client {
-    Scoring(ScoringClient<Channel>),
-    Ingest(IngestClient<Channel>),
+    Scoring(ScoringClient<Connection>),
+    Ingest(IngestClient<Connection>),
 }
 
 /// One request of the spec's kind; `n` picks what it is about.
@@ -218,12 +218,13 @@ fn percentile(sorted: &[u64], q: f64) -> u64 {
 /// connections round-robin.
 pub async fn run(
     url: &str,
+    options: &ClientOptions,
     spec: &LoadSpec,
 ) -> Result<LoadReport, crate::api::client::ConnectError> {
     let pool = std::sync::Arc::new(pool(&spec.sim, spec.call));
     let mut channels = Vec::new();
     for _ in 0..spec.connections.clamp(1, spec.concurrency.max(1)) {
-        channels.push(crate::api::client::connect(url).await?);
+        channels.push(crate::api::client::connect_with(url, options).await?);
     }
     let mut workers = Vec::new();
     let started = Instant::now();

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::Server;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
+use crate::api::auth::{AuthLayer, Callers};
 use crate::api::limits::SizeRefusalLayer;
 use crate::api::metrics::{Metrics, MetricsLayer};
 use crate::api::pb::features_server::FeaturesServer;
@@ -22,7 +23,7 @@ use crate::api::{
     Drain, FILE_DESCRIPTOR_SET, FeaturesService, IngestService, ModelsService, ScoringService,
 };
 use crate::background::Background;
-use crate::config::Settings;
+use crate::config::{Settings, TlsSettings};
 use crate::definitions::{Definitions, DefinitionsError};
 use crate::model::artifact::{SigningKey, Trust};
 use crate::registry::{Registry, RegistryError};
@@ -243,7 +244,12 @@ pub async fn run_with(
         );
         let _ = draining.send(true);
     };
-    let serving = Server::builder()
+    let callers = Callers::from_settings(&settings.auth).map_err(ServerError::Setup)?;
+    let mut builder = Server::builder();
+    if let Some(tls) = tls_config(&settings.tls)? {
+        builder = builder.tls_config(tls)?;
+    }
+    let serving = builder
         // A peer that stops answering pings is dropped, a dead one found by TCP
         // keepalive; one connection holds a bounded number of calls and header bytes.
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -254,6 +260,7 @@ pub async fn run_with(
         .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path()))
         .layer(SizeRefusalLayer)
         .layer(MetricsLayer::new(Arc::clone(&metrics)))
+        .layer(AuthLayer::new(callers))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(
@@ -296,6 +303,30 @@ pub async fn run_with(
     tokio::task::spawn_blocking(move || store.close()).await??;
     result?;
     Ok(())
+}
+
+/// How long a client may take over the TLS handshake before the connection is dropped.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The rustls server configuration from `[tls]`, or `None` for plaintext.
+fn tls_config(settings: &TlsSettings) -> Result<Option<ServerTlsConfig>, ServerError> {
+    let (Some(cert), Some(key)) = (&settings.cert, &settings.key) else {
+        return Ok(None);
+    };
+    let read = |what: &str, path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|e| ServerError::Setup(format!("{what} {}: {e}", path.display())))
+    };
+    let mut config = ServerTlsConfig::new()
+        .identity(Identity::from_pem(
+            read("tls.cert", cert)?,
+            read("tls.key", key)?,
+        ))
+        .timeout(TLS_HANDSHAKE_TIMEOUT);
+    if let Some(ca) = &settings.client_ca {
+        config = config.client_ca_root(Certificate::from_pem(read("tls.client_ca", ca)?));
+    }
+    Ok(Some(config))
 }
 
 /// Keeps the health of `Scoring` in step with the registry: SERVING while at least one

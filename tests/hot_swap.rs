@@ -260,7 +260,9 @@ async fn scores_never_fail_while_models_swap_and_roll_back() {
         metrics.contains("streamscore_model_swaps 3"),
         "two loads and a rollback: {metrics}"
     );
-    assert!(metrics.contains("streamscore_grpc_requests_total{method=\"Score\",status=\"OK\"}"));
+    assert!(metrics.contains(
+        "streamscore_grpc_requests_total{method=\"Score\",status=\"OK\",caller=\"anonymous\"}"
+    ));
     assert!(
         metrics.contains("streamscore_decisions_total{model=\"fraud\",decision="),
         "{metrics}"

@@ -540,6 +540,7 @@ async fn the_load_generator_drives_every_call_without_errors() {
     ] {
         let report = loadtest::run(
             &server.url,
+            &Default::default(),
             &LoadSpec {
                 call,
                 concurrency: 4,

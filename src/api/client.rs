@@ -1,10 +1,16 @@
-//! A small gRPC client for the CLI, the tests and the benches: stream events in batches
-//! and read features back.
+//! A small gRPC client for the CLI, the tests and the benches: connect (plaintext or
+//! TLS, with a bearer token and a client certificate when asked), stream events in
+//! batches and read features back.
+
+use std::path::PathBuf;
 
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Channel;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 use super::pb::{self, features_client::FeaturesClient, ingest_client::IngestClient};
 use crate::events::RawEvent;
@@ -18,10 +24,49 @@ pub struct StreamSummary {
     pub refused: Vec<pb::Refusal>,
 }
 
+/// A connection that sends the caller's credentials with every call.
+pub type Connection = InterceptedService<Channel, Credentials>;
+
+/// Adds `authorization: Bearer <token>` to every request when a token is set.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    authorization: Option<MetadataValue<Ascii>>,
+}
+
+impl Interceptor for Credentials {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// How to reach a server beyond its URL: for `https://` URLs the CA that signed its
+/// certificate (default: the public web roots), a client certificate for mTLS, and a
+/// bearer token.
+#[derive(Debug, Clone, Default)]
+pub struct ClientOptions {
+    /// PEM CA certificate the server's certificate must chain to.
+    pub ca: Option<PathBuf>,
+    /// PEM client certificate and key (servers with `tls.client_ca`).
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// Bearer token (servers with `[[auth.tokens]]`).
+    pub token: Option<String>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     #[error("'{0}' is not a valid server URL (expected e.g. http://127.0.0.1:50051)")]
     InvalidUrl(String),
+    #[error("{0}")]
+    Options(String),
     #[error("cannot connect to {url}: {source}")]
     Transport {
         url: String,
@@ -29,22 +74,71 @@ pub enum ConnectError {
     },
 }
 
-pub async fn connect(url: &str) -> Result<Channel, ConnectError> {
-    let endpoint = Channel::from_shared(url.to_string())
+/// Connects without credentials (plaintext, or TLS against the public web roots).
+pub async fn connect(url: &str) -> Result<Connection, ConnectError> {
+    connect_with(url, &ClientOptions::default()).await
+}
+
+pub async fn connect_with(url: &str, options: &ClientOptions) -> Result<Connection, ConnectError> {
+    let mut endpoint = Channel::from_shared(url.to_string())
         .map_err(|_| ConnectError::InvalidUrl(url.to_string()))?;
-    endpoint
+    let read = |what: &str, path: &PathBuf| {
+        std::fs::read(path)
+            .map_err(|e| ConnectError::Options(format!("{what} {}: {e}", path.display())))
+    };
+    let tls_asked = options.ca.is_some() || options.cert.is_some();
+    if url.starts_with("https://") {
+        let mut tls = ClientTlsConfig::new();
+        tls = match &options.ca {
+            Some(ca) => tls.ca_certificate(Certificate::from_pem(read("--ca", ca)?)),
+            None => tls.with_webpki_roots(),
+        };
+        match (&options.cert, &options.key) {
+            (Some(cert), Some(key)) => {
+                tls = tls.identity(Identity::from_pem(
+                    read("--cert", cert)?,
+                    read("--key", key)?,
+                ));
+            }
+            (None, None) => {}
+            _ => return Err(ConnectError::Options("--cert and --key go together".into())),
+        }
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|source| ConnectError::Transport {
+                url: url.to_string(),
+                source,
+            })?;
+    } else if tls_asked {
+        return Err(ConnectError::Options(format!(
+            "--ca/--cert need an https:// address, not {url}"
+        )));
+    }
+    let authorization = match &options.token {
+        Some(token) => Some(
+            format!("Bearer {}", token.trim())
+                .parse::<MetadataValue<Ascii>>()
+                .map_err(|_| ConnectError::Options("the token must be printable ASCII".into()))?,
+        ),
+        None => None,
+    };
+    let channel = endpoint
         .connect()
         .await
         .map_err(|source| ConnectError::Transport {
             url: url.to_string(),
             source,
-        })
+        })?;
+    Ok(InterceptedService::new(
+        channel,
+        Credentials { authorization },
+    ))
 }
 
 /// Streams `events` in batches of `batch_size` through `IngestStream`, with up to
 /// `in_flight` unacknowledged batches, calling `on_ack` for each ack.
 pub async fn stream_events(
-    channel: Channel,
+    channel: Connection,
     events: impl Iterator<Item = RawEvent> + Send + 'static,
     batch_size: usize,
     in_flight: usize,
@@ -94,7 +188,7 @@ pub async fn stream_events(
 }
 
 pub async fn get_features(
-    channel: Channel,
+    channel: Connection,
     entity_type: &str,
     entity_id: &str,
     as_of_ms: Option<i64>,

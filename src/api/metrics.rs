@@ -189,10 +189,12 @@ fn grpc_status<B>(response: &http::Response<B>) -> &str {
             "0" => "OK",
             "3" => "INVALID_ARGUMENT",
             "5" => "NOT_FOUND",
+            "7" => "PERMISSION_DENIED",
             "8" => "RESOURCE_EXHAUSTED",
             "9" => "FAILED_PRECONDITION",
             "13" => "INTERNAL",
             "14" => "UNAVAILABLE",
+            "16" => "UNAUTHENTICATED",
             _ => "OTHER",
         },
         None => "OK",
@@ -250,9 +252,18 @@ where
             let response = inner.call(request).await?;
             let seconds = started.elapsed().as_secs_f64();
             let status = grpc_status(&response).to_string();
+            // Configured names only (or anonymous/unauthenticated): a bounded label.
+            let caller = response
+                .extensions()
+                .get::<super::auth::Caller>()
+                .map_or_else(|| "anonymous".to_string(), |c| c.name.to_string());
             metrics.count(
                 "streamscore_grpc_requests_total",
-                vec![("method", method.clone()), ("status", status)],
+                vec![
+                    ("method", method.clone()),
+                    ("status", status),
+                    ("caller", caller),
+                ],
             );
             metrics.observe(
                 "streamscore_grpc_request_seconds",

@@ -2,6 +2,7 @@
 //! the domain types, the services, and the one place domain errors become statuses.
 //! Handlers stay thin: convert, call the store, convert back.
 
+pub mod auth;
 pub mod client;
 mod convert;
 mod error;

@@ -5,9 +5,11 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use super::auth::Caller;
 use super::convert::{ack, decision};
 use super::metrics::ScoredBy;
 use super::pb::{self, scoring_server::Scoring};
+use crate::config::Role;
 use crate::events::RawEvent;
 use crate::registry::Registry;
 use crate::scoring::{self, CandidateInput, DEFAULT_REASONS, ScoreInput};
@@ -38,10 +40,25 @@ impl Scoring for ScoringService {
         &self,
         request: Request<pb::ScoreRequest>,
     ) -> Result<Response<pb::ScoreResponse>, Status> {
+        // The auth layer always puts the caller here; without one, fail closed.
+        let caller = request.extensions().get::<Caller>().cloned();
         let request = request.into_inner();
+        let mut event = event_or_default(request.event, "payment");
+        if request.record {
+            let caller =
+                caller.ok_or_else(|| Status::permission_denied("record: unknown caller"))?;
+            if !caller.may(Role::Ingest) {
+                return Err(caller.denied("record a scored event", Role::Ingest));
+            }
+            // Ids of recorded events live in the caller's namespace, so a scoring
+            // client cannot claim the id of a real event before it arrives.
+            if !event.event_id.is_empty() {
+                event.event_id = format!("{}/{}", caller.name, event.event_id);
+            }
+        }
         let input = ScoreInput {
             model: request.model,
-            event: event_or_default(request.event, "payment"),
+            event,
             include_features: request.include_features,
             record: request.record,
             reasons: request.reasons.map_or(DEFAULT_REASONS, |r| r as usize),

@@ -57,6 +57,35 @@ pub enum Command {
     },
 }
 
+/// How the client commands reach a server beyond its address.
+#[derive(Debug, Clone, Args)]
+pub struct ConnectArgs {
+    /// PEM CA certificate of the server (for an https:// address; default: public roots).
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// PEM client certificate, for a server that requires one (mTLS); with --key.
+    #[arg(long)]
+    pub cert: Option<PathBuf>,
+    /// PEM key of the client certificate.
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// Bearer token, for a server with callers configured (better: the environment, so
+    /// it stays out of the process list).
+    #[arg(long, env = "STREAMSCORE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+impl ConnectArgs {
+    pub fn options(&self) -> client::ClientOptions {
+        client::ClientOptions {
+            ca: self.ca.clone(),
+            cert: self.cert.clone(),
+            key: self.key.clone(),
+            token: self.token.clone(),
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Settings file (TOML); STREAMSCORE__... environment variables override it.
@@ -71,10 +100,16 @@ pub struct ServeArgs {
     /// Feature definitions file (default: the built-in shop definitions).
     #[arg(long)]
     pub definitions: Option<PathBuf>,
+    /// Allow a non-loopback listen address without TLS and callers (anyone who can
+    /// reach the port may then ingest, score and move aliases).
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct SimulateArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
     /// How many events to generate.
     #[arg(long, default_value_t = 100_000)]
     pub events: usize,
@@ -166,6 +201,10 @@ pub struct TrainArgs {
     /// otherwise.
     #[arg(long)]
     pub export_dataset: Option<PathBuf>,
+    /// Sign the artifact with this key file (HMAC-SHA256, at least 32 bytes), for a
+    /// server with `models.require_signature`.
+    #[arg(long)]
+    pub signing_key: Option<PathBuf>,
     /// Creation time written into the artifact (default: now); fixed by the training
     /// script so the shipped models are reproducible bit for bit.
     #[arg(long)]
@@ -191,7 +230,9 @@ pub struct RepairArgs {
 
 #[derive(Debug, Args)]
 pub struct LoadtestArgs {
-    /// The server, e.g. http://127.0.0.1:50051.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+    /// The server, e.g. http://127.0.0.1:50051 (https:// for TLS).
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     pub addr: String,
     /// score, candidates or ingest.
@@ -222,6 +263,8 @@ pub struct LoadtestArgs {
 
 #[derive(Debug, Args)]
 pub struct FeaturesArgs {
+    #[command(flatten)]
+    pub connect: ConnectArgs,
     /// Entity type, e.g. card, user, user_product.
     pub entity_type: String,
     /// Entity id, e.g. c17 (for a composite: u3|p12).
@@ -262,7 +305,11 @@ async fn serve(args: ServeArgs) -> CliResult {
     if let Some(definitions) = args.definitions {
         settings.definitions = Some(definitions);
     }
+    settings.insecure |= args.insecure;
     settings.validate()?;
+    if settings.insecure && !settings.listen.ip().is_loopback() {
+        tracing::warn!(listen = %settings.listen, tls = settings.tls.enabled(), callers = settings.auth.enabled(), "--insecure: serving beyond loopback without both TLS and callers");
+    }
     crate::server::serve(settings, crate::server::shutdown_signal()).await?;
     Ok(())
 }
@@ -281,7 +328,7 @@ async fn simulate(args: SimulateArgs) -> CliResult {
     let simulator = Simulator::new(config);
     match (&args.target, &args.out) {
         (Some(target), _) => {
-            let channel = client::connect(target).await?;
+            let channel = client::connect_with(target, &args.connect.options()).await?;
             // A server refuses events stamped in its future; stop at the present.
             let now = now_ms();
             let events = simulator
@@ -490,6 +537,10 @@ fn train(args: TrainArgs) -> CliResult {
     if let Some(path) = &args.export_dataset {
         crate::train::pipeline::export(&dataset, path)?;
     }
+    let signing_key = match &args.signing_key {
+        Some(path) => Some(crate::model::artifact::SigningKey::from_file(path)?),
+        None => None,
+    };
     let mut out = std::io::stdout().lock();
     for (kind, family) in &config.families {
         let bar = crate::train::progress::TrainingBar::new(kind, 0);
@@ -504,6 +555,12 @@ fn train(args: TrainArgs) -> CliResult {
                 models_dir: &args.models_dir,
                 name: &config.name,
                 created_at_ms: args.created_at_ms.unwrap_or_else(now_ms),
+                // A model from a table never records: its rows are not events.
+                scored_event: args
+                    .events
+                    .as_ref()
+                    .map(|_| config.spec.target.observed_event()),
+                signing_key: signing_key.as_ref(),
             },
             |step| bar.show(step),
         );
@@ -631,7 +688,7 @@ fn open_sink(out: Option<&PathBuf>) -> Result<BufWriter<Box<dyn Write>>, std::io
 }
 
 async fn features(args: FeaturesArgs) -> CliResult {
-    let channel = client::connect(&args.target).await?;
+    let channel = client::connect_with(&args.target, &args.connect.options()).await?;
     let response =
         client::get_features(channel, &args.entity_type, &args.entity_id, args.as_of_ms).await?;
     let mut out = std::io::stdout().lock();
@@ -711,7 +768,7 @@ async fn loadtest(args: LoadtestArgs) -> CliResult {
         spec.concurrency,
         spec.rate.map(|r| format!(", {r}/s")).unwrap_or_default()
     );
-    let report = crate::loadtest::run(&args.addr, &spec).await?;
+    let report = crate::loadtest::run(&args.addr, &args.connect.options(), &spec).await?;
     println!("{report}");
     if report.errors > 0 {
         return Err(format!("{} requests failed", report.errors).into());

@@ -13,6 +13,8 @@ type CliResult = Result<(), Box<dyn std::error::Error>>;
 
 #[derive(Debug, Args)]
 pub struct ScoreArgs {
+    #[command(flatten)]
+    pub connect: super::ConnectArgs,
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     pub target: String,
     /// Model name, name@version or alias.
@@ -44,6 +46,8 @@ pub struct ScoreArgs {
 
 #[derive(Debug, Args)]
 pub struct ModelsArgs {
+    #[command(flatten)]
+    pub connect: super::ConnectArgs,
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     pub target: String,
     #[command(subcommand)]
@@ -89,7 +93,7 @@ pub async fn score(args: ScoreArgs) -> CliResult {
         record: args.record,
         reasons: None,
     };
-    let channel = client::connect(&args.target).await?;
+    let channel = client::connect_with(&args.target, &args.connect.options()).await?;
     let response = ScoringClient::new(channel)
         .score(request)
         .await?
@@ -165,7 +169,8 @@ fn print_detail(out: &mut impl Write, detail: &pb::ModelDetail) -> std::io::Resu
 }
 
 pub async fn models(args: ModelsArgs) -> CliResult {
-    let mut models = ModelsClient::new(client::connect(&args.target).await?);
+    let mut models =
+        ModelsClient::new(client::connect_with(&args.target, &args.connect.options()).await?);
     let mut out = std::io::stdout().lock();
     match args.command {
         ModelsCommand::List => {

@@ -30,6 +30,11 @@ pub struct ArtifactBody {
     /// Decision thresholds chosen on the validation set (classifiers).
     #[serde(default)]
     pub thresholds: Option<Thresholds>,
+    /// The event type the model scores (fraud: payment), from its training target;
+    /// `Score` may `record` only events of this type. Absent for models trained from a
+    /// table: those never record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scored_event: Option<String>,
     pub model: Model,
 }
 

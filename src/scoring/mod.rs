@@ -151,6 +151,22 @@ pub async fn score(
 ) -> Result<Scored, ScoreError> {
     let model = registry.resolve(&input.model)?;
     complete(&mut input.event, input.record)?;
+    if input.record && model.body.scored_event.as_deref() != Some(input.event.event_type.as_str()) {
+        return Err(ScoreError::Invalid {
+            field: "record",
+            reason: match &model.body.scored_event {
+                Some(scored) => format!(
+                    "model {} records only {scored} events, not {}",
+                    model.reference(),
+                    input.event.event_type
+                ),
+                None => format!(
+                    "model {} does not say which event type it scores (trained from a table, or before this was recorded): it cannot record",
+                    model.reference()
+                ),
+            },
+        });
+    }
     store.check(&input.event).map_err(ScoreError::Refused)?;
     let (reasons, include_features) = (input.reasons, input.include_features);
     let event = &input.event;

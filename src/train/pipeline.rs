@@ -19,7 +19,7 @@ use super::tree::{self, CheckedTreeParams};
 use crate::definitions::{Definitions, fnv64};
 use crate::events::RawEvent;
 use crate::features::EngineSettings;
-use crate::model::artifact::{self, ArtifactBody, ArtifactError};
+use crate::model::artifact::{self, ArtifactBody, ArtifactError, SigningKey};
 
 /// Where a run is, for progress display.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -106,6 +106,10 @@ pub struct Output<'a> {
     pub models_dir: &'a Path,
     pub name: &'a str,
     pub created_at_ms: i64,
+    /// The event type the model scores (its target's observation), if known.
+    pub scored_event: Option<&'a str>,
+    /// Signs the artifact (HMAC-SHA256) when given.
+    pub signing_key: Option<&'a SigningKey>,
 }
 
 /// Refuses a family that cannot learn the target before any work is done.
@@ -166,6 +170,8 @@ pub fn train<I: Iterator<Item = RawEvent>>(
             models_dir,
             name,
             created_at_ms,
+            scored_event: Some(spec.target.observed_event()),
+            signing_key: None,
         },
         progress,
     )
@@ -202,6 +208,8 @@ pub fn train_on(
         models_dir,
         name,
         created_at_ms,
+        scored_event,
+        signing_key,
     } = output;
     if !(holdout > 0.0 && holdout < 1.0) {
         return Err(PipelineError::Holdout(holdout));
@@ -286,7 +294,7 @@ pub fn train_on(
     let dir = models_dir.join(name);
     let version = next_version(&dir, name);
     let path = dir.join(format!("{name}-v{version}.json"));
-    artifact::save(
+    artifact::save_signed(
         &path,
         ArtifactBody {
             name: name.to_string(),
@@ -298,8 +306,10 @@ pub fn train_on(
             data_fingerprint: fnv64(&fingerprint_bytes),
             metrics: metrics.clone(),
             thresholds: chosen,
+            scored_event: scored_event.map(str::to_string),
             model: model.clone(),
         },
+        signing_key,
     )?;
     let report = Report {
         name: name.to_string(),

@@ -69,7 +69,7 @@ impl TestServer {
         }
     }
 
-    pub async fn channel(&self) -> tonic::transport::Channel {
+    pub async fn channel(&self) -> streamscore::api::client::Connection {
         streamscore::api::client::connect(&self.url)
             .await
             .expect("connect to test server")
@@ -262,7 +262,7 @@ pub fn view_batch(first: usize, count: usize) -> streamscore::api::pb::IngestReq
 pub struct IngestHealth(tonic::Streaming<tonic_health::pb::HealthCheckResponse>);
 
 impl IngestHealth {
-    pub async fn watch(channel: tonic::transport::Channel) -> IngestHealth {
+    pub async fn watch(channel: streamscore::api::client::Connection) -> IngestHealth {
         let states = tonic_health::pb::health_client::HealthClient::new(channel)
             .watch(tonic_health::pb::HealthCheckRequest {
                 service: "streamscore.v1.Ingest".into(),
