@@ -240,26 +240,34 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let required = required_role(request.uri().path());
-        let caller = match (self.callers.enabled(), required) {
-            (false, _) => Ok(Caller::anonymous()),
+        let unauthenticated = || Caller {
+            name: "unauthenticated".into(),
+            roles: Vec::new(),
+        };
+        // (who the caller is, as far as known; whether the call may go on)
+        let (caller, allowed) = match (self.callers.enabled(), required) {
+            (false, _) => (Caller::anonymous(), Ok(())),
             // Health and reflection: open, and named if the caller says who it is.
-            (true, None) => Ok(self.callers.identify(&request).unwrap_or_else(|_| Caller {
-                name: "unauthenticated".into(),
-                roles: Vec::new(),
-            })),
-            (true, Some(role)) => self
-                .callers
-                .identify(&request)
-                .and_then(|caller| match role {
+            (true, None) => (
+                self.callers
+                    .identify(&request)
+                    .unwrap_or_else(|_| unauthenticated()),
+                Ok(()),
+            ),
+            (true, Some(role)) => match self.callers.identify(&request) {
+                Err(status) => (unauthenticated(), Err(status)),
+                Ok(caller) => match role {
                     Some(role) if !caller.may(role) => {
                         let method = request.uri().path().rsplit('/').next().unwrap_or("");
-                        Err(caller.denied(&format!("call {method}"), role))
+                        let denied = caller.denied(&format!("call {method}"), role);
+                        (caller, Err(denied))
                     }
-                    _ => Ok(caller),
-                }),
+                    _ => (caller, Ok(())),
+                },
+            },
         };
-        match caller {
-            Ok(caller) => {
+        match allowed {
+            Ok(()) => {
                 let span = tracing::info_span!("caller", caller = %caller.name);
                 request.extensions_mut().insert(caller.clone());
                 Box::pin(
@@ -272,12 +280,9 @@ where
                 )
             }
             Err(status) => {
-                tracing::warn!(path = %request.uri().path(), code = ?status.code(), reason = status.message(), "call refused");
+                tracing::warn!(caller = %caller.name, path = %request.uri().path(), code = ?status.code(), reason = status.message(), "call refused");
                 let mut response = status.into_http::<ResBody>();
-                response.extensions_mut().insert(Caller {
-                    name: "unauthenticated".into(),
-                    roles: Vec::new(),
-                });
+                response.extensions_mut().insert(caller);
                 Box::pin(async move { Ok(response) })
             }
         }
