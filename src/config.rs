@@ -30,8 +30,18 @@ pub struct Settings {
     pub shutdown: ShutdownSettings,
     pub tls: TlsSettings,
     pub auth: AuthSettings,
+    pub admin: AdminSettings,
     /// Allow listening beyond loopback without TLS and tokens (`serve --insecure`).
     pub insecure: bool,
+}
+
+/// Where admin calls (LoadModel, SetAlias) are answered.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminSettings {
+    /// A separate listener for admin calls (with the same TLS and callers); the main
+    /// port then refuses them. Unset = the main port, admin role required.
+    pub listen: Option<SocketAddr>,
 }
 
 /// TLS on the gRPC port (rustls). Both `cert` and `key` turn it on; `client_ca` then
@@ -214,6 +224,7 @@ impl Default for Settings {
             shutdown: ShutdownSettings::default(),
             tls: TlsSettings::default(),
             auth: AuthSettings::default(),
+            admin: AdminSettings::default(),
             insecure: false,
         }
     }
@@ -326,11 +337,12 @@ impl Settings {
             ));
         }
         let protected = self.tls.enabled() && self.auth.enabled();
-        if !(self.listen.ip().is_loopback() || protected || self.insecure) {
-            return Err(ConfigError::Invalid(format!(
-                "refusing to listen on {} without TLS and callers: anyone who can reach it could move aliases and switch fraud checks off. Set [tls] cert/key and [[auth.tokens]], listen on 127.0.0.1, or pass --insecure",
-                self.listen
-            )));
+        for listen in std::iter::once(self.listen).chain(self.admin.listen) {
+            if !(listen.ip().is_loopback() || protected || self.insecure) {
+                return Err(ConfigError::Invalid(format!(
+                    "refusing to listen on {listen} without TLS and callers: anyone who can reach it could move aliases and switch fraud checks off. Set [tls] cert/key and [[auth.tokens]], listen on 127.0.0.1, or pass --insecure"
+                )));
+            }
         }
         if self.snapshot.interval.0 < 1000 {
             return Err(ConfigError::Invalid(

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::{Certificate, Server, ServerTlsConfig};
+use tower::layer::util::{Identity, Stack};
 
 use crate::api::auth::{AuthLayer, Callers};
 use crate::api::limits::SizeRefusalLayer;
@@ -112,6 +113,8 @@ pub struct Listeners {
     pub grpc: TcpListener,
     /// Prometheus scrapes; `None` = no metrics endpoint.
     pub metrics: Option<TcpListener>,
+    /// Admin calls (LoadModel, SetAlias) only; `None` = on `grpc`.
+    pub admin: Option<TcpListener>,
 }
 
 /// Serves the gRPC API on `listener` (and metrics where `settings.metrics.listen` says)
@@ -130,10 +133,21 @@ pub async fn run(
         ),
         None => None,
     };
+    let admin = match settings.admin.listen {
+        Some(addr) => {
+            let admin = TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServerError::Bind { addr, source })?;
+            tracing::info!(addr = %admin.local_addr().unwrap_or(addr), "admin calls listening");
+            Some(admin)
+        }
+        None => None,
+    };
     run_with(
         Listeners {
             grpc: listener,
             metrics,
+            admin,
         },
         store,
         settings,
@@ -245,22 +259,27 @@ pub async fn run_with(
         let _ = draining.send(true);
     };
     let callers = Callers::from_settings(&settings.auth).map_err(ServerError::Setup)?;
-    let mut builder = Server::builder();
-    if let Some(tls) = tls_config(&settings.tls)? {
-        builder = builder.tls_config(tls)?;
-    }
-    let serving = builder
-        // A peer that stops answering pings is dropped, a dead one found by TCP
-        // keepalive; one connection holds a bounded number of calls and header bytes.
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .tcp_keepalive(Some(Duration::from_secs(60)))
-        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
-        .http2_max_header_list_size(Some(MAX_HEADER_BYTES))
-        .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path()))
-        .layer(SizeRefusalLayer)
-        .layer(MetricsLayer::new(Arc::clone(&metrics)))
-        .layer(AuthLayer::new(callers))
+    let auth = AuthLayer::new(callers);
+    // With an admin listener, admin calls are answered there only.
+    let admin_serving = match listeners.admin {
+        Some(admin) => {
+            let mut drained = drain_started.clone();
+            let serving = grpc_builder(settings, &metrics, auth.clone())?
+                .add_service(health_service.clone())
+                .add_service(ModelsServer::new(ModelsService::new(Arc::clone(&registry))))
+                .serve_with_incoming_shutdown(without_nagle(admin), async move {
+                    let _ = drained.wait_for(|draining| *draining).await;
+                });
+            Some(tokio::spawn(serving))
+        }
+        None => None,
+    };
+    let main_auth = if admin_serving.is_some() {
+        auth.admin_elsewhere()
+    } else {
+        auth
+    };
+    let serving = grpc_builder(settings, &metrics, main_auth)?
         .add_service(health_service)
         .add_service(reflection)
         .add_service(
@@ -291,6 +310,9 @@ pub async fn run_with(
             Ok(())
         }
     };
+    if let Some(admin) = admin_serving {
+        admin.abort();
+    }
     maintenance.abort();
     watcher.abort();
     scoring_health.abort();
@@ -303,6 +325,34 @@ pub async fn run_with(
     tokio::task::spawn_blocking(move || store.close()).await??;
     result?;
     Ok(())
+}
+
+/// The layers every gRPC listener shares, innermost last: tonic's decoder refusals get
+/// the promised codes, every call is counted (with its caller), callers are checked.
+type Layers = Stack<AuthLayer, Stack<MetricsLayer, Stack<SizeRefusalLayer, Identity>>>;
+
+/// A gRPC server builder with TLS, keepalive, limits, tracing and the shared layers.
+fn grpc_builder(
+    settings: &Settings,
+    metrics: &Arc<Metrics>,
+    auth: AuthLayer,
+) -> Result<Server<Layers>, ServerError> {
+    let mut builder = Server::builder();
+    if let Some(tls) = tls_config(&settings.tls)? {
+        builder = builder.tls_config(tls)?;
+    }
+    Ok(builder
+        // A peer that stops answering pings is dropped, a dead one found by TCP
+        // keepalive; one connection holds a bounded number of calls and header bytes.
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .tcp_keepalive(Some(Duration::from_secs(60)))
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .http2_max_header_list_size(Some(MAX_HEADER_BYTES))
+        .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path()))
+        .layer(SizeRefusalLayer)
+        .layer(MetricsLayer::new(Arc::clone(metrics)))
+        .layer(auth))
 }
 
 /// How long a client may take over the TLS handshake before the connection is dropped.
@@ -318,7 +368,7 @@ fn tls_config(settings: &TlsSettings) -> Result<Option<ServerTlsConfig>, ServerE
             .map_err(|e| ServerError::Setup(format!("{what} {}: {e}", path.display())))
     };
     let mut config = ServerTlsConfig::new()
-        .identity(Identity::from_pem(
+        .identity(tonic::transport::Identity::from_pem(
             read("tls.cert", cert)?,
             read("tls.key", key)?,
         ))

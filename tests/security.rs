@@ -432,6 +432,41 @@ async fn roles_decide_who_may_do_what() {
     server.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_listener_takes_the_admin_calls_off_the_main_port() {
+    let server = TestServer::start(|settings| {
+        settings.admin.listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let alias = || pb::SetAliasRequest {
+        alias: "checkout".into(),
+        target: "fraud@1".into(),
+    };
+    let status = ModelsClient::new(server.channel().await)
+        .set_alias(alias())
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("admin listener"), "{status:?}");
+    let admin_url = server.admin_url.clone().unwrap();
+    let mut admin = ModelsClient::new(client::connect(&admin_url).await.unwrap());
+    admin.set_alias(alias()).await.unwrap();
+    // The main port still reads the registry, and sees the change.
+    let listed = ModelsClient::new(server.channel().await)
+        .list_models(pb::ListModelsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.aliases.len(), 1);
+    // Scoring is not served on the admin listener.
+    let status = ScoringClient::new(client::connect(&admin_url).await.unwrap())
+        .score(score(payment(""), false))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+    server.stop().await;
+}
+
 #[test]
 fn serve_refuses_a_public_address_without_tls_and_callers() {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_streamscore"))

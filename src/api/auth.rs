@@ -193,12 +193,23 @@ impl Callers {
 #[derive(Clone)]
 pub struct AuthLayer {
     callers: Arc<Callers>,
+    /// Admin calls are answered on another listener: refuse them here.
+    admin_elsewhere: bool,
 }
 
 impl AuthLayer {
     pub fn new(callers: Callers) -> AuthLayer {
         AuthLayer {
             callers: Arc::new(callers),
+            admin_elsewhere: false,
+        }
+    }
+
+    /// The same callers, for a listener that must not answer admin calls.
+    pub fn admin_elsewhere(self) -> AuthLayer {
+        AuthLayer {
+            admin_elsewhere: true,
+            ..self
         }
     }
 }
@@ -209,6 +220,7 @@ impl<S> Layer<S> for AuthLayer {
         Auth {
             inner,
             callers: Arc::clone(&self.callers),
+            admin_elsewhere: self.admin_elsewhere,
         }
     }
 }
@@ -217,6 +229,7 @@ impl<S> Layer<S> for AuthLayer {
 pub struct Auth<S> {
     inner: S,
     callers: Arc<Callers>,
+    admin_elsewhere: bool,
 }
 
 type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
@@ -246,6 +259,12 @@ where
         };
         // (who the caller is, as far as known; whether the call may go on)
         let (caller, allowed) = match (self.callers.enabled(), required) {
+            (_, Some(Some(Role::Admin))) if self.admin_elsewhere => (
+                unauthenticated(),
+                Err(Status::permission_denied(
+                    "admin calls (LoadModel, SetAlias) are answered on the admin listener (admin.listen), not on this port",
+                )),
+            ),
             (false, _) => (Caller::anonymous(), Ok(())),
             // Health and reflection: open, and named if the caller says who it is.
             (true, None) => (

@@ -21,6 +21,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// The Prometheus endpoint (`GET /metrics`).
     pub metrics_addr: SocketAddr,
+    /// The admin listener's URL, when the settings ask for one (`admin.listen`).
+    pub admin_url: Option<String>,
     pub store: Arc<FeatureStore>,
     pub dir: TempDir,
     shutdown: Option<oneshot::Sender<()>>,
@@ -46,12 +48,21 @@ impl TestServer {
         let addr = listener.local_addr().expect("local addr");
         let metrics = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
         let metrics_addr = metrics.local_addr().expect("local addr");
+        // Any admin address asked for becomes a free loopback port.
+        let admin = match settings.admin.listen {
+            Some(_) => Some(TcpListener::bind("127.0.0.1:0").await.expect("bind port 0")),
+            None => None,
+        };
+        let admin_url = admin
+            .as_ref()
+            .map(|a| format!("http://{}", a.local_addr().expect("local addr")));
         let (shutdown, signal) = oneshot::channel::<()>();
         let server_store = Arc::clone(&store);
         let task = tokio::spawn(async move {
             let listeners = streamscore::server::Listeners {
                 grpc: listener,
                 metrics: Some(metrics),
+                admin,
             };
             streamscore::server::run_with(listeners, server_store, &settings, async {
                 let _ = signal.await;
@@ -62,6 +73,7 @@ impl TestServer {
             url: format!("http://{addr}"),
             addr,
             metrics_addr,
+            admin_url,
             store,
             dir,
             shutdown: Some(shutdown),
