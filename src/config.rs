@@ -143,6 +143,12 @@ pub struct ModelSettings {
     pub signing_key: Option<PathBuf>,
     /// Refuse artifacts without a valid signature (needs `signing_key`).
     pub require_signature: bool,
+    /// What a newly found version does: `manual` (stays a candidate until promoted) or
+    /// `if_better` (promoted when it beat the serving version on the same hold-out).
+    pub promotion: crate::registry::Promotion,
+    /// Score candidates beside the serving version on live traffic (answers not
+    /// returned) and count agreement and score differences per candidate.
+    pub shadow: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -160,6 +166,8 @@ impl Default for ModelSettings {
             max_artifact_bytes: crate::model::artifact::DEFAULT_MAX_ARTIFACT_BYTES,
             signing_key: None,
             require_signature: false,
+            promotion: crate::registry::Promotion::Manual,
+            shadow: false,
         }
     }
 }

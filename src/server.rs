@@ -169,8 +169,11 @@ pub async fn open_registry(
         },
         require_signature: settings.models.require_signature,
     };
-    let registry =
-        Arc::new(Registry::new(definitions, settings.models.dir.clone()).with_trust(trust));
+    let registry = Arc::new(
+        Registry::new(definitions, settings.models.dir.clone())
+            .with_trust(trust)
+            .with_promotion(settings.models.promotion),
+    );
     let scanning = Arc::clone(&registry);
     let failures = tokio::task::spawn_blocking(move || scanning.scan()).await??;
     let catalog = registry.catalog();
@@ -291,10 +294,14 @@ pub async fn run_with(
                 .max_decoding_message_size(max_message),
         )
         .add_service(
-            ScoringServer::new(ScoringService::new(
-                Arc::clone(&store),
-                Arc::clone(&registry),
-            ))
+            ScoringServer::new({
+                let scoring = ScoringService::new(Arc::clone(&store), Arc::clone(&registry));
+                if settings.models.shadow {
+                    scoring.with_shadow(Arc::clone(&metrics))
+                } else {
+                    scoring
+                }
+            })
             .max_decoding_message_size(max_message),
         )
         .add_service(ModelsServer::new(ModelsService::new(Arc::clone(&registry))))

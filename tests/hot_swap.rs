@@ -43,6 +43,17 @@ fn write_version(dir: &Path, body: ArtifactBody) -> PathBuf {
     path
 }
 
+/// Serves `fraud@version` under the name (promote, or roll back).
+async fn promote(admin: &mut ModelsClient<streamscore::api::client::Connection>, version: u32) {
+    admin
+        .set_alias(pb::SetAliasRequest {
+            alias: "fraud".into(),
+            target: format!("fraud@{version}"),
+        })
+        .await
+        .expect("promote");
+}
+
 fn request() -> pb::ScoreRequest {
     pb::ScoreRequest {
         model: "fraud".into(),
@@ -83,6 +94,7 @@ async fn scores_never_fail_while_models_swap_and_roll_back() {
     })
     .await;
     let mut admin = ModelsClient::new(server.channel().await);
+    promote(&mut admin, 1).await;
     let clock = Instant::now();
     let since = move || clock.elapsed().as_secs_f64();
 
@@ -131,10 +143,10 @@ async fn scores_never_fail_while_models_swap_and_roll_back() {
     until_served(&mut seen, 1).await;
     // Each change: (live from, live until) for the versions it swaps.
     let mut changes = Vec::new();
-    for (version, action) in [(2, "load"), (3, "load"), (2, "rollback")] {
+    for (version, action) in [(2, "promote"), (3, "promote"), (2, "rollback")] {
         let before = since();
         match action {
-            "load" => {
+            "promote" => {
                 let path = write_version(models.path(), version_of(&base, version));
                 let detail = admin
                     .load_model(pb::LoadModelRequest {
@@ -143,17 +155,12 @@ async fn scores_never_fail_while_models_swap_and_roll_back() {
                     .await
                     .expect("load")
                     .into_inner();
-                assert_eq!(detail.summary.unwrap().version, version);
+                let summary = detail.summary.unwrap();
+                assert_eq!(summary.version, version);
+                assert!(!summary.serving, "a loaded version is a candidate");
+                promote(&mut admin, version).await;
             }
-            _ => {
-                admin
-                    .set_alias(pb::SetAliasRequest {
-                        alias: "fraud".into(),
-                        target: format!("fraud@{version}"),
-                    })
-                    .await
-                    .expect("roll back");
-            }
+            _ => promote(&mut admin, version).await,
         }
         changes.push((before, since(), version));
         until_served(&mut seen, version).await;
@@ -258,7 +265,7 @@ async fn scores_never_fail_while_models_swap_and_roll_back() {
     let metrics = server.scrape().await;
     assert!(
         metrics.contains("streamscore_model_swaps 3"),
-        "two loads and a rollback: {metrics}"
+        "two promotions and a rollback: {metrics}"
     );
     assert!(metrics.contains(
         "streamscore_grpc_requests_total{method=\"Score\",status=\"OK\",caller=\"anonymous\"}"
@@ -316,6 +323,17 @@ async fn health_says_not_serving_until_a_model_is_loaded() {
         tokio::task::yield_now().await;
     }
     let mut client = ScoringClient::new(server.channel().await);
+    let status = client.score(request()).await.unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::FailedPrecondition,
+        "a candidate: {status:?}"
+    );
+    assert!(
+        status.message().contains("no promoted version"),
+        "{status:?}"
+    );
+    promote(&mut ModelsClient::new(server.channel().await), 1).await;
     assert_eq!(
         client.score(request()).await.unwrap().into_inner().version,
         1

@@ -18,15 +18,21 @@ mkdir -p "$work"
   --start-ms 1735689600000 --out "$work/history.jsonl"
 
 created=1767225600000
-rm -rf models/fraud models/order_value models/purchase "$work/models"
+# Trained into a scratch folder, then only the shipped version 1 files are copied into
+# models/: a user's own versions (v2, ...) and models/aliases.json are never touched.
+rm -rf "$work/models" "$work/shipped"
 train() { "$bin" train --events "$work/history.jsonl" --created-at-ms "$created" "$@"; }
 
 # Shipped: logistic regression for fraud and purchase, ridge regression for order value.
-train --config training/fraud.toml --family logistic --models-dir models \
+train --config training/fraud.toml --family logistic --models-dir "$work/shipped" \
   --export-dataset "$work/fraud.csv" | tee "$work/logistic.txt"
-train --config training/order_value.toml --models-dir models \
+train --config training/order_value.toml --models-dir "$work/shipped" \
   --export-dataset "$work/order_value.csv" | tee "$work/linear.txt"
-train --config training/purchase.toml --family logistic --models-dir models | tee "$work/purchase.txt"
+train --config training/purchase.toml --family logistic --models-dir "$work/shipped" | tee "$work/purchase.txt"
+for name in fraud order_value purchase; do
+  mkdir -p "models/$name"
+  cp "$work/shipped/$name/$name-v1."* "models/$name/"
+done
 # The other families, for the comparison only.
 for family in tree svm kernel_svm; do
   train --config training/fraud.toml --family "$family" --models-dir "$work/models" \

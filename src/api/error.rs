@@ -49,7 +49,7 @@ impl From<RegistryError> for Status {
             | RegistryError::TooManyAliases => Status::invalid_argument(format!("alias: {error}")),
             RegistryError::OutsideDir { .. } => Status::invalid_argument(format!("path: {error}")),
             // Not UNAVAILABLE: retrying does not help, an operator must set the alias.
-            RegistryError::Unavailable { .. } => {
+            RegistryError::Unavailable { .. } | RegistryError::NotPromoted { .. } => {
                 Status::failed_precondition(format!("model: {error}"))
             }
             RegistryError::Artifact(_)

@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 
 use super::auth::Caller;
 use super::convert::{ack, decision};
-use super::metrics::ScoredBy;
+use super::metrics::{Metrics, ScoredBy};
 use super::pb::{self, scoring_server::Scoring};
 use crate::config::Role;
 use crate::events::RawEvent;
@@ -18,11 +18,88 @@ use crate::store::FeatureStore;
 pub struct ScoringService {
     store: Arc<FeatureStore>,
     registry: Arc<Registry>,
+    shadow: Option<Shadow>,
 }
+
+/// Candidates scored beside the serving version (`models.shadow`), off the answer's
+/// path: a bounded number of shadow tasks at once, the rest skipped and counted.
+struct Shadow {
+    metrics: Arc<Metrics>,
+    running: Arc<tokio::sync::Semaphore>,
+}
+
+/// Shadow tasks in flight at most; beyond that a call is not shadowed.
+const SHADOW_TASKS: usize = 64;
+
+/// Candidates shadowed per call at most (the newest).
+const SHADOW_CANDIDATES: usize = 2;
 
 impl ScoringService {
     pub fn new(store: Arc<FeatureStore>, registry: Arc<Registry>) -> ScoringService {
-        ScoringService { store, registry }
+        ScoringService {
+            store,
+            registry,
+            shadow: None,
+        }
+    }
+
+    /// Shadow-scores candidates on every `Score`, counting into `metrics`.
+    pub fn with_shadow(mut self, metrics: Arc<Metrics>) -> ScoringService {
+        self.shadow = Some(Shadow {
+            metrics,
+            running: Arc::new(tokio::sync::Semaphore::new(SHADOW_TASKS)),
+        });
+        self
+    }
+
+    fn shadow(&self, serving: &scoring::Scored, event: RawEvent) {
+        let Some(shadow) = &self.shadow else {
+            return;
+        };
+        let candidates: Vec<_> = self
+            .registry
+            .catalog()
+            .candidates(serving.model.name())
+            .into_iter()
+            .take(SHADOW_CANDIDATES)
+            .collect();
+        if candidates.is_empty() {
+            return;
+        }
+        let name = serving.model.name().to_string();
+        let Ok(permit) = Arc::clone(&shadow.running).try_acquire_owned() else {
+            shadow
+                .metrics
+                .count("streamscore_shadow_skipped_total", vec![("model", name)]);
+            return;
+        };
+        let (store, metrics) = (Arc::clone(&self.store), Arc::clone(&shadow.metrics));
+        let (score, decision) = (serving.score, serving.decision);
+        tokio::spawn(async move {
+            let _permit = permit;
+            for candidate in candidates {
+                let labels = || {
+                    vec![
+                        ("model", name.clone()),
+                        ("candidate", candidate.version().to_string()),
+                    ]
+                };
+                match scoring::score_with(&store, Arc::clone(&candidate), &event, 0, false) {
+                    Ok(shadowed) => {
+                        metrics.count("streamscore_shadow_scores_total", labels());
+                        if shadowed.decision == decision {
+                            metrics.count("streamscore_shadow_agreements_total", labels());
+                        }
+                        metrics.observe(
+                            "streamscore_shadow_score_difference",
+                            labels(),
+                            (shadowed.score - score).abs(),
+                        );
+                    }
+                    Err(_) => metrics.count("streamscore_shadow_errors_total", labels()),
+                }
+            }
+        });
     }
 }
 
@@ -56,6 +133,9 @@ impl Scoring for ScoringService {
                 event.event_id = format!("{}/{}", caller.name, event.event_id);
             }
         }
+        // Filled in here (time, unrecorded id) so a shadow score reads the same moment.
+        scoring::complete(&mut event, request.record)?;
+        let shadow_event = self.shadow.as_ref().map(|_| event.clone());
         let input = ScoreInput {
             model: request.model,
             event,
@@ -64,6 +144,9 @@ impl Scoring for ScoringService {
             reasons: request.reasons.map_or(DEFAULT_REASONS, |r| r as usize),
         };
         let scored = scoring::score(&self.store, &self.registry, input).await?;
+        if let Some(event) = shadow_event {
+            self.shadow(&scored, event);
+        }
         let decision = decision(scored.decision);
         let mut response = Response::new(pb::ScoreResponse {
             score: scored.score,

@@ -586,6 +586,31 @@ fn train(args: TrainArgs) -> CliResult {
         if let Some(thresholds) = outcome.thresholds {
             writeln!(out, "  {thresholds}")?;
         }
+        let candidate = format!("{}@{}", config.name, outcome.version);
+        match &outcome.comparison {
+            Some(c) => writeln!(
+                out,
+                "  beside the serving {}: {} {:.4} (serving) vs {:.4} ({candidate}) on this hold-out: {}",
+                c.serving,
+                c.metric,
+                c.serving_value,
+                c.candidate_value,
+                if c.candidate_is_better() {
+                    "better"
+                } else {
+                    "not better"
+                }
+            )?,
+            None => writeln!(
+                out,
+                "  nothing of this name serves in {} to compare with",
+                args.models_dir.display()
+            )?,
+        }
+        writeln!(
+            out,
+            "{candidate} is a candidate: it serves once promoted (`streamscore models promote {candidate}`)"
+        )?;
         writeln!(out, "artifact: {}", outcome.artifact.display())?;
         writeln!(
             out,

@@ -62,8 +62,10 @@ pub enum ModelsCommand {
     Show { model: String },
     /// Load an artifact file (a path on the server's machine).
     Load { path: String },
-    /// Point an alias at name@version: promote, or roll back.
+    /// Point an alias at name@version.
     Alias { alias: String, target: String },
+    /// Serve name@version under its name: promote a candidate, or roll back.
+    Promote { version: String },
 }
 
 pub async fn score(args: ScoreArgs) -> CliResult {
@@ -186,7 +188,11 @@ pub async fn models(args: ModelsArgs) -> CliResult {
                     model.version,
                     model.family,
                     model.path,
-                    if model.serving { "  (serving)" } else { "" }
+                    if model.serving {
+                        "  (serving)"
+                    } else {
+                        "  (candidate)"
+                    }
                 )?;
             }
             for alias in &list.aliases {
@@ -205,6 +211,22 @@ pub async fn models(args: ModelsArgs) -> CliResult {
                 .load_model(pb::LoadModelRequest { path })
                 .await?
                 .into_inner();
+            print_detail(&mut out, &detail)?;
+        }
+        ModelsCommand::Promote { version } => {
+            let Some((name, _)) = version.split_once('@') else {
+                return Err(
+                    format!("promote {version}: expected name@version, e.g. fraud@2").into(),
+                );
+            };
+            let detail = models
+                .set_alias(pb::SetAliasRequest {
+                    alias: name.to_string(),
+                    target: version.clone(),
+                })
+                .await?
+                .into_inner();
+            writeln!(out, "{version} now serves as {name}")?;
             print_detail(&mut out, &detail)?;
         }
         ModelsCommand::Alias { alias, target } => {

@@ -63,6 +63,9 @@ pub struct NumberField {
 pub struct StringField {
     pub name: String,
     pub required: bool,
+    /// Values are trimmed and upper-cased at validation (`normalize = "upper"`).
+    #[serde(default)]
+    pub upper: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -93,6 +93,9 @@ struct RawField {
     required: bool,
     min: Option<f64>,
     max: Option<f64>,
+    /// Strings only: "upper" trims and upper-cases values (country codes), so `de`,
+    /// ` DE` and `DE` are one value.
+    normalize: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -337,6 +340,14 @@ fn resolve_event_types(
                             ),
                         ));
                     }
+                    if field.normalize.is_some() {
+                        return Err(invalid(
+                            line,
+                            format!(
+                                "field '{name}.{field_name}': normalize applies to strings only"
+                            ),
+                        ));
+                    }
                     if let (Some(min), Some(max)) = (field.min, field.max)
                         && min > max
                     {
@@ -359,9 +370,22 @@ fn resolve_event_types(
                             format!("field '{name}.{field_name}': min/max apply to numbers only"),
                         ));
                     }
+                    let upper = match field.normalize.as_deref() {
+                        None => false,
+                        Some("upper") => true,
+                        Some(other) => {
+                            return Err(invalid(
+                                line,
+                                format!(
+                                    "field '{name}.{field_name}': normalize = '{other}' is not known (known: upper)"
+                                ),
+                            ));
+                        }
+                    };
                     strings.push(StringField {
                         name: field_name.clone(),
                         required: field.required,
+                        upper,
                     });
                 }
             }

@@ -2,6 +2,7 @@
 //! the reason, so a producer can fix its event without reading server logs.
 
 use smallvec::{SmallVec, smallvec};
+use std::borrow::Cow;
 
 use crate::definitions::{Definitions, EventTypeId, fnv128};
 
@@ -60,7 +61,18 @@ pub struct Event<'a> {
     // Inline up to 8 slots: validation allocates nothing for a typical event.
     pub entities: SmallVec<[Option<&'a str>; 8]>,
     pub numbers: SmallVec<[Option<f64>; 8]>,
-    pub strings: SmallVec<[Option<&'a str>; 8]>,
+    /// Normalised where the field asks for it (`normalize = "upper"`), else borrowed.
+    pub strings: SmallVec<[Option<Cow<'a, str>>; 8]>,
+}
+
+/// `value` trimmed and upper-cased, borrowed when it already is.
+pub fn normalize_upper(value: &str) -> Cow<'_, str> {
+    let trimmed = value.trim();
+    if trimmed.bytes().any(|b| b.is_ascii_lowercase()) {
+        Cow::Owned(trimmed.to_ascii_uppercase())
+    } else {
+        Cow::Borrowed(trimmed)
+    }
 }
 
 fn check_id(field: impl FnOnce() -> String, value: &str, limits: &Limits) -> Result<(), Refusal> {
@@ -209,7 +221,8 @@ pub fn validate<'a>(
         }
     }
 
-    let mut strings: SmallVec<[Option<&str>; 8]> = smallvec![None; event_type.strings.len()];
+    let mut strings: SmallVec<[Option<Cow<'_, str>>; 8]> =
+        smallvec![None; event_type.strings.len()];
     for (name, value) in &raw.strings {
         let Some(index) = event_type.strings.iter().position(|f| f.name == *name) else {
             let reason = if event_type.numbers.iter().any(|f| f.name == *name) {
@@ -229,7 +242,11 @@ pub fn validate<'a>(
                 ),
             ));
         }
-        strings[index] = Some(value.as_str());
+        strings[index] = Some(if event_type.strings[index].upper {
+            normalize_upper(value)
+        } else {
+            Cow::Borrowed(value.as_str())
+        });
     }
     for (index, field) in event_type.strings.iter().enumerate() {
         if field.required && strings[index].is_none() {

@@ -5,11 +5,13 @@
 use crate::events::RawEvent;
 
 /// The request-time features, in the order [`request_features`] returns them.
-pub const REQUEST_FEATURES: [&str; 4] = [
+pub const REQUEST_FEATURES: [&str; 6] = [
     "req_amount",
+    "req_log_amount",
     "req_amount_to_user_mean_30d",
     "req_country_mismatch",
     "req_has_device",
+    "req_has_ip",
 ];
 
 /// The stored feature the amount ratio divides by.
@@ -17,7 +19,12 @@ pub const USER_MEAN_FEATURE: &str = "user_amount_mean_30d";
 
 /// Values of [`REQUEST_FEATURES`] for `event`; `user_mean` is the stored
 /// `user_amount_mean_30d` read just before it. `None` where an input is missing.
-pub fn request_features(event: &RawEvent, user_mean: Option<f64>) -> [Option<f64>; 4] {
+/// `req_has_device` and `req_has_ip` are the missing indicators of those entities: an
+/// absent entity's stored features are missing (imputed), not zero, and the indicator
+/// lets the model learn what a request without one means.
+/// `req_log_amount` (ln(1 + amount)) beside the amount lets a linear model see both
+/// ends of the amount range as unusual (card tests are tiny, takeovers large).
+pub fn request_features(event: &RawEvent, user_mean: Option<f64>) -> [Option<f64>; 6] {
     let amount = event.numbers.get("amount").copied();
     let ratio = match (amount, user_mean) {
         (Some(amount), Some(mean)) if mean > 0.0 => Some(amount / mean),
@@ -27,11 +34,22 @@ pub fn request_features(event: &RawEvent, user_mean: Option<f64>) -> [Option<f64
         event.strings.get("billing_country"),
         event.strings.get("ip_country"),
     ) {
-        (Some(billing), Some(ip)) => Some(f64::from(u8::from(billing != ip))),
+        // Country codes compare as the definitions normalise them: trimmed, any case.
+        (Some(billing), Some(ip)) => Some(f64::from(u8::from(
+            !billing.trim().eq_ignore_ascii_case(ip.trim()),
+        ))),
         _ => None,
     };
-    let has_device = Some(f64::from(u8::from(event.entities.contains_key("device"))));
-    [amount, ratio, mismatch, has_device]
+    let has = |entity: &str| Some(f64::from(u8::from(event.entities.contains_key(entity))));
+    let log_amount = amount.map(|a| a.max(0.0).ln_1p());
+    [
+        amount,
+        log_amount,
+        ratio,
+        mismatch,
+        has("device"),
+        has("ip"),
+    ]
 }
 
 #[cfg(test)]
@@ -49,13 +67,28 @@ mod tests {
         event.strings.insert("ip_country".into(), "NG".into());
         assert_eq!(
             request_features(&event, Some(100.0)),
-            [Some(300.0), Some(3.0), Some(1.0), Some(0.0)]
+            [
+                Some(300.0),
+                Some(301f64.ln()),
+                Some(3.0),
+                Some(1.0),
+                Some(0.0),
+                Some(0.0)
+            ]
         );
-        event.strings.insert("ip_country".into(), "DE".into());
+        event.strings.insert("ip_country".into(), " de".into());
+        event.entities.insert("ip".into(), "ip1".into());
         event.entities.insert("device".into(), "d1".into());
         assert_eq!(
             request_features(&event, None),
-            [Some(300.0), None, Some(0.0), Some(1.0)]
+            [
+                Some(300.0),
+                Some(301f64.ln()),
+                None,
+                Some(0.0),
+                Some(1.0),
+                Some(1.0)
+            ]
         );
     }
 }

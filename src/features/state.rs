@@ -388,9 +388,9 @@ fn number_of(event: &Event<'_>, source: Option<FieldSource>) -> Option<f64> {
     }
 }
 
-fn text_of<'a>(event: &Event<'a>, source: Option<FieldSource>) -> Option<&'a str> {
+fn text_of<'e>(event: &'e Event<'_>, source: Option<FieldSource>) -> Option<&'e str> {
     match source {
-        Some(FieldSource::Text(index)) => event.strings[index],
+        Some(FieldSource::Text(index)) => event.strings[index].as_deref(),
         Some(FieldSource::Entity(index)) => event.entities[index],
         _ => None,
     }

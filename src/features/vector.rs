@@ -6,7 +6,7 @@
 use crate::definitions::{Definitions, EntityTypeId};
 use crate::events::{COMPOSITE_SEPARATOR, RawEvent};
 use crate::features::request::{REQUEST_FEATURES, USER_MEAN_FEATURE, request_features};
-use crate::features::{Engine, FeatureRead, ReadError, default_value};
+use crate::features::{Engine, FeatureRead, ReadError};
 
 /// One entity type's share of the columns.
 #[derive(Debug, Clone)]
@@ -149,8 +149,8 @@ impl VectorPlan {
     }
 
     /// Reads the vector for `event` as of its event time into `out` (resized to the
-    /// width). An entity the event does not name gets its features' defaults, as does
-    /// one the engine does not hold. A read the engine cannot answer exactly (too old,
+    /// width). An entity the event does not name has missing features; one the engine
+    /// does not hold gets its features' defaults (no history: counts are 0). A read the engine cannot answer exactly (too old,
     /// a malformed id) is an error, never a vector of defaults.
     pub fn read(
         &self,
@@ -213,13 +213,10 @@ impl VectorPlan {
             if read.as_ref().is_some_and(|r| !r.known) {
                 source.unknown.push(entity.entity);
             }
-            for (position, (&feature, column)) in
-                entity.features.iter().zip(&entity.columns).enumerate()
-            {
-                let value = match &read {
-                    Some(read) => read.values[position].1,
-                    None => default_value(definitions.features[feature].aggregation),
-                };
+            for (position, column) in entity.columns.iter().enumerate() {
+                // An absent entity's features are missing, not zero: "no ip" is not
+                // "an ip no one used" (the request's `req_has_*` says which).
+                let value = read.as_ref().and_then(|read| read.values[position].1);
                 if let Some(column) = column {
                     out[*column] = value;
                 }

@@ -35,7 +35,32 @@ pub struct ArtifactBody {
     /// table: those never record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scored_event: Option<String>,
+    /// How this version did against the version serving when it was trained, both
+    /// scored on this version's hold-out (what `if_better` promotion reads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comparison: Option<Comparison>,
     pub model: Model,
+}
+
+/// Two versions on one hold-out, by one metric.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Comparison {
+    /// The version serving at training time (`name@version`).
+    pub serving: String,
+    pub metric: String,
+    pub higher_is_better: bool,
+    pub candidate_value: f64,
+    pub serving_value: f64,
+}
+
+impl Comparison {
+    pub fn candidate_is_better(&self) -> bool {
+        if self.higher_is_better {
+            self.candidate_value > self.serving_value
+        } else {
+            self.candidate_value < self.serving_value
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -240,6 +265,41 @@ pub fn valid_model_name(name: &str) -> bool {
             .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
         && chars
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '-'))
+}
+
+/// Reads an artifact checking only its checksum and structure, not the definitions: for
+/// `train` comparing against the version serving now.
+pub fn read_unchecked(path: &Path) -> Result<ArtifactBody, ArtifactError> {
+    let shown = path.display().to_string();
+    let bytes = read_regular_file(path, DEFAULT_MAX_ARTIFACT_BYTES).map_err(|reason| {
+        ArtifactError::Read {
+            path: shown.clone(),
+            reason,
+        }
+    })?;
+    let file: ArtifactFile =
+        serde_json::from_slice(&bytes).map_err(|e| ArtifactError::Corrupt {
+            path: shown.clone(),
+            reason: json_problem(&e),
+        })?;
+    let body_bytes = serde_json::to_vec(&file.body).map_err(|e| ArtifactError::Corrupt {
+        path: shown.clone(),
+        reason: e.to_string(),
+    })?;
+    if format!("{:016x}", fnv64(&body_bytes)) != file.checksum {
+        return Err(ArtifactError::Corrupt {
+            path: shown,
+            reason: "its checksum does not match its content".into(),
+        });
+    }
+    file.body
+        .model
+        .validate()
+        .map_err(|e| ArtifactError::Invalid {
+            path: shown,
+            reason: e.to_string(),
+        })?;
+    Ok(file.body)
 }
 
 pub fn load(path: &Path, definitions: &Definitions) -> Result<ArtifactBody, ArtifactError> {

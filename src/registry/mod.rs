@@ -4,11 +4,13 @@
 //! under a request in flight. Changes build a new catalog and publish it atomically
 //! (arc-swap); readers never wait for a writer.
 //!
-//! Without an alias of its own, a name resolves to its newest version, so a new file
-//! dropped in the directory starts serving at once. An alias pinned to a version
-//! (promote, roll back) stays put until it is moved again; a pin that cannot be
-//! honoured at start (its file lost or unreadable, its target gone) makes the name
-//! unavailable, never silently the newest version.
+//! A bare name serves the version its pin (an alias of the same name) points at; new
+//! versions found in the directory are loaded as *candidates* and serve nothing until
+//! promoted (`SetAlias name name@N`; with `models.promotion = "if_better"` a candidate
+//! whose artifact shows it beat the serving version on the same hold-out is promoted by
+//! itself). A pin stays put until it is moved again; one that cannot be honoured at
+//! start (its file lost or unreadable, its target gone) makes the name unavailable,
+//! never silently the newest version.
 //!
 //! Artifacts come from files, so they are input: only regular files inside the models
 //! directory, named after the name and version they hold, structurally valid (and
@@ -81,6 +83,11 @@ pub enum RegistryError {
     TooManyAliases,
     #[error("model '{name}' is not serving: {reason}")]
     Unavailable { name: String, reason: String },
+    #[error("model '{name}' has no promoted version (candidates: {}); promote one with `streamscore models promote {name}@N`", candidates.join(", "))]
+    NotPromoted {
+        name: String,
+        candidates: Vec<String>,
+    },
     #[error(
         "LoadModel reads only artifact files (<name>/<name>-v<N>.json) inside the models directory {dir}"
     )]
@@ -133,11 +140,32 @@ impl Catalog {
                 .cloned()
                 .ok_or_else(not_found);
         }
+        match self.models.get(reference) {
+            Some(versions) => Err(RegistryError::NotPromoted {
+                name: reference.to_string(),
+                candidates: versions
+                    .keys()
+                    .map(|v| format!("{reference}@{v}"))
+                    .collect(),
+            }),
+            None => Err(not_found()),
+        }
+    }
+
+    /// Versions of `name` loaded but not serving, newest first.
+    pub fn candidates(&self, name: &str) -> Vec<Arc<LoadedModel>> {
+        let serving = self.serving(name);
         self.models
-            .get(reference)
-            .and_then(|versions| versions.values().next_back())
-            .cloned()
-            .ok_or_else(not_found)
+            .get(name)
+            .map(|versions| {
+                versions
+                    .values()
+                    .rev()
+                    .filter(|m| Some(m.version()) != serving)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Every loaded model, by name then version.
@@ -188,15 +216,31 @@ impl Catalog {
     }
 }
 
+/// What happens when a new version is loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Promotion {
+    /// It stays a candidate until someone promotes it.
+    #[default]
+    Manual,
+    /// It is promoted when its artifact shows it beat the version serving now on the
+    /// same hold-out (`train` evaluates the serving version on the new hold-out), or
+    /// when nothing of that name serves yet.
+    IfBetter,
+}
+
 pub struct Registry {
     definitions: Arc<Definitions>,
     dir: PathBuf,
     trust: Trust,
+    promotion: Promotion,
     catalog: ArcSwap<Catalog>,
     /// Serialises writers (load, alias); readers go through `catalog` alone.
     writer: Mutex<()>,
     swaps: std::sync::atomic::AtomicU64,
     refused: std::sync::atomic::AtomicU64,
+    /// The directory's files as the last scan began (what the watcher starts from).
+    scanned: Mutex<HashMap<PathBuf, watch::Stamp>>,
 }
 
 impl Registry {
@@ -205,16 +249,23 @@ impl Registry {
             definitions,
             dir: dir.into(),
             trust: Trust::default(),
+            promotion: Promotion::Manual,
             catalog: ArcSwap::from_pointee(Catalog::default()),
             writer: Mutex::new(()),
             swaps: Default::default(),
             refused: Default::default(),
+            scanned: Default::default(),
         }
     }
 
     /// What artifacts must satisfy (size limit, signature).
     pub fn with_trust(mut self, trust: Trust) -> Registry {
         self.trust = trust;
+        self
+    }
+
+    pub fn with_promotion(mut self, promotion: Promotion) -> Registry {
+        self.promotion = promotion;
         self
     }
 
@@ -271,6 +322,11 @@ impl Registry {
         self.catalog.load().resolve(reference)
     }
 
+    /// The directory's files (size, modification time) as the last scan began.
+    pub(crate) fn scanned_stamps(&self) -> HashMap<PathBuf, watch::Stamp> {
+        self.scanned.lock().clone()
+    }
+
     /// How many times a name's serving version changed since start.
     pub fn swaps(&self) -> u64 {
         self.swaps.load(std::sync::atomic::Ordering::Relaxed)
@@ -281,10 +337,16 @@ impl Registry {
         self.refused.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Checks an artifact file and adds it (replacing the same name and version); a
-    /// refused file changes nothing.
+    /// Checks an artifact file and adds it (replacing the same name and version), as a
+    /// candidate unless `if_better` promotes it; a refused file changes nothing.
     pub fn load_file(&self, path: &Path) -> Result<Arc<LoadedModel>, RegistryError> {
-        let loaded = self.check_and_add(path);
+        self.load(path, true)
+    }
+
+    /// `promote`: whether the promotion policy applies (not during the start-up scan,
+    /// which runs before the saved pins are read).
+    fn load(&self, path: &Path, promote: bool) -> Result<Arc<LoadedModel>, RegistryError> {
+        let loaded = self.check_and_add(path, promote);
         if loaded.is_err() {
             self.refused
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -292,7 +354,7 @@ impl Registry {
         loaded
     }
 
-    fn check_and_add(&self, path: &Path) -> Result<Arc<LoadedModel>, RegistryError> {
+    fn check_and_add(&self, path: &Path, promote: bool) -> Result<Arc<LoadedModel>, RegistryError> {
         let body = artifact::load_with(path, &self.definitions, &self.trust)?;
         // The file name and folder are what operators see and what the watcher keys
         // on: a `fraud-v2.json` holding version 1 must not replace `fraud@1`.
@@ -326,15 +388,55 @@ impl Registry {
             plan,
             path: path.to_path_buf(),
         });
-        self.update(|catalog| {
+        // Added and (under if_better) promoted in one step under the writer lock:
+        // nobody sees the new version loaded but not yet promoted.
+        let _writer = self.writer.lock();
+        let catalog = self.catalog.load_full();
+        let promote = promote && self.should_promote(&catalog, &model);
+        let mut aliases = catalog.aliases.clone();
+        if promote {
+            let name = model.name().to_string();
+            aliases.insert(name.clone(), (name.clone(), model.version()));
+            self.write_durably(
+                &self.dir.join(&name).join(PINNED_FILE),
+                format!("{}\n", model.reference()).as_bytes(),
+            )?;
+            self.save_aliases(&aliases)?;
+        }
+        self.update_locked(|catalog| {
             catalog
                 .models
                 .entry(model.name().to_string())
                 .or_default()
                 .insert(model.version(), Arc::clone(&model));
+            if promote {
+                catalog.aliases = aliases;
+                catalog.unavailable.remove(model.name());
+            }
         });
-        tracing::info!(model = %model.reference(), path = %path.display(), "model loaded");
+        tracing::info!(model = %model.reference(), path = %path.display(), promoted = promote, "model loaded");
         Ok(model)
+    }
+
+    /// Under `if_better`: whether `model` beat the version serving now on the same
+    /// hold-out (its artifact's comparison names that version), or its name has
+    /// nothing serving and no pin.
+    fn should_promote(&self, catalog: &Catalog, model: &LoadedModel) -> bool {
+        if self.promotion != Promotion::IfBetter {
+            return false;
+        }
+        let serving = catalog.resolve(model.name()).ok();
+        match (&serving, &model.body.comparison) {
+            (Some(serving), _) if serving.version() == model.version() => false,
+            (None, _) => {
+                !catalog.unavailable.contains_key(model.name())
+                    && !catalog.aliases.contains_key(model.name())
+            }
+            (Some(serving), Some(comparison)) => {
+                comparison.serving == serving.reference() && comparison.candidate_is_better()
+            }
+            (Some(_), None) => false,
+        }
     }
 
     /// Points `alias` at `target` (`name@version`, or a name for its newest version).
@@ -498,9 +600,10 @@ impl Registry {
     /// that does not load is logged and skipped, so one bad file never stops the rest.
     /// Returns the files that failed, with why.
     pub fn scan(&self) -> Result<Vec<(PathBuf, RegistryError)>, RegistryError> {
+        *self.scanned.lock() = watch::stamps(self);
         let mut failures = Vec::new();
         for path in artifact_files(&self.dir)? {
-            if let Err(error) = self.load_file(&path) {
+            if let Err(error) = self.load(&path, false) {
                 tracing::error!(path = %path.display(), %error, "model artifact refused");
                 failures.push((path, error));
             }
@@ -599,6 +702,14 @@ mod tests {
         }
         let registry = Registry::new(Arc::clone(&definitions), dir.path());
         registry.scan().unwrap();
+        assert!(
+            matches!(
+                registry.resolve("fraud"),
+                Err(RegistryError::NotPromoted { .. })
+            ),
+            "nothing serves before a promotion"
+        );
+        registry.set_alias("fraud", "fraud@2").unwrap();
         assert_eq!(registry.resolve("fraud").unwrap().version(), 2);
         registry.set_alias("fraud", "fraud@1").unwrap();
         registry.set_alias("checkout", "fraud").unwrap();

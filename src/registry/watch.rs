@@ -11,9 +11,9 @@ use std::time::{Duration, SystemTime};
 
 use super::{Registry, artifact_files};
 
-type Stamp = (u64, Option<SystemTime>);
+pub(super) type Stamp = (u64, Option<SystemTime>);
 
-fn stamps(registry: &Registry) -> HashMap<PathBuf, Stamp> {
+pub(super) fn stamps(registry: &Registry) -> HashMap<PathBuf, Stamp> {
     artifact_files(registry.dir())
         .unwrap_or_default()
         .into_iter()
@@ -24,10 +24,11 @@ fn stamps(registry: &Registry) -> HashMap<PathBuf, Stamp> {
         .collect()
 }
 
-/// Polls the directory every `interval` until the task is dropped; the files present
-/// now are taken as already scanned.
+/// Polls the directory every `interval` until the task is dropped; files are compared
+/// with what the directory held when [`Registry::scan`] began, so one dropped in
+/// between the scan and this task's start is not missed.
 pub async fn watch(registry: Arc<Registry>, interval: Duration) {
-    let mut seen = stamps(&registry);
+    let mut seen = registry.scanned_stamps();
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

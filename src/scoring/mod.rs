@@ -98,7 +98,7 @@ pub enum ScoreError {
 
 /// Fills what a scoring request may leave out: the event time (now) and, for an
 /// unrecorded score, the event id.
-fn complete(event: &mut RawEvent, record: bool) -> Result<(), ScoreError> {
+pub fn complete(event: &mut RawEvent, record: bool) -> Result<(), ScoreError> {
     if event.event_time_ms == 0 {
         event.event_time_ms = now_ms();
     }

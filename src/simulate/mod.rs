@@ -8,6 +8,12 @@
 //! amounts. Fraudulent payments draw a chargeback 1-60 days later (most of them; some
 //! fraud goes unreported, and a few honest payments are disputed too). Events come out
 //! in event-time order; the same seed gives the same stream.
+//!
+//! Legitimate traffic looks like a real shop's, so a model cannot learn that "new" or
+//! "incomplete" means fraud: new customers pay minutes after signing up or check out as
+//! guests with no history at all; a share of requests carry no device or no ip; some
+//! users come back after months; people travel; and clients send country codes in any
+//! case (`de`, ` DE`).
 
 mod population;
 
@@ -85,13 +91,34 @@ impl Ord for Scheduled {
 struct Payer<'a> {
     user: &'a str,
     card: &'a str,
-    device: &'a str,
-    ip: &'a str,
+    /// Absent when the client did not send one (legitimate requests only).
+    device: Option<&'a str>,
+    ip: Option<&'a str>,
     billing_country: &'a str,
     ip_country: &'a str,
 }
 
 const FOREIGN_COUNTRIES: [&str; 5] = ["NG", "RU", "VN", "ID", "RO"];
+
+/// Where honest travellers pay from.
+const TRAVEL_COUNTRIES: [&str; 8] = ["US", "GB", "ES", "IT", "FR", "TR", "TH", "MX"];
+
+/// Shares of legitimate payment requests without a device, and without an ip.
+const NO_DEVICE_SHARE: f64 = 0.15;
+const NO_IP_SHARE: f64 = 0.2;
+
+/// Share of sessions by brand-new customers (half sign up, half check out as guests).
+const NEW_CUSTOMER_SHARE: f64 = 0.03;
+
+/// A country code as clients send it: mostly as is, now and then lower-case or padded.
+fn as_sent(rng: &mut ChaCha8Rng, code: &str) -> String {
+    match rng.random_range(0..20) {
+        0 => code.to_ascii_lowercase(),
+        1 => format!(" {code}"),
+        2 => format!("{}{}", &code[..1], code[1..].to_ascii_lowercase()),
+        _ => code.to_string(),
+    }
+}
 
 pub struct Simulator {
     config: SimConfig,
@@ -165,16 +192,21 @@ impl Simulator {
             ip_country,
         } = *payer;
         let amount = (amount * 100.0).round() / 100.0;
+        let billing_country = as_sent(&mut self.rng, billing_country);
+        let ip_country = as_sent(&mut self.rng, ip_country);
         let payment_id = self.schedule(time_ms, "payment", |e| {
             e.entities.insert("user".into(), user.into());
             e.entities.insert("card".into(), card.into());
-            e.entities.insert("device".into(), device.into());
-            e.entities.insert("ip".into(), ip.into());
+            if let Some(device) = device {
+                e.entities.insert("device".into(), device.into());
+            }
+            if let Some(ip) = ip {
+                e.entities.insert("ip".into(), ip.into());
+                e.strings.insert("ip_country".into(), ip_country);
+            }
             e.numbers.insert("amount".into(), amount);
             e.strings.insert("currency".into(), "EUR".into());
-            e.strings
-                .insert("billing_country".into(), billing_country.into());
-            e.strings.insert("ip_country".into(), ip_country.into());
+            e.strings.insert("billing_country".into(), billing_country);
         });
         self.stats.payments += 1;
         self.stats.fraud_payments += u64::from(fraud);
@@ -206,7 +238,46 @@ impl Simulator {
         });
     }
 
+    /// A brand-new customer's first purchase: signed up minutes before (a login, a few
+    /// views), or a guest checkout with no history at all; their own new card and device,
+    /// ordinary amounts, often without a device or ip on the request.
+    fn new_customer(&mut self) {
+        let start = self.clock_ms;
+        let user = self.population.sign_up(&mut self.rng);
+        let card = user.cards[0].clone();
+        let device = user.devices[0].clone();
+        let mut time = start;
+        if self.rng.random_bool(0.5) {
+            self.login(time, &user.id, &device, &user.ip);
+            for _ in 0..self.rng.random_range(1..=4) {
+                time += self.rng.random_range(10 * SECOND_MS..=120 * SECOND_MS);
+                let product = self.population.pick_product(&mut self.rng).id;
+                self.schedule(time, "page_view", |e| {
+                    e.entities.insert("user".into(), user.id.clone());
+                    e.entities.insert("product".into(), product);
+                    e.entities.insert("device".into(), device.clone());
+                });
+            }
+        }
+        time += self.rng.random_range(30 * SECOND_MS..=600 * SECOND_MS);
+        let amount = self.rng.random_range(5.0..120.0);
+        let with_device = self.rng.random_bool(1.0 - 2.0 * NO_DEVICE_SHARE);
+        let with_ip = self.rng.random_bool(0.5);
+        let payer = Payer {
+            user: &user.id,
+            card: &card,
+            device: with_device.then_some(device.as_str()),
+            ip: with_ip.then_some(user.ip.as_str()),
+            billing_country: &user.country,
+            ip_country: &user.country,
+        };
+        self.payment(time, &payer, amount, false);
+    }
+
     fn session(&mut self) {
+        if self.rng.random_bool(NEW_CUSTOMER_SHARE) {
+            return self.new_customer();
+        }
         let start = self.clock_ms;
         let user: User = self.population.pick_user(&mut self.rng);
         let device = user.devices[self.rng.random_range(0..user.devices.len())].clone();
@@ -265,11 +336,15 @@ impl Simulator {
             time += self.rng.random_range(10 * SECOND_MS..=90 * SECOND_MS);
             let card = user.cards[self.rng.random_range(0..user.cards.len())].clone();
             // Honest customers travel too: some pay from an ip abroad.
-            let ip_country = if self.rng.random_bool(0.05) {
+            let ip_country = if self.rng.random_bool(0.02) {
                 FOREIGN_COUNTRIES[self.rng.random_range(0..FOREIGN_COUNTRIES.len())].to_string()
+            } else if self.rng.random_bool(0.06) {
+                TRAVEL_COUNTRIES[self.rng.random_range(0..TRAVEL_COUNTRIES.len())].to_string()
             } else {
                 user.country.clone()
             };
+            let with_device = !self.rng.random_bool(NO_DEVICE_SHARE);
+            let with_ip = !self.rng.random_bool(NO_IP_SHARE);
             // The order is placed first and paid a few seconds later, so a model of the
             // order's value cannot read it off the payment.
             let order_id = self.schedule(time, "order", |e| {
@@ -283,8 +358,8 @@ impl Simulator {
             let payer = Payer {
                 user: &user.id,
                 card: &card,
-                device: &device,
-                ip: &ip,
+                device: with_device.then_some(device.as_str()),
+                ip: with_ip.then_some(ip.as_str()),
                 billing_country: &user.country,
                 ip_country: &ip_country,
             };
@@ -320,8 +395,8 @@ impl Simulator {
                 let payer = Payer {
                     user: &user.id,
                     card: &card,
-                    device: &device,
-                    ip: &ip,
+                    device: Some(&device),
+                    ip: Some(&ip),
                     billing_country: &user.country,
                     ip_country: &foreign,
                 };
@@ -348,8 +423,8 @@ impl Simulator {
                     let payer = Payer {
                         user: &user.id,
                         card: &card,
-                        device: &device,
-                        ip: &ip,
+                        device: Some(&device),
+                        ip: Some(&ip),
                         billing_country: &user.country,
                         ip_country: &foreign,
                     };
@@ -366,8 +441,8 @@ impl Simulator {
                 let payer = Payer {
                     user: &user.id,
                     card: &card,
-                    device: &device,
-                    ip: &ip,
+                    device: Some(&device),
+                    ip: Some(&ip),
                     billing_country: &user.country,
                     ip_country: &foreign,
                 };
@@ -388,8 +463,8 @@ impl Simulator {
                 let payer = Payer {
                     user: &victim.id,
                     card: &card,
-                    device: &device,
-                    ip: &ip,
+                    device: Some(&device),
+                    ip: Some(&ip),
                     billing_country: &victim.country,
                     ip_country: &foreign,
                 };
@@ -442,7 +517,7 @@ mod tests {
             max_id_bytes: 128,
         };
         let mut simulator = Simulator::new(SimConfig::default());
-        let events: Vec<RawEvent> = simulator.by_ref().take(150_000).collect();
+        let events: Vec<RawEvent> = simulator.by_ref().take(600_000).collect();
         for pair in events.windows(2) {
             assert!(pair[0].event_time_ms <= pair[1].event_time_ms);
         }

@@ -78,12 +78,21 @@ impl Population {
         }
     }
 
-    /// An existing user (popular ones more often), or now and then a new sign-up.
+    /// A new customer who stays: added to the regular users.
+    pub fn sign_up(&mut self, rng: &mut ChaCha8Rng) -> User {
+        let user = self.make_user(rng);
+        self.users.push(user.clone());
+        user
+    }
+
+    /// An existing user (popular ones more often, and now and then anyone at all, so
+    /// some come back after months), or now and then a new sign-up.
     pub fn pick_user(&mut self, rng: &mut ChaCha8Rng) -> User {
         if rng.random_bool(0.01) {
-            let user = self.make_user(rng);
-            self.users.push(user.clone());
-            return user;
+            return self.sign_up(rng);
+        }
+        if rng.random_bool(0.05) {
+            return self.users[rng.random_range(0..self.users.len())].clone();
         }
         let skew: f64 = rng.random_range(0.0..1.0);
         let index = ((skew * skew) * self.users.len() as f64) as usize;

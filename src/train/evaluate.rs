@@ -36,14 +36,23 @@ pub fn pr_auc(scores: &[f64], labels: &[f64]) -> f64 {
     if positives == 0.0 {
         return f64::NAN;
     }
-    let (mut hits, mut total) = (0.0, 0.0);
-    for (seen, index) in order.iter().enumerate() {
-        if labels[*index] > 0.5 {
-            hits += 1.0;
-            total += hits / (seen + 1) as f64;
+    // Average precision as scikit-learn's `average_precision_score` defines it: the sum
+    // over distinct thresholds of (recall step) x precision, where rows with equal
+    // scores form one threshold (a tie is one step, not an order the sort made up).
+    let (mut hits, mut seen, mut total, mut last_recall) = (0.0, 0.0, 0.0, 0.0);
+    let mut index = 0;
+    while index < order.len() {
+        let score = scores[order[index]];
+        while index < order.len() && scores[order[index]] == score {
+            hits += f64::from(u8::from(labels[order[index]] > 0.5));
+            seen += 1.0;
+            index += 1;
         }
+        let recall = hits / positives;
+        total += (recall - last_recall) * (hits / seen);
+        last_recall = recall;
     }
-    total / positives
+    total
 }
 
 pub fn log_loss(scores: &[f64], labels: &[f64]) -> f64 {
@@ -136,6 +145,40 @@ pub fn calibration(scores: &[f64], labels: &[f64], bins: usize) -> Vec<Calibrati
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn average_precision_matches_scikit_learn_on_ties() {
+        // Values printed by scikit-learn 1.9.1's average_precision_score(y, s).
+        let cases: [(&[f64], &[f64], f64); 4] = [
+            (
+                &[0.9, 0.8, 0.8, 0.8, 0.5, 0.5, 0.3, 0.1],
+                &[1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 0.0],
+                0.7916666666666666,
+            ),
+            (
+                &[0.5; 6],
+                &[1.0, 0.0, 0.0, 1.0, 0.0, 0.0],
+                0.3333333333333333,
+            ),
+            (
+                &[0.7, 0.7, 0.2, 0.2, 0.2, 0.9],
+                &[0.0, 1.0, 1.0, 0.0, 0.0, 0.0],
+                0.3333333333333333,
+            ),
+            (
+                &[0.1, 0.4, 0.35, 0.8],
+                &[0.0, 0.0, 1.0, 1.0],
+                0.8333333333333333,
+            ),
+        ];
+        for (scores, labels, sklearn) in cases {
+            let ours = pr_auc(scores, labels);
+            assert!(
+                (ours - sklearn).abs() < 1e-9,
+                "{scores:?}: {ours} vs {sklearn}"
+            );
+        }
+    }
     use approx::assert_relative_eq;
     use proptest::prelude::*;
 

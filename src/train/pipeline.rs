@@ -19,7 +19,7 @@ use super::tree::{self, CheckedTreeParams};
 use crate::definitions::{Definitions, fnv64};
 use crate::events::RawEvent;
 use crate::features::EngineSettings;
-use crate::model::artifact::{self, ArtifactBody, ArtifactError, SigningKey};
+use crate::model::artifact::{self, ArtifactBody, ArtifactError, Comparison, SigningKey};
 
 /// Where a run is, for progress display.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -69,6 +69,8 @@ pub enum PipelineError {
 #[derive(Debug, Clone)]
 pub struct TrainOutcome {
     pub artifact: PathBuf,
+    /// The serving version on the same hold-out, when there is one to compare with.
+    pub comparison: Option<Comparison>,
     pub plots: Vec<PathBuf>,
     pub thresholds: Option<crate::model::decision::Thresholds>,
     pub version: u32,
@@ -110,6 +112,60 @@ pub struct Output<'a> {
     pub scored_event: Option<&'a str>,
     /// Signs the artifact (HMAC-SHA256) when given.
     pub signing_key: Option<&'a SigningKey>,
+}
+
+/// The version serving `name` in `models_dir` (its pin in `aliases.json`), scored on
+/// this training run's hold-out next to the new model: what `train` prints and what
+/// `if_better` promotion reads. `None` when nothing serves, or the serving version was
+/// trained against other definitions or reads columns this set lacks.
+fn compare_with_serving(
+    models_dir: &Path,
+    name: &str,
+    definitions_fingerprint: u64,
+    columns: &[String],
+    validation: &[super::dataset::Row],
+    classifier: bool,
+    metrics: &[(String, f64)],
+) -> Option<Comparison> {
+    let aliases: std::collections::BTreeMap<String, String> =
+        serde_json::from_slice(&std::fs::read(models_dir.join("aliases.json")).ok()?).ok()?;
+    let serving = aliases.get(name)?;
+    let version = serving.split_once('@')?.1;
+    let path = models_dir
+        .join(name)
+        .join(format!("{name}-v{version}.json"));
+    let body = artifact::read_unchecked(&path).ok()?;
+    if body.definitions_fingerprint != definitions_fingerprint {
+        return None;
+    }
+    let positions: Option<Vec<usize>> = body
+        .model
+        .columns
+        .iter()
+        .map(|c| columns.iter().position(|d| d == c))
+        .collect();
+    let positions = positions?;
+    let scores: Vec<f64> = validation
+        .iter()
+        .map(|row| {
+            let values: Vec<Option<f64>> = positions.iter().map(|p| row.values[*p]).collect();
+            body.model.predict(&values)
+        })
+        .collect();
+    let truth: Vec<f64> = validation.iter().map(|r| r.label).collect();
+    let (metric, higher_is_better, serving_value) = if classifier {
+        ("roc_auc", true, roc_auc(&scores, &truth))
+    } else {
+        ("rmse", false, rmse(&scores, &truth))
+    };
+    let candidate_value = metrics.iter().find(|(m, _)| m == metric)?.1;
+    Some(Comparison {
+        serving: serving.clone(),
+        metric: metric.into(),
+        higher_is_better,
+        candidate_value,
+        serving_value,
+    })
 }
 
 /// Refuses a family that cannot learn the target before any work is done.
@@ -286,6 +342,15 @@ pub fn train_on(
     } else {
         None
     };
+    let comparison = compare_with_serving(
+        models_dir,
+        name,
+        definitions_fingerprint,
+        &dataset.columns,
+        validation,
+        classifier,
+        &metrics,
+    );
     let mut fingerprint_bytes = Vec::new();
     for row in &dataset.rows {
         fingerprint_bytes.extend_from_slice(row.event_id.as_bytes());
@@ -307,6 +372,7 @@ pub fn train_on(
             metrics: metrics.clone(),
             thresholds: chosen,
             scored_event: scored_event.map(str::to_string),
+            comparison: comparison.clone(),
             model: model.clone(),
         },
         signing_key,
@@ -355,6 +421,7 @@ pub fn train_on(
     )?;
     Ok(TrainOutcome {
         artifact: path,
+        comparison,
         plots,
         thresholds: chosen,
         version,

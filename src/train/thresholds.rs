@@ -1,7 +1,10 @@
 //! Choosing decision thresholds on validation scores by a rule from the training config:
 //! block where precision reaches `block_precision` (the lowest such threshold, so as
 //! much fraud as possible is blocked at that precision), review from where recall
-//! reaches `review_recall`.
+//! reaches `review_recall`. Review always lies strictly below block: when the recall
+//! point is at or above the block threshold, review moves down to the next lower
+//! validation score (so some payments are reviewed rather than none), or to half the
+//! block threshold when no validation score lies below it.
 
 use super::logistic::TrainError;
 use crate::model::decision::Thresholds;
@@ -71,7 +74,15 @@ pub fn choose(scores: &[f64], labels: &[f64], rule: CheckedThresholdRule) -> Opt
     }
     // Recall reaches 1 at the lowest score, so `review` is always found.
     let review = review.unwrap_or(0.0);
-    let review = block.map_or(review, |block: f64| review.min(block));
+    let review = match block {
+        Some(block) if review >= block => scores
+            .iter()
+            .copied()
+            .filter(|s| *s < block)
+            .max_by(f64::total_cmp)
+            .unwrap_or(block / 2.0),
+        _ => review,
+    };
     Some(Thresholds { review, block })
 }
 
@@ -94,8 +105,8 @@ mod tests {
         let thresholds = choose(&scores, &labels, rule).unwrap();
         // Precision at 0.6 is 3/4: the lowest cut with precision >= 0.75.
         assert_eq!(thresholds.block, Some(0.6));
-        // Recall reaches 3/4 at 0.6 too.
-        assert_eq!(thresholds.review, 0.6);
+        // Recall reaches 3/4 at 0.6 too: review moves to the next lower score.
+        assert_eq!(thresholds.review, 0.5);
         let rule = ThresholdRule {
             block_precision: 1.0,
             review_recall: 1.0,

@@ -267,13 +267,22 @@ impl Naive {
             }),
             Aggregation::DistinctCount => {
                 let f = field.expect("distinct_count has a field");
-                let values: BTreeSet<&str> = events
+                // The spec: a string field declared `normalize = "upper"` counts its
+                // values trimmed and upper-cased.
+                let upper = |e: &RawEvent| {
+                    self.definitions.event_types.iter().any(|t| {
+                        t.name == e.event_type && t.strings.iter().any(|s| s.name == f && s.upper)
+                    })
+                };
+                let values: BTreeSet<String> = events
                     .iter()
                     .filter_map(|e| {
-                        e.strings
-                            .get(f)
-                            .or_else(|| e.entities.get(f))
-                            .map(String::as_str)
+                        let value = e.strings.get(f).or_else(|| e.entities.get(f))?;
+                        Some(if upper(e) && e.strings.contains_key(f) {
+                            value.trim().to_uppercase()
+                        } else {
+                            value.clone()
+                        })
                     })
                     .collect();
                 Some(values.len() as f64)

@@ -1,0 +1,180 @@
+//! Promotion is a decision: a version dropped into the models directory is loaded as a
+//! candidate and serves nothing until promoted; with `models.shadow` candidates are
+//! scored beside the serving version on live traffic and counted; with
+//! `models.promotion = "if_better"` a candidate is promoted only when its artifact shows
+//! it beat the version serving now on the same hold-out.
+
+mod common;
+
+use std::path::Path;
+
+use common::TestServer;
+use streamscore::api::client::Connection;
+use streamscore::api::pb::{self, models_client::ModelsClient, scoring_client::ScoringClient};
+use streamscore::definitions::Definitions;
+use streamscore::model::Family;
+use streamscore::model::artifact::{self, ArtifactBody, Comparison};
+use streamscore::registry::Promotion;
+use streamscore::time::{Millis, now_ms};
+
+fn version(v: u32, comparison: Option<Comparison>) -> ArtifactBody {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fraud/fraud-v1.json");
+    let mut body = artifact::load(&path, &Definitions::default_shop()).unwrap();
+    body.version = v;
+    body.comparison = comparison;
+    if let Family::LogisticRegression(linear) = &mut body.model.family {
+        linear.intercept += f64::from(v) * 0.3;
+    }
+    body
+}
+
+fn drop_in(dir: &Path, body: ArtifactBody) {
+    let path = dir.join(format!("fraud/fraud-v{}.json", body.version));
+    artifact::save(&path, body).unwrap();
+}
+
+fn models_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    drop_in(dir.path(), version(1, None));
+    std::fs::write(dir.path().join("aliases.json"), r#"{"fraud": "fraud@1"}"#).unwrap();
+    dir
+}
+
+fn request() -> pb::ScoreRequest {
+    pb::ScoreRequest {
+        model: "fraud".into(),
+        event: Some(pb::Event {
+            event_type: "payment".into(),
+            event_time_ms: now_ms() - 1_000,
+            entities: [("user", "u1"), ("card", "c1")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            numbers: [("amount".to_string(), 30.0)].into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Waits until the watcher has loaded `fraud@version` (polling ListModels).
+async fn until_loaded(models: &mut ModelsClient<Connection>, version: u32) -> bool {
+    loop {
+        let list = models
+            .list_models(pb::ListModelsRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        if let Some(model) = list
+            .models
+            .iter()
+            .find(|m| m.name == "fraud" && m.version == version)
+        {
+            return model.serving;
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+fn comparison(serving: &str, candidate_value: f64, serving_value: f64) -> Option<Comparison> {
+    Some(Comparison {
+        serving: serving.into(),
+        metric: "roc_auc".into(),
+        higher_is_better: true,
+        candidate_value,
+        serving_value,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_version_is_a_candidate_shadowed_until_promoted() {
+    let models = models_dir();
+    let dir = models.path().to_path_buf();
+    let server = TestServer::start(move |settings| {
+        settings.models.dir = dir;
+        settings.models.watch_interval = Millis(20);
+        settings.models.shadow = true;
+    })
+    .await;
+    let mut admin = ModelsClient::new(server.channel().await);
+    let mut scoring = ScoringClient::new(server.channel().await);
+    drop_in(models.path(), version(2, comparison("fraud@1", 0.99, 0.5)));
+    assert!(
+        !until_loaded(&mut admin, 2).await,
+        "v2 loaded as a candidate"
+    );
+    for _ in 0..20 {
+        let answer = scoring.score(request()).await.unwrap().into_inner();
+        assert_eq!(answer.version, 1, "the candidate does not answer");
+    }
+    // The candidate was scored beside v1 on those calls (in the background).
+    let shadowed = "streamscore_shadow_scores_total{model=\"fraud\",candidate=\"2\"}";
+    loop {
+        let metrics = server.scrape().await;
+        if let Some(line) = metrics.lines().find(|l| l.starts_with(shadowed)) {
+            let count: u64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+            if count == 20 {
+                assert!(
+                    metrics.contains("streamscore_shadow_score_difference_count{model=\"fraud\",candidate=\"2\"} 20"),
+                    "{metrics}"
+                );
+                break;
+            }
+        }
+        tokio::task::yield_now().await;
+    }
+    admin
+        .set_alias(pb::SetAliasRequest {
+            alias: "fraud".into(),
+            target: "fraud@2".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        scoring.score(request()).await.unwrap().into_inner().version,
+        2
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn if_better_promotes_only_a_candidate_that_beat_the_serving_version() {
+    let models = models_dir();
+    let dir = models.path().to_path_buf();
+    let server = TestServer::start(move |settings| {
+        settings.models.dir = dir;
+        settings.models.watch_interval = Millis(20);
+        settings.models.promotion = Promotion::IfBetter;
+    })
+    .await;
+    let mut admin = ModelsClient::new(server.channel().await);
+    let mut scoring = ScoringClient::new(server.channel().await);
+
+    // Worse than fraud@1 on its hold-out: stays a candidate.
+    drop_in(models.path(), version(2, comparison("fraud@1", 0.90, 0.93)));
+    assert!(!until_loaded(&mut admin, 2).await);
+    // No comparison at all (e.g. trained where nothing served): stays a candidate.
+    drop_in(models.path(), version(3, None));
+    assert!(!until_loaded(&mut admin, 3).await);
+    assert_eq!(
+        scoring.score(request()).await.unwrap().into_inner().version,
+        1
+    );
+    // Better than fraud@1: promoted, and the pin is saved.
+    drop_in(models.path(), version(4, comparison("fraud@1", 0.95, 0.93)));
+    assert!(until_loaded(&mut admin, 4).await, "v4 promoted");
+    assert_eq!(
+        scoring.score(request()).await.unwrap().into_inner().version,
+        4
+    );
+    let saved = std::fs::read_to_string(models.path().join("aliases.json")).unwrap();
+    assert!(saved.contains("fraud@4"), "{saved}");
+    // Better than fraud@1, but fraud@4 serves now: not the same comparison.
+    drop_in(models.path(), version(5, comparison("fraud@1", 0.99, 0.93)));
+    assert!(!until_loaded(&mut admin, 5).await);
+    assert_eq!(
+        scoring.score(request()).await.unwrap().into_inner().version,
+        4
+    );
+    server.stop().await;
+}
