@@ -89,6 +89,7 @@ async fn new_customers_are_not_blocked_and_returning_ones_without_ip_pay() {
             _ => {}
         }
     }
+    eprintln!("new customers: {blocked} blocked, {reviewed} reviewed of 1,000");
     assert!(
         blocked <= 10,
         "{blocked} of 1,000 new customers blocked ({reviewed} reviewed)"
