@@ -442,8 +442,20 @@ async fn roles_decide_who_may_do_what() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_listener_takes_the_admin_calls_off_the_main_port() {
-    let server = TestServer::start(|settings| {
+    // A copy of the shipped models: SetAlias writes aliases.json.
+    let models = tempfile::tempdir().unwrap();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fraud/fraud-v1.json");
+    std::fs::create_dir_all(models.path().join("fraud")).unwrap();
+    std::fs::copy(&shipped, models.path().join("fraud/fraud-v1.json")).unwrap();
+    std::fs::write(
+        models.path().join("aliases.json"),
+        r#"{"fraud": "fraud@1"}"#,
+    )
+    .unwrap();
+    let models_dir = models.path().to_path_buf();
+    let server = TestServer::start(move |settings| {
         settings.admin.listen = Some("127.0.0.1:0".parse().unwrap());
+        settings.models.dir = models_dir;
     })
     .await;
     let alias = || pb::SetAliasRequest {
