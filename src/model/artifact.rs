@@ -267,36 +267,41 @@ pub fn valid_model_name(name: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '.' | '-'))
 }
 
-/// Reads an artifact checking only its checksum and structure, not the definitions: for
-/// `train` comparing against the version serving now.
-pub fn read_unchecked(path: &Path) -> Result<ArtifactBody, ArtifactError> {
-    let shown = path.display().to_string();
-    let bytes = read_regular_file(path, DEFAULT_MAX_ARTIFACT_BYTES).map_err(|reason| {
-        ArtifactError::Read {
-            path: shown.clone(),
-            reason,
-        }
+/// An artifact file read and its checksum verified: the file and its body's bytes (what
+/// the checksum and signature cover).
+fn read_verified(path: &Path, max_bytes: u64) -> Result<(ArtifactFile, Vec<u8>), ArtifactError> {
+    let shown = || path.display().to_string();
+    let bytes = read_regular_file(path, max_bytes).map_err(|reason| ArtifactError::Read {
+        path: shown(),
+        reason,
     })?;
     let file: ArtifactFile =
         serde_json::from_slice(&bytes).map_err(|e| ArtifactError::Corrupt {
-            path: shown.clone(),
+            path: shown(),
             reason: json_problem(&e),
         })?;
     let body_bytes = serde_json::to_vec(&file.body).map_err(|e| ArtifactError::Corrupt {
-        path: shown.clone(),
+        path: shown(),
         reason: e.to_string(),
     })?;
     if format!("{:016x}", fnv64(&body_bytes)) != file.checksum {
         return Err(ArtifactError::Corrupt {
-            path: shown,
+            path: shown(),
             reason: "its checksum does not match its content".into(),
         });
     }
+    Ok((file, body_bytes))
+}
+
+/// Reads an artifact checking only its checksum and structure, not the definitions: for
+/// `train` comparing against the version serving now.
+pub fn read_unchecked(path: &Path) -> Result<ArtifactBody, ArtifactError> {
+    let (file, _) = read_verified(path, DEFAULT_MAX_ARTIFACT_BYTES)?;
     file.body
         .model
         .validate()
         .map_err(|e| ArtifactError::Invalid {
-            path: shown,
+            path: path.display().to_string(),
             reason: e.to_string(),
         })?;
     Ok(file.body)
@@ -312,26 +317,7 @@ pub fn load_with(
     trust: &Trust,
 ) -> Result<ArtifactBody, ArtifactError> {
     let shown = path.display().to_string();
-    let bytes = read_regular_file(path, trust.max_bytes).map_err(|reason| ArtifactError::Read {
-        path: shown.clone(),
-        reason,
-    })?;
-    let file: ArtifactFile =
-        serde_json::from_slice(&bytes).map_err(|e| ArtifactError::Corrupt {
-            path: shown.clone(),
-            reason: json_problem(&e),
-        })?;
-    let body_bytes = serde_json::to_vec(&file.body).map_err(|e| ArtifactError::Corrupt {
-        path: shown.clone(),
-        reason: e.to_string(),
-    })?;
-    let expected = format!("{:016x}", fnv64(&body_bytes));
-    if expected != file.checksum {
-        return Err(ArtifactError::Corrupt {
-            path: shown,
-            reason: "its checksum does not match its content".into(),
-        });
-    }
+    let (file, body_bytes) = read_verified(path, trust.max_bytes)?;
     match (&trust.key, &file.signature) {
         (Some(key), Some(signature)) if key.verify(&body_bytes, signature) => {}
         (Some(_), Some(_)) => {
