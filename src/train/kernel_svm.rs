@@ -7,6 +7,7 @@
 //! which keeps the probabilities honest (decision values on the training rows
 //! themselves are over-confident).
 
+use super::weight::PositiveWeight;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -24,7 +25,7 @@ pub struct KernelSvmParams {
     /// means 1 / columns, scikit-learn's `gamma="scale"` for unit-variance columns.
     pub gamma: Option<f64>,
     /// Weight of the positive class's violations relative to the negative's.
-    pub positive_weight: f64,
+    pub positive_weight: PositiveWeight,
     /// Rows drawn (stratified by class) to train on.
     pub sample_size: usize,
     /// Stop when the maximal KKT violation is below this (libsvm's `eps`).
@@ -40,7 +41,7 @@ impl Default for KernelSvmParams {
         KernelSvmParams {
             c: 1.0,
             gamma: None,
-            positive_weight: 1.0,
+            positive_weight: PositiveWeight::default(),
             sample_size: 20_000,
             tolerance: 1e-3,
             cache_mib: 512,
@@ -50,7 +51,8 @@ impl Default for KernelSvmParams {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[serde(transparent)]
 pub struct CheckedKernelSvmParams(KernelSvmParams);
 
 impl KernelSvmParams {
@@ -65,12 +67,7 @@ impl KernelSvmParams {
         {
             return invalid("gamma", format!("must be finite and > 0, got {gamma}"));
         }
-        if !positive(self.positive_weight) {
-            return invalid(
-                "positive_weight",
-                format!("must be finite and > 0, got {}", self.positive_weight),
-            );
-        }
+        self.positive_weight.check()?;
         if self.sample_size < 2 {
             return invalid("sample_size", "must be at least 2".into());
         }

@@ -4,6 +4,7 @@
 //! same coefficients (tested against linfa) in a fraction of that, and reports whether it
 //! converged. Hyper-parameters are checked before anything is fitted.
 
+use super::weight::PositiveWeight;
 use super::{lbfgs, objective};
 use crate::model::{Family, LinearWeights, Model, sigmoid};
 
@@ -15,7 +16,7 @@ pub struct LogisticParams {
     pub l2: f64,
     pub max_iterations: u64,
     /// Weight of each positive row relative to a negative one (imbalance).
-    pub positive_weight: f64,
+    pub positive_weight: PositiveWeight,
     /// Stop when no gradient component of the mean loss exceeds this.
     pub tolerance: f64,
 }
@@ -25,14 +26,15 @@ impl Default for LogisticParams {
         LogisticParams {
             l2: 1.0,
             max_iterations: 500,
-            positive_weight: 1.0,
+            positive_weight: PositiveWeight::default(),
             tolerance: 1e-5,
         }
     }
 }
 
 /// Parameters that passed [`LogisticParams::check`].
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[serde(transparent)]
 pub struct CheckedLogisticParams(LogisticParams);
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -52,12 +54,7 @@ impl LogisticParams {
         if self.max_iterations == 0 {
             return invalid("max_iterations", "must be at least 1".into());
         }
-        if !self.positive_weight.is_finite() || self.positive_weight <= 0.0 {
-            return invalid(
-                "positive_weight",
-                format!("must be finite and > 0, got {}", self.positive_weight),
-            );
-        }
+        self.positive_weight.check()?;
         if !self.tolerance.is_finite() || self.tolerance <= 0.0 {
             return invalid(
                 "tolerance",
@@ -217,7 +214,7 @@ mod tests {
         .unwrap()
         .0;
         let weighted = LogisticParams {
-            positive_weight: 5.0,
+            positive_weight: PositiveWeight::Fixed(5.0),
             ..LogisticParams::default()
         };
         let heavy = fit(&columns, &rows, &labels, weighted.check().unwrap())

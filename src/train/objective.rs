@@ -4,6 +4,7 @@
 use std::ops::Range;
 
 use super::logistic::TrainError;
+use super::weight::PositiveWeight;
 use crate::model::Preprocessing;
 
 /// Fits the preprocessing on `rows` and returns it with the standardised rows, row-major.
@@ -67,7 +68,11 @@ pub fn require_both_classes(rows: usize, labels: &[f64]) -> Result<(), TrainErro
 
 /// SVM labels in {-1, +1} and each row's violation cost: `c`, times `positive_weight`
 /// for positives.
-pub fn signs_and_costs(labels: &[f64], c: f64, positive_weight: f64) -> (Vec<f64>, Vec<f64>) {
+pub fn signs_and_costs(
+    labels: &[f64],
+    c: f64,
+    positive_weight: PositiveWeight,
+) -> (Vec<f64>, Vec<f64>) {
     let (targets, weights) = weighted_targets(labels, positive_weight);
     let signs = targets.iter().map(|y| 2.0 * y - 1.0).collect();
     let costs = weights.iter().map(|w| c * w).collect();
@@ -75,7 +80,8 @@ pub fn signs_and_costs(labels: &[f64], c: f64, positive_weight: f64) -> (Vec<f64
 }
 
 /// 0/1 targets and per-row weights (`positive_weight` for positives, 1 otherwise).
-pub fn weighted_targets(labels: &[f64], positive_weight: f64) -> (Vec<f64>, Vec<f64>) {
+pub fn weighted_targets(labels: &[f64], positive_weight: PositiveWeight) -> (Vec<f64>, Vec<f64>) {
+    let positive_weight = positive_weight.resolve(labels);
     let targets: Vec<f64> = labels
         .iter()
         .map(|l| f64::from(u8::from(*l > 0.5)))

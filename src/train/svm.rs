@@ -6,6 +6,7 @@
 //! probabilities by Platt scaling, a sigmoid fitted to the decision values.
 
 use super::logistic::TrainError;
+use super::weight::PositiveWeight;
 use super::{lbfgs, objective};
 use crate::model::{Family, LinearSvm, Model};
 
@@ -15,7 +16,7 @@ pub struct SvmParams {
     /// Cost of a margin violation (larger = less regularisation).
     pub c: f64,
     /// Weight of the positive class's violations relative to the negative's.
-    pub positive_weight: f64,
+    pub positive_weight: PositiveWeight,
     pub max_iterations: usize,
     /// Stop when no gradient component of the mean objective exceeds this.
     pub tolerance: f64,
@@ -25,13 +26,14 @@ impl Default for SvmParams {
     fn default() -> Self {
         SvmParams {
             c: 0.1,
-            positive_weight: 1.0,
+            positive_weight: PositiveWeight::default(),
             max_iterations: 500,
             tolerance: 1e-6,
         }
     }
 }
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[serde(transparent)]
 pub struct CheckedSvmParams(SvmParams);
 
 impl SvmParams {
@@ -40,12 +42,7 @@ impl SvmParams {
         if !self.c.is_finite() || self.c <= 0.0 {
             return invalid("c", format!("must be finite and > 0, got {}", self.c));
         }
-        if !self.positive_weight.is_finite() || self.positive_weight <= 0.0 {
-            return invalid(
-                "positive_weight",
-                format!("must be finite and > 0, got {}", self.positive_weight),
-            );
-        }
+        self.positive_weight.check()?;
         if self.max_iterations == 0 {
             return invalid("max_iterations", "must be at least 1".into());
         }

@@ -5,6 +5,7 @@
 //! frequencies. Everything is in index order: the same data always gives the same tree
 //! (linfa's tree is not deterministic, and neither it nor smartcore gives frequencies).
 
+use super::weight::PositiveWeight;
 use crate::model::tree::{Node, Tree};
 use crate::model::{Family, Model};
 
@@ -18,7 +19,7 @@ pub struct TreeParams {
     pub min_samples_leaf: usize,
     pub max_bins: usize,
     /// Weight of each positive row relative to a negative one.
-    pub positive_weight: f64,
+    pub positive_weight: PositiveWeight,
 }
 
 impl Default for TreeParams {
@@ -27,12 +28,13 @@ impl Default for TreeParams {
             max_depth: 10,
             min_samples_leaf: 20,
             max_bins: 64,
-            positive_weight: 1.0,
+            positive_weight: PositiveWeight::default(),
         }
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[serde(transparent)]
 pub struct CheckedTreeParams(TreeParams);
 
 impl TreeParams {
@@ -53,12 +55,7 @@ impl TreeParams {
                 format!("must be 2..=256, got {}", self.max_bins),
             );
         }
-        if !self.positive_weight.is_finite() || self.positive_weight <= 0.0 {
-            return invalid(
-                "positive_weight",
-                format!("must be finite and > 0, got {}", self.positive_weight),
-            );
-        }
+        self.positive_weight.check()?;
         Ok(CheckedTreeParams(self))
     }
 }
