@@ -59,6 +59,33 @@ pub fn format_duration_ms(ms: i64) -> String {
     format!("{ms}ms")
 }
 
+/// Formats epoch milliseconds as a UTC date and time, e.g. `2026-11-26 18:58:36 UTC`,
+/// by the proleptic Gregorian calendar (days-to-civil conversion of H. Hinnant).
+pub fn format_utc(ms: i64) -> String {
+    let seconds = ms.div_euclid(1000);
+    let (days, second_of_day) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z - era * 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_index + 2) / 5 + 1;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        second_of_day / 3600,
+        second_of_day / 60 % 60,
+        second_of_day % 60
+    )
+}
+
 /// A duration in config files: either a string such as `"10m"` or a number of ms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(into = "String")]
@@ -99,6 +126,16 @@ impl<'de> serde::Deserialize<'de> for Millis {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn utc_dates_match_known_instants() {
+        // Values checked with `date -u -d @<seconds>`.
+        assert_eq!(format_utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(format_utc(951_782_400_000), "2000-02-29 00:00:00 UTC");
+        assert_eq!(format_utc(1_795_719_516_000), "2026-11-26 18:58:36 UTC");
+        assert_eq!(format_utc(-1_000), "1969-12-31 23:59:59 UTC");
+        assert_eq!(format_utc(4_107_542_399_000), "2100-02-28 23:59:59 UTC");
+    }
 
     #[test]
     fn parses_and_formats_durations() {

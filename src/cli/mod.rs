@@ -150,50 +150,62 @@ pub struct TrainArgs {
     /// format).
     #[arg(long)]
     pub table: Option<PathBuf>,
-    /// Model name: the artifact goes to <models-dir>/<name>/<name>-v<N>.json.
-    #[arg(long, default_value = "fraud")]
-    pub name: String,
+    /// Model name: the artifact goes to <models-dir>/<name>/<name>-v<N>.json
+    /// [default: fraud, or the config's].
+    #[arg(long)]
+    pub name: Option<String>,
     #[arg(long, default_value = "models")]
     pub models_dir: PathBuf,
-    /// Fraud: a chargeback within this window; purchase: an order within it (e.g. 1d).
-    #[arg(long, default_value = "60d")]
-    pub label_window: String,
-    /// Share of the latest rows held out for validation.
-    #[arg(long, default_value_t = 0.25)]
-    pub holdout: f64,
+    /// Fraud: a chargeback within this window; purchase: an order within it, e.g. 1d
+    /// [default: 60d, or the config's].
+    #[arg(long)]
+    pub label_window: Option<String>,
+    /// Share of the latest rows held out for validation [default: 0.25, or the config's].
+    #[arg(long)]
+    pub holdout: Option<f64>,
     /// Fail when more than this share of the history's events is refused (invalid,
     /// duplicate or late); each reason is printed with its count either way.
     #[arg(long, default_value_t = crate::train::dataset::DEFAULT_MAX_REFUSED_SHARE)]
     pub max_refused_share: f64,
     /// What to predict: fraud (each payment), purchase (an order within --label-window of
-    /// each page view) or order_value (each order's amount).
-    #[arg(long, default_value = "fraud")]
-    pub target: String,
+    /// each page view) or order_value (each order's amount) [default: fraud, or the
+    /// config's].
+    #[arg(long)]
+    pub target: Option<String>,
     /// Training config (TOML, see training/*.toml): target, labels, thresholds and the
-    /// families to train. Without it, the flags describe one family.
+    /// families to train. Without it, the flags describe one family. Flags given beside
+    /// it win over its values (for every family that has the key) and are recorded in
+    /// the artifact and the report; a flag no family takes is an error.
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Model family: logistic, tree, svm or kernel_svm (fraud, purchase), linear
-    /// (order_value). With --config: train only this family of the config.
+    /// (order_value) [default: logistic]. With --config: train only this family of the
+    /// config.
     #[arg(long)]
     pub family: Option<String>,
-    /// Violation cost of the SVMs.
-    #[arg(long, default_value_t = 0.1)]
-    pub c: f64,
-    /// Kernel width of the kernel SVM (default 1 / columns).
+    /// Violation cost of the SVMs [default: 0.1 for svm, 1 for kernel_svm].
+    #[arg(long)]
+    pub c: Option<f64>,
+    /// Kernel width of the kernel SVM [default: 1 / columns].
     #[arg(long)]
     pub gamma: Option<f64>,
-    /// Rows the kernel SVM trains on (a stratified sample).
-    #[arg(long, default_value_t = 20_000)]
-    pub sample_size: usize,
-    /// Depth limit of the decision tree.
-    #[arg(long, default_value_t = 10)]
-    pub max_depth: usize,
-    /// L2 penalty of the logistic regression (on the summed loss).
-    #[arg(long, default_value_t = 1.0)]
-    pub l2: f64,
-    #[arg(long, default_value_t = 500)]
-    pub max_iterations: u64,
+    /// Rows the kernel SVM trains on, a stratified sample [default: 20000].
+    #[arg(long)]
+    pub sample_size: Option<usize>,
+    /// Depth limit of the decision tree [default: 10].
+    #[arg(long)]
+    pub max_depth: Option<usize>,
+    /// L2 penalty of the logistic and linear regressions, on the summed loss [default: 1].
+    #[arg(long)]
+    pub l2: Option<f64>,
+    /// Iteration limit of the logistic regression and the SVMs [default: 500 for
+    /// logistic and svm, 10000000 for kernel_svm].
+    #[arg(long)]
+    pub max_iterations: Option<u64>,
+    /// Weight of a positive row against a negative one: a number, or "balanced"
+    /// (negatives / positives of the training rows) [default: 1].
+    #[arg(long)]
+    pub positive_weight: Option<crate::train::weight::PositiveWeight>,
     /// Feature definitions (default: the built-in shop definitions).
     #[arg(long)]
     pub definitions: Option<PathBuf>,
@@ -393,48 +405,25 @@ fn read_history(
     Ok(events)
 }
 
-/// The training config the flags describe (one family), for runs without `--config`.
-fn config_from_flags(args: &TrainArgs) -> Result<TrainConfig, String> {
-    use crate::train::config::FamilySpec;
-    let family = match args.family.as_deref().unwrap_or("logistic") {
-        "logistic" => FamilySpec::Logistic(crate::train::logistic::LogisticParams {
-            l2: args.l2,
-            max_iterations: args.max_iterations,
-            ..Default::default()
-        }),
-        "tree" => FamilySpec::Tree(crate::train::tree::TreeParams {
-            max_depth: args.max_depth,
-            ..Default::default()
-        }),
-        "svm" => FamilySpec::Svm(crate::train::svm::SvmParams {
-            c: args.c,
-            ..Default::default()
-        }),
-        "kernel_svm" => FamilySpec::KernelSvm(crate::train::kernel_svm::KernelSvmParams {
-            c: args.c,
-            gamma: args.gamma,
-            sample_size: args.sample_size,
-            ..Default::default()
-        }),
-        "linear" => FamilySpec::Linear(crate::train::linear::LinearParams { l2: args.l2 }),
-        other => {
-            return Err(format!(
-                "--family: unknown family '{other}' (known: logistic, tree, svm, kernel_svm, linear)"
-            ));
-        }
-    };
-    Ok(TrainConfig {
+/// The flags that can override a training config's values.
+fn overrides(args: &TrainArgs) -> crate::train::config::Overrides {
+    crate::train::config::Overrides {
         name: args.name.clone(),
         target: args.target.clone(),
         label_window: args.label_window.clone(),
         holdout: args.holdout,
-        thresholds: Default::default(),
-        families: vec![family],
-    })
+        l2: args.l2,
+        max_iterations: args.max_iterations,
+        max_depth: args.max_depth,
+        c: args.c,
+        gamma: args.gamma,
+        sample_size: args.sample_size,
+        positive_weight: args.positive_weight,
+    }
 }
 
 fn train(args: TrainArgs) -> CliResult {
-    let config = match &args.config {
+    let mut config = match &args.config {
         Some(path) => {
             let mut config = TrainConfig::load(path)?;
             if let Some(kind) = &args.family {
@@ -451,9 +440,15 @@ fn train(args: TrainArgs) -> CliResult {
             }
             config
         }
-        None => config_from_flags(&args)?,
+        None => TrainConfig::defaults(args.family.as_deref().unwrap_or("logistic"))?,
+    };
+    let flags = config.apply(&overrides(&args))?;
+    if args.config.is_some() {
+        for flag in &flags {
+            eprintln!("flag over config: {flag}");
+        }
     }
-    .check()?;
+    let config = config.check()?;
     let definitions = std::sync::Arc::new(match &args.definitions {
         Some(path) => Definitions::load(path)?,
         None => Definitions::default_shop(),
@@ -561,6 +556,7 @@ fn train(args: TrainArgs) -> CliResult {
                     .as_ref()
                     .map(|_| config.spec.target.observed_event()),
                 signing_key: signing_key.as_ref(),
+                flags: &flags,
             },
             |step| bar.show(step),
         );

@@ -39,7 +39,33 @@ pub struct ArtifactBody {
     /// scored on this version's hold-out (what `if_better` promotion reads).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comparison: Option<Comparison>,
+    /// What this version was trained on and with (absent in artifacts written before
+    /// it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<Provenance>,
     pub model: Model,
+}
+
+/// The settings and data of one training run, kept in the artifact so a risk team can
+/// tell later what a version was trained with.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Provenance {
+    /// The family and its hyper-parameters after defaults, as a training config writes them.
+    pub hyperparameters: serde_json::Value,
+    /// Values given as `train` flags, each `key: flag value over config or default value`.
+    pub flags: Vec<String>,
+    /// Share of the latest rows held out for validation.
+    pub holdout: f64,
+    pub train_rows: usize,
+    pub validation_rows: usize,
+    /// Positive rows (classifiers only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_positives: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation_positives: Option<usize>,
+    /// Event-time range of the validation rows (the training rows' is `trained_*_ms`).
+    pub validated_from_ms: i64,
+    pub validated_to_ms: i64,
 }
 
 /// Two versions on one hold-out, by one metric.

@@ -15,6 +15,7 @@ use super::pipeline::FamilyParams;
 use super::svm::SvmParams;
 use super::thresholds::{CheckedThresholdRule, ThresholdRule};
 use super::tree::TreeParams;
+use super::weight::PositiveWeight;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -44,7 +45,7 @@ fn default_holdout() -> f64 {
     0.25
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, serde::Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum FamilySpec {
     Logistic(LogisticParams),
@@ -73,6 +74,225 @@ impl FamilySpec {
             FamilySpec::KernelSvm(p) => FamilyParams::KernelSvm(p.check()?),
             FamilySpec::Linear(p) => FamilyParams::Linear(p.check()?),
         })
+    }
+}
+
+/// Settings given as `train` flags. With `--config` a flag wins over the config's value
+/// (for every family that has the key); without one, flags fill in the defaults. A flag
+/// that no family of the run takes is an error rather than silently ignored.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Overrides {
+    pub name: Option<String>,
+    pub target: Option<String>,
+    pub label_window: Option<String>,
+    pub holdout: Option<f64>,
+    pub l2: Option<f64>,
+    pub max_iterations: Option<u64>,
+    pub max_depth: Option<usize>,
+    pub c: Option<f64>,
+    pub gamma: Option<f64>,
+    pub sample_size: Option<usize>,
+    pub positive_weight: Option<PositiveWeight>,
+}
+
+/// Replaces `slot` by `flag` when given, noting what changed in `changes`.
+fn take<T: Copy + PartialEq + std::fmt::Debug>(
+    slot: &mut T,
+    flag: Option<T>,
+    key: &str,
+    changes: &mut Vec<String>,
+) -> bool {
+    let Some(value) = flag else { return false };
+    if *slot != value {
+        changes.push(format!("{key}: {value:?} (flag) over {slot:?}"));
+    }
+    *slot = value;
+    true
+}
+
+impl TrainConfig {
+    /// A config of one family of `kind` with every value at its default.
+    pub fn defaults(kind: &str) -> Result<TrainConfig, ConfigError> {
+        let family = match kind {
+            "logistic" => FamilySpec::Logistic(Default::default()),
+            "tree" => FamilySpec::Tree(Default::default()),
+            "svm" => FamilySpec::Svm(Default::default()),
+            "kernel_svm" => FamilySpec::KernelSvm(Default::default()),
+            "linear" => FamilySpec::Linear(Default::default()),
+            other => {
+                return Err(ConfigError::Invalid(format!(
+                    "family: unknown family '{other}' (known: logistic, tree, svm, kernel_svm, linear)"
+                )));
+            }
+        };
+        Ok(TrainConfig {
+            name: "fraud".into(),
+            target: "fraud".into(),
+            label_window: default_label_window(),
+            holdout: default_holdout(),
+            thresholds: ThresholdRule::default(),
+            families: vec![family],
+        })
+    }
+
+    /// Applies flags over this config; returns what they changed (`key: new over old`),
+    /// which the report and the artifact record.
+    pub fn apply(&mut self, flags: &Overrides) -> Result<Vec<String>, ConfigError> {
+        let mut changes = Vec::new();
+        if let Some(name) = &flags.name {
+            if *name != self.name {
+                changes.push(format!("name: {name:?} (flag) over {:?}", self.name));
+            }
+            self.name = name.clone();
+        }
+        if let Some(target) = &flags.target {
+            if *target != self.target {
+                changes.push(format!("target: {target:?} (flag) over {:?}", self.target));
+            }
+            self.target = target.clone();
+        }
+        if let Some(window) = &flags.label_window {
+            if *window != self.label_window {
+                changes.push(format!(
+                    "label_window: {window:?} (flag) over {:?}",
+                    self.label_window
+                ));
+            }
+            self.label_window = window.clone();
+        }
+        take(&mut self.holdout, flags.holdout, "holdout", &mut changes);
+        let mut used = std::collections::BTreeSet::new();
+        for family in &mut self.families {
+            let mut note = |key: &'static str, taken: bool| {
+                if taken {
+                    used.insert(key);
+                }
+            };
+            match family {
+                FamilySpec::Logistic(p) => {
+                    note("l2", take(&mut p.l2, flags.l2, "logistic.l2", &mut changes));
+                    note(
+                        "max_iterations",
+                        take(
+                            &mut p.max_iterations,
+                            flags.max_iterations,
+                            "logistic.max_iterations",
+                            &mut changes,
+                        ),
+                    );
+                    note(
+                        "positive_weight",
+                        take(
+                            &mut p.positive_weight,
+                            flags.positive_weight,
+                            "logistic.positive_weight",
+                            &mut changes,
+                        ),
+                    );
+                }
+                FamilySpec::Linear(p) => {
+                    note("l2", take(&mut p.l2, flags.l2, "linear.l2", &mut changes));
+                }
+                FamilySpec::Tree(p) => {
+                    note(
+                        "max_depth",
+                        take(
+                            &mut p.max_depth,
+                            flags.max_depth,
+                            "tree.max_depth",
+                            &mut changes,
+                        ),
+                    );
+                    note(
+                        "positive_weight",
+                        take(
+                            &mut p.positive_weight,
+                            flags.positive_weight,
+                            "tree.positive_weight",
+                            &mut changes,
+                        ),
+                    );
+                }
+                FamilySpec::Svm(p) => {
+                    note("c", take(&mut p.c, flags.c, "svm.c", &mut changes));
+                    note(
+                        "max_iterations",
+                        take(
+                            &mut p.max_iterations,
+                            flags.max_iterations.map(|m| m as usize),
+                            "svm.max_iterations",
+                            &mut changes,
+                        ),
+                    );
+                    note(
+                        "positive_weight",
+                        take(
+                            &mut p.positive_weight,
+                            flags.positive_weight,
+                            "svm.positive_weight",
+                            &mut changes,
+                        ),
+                    );
+                }
+                FamilySpec::KernelSvm(p) => {
+                    note("c", take(&mut p.c, flags.c, "kernel_svm.c", &mut changes));
+                    note(
+                        "gamma",
+                        take(
+                            &mut p.gamma,
+                            flags.gamma.map(Some),
+                            "kernel_svm.gamma",
+                            &mut changes,
+                        ),
+                    );
+                    note(
+                        "sample_size",
+                        take(
+                            &mut p.sample_size,
+                            flags.sample_size,
+                            "kernel_svm.sample_size",
+                            &mut changes,
+                        ),
+                    );
+                    note(
+                        "max_iterations",
+                        take(
+                            &mut p.max_iterations,
+                            flags.max_iterations.map(|m| m as usize),
+                            "kernel_svm.max_iterations",
+                            &mut changes,
+                        ),
+                    );
+                    note(
+                        "positive_weight",
+                        take(
+                            &mut p.positive_weight,
+                            flags.positive_weight,
+                            "kernel_svm.positive_weight",
+                            &mut changes,
+                        ),
+                    );
+                }
+            }
+        }
+        let given = [
+            ("l2", flags.l2.is_some()),
+            ("max_iterations", flags.max_iterations.is_some()),
+            ("max_depth", flags.max_depth.is_some()),
+            ("c", flags.c.is_some()),
+            ("gamma", flags.gamma.is_some()),
+            ("sample_size", flags.sample_size.is_some()),
+            ("positive_weight", flags.positive_weight.is_some()),
+        ];
+        let kinds: Vec<&str> = self.families.iter().map(|f| f.kind()).collect();
+        match given.iter().find(|(key, g)| *g && !used.contains(key)) {
+            Some((key, _)) => Err(ConfigError::Invalid(format!(
+                "--{}: no family of this run takes {key} (it trains: {})",
+                key.replace('_', "-"),
+                kinds.join(", ")
+            ))),
+            None => Ok(changes),
+        }
     }
 }
 

@@ -18,7 +18,8 @@ impl Default for LinearParams {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[serde(transparent)]
 pub struct CheckedLinearParams(LinearParams);
 
 impl LinearParams {

@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod dataset;
+pub mod decisions;
 pub mod evaluate;
 pub mod kernel_svm;
 pub mod lbfgs;
@@ -20,5 +21,6 @@ pub mod svm;
 pub mod table;
 pub mod thresholds;
 pub mod tree;
+pub mod weight;
 
 pub use dataset::{Dataset, DatasetError, DatasetSpec, Row, Target};

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use super::dataset::Target;
 use super::dataset::{Dataset, DatasetError, DatasetSpec};
+use super::decisions;
 use super::evaluate::{brier, calibration, log_loss, mae, pr_auc, r2, rmse, roc_auc};
 use super::kernel_svm::{self, CheckedKernelSvmParams};
 use super::linear::{self, CheckedLinearParams};
@@ -19,7 +20,9 @@ use super::tree::{self, CheckedTreeParams};
 use crate::definitions::{Definitions, fnv64};
 use crate::events::RawEvent;
 use crate::features::EngineSettings;
-use crate::model::artifact::{self, ArtifactBody, ArtifactError, Comparison, SigningKey};
+use crate::model::artifact::{
+    self, ArtifactBody, ArtifactError, Comparison, Provenance, SigningKey,
+};
 
 /// Where a run is, for progress display.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -34,12 +37,15 @@ pub enum Progress {
     },
 }
 
-/// The family to train, with checked hyper-parameters.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// The family to train, with checked hyper-parameters; serialises as the training
+/// config's `[[family]]` table with every value after defaults.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum FamilyParams {
     Logistic(CheckedLogisticParams),
     Tree(CheckedTreeParams),
     Linear(CheckedLinearParams),
+    #[serde(rename = "svm")]
     LinearSvm(CheckedSvmParams),
     KernelSvm(CheckedKernelSvmParams),
 }
@@ -112,6 +118,9 @@ pub struct Output<'a> {
     pub scored_event: Option<&'a str>,
     /// Signs the artifact (HMAC-SHA256) when given.
     pub signing_key: Option<&'a SigningKey>,
+    /// What `train` flags changed over the config or the defaults (see
+    /// `TrainConfig::apply`), recorded in the artifact and the report.
+    pub flags: &'a [String],
 }
 
 /// The version serving `name` in `models_dir` (its pin in `aliases.json`), scored on
@@ -228,6 +237,7 @@ pub fn train<I: Iterator<Item = RawEvent>>(
             created_at_ms,
             scored_event: Some(spec.target.observed_event()),
             signing_key: None,
+            flags: &[],
         },
         progress,
     )
@@ -266,6 +276,7 @@ pub fn train_on(
         created_at_ms,
         scored_event,
         signing_key,
+        flags,
     } = output;
     if !(holdout > 0.0 && holdout < 1.0) {
         return Err(PipelineError::Holdout(holdout));
@@ -356,6 +367,20 @@ pub fn train_on(
         fingerprint_bytes.extend_from_slice(row.event_id.as_bytes());
         fingerprint_bytes.extend_from_slice(&row.label.to_le_bytes());
     }
+    let positives = |rows: &[super::dataset::Row]| {
+        classifier.then(|| rows.iter().filter(|r| r.label > 0.5).count())
+    };
+    let provenance = Provenance {
+        hyperparameters: serde_json::to_value(family).unwrap_or_default(),
+        flags: flags.to_vec(),
+        holdout,
+        train_rows: train.len(),
+        validation_rows: validation.len(),
+        train_positives: positives(train),
+        validation_positives: positives(validation),
+        validated_from_ms: validation.first().map(|r| r.time_ms).unwrap_or(0),
+        validated_to_ms: validation.last().map(|r| r.time_ms).unwrap_or(0),
+    };
     let dir = models_dir.join(name);
     let version = next_version(&dir, name);
     let path = dir.join(format!("{name}-v{version}.json"));
@@ -373,6 +398,7 @@ pub fn train_on(
             thresholds: chosen,
             scored_event: scored_event.map(str::to_string),
             comparison: comparison.clone(),
+            provenance: Some(provenance.clone()),
             model: model.clone(),
         },
         signing_key,
@@ -381,17 +407,26 @@ pub fn train_on(
         name: name.to_string(),
         version,
         family: model.family_name().to_string(),
-        train_rows: train.len(),
-        validation_rows: validation.len(),
-        train_positives: if classifier {
-            labels.iter().filter(|l| **l > 0.5).count()
-        } else {
-            0
-        },
+        created_at_ms,
+        trained_from_ms: train.first().map(|r| r.time_ms).unwrap_or(0),
+        trained_to_ms: train.last().map(|r| r.time_ms).unwrap_or(0),
+        provenance,
         unlabelled: dataset.unlabelled,
         fit_seconds,
         metrics: metrics.clone(),
         thresholds: chosen,
+        operating_points: if classifier {
+            decisions::operating_points(&scores, &truth, chosen.as_ref())
+        } else {
+            Vec::new()
+        },
+        segments: chosen
+            .map(|t| {
+                let rows: Vec<&[Option<f64>]> =
+                    validation.iter().map(|r| r.values.as_slice()).collect();
+                decisions::segment_rates(&dataset.columns, &rows, &scores, &truth, &t)
+            })
+            .unwrap_or_default(),
         calibration: if classifier {
             calibration(&scores, &truth, 10)
         } else {
@@ -417,6 +452,7 @@ pub fn train_on(
             truth: &truth,
             calibration: &report.calibration,
             importance: &report.importance,
+            thresholds: chosen.as_ref(),
         },
     )?;
     Ok(TrainOutcome {

@@ -8,7 +8,8 @@ use std::sync::OnceLock;
 
 use plotters::prelude::*;
 
-use super::evaluate::CalibrationBin;
+use super::evaluate::{CalibrationBin, pr_auc, roc_auc};
+use crate::model::decision::Thresholds;
 
 const FONT: &str = "sans-serif";
 const SIZE: (u32, u32) = (800, 600);
@@ -67,20 +68,24 @@ fn sweep(
     points
 }
 
-/// A line through `series` on the unit square, optionally with the diagonal and with
-/// dots of given radii.
-fn curve(
-    path: &Path,
-    title: &str,
-    axes: (&str, &str),
-    series: &[(f64, f64)],
-    diagonal: bool,
-    dots: &[((f64, f64), i32)],
-) -> Result<(), PlotError> {
+/// A chart on the unit square: curve pieces, an optional grey baseline with its
+/// legend label, and labelled dots.
+struct UnitChart<'a> {
+    title: String,
+    axes: (&'a str, &'a str),
+    /// Each piece is drawn as its own line (so gaps stay gaps).
+    pieces: Vec<Vec<(f64, f64)>>,
+    baseline: Option<(Vec<(f64, f64)>, String)>,
+    /// Position, radius and label of each dot, the label below it when `true` (so the
+    /// labels of two close dots do not overwrite each other).
+    dots: Vec<((f64, f64), i32, String, bool)>,
+}
+
+fn draw_unit_chart(path: &Path, chart_spec: &UnitChart) -> Result<(), PlotError> {
     let root = BitMapBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(failed)?;
     let mut chart = ChartBuilder::on(&root)
-        .caption(title, (FONT, 24))
+        .caption(&chart_spec.title, (FONT, 22))
         .margin(16)
         .x_label_area_size(48)
         .y_label_area_size(60)
@@ -88,49 +93,107 @@ fn curve(
         .map_err(failed)?;
     chart
         .configure_mesh()
-        .x_desc(axes.0)
-        .y_desc(axes.1)
+        .x_desc(chart_spec.axes.0)
+        .y_desc(chart_spec.axes.1)
         .label_style((FONT, 14))
         .draw()
         .map_err(failed)?;
-    if diagonal {
+    if let Some((line, label)) = &chart_spec.baseline {
         chart
-            .draw_series(LineSeries::new([(0.0, 0.0), (1.0, 1.0)], BLACK.mix(0.3)))
+            .draw_series(LineSeries::new(line.iter().copied(), BLACK.mix(0.4)))
+            .map_err(failed)?
+            .label(label)
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 20, y)], BLACK.mix(0.4)));
+    }
+    for piece in &chart_spec.pieces {
+        chart
+            .draw_series(LineSeries::new(piece.iter().copied(), BLUE.stroke_width(2)))
             .map_err(failed)?;
     }
     chart
-        .draw_series(LineSeries::new(
-            series.iter().copied(),
-            BLUE.stroke_width(2),
-        ))
+        .draw_series(chart_spec.dots.iter().map(|(at, radius, label, below)| {
+            let offset = if *below { radius + 4 } else { -radius - 14 };
+            EmptyElement::at(*at)
+                + Circle::new((0, 0), *radius, RED.filled())
+                + Text::new(label.clone(), (radius + 4, offset), (FONT, 14))
+        }))
         .map_err(failed)?;
-    chart
-        .draw_series(
-            dots.iter()
-                .map(|(at, radius)| Circle::new(*at, *radius, BLUE.filled())),
-        )
-        .map_err(failed)?;
+    if chart_spec.baseline.is_some() {
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK.mix(0.3))
+            .label_font((FONT, 14))
+            .draw()
+            .map_err(failed)?;
+    }
     root.present().map_err(failed)
 }
 
+/// True and false positives at or above `threshold`, with the class totals.
+fn counts_at(scores: &[f64], labels: &[f64], threshold: f64) -> (f64, f64, f64, f64) {
+    let (mut tp, mut fp, mut p) = (0.0, 0.0, 0.0);
+    for (score, label) in scores.iter().zip(labels) {
+        let positive = *label > 0.5;
+        p += f64::from(u8::from(positive));
+        if *score >= threshold {
+            if positive {
+                tp += 1.0;
+            } else {
+                fp += 1.0;
+            }
+        }
+    }
+    (tp, fp, p, labels.len() as f64 - p)
+}
+
+/// The chosen thresholds as named cut points.
+fn cuts(thresholds: Option<&Thresholds>) -> Vec<(&'static str, f64)> {
+    let mut cuts = Vec::new();
+    if let Some(t) = thresholds {
+        cuts.push(("review", t.review));
+        if let Some(block) = t.block {
+            cuts.push(("block", block));
+        }
+    }
+    cuts
+}
+
 fn calibration_plot(path: &Path, title: &str, bins: &[CalibrationBin]) -> Result<(), PlotError> {
-    let points: Vec<(f64, f64)> = bins
+    // Only neighbouring bins are joined: a line across an empty bin would claim a
+    // calibration nobody measured.
+    let mut pieces: Vec<Vec<(f64, f64)>> = Vec::new();
+    let mut previous_upper = None;
+    for bin in bins {
+        let at = (bin.mean_predicted, bin.observed_rate);
+        match pieces.last_mut() {
+            Some(piece) if previous_upper == Some(bin.lower) => piece.push(at),
+            _ => pieces.push(vec![at]),
+        }
+        previous_upper = Some(bin.upper);
+    }
+    // Bigger dots for bins with more rows, each with its count: a bin of 5 rows says little.
+    let dots = bins
         .iter()
-        .map(|b| (b.mean_predicted, b.observed_rate))
+        .map(|b| {
+            (
+                (b.mean_predicted, b.observed_rate),
+                3 + ((b.count as f64).log10().max(0.0) * 2.0) as i32,
+                format!("n={}", b.count),
+                false,
+            )
+        })
         .collect();
-    // Bigger dots for bins with more rows: a bin of 5 rows says little.
-    let dots: Vec<((f64, f64), i32)> = bins
-        .iter()
-        .zip(&points)
-        .map(|(b, at)| (*at, 3 + ((b.count as f64).log10().max(0.0) * 2.0) as i32))
-        .collect();
-    curve(
+    draw_unit_chart(
         path,
-        title,
-        ("mean predicted probability", "observed positive rate"),
-        &points,
-        true,
-        &dots,
+        &UnitChart {
+            title: title.to_string(),
+            axes: ("mean predicted probability", "observed positive rate"),
+            pieces,
+            baseline: Some((vec![(0.0, 0.0), (1.0, 1.0)], "perfectly calibrated".into())),
+            dots,
+        },
     )
 }
 
@@ -233,6 +296,8 @@ pub struct PlotInputs<'a> {
     pub truth: &'a [f64],
     pub calibration: &'a [CalibrationBin],
     pub importance: &'a [(String, f64)],
+    /// Marked on the ROC and precision-recall curves.
+    pub thresholds: Option<&'a Thresholds>,
 }
 
 /// Draws the plots as `<stem>.<kind>.png` beside `artifact`; returns their paths.
@@ -241,30 +306,69 @@ pub fn draw_beside(artifact: &Path, inputs: &PlotInputs) -> Result<Vec<PathBuf>,
     let path = |kind: &str| artifact.with_extension(format!("{kind}.png"));
     let mut written = Vec::new();
     if inputs.classifier {
-        let roc = sweep(inputs.scores, inputs.truth, |tp, fp, p, n| {
+        let (scores, truth) = (inputs.scores, inputs.truth);
+        let marks = cuts(inputs.thresholds);
+        let mut roc = vec![(0.0, 0.0)];
+        roc.extend(sweep(scores, truth, |tp, fp, p, n| {
             (fp / n.max(1.0), tp / p.max(1.0))
-        });
-        let mut roc_points = vec![(0.0, 0.0)];
-        roc_points.extend(roc);
-        curve(
+        }));
+        draw_unit_chart(
             &path("roc"),
-            &format!("{}: ROC (hold-out)", inputs.title),
-            ("false positive rate", "true positive rate"),
-            &roc_points,
-            true,
-            &[],
+            &UnitChart {
+                title: format!(
+                    "{}: ROC (hold-out), AUC {:.4}",
+                    inputs.title,
+                    roc_auc(scores, truth)
+                ),
+                axes: ("false positive rate", "true positive rate"),
+                pieces: vec![roc],
+                baseline: Some((vec![(0.0, 0.0), (1.0, 1.0)], "chance (AUC 0.5)".into())),
+                dots: marks
+                    .iter()
+                    .map(|(name, t)| {
+                        let (tp, fp, p, n) = counts_at(scores, truth, *t);
+                        (
+                            (fp / n.max(1.0), tp / p.max(1.0)),
+                            5,
+                            format!("{name} >= {t:.3}"),
+                            *name == "review",
+                        )
+                    })
+                    .collect(),
+            },
         )?;
         written.push(path("roc"));
-        let pr = sweep(inputs.scores, inputs.truth, |tp, fp, p, _| {
-            (tp / p.max(1.0), tp / (tp + fp))
-        });
-        curve(
+        let prevalence = counts_at(scores, truth, f64::NEG_INFINITY).2 / truth.len().max(1) as f64;
+        draw_unit_chart(
             &path("pr"),
-            &format!("{}: precision-recall (hold-out)", inputs.title),
-            ("recall", "precision"),
-            &pr,
-            false,
-            &[],
+            &UnitChart {
+                title: format!(
+                    "{}: precision-recall (hold-out), AP {:.4}",
+                    inputs.title,
+                    pr_auc(scores, truth)
+                ),
+                axes: ("recall", "precision"),
+                pieces: vec![sweep(scores, truth, |tp, fp, p, _| {
+                    (tp / p.max(1.0), tp / (tp + fp))
+                })],
+                baseline: Some((
+                    vec![(0.0, prevalence), (1.0, prevalence)],
+                    format!("chance (positive rate {prevalence:.4})"),
+                )),
+                dots: marks
+                    .iter()
+                    .map(|(name, t)| {
+                        let (tp, fp, p, _) = counts_at(scores, truth, *t);
+                        let precision = if tp + fp > 0.0 { tp / (tp + fp) } else { 1.0 };
+                        (
+                            (tp / p.max(1.0), precision),
+                            5,
+                            format!("{name} >= {t:.3}"),
+                            *name == "review",
+                        )
+                    })
+                    .collect(),
+            },
         )?;
         written.push(path("pr"));
         calibration_plot(
@@ -308,6 +412,21 @@ mod tests {
     }
 
     #[test]
+    fn threshold_marks_count_rows_at_or_above() {
+        let scores = [0.9, 0.8, 0.8, 0.3, 0.1];
+        let labels = [1.0, 1.0, 0.0, 1.0, 0.0];
+        // At 0.8: two positives and one negative flagged, of three and two.
+        assert_eq!(counts_at(&scores, &labels, 0.8), (2.0, 1.0, 3.0, 2.0));
+        assert_eq!(counts_at(&scores, &labels, 0.95), (0.0, 0.0, 3.0, 2.0));
+        let both = cuts(Some(&Thresholds {
+            review: 0.2,
+            block: Some(0.7),
+        }));
+        assert_eq!(both, vec![("review", 0.2), ("block", 0.7)]);
+        assert!(cuts(None).is_empty());
+    }
+
+    #[test]
     fn plots_are_written_as_png() {
         let dir = tempfile::tempdir().unwrap();
         let artifact = dir.path().join("fraud-v1.json");
@@ -323,6 +442,10 @@ mod tests {
                 truth: &truth,
                 calibration: &calibration,
                 importance: &[("a".into(), 0.5), ("b".into(), -0.2)],
+                thresholds: Some(&Thresholds {
+                    review: 0.4,
+                    block: Some(0.8),
+                }),
             },
         )
         .unwrap();

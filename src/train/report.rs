@@ -5,22 +5,33 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use super::decisions::{OperatingPoint, SegmentRates};
 use super::evaluate::CalibrationBin;
 use crate::model::Model;
+use crate::model::artifact::Provenance;
 use crate::model::decision::Thresholds;
+use crate::time::format_utc;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
     pub name: String,
     pub version: u32,
     pub family: String,
-    pub train_rows: usize,
-    pub validation_rows: usize,
-    pub train_positives: usize,
+    /// When the run happened (the artifact's `created_at_ms`).
+    pub created_at_ms: i64,
+    /// Event-time range of the training rows.
+    pub trained_from_ms: i64,
+    pub trained_to_ms: i64,
+    /// Settings, flags, row and class counts, validation dates.
+    pub provenance: Provenance,
     pub unlabelled: usize,
     pub fit_seconds: f64,
     pub metrics: Vec<(String, f64)>,
     pub thresholds: Option<Thresholds>,
+    /// Precision, recall and flag rate at the chosen thresholds and a grid.
+    pub operating_points: Vec<OperatingPoint>,
+    /// Decision rates by customer segment on the validation rows.
+    pub segments: Vec<SegmentRates>,
     pub calibration: Vec<CalibrationBin>,
     /// Mean absolute contribution per feature on (a sample of) the validation rows.
     pub importance: Vec<(String, f64)>,
@@ -45,21 +56,74 @@ pub fn importance(model: &Model, rows: &[&[Option<f64>]], top: usize) -> Vec<(St
 
 impl Report {
     pub fn markdown(&self) -> String {
+        let p = &self.provenance;
         let mut text = format!("# {} v{} ({})\n\n", self.name, self.version, self.family);
+        let classes = |rows: usize, positives: Option<usize>| match positives {
+            Some(pos) => format!("{rows} rows: {pos} positive, {} negative", rows - pos),
+            None => format!("{rows} rows"),
+        };
         text += &format!(
-            "{} training rows ({} positive), {} validation rows (the latest, a cut in time), {} observations left out for want of a label; fit in {:.2} s.\n\n",
-            self.train_rows,
-            self.train_positives,
-            self.validation_rows,
-            self.unlabelled,
+            "Trained {}. Fit in {:.2} s.\n\n## Data\n\n| part | from | to | rows |\n|---|---|---|---|\n",
+            format_utc(self.created_at_ms),
             self.fit_seconds
         );
-        text += "## Hold-out metrics\n\n| metric | value |\n|---|---|\n";
+        text += &format!(
+            "| training | {} | {} | {} |\n",
+            format_utc(self.trained_from_ms),
+            format_utc(self.trained_to_ms),
+            classes(p.train_rows, p.train_positives)
+        );
+        text += &format!(
+            "| validation (the latest {:.0}%, a cut in time) | {} | {} | {} |\n\n",
+            p.holdout * 100.0,
+            format_utc(p.validated_from_ms),
+            format_utc(p.validated_to_ms),
+            classes(p.validation_rows, p.validation_positives)
+        );
+        text += &format!(
+            "{} observations were left out for want of a label.\n\n",
+            self.unlabelled
+        );
+        text += "## Hyper-parameters (after defaults)\n\n| key | value |\n|---|---|\n";
+        if let Some(map) = p.hyperparameters.as_object() {
+            for (key, value) in map {
+                text += &format!("| {key} | {value} |\n");
+            }
+        }
+        if p.flags.is_empty() {
+            text += "\nNo flag changed the config or the defaults.\n";
+        } else {
+            text += "\nGiven as flags, which win over the config and the defaults:\n\n";
+            for flag in &p.flags {
+                text += &format!("- {flag}\n");
+            }
+        }
+        text += "\n## Hold-out metrics\n\n| metric | value |\n|---|---|\n";
         for (metric, value) in &self.metrics {
             text += &format!("| {metric} | {value:.4} |\n");
         }
         if let Some(thresholds) = &self.thresholds {
-            text += &format!("\n## Decisions\n\n{thresholds}\n");
+            text += &format!("\n## Decisions\n\n{thresholds}\n\n");
+            text += "| threshold | score >= | precision | recall | flag rate |\n|---|---|---|---|---|\n";
+            for point in &self.operating_points {
+                text += &format!(
+                    "| {} | {:.4} | {} | {:.4} | {:.4} |\n",
+                    point.label,
+                    point.threshold,
+                    point
+                        .precision
+                        .map_or_else(|| "-".to_string(), |v| format!("{v:.4}")),
+                    point.recall,
+                    point.flag_rate
+                );
+            }
+            text += "\nDecision rates by segment (validation rows):\n\n| segment | rows | positive | allow | review | block |\n|---|---|---|---|---|---|\n";
+            for s in &self.segments {
+                text += &format!(
+                    "| {} | {} | {} | {:.4} | {:.4} | {:.4} |\n",
+                    s.segment, s.rows, s.positives, s.allow, s.review, s.block
+                );
+            }
         }
         text += "\n## Calibration\n\n| predicted | rows | mean predicted | observed |\n|---|---|---|---|\n";
         for bin in &self.calibration {
