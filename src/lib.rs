@@ -13,6 +13,8 @@ pub mod features;
 pub mod loadtest;
 pub mod log;
 pub mod model;
+#[cfg(test)]
+mod readme_blocks;
 pub mod registry;
 pub mod scoring;
 pub mod server;

@@ -409,4 +409,35 @@ mod tests {
         let bad_target = parse("name = 'f'\ntarget = 'churn'\n[[family]]\nkind = 'linear'\n");
         assert!(bad_target.contains("churn"), "{bad_target}");
     }
+
+    #[test]
+    fn the_readme_lists_every_key_with_its_default() {
+        use crate::readme_blocks::{block, documented_keys, fields};
+        let block = block("training-defaults");
+        let parsed: TrainConfig = toml::from_str(&block).expect("the README block parses");
+        assert_eq!(parsed.label_window, default_label_window());
+        assert_eq!(parsed.holdout, default_holdout());
+        assert_eq!(parsed.thresholds, ThresholdRule::default());
+        let defaults = ["logistic", "tree", "svm", "kernel_svm", "linear"]
+            .map(|kind| TrainConfig::defaults(kind).unwrap().families[0]);
+        assert_eq!(
+            parsed.families, defaults,
+            "the README's family defaults differ"
+        );
+        let mut every = fields(&serde_json::json!({
+            "name": "", "target": "", "label_window": "", "holdout": 0,
+            "thresholds": ThresholdRule::default(),
+        }));
+        for family in defaults {
+            every.extend(fields(&serde_json::json!({ "family": family })));
+        }
+        let documented = documented_keys(&block);
+        let missing: Vec<_> = every.difference(&documented).collect();
+        assert!(missing.is_empty(), "README.md lacks {missing:?}");
+        let stale: Vec<_> = documented.difference(&every).collect();
+        assert!(
+            stale.is_empty(),
+            "README.md documents unknown keys {stale:?}"
+        );
+    }
 }

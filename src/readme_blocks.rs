@@ -1,0 +1,61 @@
+//! Test support: the README's reference blocks (every settings key and every training
+//! config key with its default), so unit tests can hold the docs to the code.
+
+use std::collections::BTreeSet;
+
+/// The TOML block that follows `<!-- <marker> -->` in README.md.
+pub fn block(marker: &str) -> String {
+    let readme = include_str!("../README.md");
+    let tag = format!("<!-- {marker} -->\n```toml\n");
+    let start = readme
+        .find(&tag)
+        .unwrap_or_else(|| panic!("README.md has no {marker} block"))
+        + tag.len();
+    let end = start
+        + readme[start..]
+            .find("```")
+            .unwrap_or_else(|| panic!("README.md's {marker} block is not closed"));
+    readme[start..end].to_string()
+}
+
+/// `(table, key)` for every `key = ...` line of a block, commented out or not; keys
+/// before the first header have table "".
+pub fn documented_keys(block: &str) -> BTreeSet<(String, String)> {
+    let mut table = String::new();
+    let mut keys = BTreeSet::new();
+    for line in block.lines() {
+        let line = line.trim_start_matches("# ").trim();
+        if let Some(header) = line.strip_prefix('[') {
+            table = header
+                .trim_start_matches('[')
+                .split(']')
+                .next()
+                .unwrap_or_default()
+                .to_string();
+        } else if let Some((key, _)) = line.split_once(" = ") {
+            if !key.contains(' ') {
+                keys.insert((table.clone(), key.to_string()));
+            }
+        }
+    }
+    keys
+}
+
+/// `(table, key)` for every field of a serialised value: top-level scalars under "",
+/// one level of nested tables under their name.
+pub fn fields(value: &serde_json::Value) -> BTreeSet<(String, String)> {
+    let mut keys = BTreeSet::new();
+    for (key, inner) in value.as_object().into_iter().flatten() {
+        match inner.as_object() {
+            Some(table) => {
+                for field in table.keys() {
+                    keys.insert((key.clone(), field.clone()));
+                }
+            }
+            None => {
+                keys.insert((String::new(), key.clone()));
+            }
+        }
+    }
+    keys
+}
