@@ -32,10 +32,10 @@ pub fn documented_keys(block: &str) -> BTreeSet<(String, String)> {
                 .next()
                 .unwrap_or_default()
                 .to_string();
-        } else if let Some((key, _)) = line.split_once(" = ") {
-            if !key.contains(' ') {
-                keys.insert((table.clone(), key.to_string()));
-            }
+        } else if let Some((key, _)) = line.split_once(" = ")
+            && !key.contains(' ')
+        {
+            keys.insert((table.clone(), key.to_string()));
         }
     }
     keys
