@@ -178,3 +178,59 @@ async fn if_better_promotes_only_a_candidate_that_beat_the_serving_version() {
     );
     server.stop().await;
 }
+
+/// A metric's value from a Prometheus scrape, 0 when absent.
+fn metric(scrape: &str, series: &str) -> f64 {
+    scrape
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recorded_call_shadows_its_candidates_on_the_features_the_serving_version_read() {
+    let models = models_dir();
+    // A candidate identical to the serving model: on the same features it must agree
+    // exactly, so any difference means it read other features.
+    let mut twin = version(1, None);
+    twin.version = 2;
+    drop_in(models.path(), twin);
+    let dir = models.path().to_path_buf();
+    let server = TestServer::start(move |settings| {
+        settings.models.dir = dir;
+        settings.models.shadow = true;
+    })
+    .await;
+    let mut scoring = ScoringClient::new(server.channel().await);
+    let mut admin = ModelsClient::new(server.channel().await);
+    assert!(!until_loaded(&mut admin, 2).await, "v2 is a candidate");
+    // Each recorded payment on one card changes its velocity features for the next.
+    for i in 0..15 {
+        let mut call = request();
+        call.record = true;
+        if let Some(event) = call.event.as_mut() {
+            event.event_id = format!("p{i}");
+            event.numbers.insert("amount".into(), 400.0 + f64::from(i) * 50.0);
+        }
+        let answer = scoring.score(call).await.unwrap().into_inner();
+        assert_eq!(answer.version, 1);
+        assert!(answer.recorded.is_some());
+    }
+    let scrape = server.scrape().await;
+    let labels = "{model=\"fraud\",candidate=\"2\"}";
+    assert_eq!(
+        metric(&scrape, &format!("streamscore_shadow_scores_total{labels}")),
+        15.0,
+        "every recorded call was shadowed, in the call itself:\n{scrape}"
+    );
+    assert_eq!(
+        metric(&scrape, &format!("streamscore_shadow_agreements_total{labels}")),
+        15.0
+    );
+    assert_eq!(
+        metric(&scrape, &format!("streamscore_shadow_score_difference_sum{labels}")),
+        0.0,
+        "the twin read features that differ from the serving version's"
+    );
+    server.stop().await;
+}

@@ -11,7 +11,8 @@ use super::metrics::{Metrics, ScoredBy};
 use super::pb::{self, scoring_server::Scoring};
 use crate::config::Role;
 use crate::events::RawEvent;
-use crate::registry::Registry;
+use crate::model::decision::Decision;
+use crate::registry::{LoadedModel, Registry};
 use crate::scoring::{self, CandidateInput, DEFAULT_REASONS, ScoreInput};
 use crate::store::FeatureStore;
 
@@ -52,17 +53,64 @@ impl ScoringService {
         self
     }
 
-    fn shadow(&self, serving: &scoring::Scored, event: RawEvent) {
+    /// The candidates of the model `reference` resolves to, when shadowing is on.
+    fn candidates(&self, reference: &str) -> Vec<Arc<LoadedModel>> {
+        if self.shadow.is_none() {
+            return Vec::new();
+        }
+        let Ok(serving) = self.registry.resolve(reference) else {
+            return Vec::new();
+        };
+        self.registry
+            .catalog()
+            .candidates(serving.name())
+            .into_iter()
+            .take(SHADOW_CANDIDATES)
+            .collect()
+    }
+
+    /// Counts candidates scored beside `serving` (agreement, score difference, errors).
+    fn count_shadowed(
+        metrics: &Metrics,
+        serving: (&str, f64, Option<Decision>),
+        candidate: &LoadedModel,
+        result: &Result<(f64, Option<Decision>), String>,
+    ) {
+        let (name, score, decision) = serving;
+        let labels = || {
+            vec![
+                ("model", name.to_string()),
+                ("candidate", candidate.version().to_string()),
+            ]
+        };
+        match result {
+            Ok((shadow_score, shadow_decision)) => {
+                metrics.count("streamscore_shadow_scores_total", labels());
+                if *shadow_decision == decision {
+                    metrics.count("streamscore_shadow_agreements_total", labels());
+                }
+                metrics.observe(
+                    "streamscore_shadow_score_difference",
+                    labels(),
+                    (shadow_score - score).abs(),
+                );
+            }
+            Err(_) => metrics.count("streamscore_shadow_errors_total", labels()),
+        }
+    }
+
+    /// Scores `candidates` beside an unrecorded call in the background, off the
+    /// answer's path (the call changed nothing, so a later read sees the same features
+    /// but for concurrent ingest).
+    fn shadow_later(
+        &self,
+        serving: &scoring::Scored,
+        candidates: Vec<Arc<LoadedModel>>,
+        event: RawEvent,
+    ) {
         let Some(shadow) = &self.shadow else {
             return;
         };
-        let candidates: Vec<_> = self
-            .registry
-            .catalog()
-            .candidates(serving.model.name())
-            .into_iter()
-            .take(SHADOW_CANDIDATES)
-            .collect();
         if candidates.is_empty() {
             return;
         }
@@ -78,26 +126,10 @@ impl ScoringService {
         tokio::spawn(async move {
             let _permit = permit;
             for candidate in candidates {
-                let labels = || {
-                    vec![
-                        ("model", name.clone()),
-                        ("candidate", candidate.version().to_string()),
-                    ]
-                };
-                match scoring::score_with(&store, Arc::clone(&candidate), &event, 0, false) {
-                    Ok(shadowed) => {
-                        metrics.count("streamscore_shadow_scores_total", labels());
-                        if shadowed.decision == decision {
-                            metrics.count("streamscore_shadow_agreements_total", labels());
-                        }
-                        metrics.observe(
-                            "streamscore_shadow_score_difference",
-                            labels(),
-                            (shadowed.score - score).abs(),
-                        );
-                    }
-                    Err(_) => metrics.count("streamscore_shadow_errors_total", labels()),
-                }
+                let result = scoring::score_with(&store, Arc::clone(&candidate), &event, 0, false)
+                    .map(|s| (s.score, s.decision))
+                    .map_err(|e| e.to_string());
+                Self::count_shadowed(&metrics, (&name, score, decision), &candidate, &result);
             }
         });
     }
@@ -135,17 +167,36 @@ impl Scoring for ScoringService {
         }
         // Filled in here (time, unrecorded id) so a shadow score reads the same moment.
         scoring::complete(&mut event, request.record)?;
-        let shadow_event = self.shadow.as_ref().map(|_| event.clone());
+        let candidates = self.candidates(&request.model);
+        // A recorded call scores its candidates in the serving version's read, before
+        // the payment is applied; an unrecorded one leaves them to a background task.
+        let (in_read, later) = if request.record {
+            (candidates, Vec::new())
+        } else {
+            (Vec::new(), candidates)
+        };
+        let later_event = (!later.is_empty()).then(|| event.clone());
         let input = ScoreInput {
             model: request.model,
             event,
             include_features: request.include_features,
             record: request.record,
             reasons: request.reasons.map_or(DEFAULT_REASONS, |r| r as usize),
+            shadow: in_read,
         };
         let scored = scoring::score(&self.store, &self.registry, input).await?;
-        if let Some(event) = shadow_event {
-            self.shadow(&scored, event);
+        if let Some(shadow) = &self.shadow {
+            for (candidate, result) in &scored.shadowed {
+                Self::count_shadowed(
+                    &shadow.metrics,
+                    (scored.model.name(), scored.score, scored.decision),
+                    candidate,
+                    result,
+                );
+            }
+        }
+        if let Some(event) = later_event {
+            self.shadow_later(&scored, later, event);
         }
         let decision = decision(scored.decision);
         let mut response = Response::new(pb::ScoreResponse {

@@ -49,6 +49,9 @@ pub struct ScoreInput {
     pub include_features: bool,
     pub record: bool,
     pub reasons: usize,
+    /// Candidates to score in the same read as the serving version, for a recorded
+    /// call: a later read would see the payment this call records.
+    pub shadow: Vec<Arc<LoadedModel>>,
 }
 
 /// A feature that pushed the score, signed (see `model::explain` for the units).
@@ -72,6 +75,9 @@ pub struct Scored {
     pub features: Option<Vec<(String, Option<f64>)>>,
     /// The ingest outcome when `record` was set.
     pub recorded: Option<BatchOutcome>,
+    /// The candidates of [`ScoreInput::shadow`], scored on the same read (score and
+    /// decision, or why not).
+    pub shadowed: Vec<(Arc<LoadedModel>, Result<(f64, Option<Decision>), String>)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -170,8 +176,20 @@ pub async fn score(
     store.check(&input.event).map_err(ScoreError::Refused)?;
     let (reasons, include_features) = (input.reasons, input.include_features);
     let event = &input.event;
-    let score_now =
-        |engine: &Engine| score_on(store, engine, model, event, reasons, include_features);
+    let shadow = &input.shadow;
+    let score_now = |engine: &Engine| {
+        let mut scored = score_on(store, engine, model, event, reasons, include_features)?;
+        scored.shadowed = shadow
+            .iter()
+            .map(|candidate| {
+                let result = score_on(store, engine, Arc::clone(candidate), event, 0, false)
+                    .map(|s| (s.score, s.decision))
+                    .map_err(|e| e.to_string());
+                (Arc::clone(candidate), result)
+            })
+            .collect();
+        Ok(scored)
+    };
     if !input.record {
         return store.with_engine(score_now);
     }
@@ -233,5 +251,6 @@ fn score_on(
         unknown_entities,
         features,
         recorded: None,
+        shadowed: Vec::new(),
     })
 }
