@@ -74,7 +74,7 @@ impl ScoringService {
         metrics: &Metrics,
         serving: (&str, f64, Option<Decision>),
         candidate: &LoadedModel,
-        result: &Result<(f64, Option<Decision>), String>,
+        result: &scoring::ShadowResult,
     ) {
         let (name, score, decision) = serving;
         let labels = || {

@@ -77,8 +77,11 @@ pub struct Scored {
     pub recorded: Option<BatchOutcome>,
     /// The candidates of [`ScoreInput::shadow`], scored on the same read (score and
     /// decision, or why not).
-    pub shadowed: Vec<(Arc<LoadedModel>, Result<(f64, Option<Decision>), String>)>,
+    pub shadowed: Vec<(Arc<LoadedModel>, ShadowResult)>,
 }
+
+/// A candidate's score and decision, or why it could not score.
+pub type ShadowResult = Result<(f64, Option<Decision>), String>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScoreError {
