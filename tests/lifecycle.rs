@@ -210,7 +210,9 @@ async fn a_recorded_call_shadows_its_candidates_on_the_features_the_serving_vers
         call.record = true;
         if let Some(event) = call.event.as_mut() {
             event.event_id = format!("p{i}");
-            event.numbers.insert("amount".into(), 400.0 + f64::from(i) * 50.0);
+            event
+                .numbers
+                .insert("amount".into(), 400.0 + f64::from(i) * 50.0);
         }
         let answer = scoring.score(call).await.unwrap().into_inner();
         assert_eq!(answer.version, 1);
@@ -224,11 +226,17 @@ async fn a_recorded_call_shadows_its_candidates_on_the_features_the_serving_vers
         "every recorded call was shadowed, in the call itself:\n{scrape}"
     );
     assert_eq!(
-        metric(&scrape, &format!("streamscore_shadow_agreements_total{labels}")),
+        metric(
+            &scrape,
+            &format!("streamscore_shadow_agreements_total{labels}")
+        ),
         15.0
     );
     assert_eq!(
-        metric(&scrape, &format!("streamscore_shadow_score_difference_sum{labels}")),
+        metric(
+            &scrape,
+            &format!("streamscore_shadow_score_difference_sum{labels}")
+        ),
         0.0,
         "the twin read features that differ from the serving version's"
     );

@@ -557,6 +557,7 @@ fn train(args: TrainArgs) -> CliResult {
                     .map(|_| config.spec.target.observed_event()),
                 signing_key: signing_key.as_ref(),
                 flags: &flags,
+                compare_by: config.compare_by,
             },
             |step| bar.show(step),
         );

@@ -8,6 +8,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::dataset::DatasetSpec;
+use super::evaluate::{Metric, metric, metrics_for};
 use super::kernel_svm::KernelSvmParams;
 use super::linear::LinearParams;
 use super::logistic::{LogisticParams, TrainError};
@@ -32,6 +33,11 @@ pub struct TrainConfig {
     pub holdout: f64,
     #[serde(default)]
     pub thresholds: ThresholdRule,
+    /// The hold-out metric a new version is compared with the serving one by (printed
+    /// by `train`, read by `if_better` promotion); unset: roc_auc, or rmse for
+    /// order_value.
+    #[serde(default)]
+    pub compare_by: Option<String>,
     /// The families to train, each into its own version.
     #[serde(rename = "family")]
     pub families: Vec<FamilySpec>,
@@ -131,6 +137,7 @@ impl TrainConfig {
             label_window: default_label_window(),
             holdout: default_holdout(),
             thresholds: ThresholdRule::default(),
+            compare_by: None,
             families: vec![family],
         })
     }
@@ -303,6 +310,7 @@ pub struct CheckedTrainConfig {
     pub spec: DatasetSpec,
     pub holdout: f64,
     pub rule: CheckedThresholdRule,
+    pub compare_by: Option<&'static Metric>,
     pub families: Vec<(&'static str, FamilyParams)>,
 }
 
@@ -357,6 +365,23 @@ impl TrainConfig {
                 self.name
             )));
         }
+        let classifier = spec.target != super::dataset::Target::OrderValue;
+        let compare_by = match &self.compare_by {
+            None => None,
+            Some(name) => {
+                let known: Vec<&str> = metrics_for(classifier).map(|m| m.name).collect();
+                match metric(name) {
+                    Some(m) if m.classifier == classifier => Some(m),
+                    _ => {
+                        return Err(ConfigError::Invalid(format!(
+                            "compare_by: '{name}' is not a metric of the {} target (known: {})",
+                            self.target,
+                            known.join(", ")
+                        )));
+                    }
+                }
+            }
+        };
         let families = self
             .families
             .iter()
@@ -367,6 +392,7 @@ impl TrainConfig {
             spec,
             holdout: self.holdout,
             rule: self.thresholds.check()?,
+            compare_by,
             families,
         })
     }
@@ -408,6 +434,12 @@ mod tests {
         assert!(no_family.contains("[[family]]"), "{no_family}");
         let bad_target = parse("name = 'f'\ntarget = 'churn'\n[[family]]\nkind = 'linear'\n");
         assert!(bad_target.contains("churn"), "{bad_target}");
+        let bad_metric =
+            parse("name = 'f'\ntarget = 'fraud'\ncompare_by = 'rmse'\n[[family]]\nkind = 'tree'\n");
+        assert!(
+            bad_metric.contains("compare_by") && bad_metric.contains("pr_auc"),
+            "{bad_metric}"
+        );
     }
 
     #[test]
@@ -425,7 +457,7 @@ mod tests {
             "the README's family defaults differ"
         );
         let mut every = fields(&serde_json::json!({
-            "name": "", "target": "", "label_window": "", "holdout": 0,
+            "name": "", "target": "", "label_window": "", "holdout": 0, "compare_by": "",
             "thresholds": ThresholdRule::default(),
         }));
         for family in defaults {

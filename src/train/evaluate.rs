@@ -119,6 +119,72 @@ pub struct CalibrationBin {
     pub observed_rate: f64,
 }
 
+/// A hold-out metric: its name in reports and configs, which way is better, and
+/// whether it judges a classifier's probabilities or a regression's predictions.
+#[derive(Debug)]
+pub struct Metric {
+    pub name: &'static str,
+    pub higher_is_better: bool,
+    pub classifier: bool,
+    pub compute: fn(&[f64], &[f64]) -> f64,
+}
+
+/// Every metric a report shows, classifiers' first, in report order.
+pub const METRICS: [Metric; 7] = [
+    Metric {
+        name: "roc_auc",
+        higher_is_better: true,
+        classifier: true,
+        compute: roc_auc,
+    },
+    Metric {
+        name: "pr_auc",
+        higher_is_better: true,
+        classifier: true,
+        compute: pr_auc,
+    },
+    Metric {
+        name: "log_loss",
+        higher_is_better: false,
+        classifier: true,
+        compute: log_loss,
+    },
+    Metric {
+        name: "brier",
+        higher_is_better: false,
+        classifier: true,
+        compute: brier,
+    },
+    Metric {
+        name: "rmse",
+        higher_is_better: false,
+        classifier: false,
+        compute: rmse,
+    },
+    Metric {
+        name: "mae",
+        higher_is_better: false,
+        classifier: false,
+        compute: mae,
+    },
+    Metric {
+        name: "r2",
+        higher_is_better: true,
+        classifier: false,
+        compute: r2,
+    },
+];
+
+/// The metric called `name`, if there is one.
+pub fn metric(name: &str) -> Option<&'static Metric> {
+    METRICS.iter().find(|m| m.name == name)
+}
+
+/// The metrics for a classifier's or a regression's hold-out, in report order.
+pub fn metrics_for(classifier: bool) -> impl Iterator<Item = &'static Metric> {
+    METRICS.iter().filter(move |m| m.classifier == classifier)
+}
+
 /// Equal-width bins over [0, 1]; empty bins are left out.
 pub fn calibration(scores: &[f64], labels: &[f64], bins: usize) -> Vec<CalibrationBin> {
     let bins = bins.max(1);

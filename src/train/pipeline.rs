@@ -8,7 +8,7 @@ use std::time::Instant;
 use super::dataset::Target;
 use super::dataset::{Dataset, DatasetError, DatasetSpec};
 use super::decisions;
-use super::evaluate::{brier, calibration, log_loss, mae, pr_auc, r2, rmse, roc_auc};
+use super::evaluate::{Metric, calibration, metrics_for};
 use super::kernel_svm::{self, CheckedKernelSvmParams};
 use super::linear::{self, CheckedLinearParams};
 use super::logistic::{self, CheckedLogisticParams, TrainError};
@@ -66,6 +66,10 @@ pub enum PipelineError {
         target: &'static str,
         hint: &'static str,
     },
+    #[error(
+        "compare_by: the metric does not fit this target (classifiers: roc_auc, pr_auc, log_loss, brier; order_value: rmse, mae, r2)"
+    )]
+    CompareBy,
     #[error(transparent)]
     Plot(#[from] plots::PlotError),
     #[error("cannot write the training report or dataset: {0}")]
@@ -121,6 +125,9 @@ pub struct Output<'a> {
     /// What `train` flags changed over the config or the defaults (see
     /// `TrainConfig::apply`), recorded in the artifact and the report.
     pub flags: &'a [String],
+    /// The metric the new version is compared with the serving one by (what
+    /// `if_better` promotion reads); `None`: ROC-AUC for classifiers, RMSE otherwise.
+    pub compare_by: Option<&'static Metric>,
 }
 
 /// The version serving `name` in `models_dir` (its pin in `aliases.json`), scored on
@@ -133,7 +140,7 @@ fn compare_with_serving(
     definitions_fingerprint: u64,
     columns: &[String],
     validation: &[super::dataset::Row],
-    classifier: bool,
+    compare_by: &Metric,
     metrics: &[(String, f64)],
 ) -> Option<Comparison> {
     let aliases: std::collections::BTreeMap<String, String> =
@@ -162,18 +169,13 @@ fn compare_with_serving(
         })
         .collect();
     let truth: Vec<f64> = validation.iter().map(|r| r.label).collect();
-    let (metric, higher_is_better, serving_value) = if classifier {
-        ("roc_auc", true, roc_auc(&scores, &truth))
-    } else {
-        ("rmse", false, rmse(&scores, &truth))
-    };
-    let candidate_value = metrics.iter().find(|(m, _)| m == metric)?.1;
+    let candidate_value = metrics.iter().find(|(m, _)| m == compare_by.name)?.1;
     Some(Comparison {
         serving: serving.clone(),
-        metric: metric.into(),
-        higher_is_better,
+        metric: compare_by.name.into(),
+        higher_is_better: compare_by.higher_is_better,
         candidate_value,
-        serving_value,
+        serving_value: (compare_by.compute)(&scores, &truth),
     })
 }
 
@@ -238,6 +240,7 @@ pub fn train<I: Iterator<Item = RawEvent>>(
             scored_event: Some(spec.target.observed_event()),
             signing_key: None,
             flags: &[],
+            compare_by: None,
         },
         progress,
     )
@@ -277,7 +280,12 @@ pub fn train_on(
         scored_event,
         signing_key,
         flags,
+        compare_by,
     } = output;
+    let compare_by = compare_by
+        .or_else(|| metrics_for(classifier).next())
+        .filter(|m| m.classifier == classifier)
+        .ok_or(PipelineError::CompareBy)?;
     if !(holdout > 0.0 && holdout < 1.0) {
         return Err(PipelineError::Holdout(holdout));
     }
@@ -333,20 +341,9 @@ pub fn train_on(
         .map(|r| model.predict(&r.values))
         .collect();
     let truth: Vec<f64> = validation.iter().map(|r| r.label).collect();
-    let metrics = if classifier {
-        vec![
-            ("roc_auc".to_string(), roc_auc(&scores, &truth)),
-            ("pr_auc".to_string(), pr_auc(&scores, &truth)),
-            ("log_loss".to_string(), log_loss(&scores, &truth)),
-            ("brier".to_string(), brier(&scores, &truth)),
-        ]
-    } else {
-        vec![
-            ("rmse".to_string(), rmse(&scores, &truth)),
-            ("mae".to_string(), mae(&scores, &truth)),
-            ("r2".to_string(), r2(&scores, &truth)),
-        ]
-    };
+    let metrics: Vec<(String, f64)> = metrics_for(classifier)
+        .map(|m| (m.name.to_string(), (m.compute)(&scores, &truth)))
+        .collect();
 
     let chosen = if classifier {
         thresholds::choose(&scores, &truth, rule)
@@ -359,7 +356,7 @@ pub fn train_on(
         definitions_fingerprint,
         &dataset.columns,
         validation,
-        classifier,
+        compare_by,
         &metrics,
     );
     let mut fingerprint_bytes = Vec::new();
