@@ -390,6 +390,11 @@ pub fn load_with(
         .model
         .validate()
         .map_err(|e| invalid(e.to_string()))?;
+    // A model trained from a table reads request fields, not stored features, and no
+    // definitions shaped it.
+    if file.body.model.inputs.is_some() {
+        return Ok(file.body);
+    }
     let missing: Vec<String> = file
         .body
         .model

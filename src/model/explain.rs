@@ -86,6 +86,7 @@ mod tests {
     #[test]
     fn linear_contributions_add_up_to_the_decision() {
         let model = Model {
+            inputs: None,
             columns: vec!["a".into(), "b".into()],
             preprocessing: unit(2),
             family: Family::LogisticRegression(LinearWeights {
@@ -133,6 +134,7 @@ mod tests {
             ],
         };
         let model = Model {
+            inputs: None,
             columns: vec!["a".into(), "b".into()],
             preprocessing: unit(2),
             family: Family::DecisionTree(tree),

@@ -6,6 +6,7 @@
 pub mod artifact;
 pub mod decision;
 pub mod explain;
+pub mod inputs;
 pub mod tree;
 pub mod validate;
 
@@ -121,6 +122,10 @@ pub enum Family {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Model {
     pub columns: Vec<String>,
+    /// For a model trained from a table: the request fields its columns are encoded
+    /// from (see [`inputs`]). `None`: the columns are stored and request-time features.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<Vec<inputs::Input>>,
     pub preprocessing: Preprocessing,
     pub family: Family,
 }

@@ -53,6 +53,11 @@ impl Model {
         if columns == 0 {
             return invalid("the model has no input columns");
         }
+        if let Some(inputs) = &self.inputs {
+            if super::inputs::column_names(inputs) != self.columns {
+                return invalid("its inputs do not encode into its columns");
+            }
+        }
         length("preprocessing.means", &self.preprocessing.means, columns)?;
         length("preprocessing.scales", &self.preprocessing.scales, columns)?;
         if let Some(index) = self.preprocessing.scales.iter().position(|s| *s <= 0.0) {
@@ -218,6 +223,7 @@ mod tests {
     #[test]
     fn linear_models_need_one_finite_weight_per_column() {
         let model = |means: Vec<f64>, weights: Vec<f64>| Model {
+            inputs: None,
             columns: vec!["a".into(), "b".into()],
             preprocessing: Preprocessing {
                 means,

@@ -376,13 +376,18 @@ impl Registry {
                     .to_string(),
             });
         }
-        let plan =
-            VectorPlan::for_columns(&self.definitions, &body.model.columns).map_err(|source| {
-                RegistryError::Plan {
-                    path: path.display().to_string(),
-                    source,
-                }
-            })?;
+        // A table model's columns come from the request fields (its `inputs`), so it
+        // reads nothing from the store.
+        let stored: &[String] = match body.model.inputs {
+            Some(_) => &[],
+            None => &body.model.columns,
+        };
+        let plan = VectorPlan::for_columns(&self.definitions, stored).map_err(|source| {
+            RegistryError::Plan {
+                path: path.display().to_string(),
+                source,
+            }
+        })?;
         let model = Arc::new(LoadedModel {
             body,
             plan,

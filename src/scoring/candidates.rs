@@ -63,6 +63,15 @@ pub fn score_candidates(
     top_n: usize,
 ) -> Result<Ranking, ScoreError> {
     let model = registry.resolve(model)?;
+    if model.body.model.inputs.is_some() {
+        return Err(ScoreError::Invalid {
+            field: "model",
+            reason: format!(
+                "{} takes its inputs from the request (trained from a table): score it with Score",
+                model.reference()
+            ),
+        });
+    }
     if candidates.is_empty() || candidates.len() > MAX_CANDIDATES {
         return Err(ScoreError::Invalid {
             field: "candidates",

@@ -10,8 +10,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::events::{RawEvent, Refusal};
+use crate::features::vector::VectorSource;
 use crate::features::{Engine, ReadError};
 use crate::model::decision::Decision;
+use crate::model::inputs::{Cell, Input, encode_row};
 use crate::registry::{LoadedModel, Registry, RegistryError};
 use crate::store::{BatchOutcome, FeatureStore, StoreError};
 use crate::time::now_ms;
@@ -176,7 +178,7 @@ pub async fn score(
             },
         });
     }
-    store.check(&input.event).map_err(ScoreError::Refused)?;
+    check(store, &model, &input.event)?;
     let (reasons, include_features) = (input.reasons, input.include_features);
     let event = &input.event;
     let shadow = &input.shadow;
@@ -211,8 +213,89 @@ pub fn score_with(
     reasons: usize,
     include_features: bool,
 ) -> Result<Scored, ScoreError> {
-    store.check(event).map_err(ScoreError::Refused)?;
+    check(store, &model, event)?;
     store.with_engine(|engine| score_on(store, engine, model, event, reasons, include_features))
+}
+
+/// Validates `event` for `model`: against the definitions, or for a table model
+/// against its inputs (when it is encoded).
+fn check(store: &FeatureStore, model: &LoadedModel, event: &RawEvent) -> Result<(), ScoreError> {
+    match model.body.model.inputs {
+        Some(_) => Ok(()),
+        None => store.check(event).map_err(ScoreError::Refused),
+    }
+}
+
+/// A table model's vector from the request's fields, by the encoding training used.
+/// Every field must be an input; a missing input is a missing value.
+fn encode_request(
+    model: &LoadedModel,
+    inputs: &[Input],
+    event: &RawEvent,
+    out: &mut Vec<Option<f64>>,
+) -> Result<(), ScoreError> {
+    let refuse =
+        |field: String, reason: String| ScoreError::Refused(Refusal::invalid(field, reason));
+    let names = || {
+        inputs
+            .iter()
+            .map(|i| i.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if let Some(entity) = event.entities.keys().next() {
+        return Err(refuse(
+            format!("event.entities.{entity}"),
+            format!(
+                "{} takes no entities, only its inputs as numbers or strings ({})",
+                model.reference(),
+                names()
+            ),
+        ));
+    }
+    for (kind, name) in event
+        .numbers
+        .keys()
+        .map(|n| ("numbers", n))
+        .chain(event.strings.keys().map(|n| ("strings", n)))
+    {
+        if !inputs.iter().any(|i| i.name == *name) {
+            return Err(refuse(
+                format!("event.{kind}.{name}"),
+                format!(
+                    "is not an input of {} (inputs: {})",
+                    model.reference(),
+                    names()
+                ),
+            ));
+        }
+        if event.numbers.contains_key(name) && event.strings.contains_key(name) {
+            return Err(refuse(
+                format!("event.strings.{name}"),
+                "is given as a number too; send it once".into(),
+            ));
+        }
+    }
+    encode_row(
+        inputs,
+        |_, input| match (
+            event.numbers.get(&input.name),
+            event.strings.get(&input.name),
+        ) {
+            (Some(value), _) => Cell::Number(*value),
+            (None, Some(text)) => Cell::Text(text),
+            (None, None) => Cell::Missing,
+        },
+        out,
+    )
+    .map_err(|(name, reason)| {
+        let kind = if event.numbers.contains_key(&name) {
+            "numbers"
+        } else {
+            "strings"
+        };
+        refuse(format!("event.{kind}.{name}"), reason)
+    })
 }
 
 /// Scores a checked event on the engine as it is.
@@ -226,8 +309,14 @@ fn score_on(
 ) -> Result<Scored, ScoreError> {
     let _span = tracing::debug_span!("score", model = %model.reference()).entered();
     let definitions = store.definitions();
-    let mut values = Vec::with_capacity(model.plan.width());
-    let source = model.plan.read(definitions, engine, event, &mut values)?;
+    let mut values = Vec::with_capacity(model.body.model.columns.len());
+    let source = match &model.body.model.inputs {
+        Some(inputs) => {
+            encode_request(&model, inputs, event, &mut values)?;
+            VectorSource::default()
+        }
+        None => model.plan.read(definitions, engine, event, &mut values)?,
+    };
     let score = finite(&model, model.body.model.predict(&values))?;
     let decision = model.body.thresholds.map(|t| t.decide(score));
     let reasons = top_reasons(&model, &values, reasons);

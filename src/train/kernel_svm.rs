@@ -387,6 +387,7 @@ pub fn fit(
         }
     }
     let mut model = Model {
+        inputs: None,
         columns: columns.to_vec(),
         preprocessing,
         family: Family::KernelSvm(KernelSvm {

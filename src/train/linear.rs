@@ -109,6 +109,7 @@ pub fn fit(
     })?;
     let (weights, intercept) = solution.split_at(width);
     Ok(Model {
+        inputs: None,
         columns: columns.to_vec(),
         preprocessing,
         family: Family::LinearRegression(LinearWeights {

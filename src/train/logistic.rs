@@ -125,6 +125,7 @@ pub fn fit(
     );
     let (weights, intercept) = found.x.split_at(width);
     let model = Model {
+        inputs: None,
         columns: columns.to_vec(),
         preprocessing,
         family: Family::LogisticRegression(LinearWeights {

@@ -167,6 +167,7 @@ pub fn fit(
         .collect();
     let (platt_a, platt_b) = platt(&decisions, labels);
     let model = Model {
+        inputs: None,
         columns: columns.to_vec(),
         preprocessing,
         family: Family::LinearSvm(LinearSvm {

@@ -246,6 +246,7 @@ pub fn fit(
         pending.push((left, left_rows, depth + 1));
     }
     Ok(Model {
+        inputs: None,
         columns: columns.to_vec(),
         preprocessing,
         family: Family::DecisionTree(Tree { nodes }),
