@@ -53,10 +53,10 @@ impl Model {
         if columns == 0 {
             return invalid("the model has no input columns");
         }
-        if let Some(inputs) = &self.inputs {
-            if super::inputs::column_names(inputs) != self.columns {
-                return invalid("its inputs do not encode into its columns");
-            }
+        if let Some(inputs) = &self.inputs
+            && super::inputs::column_names(inputs) != self.columns
+        {
+            return invalid("its inputs do not encode into its columns");
         }
         length("preprocessing.means", &self.preprocessing.means, columns)?;
         length("preprocessing.scales", &self.preprocessing.scales, columns)?;
