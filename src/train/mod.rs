@@ -10,7 +10,6 @@ pub mod lbfgs;
 pub mod linear;
 pub mod logistic;
 pub mod objective;
-pub mod parquet;
 pub mod pipeline;
 pub mod plots;
 pub mod progress;

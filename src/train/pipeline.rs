@@ -250,7 +250,7 @@ pub fn train<I: Iterator<Item = RawEvent>>(
 /// `train --table` reads back.
 pub fn export(dataset: &Dataset, path: &Path) -> Result<(), PipelineError> {
     if super::table::is_parquet(path) {
-        super::parquet::write(dataset, path)?;
+        super::table::parquet::write(dataset, path)?;
         return Ok(());
     }
     let file = std::fs::File::create(path)?;

@@ -14,8 +14,8 @@ use arrow_schema::{DataType, Field, Schema};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-use super::dataset::{Dataset, Row};
-use super::table::TableError;
+use super::TableError;
+use crate::train::dataset::{Dataset, Row};
 
 /// Rows per record batch written.
 const BATCH_ROWS: usize = 65_536;

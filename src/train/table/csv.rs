@@ -1,51 +1,12 @@
-//! Tabular training input, for teams that already have feature tables: Parquet (see
-//! `train::parquet`) or a CSV with one
-//! column per feature, a `label` column, and optionally `event_id` and `time_ms` (the
-//! format `train --export-dataset` writes). Rows are put in `time_ms` order so the
-//! hold-out is still a cut in time; without `time_ms`, file order is taken as time
-//! order. An empty cell is a missing value.
+//! A feature table as CSV: a header, one column per feature, `label`, and optionally
+//! `event_id` and `time_ms`. An empty cell is a missing value.
 
 use std::path::Path;
 
-use super::dataset::{Dataset, Row};
+use super::{LABEL, TableError};
+use crate::train::dataset::{Dataset, Row};
 
-#[derive(Debug, thiserror::Error)]
-pub enum TableError {
-    #[error("cannot read {path}: {reason}")]
-    Read { path: String, reason: String },
-    #[error("{path}: no '{LABEL}' column (the header has: {header})")]
-    NoLabel { path: String, header: String },
-    #[error("{path} line {line}, column '{column}': '{value}' is not a number")]
-    NotANumber {
-        path: String,
-        line: u64,
-        column: String,
-        value: String,
-    },
-    #[error("{path} line {line}: the label is missing")]
-    MissingLabel { path: String, line: u64 },
-    #[error("{path}: no feature columns besides event_id, time_ms and label")]
-    NoFeatures { path: String },
-}
-
-const LABEL: &str = "label";
-
-/// Parquet by its extension; anything else is read as CSV.
-pub fn is_parquet(path: &Path) -> bool {
-    path.extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("parquet"))
-}
-
-/// Reads a feature table: Parquet (`.parquet`) or CSV.
 pub fn read(path: &Path) -> Result<Dataset, TableError> {
-    if is_parquet(path) {
-        super::parquet::read(path)
-    } else {
-        read_csv(path)
-    }
-}
-
-pub fn read_csv(path: &Path) -> Result<Dataset, TableError> {
     let shown = path.display().to_string();
     let read_error = |reason: String| TableError::Read {
         path: shown.clone(),
@@ -146,7 +107,7 @@ mod tests {
     #[test]
     fn reads_features_missing_cells_and_time_order() {
         let (_dir, path) = table("event_id,time_ms,a,b,label\ne2,20,1.5,,1\ne1,10,2,3,0\n");
-        let dataset = read_csv(&path).unwrap();
+        let dataset = read(&path).unwrap();
         assert_eq!(dataset.columns, ["a", "b"]);
         assert_eq!(dataset.rows[0].event_id, "e1");
         assert_eq!(dataset.rows[0].values, [Some(2.0), Some(3.0)]);
@@ -180,29 +141,24 @@ mod tests {
         let mut bytes = Vec::new();
         original.write_csv(&mut bytes).unwrap();
         let (_dir, path) = table(std::str::from_utf8(&bytes).unwrap());
-        assert_eq!(read_csv(&path).unwrap(), original);
+        assert_eq!(read(&path).unwrap(), original);
     }
 
     #[test]
     fn errors_name_the_line_and_column() {
         let (_dir, path) = table("a,label\n1,0\nx,1\n");
-        let error = read_csv(&path).unwrap_err().to_string();
+        let error = read(&path).unwrap_err().to_string();
         assert!(error.contains("line 3") && error.contains("'a'"), "{error}");
         let (_dir, path) = table("a,b\n1,0\n");
-        assert!(
-            read_csv(&path)
-                .unwrap_err()
-                .to_string()
-                .contains("no 'label'")
-        );
+        assert!(read(&path).unwrap_err().to_string().contains("no 'label'"));
         let (_dir, path) = table("a,label\n1,\n");
         assert!(
-            read_csv(&path)
+            read(&path)
                 .unwrap_err()
                 .to_string()
                 .contains("label is missing")
         );
         let (_dir, path) = table("a,label\nNaN,1\n");
-        assert!(read_csv(&path).unwrap_err().to_string().contains("'NaN'"));
+        assert!(read(&path).unwrap_err().to_string().contains("'NaN'"));
     }
 }
