@@ -163,15 +163,31 @@ pub struct TrainArgs {
     /// Share of the latest rows held out for validation [default: 0.25, or the config's].
     #[arg(long)]
     pub holdout: Option<f64>,
+    /// Which rows are held out: time (the latest), random, or stratified (random within
+    /// each class) [default: time, or the config's].
+    #[arg(long, value_enum)]
+    pub split: Option<crate::train::split::Split>,
+    /// Seed of the random and stratified splits [default: 0, or the config's].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Also report each metric's mean and spread over this many cross-validation folds
+    /// [default: 0 (none), or the config's].
+    #[arg(long)]
+    pub cv_folds: Option<usize>,
     /// Fail when more than this share of the history's events is refused (invalid,
     /// duplicate or late); each reason is printed with its count either way.
     #[arg(long, default_value_t = crate::train::dataset::DEFAULT_MAX_REFUSED_SHARE)]
     pub max_refused_share: f64,
     /// What to predict: fraud (each payment), purchase (an order within --label-window of
-    /// each page view) or order_value (each order's amount) [default: fraud, or the
-    /// config's].
+    /// each page view) or order_value (each order's amount) from history; binary (0/1,
+    /// true/false, yes/no) or regression (a number) from a table's --label column
+    /// [default: fraud, or the config's].
     #[arg(long)]
     pub target: Option<String>,
+    /// The table column holding the label (--table only) [default: label, or the
+    /// config's].
+    #[arg(long)]
+    pub label: Option<String>,
     /// Training config (TOML, see training/*.toml): target, labels, thresholds and the
     /// families to train. Without it, the flags describe one family. Flags given beside
     /// it win over its values (for every family that has the key) and are recorded in
@@ -410,8 +426,12 @@ fn overrides(args: &TrainArgs) -> crate::train::config::Overrides {
     crate::train::config::Overrides {
         name: args.name.clone(),
         target: args.target.clone(),
+        label: args.label.clone(),
         label_window: args.label_window.clone(),
         holdout: args.holdout,
+        split: args.split,
+        seed: args.seed,
+        cv_folds: args.cv_folds,
         l2: args.l2,
         max_iterations: args.max_iterations,
         max_depth: args.max_depth,
@@ -453,14 +473,28 @@ fn train(args: TrainArgs) -> CliResult {
         Some(path) => Definitions::load(path)?,
         None => Definitions::default_shop(),
     });
-    let classifier = config.spec.target != crate::train::Target::OrderValue;
+    let classifier = config.spec.target.classifier();
+    if config.spec.target.from_table() && args.table.is_none() {
+        return Err(format!(
+            "target {}: labels a table's column; give --table (a CSV or Parquet file)",
+            if classifier { "binary" } else { "regression" }
+        )
+        .into());
+    }
     for (_, family) in &config.families {
         crate::train::pipeline::check_family(classifier, *family)?;
     }
     let dataset = match (&args.events, &args.table) {
         (_, Some(table)) => {
             eprintln!("reading {}...", table.display());
-            crate::train::table::read(table)?
+            crate::train::table::read(
+                table,
+                &crate::train::table::TableSpec {
+                    label: config.label.clone(),
+                    binary: classifier,
+                    encode: config.spec.target.from_table(),
+                },
+            )?
         }
         (Some(history), None) => {
             eprintln!("reading {}...", history.display());
@@ -554,7 +588,7 @@ fn train(args: TrainArgs) -> CliResult {
                 scored_event: args
                     .events
                     .as_ref()
-                    .map(|_| config.spec.target.observed_event()),
+                    .and_then(|_| config.spec.target.observed_event()),
                 signing_key: signing_key.as_ref(),
                 flags: &flags,
                 compare_by: config.compare_by,
@@ -579,6 +613,16 @@ fn train(args: TrainArgs) -> CliResult {
         )?;
         for (metric, value) in &outcome.metrics {
             writeln!(out, "  {metric:<10} {value:.4}")?;
+        }
+        for cv in &outcome.cross_validation {
+            writeln!(
+                out,
+                "  {:<10} {:.4} +- {:.4} over {} folds",
+                cv.metric,
+                cv.mean,
+                cv.std,
+                cv.folds.len()
+            )?;
         }
         if let Some(thresholds) = outcome.thresholds {
             writeln!(out, "  {thresholds}")?;

@@ -46,6 +46,18 @@ pub struct ArtifactBody {
     pub model: Model,
 }
 
+fn time_split() -> String {
+    "time".into()
+}
+
+fn is_time_split(split: &str) -> bool {
+    split == "time"
+}
+
+fn is_zero(seed: &u64) -> bool {
+    *seed == 0
+}
+
 /// The settings and data of one training run, kept in the artifact so a risk team can
 /// tell later what a version was trained with.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -54,8 +66,15 @@ pub struct Provenance {
     pub hyperparameters: serde_json::Value,
     /// Values given as `train` flags, each `key: flag value over config or default value`.
     pub flags: Vec<String>,
-    /// Share of the latest rows held out for validation.
+    /// Share of the rows held out for validation.
     pub holdout: f64,
+    /// How they were chosen: time (the latest), random or stratified, and the seed.
+    /// Left out when they are the defaults, so artifacts written before these existed
+    /// still verify (the checksum covers the body as serialised).
+    #[serde(default = "time_split", skip_serializing_if = "is_time_split")]
+    pub split: String,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub seed: u64,
     pub train_rows: usize,
     pub validation_rows: usize,
     /// Positive rows (classifiers only).

@@ -7,12 +7,13 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use super::dataset::DatasetSpec;
+use super::dataset::{DatasetSpec, Target};
 use super::evaluate::{Metric, metric, metrics_for};
 use super::kernel_svm::KernelSvmParams;
 use super::linear::LinearParams;
 use super::logistic::{LogisticParams, TrainError};
-use super::pipeline::FamilyParams;
+use super::pipeline::{FamilyParams, Holdout};
+use super::split::Split;
 use super::svm::SvmParams;
 use super::thresholds::{CheckedThresholdRule, ThresholdRule};
 use super::tree::TreeParams;
@@ -23,14 +24,27 @@ use super::weight::PositiveWeight;
 pub struct TrainConfig {
     /// Model name: artifacts go to `<models-dir>/<name>/<name>-v<N>.json`.
     pub name: String,
-    /// fraud, purchase or order_value.
+    /// fraud, purchase or order_value (from event history), or binary or regression
+    /// (a table's `label` column).
     pub target: String,
+    /// The table column holding the label (`--table` only).
+    #[serde(default = "default_label")]
+    pub label: String,
     /// Fraud: a chargeback within this window; purchase: an order within it.
     #[serde(default = "default_label_window")]
     pub label_window: String,
-    /// Share of the latest rows held out for validation.
+    /// Share of the rows held out for validation.
     #[serde(default = "default_holdout")]
     pub holdout: f64,
+    /// Which rows: time (the latest), random, or stratified (random within each class).
+    #[serde(default)]
+    pub split: Split,
+    /// Seed of the random and stratified splits and folds.
+    #[serde(default)]
+    pub seed: u64,
+    /// Cross-validation folds whose metrics' mean and spread the report shows (0: none).
+    #[serde(default)]
+    pub cv_folds: usize,
     #[serde(default)]
     pub thresholds: ThresholdRule,
     /// The hold-out metric a new version is compared with the serving one by (printed
@@ -45,6 +59,10 @@ pub struct TrainConfig {
 
 fn default_label_window() -> String {
     "60d".into()
+}
+
+fn default_label() -> String {
+    super::table::LABEL.into()
 }
 
 fn default_holdout() -> f64 {
@@ -90,8 +108,12 @@ impl FamilySpec {
 pub struct Overrides {
     pub name: Option<String>,
     pub target: Option<String>,
+    pub label: Option<String>,
     pub label_window: Option<String>,
     pub holdout: Option<f64>,
+    pub split: Option<Split>,
+    pub seed: Option<u64>,
+    pub cv_folds: Option<usize>,
     pub l2: Option<f64>,
     pub max_iterations: Option<u64>,
     pub max_depth: Option<usize>,
@@ -134,8 +156,12 @@ impl TrainConfig {
         Ok(TrainConfig {
             name: "fraud".into(),
             target: "fraud".into(),
+            label: default_label(),
             label_window: default_label_window(),
             holdout: default_holdout(),
+            split: Split::default(),
+            seed: 0,
+            cv_folds: 0,
             thresholds: ThresholdRule::default(),
             compare_by: None,
             families: vec![family],
@@ -158,6 +184,12 @@ impl TrainConfig {
             }
             self.target = target.clone();
         }
+        if let Some(label) = &flags.label {
+            if *label != self.label {
+                changes.push(format!("label: {label:?} (flag) over {:?}", self.label));
+            }
+            self.label = label.clone();
+        }
         if let Some(window) = &flags.label_window {
             if *window != self.label_window {
                 changes.push(format!(
@@ -168,6 +200,9 @@ impl TrainConfig {
             self.label_window = window.clone();
         }
         take(&mut self.holdout, flags.holdout, "holdout", &mut changes);
+        take(&mut self.split, flags.split, "split", &mut changes);
+        take(&mut self.seed, flags.seed, "seed", &mut changes);
+        take(&mut self.cv_folds, flags.cv_folds, "cv_folds", &mut changes);
         let mut used = std::collections::BTreeSet::new();
         for family in &mut self.families {
             let mut note = |key: &'static str, taken: bool| {
@@ -307,8 +342,10 @@ impl TrainConfig {
 #[derive(Debug, Clone)]
 pub struct CheckedTrainConfig {
     pub name: String,
+    /// The table column holding the label.
+    pub label: String,
     pub spec: DatasetSpec,
-    pub holdout: f64,
+    pub holdout: Holdout,
     pub rule: CheckedThresholdRule,
     pub compare_by: Option<&'static Metric>,
     pub families: Vec<(&'static str, FamilyParams)>,
@@ -348,9 +385,11 @@ impl TrainConfig {
             "fraud" => DatasetSpec::fraud(window),
             "purchase" => DatasetSpec::purchase(window),
             "order_value" => DatasetSpec::order_value(),
+            "binary" => DatasetSpec::table(Target::Binary),
+            "regression" => DatasetSpec::table(Target::Regression),
             other => {
                 return Err(ConfigError::Invalid(format!(
-                    "target: unknown target '{other}' (known: fraud, purchase, order_value)"
+                    "target: unknown target '{other}' (known: fraud, purchase, order_value from event history; binary, regression for a table's label column)"
                 )));
             }
         };
@@ -365,7 +404,7 @@ impl TrainConfig {
                 self.name
             )));
         }
-        let classifier = spec.target != super::dataset::Target::OrderValue;
+        let classifier = spec.target.classifier();
         let compare_by = match &self.compare_by {
             None => None,
             Some(name) => {
@@ -382,15 +421,39 @@ impl TrainConfig {
                 }
             }
         };
+        if !(self.holdout > 0.0 && self.holdout < 1.0) {
+            return Err(ConfigError::Invalid(format!(
+                "holdout: must be a share between 0 and 1 (exclusive), got {}",
+                self.holdout
+            )));
+        }
+        if self.split == Split::Stratified && !classifier {
+            return Err(ConfigError::Invalid(
+                "split: stratified needs classes; the target is a number (use random or time)"
+                    .into(),
+            ));
+        }
+        if self.cv_folds == 1 || self.cv_folds > 20 {
+            return Err(ConfigError::Invalid(format!(
+                "cv_folds: 0 (none) or 2 to 20, got {}",
+                self.cv_folds
+            )));
+        }
         let families = self
             .families
             .iter()
             .map(|f| Ok((f.kind(), f.check()?)))
             .collect::<Result<Vec<_>, TrainError>>()?;
         Ok(CheckedTrainConfig {
+            label: self.label,
             name: self.name,
             spec,
-            holdout: self.holdout,
+            holdout: Holdout {
+                share: self.holdout,
+                split: self.split,
+                seed: self.seed,
+                cv_folds: self.cv_folds,
+            },
             rule: self.thresholds.check()?,
             compare_by,
             families,
@@ -457,7 +520,8 @@ mod tests {
             "the README's family defaults differ"
         );
         let mut every = fields(&serde_json::json!({
-            "name": "", "target": "", "label_window": "", "holdout": 0, "compare_by": "",
+            "name": "", "target": "", "label": "", "label_window": "", "holdout": 0,
+            "split": "", "seed": 0, "cv_folds": 0, "compare_by": "",
             "thresholds": ThresholdRule::default(),
         }));
         for family in defaults {

@@ -25,19 +25,38 @@ use crate::features::{Admission, Engine, EngineSettings};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Target {
-    Fraud { label_window_ms: i64 },
-    Purchase { horizon_ms: i64 },
+    Fraud {
+        label_window_ms: i64,
+    },
+    Purchase {
+        horizon_ms: i64,
+    },
     OrderValue,
+    /// A table's 0/1 (true/false, yes/no) label column: only with `--table`.
+    Binary,
+    /// A table's numeric label column: only with `--table`.
+    Regression,
 }
 
 impl Target {
-    /// The event type observed.
-    pub fn observed_event(&self) -> &'static str {
+    /// The event type observed; `None` for the table targets.
+    pub fn observed_event(&self) -> Option<&'static str> {
         match self {
-            Target::Fraud { .. } => "payment",
-            Target::Purchase { .. } => "page_view",
-            Target::OrderValue => "order",
+            Target::Fraud { .. } => Some("payment"),
+            Target::Purchase { .. } => Some("page_view"),
+            Target::OrderValue => Some("order"),
+            Target::Binary | Target::Regression => None,
         }
+    }
+
+    /// Whether the label is 0/1 (a classifier learns it) rather than a value.
+    pub fn classifier(&self) -> bool {
+        !matches!(self, Target::OrderValue | Target::Regression)
+    }
+
+    /// Whether the target is a table's label column rather than derived from events.
+    pub fn from_table(&self) -> bool {
+        matches!(self, Target::Binary | Target::Regression)
     }
 }
 
@@ -83,6 +102,16 @@ impl DatasetSpec {
         }
     }
 
+    /// A table target's spec: the columns come from the table, not from entities.
+    pub fn table(target: Target) -> DatasetSpec {
+        DatasetSpec {
+            target,
+            entities: Vec::new(),
+            request_features: false,
+            max_refused_share: DEFAULT_MAX_REFUSED_SHARE,
+        }
+    }
+
     /// The default fraud model's inputs: card, user, device and ip features plus the
     /// request-time features.
     pub fn fraud(label_window_ms: i64) -> DatasetSpec {
@@ -116,6 +145,9 @@ pub struct Dataset {
     pub refusals: std::collections::BTreeMap<String, usize>,
     /// Observations whose features could not be read exactly as of their time.
     pub unreadable_observations: usize,
+    /// For a table with a binary/regression target: the inputs its columns encode
+    /// (written into the model, which then scores from request fields).
+    pub inputs: Option<Vec<crate::model::inputs::Input>>,
 }
 
 impl Dataset {
@@ -139,6 +171,8 @@ impl Dataset {
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum DatasetError {
+    #[error("target binary/regression labels a table's column: give --table, not --events")]
+    TableTarget,
     #[error("dataset entity '{0}' is not an entity with features in the definitions")]
     UnknownEntity(String),
     #[error("the request-time features need the stored feature '{USER_MEAN_FEATURE}'")]
@@ -257,6 +291,8 @@ fn label_of(target: Target, labels: &Labels, event: &RawEvent) -> Option<f64> {
             Some(f64::from(u8::from(bought)))
         }
         Target::OrderValue => event.numbers.get("amount").copied(),
+        // `Dataset::build` refuses these before any event is read.
+        Target::Binary | Target::Regression => None,
     }
 }
 
@@ -319,6 +355,9 @@ impl Dataset {
         spec: &DatasetSpec,
         mut progress: impl FnMut(u64),
     ) -> Result<Dataset, DatasetError> {
+        if spec.target.from_table() {
+            return Err(DatasetError::TableTarget);
+        }
         let labels = collect_labels(history());
         let mut engine = Engine::new(Arc::clone(&definitions), settings);
         let columns = plan_columns(&definitions, &engine, spec)?;
@@ -360,7 +399,7 @@ impl Dataset {
                     continue;
                 }
             }
-            if raw.event_type == observed {
+            if Some(raw.event_type.as_str()) == observed {
                 match label_of(spec.target, &labels, &raw) {
                     Some(label) => {
                         let mut values = Vec::new();

@@ -16,6 +16,7 @@ pub mod progress;
 #[cfg(test)]
 mod reference;
 pub mod report;
+pub mod split;
 pub mod svm;
 pub mod table;
 pub mod thresholds;

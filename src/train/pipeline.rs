@@ -5,15 +5,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::dataset::Target;
-use super::dataset::{Dataset, DatasetError, DatasetSpec};
+use super::dataset::{Dataset, DatasetError, DatasetSpec, Row};
 use super::decisions;
 use super::evaluate::{Metric, calibration, metrics_for};
 use super::kernel_svm::{self, CheckedKernelSvmParams};
 use super::linear::{self, CheckedLinearParams};
 use super::logistic::{self, CheckedLogisticParams, TrainError};
 use super::plots;
-use super::report::{Report, importance};
+use super::report::{CrossValidated, Report, importance};
+use super::split::{self, Split};
 use super::svm::{self, CheckedSvmParams};
 use super::thresholds::{self, CheckedThresholdRule};
 use super::tree::{self, CheckedTreeParams};
@@ -89,6 +89,8 @@ pub struct TrainOutcome {
     pub positives: usize,
     pub fit_seconds: f64,
     pub metrics: Vec<(String, f64)>,
+    /// Mean and spread of each metric over the cross-validation folds, if asked for.
+    pub cross_validation: Vec<CrossValidated>,
 }
 
 /// The next free version number in `dir` for files named `<name>-v<N>.json`.
@@ -139,7 +141,7 @@ fn compare_with_serving(
     name: &str,
     definitions_fingerprint: u64,
     columns: &[String],
-    validation: &[super::dataset::Row],
+    validation: &[&Row],
     compare_by: &Metric,
     metrics: &[(String, f64)],
 ) -> Option<Comparison> {
@@ -177,6 +179,110 @@ fn compare_with_serving(
         candidate_value,
         serving_value: (compare_by.compute)(&scores, &truth),
     })
+}
+
+/// How rows are held out (see `train::split`), and how many cross-validation folds
+/// to report (0: none).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Holdout {
+    pub share: f64,
+    pub split: Split,
+    pub seed: u64,
+    pub cv_folds: usize,
+}
+
+impl Holdout {
+    /// The latest `share` of rows, no cross-validation.
+    pub fn time(share: f64) -> Holdout {
+        Holdout {
+            share,
+            split: Split::Time,
+            seed: 0,
+            cv_folds: 0,
+        }
+    }
+}
+
+/// Fits one family on rows and labels.
+fn fit(
+    family: FamilyParams,
+    columns: &[String],
+    rows: &[Vec<Option<f64>>],
+    labels: &[f64],
+    name: &str,
+) -> Result<crate::model::Model, TrainError> {
+    let warn = |converged: bool, what: &str| {
+        if !converged {
+            tracing::warn!(
+                name,
+                "{what} stopped at its iteration limit before converging"
+            );
+        }
+    };
+    Ok(match family {
+        FamilyParams::Logistic(params) => {
+            let (model, converged) = logistic::fit(columns, rows, labels, params)?;
+            warn(converged, "logistic regression");
+            model
+        }
+        FamilyParams::Tree(params) => tree::fit(columns, rows, labels, params)?,
+        FamilyParams::Linear(params) => linear::fit(columns, rows, labels, params)?,
+        FamilyParams::LinearSvm(params) => {
+            let (model, converged) = svm::fit(columns, rows, labels, params)?;
+            warn(converged, "linear SVM");
+            model
+        }
+        FamilyParams::KernelSvm(params) => {
+            let (model, converged) = kernel_svm::fit(columns, rows, labels, params)?;
+            warn(converged, "kernel SVM");
+            model
+        }
+    })
+}
+
+/// Each metric's mean and standard deviation over `folds` folds: every fold held out
+/// once while the others train.
+fn cross_validate(
+    dataset: &Dataset,
+    classifier: bool,
+    family: FamilyParams,
+    (folds, split, seed): (usize, Split, u64),
+    name: &str,
+) -> Result<Vec<CrossValidated>, PipelineError> {
+    let fold_of = split::folds(&dataset.rows, folds, split, seed);
+    let mut values: Vec<Vec<f64>> = vec![Vec::new(); metrics_for(classifier).count()];
+    for fold in 0..folds {
+        let (mut held, mut kept): (Vec<&Row>, Vec<&Row>) = (Vec::new(), Vec::new());
+        for (row, f) in dataset.rows.iter().zip(&fold_of) {
+            if *f == fold {
+                held.push(row);
+            } else {
+                kept.push(row);
+            }
+        }
+        let rows: Vec<Vec<Option<f64>>> = kept.iter().map(|r| r.values.clone()).collect();
+        let labels: Vec<f64> = kept.iter().map(|r| r.label).collect();
+        let model = fit(family, &dataset.columns, &rows, &labels, name)?;
+        let scores: Vec<f64> = held.iter().map(|r| model.predict(&r.values)).collect();
+        let truth: Vec<f64> = held.iter().map(|r| r.label).collect();
+        for (slot, metric) in values.iter_mut().zip(metrics_for(classifier)) {
+            slot.push((metric.compute)(&scores, &truth));
+        }
+    }
+    Ok(metrics_for(classifier)
+        .zip(values)
+        .map(|(metric, values)| {
+            let mean = values.iter().sum::<f64>() / values.len() as f64;
+            let variance =
+                values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / values.len() as f64;
+            CrossValidated {
+                metric: metric.name.to_string(),
+                mean,
+                std: variance.sqrt(),
+                folds: values,
+            }
+        })
+        .collect())
 }
 
 /// Refuses a family that cannot learn the target before any work is done.
@@ -218,7 +324,7 @@ pub fn train<I: Iterator<Item = RawEvent>>(
     export_dataset: Option<&Path>,
     mut progress: impl FnMut(Progress),
 ) -> Result<TrainOutcome, PipelineError> {
-    let classifier = spec.target != Target::OrderValue;
+    let classifier = spec.target.classifier();
     check_family(classifier, family)?;
     let dataset = Dataset::build(Arc::clone(&definitions), settings, history, spec, |done| {
         progress(Progress::Replayed(done))
@@ -232,12 +338,12 @@ pub fn train<I: Iterator<Item = RawEvent>>(
         definitions.fingerprint,
         family,
         rule,
-        holdout,
+        Holdout::time(holdout),
         Output {
             models_dir,
             name,
             created_at_ms,
-            scored_event: Some(spec.target.observed_event()),
+            scored_event: spec.target.observed_event(),
             signing_key: None,
             flags: &[],
             compare_by: None,
@@ -269,7 +375,7 @@ pub fn train_on(
     definitions_fingerprint: u64,
     family: FamilyParams,
     rule: CheckedThresholdRule,
-    holdout: f64,
+    holdout: Holdout,
     output: Output,
     mut progress: impl FnMut(Progress),
 ) -> Result<TrainOutcome, PipelineError> {
@@ -286,51 +392,32 @@ pub fn train_on(
         .or_else(|| metrics_for(classifier).next())
         .filter(|m| m.classifier == classifier)
         .ok_or(PipelineError::CompareBy)?;
+    let Holdout {
+        share: holdout,
+        split,
+        seed,
+        cv_folds,
+    } = holdout;
     if !(holdout > 0.0 && holdout < 1.0) {
         return Err(PipelineError::Holdout(holdout));
     }
     check_family(classifier, family)?;
-    // Rows come in event-time order, so the split is a cut in time.
-    let cut = ((dataset.rows.len() as f64) * (1.0 - holdout)).round() as usize;
-    let (train, validation) = dataset.rows.split_at(cut.min(dataset.rows.len()));
+    let cross_validation = if cv_folds >= 2 {
+        cross_validate(dataset, classifier, family, (cv_folds, split, seed), name)?
+    } else {
+        Vec::new()
+    };
+    let (train_at, validation_at) = split::holdout(&dataset.rows, holdout, split, seed);
+    let train: Vec<&Row> = train_at.iter().map(|i| &dataset.rows[*i]).collect();
+    let validation: Vec<&Row> = validation_at.iter().map(|i| &dataset.rows[*i]).collect();
     let rows: Vec<Vec<Option<f64>>> = train.iter().map(|r| r.values.clone()).collect();
     let labels: Vec<f64> = train.iter().map(|r| r.label).collect();
     progress(Progress::Fitting { rows: rows.len() });
     let started = Instant::now();
-    let model = match family {
-        FamilyParams::Logistic(params) => {
-            let (model, converged) = logistic::fit(&dataset.columns, &rows, &labels, params)?;
-            if !converged {
-                tracing::warn!(
-                    name,
-                    "logistic regression stopped at its iteration limit before converging"
-                );
-            }
-            model
-        }
-        FamilyParams::Tree(params) => tree::fit(&dataset.columns, &rows, &labels, params)?,
-        FamilyParams::Linear(params) => linear::fit(&dataset.columns, &rows, &labels, params)?,
-        FamilyParams::LinearSvm(params) => {
-            let (model, converged) = svm::fit(&dataset.columns, &rows, &labels, params)?;
-            if !converged {
-                tracing::warn!(
-                    name,
-                    "linear SVM stopped at its iteration limit before converging"
-                );
-            }
-            model
-        }
-        FamilyParams::KernelSvm(params) => {
-            let (model, converged) = kernel_svm::fit(&dataset.columns, &rows, &labels, params)?;
-            if !converged {
-                tracing::warn!(
-                    name,
-                    "kernel SVM stopped at its iteration limit before converging"
-                );
-            }
-            model
-        }
-    };
+    let mut model = fit(family, &dataset.columns, &rows, &labels, name)?;
+    // A table model keeps the encoding of its inputs, so serving encodes requests
+    // exactly as the table was encoded.
+    model.inputs = dataset.inputs.clone();
     let fit_seconds = started.elapsed().as_secs_f64();
     progress(Progress::Evaluating {
         rows: validation.len(),
@@ -355,7 +442,7 @@ pub fn train_on(
         name,
         definitions_fingerprint,
         &dataset.columns,
-        validation,
+        &validation,
         compare_by,
         &metrics,
     );
@@ -364,17 +451,18 @@ pub fn train_on(
         fingerprint_bytes.extend_from_slice(row.event_id.as_bytes());
         fingerprint_bytes.extend_from_slice(&row.label.to_le_bytes());
     }
-    let positives = |rows: &[super::dataset::Row]| {
-        classifier.then(|| rows.iter().filter(|r| r.label > 0.5).count())
-    };
+    let positives =
+        |rows: &[&Row]| classifier.then(|| rows.iter().filter(|r| r.label > 0.5).count());
     let provenance = Provenance {
         hyperparameters: serde_json::to_value(family).unwrap_or_default(),
         flags: flags.to_vec(),
         holdout,
         train_rows: train.len(),
         validation_rows: validation.len(),
-        train_positives: positives(train),
-        validation_positives: positives(validation),
+        train_positives: positives(&train),
+        validation_positives: positives(&validation),
+        split: split.name().to_string(),
+        seed,
         validated_from_ms: validation.first().map(|r| r.time_ms).unwrap_or(0),
         validated_to_ms: validation.last().map(|r| r.time_ms).unwrap_or(0),
     };
@@ -417,6 +505,7 @@ pub fn train_on(
         } else {
             Vec::new()
         },
+        cross_validation: cross_validation.clone(),
         segments: chosen
             .map(|t| {
                 let rows: Vec<&[Option<f64>]> =
@@ -467,5 +556,6 @@ pub fn train_on(
         },
         fit_seconds,
         metrics,
+        cross_validation,
     })
 }

@@ -32,9 +32,21 @@ pub struct Report {
     pub operating_points: Vec<OperatingPoint>,
     /// Decision rates by customer segment on the validation rows.
     pub segments: Vec<SegmentRates>,
+    /// Each metric over the cross-validation folds (empty without `cv_folds`).
+    pub cross_validation: Vec<CrossValidated>,
     pub calibration: Vec<CalibrationBin>,
     /// Mean absolute contribution per feature on (a sample of) the validation rows.
     pub importance: Vec<(String, f64)>,
+}
+
+/// One metric over k cross-validation folds.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CrossValidated {
+    pub metric: String,
+    pub mean: f64,
+    /// Standard deviation over the folds.
+    pub std: f64,
+    pub folds: Vec<f64>,
 }
 
 /// Feature importance: the mean absolute contribution of each feature (see
@@ -73,9 +85,12 @@ impl Report {
             format_utc(self.trained_to_ms),
             classes(p.train_rows, p.train_positives)
         );
+        let how = match p.split.as_str() {
+            "time" => format!("the latest {:.0}%, a cut in time", p.holdout * 100.0),
+            other => format!("{:.0}%, {other}, seed {}", p.holdout * 100.0, p.seed),
+        };
         text += &format!(
-            "| validation (the latest {:.0}%, a cut in time) | {} | {} | {} |\n\n",
-            p.holdout * 100.0,
+            "| validation ({how}) | {} | {} | {} |\n\n",
             format_utc(p.validated_from_ms),
             format_utc(p.validated_to_ms),
             classes(p.validation_rows, p.validation_positives)
@@ -101,6 +116,23 @@ impl Report {
         text += "\n## Hold-out metrics\n\n| metric | value |\n|---|---|\n";
         for (metric, value) in &self.metrics {
             text += &format!("| {metric} | {value:.4} |\n");
+        }
+        if !self.cross_validation.is_empty() {
+            text += &format!(
+                "\n## Cross-validation ({} folds, {} split)\n\n| metric | mean | std | folds |\n|---|---|---|---|\n",
+                self.cross_validation[0].folds.len(),
+                p.split
+            );
+            for cv in &self.cross_validation {
+                let folds: Vec<String> = cv.folds.iter().map(|v| format!("{v:.4}")).collect();
+                text += &format!(
+                    "| {} | {:.4} | {:.4} | {} |\n",
+                    cv.metric,
+                    cv.mean,
+                    cv.std,
+                    folds.join(" ")
+                );
+            }
         }
         if let Some(thresholds) = &self.thresholds {
             text += &format!("\n## Decisions\n\n{thresholds}\n\n");

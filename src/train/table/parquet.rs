@@ -8,14 +8,17 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
-use arrow_array::types::{Float32Type, Float64Type, Int32Type, Int64Type};
+use arrow_array::types::Float64Type;
 use arrow_array::{Array, ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow_cast::cast::cast;
 use arrow_schema::{DataType, Field, Schema};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-use super::TableError;
-use crate::train::dataset::{Dataset, Row};
+use super::{RawCell, RawTable, TableError};
+use crate::train::dataset::Dataset;
+#[cfg(test)]
+use crate::train::dataset::Row;
 
 /// Rows per record batch written.
 const BATCH_ROWS: usize = 65_536;
@@ -27,107 +30,98 @@ fn read_error(path: &Path, error: impl std::fmt::Display) -> TableError {
     }
 }
 
-/// A numeric column's value at `row` as f64; `None` for null.
-fn number(column: &ArrayRef, row: usize) -> Option<f64> {
-    if column.is_null(row) {
-        return None;
-    }
-    match column.data_type() {
-        DataType::Float64 => Some(column.as_primitive::<Float64Type>().value(row)),
-        DataType::Float32 => Some(f64::from(column.as_primitive::<Float32Type>().value(row))),
-        DataType::Int64 => Some(column.as_primitive::<Int64Type>().value(row) as f64),
-        DataType::Int32 => Some(f64::from(column.as_primitive::<Int32Type>().value(row))),
-        DataType::Boolean => Some(f64::from(u8::from(column.as_boolean().value(row)))),
+/// How a column's values become cells.
+enum Reading {
+    Bool,
+    Number,
+    Text,
+}
+
+fn reading(data_type: &DataType) -> Option<Reading> {
+    match data_type {
+        DataType::Boolean => Some(Reading::Bool),
+        t if t.is_numeric() => Some(Reading::Number),
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => Some(Reading::Text),
+        DataType::Dictionary(_, values) if reading(values).is_some() => Some(Reading::Text),
         _ => None,
     }
 }
 
-fn numeric(data_type: &DataType) -> bool {
-    matches!(
-        data_type,
-        DataType::Float64
-            | DataType::Float32
-            | DataType::Int64
-            | DataType::Int32
-            | DataType::Boolean
-    )
-}
-
-pub fn read(path: &Path) -> Result<Dataset, TableError> {
-    let shown = path.display().to_string();
+/// Reads every column into cells: booleans, numbers of any integer, unsigned or float
+/// width, and strings (plain, large, view or dictionary-encoded, as pandas writes
+/// categoricals). Rows are numbered from 1 for messages.
+pub fn read_raw(path: &Path) -> Result<RawTable, TableError> {
     let file = File::open(path).map_err(|e| read_error(path, e))?;
     let builder =
         ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| read_error(path, e))?;
     let schema = Arc::clone(builder.schema());
-    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-    let position = |name: &str| names.iter().position(|n| *n == name);
-    let label_at = position("label").ok_or_else(|| TableError::NoLabel {
-        path: shown.clone(),
-        header: names.join(", "),
-    })?;
-    let id_at = position("event_id");
-    let time_at = position("time_ms");
-    let feature_at: Vec<usize> = (0..names.len())
-        .filter(|i| Some(*i) != id_at && Some(*i) != time_at && *i != label_at)
-        .collect();
-    if feature_at.is_empty() {
-        return Err(TableError::NoFeatures { path: shown });
-    }
-    for at in feature_at.iter().chain([&label_at]).chain(time_at.as_ref()) {
-        let field = schema.field(*at);
-        if !numeric(field.data_type()) {
-            return Err(read_error(
+    let mut readings = Vec::new();
+    for field in schema.fields() {
+        readings.push(reading(field.data_type()).ok_or_else(|| {
+            read_error(
                 path,
                 format!(
-                    "column '{}' is {}, not a number",
+                    "column '{}' is {}: give numbers, booleans or strings",
                     field.name(),
                     field.data_type()
                 ),
-            ));
-        }
+            )
+        })?);
     }
+    let mut table = RawTable {
+        names: schema.fields().iter().map(|f| f.name().clone()).collect(),
+        columns: vec![Vec::new(); schema.fields().len()],
+        lines: Vec::new(),
+    };
     let reader = builder.build().map_err(|e| read_error(path, e))?;
-    let mut rows = Vec::new();
     for batch in reader {
         let batch = batch.map_err(|e| read_error(path, e))?;
-        let ids = id_at.map(|at| batch.column(at));
-        for row in 0..batch.num_rows() {
-            let index = rows.len();
-            let label = number(batch.column(label_at), row)
-                .filter(|v| v.is_finite())
-                .ok_or(TableError::MissingLabel {
-                    path: shown.clone(),
-                    line: index as u64 + 1,
-                })?;
-            let values = feature_at
-                .iter()
-                .map(|at| number(batch.column(*at), row).filter(|v| v.is_finite()))
-                .collect();
-            let event_id = ids
-                .and_then(|column| column.as_string_opt::<i32>())
-                .filter(|strings| !strings.is_null(row))
-                .map(|strings| strings.value(row).to_string())
-                .unwrap_or_else(|| format!("row{}", index + 1));
-            let time_ms = time_at
-                .and_then(|at| number(batch.column(at), row))
-                .map_or(index as i64, |t| t as i64);
-            rows.push(Row {
-                event_id,
-                time_ms,
-                values,
-                label,
-            });
+        let first = table.lines.len() as u64 + 1;
+        table.lines.extend(first..first + batch.num_rows() as u64);
+        for ((column, reading), cells) in batch
+            .columns()
+            .iter()
+            .zip(&readings)
+            .zip(table.columns.iter_mut())
+        {
+            match reading {
+                Reading::Bool => {
+                    let values = column.as_boolean();
+                    cells.extend((0..values.len()).map(|row| {
+                        if values.is_null(row) {
+                            RawCell::Missing
+                        } else {
+                            RawCell::Bool(values.value(row))
+                        }
+                    }));
+                }
+                Reading::Number => {
+                    let cast = cast(column, &DataType::Float64).map_err(|e| read_error(path, e))?;
+                    let values = cast.as_primitive::<Float64Type>();
+                    cells.extend((0..values.len()).map(|row| {
+                        if values.is_null(row) {
+                            RawCell::Missing
+                        } else {
+                            RawCell::Number(values.value(row))
+                        }
+                    }));
+                }
+                Reading::Text => {
+                    let cast = cast(column, &DataType::Utf8).map_err(|e| read_error(path, e))?;
+                    let values = cast.as_string::<i32>();
+                    cells.extend((0..values.len()).map(|row| {
+                        let text = values.value(row).trim();
+                        if values.is_null(row) || text.is_empty() {
+                            RawCell::Missing
+                        } else {
+                            RawCell::Text(text.into())
+                        }
+                    }));
+                }
+            }
         }
     }
-    rows.sort_by_key(|r| r.time_ms);
-    Ok(Dataset {
-        columns: feature_at.iter().map(|at| names[*at].to_string()).collect(),
-        rows,
-        unlabelled: 0,
-        skipped_events: 0,
-        refusals: Default::default(),
-        unreadable_observations: 0,
-    })
+    Ok(table)
 }
 
 pub fn write(dataset: &Dataset, path: &Path) -> std::io::Result<()> {
@@ -173,8 +167,13 @@ pub fn write(dataset: &Dataset, path: &Path) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::{TableSpec, read as read_table};
     use super::*;
     use arrow_array::Int32Array;
+
+    fn read(path: &Path) -> Result<Dataset, TableError> {
+        read_table(path, &TableSpec::exported(true))
+    }
 
     #[test]
     fn a_round_trip_keeps_rows_missing_values_and_order() {
@@ -188,10 +187,7 @@ mod tests {
                     label: f64::from(u8::from(i % 7 == 0)),
                 })
                 .collect(),
-            unlabelled: 0,
-            skipped_events: 0,
-            refusals: Default::default(),
-            unreadable_observations: 0,
+            ..Dataset::default()
         };
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("set.parquet");
