@@ -75,6 +75,10 @@ pub struct Provenance {
     pub split: String,
     #[serde(default, skip_serializing_if = "is_zero")]
     pub seed: u64,
+    /// The rows had no times (a table without `time_ms`): the `*_ms` ranges are row
+    /// numbers.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub row_order: bool,
     pub train_rows: usize,
     pub validation_rows: usize,
     /// Positive rows (classifiers only).

@@ -148,6 +148,9 @@ pub struct Dataset {
     /// For a table with a binary/regression target: the inputs its columns encode
     /// (written into the model, which then scores from request fields).
     pub inputs: Option<Vec<crate::model::inputs::Input>>,
+    /// The rows have no times (a table without `time_ms`): their "times" are row
+    /// numbers, in file order.
+    pub row_order: bool,
 }
 
 impl Dataset {

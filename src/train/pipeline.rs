@@ -463,6 +463,7 @@ pub fn train_on(
         validation_positives: positives(&validation),
         split: split.name().to_string(),
         seed,
+        row_order: dataset.row_order,
         validated_from_ms: validation.first().map(|r| r.time_ms).unwrap_or(0),
         validated_to_ms: validation.last().map(|r| r.time_ms).unwrap_or(0),
     };

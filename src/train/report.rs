@@ -79,10 +79,17 @@ impl Report {
             format_utc(self.created_at_ms),
             self.fit_seconds
         );
+        let when = |ms: i64| {
+            if p.row_order {
+                format!("row {}", ms + 1)
+            } else {
+                format_utc(ms)
+            }
+        };
         text += &format!(
             "| training | {} | {} | {} |\n",
-            format_utc(self.trained_from_ms),
-            format_utc(self.trained_to_ms),
+            when(self.trained_from_ms),
+            when(self.trained_to_ms),
             classes(p.train_rows, p.train_positives)
         );
         let how = match p.split.as_str() {
@@ -91,8 +98,8 @@ impl Report {
         };
         text += &format!(
             "| validation ({how}) | {} | {} | {} |\n\n",
-            format_utc(p.validated_from_ms),
-            format_utc(p.validated_to_ms),
+            when(p.validated_from_ms),
+            when(p.validated_to_ms),
             classes(p.validation_rows, p.validation_positives)
         );
         text += &format!(

@@ -311,6 +311,7 @@ pub fn build(path: &str, raw: RawTable, spec: &TableSpec) -> Result<Dataset, Tab
         columns: crate::model::inputs::column_names(&inputs),
         rows,
         inputs: spec.encode.then_some(inputs),
+        row_order: time_at.is_none(),
         ..Dataset::default()
     })
 }
