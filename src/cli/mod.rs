@@ -402,25 +402,6 @@ async fn simulate(args: SimulateArgs) -> CliResult {
     Ok(())
 }
 
-fn read_history(
-    path: &std::path::Path,
-) -> Result<Vec<crate::events::RawEvent>, Box<dyn std::error::Error>> {
-    use std::io::BufRead;
-    let file =
-        std::fs::File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
-    let mut events = Vec::new();
-    for (number, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let event = serde_json::from_str(&line)
-            .map_err(|e| format!("{} line {}: {e}", path.display(), number + 1))?;
-        events.push(event);
-    }
-    Ok(events)
-}
-
 /// The flags that can override a training config's values.
 fn overrides(args: &TrainArgs) -> crate::train::config::Overrides {
     crate::train::config::Overrides {
@@ -498,24 +479,20 @@ fn train(args: TrainArgs) -> CliResult {
         }
         (Some(history), None) => {
             eprintln!("reading {}...", history.display());
-            let mut events = read_history(history)?;
+            let file = crate::train::history::HistoryFile::new(history);
+            let scan = file.scan(|_| {})?;
             // Replay needs time order: an event more than the lateness behind the newest
-            // one would be refused. The history is in memory, so a stable sort fixes it.
-            let mut newest = i64::MIN;
-            let out_of_order = events
-                .iter()
-                .filter(|event| {
-                    let behind = event.event_time_ms < newest;
-                    newest = newest.max(event.event_time_ms);
-                    behind
-                })
-                .count();
-            if out_of_order > 0 {
-                events.sort_by_key(|event| event.event_time_ms);
+            // one would be refused. A history in order is streamed from disk (twice:
+            // labels, then the replay); one out of order is read whole and sorted.
+            let sorted = if scan.out_of_order > 0 {
                 eprintln!(
-                    "the history was not in time order ({out_of_order} events came after a later one): sorted it by event time"
+                    "the history was not in time order ({} events came after a later one): sorting it by event time in memory",
+                    scan.out_of_order
                 );
-            }
+                Some(file.read_sorted()?)
+            } else {
+                None
+            };
             if !(0.0..=1.0).contains(&args.max_refused_share) {
                 return Err(format!(
                     "--max-refused-share: must be a share between 0 and 1, got {}",
@@ -530,15 +507,29 @@ fn train(args: TrainArgs) -> CliResult {
                 allowed_lateness_ms: defaults.ingest.allowed_lateness.0,
                 dedup_horizon_ms: defaults.ingest.dedup_horizon.0,
             };
-            let bar = crate::train::progress::TrainingBar::new("dataset", events.len() as u64);
-            let dataset = crate::train::Dataset::build(
-                std::sync::Arc::clone(&definitions),
-                settings,
-                || events.iter().cloned(),
-                &spec,
-                |done| bar.show(crate::train::pipeline::Progress::Replayed(done)),
-            );
+            let bar = crate::train::progress::TrainingBar::new("dataset", scan.events);
+            let progress = |done| bar.show(crate::train::pipeline::Progress::Replayed(done));
+            let definitions = std::sync::Arc::clone(&definitions);
+            let dataset = match &sorted {
+                Some(events) => crate::train::Dataset::build(
+                    definitions,
+                    settings,
+                    || events.iter().cloned(),
+                    &spec,
+                    progress,
+                ),
+                None => crate::train::Dataset::build(
+                    definitions,
+                    settings,
+                    || file.events(),
+                    &spec,
+                    progress,
+                ),
+            };
             bar.finish();
+            if let Some(problem) = file.problem() {
+                return Err(format!("the history changed while it was read: {problem}").into());
+            }
             let dataset = dataset?;
             if dataset.skipped_events > 0 {
                 eprintln!(

@@ -5,6 +5,7 @@ pub mod config;
 pub mod dataset;
 pub mod decisions;
 pub mod evaluate;
+pub mod history;
 pub mod kernel_svm;
 pub mod lbfgs;
 pub mod linear;
