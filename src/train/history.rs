@@ -94,7 +94,7 @@ impl HistoryFile {
                 scan.out_of_order += 1;
             }
             newest = newest.max(event.event_time_ms);
-            if scan.events % 100_000 == 0 {
+            if scan.events.is_multiple_of(100_000) {
                 progress(scan.events);
             }
         }
