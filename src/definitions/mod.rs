@@ -35,6 +35,26 @@ pub struct EntityDef {
     pub parts: Vec<EntityTypeId>,
     /// An entity idle for longer than this (in event time) is evicted.
     pub ttl_ms: i64,
+    /// Its first-seen times (`age_since_first`) outlive its window state this long,
+    /// in a compact record: a customer back after months is not new. Left out of the
+    /// fingerprint at the default, so definitions written before it keep theirs.
+    #[serde(
+        default = "default_identity_ttl_ms",
+        skip_serializing_if = "is_default_identity_ttl"
+    )]
+    pub identity_ttl_ms: i64,
+}
+
+/// The default of [`EntityDef::identity_ttl_ms`]: 400 days, more than a year of
+/// seasonal returns.
+pub const DEFAULT_IDENTITY_TTL_MS: i64 = 400 * crate::time::DAY_MS;
+
+fn default_identity_ttl_ms() -> i64 {
+    DEFAULT_IDENTITY_TTL_MS
+}
+
+fn is_default_identity_ttl(ms: &i64) -> bool {
+    *ms == DEFAULT_IDENTITY_TTL_MS
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -59,6 +59,7 @@ struct RawEntity {
     #[serde(default)]
     parts: Vec<String>,
     ttl: Option<String>,
+    identity_ttl: Option<String>,
 }
 
 #[derive(Deserialize, Clone, Copy, PartialEq)]
@@ -255,11 +256,27 @@ fn resolve_entities(
             }
             None => None,
         };
+        let identity_ttl_ms = match &entity.identity_ttl {
+            Some(text) => {
+                let ms = parse_duration_ms(text).map_err(|reason| {
+                    invalid(line, format!("entity '{name}' identity_ttl: {reason}"))
+                })?;
+                if ms <= 0 {
+                    return Err(invalid(
+                        line,
+                        format!("entity '{name}' identity_ttl must be positive"),
+                    ));
+                }
+                ms
+            }
+            None => super::DEFAULT_IDENTITY_TTL_MS,
+        };
         entities.push((
             EntityDef {
                 name: name.clone(),
                 parts,
                 ttl_ms: 0,
+                identity_ttl_ms,
             },
             ttl,
         ));

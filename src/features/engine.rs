@@ -12,8 +12,11 @@
 //! not applied (checked first, so a retried old batch is not called late). An entity
 //! whose newest event is older than `watermark - allowed_lateness - ttl - longest tile`
 //! is expired: reads see it as
-//! unknown and its next event starts it afresh. Expiry depends on event time only, so
-//! when memory is actually reclaimed ([`Engine::evict_expired`]) never changes a value.
+//! unknown and its next event starts it afresh, but for its first-seen times
+//! (`age_since_first`), which are kept in a compact record until its newest event is
+//! older than `watermark - allowed_lateness - identity_ttl - longest tile` (a customer
+//! back after months is not new). Expiry depends on event time only, so when memory is
+//! actually reclaimed or compacted ([`Engine::evict_expired`]) never changes a value.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -340,6 +343,7 @@ impl Engine {
                 continue;
             }
             let expired_before = self.expiry_cutoff(plan);
+            let identity_before = self.identity_cutoff(plan);
             let seal_before = self.oldest_exact_read_ms();
             let state = match self.tables[entity].shard_for(&key).entry_ref(key.as_str()) {
                 hashbrown::hash_map::EntryRef::Occupied(occupied) => {
@@ -349,7 +353,15 @@ impl Engine {
                         continue;
                     }
                     if state.last_seen_ms < expired_before {
-                        *state = EntityState::default();
+                        let firsts = if state.last_seen_ms >= identity_before {
+                            state.identity_only(plan.first_slots.len()).firsts
+                        } else {
+                            Default::default()
+                        };
+                        *state = EntityState {
+                            firsts,
+                            ..EntityState::default()
+                        };
                     }
                     state
                 }
@@ -377,6 +389,14 @@ impl Engine {
             .saturating_sub(plan.longest_tile_ms)
     }
 
+    /// Newest-event times below this mean even the entity's first-seen times are gone.
+    fn identity_cutoff(&self, plan: &EntityPlan) -> i64 {
+        self.watermark_ms
+            .saturating_sub(self.settings.allowed_lateness_ms)
+            .saturating_sub(plan.identity_ttl_ms)
+            .saturating_sub(plan.longest_tile_ms)
+    }
+
     /// Frees the memory of expired entities; returns how many were dropped.
     pub fn evict_expired(&mut self) -> usize {
         let mut dropped = 0;
@@ -396,10 +416,22 @@ impl Engine {
         let Some(plan) = &self.plans[table] else {
             return 0;
         };
-        let cutoff = self.expiry_cutoff(plan);
+        let (cutoff, identity_cutoff) = (self.expiry_cutoff(plan), self.identity_cutoff(plan));
         let shard = self.tables[table].shard_mut(shard);
         let before = shard.len();
-        shard.retain(|_, state| state.last_seen_ms >= cutoff);
+        shard.retain(|_, state| {
+            if state.last_seen_ms >= cutoff {
+                return true;
+            }
+            if state.last_seen_ms < identity_cutoff {
+                return false;
+            }
+            // Window state expired, identity kept: only what reads still use stays.
+            if !state.is_identity_only() {
+                *state = state.identity_only(plan.first_slots.len());
+            }
+            true
+        });
         before - shard.len()
     }
 
@@ -476,8 +508,16 @@ impl Engine {
                 id: id.to_string(),
             });
         }
+        // An expired entity still remembered answers its first-seen times only.
+        let remembered = match live {
+            Some(_) => None,
+            None => self.tables[entity]
+                .get(id)
+                .filter(|state| state.last_seen_ms >= self.identity_cutoff(plan))
+                .map(|state| state.identity_only(plan.first_slots.len())),
+        };
         let empty = EntityState::default();
-        let state = live.unwrap_or(&empty);
+        let state = live.or(remembered.as_ref()).unwrap_or(&empty);
         let overlay = Overlay::build(plan, state, as_of_ms, self.visible_through());
         let values = features
             .iter()

@@ -51,6 +51,8 @@ pub(crate) struct EntityPlan {
     /// For each event type that touches the entity: the entity slots forming its key.
     pub key_slots: Vec<Option<Vec<usize>>>,
     pub ttl_ms: i64,
+    /// First-seen times are kept this long after the last event (at least `ttl_ms`).
+    pub identity_ttl_ms: i64,
     pub longest_tile_ms: i64,
 }
 
@@ -92,6 +94,9 @@ impl EntityPlan {
             by_type: vec![TypeRoutes::default(); type_count],
             key_slots: vec![None; type_count],
             ttl_ms: definitions.entities[entity].ttl_ms,
+            identity_ttl_ms: definitions.entities[entity]
+                .identity_ttl_ms
+                .max(definitions.entities[entity].ttl_ms),
             longest_tile_ms: 0,
         };
 

@@ -154,6 +154,35 @@ pub struct EntityState {
     pub(crate) exact_from_ms: i64,
 }
 
+impl EntityState {
+    /// What an expired entity keeps while it is remembered: its first-seen times,
+    /// pending ones folded in (`slots` first-seen slots), and when it was last seen and
+    /// applied, for expiry and replay.
+    pub(crate) fn identity_only(&self, slots: usize) -> EntityState {
+        let mut kept = EntityState {
+            last_seen_ms: self.last_seen_ms,
+            applied_seq: self.applied_seq,
+            firsts: self.firsts.clone(),
+            ..EntityState::default()
+        };
+        for pending in &self.recent {
+            if let Part::First(slot) = pending.part {
+                kept.observe_first(usize::from(slot), slots, pending.time_ms);
+            }
+        }
+        kept
+    }
+
+    pub(crate) fn is_identity_only(&self) -> bool {
+        self.counts.is_empty()
+            && self.stats.is_empty()
+            && self.distinct.is_empty()
+            && self.sketches.is_empty()
+            && self.lasts.is_empty()
+            && self.recent.is_empty()
+    }
+}
+
 /// The index range of `series` in a vector sorted by series first.
 fn series_range<T>(tiles: &[T], series: u16, key: impl Fn(&T) -> u16) -> std::ops::Range<usize> {
     let start = tiles.partition_point(|t| key(t) < series);

@@ -170,10 +170,30 @@ impl Naive {
             .saturating_add(longest_tile)
     }
 
+    /// The identity margin: first-seen times outlive the window state by the entity's
+    /// `identity_ttl` (at least its ttl), with the same lateness and tile slack.
+    fn identity_margin(&self, entity: usize) -> i64 {
+        let definition = &self.definitions.entities[entity];
+        self.expiry_margin(entity)
+            .saturating_sub(definition.ttl_ms)
+            .saturating_add(definition.identity_ttl_ms.max(definition.ttl_ms))
+    }
+
     /// The events of an entity since its last expiry, or `None` if it is unknown now.
     fn live_history(&self, entity: usize, id: &str) -> Option<Vec<&RawEvent>> {
+        self.history_within(entity, id, self.expiry_margin(entity))
+    }
+
+    /// The events of an entity since it was last forgotten whole (first-seen times
+    /// included), or `None` if even those are gone now.
+    fn identity_history(&self, entity: usize, id: &str) -> Option<Vec<&RawEvent>> {
+        self.history_within(entity, id, self.identity_margin(entity))
+    }
+
+    /// The events since the last gap longer than `margin` behind the watermark, if the
+    /// entity is within `margin` now.
+    fn history_within(&self, entity: usize, id: &str, margin: i64) -> Option<Vec<&RawEvent>> {
         let indexes = self.by_entity.get(&(entity, id.to_string()))?;
-        let margin = self.expiry_margin(entity);
         let mut history: Vec<&RawEvent> = Vec::new();
         let mut last_seen = i64::MIN;
         for &index in indexes {
@@ -304,8 +324,12 @@ impl Naive {
                 .map(|e| e.event_time_ms)
                 .max()
                 .map(|t| (at_ms - t) as f64 / 1000.0),
-            Aggregation::AgeSinceFirst => events
+            // First-seen outlives the window state (identity_ttl).
+            Aggregation::AgeSinceFirst => self
+                .identity_history(feature.entity, id)
+                .unwrap_or_default()
                 .iter()
+                .filter(|e| types.contains(&e.event_type.as_str()) && e.event_time_ms <= at_ms)
                 .map(|e| e.event_time_ms)
                 .min()
                 .map(|t| (at_ms - t) as f64 / 1000.0),
