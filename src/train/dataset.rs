@@ -74,6 +74,9 @@ pub struct DatasetSpec {
     pub max_refused_share: f64,
 }
 
+/// How often the replay frees expired entities and old dedup ids.
+const EVICT_EVERY_EVENTS: usize = 500_000;
+
 /// The default of [`DatasetSpec::max_refused_share`]: 1%.
 pub const DEFAULT_MAX_REFUSED_SHARE: f64 = 0.01;
 
@@ -380,6 +383,12 @@ impl Dataset {
             total = seq + 1;
             if seq % 100_000 == 0 {
                 progress(seq as u64);
+            }
+            // As the server does in the background: expired entities and dedup ids past
+            // the horizon go, so memory follows the live set, not the history. Eviction
+            // never changes a value (expiry is decided by event time alone).
+            if seq > 0 && seq % EVICT_EVERY_EVENTS == 0 {
+                engine.evict_expired();
             }
             let event = match validate(&definitions, &limits, &raw, None) {
                 Ok(event) => event,
