@@ -59,3 +59,15 @@ pub fn fields(value: &serde_json::Value) -> BTreeSet<(String, String)> {
     }
     keys
 }
+
+/// Asserts that `block` documents exactly the keys `every` (no key missing, none stale).
+pub fn assert_documents(block: &str, every: &BTreeSet<(String, String)>) {
+    let documented = documented_keys(block);
+    let missing: Vec<_> = every.difference(&documented).collect();
+    assert!(missing.is_empty(), "README.md lacks {missing:?}");
+    let stale: Vec<_> = documented.difference(every).collect();
+    assert!(
+        stale.is_empty(),
+        "README.md documents unknown keys {stale:?}"
+    );
+}
