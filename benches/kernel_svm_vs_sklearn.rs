@@ -32,16 +32,13 @@ for _ in range(3):
 print(best)
 "#;
 
+mod support;
+
 fn main() {
     if std::env::args().any(|a| a == "--list" || a == "--test") {
         return;
     }
-    let var = |name: &str, default: usize| {
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
+    let var = support::env_usize;
     let (rows, width) = (var("ROWS", 10_000), var("WIDTH", 30));
     let mut rng = ChaCha8Rng::seed_from_u64(11);
     let mut data = Vec::with_capacity(rows);

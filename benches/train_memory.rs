@@ -22,16 +22,13 @@ fn children_peak_rss_mib() -> f64 {
     usage.ru_maxrss as f64 / 1024.0
 }
 
+mod support;
+
 fn main() {
     if std::env::args().any(|a| a == "--list" || a == "--test") {
         return;
     }
-    let var = |name: &str, default: usize| {
-        std::env::var(name)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(default)
-    };
+    let var = support::env_usize;
     let events = var("EVENTS", 10_000_000);
     let users = var("USERS", 120_000);
     let dir = tempfile::tempdir().expect("temp dir");
