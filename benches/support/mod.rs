@@ -12,6 +12,14 @@ use streamscore::log::FsyncPolicy;
 use streamscore::registry::{LoadedModel, Registry};
 use streamscore::store::FeatureStore;
 
+/// A number from the environment, or `default`.
+pub fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// A fresh store with the default definitions (no fsync: the benches measure reads).
 pub fn store() -> (tempfile::TempDir, FeatureStore, Arc<Definitions>) {
     let dir = tempfile::tempdir().expect("temp dir");
