@@ -31,6 +31,7 @@ pub struct Settings {
     pub tls: TlsSettings,
     pub auth: AuthSettings,
     pub admin: AdminSettings,
+    pub kafka: KafkaSettings,
     /// Allow listening beyond loopback without TLS and tokens (`serve --insecure`).
     pub insecure: bool,
 }
@@ -55,6 +56,34 @@ pub struct TlsSettings {
     pub key: Option<PathBuf>,
     /// PEM CA certificate(s) client certificates must chain to.
     pub client_ca: Option<PathBuf>,
+}
+
+/// The Kafka source (with the `kafka` cargo feature): records of `topics` are applied
+/// like `IngestBatch` events; a record's offset is committed only once it is durable.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaSettings {
+    /// Bootstrap brokers, `host:port,...`; empty: no Kafka source.
+    pub brokers: String,
+    /// The consumer group: partitions are shared among the servers of one group.
+    pub group: String,
+    pub topics: Vec<String>,
+    /// Where records that cannot be applied go, with the reason in headers.
+    pub dead_letter_topic: String,
+    /// Records applied per batch at most (one durable append and one commit each).
+    pub batch_records: usize,
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        KafkaSettings {
+            brokers: String::new(),
+            group: "streamscore".into(),
+            topics: vec!["shop-events".into()],
+            dead_letter_topic: "shop-events-refused".into(),
+            batch_records: 1000,
+        }
+    }
 }
 
 impl TlsSettings {
@@ -233,6 +262,7 @@ impl Default for Settings {
             tls: TlsSettings::default(),
             auth: AuthSettings::default(),
             admin: AdminSettings::default(),
+            kafka: KafkaSettings::default(),
             insecure: false,
         }
     }
@@ -300,6 +330,28 @@ impl Settings {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let kafka = &self.kafka;
+        if !kafka.brokers.is_empty() {
+            if !cfg!(feature = "kafka") {
+                return Err(ConfigError::Invalid(
+                    "kafka.brokers is set, but this build has no Kafka support: build with `--features kafka`".into(),
+                ));
+            }
+            if kafka.topics.is_empty()
+                || kafka.group.is_empty()
+                || kafka.dead_letter_topic.is_empty()
+            {
+                return Err(ConfigError::Invalid(
+                    "kafka: topics, group and dead_letter_topic must be given with brokers".into(),
+                ));
+            }
+            if kafka.batch_records == 0 || kafka.batch_records > self.ingest.max_batch_events {
+                return Err(ConfigError::Invalid(format!(
+                    "kafka.batch_records must be 1 to ingest.max_batch_events ({}), got {}",
+                    self.ingest.max_batch_events, kafka.batch_records
+                )));
+            }
+        }
         let ingest = &self.ingest;
         if ingest.dedup_horizon.0 < ingest.allowed_lateness.0 {
             return Err(ConfigError::Invalid(

@@ -10,6 +10,8 @@ pub mod definitions;
 pub mod durable;
 pub mod events;
 pub mod features;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod loadtest;
 pub mod log;
 pub mod model;

@@ -261,6 +261,22 @@ pub async fn run_with(
         );
         let _ = draining.send(true);
     };
+    // The Kafka source stops when draining starts, committing what is durable.
+    #[cfg(feature = "kafka")]
+    let kafka_source = (!settings.kafka.brokers.is_empty()).then(|| {
+        let source = crate::kafka::run(
+            Arc::clone(&store),
+            settings.kafka.clone(),
+            Arc::new(crate::kafka::SourceCounters::default()),
+            drain_started.clone(),
+        );
+        tokio::spawn(async move {
+            // Said at once: ingest from Kafka has stopped while the server goes on.
+            if let Err(error) = source.await {
+                tracing::error!(%error, "the kafka source stopped");
+            }
+        })
+    });
     let callers = Callers::from_settings(&settings.auth).map_err(ServerError::Setup)?;
     let auth = AuthLayer::new(callers);
     // With an admin listener, admin calls are answered there only.
@@ -319,6 +335,12 @@ pub async fn run_with(
     };
     if let Some(admin) = admin_serving {
         admin.abort();
+    }
+    #[cfg(feature = "kafka")]
+    if let Some(source) = kafka_source {
+        if let Err(error) = source.await {
+            tracing::error!(%error, "the kafka source panicked");
+        }
     }
     maintenance.abort();
     watcher.abort();

@@ -1,0 +1,198 @@
+//! Kafka as a source (cargo feature `kafka`), against librdkafka's mock cluster (in
+//! process, real TCP): 100k simulated events produced to a 4-partition topic are
+//! consumed by `serve` and applied exactly like `IngestStream` events (`GetFeatures`
+//! equals the naive model), and bad records land on the dead-letter topic with their
+//! reasons while the consumer keeps going.
+#![cfg(feature = "kafka")]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::TestServer;
+use common::naive::{Naive, Outcome, same_value};
+use rdkafka::ClientConfig;
+use rdkafka::Message;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Headers;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use streamscore::api::client;
+use streamscore::definitions::Definitions;
+use streamscore::events::RawEvent;
+use streamscore::simulate::{SimConfig, Simulator};
+
+const TOPIC: &str = "shop-events";
+const DEAD: &str = "shop-events-refused";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_from_kafka_are_applied_like_ingested_events() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    cluster.create_topic(TOPIC, 4, 1).expect("topic");
+    cluster.create_topic(DEAD, 1, 1).expect("dead-letter topic");
+    let brokers = cluster.bootstrap_servers();
+
+    let events: Vec<RawEvent> = Simulator::new(SimConfig {
+        users: 2_000,
+        ..SimConfig::default()
+    })
+    .take(100_000)
+    .collect();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("linger.ms", "5")
+        .create()
+        .expect("producer");
+    // Keyed by user, so each user's events stay in order in one partition.
+    let mut pending = Vec::new();
+    for event in &events {
+        let key = event.entities.get("user").cloned().unwrap_or_default();
+        let payload = serde_json::to_vec(event).expect("json");
+        pending.push(
+            producer
+                .send_result(FutureRecord::to(TOPIC).key(&key).payload(&payload))
+                .expect("queue"),
+        );
+        if pending.len() >= 10_000 {
+            for delivery in pending.drain(..) {
+                delivery.await.expect("delivered").expect("stored");
+            }
+        }
+    }
+    // Bad records among them: not JSON, an unknown event type, a payment without amount.
+    let bad: [&[u8]; 3] = [
+        b"{not json",
+        br#"{"event_id":"x1","event_type":"refund","event_time_ms":1}"#,
+        br#"{"event_id":"x2","event_type":"payment","event_time_ms":1,"entities":{"user":"u","card":"c"}}"#,
+    ];
+    for payload in bad {
+        pending.push(
+            producer
+                .send_result(FutureRecord::<[u8], [u8]>::to(TOPIC).payload(payload))
+                .expect("queue"),
+        );
+    }
+    for delivery in pending.drain(..) {
+        delivery.await.expect("delivered").expect("stored");
+    }
+
+    let server_brokers = brokers.clone();
+    let server = TestServer::start(move |settings| {
+        settings.kafka.brokers = server_brokers;
+        settings.kafka.topics = vec![TOPIC.into()];
+        settings.kafka.dead_letter_topic = DEAD.into();
+    })
+    .await;
+    // Waits (bounded) until every good record is applied.
+    let applied = tokio::time::timeout(Duration::from_secs(120), async {
+        while server.store.counters().applied < events.len() as u64 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        applied.is_ok(),
+        "not all 100k records applied within 2 minutes: {:?}",
+        server.store.counters()
+    );
+
+    let definitions = Definitions::default_shop();
+    let settings = streamscore::config::Settings::default();
+    let mut naive = Naive::new(
+        definitions.clone(),
+        settings.ingest.allowed_lateness.0,
+        settings.ingest.dedup_horizon.0,
+    );
+    for event in &events {
+        assert_eq!(naive.offer(event), Outcome::Applied);
+    }
+    let mut compared = 0;
+    for entity in &definitions.entities {
+        let ids: BTreeSet<String> = events
+            .iter()
+            .filter_map(|e| {
+                if entity.parts.is_empty() {
+                    e.entities.get(&entity.name).cloned()
+                } else {
+                    let parts: Option<Vec<&str>> = entity
+                        .parts
+                        .iter()
+                        .map(|p| {
+                            e.entities
+                                .get(&definitions.entities[*p].name)
+                                .map(String::as_str)
+                        })
+                        .collect();
+                    parts.map(|p| p.join("|"))
+                }
+            })
+            .collect();
+        for id in ids.iter().step_by((ids.len() / 20).max(1)) {
+            let at = naive.watermark_ms();
+            let response = client::get_features(server.channel().await, &entity.name, id, Some(at))
+                .await
+                .expect("get features");
+            let expected: Vec<_> = definitions
+                .features
+                .iter()
+                .filter(|f| definitions.entities[f.entity].name == entity.name)
+                .collect();
+            for (value, feature) in response.values.iter().zip(expected) {
+                let (known, want) = naive.read(feature, id, at);
+                assert_eq!(response.known, known, "{} {id}", entity.name);
+                assert!(
+                    same_value(value.value, want),
+                    "{} {id} {}: from kafka {:?}, naive {want:?}",
+                    entity.name,
+                    feature.name,
+                    value.value
+                );
+                compared += 1;
+            }
+        }
+    }
+    assert!(compared > 1_000, "only {compared} values compared");
+
+    // The three bad records are on the dead-letter topic, each with its reason.
+    let dead: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("group.id", "dead-letter-reader")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .expect("consumer");
+    dead.subscribe(&[DEAD]).expect("subscribe");
+    let mut reasons = Vec::new();
+    while reasons.len() < 3 {
+        let message = tokio::time::timeout(Duration::from_secs(30), dead.recv())
+            .await
+            .expect("a dead letter within 30 s")
+            .expect("receive");
+        let headers = message.headers().expect("headers");
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|h| h.key == name)
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default()
+        };
+        reasons.push(format!(
+            "{} {}: {}",
+            header("streamscore.kind"),
+            header("streamscore.field"),
+            header("streamscore.reason")
+        ));
+    }
+    reasons.sort();
+    assert!(
+        reasons[0].starts_with("invalid event_type") && reasons[0].contains("refund"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[1].starts_with("invalid numbers.amount"),
+        "{reasons:?}"
+    );
+    assert!(reasons[2].starts_with("undecodable payload"), "{reasons:?}");
+    server.stop().await;
+}
