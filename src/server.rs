@@ -203,10 +203,14 @@ pub async fn run_with(
     health
         .set_serving::<FeaturesServer<FeaturesService>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Both reflection versions: grpcurl 1.8 and several GUI clients speak only v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+    let reflection = reflection().build_v1()?;
 
     let registry = open_registry(settings, Arc::clone(store.definitions())).await?;
     if registry.catalog().models().is_empty() {
@@ -301,6 +305,7 @@ pub async fn run_with(
     let serving = grpc_builder(settings, &metrics, main_auth)?
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_v1alpha)
         .add_service(
             IngestServer::new(IngestService::new(Arc::clone(&store), drain))
                 .max_decoding_message_size(max_message),

@@ -18,7 +18,7 @@ use streamscore::api::pb::{self, models_client::ModelsClient, scoring_client::Sc
 use streamscore::definitions::Definitions;
 use streamscore::model::Family;
 use streamscore::model::artifact::{self, ArtifactBody};
-use streamscore::time::{Millis, now_ms};
+use streamscore::time::Millis;
 use tokio::sync::mpsc;
 use tonic::Code;
 
@@ -55,23 +55,13 @@ async fn promote(admin: &mut ModelsClient<streamscore::api::client::Connection>,
 }
 
 fn request() -> pb::ScoreRequest {
-    pb::ScoreRequest {
-        model: "fraud".into(),
-        event: Some(pb::Event {
-            event_type: "payment".into(),
-            // A fixed moment: every call reads the same (empty) features.
-            event_time_ms: now_ms() - 1_000,
-            entities: [("user", "u1"), ("card", "c1"), ("ip", "ip1")]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            numbers: [("amount".to_string(), 120.0)].into(),
-            ..Default::default()
-        }),
-        include_features: false,
-        record: false,
-        reasons: Some(0),
+    // Every call reads the same (empty) features: nothing is recorded.
+    let mut request = common::fraud_payment(120.0);
+    if let Some(event) = request.event.as_mut() {
+        event.entities.insert("ip".into(), "ip1".into());
     }
+    request.reasons = Some(0);
+    request
 }
 
 /// One answered call: when it ran (seconds since the test start) and what it said.

@@ -15,7 +15,7 @@ use streamscore::definitions::Definitions;
 use streamscore::model::Family;
 use streamscore::model::artifact::{self, ArtifactBody, Comparison};
 use streamscore::registry::Promotion;
-use streamscore::time::{Millis, now_ms};
+use streamscore::time::Millis;
 
 fn version(v: u32, comparison: Option<Comparison>) -> ArtifactBody {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fraud/fraud-v1.json");
@@ -41,20 +41,7 @@ fn models_dir() -> tempfile::TempDir {
 }
 
 fn request() -> pb::ScoreRequest {
-    pb::ScoreRequest {
-        model: "fraud".into(),
-        event: Some(pb::Event {
-            event_type: "payment".into(),
-            event_time_ms: now_ms() - 1_000,
-            entities: [("user", "u1"), ("card", "c1")]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            numbers: [("amount".to_string(), 30.0)].into(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    common::fraud_payment(30.0)
 }
 
 /// Waits until the watcher has loaded `fraud@version` (polling ListModels).

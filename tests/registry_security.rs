@@ -17,7 +17,7 @@ use streamscore::definitions::Definitions;
 use streamscore::model::Family;
 use streamscore::model::artifact::{self, ArtifactBody, SigningKey};
 use streamscore::model::tree::{Node, Tree};
-use streamscore::time::{Millis, now_ms};
+use streamscore::time::Millis;
 use tonic::Code;
 
 fn shipped(name: &str) -> ArtifactBody {
@@ -44,20 +44,7 @@ fn models_dir() -> tempfile::TempDir {
 }
 
 fn score_request() -> pb::ScoreRequest {
-    pb::ScoreRequest {
-        model: "fraud".into(),
-        event: Some(pb::Event {
-            event_type: "payment".into(),
-            event_time_ms: now_ms() - 1_000,
-            entities: [("user", "u1"), ("card", "c1")]
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            numbers: [("amount".to_string(), 42.0)].into(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    common::fraud_payment(42.0)
 }
 
 /// Makes one bad artifact out of a good one.

@@ -304,3 +304,23 @@ impl IngestHealth {
         }
     }
 }
+
+/// A `Score` request to the serving `fraud` model for a payment of `amount` by user
+/// `u1` with card `c1`, a second ago.
+pub fn fraud_payment(amount: f64) -> streamscore::api::pb::ScoreRequest {
+    use streamscore::api::pb;
+    pb::ScoreRequest {
+        model: "fraud".into(),
+        event: Some(pb::Event {
+            event_type: "payment".into(),
+            event_time_ms: streamscore::time::now_ms() - 1_000,
+            entities: [("user", "u1"), ("card", "c1")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            numbers: [("amount".to_string(), amount)].into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
