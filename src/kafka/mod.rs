@@ -138,18 +138,24 @@ pub async fn run(
             };
             refused.push((origin[index], refusal.field, refusal.reason, kind));
         }
-        for (at, field, reason, kind) in &refused {
-            dead_letter(
-                &dead_letters,
-                &settings.dead_letter_topic,
-                &batch[*at],
-                Refused {
-                    field,
-                    reason,
-                    kind,
-                },
-            )
-            .await?;
+        // Sent together, then all awaited: the batch's offsets wait for every one.
+        let sent: Vec<_> = refused
+            .iter()
+            .map(|(at, field, reason, kind)| {
+                dead_letter(
+                    &dead_letters,
+                    &settings.dead_letter_topic,
+                    &batch[*at],
+                    Refused {
+                        field,
+                        reason,
+                        kind,
+                    },
+                )
+            })
+            .collect();
+        for delivery in sent {
+            delivery.await?;
         }
         counters
             .dead_lettered
