@@ -104,6 +104,7 @@ pub async fn run(
             },
             _ = shutdown.changed() => break,
         };
+        let received_first = std::time::Instant::now();
         let mut batch = vec![first];
         while batch.len() < settings.batch_records {
             match tokio::time::timeout(BATCH_WAIT, consumer.recv()).await {
@@ -112,6 +113,8 @@ pub async fn run(
             }
         }
         counters.records.fetch_add(batch.len() as u64, Relaxed);
+        let collected = received_first.elapsed();
+        let started = std::time::Instant::now();
         let mut events = Vec::with_capacity(batch.len());
         let mut origin = Vec::with_capacity(batch.len());
         let mut refused: Vec<(usize, String, String, &'static str)> = Vec::new();
@@ -161,6 +164,9 @@ pub async fn run(
             .dead_lettered
             .fetch_add(refused.len() as u64, Relaxed);
         commit(&consumer, &batch)?;
+        if std::env::var("KAFKA_DEBUG").is_ok() {
+            eprintln!("batch {} records, collected in {collected:?}, applied in {:?}", batch.len(), started.elapsed());
+        }
     }
     Ok(())
 }
