@@ -165,10 +165,21 @@ pub async fn run(
             .fetch_add(refused.len() as u64, Relaxed);
         commit(&consumer, &batch)?;
         if std::env::var("KAFKA_DEBUG").is_ok() && !refused.is_empty() {
-            eprintln!("refused: {:?}", refused.iter().take(3).map(|r| (&r.1, &r.2)).collect::<Vec<_>>());
+            eprintln!(
+                "refused: {:?}",
+                refused
+                    .iter()
+                    .take(3)
+                    .map(|r| (&r.1, &r.2))
+                    .collect::<Vec<_>>()
+            );
         }
         if std::env::var("KAFKA_DEBUG").is_ok() {
-            eprintln!("batch {} records, collected in {collected:?}, applied in {:?}", batch.len(), started.elapsed());
+            eprintln!(
+                "batch {} records, collected in {collected:?}, applied in {:?}",
+                batch.len(),
+                started.elapsed()
+            );
         }
     }
     Ok(())
