@@ -43,6 +43,14 @@ fn models_dir() -> tempfile::TempDir {
     dir
 }
 
+/// The version that answers `request`.
+async fn served_version(
+    scoring: &mut ScoringClient<streamscore::api::client::Connection>,
+    request: pb::ScoreRequest,
+) -> u32 {
+    scoring.score(request).await.unwrap().into_inner().version
+}
+
 fn score_request() -> pb::ScoreRequest {
     common::fraud_payment(42.0)
 }
@@ -282,35 +290,14 @@ async fn aliases_stay_within_their_model_and_a_lost_pin_fails_closed() {
     }
     let mut scoring = ScoringClient::new(server.channel().await);
     assert_eq!(
-        scoring
-            .score(score_request())
-            .await
-            .unwrap()
-            .into_inner()
-            .version,
+        served_version(&mut scoring, score_request()).await,
         1,
         "v2 is a candidate until promoted"
     );
     client.set_alias(alias("fraud", "fraud@2")).await.unwrap();
-    assert_eq!(
-        scoring
-            .score(score_request())
-            .await
-            .unwrap()
-            .into_inner()
-            .version,
-        2
-    );
+    assert_eq!(served_version(&mut scoring, score_request()).await, 2);
     client.set_alias(alias("fraud", "fraud@1")).await.unwrap();
-    assert_eq!(
-        scoring
-            .score(score_request())
-            .await
-            .unwrap()
-            .into_inner()
-            .version,
-        1
-    );
+    assert_eq!(served_version(&mut scoring, score_request()).await, 1);
     server.stop().await;
 
     // The pin's file is lost: fraud must not come back as its newest version.
@@ -341,15 +328,7 @@ async fn aliases_stay_within_their_model_and_a_lost_pin_fails_closed() {
     );
     let mut client = ModelsClient::new(server.channel().await);
     client.set_alias(alias("fraud", "fraud@1")).await.unwrap();
-    assert_eq!(
-        scoring
-            .score(score_request())
-            .await
-            .unwrap()
-            .into_inner()
-            .version,
-        1
-    );
+    assert_eq!(served_version(&mut scoring, score_request()).await, 1);
     server.stop().await;
 }
 
@@ -378,15 +357,7 @@ async fn with_signatures_required_only_signed_artifacts_load() {
     .await;
     let mut client = ModelsClient::new(server.channel().await);
     let mut scoring = ScoringClient::new(server.channel().await);
-    assert_eq!(
-        scoring
-            .score(score_request())
-            .await
-            .unwrap()
-            .into_inner()
-            .version,
-        1
-    );
+    assert_eq!(served_version(&mut scoring, score_request()).await, 1);
 
     // v999 that never blocks: unsigned, then signed with another key.
     let mut impostor = shipped("fraud");
@@ -402,14 +373,6 @@ async fn with_signatures_required_only_signed_artifacts_load() {
     artifact::save_signed(&path, impostor, Some(&other)).unwrap();
     let status = refused(&mut client, &path).await;
     assert!(status.message().contains("does not verify"), "{status:?}");
-    assert_eq!(
-        scoring
-            .score(score_request())
-            .await
-            .unwrap()
-            .into_inner()
-            .version,
-        1
-    );
+    assert_eq!(served_version(&mut scoring, score_request()).await, 1);
     server.stop().await;
 }

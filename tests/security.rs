@@ -264,16 +264,17 @@ async fn mtls_refuses_clients_without_a_certificate() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn roles_decide_who_may_do_what() {
+/// A temp models dir with copies of the shipped v1 of `names` and `fraud` pinned to it.
+fn shipped_models(names: &[&str]) -> tempfile::TempDir {
     let models = tempfile::tempdir().unwrap();
-    for name in ["fraud", "order_value"] {
-        let shipped =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("models/{name}/{name}-v1.json"));
+    for name in names {
+        let file = format!("{name}/{name}-v1.json");
         std::fs::create_dir_all(models.path().join(name)).unwrap();
         std::fs::copy(
-            &shipped,
-            models.path().join(format!("{name}/{name}-v1.json")),
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("models")
+                .join(&file),
+            models.path().join(&file),
         )
         .unwrap();
     }
@@ -282,6 +283,12 @@ async fn roles_decide_who_may_do_what() {
         r#"{"fraud": "fraud@1"}"#,
     )
     .unwrap();
+    models
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_decide_who_may_do_what() {
+    let models = shipped_models(&["fraud", "order_value"]);
     let models_dir = models.path().to_path_buf();
     let server = TestServer::start(move |settings| {
         token_callers(settings);
@@ -443,15 +450,7 @@ async fn roles_decide_who_may_do_what() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_listener_takes_the_admin_calls_off_the_main_port() {
     // A copy of the shipped models: SetAlias writes aliases.json.
-    let models = tempfile::tempdir().unwrap();
-    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fraud/fraud-v1.json");
-    std::fs::create_dir_all(models.path().join("fraud")).unwrap();
-    std::fs::copy(&shipped, models.path().join("fraud/fraud-v1.json")).unwrap();
-    std::fs::write(
-        models.path().join("aliases.json"),
-        r#"{"fraud": "fraud@1"}"#,
-    )
-    .unwrap();
+    let models = shipped_models(&["fraud"]);
     let models_dir = models.path().to_path_buf();
     let server = TestServer::start(move |settings| {
         settings.admin.listen = Some("127.0.0.1:0".parse().unwrap());

@@ -40,6 +40,8 @@ for family in tree svm kernel_svm; do
 done
 
 metric() { grep -E "^  $1 " "$2" | awk '{print $2}'; }
+# The table comparison is written by training/compare_tables.sh; kept across this rewrite.
+tables=$(sed -n '/<!-- tables -->/,/<!-- \/tables -->/p' training/RESULTS.md 2>/dev/null || true)
 fit() { sed -nE 's/.*fit in ([0-9.]+) s.*/\1/p' "$1"; }
 {
   echo "# Fraud model comparison"
@@ -84,4 +86,7 @@ fit() { sed -nE 's/.*fit in ([0-9.]+) s.*/\1/p' "$1"; }
     python3 training/compare_sklearn.py "$work/order_value.csv" order_value
   fi
 } > training/RESULTS.md
+if [ -n "$tables" ]; then
+  printf '\n%s\n' "$tables" >> training/RESULTS.md
+fi
 cat training/RESULTS.md

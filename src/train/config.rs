@@ -124,18 +124,17 @@ pub struct Overrides {
 }
 
 /// Replaces `slot` by `flag` when given, noting what changed in `changes`.
-fn take<T: Copy + PartialEq + std::fmt::Debug>(
+fn take<T: PartialEq + std::fmt::Debug>(
     slot: &mut T,
     flag: Option<T>,
     key: &str,
     changes: &mut Vec<String>,
-) -> bool {
-    let Some(value) = flag else { return false };
+) {
+    let Some(value) = flag else { return };
     if *slot != value {
         changes.push(format!("{key}: {value:?} (flag) over {slot:?}"));
     }
     *slot = value;
-    true
 }
 
 impl TrainConfig {
@@ -172,33 +171,20 @@ impl TrainConfig {
     /// which the report and the artifact record.
     pub fn apply(&mut self, flags: &Overrides) -> Result<Vec<String>, ConfigError> {
         let mut changes = Vec::new();
-        if let Some(name) = &flags.name {
-            if *name != self.name {
-                changes.push(format!("name: {name:?} (flag) over {:?}", self.name));
-            }
-            self.name = name.clone();
-        }
-        if let Some(target) = &flags.target {
-            if *target != self.target {
-                changes.push(format!("target: {target:?} (flag) over {:?}", self.target));
-            }
-            self.target = target.clone();
-        }
-        if let Some(label) = &flags.label {
-            if *label != self.label {
-                changes.push(format!("label: {label:?} (flag) over {:?}", self.label));
-            }
-            self.label = label.clone();
-        }
-        if let Some(window) = &flags.label_window {
-            if *window != self.label_window {
-                changes.push(format!(
-                    "label_window: {window:?} (flag) over {:?}",
-                    self.label_window
-                ));
-            }
-            self.label_window = window.clone();
-        }
+        take(&mut self.name, flags.name.clone(), "name", &mut changes);
+        take(
+            &mut self.target,
+            flags.target.clone(),
+            "target",
+            &mut changes,
+        );
+        take(&mut self.label, flags.label.clone(), "label", &mut changes);
+        take(
+            &mut self.label_window,
+            flags.label_window.clone(),
+            "label_window",
+            &mut changes,
+        );
         take(&mut self.holdout, flags.holdout, "holdout", &mut changes);
         take(&mut self.split, flags.split, "split", &mut changes);
         take(&mut self.seed, flags.seed, "seed", &mut changes);

@@ -28,7 +28,7 @@ pub enum TableError {
         label: String,
         header: String,
     },
-    #[error("{path}: {count} cells refused:\n{listed}")]
+    #[error("{path}: {count} {} refused:\n{listed}", if *count == 1 { "cell" } else { "cells" })]
     Cells {
         path: String,
         count: usize,
