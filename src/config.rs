@@ -3,6 +3,7 @@
 //! `STREAMSCORE__INGEST__ALLOWED_LATENESS=2h`), then command-line flags. The result is
 //! passed into constructors; nothing reads settings globally.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -63,15 +64,63 @@ pub struct TlsSettings {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct KafkaSettings {
-    /// Bootstrap brokers, `host:port,...`; empty: no Kafka source.
+    /// Bootstrap brokers, `host:port,...`; empty: no Kafka at all.
     pub brokers: String,
     /// The consumer group: partitions are shared among the servers of one group.
     pub group: String,
+    /// Topics of events; empty: no source (the scoring stream may still run).
     pub topics: Vec<String>,
+    pub format: KafkaFormat,
     /// Where records that cannot be applied go, with the reason in headers.
     pub dead_letter_topic: String,
     /// Records applied per batch at most (one durable append and one commit each).
     pub batch_records: usize,
+    /// Extra librdkafka properties for every client (`security.protocol`,
+    /// `sasl.mechanism`, `session.timeout.ms`, ...).
+    pub client: BTreeMap<String, String>,
+    pub scoring: KafkaScoringSettings,
+}
+
+/// How a record's payload encodes its event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum KafkaFormat {
+    /// The JSON-lines shape `export` writes and `train --events` reads.
+    #[default]
+    Json,
+    /// The API's `Event` message.
+    Protobuf,
+}
+
+/// The scoring stream: payments of `input_topic` are scored like `Score` and their
+/// decisions written to `output_topic` in transactions with the input offsets.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaScoringSettings {
+    /// Empty: no scoring stream.
+    pub input_topic: String,
+    pub output_topic: String,
+    /// The model name or alias, resolved like `Score`'s.
+    pub model: String,
+    /// Also apply each payment to the features (like `Score` with `record`).
+    pub record: bool,
+    /// The scoring stream's own consumer group.
+    pub group: String,
+    /// Payments scored per transaction at most.
+    pub batch_records: usize,
+}
+
+impl Default for KafkaScoringSettings {
+    fn default() -> Self {
+        KafkaScoringSettings {
+            input_topic: String::new(),
+            output_topic: "decisions".into(),
+            model: "fraud".into(),
+            record: false,
+            group: "streamscore-scoring".into(),
+            batch_records: 500,
+        }
+    }
 }
 
 impl Default for KafkaSettings {
@@ -80,8 +129,11 @@ impl Default for KafkaSettings {
             brokers: String::new(),
             group: "streamscore".into(),
             topics: vec!["shop-events".into()],
+            format: KafkaFormat::Json,
             dead_letter_topic: "shop-events-refused".into(),
             batch_records: 1000,
+            client: BTreeMap::new(),
+            scoring: KafkaScoringSettings::default(),
         }
     }
 }
@@ -329,29 +381,57 @@ impl Settings {
         Ok(settings)
     }
 
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    fn validate_kafka(&self) -> Result<(), ConfigError> {
         let kafka = &self.kafka;
-        if !kafka.brokers.is_empty() {
-            if !cfg!(feature = "kafka") {
-                return Err(ConfigError::Invalid(
-                    "kafka.brokers is set, but this build has no Kafka support: build with `--features kafka`".into(),
-                ));
-            }
-            if kafka.topics.is_empty()
-                || kafka.group.is_empty()
-                || kafka.dead_letter_topic.is_empty()
+        if kafka.brokers.is_empty() {
+            return Ok(());
+        }
+        let invalid = |message: String| Err(ConfigError::Invalid(message));
+        if !cfg!(feature = "kafka") {
+            return invalid(
+                "kafka.brokers is set, but this build has no Kafka support: build with `--features kafka`".into(),
+            );
+        }
+        if !kafka.topics.is_empty()
+            && (kafka.group.is_empty() || kafka.dead_letter_topic.is_empty())
+        {
+            return invalid("kafka: group and dead_letter_topic must be given with topics".into());
+        }
+        if kafka.batch_records == 0 || kafka.batch_records > self.ingest.max_batch_events {
+            return invalid(format!(
+                "kafka.batch_records must be 1 to ingest.max_batch_events ({}), got {}",
+                self.ingest.max_batch_events, kafka.batch_records
+            ));
+        }
+        let scoring = &kafka.scoring;
+        if !scoring.input_topic.is_empty() {
+            if scoring.output_topic.is_empty()
+                || scoring.model.is_empty()
+                || scoring.group.is_empty()
             {
-                return Err(ConfigError::Invalid(
-                    "kafka: topics, group and dead_letter_topic must be given with brokers".into(),
+                return invalid(
+                    "kafka.scoring: output_topic, model and group must be given with input_topic"
+                        .into(),
+                );
+            }
+            if scoring.group == kafka.group {
+                return invalid(format!(
+                    "kafka.scoring.group must differ from kafka.group ({:?}): the two consume different topics",
+                    kafka.group
                 ));
             }
-            if kafka.batch_records == 0 || kafka.batch_records > self.ingest.max_batch_events {
-                return Err(ConfigError::Invalid(format!(
-                    "kafka.batch_records must be 1 to ingest.max_batch_events ({}), got {}",
-                    self.ingest.max_batch_events, kafka.batch_records
-                )));
+            if scoring.batch_records == 0 || scoring.batch_records > 10_000 {
+                return invalid(format!(
+                    "kafka.scoring.batch_records must be 1 to 10000, got {}",
+                    scoring.batch_records
+                ));
             }
         }
+        Ok(())
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_kafka()?;
         let ingest = &self.ingest;
         if ingest.dedup_horizon.0 < ingest.allowed_lateness.0 {
             return Err(ConfigError::Invalid(

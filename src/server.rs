@@ -222,6 +222,16 @@ pub async fn run_with(
         settings.models.watch_interval.as_duration(),
     ));
     let ingest_health = tokio::spawn(report_ingest_health(health.clone(), Arc::clone(&store)));
+    let (draining, draining_rx) = tokio::sync::watch::channel(false);
+    let mut drain_started = draining_rx.clone();
+    // The Kafka parts stop when draining starts, committing what is durable.
+    #[cfg(feature = "kafka")]
+    let kafka = Arc::new(
+        crate::kafka::serve::start(settings, &store, &registry, &draining_rx)
+            .map_err(|e| ServerError::Setup(format!("kafka: {e}")))?,
+    );
+    #[cfg(feature = "kafka")]
+    let kafka_health = tokio::spawn(report_kafka_health(health.clone(), Arc::clone(&kafka)));
     let metrics = Arc::new(Metrics::default());
     let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
     let metrics_task = listeners.metrics.map(|listener| {
@@ -232,6 +242,10 @@ pub async fn run_with(
                 metrics: Arc::clone(&metrics),
                 store: Arc::clone(&store),
                 registry: Arc::clone(&registry),
+                extra: extra_metrics(
+                    #[cfg(feature = "kafka")]
+                    &kafka,
+                ),
             },
             async {
                 let _ = metrics_stopped.await;
@@ -251,8 +265,6 @@ pub async fn run_with(
     // then end with UNAVAILABLE. A connection that still holds the server after that
     // (and a grace for the last acks) is dropped, so SIGTERM always ends the process.
     let drain_timeout = settings.shutdown.drain_timeout.as_duration();
-    let (draining, draining_rx) = tokio::sync::watch::channel(false);
-    let mut drain_started = draining_rx.clone();
     let drain = Drain {
         draining: draining_rx,
         timeout: drain_timeout,
@@ -265,22 +277,6 @@ pub async fn run_with(
         );
         let _ = draining.send(true);
     };
-    // The Kafka source stops when draining starts, committing what is durable.
-    #[cfg(feature = "kafka")]
-    let kafka_source = (!settings.kafka.brokers.is_empty()).then(|| {
-        let source = crate::kafka::run(
-            Arc::clone(&store),
-            settings.kafka.clone(),
-            Arc::new(crate::kafka::SourceCounters::default()),
-            drain_started.clone(),
-        );
-        tokio::spawn(async move {
-            // Said at once: ingest from Kafka has stopped while the server goes on.
-            if let Err(error) = source.await {
-                tracing::error!(%error, "the kafka source stopped");
-            }
-        })
-    });
     let callers = Callers::from_settings(&settings.auth).map_err(ServerError::Setup)?;
     let auth = AuthLayer::new(callers);
     // With an admin listener, admin calls are answered there only.
@@ -342,15 +338,13 @@ pub async fn run_with(
         admin.abort();
     }
     #[cfg(feature = "kafka")]
-    if let Some(source) = kafka_source {
-        if let Err(error) = source.await {
-            tracing::error!(%error, "the kafka source panicked");
-        }
-    }
+    kafka.join().await;
     maintenance.abort();
     watcher.abort();
     scoring_health.abort();
     ingest_health.abort();
+    #[cfg(feature = "kafka")]
+    kafka_health.abort();
     let _ = stop_metrics.send(());
     if let Some(task) = metrics_task {
         let _ = task.await;
@@ -453,6 +447,42 @@ async fn report_scoring_health(
             }
             serving = Some(now);
         }
+    }
+}
+
+/// Metrics rendered besides the store's and the registry's.
+fn extra_metrics(
+    #[cfg(feature = "kafka")] kafka: &Arc<crate::kafka::serve::Running>,
+) -> Vec<prometheus::Extra> {
+    #[allow(unused_mut)]
+    let mut extra: Vec<prometheus::Extra> = Vec::new();
+    #[cfg(feature = "kafka")]
+    {
+        let kafka = Arc::clone(kafka);
+        extra.push(Arc::new(move || kafka.prometheus()));
+    }
+    extra
+}
+
+/// Keeps the health of the Kafka parts in step with whether their brokers answer.
+#[cfg(feature = "kafka")]
+async fn report_kafka_health(
+    health: tonic_health::server::HealthReporter,
+    kafka: Arc<crate::kafka::serve::Running>,
+) {
+    let mut last: std::collections::BTreeMap<&str, bool> = Default::default();
+    loop {
+        for (service, reachable) in kafka.health() {
+            if last.insert(service, reachable) != Some(reachable) {
+                let status = if reachable {
+                    tonic_health::ServingStatus::Serving
+                } else {
+                    tonic_health::ServingStatus::NotServing
+                };
+                health.set_service_status(service, status).await;
+            }
+        }
+        tokio::time::sleep(HEALTH_TICK).await;
     }
 }
 

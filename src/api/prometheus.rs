@@ -14,12 +14,16 @@ use super::metrics::Metrics;
 use crate::registry::Registry;
 use crate::store::FeatureStore;
 
+/// More metrics, already in Prometheus text (the Kafka parts').
+pub type Extra = Arc<dyn Fn() -> String + Send + Sync>;
+
 /// What a scrape reads besides the call metrics.
 #[derive(Clone)]
 pub struct Sources {
     pub metrics: Arc<Metrics>,
     pub store: Arc<FeatureStore>,
     pub registry: Arc<Registry>,
+    pub extra: Vec<Extra>,
 }
 
 impl Sources {
@@ -29,7 +33,7 @@ impl Sources {
             .store
             .with_engine(|engine| engine.entity_counts().iter().map(|(_, n)| *n).sum());
         let catalog = self.registry.catalog();
-        self.metrics.render(&[
+        let mut text = self.metrics.render(&[
             (
                 "streamscore_events_applied",
                 "events applied to the features since start",
@@ -75,7 +79,11 @@ impl Sources {
                 "changes of the version a model name serves, since start",
                 self.registry.swaps() as f64,
             ),
-        ])
+        ]);
+        for extra in &self.extra {
+            text.push_str(&extra());
+        }
+        text
     }
 }
 

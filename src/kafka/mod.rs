@@ -1,28 +1,35 @@
-//! Kafka as an event source (cargo feature `kafka`): a consumer group over
-//! `kafka.topics`, whose records (one event each, the JSON-lines shape `export` writes)
-//! go through the same validation, dedup, lateness and engine path as `IngestBatch`.
+//! Kafka in and out (cargo feature `kafka`, librdkafka through `rdkafka`).
 //!
-//! Offsets follow durability: a batch's offsets are committed only after its events
-//! are durable in the local log and its refused records are on the dead-letter topic.
-//! A crash between the two redelivers the batch, and the engine's dedup (by event id,
-//! within `ingest.dedup_horizon`) turns the redelivery into duplicates: every record is
-//! applied once.
+//! The source ([`source::run`]) is a consumer group over `kafka.topics` whose records
+//! (one event each, JSON or protobuf) go through the same validation, dedup, lateness
+//! and engine path as `IngestBatch`. Offsets follow durability: a batch's offsets are
+//! committed only after its events are durable in the local log and its refused
+//! records are on the dead-letter topic. A crash between the two redelivers the batch,
+//! and the engine's dedup (by event id, within `ingest.dedup_horizon`) turns the
+//! redelivery into duplicates: every record is applied once.
+//!
+//! The scoring stream ([`scoring::run`]) reads payments, scores them like `Score` and
+//! writes decisions inside Kafka transactions together with the input offsets.
+
+pub mod align;
+pub mod dead_letter;
+pub mod decode;
+pub mod scoring;
+pub mod serve;
+pub mod source;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 use rdkafka::ClientConfig;
-use rdkafka::Message;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::KafkaSettings;
-use crate::events::{RawEvent, RefusalKind};
-use crate::store::{FeatureStore, StoreError};
+use crate::store::StoreError;
+
+pub use source::run;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -34,218 +41,160 @@ pub enum SourceError {
     DeadLetter(KafkaError),
 }
 
-/// How long a batch waits for more records after its first.
-const BATCH_WAIT: Duration = Duration::from_millis(5);
+/// The settings every client of ours shares.
+fn client_config(settings: &KafkaSettings) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &settings.brokers);
+    for (key, value) in &settings.client {
+        config.set(key, value);
+    }
+    config
+}
 
-/// Counts of what the source did, for metrics and tests.
+/// Whether the brokers answer, as the source sees it: NOT_SERVING after librdkafka
+/// reports every broker down, SERVING again at the next record or partition end.
+#[derive(Debug)]
+pub struct Health {
+    reachable: AtomicBool,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            reachable: AtomicBool::new(true),
+        }
+    }
+}
+
+impl Health {
+    pub fn reachable(&self) -> bool {
+        self.reachable.load(Relaxed)
+    }
+
+    fn received(&self) {
+        if !self.reachable.swap(true, Relaxed) {
+            tracing::info!("kafka brokers reachable again");
+        }
+    }
+
+    fn broker_error(&self, error: &KafkaError, reason: &str) {
+        let down = matches!(
+            error.rdkafka_error_code(),
+            Some(RDKafkaErrorCode::AllBrokersDown | RDKafkaErrorCode::BrokerTransportFailure)
+        );
+        if down && self.reachable.swap(false, Relaxed) {
+            tracing::warn!(%error, reason, "kafka brokers unreachable; librdkafka retries with backoff");
+        }
+    }
+}
+
+/// What the source did since start, for metrics and tests.
 #[derive(Debug, Default)]
 pub struct SourceCounters {
-    pub records: std::sync::atomic::AtomicU64,
-    pub applied: std::sync::atomic::AtomicU64,
-    pub duplicates: std::sync::atomic::AtomicU64,
-    pub dead_lettered: std::sync::atomic::AtomicU64,
+    pub records: AtomicU64,
+    pub applied: AtomicU64,
+    pub duplicates: AtomicU64,
+    pub invalid: AtomicU64,
+    pub late: AtomicU64,
+    pub undecodable: AtomicU64,
+    pub buffered: AtomicU64,
+    pub health: std::sync::Arc<Health>,
+    /// Per partition: records behind its end, as librdkafka last reported.
+    lag: Mutex<BTreeMap<(String, i32), i64>>,
 }
 
-/// Why a record was not applied, as dead-letter headers.
-struct Refused<'a> {
-    field: &'a str,
-    reason: &'a str,
-    kind: &'a str,
-}
-
-fn consumer(settings: &KafkaSettings) -> Result<StreamConsumer, KafkaError> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &settings.brokers)
-        .set("group.id", &settings.group)
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("partition.assignment.strategy", "cooperative-sticky")
-        .create()?;
-    let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
-    consumer.subscribe(&topics)?;
-    Ok(consumer)
-}
-
-fn producer(settings: &KafkaSettings) -> Result<FutureProducer, KafkaError> {
-    ClientConfig::new()
-        .set("bootstrap.servers", &settings.brokers)
-        .set("enable.idempotence", "true")
-        .create()
-}
-
-/// Decodes one record's payload as an event.
-fn decode(message: &OwnedMessage) -> Result<RawEvent, String> {
-    let payload = message.payload().ok_or("the record has no payload")?;
-    serde_json::from_slice(payload).map_err(|e| format!("not an event in JSON: {e}"))
-}
-
-/// Consumes until `shutdown` turns true. Errors from the broker are retried by
-/// librdkafka; an error of the store (the log cannot write) stops the source, with the
-/// batch's offsets uncommitted.
-pub async fn run(
-    store: Arc<FeatureStore>,
-    settings: KafkaSettings,
-    counters: Arc<SourceCounters>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
-) -> Result<(), SourceError> {
-    use std::sync::atomic::Ordering::Relaxed;
-    let consumer = consumer(&settings)?;
-    let dead_letters = producer(&settings)?;
-    tracing::info!(brokers = %settings.brokers, group = %settings.group, topics = ?settings.topics, "kafka source started");
-    loop {
-        let first = tokio::select! {
-            received = consumer.recv() => match received {
-                Ok(message) => message.detach(),
-                Err(error) => {
-                    tracing::warn!(%error, "kafka receive failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => break,
-        };
-        let received_first = std::time::Instant::now();
-        let mut batch = vec![first];
-        while batch.len() < settings.batch_records {
-            match tokio::time::timeout(BATCH_WAIT, consumer.recv()).await {
-                Ok(Ok(message)) => batch.push(message.detach()),
-                _ => break,
-            }
-        }
-        counters.records.fetch_add(batch.len() as u64, Relaxed);
-        let collected = received_first.elapsed();
-        let started = std::time::Instant::now();
-        let mut events = Vec::with_capacity(batch.len());
-        let mut origin = Vec::with_capacity(batch.len());
-        let mut refused: Vec<(usize, String, String, &'static str)> = Vec::new();
-        for (at, message) in batch.iter().enumerate() {
-            match decode(message) {
-                Ok(event) => {
-                    events.push(event);
-                    origin.push(at);
-                }
-                Err(reason) => refused.push((at, "payload".into(), reason, "undecodable")),
-            }
-        }
-        let outcome = store.ingest(&events).await?;
-        counters
-            .applied
-            .fetch_add(u64::from(outcome.accepted), Relaxed);
-        counters
-            .duplicates
-            .fetch_add(u64::from(outcome.duplicates), Relaxed);
-        for (index, refusal) in outcome.refused {
-            let kind = match refusal.kind {
-                RefusalKind::Invalid => "invalid",
-                RefusalKind::Late => "late",
+impl SourceCounters {
+    fn count(
+        &self,
+        records: usize,
+        accepted: u32,
+        duplicates: u32,
+        refused: &[(&rdkafka::message::OwnedMessage, dead_letter::Refused)],
+    ) {
+        self.records.fetch_add(records as u64, Relaxed);
+        self.applied.fetch_add(u64::from(accepted), Relaxed);
+        self.duplicates.fetch_add(u64::from(duplicates), Relaxed);
+        for (_, why) in refused {
+            let counter = match why.kind {
+                "late" => &self.late,
+                "invalid" => &self.invalid,
+                _ => &self.undecodable,
             };
-            refused.push((origin[index], refusal.field, refusal.reason, kind));
+            counter.fetch_add(1, Relaxed);
         }
-        // Sent together, then all awaited: the batch's offsets wait for every one.
-        let sent: Vec<_> = refused
-            .iter()
-            .map(|(at, field, reason, kind)| {
-                dead_letter(
-                    &dead_letters,
-                    &settings.dead_letter_topic,
-                    &batch[*at],
-                    Refused {
-                        field,
-                        reason,
-                        kind,
-                    },
-                )
-            })
-            .collect();
-        for delivery in sent {
-            delivery.await?;
-        }
-        counters
-            .dead_lettered
-            .fetch_add(refused.len() as u64, Relaxed);
-        commit(&consumer, &batch)?;
-        if std::env::var("KAFKA_DEBUG").is_ok() && !refused.is_empty() {
-            eprintln!(
-                "refused: {:?}",
-                refused
-                    .iter()
-                    .take(3)
-                    .map(|r| (&r.1, &r.2))
-                    .collect::<Vec<_>>()
+    }
+
+    fn set_buffered(&self, buffered: usize) {
+        self.buffered.store(buffered as u64, Relaxed);
+    }
+
+    fn set_lag(&self, topic: &str, partition: i32, lag: i64) {
+        self.lag
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert((topic.to_string(), partition), lag);
+    }
+
+    /// The source's metrics in Prometheus text format.
+    pub fn prometheus(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        let totals = [
+            ("records", "records received", &self.records),
+            ("applied", "records applied to the features", &self.applied),
+            (
+                "duplicates",
+                "records already applied (redelivered)",
+                &self.duplicates,
+            ),
+        ];
+        for (name, help, value) in totals {
+            let _ = writeln!(
+                out,
+                "# HELP streamscore_kafka_{name} {help} since start\n# TYPE streamscore_kafka_{name} counter\nstreamscore_kafka_{name} {}",
+                value.load(Relaxed)
             );
         }
-        if std::env::var("KAFKA_DEBUG").is_ok() {
-            eprintln!(
-                "batch {} records, collected in {collected:?}, applied in {:?}",
-                batch.len(),
-                started.elapsed()
+        let _ = writeln!(
+            out,
+            "# HELP streamscore_kafka_dead_lettered records written to the dead-letter topic since start, by why\n# TYPE streamscore_kafka_dead_lettered counter"
+        );
+        for (kind, value) in [
+            ("invalid", &self.invalid),
+            ("late", &self.late),
+            ("undecodable", &self.undecodable),
+        ] {
+            let _ = writeln!(
+                out,
+                "streamscore_kafka_dead_lettered{{kind=\"{kind}\"}} {}",
+                value.load(Relaxed)
             );
         }
+        let _ = writeln!(
+            out,
+            "# HELP streamscore_kafka_buffered records held back to align partitions in event time\n# TYPE streamscore_kafka_buffered gauge\nstreamscore_kafka_buffered {}",
+            self.buffered.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP streamscore_kafka_brokers_reachable 1 while the brokers answer\n# TYPE streamscore_kafka_brokers_reachable gauge\nstreamscore_kafka_brokers_reachable {}",
+            u8::from(self.health.reachable())
+        );
+        let _ = writeln!(
+            out,
+            "# HELP streamscore_kafka_consumer_lag records behind the partition's end\n# TYPE streamscore_kafka_consumer_lag gauge"
+        );
+        let lags = self
+            .lag
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for ((topic, partition), lag) in lags.iter() {
+            let _ = writeln!(
+                out,
+                "streamscore_kafka_consumer_lag{{topic=\"{}\",partition=\"{partition}\"}} {lag}",
+                topic.replace(['\\', '"', '\n'], "_")
+            );
+        }
+        out
     }
-    Ok(())
-}
-
-/// Commits, per partition, the offset after the batch's last record of it.
-fn commit(consumer: &StreamConsumer, batch: &[OwnedMessage]) -> Result<(), KafkaError> {
-    let mut next: BTreeMap<(String, i32), i64> = BTreeMap::new();
-    for message in batch {
-        let slot = next
-            .entry((message.topic().to_string(), message.partition()))
-            .or_insert(0);
-        *slot = (*slot).max(message.offset() + 1);
-    }
-    let mut offsets = TopicPartitionList::new();
-    for ((topic, partition), offset) in next {
-        offsets.add_partition_offset(&topic, partition, Offset::Offset(offset))?;
-    }
-    consumer.commit(&offsets, CommitMode::Async)
-}
-
-/// Writes `message` to the dead-letter topic with why it was refused, and waits until
-/// the broker has it (its offset is committed after this).
-async fn dead_letter(
-    producer: &FutureProducer,
-    topic: &str,
-    message: &OwnedMessage,
-    refused: Refused<'_>,
-) -> Result<(), SourceError> {
-    let partition = message.partition().to_string();
-    let offset = message.offset().to_string();
-    let headers = OwnedHeaders::new()
-        .insert(Header {
-            key: "streamscore.source",
-            value: Some(message.topic()),
-        })
-        .insert(Header {
-            key: "streamscore.partition",
-            value: Some(&partition),
-        })
-        .insert(Header {
-            key: "streamscore.offset",
-            value: Some(&offset),
-        })
-        .insert(Header {
-            key: "streamscore.field",
-            value: Some(refused.field),
-        })
-        .insert(Header {
-            key: "streamscore.reason",
-            value: Some(refused.reason),
-        })
-        .insert(Header {
-            key: "streamscore.kind",
-            value: Some(refused.kind),
-        });
-    let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
-    if let Some(key) = message.key() {
-        record = record.key(key);
-    }
-    if let Some(payload) = message.payload() {
-        record = record.payload(payload);
-    }
-    producer
-        .send(record, Duration::from_secs(30))
-        .await
-        .map(|_| ())
-        .map_err(|(error, _)| SourceError::DeadLetter(error))
 }

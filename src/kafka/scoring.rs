@@ -1,0 +1,475 @@
+//! The scoring stream (consume -> score -> produce): payments of
+//! `kafka.scoring.input_topic` are scored exactly like `Score` (same vector, model
+//! resolution, decision and reasons), and one decision record per payment is written
+//! to `output_topic`, keyed by event id, inside a Kafka transaction that also commits
+//! the input offsets. A `read_committed` reader of the decisions sees exactly one
+//! decision per payment across crashes and rebalances: a transaction that did not
+//! commit is aborted (by us, or by the broker fencing our `transactional.id` when we
+//! come back) and its payments are scored again.
+//!
+//! A payment that cannot be scored (undecodable, invalid) gets a decision record with
+//! `"decision": "error"` and the reason, so its reader fails closed and knows why. While
+//! the model cannot be resolved, nothing is scored or committed: the stream waits.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::OwnedMessage;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use serde::Serialize;
+
+use super::{Health, client_config};
+use crate::config::KafkaSettings;
+use crate::model::decision::Decision;
+use crate::registry::Registry;
+use crate::scoring::{self, ScoreError, ScoreInput};
+use crate::store::FeatureStore;
+use crate::time::now_ms;
+
+/// Reasons given with each decision.
+const REASONS: usize = 3;
+/// How long a batch waits for more payments after its first.
+const BATCH_WAIT: Duration = Duration::from_millis(5);
+/// Timeout of each transaction step (init, offsets, commit, abort).
+const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
+/// Waits between attempts after a failure, doubling up to the last.
+const BACKOFF: [Duration; 4] = [
+    Duration::from_millis(200),
+    Duration::from_secs(1),
+    Duration::from_secs(5),
+    Duration::from_secs(15),
+];
+
+/// What the scoring stream did since start, for metrics and tests.
+#[derive(Debug, Default)]
+pub struct ScoringCounters {
+    pub scored: AtomicU64,
+    pub errors: AtomicU64,
+    pub transactions: AtomicU64,
+    pub aborts: AtomicU64,
+    pub restarts: AtomicU64,
+    pub health: Arc<Health>,
+}
+
+impl ScoringCounters {
+    pub fn prometheus(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        for (name, help, value) in [
+            ("scored", "payments scored", &self.scored),
+            (
+                "errors",
+                "payments answered with an error decision",
+                &self.errors,
+            ),
+            ("transactions", "transactions committed", &self.transactions),
+            (
+                "aborts",
+                "transactions aborted (their payments are scored again)",
+                &self.aborts,
+            ),
+            (
+                "restarts",
+                "restarts of the stream after a fatal error",
+                &self.restarts,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP streamscore_kafka_scoring_{name} {help} since start\n# TYPE streamscore_kafka_scoring_{name} counter\nstreamscore_kafka_scoring_{name} {}",
+                value.load(Relaxed)
+            );
+        }
+        out
+    }
+}
+
+/// One decision record, the value written to the output topic.
+#[derive(Debug, Serialize)]
+pub struct DecisionRecord {
+    pub event_id: String,
+    /// `allow`, `review`, `block`, `none` (a model without thresholds) or `error`.
+    pub decision: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub score: Option<f64>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reasons: Vec<ReasonRecord>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub event_time_ms: Option<i64>,
+    pub scored_at_ms: i64,
+    /// Where the payment was read: topic, partition, offset.
+    pub source: (String, i32, i64),
+}
+
+#[derive(Debug, Serialize)]
+pub struct ReasonRecord {
+    pub feature: String,
+    pub value: Option<f64>,
+    pub contribution: f64,
+}
+
+fn decision_name(decision: Option<Decision>) -> &'static str {
+    match decision {
+        Some(Decision::Allow) => "allow",
+        Some(Decision::Review) => "review",
+        Some(Decision::Block) => "block",
+        None => "none",
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum StreamError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("the scoring stream's blocking task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+struct ScoringContext {
+    health: Arc<Health>,
+}
+
+impl ClientContext for ScoringContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.health.broker_error(&error, reason);
+    }
+}
+
+impl ConsumerContext for ScoringContext {}
+
+/// Everything a run of the stream needs.
+pub struct Stream {
+    pub store: Arc<FeatureStore>,
+    pub registry: Arc<Registry>,
+    pub settings: KafkaSettings,
+    /// Stable across restarts of this server, so a restart fences its own dead
+    /// producer and aborts its open transaction at once.
+    pub transactional_id: String,
+    pub counters: Arc<ScoringCounters>,
+}
+
+/// Runs the scoring stream until `shutdown`, restarting it (new consumer and producer,
+/// with backoff) after a fatal error such as being fenced.
+pub async fn run(stream: Stream, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    let mut failures = 0usize;
+    loop {
+        let attempt = run_once(&stream, &mut shutdown);
+        match attempt.await {
+            Ok(()) => break,
+            Err(error) => {
+                stream.counters.restarts.fetch_add(1, Relaxed);
+                let wait = BACKOFF[failures.min(BACKOFF.len() - 1)];
+                failures += 1;
+                tracing::warn!(%error, ?wait, "kafka scoring stream failed; starting again");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.changed() => break,
+                }
+            }
+        }
+    }
+    tracing::info!("kafka scoring stream stopped");
+}
+
+async fn run_once(
+    stream: &Stream,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+) -> Result<(), StreamError> {
+    let settings = &stream.settings;
+    let scoring = &settings.scoring;
+    let consumer: StreamConsumer<ScoringContext> = client_config(settings)
+        .set("group.id", &scoring.group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .create_with_context(ScoringContext {
+            health: Arc::clone(&stream.counters.health),
+        })?;
+    consumer.subscribe(&[scoring.input_topic.as_str()])?;
+    let producer: FutureProducer = client_config(settings)
+        .set("transactional.id", &stream.transactional_id)
+        .create()?;
+    blocking(&producer, |p| p.init_transactions(TRANSACTION_TIMEOUT)).await?;
+    tracing::info!(input = %scoring.input_topic, output = %scoring.output_topic, model = %scoring.model, transactional_id = %stream.transactional_id, "kafka scoring stream started");
+
+    let mut failures = 0usize;
+    loop {
+        let batch = tokio::select! {
+            batch = receive(&consumer, scoring.batch_records) => batch,
+            _ = shutdown.changed() => return Ok(()),
+        };
+        if batch.is_empty() {
+            continue;
+        }
+        stream.counters.health.received();
+        match transact(stream, &consumer, &producer, &batch).await {
+            Ok(()) => failures = 0,
+            Err(Failure::Fatal(error)) => return Err(error),
+            Err(Failure::Retry(why)) => {
+                stream.counters.aborts.fetch_add(1, Relaxed);
+                let wait = BACKOFF[failures.min(BACKOFF.len() - 1)];
+                failures += 1;
+                tracing::warn!(%why, ?wait, payments = batch.len(), "kafka scoring transaction aborted; scoring them again");
+                rewind(&consumer, &batch);
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.changed() => return Ok(()),
+                }
+            }
+        }
+    }
+}
+
+/// Up to `max` records: waits for the first (up to a second), then takes what comes
+/// within [`BATCH_WAIT`].
+async fn receive(consumer: &StreamConsumer<ScoringContext>, max: usize) -> Vec<OwnedMessage> {
+    let mut batch = Vec::new();
+    let mut wait = Duration::from_secs(1);
+    while batch.len() < max {
+        match tokio::time::timeout(wait, consumer.recv()).await {
+            Ok(Ok(message)) => batch.push(message.detach()),
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "kafka scoring receive failed; librdkafka retries");
+                break;
+            }
+            Err(_elapsed) => break,
+        }
+        wait = BATCH_WAIT;
+    }
+    batch
+}
+
+enum Failure {
+    /// The transaction was aborted: score the batch again later.
+    Retry(String),
+    /// The producer cannot go on (fenced, or a fatal error): start again.
+    Fatal(StreamError),
+}
+
+/// Scores `batch` and writes its decisions and offsets in one transaction.
+async fn transact(
+    stream: &Stream,
+    consumer: &StreamConsumer<ScoringContext>,
+    producer: &FutureProducer,
+    batch: &[OwnedMessage],
+) -> Result<(), Failure> {
+    let mut records = Vec::with_capacity(batch.len());
+    for message in batch {
+        match score(stream, message).await {
+            Ok(record) => records.push(record),
+            Err(why) => return Err(Failure::Retry(why)),
+        }
+    }
+    let fail = classify;
+    producer.begin_transaction().map_err(fail)?;
+    let output = &stream.settings.scoring.output_topic;
+    let mut deliveries = Vec::with_capacity(records.len());
+    for record in &records {
+        let payload = serde_json::to_vec(record).map_err(|e| Failure::Retry(e.to_string()))?;
+        let key = if record.event_id.is_empty() {
+            format!(
+                "{}/{}/{}",
+                record.source.0, record.source.1, record.source.2
+            )
+        } else {
+            record.event_id.clone()
+        };
+        let queued = producer
+            .send_result(FutureRecord::to(output).key(&key).payload(&payload))
+            .map_err(|(error, _)| error);
+        match queued {
+            Ok(delivery) => deliveries.push(delivery),
+            Err(error) => return Err(abort(producer, fail(error)).await),
+        }
+    }
+    for delivery in deliveries {
+        let delivered = match delivery.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err((error, _))) => Err(fail(error)),
+            Err(_cancelled) => Err(Failure::Retry("a decision's delivery was cancelled".into())),
+        };
+        if let Err(failure) = delivered {
+            return Err(abort(producer, failure).await);
+        }
+    }
+    let offsets = next_offsets(batch).map_err(fail)?;
+    let Some(group) = consumer.group_metadata() else {
+        return Err(abort(
+            producer,
+            Failure::Retry("no consumer group metadata yet".into()),
+        )
+        .await);
+    };
+    let committed = blocking(producer, move |p| {
+        p.send_offsets_to_transaction(&offsets, &group, TRANSACTION_TIMEOUT)?;
+        p.commit_transaction(TRANSACTION_TIMEOUT)
+    })
+    .await;
+    match committed {
+        Ok(()) => {
+            let errors = records.iter().filter(|r| r.decision == "error").count() as u64;
+            let counters = &stream.counters;
+            counters.transactions.fetch_add(1, Relaxed);
+            counters.errors.fetch_add(errors, Relaxed);
+            counters
+                .scored
+                .fetch_add(records.len() as u64 - errors, Relaxed);
+            Ok(())
+        }
+        Err(StreamError::Kafka(error)) => Err(abort(producer, fail(error)).await),
+        Err(error) => Err(Failure::Fatal(error)),
+    }
+}
+
+/// A fatal error (being fenced among them) ends this producer; anything else aborts
+/// the transaction and retries.
+fn classify(error: KafkaError) -> Failure {
+    let fatal = matches!(&error, KafkaError::Transaction(rd) if rd.is_fatal());
+    if fatal {
+        Failure::Fatal(StreamError::Kafka(error))
+    } else {
+        Failure::Retry(error.to_string())
+    }
+}
+
+async fn abort(producer: &FutureProducer, failure: Failure) -> Failure {
+    if let Failure::Fatal(_) = failure {
+        return failure;
+    }
+    match blocking(producer, |p| p.abort_transaction(TRANSACTION_TIMEOUT)).await {
+        Ok(()) => failure,
+        // An abort that fails leaves the producer unusable: start again.
+        Err(error) => Failure::Fatal(error),
+    }
+}
+
+/// Runs a blocking transaction call off the async runtime.
+async fn blocking<T: Send + 'static>(
+    producer: &FutureProducer,
+    call: impl FnOnce(&FutureProducer) -> Result<T, KafkaError> + Send + 'static,
+) -> Result<T, StreamError> {
+    let producer = producer.clone();
+    Ok(tokio::task::spawn_blocking(move || call(&producer)).await??)
+}
+
+/// Per partition, the offset after the batch's last record.
+fn next_offsets(batch: &[OwnedMessage]) -> Result<TopicPartitionList, KafkaError> {
+    let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+    for message in batch {
+        let slot = next
+            .entry((message.topic(), message.partition()))
+            .or_insert(0);
+        *slot = (*slot).max(message.offset() + 1);
+    }
+    let mut list = TopicPartitionList::new();
+    for ((topic, partition), offset) in next {
+        list.add_partition_offset(topic, partition, Offset::Offset(offset))?;
+    }
+    Ok(list)
+}
+
+/// After an abort, the consumer goes back to the batch's first record of each
+/// partition (a partition revoked meanwhile is read again by its new owner).
+fn rewind(consumer: &StreamConsumer<ScoringContext>, batch: &[OwnedMessage]) {
+    let mut first: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+    for message in batch {
+        let slot = first
+            .entry((message.topic(), message.partition()))
+            .or_insert(i64::MAX);
+        *slot = (*slot).min(message.offset());
+    }
+    for ((topic, partition), offset) in first {
+        if let Err(error) = consumer.seek(
+            topic,
+            partition,
+            Offset::Offset(offset),
+            Duration::from_secs(5),
+        ) {
+            tracing::info!(%error, topic, partition, "kafka scoring: no rewind (the partition moved on)");
+        }
+    }
+}
+
+/// One payment's decision record; `Err` only when the model cannot be resolved (the
+/// batch waits and is scored again).
+async fn score(stream: &Stream, message: &OwnedMessage) -> Result<DecisionRecord, String> {
+    let scoring = &stream.settings.scoring;
+    let source = (
+        message.topic().to_string(),
+        message.partition(),
+        message.offset(),
+    );
+    let event = match super::decode::event(message.payload(), stream.settings.format) {
+        Ok(event) => event,
+        Err(reason) => return Ok(error_record(String::new(), None, reason, source)),
+    };
+    let (event_id, event_time) = (event.event_id.clone(), event.event_time_ms);
+    let input = ScoreInput {
+        model: scoring.model.clone(),
+        event,
+        include_features: false,
+        record: scoring.record,
+        reasons: REASONS,
+        shadow: Vec::new(),
+    };
+    match scoring::score(&stream.store, &stream.registry, input).await {
+        Ok(scored) => Ok(DecisionRecord {
+            event_id,
+            decision: decision_name(scored.decision),
+            score: Some(scored.score),
+            reasons: scored
+                .reasons
+                .into_iter()
+                .map(|r| ReasonRecord {
+                    feature: r.feature,
+                    value: r.value,
+                    contribution: r.contribution,
+                })
+                .collect(),
+            model: Some(scored.model.name().to_string()),
+            version: Some(scored.model.version()),
+            error: None,
+            event_time_ms: Some(event_time),
+            scored_at_ms: now_ms(),
+            source,
+        }),
+        Err(ScoreError::Registry(error)) => Err(error.to_string()),
+        Err(error) => Ok(error_record(
+            event_id,
+            Some(event_time),
+            error.to_string(),
+            source,
+        )),
+    }
+}
+
+fn error_record(
+    event_id: String,
+    event_time_ms: Option<i64>,
+    error: String,
+    source: (String, i32, i64),
+) -> DecisionRecord {
+    DecisionRecord {
+        event_id,
+        decision: "error",
+        score: None,
+        reasons: Vec::new(),
+        model: None,
+        version: None,
+        error: Some(error),
+        event_time_ms,
+        scored_at_ms: now_ms(),
+        source,
+    }
+}

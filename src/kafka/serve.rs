@@ -1,0 +1,154 @@
+//! Starts the Kafka parts `serve` was configured with (the source, the scoring stream)
+//! as tasks that stop when draining starts, and gives their metrics and health.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::task::JoinHandle;
+
+use super::scoring::{self, ScoringCounters};
+use super::{SourceCounters, source};
+use crate::config::Settings;
+use crate::registry::Registry;
+use crate::store::FeatureStore;
+
+/// The running Kafka parts.
+#[derive(Default)]
+pub struct Running {
+    tasks: std::sync::Mutex<Vec<JoinHandle<()>>>,
+    pub source: Option<Arc<SourceCounters>>,
+    pub scoring: Option<Arc<ScoringCounters>>,
+}
+
+impl Running {
+    /// Both parts' metrics, Prometheus text.
+    pub fn prometheus(&self) -> String {
+        let mut out = String::new();
+        if let Some(source) = &self.source {
+            out.push_str(&source.prometheus());
+        }
+        if let Some(scoring) = &self.scoring {
+            out.push_str(&scoring.prometheus());
+        }
+        out
+    }
+
+    /// Health per part: (service name, brokers reachable).
+    pub fn health(&self) -> Vec<(&'static str, bool)> {
+        let mut parts = Vec::new();
+        if let Some(source) = &self.source {
+            parts.push((SOURCE_SERVICE, source.health.reachable()));
+        }
+        if let Some(scoring) = &self.scoring {
+            parts.push((SCORING_SERVICE, scoring.health.reachable()));
+        }
+        parts
+    }
+
+    /// Waits for both parts to stop (they stop when draining starts).
+    pub async fn join(&self) {
+        let tasks = std::mem::take(
+            &mut *self
+                .tasks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for task in tasks {
+            if let Err(error) = task.await {
+                tracing::error!(%error, "a kafka task panicked");
+            }
+        }
+    }
+}
+
+/// Health service names of the two parts.
+pub const SOURCE_SERVICE: &str = "streamscore.kafka.Source";
+pub const SCORING_SERVICE: &str = "streamscore.kafka.Scoring";
+
+/// Starts what `settings.kafka` asks for; nothing when no brokers are set.
+pub fn start(
+    settings: &Settings,
+    store: &Arc<FeatureStore>,
+    registry: &Arc<Registry>,
+    draining: &tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<Running> {
+    let kafka = &settings.kafka;
+    let mut running = Running::default();
+    if kafka.brokers.is_empty() {
+        return Ok(running);
+    }
+    if !kafka.topics.is_empty() {
+        let counters = Arc::new(SourceCounters::default());
+        let run = source::run(
+            Arc::clone(store),
+            kafka.clone(),
+            // Half the lateness: partitions stay this close in event time, the other
+            // half is left for disorder within a partition.
+            settings.ingest.allowed_lateness.0 / 2,
+            Arc::clone(&counters),
+            draining.clone(),
+        );
+        running
+            .tasks
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(tokio::spawn(async move {
+                // Said loudly: ingest from Kafka has stopped while the server goes on.
+                if let Err(error) = run.await {
+                    tracing::error!(%error, "the kafka source stopped");
+                }
+            }));
+        running.source = Some(counters);
+    }
+    if !kafka.scoring.input_topic.is_empty() {
+        let counters = Arc::new(ScoringCounters::default());
+        let stream = scoring::Stream {
+            store: Arc::clone(store),
+            registry: Arc::clone(registry),
+            settings: kafka.clone(),
+            transactional_id: format!(
+                "{}-{}",
+                kafka.scoring.group,
+                instance_id(&settings.data_dir)?
+            ),
+            counters: Arc::clone(&counters),
+        };
+        running
+            .tasks
+            .get_mut()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(tokio::spawn(scoring::run(stream, draining.clone())));
+        running.scoring = Some(counters);
+    }
+    Ok(running)
+}
+
+/// This server's id among the group's members, kept in the data dir: the same after a
+/// restart (so the new producer fences the dead one's transaction at once), different
+/// for every data dir.
+fn instance_id(data_dir: &Path) -> std::io::Result<String> {
+    let path = data_dir.join("kafka-instance-id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_string()),
+        Ok(_) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error),
+    }
+    let id = format!("{:016x}", rand::random::<u64>());
+    crate::durable::replace_file(&path, id.as_bytes())?;
+    Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_instance_id_is_kept_per_data_dir() {
+        let one = tempfile::tempdir().expect("tempdir");
+        let other = tempfile::tempdir().expect("tempdir");
+        let first = instance_id(one.path()).expect("id");
+        assert_eq!(instance_id(one.path()).expect("id again"), first);
+        assert_ne!(instance_id(other.path()).expect("other id"), first);
+    }
+}

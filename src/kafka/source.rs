@@ -1,0 +1,305 @@
+//! The consumer loop of the Kafka source: receive, align partitions in event time,
+//! apply through the store (validation, dedup, lateness, engine, durable log), write
+//! refused records to the dead-letter topic, and only then commit offsets.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::message::OwnedMessage;
+use rdkafka::producer::FutureProducer;
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+
+use super::align::{Aligner, Flow};
+use super::dead_letter::{self, Refused};
+use super::{SourceCounters, SourceError, client_config};
+use crate::config::KafkaSettings;
+use crate::events::{RawEvent, RefusalKind};
+use crate::store::FeatureStore;
+
+/// A partition of a topic.
+pub type Partition = (String, i32);
+
+/// How long a batch waits for more records after its first.
+const BATCH_WAIT: Duration = Duration::from_millis(5);
+/// How long the loop waits for a record before looking at idle lanes again.
+const RECEIVE_WAIT: Duration = Duration::from_millis(100);
+/// A lane with nothing received for this long stops holding back the others.
+const IDLE_AFTER: Duration = Duration::from_secs(2);
+
+/// Assignments and revocations seen by librdkafka's rebalance callbacks, applied to
+/// the aligner by the loop before the next record.
+#[derive(Default)]
+struct Changes {
+    assigned: Vec<Partition>,
+    revoked: Vec<Partition>,
+}
+
+struct SourceContext {
+    changes: Mutex<Changes>,
+    counters: Arc<SourceCounters>,
+}
+
+impl ClientContext for SourceContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.counters.health.broker_error(&error, reason);
+    }
+
+    /// librdkafka's statistics (every [`STATISTICS_INTERVAL_MS`]): the consumer lag.
+    fn stats(&self, statistics: Statistics) {
+        for (topic, stats) in &statistics.topics {
+            for (partition, stats) in &stats.partitions {
+                // -1 is librdkafka's "internal" partition; -1 lag: not known yet.
+                if *partition >= 0 && stats.consumer_lag >= 0 {
+                    self.counters.set_lag(topic, *partition, stats.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+/// How often librdkafka reports statistics (the lag metrics' age at most).
+const STATISTICS_INTERVAL_MS: &str = "5000";
+
+fn partitions(list: &TopicPartitionList) -> Vec<Partition> {
+    list.elements()
+        .iter()
+        .map(|e| (e.topic().to_string(), e.partition()))
+        .collect()
+}
+
+impl ConsumerContext for SourceContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(list) = rebalance {
+            let revoked = partitions(list);
+            tracing::info!(?revoked, "kafka partitions revoked");
+            lock(&self.changes).revoked.extend(revoked);
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(list) = rebalance {
+            let assigned = partitions(list);
+            tracing::info!(?assigned, "kafka partitions assigned");
+            lock(&self.changes).assigned.extend(assigned);
+        }
+    }
+}
+
+/// A poisoned lock only means another thread panicked while holding it; the lists
+/// inside are still whole.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+type StreamConsumer = rdkafka::consumer::StreamConsumer<SourceContext>;
+
+/// A received record with its decoded event (or why it could not be decoded).
+type Received = (OwnedMessage, Result<RawEvent, String>);
+
+/// Consumes until `shutdown` turns true. Broker errors are retried by librdkafka (and
+/// turn the source's health NOT_SERVING meanwhile); an error of the store (the log
+/// cannot write) or of the dead-letter topic stops the source with the batch's offsets
+/// uncommitted, so its records are read again by whoever consumes next.
+pub async fn run(
+    store: Arc<FeatureStore>,
+    settings: KafkaSettings,
+    slack_ms: i64,
+    counters: Arc<SourceCounters>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), SourceError> {
+    let context = SourceContext {
+        changes: Mutex::new(Changes::default()),
+        counters: Arc::clone(&counters),
+    };
+    let consumer: StreamConsumer = client_config(&settings)
+        .set("group.id", &settings.group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("partition.assignment.strategy", "cooperative-sticky")
+        .set("enable.partition.eof", "true")
+        .set("statistics.interval.ms", STATISTICS_INTERVAL_MS)
+        .create_with_context(context)?;
+    let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics)?;
+    let dead_letters: FutureProducer = client_config(&settings)
+        .set("enable.idempotence", "true")
+        .create()?;
+    tracing::info!(brokers = %settings.brokers, group = %settings.group, topics = ?settings.topics, "kafka source started");
+
+    let pause_at = settings.batch_records.saturating_mul(10).max(1_000);
+    let mut aligner: Aligner<Partition, Received> = Aligner::new(slack_ms, IDLE_AFTER, pause_at);
+    loop {
+        let first = tokio::select! {
+            received = tokio::time::timeout(RECEIVE_WAIT, consumer.recv()) => received,
+            _ = shutdown.changed() => break,
+        };
+        let mut next = first;
+        let mut taken = 0;
+        loop {
+            take_changes(&consumer, &mut aligner);
+            match next {
+                Ok(Ok(message)) => {
+                    counters.health.received();
+                    let message = message.detach();
+                    let event = super::decode::event(message.payload(), settings.format);
+                    let time = event.as_ref().ok().map(|e| e.event_time_ms);
+                    let key = (message.topic().to_string(), message.partition());
+                    aligner.push(key, time, (message, event), Instant::now());
+                    taken += 1;
+                }
+                Ok(Err(KafkaError::PartitionEOF(partition))) => {
+                    counters.health.received();
+                    // librdkafka names only the partition number: every topic's lane
+                    // of that number is treated as caught up until it receives again.
+                    let topics = settings.topics.iter();
+                    for topic in topics {
+                        aligner.reached_end(&(topic.clone(), partition));
+                    }
+                }
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "kafka receive failed; librdkafka retries");
+                    break;
+                }
+                Err(_elapsed) => break,
+            }
+            if taken >= settings.batch_records {
+                break;
+            }
+            next = tokio::time::timeout(BATCH_WAIT, consumer.recv()).await;
+        }
+        // Everything that may go now, one durable batch at a time.
+        loop {
+            let (released, flow) = aligner.release(settings.batch_records, Instant::now());
+            apply_flow(&consumer, flow)?;
+            if released.is_empty() {
+                break;
+            }
+            apply(
+                &store,
+                &settings,
+                &consumer,
+                &dead_letters,
+                &counters,
+                released,
+            )
+            .await?;
+        }
+        counters.set_buffered(aligner.buffered());
+    }
+    tracing::info!("kafka source stopped");
+    Ok(())
+}
+
+fn take_changes(consumer: &StreamConsumer, aligner: &mut Aligner<Partition, Received>) {
+    let changes = std::mem::take(&mut *lock(&consumer.context().changes));
+    for partition in changes.revoked {
+        let dropped = aligner.revoke(&partition);
+        if dropped > 0 {
+            tracing::info!(
+                ?partition,
+                dropped,
+                "buffered records of a revoked partition left for its next owner"
+            );
+        }
+    }
+    let now = Instant::now();
+    for partition in changes.assigned {
+        aligner.assign(partition, now);
+    }
+}
+
+fn apply_flow(consumer: &StreamConsumer, flow: Flow<Partition>) -> Result<(), KafkaError> {
+    let list = |partitions: &[Partition]| {
+        let mut list = TopicPartitionList::new();
+        for (topic, partition) in partitions {
+            list.add_partition(topic, *partition);
+        }
+        list
+    };
+    if !flow.pause.is_empty() {
+        tracing::debug!(partitions = ?flow.pause, "kafka partitions paused: ahead in event time");
+        consumer.pause(&list(&flow.pause))?;
+    }
+    if !flow.resume.is_empty() {
+        consumer.resume(&list(&flow.resume))?;
+    }
+    Ok(())
+}
+
+/// Applies released records, dead-letters the refused ones, then commits.
+async fn apply(
+    store: &FeatureStore,
+    settings: &KafkaSettings,
+    consumer: &StreamConsumer,
+    dead_letters: &FutureProducer,
+    counters: &SourceCounters,
+    released: Vec<(Partition, Received)>,
+) -> Result<(), SourceError> {
+    let mut events = Vec::with_capacity(released.len());
+    let mut origin = Vec::with_capacity(released.len());
+    let mut refused: Vec<(&OwnedMessage, Refused)> = Vec::new();
+    for (_, (message, event)) in &released {
+        match event {
+            Ok(event) => {
+                events.push(event.clone());
+                origin.push(message);
+            }
+            Err(reason) => refused.push((
+                message,
+                Refused {
+                    field: "payload".into(),
+                    reason: reason.clone(),
+                    kind: "undecodable",
+                },
+            )),
+        }
+    }
+    // Resolves once the accepted events are durable in the local log.
+    let outcome = store.ingest(&events).await?;
+    for (index, refusal) in outcome.refused {
+        let kind = match refusal.kind {
+            RefusalKind::Invalid => "invalid",
+            RefusalKind::Late => "late",
+        };
+        refused.push((
+            origin[index],
+            Refused {
+                field: refusal.field,
+                reason: refusal.reason,
+                kind,
+            },
+        ));
+    }
+    dead_letter::send_all(dead_letters, &settings.dead_letter_topic, &refused).await?;
+    counters.count(
+        released.len(),
+        outcome.accepted,
+        outcome.duplicates,
+        &refused,
+    );
+    commit(consumer, &released)?;
+    Ok(())
+}
+
+/// Commits, per partition, the offset after the last released record of it (released
+/// records of a partition are in offset order: the aligner keeps lane order).
+fn commit(consumer: &StreamConsumer, released: &[(Partition, Received)]) -> Result<(), KafkaError> {
+    let mut next: BTreeMap<&Partition, i64> = BTreeMap::new();
+    for (partition, (message, _)) in released {
+        let slot = next.entry(partition).or_insert(0);
+        *slot = (*slot).max(message.offset() + 1);
+    }
+    let mut offsets = TopicPartitionList::new();
+    for ((topic, partition), offset) in &next {
+        offsets.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
+    }
+    // Async: a lost commit only means records already applied are read again, and the
+    // engine's dedup turns them into duplicates.
+    consumer.commit(&offsets, CommitMode::Async)
+}
