@@ -11,25 +11,6 @@ use streamscore::definitions::Definitions;
 use streamscore::events::RawEvent;
 use streamscore::simulate::{SimConfig, Simulator};
 
-async fn read_samples(
-    url: &str,
-    samples: &[(String, String)],
-    at: i64,
-) -> Vec<(bool, Vec<Option<f64>>)> {
-    let channel = client::connect(url).await.expect("connect");
-    let mut reads = Vec::new();
-    for (entity_type, id) in samples {
-        let response = client::get_features(channel.clone(), entity_type, id, Some(at))
-            .await
-            .expect("features");
-        reads.push((
-            response.known,
-            response.values.into_iter().map(|v| v.value).collect(),
-        ));
-    }
-    reads
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_events_survive_sigkill_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -81,7 +62,7 @@ async fn acknowledged_events_survive_sigkill_exactly_once() {
     let definitions = Definitions::default_shop();
     let samples = sample_entities(&definitions, &events, 15);
     let at = events.last().unwrap().event_time_ms;
-    let recovered = read_samples(&url, &samples, at).await;
+    let recovered = common::read_all_remote(&url, &samples, at).await;
 
     // Send everything again: what survived is reported as duplicates, the rest applied.
     let summary = client::stream_events(
@@ -111,7 +92,7 @@ async fn acknowledged_events_survive_sigkill_exactly_once() {
         &recovered,
         at,
     );
-    let after = read_samples(&url, &samples, at).await;
+    let after = common::read_all_remote(&url, &samples, at).await;
     common::assert_matches_naive(
         &definitions,
         &common::naive::over_default_shop(&events),

@@ -2,6 +2,8 @@
 //! model of the feature semantics.
 #![allow(dead_code)]
 
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod naive;
 
 use std::io::{BufRead, BufReader};
@@ -185,6 +187,29 @@ pub fn read_all(
         .collect()
 }
 
+/// [`read_all`] from a server over gRPC.
+pub async fn read_all_remote(
+    url: &str,
+    samples: &[(String, String)],
+    at: i64,
+) -> Vec<(bool, Vec<Option<f64>>)> {
+    let channel = streamscore::api::client::connect(url)
+        .await
+        .expect("connect");
+    let mut reads = Vec::new();
+    for (entity_type, id) in samples {
+        let response =
+            streamscore::api::client::get_features(channel.clone(), entity_type, id, Some(at))
+                .await
+                .expect("features");
+        reads.push((
+            response.known,
+            response.values.into_iter().map(|v| v.value).collect(),
+        ));
+    }
+    reads
+}
+
 /// Asserts that `reads` (from [`read_all`]) equal the naive model's values.
 pub fn assert_matches_naive(
     definitions: &Definitions,
@@ -219,9 +244,27 @@ pub fn spawn_server(data_dir: &std::path::Path) -> (Child, String) {
 
 /// [`spawn_server`] with extra environment settings (`STREAMSCORE__...`).
 pub fn spawn_server_with(data_dir: &std::path::Path, env: &[(&str, &str)]) -> (Child, String) {
+    spawn_server_args(data_dir, &[], env)
+}
+
+/// [`spawn_server`] with a config file.
+pub fn spawn_server_configured(
+    data_dir: &std::path::Path,
+    config: &std::path::Path,
+) -> (Child, String) {
+    let config = config.to_string_lossy();
+    spawn_server_args(data_dir, &["--config", &config], &[])
+}
+
+fn spawn_server_args(
+    data_dir: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_streamscore"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
+        .args(args)
         .envs(env.iter().copied())
         .env("RUST_LOG", "info")
         // Any free port: a fixed one could be taken by another server on the machine.
