@@ -88,6 +88,7 @@ async fn records_and_decisions_survive_sigkill_exactly_once() {
     let data = dir.path().join("data");
     let config = write_config(
         dir.path(),
+        "",
         &format!(
             r#"brokers = "{brokers}"
 topics = ["{EVENTS}"]

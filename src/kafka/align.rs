@@ -101,6 +101,22 @@ impl<K: Ord + Clone, R> Aligner<K, R> {
         }
     }
 
+    /// Each lane's state, for logs: (key, buffered, newest event time, paused, idle).
+    pub fn lanes(&self, now: Instant) -> Vec<(K, usize, Option<i64>, bool, bool)> {
+        self.lanes
+            .iter()
+            .map(|(key, lane)| {
+                (
+                    key.clone(),
+                    lane.queue.len(),
+                    lane.newest_ms,
+                    lane.paused,
+                    lane.idle(now, self.idle_after),
+                )
+            })
+            .collect()
+    }
+
     /// Records buffered in all lanes.
     pub fn buffered(&self) -> usize {
         self.lanes.values().map(|lane| lane.queue.len()).sum()

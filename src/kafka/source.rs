@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::FutureProducer;
 use rdkafka::statistics::Statistics;
@@ -27,6 +27,8 @@ pub type Partition = (String, i32);
 const BATCH_WAIT: Duration = Duration::from_millis(5);
 /// How long the loop waits for a record before looking at idle lanes again.
 const RECEIVE_WAIT: Duration = Duration::from_millis(100);
+/// How often applied offsets not yet confirmed committed are committed again.
+const RECOMMIT_AFTER: Duration = Duration::from_secs(1);
 /// A lane with nothing received for this long stops holding back the others.
 const IDLE_AFTER: Duration = Duration::from_secs(2);
 
@@ -40,7 +42,37 @@ struct Changes {
 
 struct SourceContext {
     changes: Mutex<Changes>,
+    /// Per partition, the offset after its last applied record: what a commit says.
+    applied: Mutex<BTreeMap<Partition, i64>>,
+    /// Per partition, the offset the broker confirmed as committed.
+    confirmed: Mutex<BTreeMap<Partition, i64>>,
     counters: Arc<SourceCounters>,
+}
+
+impl SourceContext {
+    /// Whether some applied offset is not confirmed committed yet (a commit failed, for
+    /// example while the group was rebalancing, or is still in flight).
+    fn behind(&self) -> bool {
+        let applied = lock(&self.applied);
+        let confirmed = lock(&self.confirmed);
+        applied
+            .iter()
+            .any(|(partition, offset)| confirmed.get(partition) < Some(offset))
+    }
+
+    /// The applied offsets of `partitions` (all when `None`), as a commit list.
+    fn applied_offsets(&self, partitions: Option<&[Partition]>) -> TopicPartitionList {
+        let applied = lock(&self.applied);
+        let mut list = TopicPartitionList::new();
+        for ((topic, partition), offset) in applied.iter() {
+            let wanted = partitions.is_none_or(|p| p.contains(&(topic.clone(), *partition)));
+            if wanted {
+                // Only fails for an offset librdkafka cannot represent; ours are >= 0.
+                let _ = list.add_partition_offset(topic, *partition, Offset::Offset(*offset));
+            }
+        }
+        list
+    }
 }
 
 impl ClientContext for SourceContext {
@@ -72,11 +104,40 @@ fn partitions(list: &TopicPartitionList) -> Vec<Partition> {
 }
 
 impl ConsumerContext for SourceContext {
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(list) = rebalance {
             let revoked = partitions(list);
             tracing::info!(?revoked, "kafka partitions revoked");
+            // Committed before they go, synchronously: the next owner starts after the
+            // last record we applied, not at an older commit still in flight.
+            let offsets = self.applied_offsets(Some(&revoked));
+            if offsets.count() > 0 {
+                if let Err(error) = consumer.commit(&offsets, CommitMode::Sync) {
+                    tracing::warn!(%error, "commit of revoked partitions failed; their next owner reads some records again (counted as duplicates only if it applied them before)");
+                }
+            }
+            let (mut applied, mut confirmed) = (lock(&self.applied), lock(&self.confirmed));
+            for partition in &revoked {
+                applied.remove(partition);
+                confirmed.remove(partition);
+            }
             lock(&self.changes).revoked.extend(revoked);
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        if let Err(error) = result {
+            tracing::debug!(%error, "kafka commit failed; it is made again");
+            return;
+        }
+        let mut confirmed = lock(&self.confirmed);
+        for element in offsets.elements() {
+            if let (Offset::Offset(offset), Ok(())) = (element.offset(), element.error()) {
+                let slot = confirmed
+                    .entry((element.topic().to_string(), element.partition()))
+                    .or_insert(offset);
+                *slot = (*slot).max(offset);
+            }
         }
     }
 
@@ -115,6 +176,8 @@ pub async fn run(
 ) -> Result<(), SourceError> {
     let context = SourceContext {
         changes: Mutex::new(Changes::default()),
+        applied: Mutex::new(BTreeMap::new()),
+        confirmed: Mutex::new(BTreeMap::new()),
         counters: Arc::clone(&counters),
     };
     let consumer: StreamConsumer = client_config(&settings)
@@ -134,6 +197,8 @@ pub async fn run(
 
     let pause_at = settings.batch_records.saturating_mul(10).max(1_000);
     let mut aligner: Aligner<Partition, Received> = Aligner::new(slack_ms, IDLE_AFTER, pause_at);
+    let mut last_report = Instant::now();
+    let mut last_commit_check = Instant::now();
     loop {
         let first = tokio::select! {
             received = tokio::time::timeout(RECEIVE_WAIT, consumer.recv()) => received,
@@ -191,6 +256,26 @@ pub async fn run(
             .await?;
         }
         counters.set_buffered(aligner.buffered());
+        // A commit that failed (the group was rebalancing, the coordinator moved) is
+        // made again, or the group's next owner would apply those records a second time.
+        if last_commit_check.elapsed() >= RECOMMIT_AFTER {
+            last_commit_check = Instant::now();
+            if consumer.context().behind() {
+                let offsets = consumer.context().applied_offsets(None);
+                if let Err(error) = consumer.commit(&offsets, CommitMode::Async) {
+                    tracing::warn!(%error, "kafka commit failed; it is made again");
+                }
+            }
+        }
+        if last_report.elapsed() >= Duration::from_secs(1) {
+            tracing::debug!(lanes = ?aligner.lanes(Instant::now()), "kafka source lanes");
+            last_report = Instant::now();
+        }
+    }
+    // A last synchronous commit, so the group's next owner starts exactly after us.
+    let offsets = consumer.context().applied_offsets(None);
+    if offsets.count() > 0 {
+        consumer.commit(&offsets, CommitMode::Sync)?;
     }
     tracing::info!("kafka source stopped");
     Ok(())
@@ -296,9 +381,12 @@ fn commit(consumer: &StreamConsumer, released: &[(Partition, Received)]) -> Resu
         *slot = (*slot).max(message.offset() + 1);
     }
     let mut offsets = TopicPartitionList::new();
+    let mut applied = lock(&consumer.context().applied);
     for ((topic, partition), offset) in &next {
         offsets.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
+        applied.insert((topic.clone(), *partition), *offset);
     }
+    drop(applied);
     // Async: a lost commit only means records already applied are read again, and the
     // engine's dedup turns them into duplicates.
     consumer.commit(&offsets, CommitMode::Async)

@@ -21,10 +21,11 @@ pub const FAST_GROUP: &str = r#"
 "#;
 
 /// Writes a server config with `kafka` (the TOML body of `[kafka]`, without the
-/// header) and the fast-group client settings; returns its path.
-pub fn write_config(dir: &Path, kafka: &str) -> std::path::PathBuf {
+/// header) and the fast-group client settings, after `top` (other sections); returns
+/// its path.
+pub fn write_config(dir: &Path, top: &str, kafka: &str) -> std::path::PathBuf {
     let path = dir.join("streamscore.toml");
-    let text = format!("[kafka]\n{kafka}\n[kafka.client]\n{FAST_GROUP}");
+    let text = format!("{top}\n[kafka]\n{kafka}\n[kafka.client]\n{FAST_GROUP}");
     std::fs::write(&path, text).expect("write the config");
     path
 }

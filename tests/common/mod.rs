@@ -290,8 +290,16 @@ fn spawn_server_args(
             break addr;
         }
     };
-    // Keep draining the server's log so it never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
+    // Keep draining the server's log so it never blocks on a full pipe (and show it
+    // with STREAMSCORE_TEST_LOG=1, to debug a test).
+    let show = std::env::var_os("STREAMSCORE_TEST_LOG").is_some();
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if show {
+                eprintln!("[server] {line}");
+            }
+        }
+    });
     (child, format!("http://{addr}"))
 }
 
