@@ -111,10 +111,10 @@ impl ConsumerContext for SourceContext {
             // Committed before they go, synchronously: the next owner starts after the
             // last record we applied, not at an older commit still in flight.
             let offsets = self.applied_offsets(Some(&revoked));
-            if offsets.count() > 0 {
-                if let Err(error) = consumer.commit(&offsets, CommitMode::Sync) {
-                    tracing::warn!(%error, "commit of revoked partitions failed; their next owner reads some records again (counted as duplicates only if it applied them before)");
-                }
+            if offsets.count() > 0
+                && let Err(error) = consumer.commit(&offsets, CommitMode::Sync)
+            {
+                tracing::warn!(%error, "commit of revoked partitions failed; their next owner reads again what we applied since the last commit");
             }
             let (mut applied, mut confirmed) = (lock(&self.applied), lock(&self.confirmed));
             for partition in &revoked {
