@@ -231,7 +231,11 @@ pub async fn run_with(
             .map_err(|e| ServerError::Setup(format!("kafka: {e}")))?,
     );
     #[cfg(feature = "kafka")]
-    let kafka_health = tokio::spawn(report_kafka_health(health.clone(), Arc::clone(&kafka)));
+    let kafka_health = tokio::spawn(report_kafka_health(
+        health.clone(),
+        Arc::clone(&kafka),
+        settings.kafka.clone(),
+    ));
     let metrics = Arc::new(Metrics::default());
     let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
     let metrics_task = listeners.metrics.map(|listener| {
@@ -450,6 +454,17 @@ async fn report_scoring_health(
     }
 }
 
+/// Aborts its task when dropped (a task's helper dies with it).
+#[cfg(feature = "kafka")]
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+#[cfg(feature = "kafka")]
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Metrics rendered besides the store's and the registry's.
 fn extra_metrics(
     #[cfg(feature = "kafka")] kafka: &Arc<crate::kafka::serve::Running>,
@@ -469,7 +484,12 @@ fn extra_metrics(
 async fn report_kafka_health(
     health: tonic_health::server::HealthReporter,
     kafka: Arc<crate::kafka::serve::Running>,
+    settings: crate::config::KafkaSettings,
 ) {
+    let probing = Arc::clone(&kafka);
+    let _probe = AbortOnDrop(tokio::spawn(async move {
+        probing.probe_while_unreachable(settings).await
+    }));
     let mut last: std::collections::BTreeMap<&str, bool> = Default::default();
     loop {
         for (service, reachable) in kafka.health() {

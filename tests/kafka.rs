@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::TestServer;
+
 use common::naive::{Naive, Outcome, same_value};
 use rdkafka::ClientConfig;
 use rdkafka::Message;
@@ -256,4 +257,97 @@ async fn records_from_kafka_are_applied_like_ingested_events() {
     }
     server.stop().await;
     grpc.stop().await;
+}
+
+/// The source's health answer for `service`.
+async fn kafka_health(server: &TestServer) -> i32 {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_client::HealthClient;
+    HealthClient::new(server.channel().await)
+        .check(HealthCheckRequest {
+            service: "streamscore.kafka.Source".into(),
+        })
+        .await
+        .map(|r| r.into_inner().status)
+        .unwrap_or(-1)
+}
+
+async fn wait_health(server: &TestServer, want: tonic_health::ServingStatus, what: &str) {
+    let want = tonic_health::pb::health_check_response::ServingStatus::from(want) as i32;
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while kafka_health(server).await != want {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what} within a minute"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_follows_the_brokers_and_the_source_recovers_without_restart() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    cluster.create_topic(TOPIC, 1, 1).expect("topic");
+    cluster.create_topic(DEAD, 1, 1).expect("dead-letter topic");
+    let brokers = cluster.bootstrap_servers();
+    let server_brokers = brokers.clone();
+    let server = TestServer::start(move |settings| {
+        settings.kafka.brokers = server_brokers;
+        settings.kafka.topics = vec![TOPIC.into()];
+        settings.kafka.dead_letter_topic = DEAD.into();
+        for (key, value) in [
+            ("session.timeout.ms", "6000"),
+            ("heartbeat.interval.ms", "500"),
+            ("max.poll.interval.ms", "7000"),
+        ] {
+            settings.kafka.client.insert(key.into(), value.into());
+        }
+    })
+    .await;
+    let events: Vec<RawEvent> = Simulator::new(SimConfig::default()).take(200).collect();
+    common::kafka::produce(&brokers, TOPIC, &events[..100]).await;
+    wait_health(&server, tonic_health::ServingStatus::Serving, "SERVING").await;
+    // The broker goes down while the consumer may still be joining its group: the
+    // short group timeouts above let the group settle again in seconds (with the
+    // defaults, a member lost mid-join holds the group up to max.poll.interval.ms).
+
+    cluster.broker_down(1).expect("broker down");
+    wait_health(
+        &server,
+        tonic_health::ServingStatus::NotServing,
+        "NOT_SERVING with the broker down",
+    )
+    .await;
+    assert!(
+        server
+            .scrape()
+            .await
+            .contains("streamscore_kafka_brokers_reachable 0")
+    );
+    cluster.broker_up(1).expect("broker up");
+    wait_health(
+        &server,
+        tonic_health::ServingStatus::Serving,
+        "SERVING again with the broker up",
+    )
+    .await;
+
+    // And it consumes again, without a restart.
+    common::kafka::produce(&brokers, TOPIC, &events[100..]).await;
+    wait_applied(&server, events.len() as u64).await;
+    server.stop().await;
+}
+
+async fn wait_applied(server: &TestServer, count: u64) {
+    let applied = tokio::time::timeout(Duration::from_secs(60), async {
+        while server.store.counters().applied < count {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(
+        applied.is_ok(),
+        "{count} records applied within a minute: {:?}\n{}",
+        server.store.counters(),
+        server.scrape().await
+    );
 }

@@ -71,6 +71,17 @@ impl Health {
         self.reachable.load(Relaxed)
     }
 
+    /// Asks the brokers for metadata (blocking, up to `timeout`); on an answer they
+    /// are reachable again. Used while unreachable and no record comes to say so.
+    pub fn probe(&self, settings: &KafkaSettings, timeout: std::time::Duration) {
+        use rdkafka::consumer::Consumer as _;
+        let client: Result<rdkafka::consumer::BaseConsumer, _> = client_config(settings).create();
+        let answered = client.is_ok_and(|client| client.fetch_metadata(None, timeout).is_ok());
+        if answered {
+            self.received();
+        }
+    }
+
     fn received(&self) {
         if !self.reachable.swap(true, Relaxed) {
             tracing::info!("kafka brokers reachable again");

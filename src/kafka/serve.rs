@@ -45,6 +45,29 @@ impl Running {
         parts
     }
 
+    /// While a part sees its brokers unreachable, asks them every [`PROBE_EVERY`]
+    /// whether they answer again (a part that receives nothing would not notice).
+    pub async fn probe_while_unreachable(&self, settings: crate::config::KafkaSettings) {
+        let healths: Vec<Arc<super::Health>> = self
+            .source
+            .iter()
+            .map(|c| Arc::clone(&c.health))
+            .chain(self.scoring.iter().map(|c| Arc::clone(&c.health)))
+            .collect();
+        loop {
+            tokio::time::sleep(PROBE_EVERY).await;
+            for health in &healths {
+                if !health.reachable() {
+                    let (health, settings) = (Arc::clone(health), settings.clone());
+                    let probe = move || health.probe(&settings, PROBE_EVERY);
+                    if let Err(error) = tokio::task::spawn_blocking(probe).await {
+                        tracing::warn!(%error, "kafka probe failed");
+                    }
+                }
+            }
+        }
+    }
+
     /// Waits for both parts to stop (they stop when draining starts).
     pub async fn join(&self) {
         let tasks = std::mem::take(
@@ -60,6 +83,9 @@ impl Running {
         }
     }
 }
+
+/// How often unreachable brokers are probed.
+const PROBE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Health service names of the two parts.
 pub const SOURCE_SERVICE: &str = "streamscore.kafka.Source";
