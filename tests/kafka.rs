@@ -40,29 +40,13 @@ async fn records_from_kafka_are_applied_like_ingested_events() {
     })
     .take(100_000)
     .collect();
+    // Keyed by user, so each user's events stay in order in one partition.
+    common::kafka::produce(&brokers, TOPIC, &events).await;
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &brokers)
-        .set("linger.ms", "5")
-        // The mock broker keeps about 5 MB per partition: compressed, 100k events fit.
-        .set("compression.type", "lz4")
         .create()
         .expect("producer");
-    // Keyed by user, so each user's events stay in order in one partition.
     let mut pending = Vec::new();
-    for event in &events {
-        let key = event.entities.get("user").cloned().unwrap_or_default();
-        let payload = serde_json::to_vec(event).expect("json");
-        pending.push(
-            producer
-                .send_result(FutureRecord::to(TOPIC).key(&key).payload(&payload))
-                .expect("queue"),
-        );
-        if pending.len() >= 10_000 {
-            for delivery in pending.drain(..) {
-                delivery.await.expect("delivered").expect("stored");
-            }
-        }
-    }
     // Bad records among them: not JSON, an unknown event type, a payment without amount.
     let bad: [&[u8]; 3] = [
         b"{not json",
@@ -350,4 +334,88 @@ async fn wait_applied(server: &TestServer, count: u64) {
         server.store.counters(),
         server.scrape().await
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulate_produces_to_kafka_in_both_formats() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    cluster.create_topic("sim-json", 2, 1).expect("topic");
+    cluster.create_topic("sim-proto", 2, 1).expect("topic");
+    let brokers = cluster.bootstrap_servers();
+    for (topic, format) in [("sim-json", "json"), ("sim-proto", "protobuf")] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_streamscore"))
+            .args(["simulate", "--events", "300", "--kafka-brokers", &brokers])
+            // Long past, so no event is held back for being in the future.
+            .args(["--start-ms", "1767225600000"])
+            .args(["--topic", topic, "--format", format])
+            .output()
+            .expect("run simulate");
+        assert!(output.status.success(), "{output:?}");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(stdout.contains("produced 300 events"), "{stdout}");
+        let records = common::kafka::read_committed(&brokers, topic, 2);
+        assert_eq!(records.len(), 300);
+        let format = if format == "json" {
+            streamscore::config::KafkaFormat::Json
+        } else {
+            streamscore::config::KafkaFormat::Protobuf
+        };
+        for (key, payload) in &records {
+            let event = streamscore::kafka::decode::event(Some(payload), format).expect("an event");
+            assert_eq!(event.entities.get("user"), Some(key), "keyed by user");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn protobuf_records_are_applied_and_a_nan_amount_is_dead_lettered() {
+    use prost::Message as _;
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    cluster.create_topic(TOPIC, 1, 1).expect("topic");
+    cluster.create_topic(DEAD, 1, 1).expect("dead-letter topic");
+    let brokers = cluster.bootstrap_servers();
+    let events: Vec<RawEvent> = Simulator::new(SimConfig::default()).take(400).collect();
+    let mut nan = events
+        .iter()
+        .find(|e| e.event_type == "payment")
+        .expect("a payment")
+        .clone();
+    nan.event_id = "nan-amount".into();
+    nan.numbers.insert("amount".into(), f64::NAN);
+    let sent = streamscore::kafka::produce::produce(
+        &brokers,
+        TOPIC,
+        streamscore::config::KafkaFormat::Protobuf,
+        events.iter().cloned().chain([nan.clone()]),
+        |_| {},
+    )
+    .await
+    .expect("produce");
+    assert_eq!(sent, 401);
+    assert!(
+        streamscore::api::pb::Event::decode(
+            &*streamscore::api::pb::Event::from(nan).encode_to_vec()
+        )
+        .is_ok_and(|e| e.numbers["amount"].is_nan()),
+        "protobuf carries the NaN"
+    );
+    let server_brokers = brokers.clone();
+    let server = TestServer::start(move |settings| {
+        settings.kafka.brokers = server_brokers;
+        settings.kafka.topics = vec![TOPIC.into()];
+        settings.kafka.dead_letter_topic = DEAD.into();
+        settings.kafka.format = streamscore::config::KafkaFormat::Protobuf;
+    })
+    .await;
+    wait_applied(&server, 400).await;
+    let dead = common::kafka::read_committed(&brokers, DEAD, 1);
+    assert_eq!(dead.len(), 1, "one dead letter");
+    let metrics = server.scrape().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "streamscore_kafka_dead_lettered{kind=\"invalid\"} 1"),
+        "{metrics}"
+    );
+    server.stop().await;
 }

@@ -133,11 +133,28 @@ pub struct SimulateArgs {
     #[arg(long, conflicts_with = "target")]
     pub out: Option<PathBuf>,
     /// Stream to this server instead, e.g. http://127.0.0.1:50051.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "kafka_brokers")]
     pub target: Option<String>,
+    /// Produce to Kafka instead (`host:port,...`; a build with the `kafka` feature),
+    /// keyed by user, to `--topic`.
+    #[arg(long, conflicts_with = "out")]
+    pub kafka_brokers: Option<String>,
+    /// The topic for `--kafka-brokers`.
+    #[arg(long, default_value = "shop-events", requires = "kafka_brokers")]
+    pub topic: String,
+    /// Record format for `--kafka-brokers`: json (the `export` shape) or protobuf.
+    #[arg(long, value_enum, default_value = "json", requires = "kafka_brokers")]
+    pub format: KafkaFormatArg,
     /// Events per batch when streaming.
     #[arg(long, default_value_t = 1_000)]
     pub batch: usize,
+}
+
+/// `--format` of `simulate --kafka-brokers`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum KafkaFormatArg {
+    Json,
+    Protobuf,
 }
 
 #[derive(Debug, Args)]
@@ -342,6 +359,31 @@ async fn serve(args: ServeArgs) -> CliResult {
     Ok(())
 }
 
+#[cfg(feature = "kafka")]
+async fn simulate_to_kafka(brokers: &str, args: &SimulateArgs, simulator: Simulator) -> CliResult {
+    use crate::config::KafkaFormat;
+    let format = match args.format {
+        KafkaFormatArg::Json => KafkaFormat::Json,
+        KafkaFormatArg::Protobuf => KafkaFormat::Protobuf,
+    };
+    // Like the gRPC path: nothing stamped in the future (a server would refuse it).
+    let now = now_ms();
+    let events = simulator
+        .take(args.events)
+        .take_while(move |e| e.event_time_ms <= now);
+    let sent = crate::kafka::produce::produce(brokers, &args.topic, format, events, |sent| {
+        eprintln!("  {sent} events produced");
+    })
+    .await?;
+    println!("produced {sent} events to {} at {brokers}", args.topic);
+    Ok(())
+}
+
+#[cfg(not(feature = "kafka"))]
+async fn simulate_to_kafka(_: &str, _: &SimulateArgs, _: Simulator) -> CliResult {
+    Err("--kafka-brokers: this build has no Kafka support; build with `--features kafka`".into())
+}
+
 async fn simulate(args: SimulateArgs) -> CliResult {
     let config = SimConfig {
         seed: args.seed,
@@ -354,6 +396,9 @@ async fn simulate(args: SimulateArgs) -> CliResult {
         ..SimConfig::default()
     };
     let simulator = Simulator::new(config);
+    if let Some(brokers) = &args.kafka_brokers {
+        return simulate_to_kafka(brokers, &args, simulator).await;
+    }
     match (&args.target, &args.out) {
         (Some(target), _) => {
             let channel = client::connect_with(target, &args.connect.options()).await?;

@@ -14,6 +14,7 @@
 pub mod align;
 pub mod dead_letter;
 pub mod decode;
+pub mod produce;
 pub mod scoring;
 pub mod serve;
 pub mod source;

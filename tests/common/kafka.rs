@@ -9,7 +9,6 @@ use rdkafka::ClientConfig;
 use rdkafka::Message;
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use streamscore::events::RawEvent;
 
 /// Client settings for servers under test: a killed member's partitions move in
@@ -30,33 +29,20 @@ pub fn write_config(dir: &Path, top: &str, kafka: &str) -> std::path::PathBuf {
     path
 }
 
-/// Produces `events` as JSON to `topic`, keyed by user, compressed (the mock broker
-/// keeps about 5 MB per partition), and waits until all are stored.
+/// Produces `events` as JSON to `topic` the way `simulate --kafka-brokers` does
+/// (keyed by user, compressed: the mock broker keeps about 5 MB per partition), and
+/// waits until all are stored.
 pub async fn produce(brokers: &str, topic: &str, events: &[RawEvent]) {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("linger.ms", "5")
-        .set("compression.type", "lz4")
-        .create()
-        .expect("producer");
-    let mut pending = Vec::new();
-    for event in events {
-        let key = event.entities.get("user").cloned().unwrap_or_default();
-        let payload = serde_json::to_vec(event).expect("json");
-        pending.push(
-            producer
-                .send_result(FutureRecord::to(topic).key(&key).payload(&payload))
-                .expect("queue"),
-        );
-        if pending.len() >= 10_000 {
-            for delivery in pending.drain(..) {
-                delivery.await.expect("delivered").expect("stored");
-            }
-        }
-    }
-    for delivery in pending {
-        delivery.await.expect("delivered").expect("stored");
-    }
+    let sent = streamscore::kafka::produce::produce(
+        brokers,
+        topic,
+        streamscore::config::KafkaFormat::Json,
+        events.iter().cloned(),
+        |_| {},
+    )
+    .await
+    .expect("produce");
+    assert_eq!(sent, events.len() as u64);
 }
 
 /// Follows `group`'s committed offsets on a topic (one client, so each look is one
