@@ -153,15 +153,20 @@ impl<K: Ord + Clone, R> Aligner<K, R> {
         // Round by round, the oldest front first, so a batch interleaves lanes in
         // event-time order as far as their fronts allow.
         while out.len() < max {
-            let next = self
-                .lanes
-                .iter()
-                .filter_map(|(key, lane)| {
-                    let (time, _) = lane.queue.front()?;
-                    within(*time).then(|| (time.unwrap_or(i64::MIN), key.clone()))
-                })
-                .min_by(|a, b| a.0.cmp(&b.0));
-            let Some((_, key)) = next else { break };
+            let mut oldest: Option<(i64, &K)> = None;
+            for (key, lane) in &self.lanes {
+                if let Some((time, _)) = lane.queue.front()
+                    && within(*time)
+                {
+                    let time = time.unwrap_or(i64::MIN);
+                    // Strictly older: on a tie the first lane (in key order) goes first.
+                    if oldest.is_none_or(|(t, _)| time < t) {
+                        oldest = Some((time, key));
+                    }
+                }
+            }
+            let Some((_, key)) = oldest else { break };
+            let key = key.clone();
             let lane = self.lanes.get_mut(&key).expect("the key was just found");
             let (_, record) = lane.queue.pop_front().expect("the front was just seen");
             out.push((key, record));

@@ -21,7 +21,7 @@ use crate::events::{RawEvent, RefusalKind};
 use crate::store::FeatureStore;
 
 /// A partition of a topic.
-pub type Partition = (String, i32);
+pub type Partition = (Arc<str>, i32);
 
 /// How long a batch waits for more records after its first.
 const BATCH_WAIT: Duration = Duration::from_millis(5);
@@ -99,7 +99,7 @@ const STATISTICS_INTERVAL_MS: &str = "5000";
 fn partitions(list: &TopicPartitionList) -> Vec<Partition> {
     list.elements()
         .iter()
-        .map(|e| (e.topic().to_string(), e.partition()))
+        .map(|e| (Arc::from(e.topic()), e.partition()))
         .collect()
 }
 
@@ -134,7 +134,7 @@ impl ConsumerContext for SourceContext {
         for element in offsets.elements() {
             if let (Offset::Offset(offset), Ok(())) = (element.offset(), element.error()) {
                 let slot = confirmed
-                    .entry((element.topic().to_string(), element.partition()))
+                    .entry((Arc::from(element.topic()), element.partition()))
                     .or_insert(offset);
                 *slot = (*slot).max(offset);
             }
@@ -198,6 +198,11 @@ pub async fn run(
     let pause_at = settings.batch_records.saturating_mul(10).max(1_000);
     let mut aligner: Aligner<Partition, Received> = Aligner::new(slack_ms, IDLE_AFTER, pause_at);
     let mut last_report = Instant::now();
+    let topics: Vec<Arc<str>> = settings
+        .topics
+        .iter()
+        .map(|t| Arc::from(t.as_str()))
+        .collect();
     let mut last_commit_check = Instant::now();
     loop {
         let first = tokio::select! {
@@ -214,7 +219,7 @@ pub async fn run(
                     let message = message.detach();
                     let event = super::decode::event(message.payload(), settings.format);
                     let time = event.as_ref().ok().map(|e| e.event_time_ms);
-                    let key = (message.topic().to_string(), message.partition());
+                    let key = (interned(&topics, message.topic()), message.partition());
                     aligner.push(key, time, (message, event), Instant::now());
                     taken += 1;
                 }
@@ -222,9 +227,8 @@ pub async fn run(
                     counters.health.received();
                     // librdkafka names only the partition number: every topic's lane
                     // of that number is treated as caught up until it receives again.
-                    let topics = settings.topics.iter();
-                    for topic in topics {
-                        aligner.reached_end(&(topic.clone(), partition));
+                    for topic in &topics {
+                        aligner.reached_end(&(Arc::clone(topic), partition));
                     }
                 }
                 Ok(Err(error)) => {
@@ -281,6 +285,14 @@ pub async fn run(
     Ok(())
 }
 
+/// The shared name of `topic` (no allocation per record).
+fn interned(topics: &[Arc<str>], topic: &str) -> Arc<str> {
+    topics
+        .iter()
+        .find(|known| ***known == *topic)
+        .map_or_else(|| Arc::from(topic), Arc::clone)
+}
+
 fn take_changes(consumer: &StreamConsumer, aligner: &mut Aligner<Partition, Received>) {
     let changes = std::mem::take(&mut *lock(&consumer.context().changes));
     for partition in changes.revoked {
@@ -326,24 +338,29 @@ async fn apply(
     counters: &SourceCounters,
     released: Vec<(Partition, Received)>,
 ) -> Result<(), SourceError> {
-    let mut events = Vec::with_capacity(released.len());
-    let mut origin = Vec::with_capacity(released.len());
-    let mut refused: Vec<(&OwnedMessage, Refused)> = Vec::new();
-    for (_, (message, event)) in &released {
+    let records = released.len();
+    let next = next_offsets(&released);
+    let mut events = Vec::with_capacity(records);
+    let mut messages = Vec::with_capacity(records);
+    // (index in `messages`, why)
+    let mut refused: Vec<(usize, Refused)> = Vec::new();
+    let mut origin = Vec::with_capacity(records);
+    for (_, (message, event)) in released {
         match event {
             Ok(event) => {
-                events.push(event.clone());
-                origin.push(message);
+                events.push(event);
+                origin.push(messages.len());
             }
             Err(reason) => refused.push((
-                message,
+                messages.len(),
                 Refused {
                     field: "payload".into(),
-                    reason: reason.clone(),
+                    reason,
                     kind: "undecodable",
                 },
             )),
         }
+        messages.push(message);
     }
     // Resolves once the accepted events are durable in the local log.
     let outcome = store.ingest(&events).await?;
@@ -361,32 +378,39 @@ async fn apply(
             },
         ));
     }
+    let refused: Vec<(&OwnedMessage, Refused)> = refused
+        .into_iter()
+        .map(|(at, why)| (&messages[at], why))
+        .collect();
     dead_letter::send_all(dead_letters, &settings.dead_letter_topic, &refused).await?;
-    counters.count(
-        released.len(),
-        outcome.accepted,
-        outcome.duplicates,
-        &refused,
-    );
-    commit(consumer, &released)?;
+    counters.count(records, outcome.accepted, outcome.duplicates, &refused);
+    commit(consumer, next)?;
     Ok(())
 }
 
-/// Commits, per partition, the offset after the last released record of it (released
-/// records of a partition are in offset order: the aligner keeps lane order).
-fn commit(consumer: &StreamConsumer, released: &[(Partition, Received)]) -> Result<(), KafkaError> {
-    let mut next: BTreeMap<&Partition, i64> = BTreeMap::new();
+/// Per partition, the offset after the last released record of it (released records
+/// of a partition are in offset order: the aligner keeps lane order).
+fn next_offsets(released: &[(Partition, Received)]) -> BTreeMap<Partition, i64> {
+    let mut next: BTreeMap<Partition, i64> = BTreeMap::new();
     for (partition, (message, _)) in released {
-        let slot = next.entry(partition).or_insert(0);
-        *slot = (*slot).max(message.offset() + 1);
+        let offset = message.offset() + 1;
+        match next.get_mut(partition) {
+            Some(slot) => *slot = (*slot).max(offset),
+            None => {
+                next.insert(partition.clone(), offset);
+            }
+        }
     }
+    next
+}
+
+/// Commits `next` (per partition, the offset after its last applied record).
+fn commit(consumer: &StreamConsumer, next: BTreeMap<Partition, i64>) -> Result<(), KafkaError> {
     let mut offsets = TopicPartitionList::new();
-    let mut applied = lock(&consumer.context().applied);
     for ((topic, partition), offset) in &next {
         offsets.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
-        applied.insert((topic.clone(), *partition), *offset);
     }
-    drop(applied);
+    lock(&consumer.context().applied).extend(next);
     // Async: a lost commit only means records already applied are read again, and the
     // engine's dedup turns them into duplicates.
     consumer.commit(&offsets, CommitMode::Async)
