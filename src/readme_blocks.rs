@@ -42,22 +42,30 @@ pub fn documented_keys(block: &str) -> BTreeSet<(String, String)> {
 }
 
 /// `(table, key)` for every field of a serialised value: top-level scalars under "",
-/// one level of nested tables under their name.
+/// nested tables under their dotted name (`kafka.scoring`); an empty table (a map with
+/// no default entries) is a key of its own.
 pub fn fields(value: &serde_json::Value) -> BTreeSet<(String, String)> {
     let mut keys = BTreeSet::new();
+    collect_fields("", value, &mut keys);
+    keys
+}
+
+fn collect_fields(table: &str, value: &serde_json::Value, keys: &mut BTreeSet<(String, String)>) {
     for (key, inner) in value.as_object().into_iter().flatten() {
         match inner.as_object() {
-            Some(table) => {
-                for field in table.keys() {
-                    keys.insert((key.clone(), field.clone()));
-                }
+            Some(nested) if !nested.is_empty() => {
+                let name = if table.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{table}.{key}")
+                };
+                collect_fields(&name, inner, keys);
             }
-            None => {
-                keys.insert((String::new(), key.clone()));
+            _ => {
+                keys.insert((table.to_string(), key.clone()));
             }
         }
     }
-    keys
 }
 
 /// Asserts that `block` documents exactly the keys `every` (no key missing, none stale).
