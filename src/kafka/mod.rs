@@ -57,12 +57,15 @@ fn client_config(settings: &KafkaSettings) -> ClientConfig {
 #[derive(Debug)]
 pub struct Health {
     reachable: AtomicBool,
+    /// The part stopped on an error it cannot get past (the log cannot write).
+    failed: AtomicBool,
 }
 
 impl Default for Health {
     fn default() -> Self {
         Health {
             reachable: AtomicBool::new(true),
+            failed: AtomicBool::new(false),
         }
     }
 }
@@ -70,6 +73,15 @@ impl Default for Health {
 impl Health {
     pub fn reachable(&self) -> bool {
         self.reachable.load(Relaxed)
+    }
+
+    /// Serving: the brokers answer and the part has not stopped on an error.
+    pub fn serving(&self) -> bool {
+        self.reachable() && !self.failed.load(Relaxed)
+    }
+
+    pub fn fail(&self) {
+        self.failed.store(true, Relaxed);
     }
 
     /// Asks the brokers for metadata (blocking, up to `timeout`); on an answer they

@@ -37,10 +37,10 @@ impl Running {
     pub fn health(&self) -> Vec<(&'static str, bool)> {
         let mut parts = Vec::new();
         if let Some(source) = &self.source {
-            parts.push((SOURCE_SERVICE, source.health.reachable()));
+            parts.push((SOURCE_SERVICE, source.health.serving()));
         }
         if let Some(scoring) = &self.scoring {
-            parts.push((SCORING_SERVICE, scoring.health.reachable()));
+            parts.push((SCORING_SERVICE, scoring.health.serving()));
         }
         parts
     }
@@ -114,13 +114,16 @@ pub fn start(
             Arc::clone(&counters),
             draining.clone(),
         );
+        let health = Arc::clone(&counters.health);
         running
             .tasks
             .get_mut()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .push(tokio::spawn(async move {
-                // Said loudly: ingest from Kafka has stopped while the server goes on.
+                // Said loudly, and in health: ingest from Kafka has stopped while the
+                // server goes on (uncommitted records wait for a restart or another member).
                 if let Err(error) = run.await {
+                    health.fail();
                     tracing::error!(%error, "the kafka source stopped");
                 }
             }));
