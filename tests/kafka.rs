@@ -7,12 +7,11 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::TestServer;
 
-use common::naive::{Naive, Outcome, same_value};
+use common::naive::same_value;
 use rdkafka::ClientConfig;
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -85,106 +84,27 @@ async fn records_from_kafka_are_applied_like_ingested_events() {
     .await
     .expect("ingest over gRPC");
 
-    // Waits (bounded) until every good record is applied.
-    let applied = tokio::time::timeout(Duration::from_secs(40), async {
-        while server.store.counters().applied < events.len() as u64 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-    if applied.is_err() {
-        let probe: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &brokers)
-            .set("group.id", "streamscore")
-            .create()
-            .expect("probe");
-        let mut marks = Vec::new();
-        for partition in 0..4 {
-            marks.push(probe.fetch_watermarks(TOPIC, partition, Duration::from_secs(5)));
-        }
-        let mut list = rdkafka::TopicPartitionList::new();
-        for partition in 0..4 {
-            list.add_partition(TOPIC, partition);
-        }
-        let committed = probe.committed_offsets(list, Duration::from_secs(5));
-        panic!(
-            "not all 100k records applied within 2 minutes: {:?}; watermarks {marks:?}; committed {committed:?}",
-            server.store.counters()
-        );
-    }
+    wait_applied(&server, events.len() as u64).await;
 
+    // Every feature of a sample of every entity type: equal to the naive model, and to
+    // what the gRPC path gives for the same events.
     let definitions = Definitions::default_shop();
-    let ingest = streamscore::config::Settings::default().ingest;
-    let mut naive = Naive::new(
-        definitions.clone(),
-        ingest.allowed_lateness.0,
-        ingest.dedup_horizon.0,
-    );
-    for event in &events {
-        assert_eq!(naive.offer(event), Outcome::Applied);
-    }
-    let mut compared = 0;
-    for entity in &definitions.entities {
-        let ids: BTreeSet<String> = events
-            .iter()
-            .filter_map(|e| {
-                if entity.parts.is_empty() {
-                    e.entities.get(&entity.name).cloned()
-                } else {
-                    let parts: Option<Vec<&str>> = entity
-                        .parts
-                        .iter()
-                        .map(|p| {
-                            e.entities
-                                .get(&definitions.entities[*p].name)
-                                .map(String::as_str)
-                        })
-                        .collect();
-                    parts.map(|p| p.join("|"))
-                }
-            })
-            .collect();
-        for id in ids.iter().step_by((ids.len() / 20).max(1)) {
-            let at = naive.watermark_ms();
-            let response = client::get_features(server.channel().await, &entity.name, id, Some(at))
-                .await
-                .expect("get features");
-            let over_grpc = client::get_features(grpc.channel().await, &entity.name, id, Some(at))
-                .await
-                .expect("get features over gRPC");
-            assert_eq!(response.known, over_grpc.known, "{} {id}", entity.name);
-            let expected: Vec<_> = definitions
-                .features
-                .iter()
-                .filter(|f| definitions.entities[f.entity].name == entity.name)
-                .collect();
-            for (value, feature) in response.values.iter().zip(expected) {
-                let grpc_value = over_grpc
-                    .values
-                    .iter()
-                    .find(|v| v.name == feature.name)
-                    .map(|v| v.value);
-                assert!(
-                    grpc_value.is_some_and(|g| same_value(g, value.value)),
-                    "{} {id} {}: from kafka {:?}, over gRPC {grpc_value:?}",
-                    entity.name,
-                    feature.name,
-                    value.value
-                );
-                let (known, want) = naive.read(feature, id, at);
-                assert_eq!(response.known, known, "{} {id}", entity.name);
-                assert!(
-                    same_value(value.value, want),
-                    "{} {id} {}: from kafka {:?}, naive {want:?}",
-                    entity.name,
-                    feature.name,
-                    value.value
-                );
-                compared += 1;
-            }
+    let naive = common::naive::over_default_shop(&events);
+    let at = naive.watermark_ms();
+    let samples = common::sample_entities(&definitions, &events, 20);
+    let from_kafka = common::read_all_remote(&server.url, &samples, at).await;
+    common::assert_matches_naive(&definitions, &naive, &samples, &from_kafka, at);
+    let over_grpc = common::read_all_remote(&grpc.url, &samples, at).await;
+    for ((sample, kafka), grpc) in samples.iter().zip(&from_kafka).zip(&over_grpc) {
+        assert_eq!(kafka.0, grpc.0, "{sample:?} known");
+        for (k, g) in kafka.1.iter().zip(&grpc.1) {
+            assert!(
+                same_value(*k, *g),
+                "{sample:?}: from kafka {k:?}, over gRPC {g:?}"
+            );
         }
     }
-    assert!(compared > 1_000, "only {compared} values compared");
+    assert!(samples.len() > 100, "only {} samples", samples.len());
 
     // The three bad records are on the dead-letter topic, each with its reason.
     let dead: StreamConsumer = ClientConfig::new()

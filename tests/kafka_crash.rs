@@ -10,10 +10,8 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::process::Child;
-use std::time::{Duration, Instant};
 
-use common::kafka::{Committed, DistinctKeys, produce, read_committed, write_config};
-use common::naive::{Naive, Outcome};
+use common::kafka::{Committed, DistinctKeys, produce, read_committed, wait_for, write_config};
 use common::{assert_matches_naive, read_all_remote, sample_entities, spawn_server_configured};
 use rand::{Rng, SeedableRng};
 use rdkafka::mocking::MockCluster;
@@ -30,22 +28,6 @@ const PARTITIONS: i32 = 4;
 const ROUNDS: usize = 10;
 /// Payments per scoring transaction.
 const SCORING_BATCH: usize = 10;
-
-/// Polls `progress` until it reaches `target` (a minute at most).
-fn wait_for(what: &str, target: i64, progress: &impl Fn() -> i64) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let now = progress();
-        if now >= target {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: {now} of {target} within a minute"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
 
 /// SIGKILLs the server; returns `progress` right after the kill.
 fn kill(mut child: Child, progress: &impl Fn() -> i64) -> i64 {
@@ -75,7 +57,7 @@ fn kill_rounds(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn records_and_decisions_survive_sigkill_exactly_once() {
+async fn records_apply_once_and_every_payment_is_decided_across_sigkills() {
     let seed: u64 = rand::random();
     eprintln!("kill points seed {seed}");
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
@@ -134,15 +116,7 @@ batch_records = {SCORING_BATCH}
     wait_for("records committed", history.len() as i64, &applied);
 
     let definitions = Definitions::default_shop();
-    let ingest = streamscore::config::Settings::default().ingest;
-    let mut naive = Naive::new(
-        definitions.clone(),
-        ingest.allowed_lateness.0,
-        ingest.dedup_horizon.0,
-    );
-    for event in history {
-        assert_eq!(naive.offer(event), Outcome::Applied);
-    }
+    let naive = common::naive::over_default_shop(history);
     let at = naive.watermark_ms();
     let samples = sample_entities(&definitions, history, 15);
     let reads = read_all_remote(&url, &samples, at).await;

@@ -7,9 +7,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
-
-use common::kafka::{Committed, produce, write_config};
+use common::kafka::{Committed, produce, wait_for, write_config};
 use common::naive::{Naive, Outcome};
 use common::spawn_server_configured;
 use rdkafka::mocking::MockCluster;
@@ -20,18 +18,6 @@ use streamscore::simulate::{SimConfig, Simulator};
 
 const TOPIC: &str = "shop-events";
 const PARTITIONS: i32 = 4;
-
-fn wait_for(what: &str, target: i64, progress: impl Fn() -> i64) {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let now = progress();
-        if now >= target {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{what}: {now} of {target}");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_member_hands_its_partitions_over_without_loss_or_double_apply() {
@@ -66,7 +52,9 @@ async fn a_stopped_member_hands_its_partitions_over_without_loss_or_double_apply
     let total = events.len() as i64;
     let (mut first, first_url) = spawn_server_configured(&dir.path().join("a"), &config);
     let (mut second, second_url) = spawn_server_configured(&dir.path().join("b"), &config);
-    wait_for("committed before the stop", total / 4, || committed.total());
+    wait_for("committed before the stop", total / 4, &|| {
+        committed.total()
+    });
     // SIGTERM: the first drains, commits what it applied and leaves the group.
     let pid = i32::try_from(first.id()).expect("pid");
     // SAFETY: kill(2) with a pid we spawned and have not reaped, and a valid signal.
@@ -79,7 +67,7 @@ async fn a_stopped_member_hands_its_partitions_over_without_loss_or_double_apply
         at_stop < total,
         "the stop came after the end: nothing handed over"
     );
-    wait_for("committed after the handover", total, || committed.total());
+    wait_for("committed after the handover", total, &|| committed.total());
 
     // Restarted read-only on its data dir (no Kafka), the first server shows what it
     // applied; the second is still running.

@@ -155,3 +155,20 @@ pub fn read_committed(brokers: &str, topic: &str, partitions: i32) -> Vec<(Strin
     }
     records
 }
+
+/// Polls `progress` until it reaches `target` (90 s at most): progress read from the
+/// broker, not a guess of time.
+pub fn wait_for(what: &str, target: i64, progress: &impl Fn() -> i64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let now = progress();
+        if now >= target {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: {now} of {target} within 90 s"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
