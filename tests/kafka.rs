@@ -163,13 +163,13 @@ async fn records_from_kafka_are_applied_like_ingested_events() {
     grpc.stop().await;
 }
 
-/// The source's health answer for `service`.
-async fn kafka_health(server: &TestServer) -> i32 {
+/// The health answer for `service`.
+async fn kafka_health(server: &TestServer, service: &str) -> i32 {
     use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_client::HealthClient;
     HealthClient::new(server.channel().await)
         .check(HealthCheckRequest {
-            service: "streamscore.kafka.Source".into(),
+            service: service.into(),
         })
         .await
         .map(|r| r.into_inner().status)
@@ -177,9 +177,18 @@ async fn kafka_health(server: &TestServer) -> i32 {
 }
 
 async fn wait_health(server: &TestServer, want: tonic_health::ServingStatus, what: &str) {
+    wait_service(server, "streamscore.kafka.Source", want, what).await;
+}
+
+async fn wait_service(
+    server: &TestServer,
+    service: &str,
+    want: tonic_health::ServingStatus,
+    what: &str,
+) {
     let want = tonic_health::pb::health_check_response::ServingStatus::from(want) as i32;
     tokio::time::timeout(Duration::from_secs(60), async {
-        while kafka_health(server).await != want {
+        while kafka_health(server, service).await != want {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     })
@@ -336,6 +345,40 @@ async fn protobuf_records_are_applied_and_a_nan_amount_is_dead_lettered() {
             .lines()
             .any(|l| l == "streamscore_kafka_dead_lettered{kind=\"invalid\"} 1"),
         "{metrics}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scoring_with_a_model_it_cannot_resolve_decides_nothing_and_says_not_serving() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    cluster.create_topic("payments", 1, 1).expect("topic");
+    cluster.create_topic("decisions", 1, 1).expect("topic");
+    let brokers = cluster.bootstrap_servers();
+    let payments: Vec<RawEvent> = Simulator::new(SimConfig::default())
+        .take(2_000)
+        .filter(|e| e.event_type == "payment")
+        .take(5)
+        .collect();
+    common::kafka::produce(&brokers, "payments", &payments).await;
+    let server_brokers = brokers.clone();
+    let server = TestServer::start(move |settings| {
+        settings.kafka.brokers = server_brokers;
+        settings.kafka.topics = Vec::new();
+        settings.kafka.scoring.input_topic = "payments".into();
+        settings.kafka.scoring.model = "no-such-model".into();
+    })
+    .await;
+    wait_service(
+        &server,
+        "streamscore.kafka.Scoring",
+        tonic_health::ServingStatus::NotServing,
+        "NOT_SERVING while the model cannot be resolved",
+    )
+    .await;
+    assert!(
+        common::kafka::read_committed(&brokers, "decisions", 1).is_empty(),
+        "no decision without a model"
     );
     server.stop().await;
 }

@@ -59,6 +59,9 @@ pub struct Health {
     reachable: AtomicBool,
     /// The part stopped on an error it cannot get past (the log cannot write).
     failed: AtomicBool,
+    /// The part waits on something other than the brokers (the model cannot be
+    /// resolved) and gets nothing done meanwhile.
+    waiting: AtomicBool,
 }
 
 impl Default for Health {
@@ -66,6 +69,7 @@ impl Default for Health {
         Health {
             reachable: AtomicBool::new(true),
             failed: AtomicBool::new(false),
+            waiting: AtomicBool::new(false),
         }
     }
 }
@@ -75,9 +79,15 @@ impl Health {
         self.reachable.load(Relaxed)
     }
 
-    /// Serving: the brokers answer and the part has not stopped on an error.
+    /// Serving: the brokers answer, and the part neither stopped on an error nor
+    /// waits for something else.
     pub fn serving(&self) -> bool {
-        self.reachable() && !self.failed.load(Relaxed)
+        self.reachable() && !self.failed.load(Relaxed) && !self.waiting.load(Relaxed)
+    }
+
+    /// Sets whether the part waits for something other than the brokers.
+    pub fn set_waiting(&self, waiting: bool) {
+        self.waiting.store(waiting, Relaxed);
     }
 
     pub fn fail(&self) {

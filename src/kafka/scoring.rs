@@ -214,8 +214,24 @@ async fn run_once(
         }
         stream.counters.health.received();
         match transact(stream, &consumer, &producer, &batch).await {
-            Ok(()) => failures = 0,
+            Ok(()) => {
+                failures = 0;
+                stream.counters.health.set_waiting(false);
+            }
             Err(Failure::Fatal(error)) => return Err(error),
+            Err(Failure::Unresolved(why)) => {
+                // Fails closed and says so: nothing is decided while the model cannot
+                // be resolved, and health is NOT_SERVING until it can.
+                stream.counters.health.set_waiting(true);
+                let wait = BACKOFF[failures.min(BACKOFF.len() - 1)];
+                failures += 1;
+                tracing::warn!(%why, ?wait, "kafka scoring waits: the model cannot be resolved");
+                rewind(&consumer, &batch);
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.changed() => return Ok(()),
+                }
+            }
             Err(Failure::Retry(why)) => {
                 stream.counters.aborts.fetch_add(1, Relaxed);
                 let wait = BACKOFF[failures.min(BACKOFF.len() - 1)];
@@ -251,6 +267,8 @@ async fn receive(consumer: &StreamConsumer<ScoringContext>, max: usize) -> Vec<O
 }
 
 enum Failure {
+    /// The model cannot be resolved: nothing was sent; score the batch again later.
+    Unresolved(String),
     /// The transaction was aborted: score the batch again later.
     Retry(String),
     /// The producer cannot go on (fenced, or a fatal error): start again.
@@ -268,7 +286,7 @@ async fn transact(
     for message in batch {
         match score(stream, message).await {
             Ok(record) => records.push(record),
-            Err(why) => return Err(Failure::Retry(why)),
+            Err(why) => return Err(Failure::Unresolved(why)),
         }
     }
     let fail = classify;
