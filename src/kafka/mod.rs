@@ -14,6 +14,7 @@
 pub mod align;
 pub mod dead_letter;
 pub mod decode;
+pub mod metrics;
 pub mod produce;
 pub mod scoring;
 pub mod serve;
@@ -171,62 +172,64 @@ impl SourceCounters {
 
     /// The source's metrics in Prometheus text format.
     pub fn prometheus(&self) -> String {
-        use std::fmt::Write as _;
         let mut out = String::new();
-        let totals = [
-            ("records", "records received", &self.records),
-            ("applied", "records applied to the features", &self.applied),
+        for (name, help, value) in [
+            ("records", "records received since start", &self.records),
+            (
+                "applied",
+                "records applied to the features since start",
+                &self.applied,
+            ),
             (
                 "duplicates",
-                "records already applied (redelivered)",
+                "records already applied (redelivered) since start",
                 &self.duplicates,
             ),
-        ];
-        for (name, help, value) in totals {
-            let _ = writeln!(
-                out,
-                "# HELP streamscore_kafka_{name} {help} since start\n# TYPE streamscore_kafka_{name} counter\nstreamscore_kafka_{name} {}",
-                value.load(Relaxed)
-            );
+        ] {
+            let name = format!("streamscore_kafka_{name}");
+            metrics::single(&mut out, &name, "counter", help, value.load(Relaxed));
         }
-        let _ = writeln!(
-            out,
-            "# HELP streamscore_kafka_dead_lettered records written to the dead-letter topic since start, by why\n# TYPE streamscore_kafka_dead_lettered counter"
+        let dead = "streamscore_kafka_dead_lettered";
+        metrics::header(
+            &mut out,
+            dead,
+            "counter",
+            "records written to the dead-letter topic since start, by why",
         );
         for (kind, value) in [
             ("invalid", &self.invalid),
             ("late", &self.late),
             ("undecodable", &self.undecodable),
         ] {
-            let _ = writeln!(
-                out,
-                "streamscore_kafka_dead_lettered{{kind=\"{kind}\"}} {}",
-                value.load(Relaxed)
-            );
+            metrics::sample(&mut out, dead, &[("kind", kind)], value.load(Relaxed));
         }
-        let _ = writeln!(
-            out,
-            "# HELP streamscore_kafka_buffered records held back to align partitions in event time\n# TYPE streamscore_kafka_buffered gauge\nstreamscore_kafka_buffered {}",
-            self.buffered.load(Relaxed)
+        metrics::single(
+            &mut out,
+            "streamscore_kafka_buffered",
+            "gauge",
+            "records held back to align partitions in event time",
+            self.buffered.load(Relaxed),
         );
-        let _ = writeln!(
-            out,
-            "# HELP streamscore_kafka_brokers_reachable 1 while the brokers answer\n# TYPE streamscore_kafka_brokers_reachable gauge\nstreamscore_kafka_brokers_reachable {}",
-            u8::from(self.health.reachable())
+        metrics::single(
+            &mut out,
+            "streamscore_kafka_brokers_reachable",
+            "gauge",
+            "1 while the brokers answer",
+            u8::from(self.health.reachable()),
         );
-        let _ = writeln!(
-            out,
-            "# HELP streamscore_kafka_consumer_lag records behind the partition's end\n# TYPE streamscore_kafka_consumer_lag gauge"
-        );
+        let lag = "streamscore_kafka_consumer_lag";
+        metrics::header(&mut out, lag, "gauge", "records behind the partition's end");
         let lags = self
             .lag
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for ((topic, partition), lag) in lags.iter() {
-            let _ = writeln!(
-                out,
-                "streamscore_kafka_consumer_lag{{topic=\"{}\",partition=\"{partition}\"}} {lag}",
-                topic.replace(['\\', '"', '\n'], "_")
+        for ((topic, partition), value) in lags.iter() {
+            let partition = partition.to_string();
+            metrics::sample(
+                &mut out,
+                lag,
+                &[("topic", topic), ("partition", &partition)],
+                value,
             );
         }
         out

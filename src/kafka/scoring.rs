@@ -58,32 +58,32 @@ pub struct ScoringCounters {
 
 impl ScoringCounters {
     pub fn prometheus(&self) -> String {
-        use std::fmt::Write as _;
         let mut out = String::new();
         for (name, help, value) in [
-            ("scored", "payments scored", &self.scored),
+            ("scored", "payments scored since start", &self.scored),
             (
                 "errors",
-                "payments answered with an error decision",
+                "payments answered with an error decision since start",
                 &self.errors,
             ),
-            ("transactions", "transactions committed", &self.transactions),
+            (
+                "transactions",
+                "transactions committed since start",
+                &self.transactions,
+            ),
             (
                 "aborts",
-                "transactions aborted (their payments are scored again)",
+                "transactions aborted (their payments are scored again) since start",
                 &self.aborts,
             ),
             (
                 "restarts",
-                "restarts of the stream after a fatal error",
+                "restarts of the stream after a fatal error since start",
                 &self.restarts,
             ),
         ] {
-            let _ = writeln!(
-                out,
-                "# HELP streamscore_kafka_scoring_{name} {help} since start\n# TYPE streamscore_kafka_scoring_{name} counter\nstreamscore_kafka_scoring_{name} {}",
-                value.load(Relaxed)
-            );
+            let name = format!("streamscore_kafka_scoring_{name}");
+            super::metrics::single(&mut out, &name, "counter", help, value.load(Relaxed));
         }
         out
     }
