@@ -2,8 +2,8 @@
 //! from librdkafka's mock cluster, is SIGKILLed at random points, ten times while it
 //! applies events and ten times while it scores payments, and restarted on the same
 //! data dir. Every record is applied exactly once (features equal the naive model), and
-//! the decisions topic holds a decision for every payment, each equal to what `Score`
-//! answers for the same history and moment (why not "exactly one": see below).
+//! the decisions topic, read with `read_committed`, holds exactly one decision per
+//! payment, each equal to what `Score` answers for the same history and moment.
 #![cfg(feature = "kafka")]
 
 mod common;
@@ -57,7 +57,7 @@ fn kill_rounds(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn records_apply_once_and_every_payment_is_decided_across_sigkills() {
+async fn records_apply_once_and_every_payment_is_decided_once_across_sigkills() {
     let seed: u64 = rand::random();
     eprintln!("kill points seed {seed}");
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
@@ -145,23 +145,25 @@ batch_records = {SCORING_BATCH}
         by_id.entry(key.clone()).or_default().push(record);
     }
     assert_eq!(by_id.len(), payments.len(), "a decision for every payment");
-    // Exactly one decision per payment cannot be checked here: librdkafka's mock
-    // broker (2.12.1, the only broker the tests can run) accepts the transaction calls
-    // but implements none of their effects. Its TxnOffsetCommit answers without storing
-    // the offsets, and its Fetch reports the log end as the last stable offset with no
-    // aborted transactions, so every restart scores the payments again and a
-    // `read_committed` reader sees every copy. What holds whatever the broker: every
-    // payment has a decision, and every copy of it is the same decision, equal to
-    // `Score`'s for the same history and moment.
+    // librdkafka's mock broker (2.12.1) stores no transactional offsets and hides no
+    // aborted transaction, so every restart reads the payments from the start and a
+    // decision of a killed transaction stays visible. Exactly one decision each holds
+    // because the stream resumes after the newest payment the decisions topic already
+    // decided (`kafka::resume`); on a real broker the offsets say the same.
+    let twice: Vec<(&String, usize)> = by_id
+        .iter()
+        .filter(|(_, found)| found.len() > 1)
+        .map(|(id, found)| (id, found.len()))
+        .collect();
+    assert!(
+        twice.is_empty(),
+        "{} payments decided more than once: {:?}",
+        twice.len(),
+        &twice[..twice.len().min(5)]
+    );
     let channel = client::connect(&url).await.expect("connect");
     for payment in &payments {
-        let found = &by_id[&payment.event_id];
-        let record = &found[0];
-        for copy in &found[1..] {
-            let mut copy = copy.clone();
-            copy["scored_at_ms"] = record["scored_at_ms"].clone();
-            assert_eq!(&copy, record, "a decision made again differs");
-        }
+        let record = &by_id[&payment.event_id][0];
         let answer = ScoringClient::new(channel.clone())
             .score(pb::ScoreRequest {
                 model: "fraud".into(),

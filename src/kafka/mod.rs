@@ -16,6 +16,7 @@ pub mod dead_letter;
 pub mod decode;
 pub mod metrics;
 pub mod produce;
+pub mod resume;
 pub mod scoring;
 pub mod serve;
 pub mod source;
@@ -41,6 +42,14 @@ pub enum SourceError {
     Store(#[from] StoreError),
     #[error("kafka source: cannot write to the dead-letter topic: {0}")]
     DeadLetter(KafkaError),
+}
+
+/// A poisoned lock only means another thread panicked while holding it; the maps and
+/// lists behind ours are whole after every statement.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The settings every client of ours shares.

@@ -3,27 +3,29 @@
 //! resolution, decision and reasons), and one decision record per payment is written
 //! to `output_topic`, keyed by event id, inside a Kafka transaction that also commits
 //! the input offsets. A `read_committed` reader of the decisions sees exactly one
-//! decision per payment across crashes and rebalances: a transaction that did not
-//! commit is aborted (by us, or by the broker fencing our `transactional.id` when we
-//! come back) and its payments are scored again.
+//! decision per payment across crashes: a transaction that did not commit is aborted
+//! (by us, or by the broker fencing our `transactional.id` when we come back) and its
+//! payments are scored again, and a payment that already has a decision is never
+//! scored again, even where the committed offsets are lost ([`super::resume`]).
 //!
 //! A payment that cannot be scored (undecodable, invalid) gets a decision record with
 //! `"decision": "error"` and the reason, so its reader fails closed and knows why. While
 //! the model cannot be resolved, nothing is scored or committed: the stream waits.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use serde::Serialize;
 
-use super::{Health, client_config};
+use super::resume::{self, ResumeError};
+use super::{Health, client_config, lock};
 use crate::config::KafkaSettings;
 use crate::model::decision::Decision;
 use crate::registry::Registry;
@@ -35,7 +37,8 @@ use crate::time::now_ms;
 const REASONS: usize = 3;
 /// How long a batch waits for more payments after its first.
 const BATCH_WAIT: Duration = Duration::from_millis(5);
-/// Timeout of each transaction step (init, offsets, commit, abort).
+/// Timeout of each transaction step (init, offsets, commit, abort), and of the look
+/// back over the decisions topic for where a partition got to.
 const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
 /// Waits between attempts after a failure, doubling up to the last.
 const BACKOFF: [Duration; 4] = [
@@ -53,6 +56,8 @@ pub struct ScoringCounters {
     pub transactions: AtomicU64,
     pub aborts: AtomicU64,
     pub restarts: AtomicU64,
+    /// Payments read again that already had a decision, so were not scored again.
+    pub already_decided: AtomicU64,
     pub health: Arc<Health>,
 }
 
@@ -80,6 +85,11 @@ impl ScoringCounters {
                 "restarts",
                 "restarts of the stream after a fatal error since start",
                 &self.restarts,
+            ),
+            (
+                "already_decided",
+                "payments read again that already had a decision (not scored again) since start",
+                &self.already_decided,
             ),
         ] {
             let name = format!("streamscore_kafka_scoring_{name}");
@@ -133,10 +143,18 @@ enum StreamError {
     Kafka(#[from] KafkaError),
     #[error("the scoring stream's blocking task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error("where to resume is unknown: {0}")]
+    Resume(#[from] ResumeError),
+    #[error("the output topic '{0}' has no partitions (does it exist?)")]
+    NoOutput(String),
 }
 
 struct ScoringContext {
     health: Arc<Health>,
+    /// Per payments partition, the newest offset with a decision (`None`: none yet).
+    /// Emptied at every rebalance: a partition that comes back may have been decided
+    /// further by another member meanwhile, so it is looked up again.
+    decided: Mutex<HashMap<i32, Option<i64>>>,
 }
 
 impl ClientContext for ScoringContext {
@@ -145,7 +163,11 @@ impl ClientContext for ScoringContext {
     }
 }
 
-impl ConsumerContext for ScoringContext {}
+impl ConsumerContext for ScoringContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, _: &Rebalance<'_>) {
+        lock(&self.decided).clear();
+    }
+}
 
 /// Everything a run of the stream needs.
 pub struct Stream {
@@ -195,7 +217,20 @@ async fn run_once(
         .set("partition.assignment.strategy", "cooperative-sticky")
         .create_with_context(ScoringContext {
             health: Arc::clone(&stream.counters.health),
+            decided: Mutex::new(HashMap::new()),
         })?;
+    let output_partitions = {
+        let metadata = consumer.fetch_metadata(Some(&scoring.output_topic), TRANSACTION_TIMEOUT)?;
+        let partitions = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == scoring.output_topic)
+            .map_or(0, |t| t.partitions().len());
+        i32::try_from(partitions).unwrap_or(i32::MAX)
+    };
+    if output_partitions == 0 {
+        return Err(StreamError::NoOutput(scoring.output_topic.clone()));
+    }
     consumer.subscribe(&[scoring.input_topic.as_str()])?;
     let producer: FutureProducer = client_config(settings)
         .set("transactional.id", &stream.transactional_id)
@@ -213,10 +248,22 @@ async fn run_once(
             continue;
         }
         stream.counters.health.received();
-        match transact(stream, &consumer, &producer, &batch).await {
+        let batch = undecided(stream, &consumer, output_partitions, batch).await?;
+        if batch.is_empty() {
+            continue;
+        }
+        match transact(stream, &consumer, &producer, output_partitions, &batch).await {
             Ok(()) => {
                 failures = 0;
                 stream.counters.health.set_waiting(false);
+                let mut decided = lock(&consumer.context().decided);
+                for message in &batch {
+                    // Only partitions still held: one revoked meanwhile is looked up
+                    // again when it comes back.
+                    if let Some(newest) = decided.get_mut(&message.partition()) {
+                        *newest = (*newest).max(Some(message.offset()));
+                    }
+                }
             }
             Err(Failure::Fatal(error)) => return Err(error),
             Err(Failure::Unresolved(why)) => {
@@ -266,6 +313,54 @@ async fn receive(consumer: &StreamConsumer<ScoringContext>, max: usize) -> Vec<O
     batch
 }
 
+/// The payments of `batch` that have no decision yet, in order. A partition seen for
+/// the first time since the last rebalance is looked up in the decisions topic first.
+async fn undecided(
+    stream: &Stream,
+    consumer: &StreamConsumer<ScoringContext>,
+    output_partitions: i32,
+    batch: Vec<OwnedMessage>,
+) -> Result<Vec<OwnedMessage>, StreamError> {
+    let scoring = &stream.settings.scoring;
+    let mut unknown: Vec<i32> = batch
+        .iter()
+        .map(|m| m.partition())
+        .filter(|p| !lock(&consumer.context().decided).contains_key(p))
+        .collect();
+    unknown.sort_unstable();
+    unknown.dedup();
+    for partition in unknown {
+        let settings = stream.settings.clone();
+        let newest = tokio::task::spawn_blocking(move || {
+            resume::last_decided(
+                &settings,
+                &settings.scoring.output_topic,
+                output_partitions,
+                &settings.scoring.input_topic,
+                partition,
+                TRANSACTION_TIMEOUT,
+            )
+        })
+        .await??;
+        tracing::info!(input = %scoring.input_topic, partition, ?newest, "kafka scoring: newest payment already decided");
+        lock(&consumer.context().decided).insert(partition, newest);
+    }
+    let decided = lock(&consumer.context().decided);
+    let before = batch.len();
+    let left: Vec<OwnedMessage> = batch
+        .into_iter()
+        .filter(|m| {
+            let newest = decided.get(&m.partition()).copied().flatten();
+            newest.is_none_or(|newest| m.offset() > newest)
+        })
+        .collect();
+    let skipped = (before - left.len()) as u64;
+    if skipped > 0 {
+        stream.counters.already_decided.fetch_add(skipped, Relaxed);
+    }
+    Ok(left)
+}
+
 enum Failure {
     /// The model cannot be resolved: nothing was sent; score the batch again later.
     Unresolved(String),
@@ -280,6 +375,7 @@ async fn transact(
     stream: &Stream,
     consumer: &StreamConsumer<ScoringContext>,
     producer: &FutureProducer,
+    output_partitions: i32,
     batch: &[OwnedMessage],
 ) -> Result<(), Failure> {
     let mut records = Vec::with_capacity(batch.len());
@@ -303,8 +399,16 @@ async fn transact(
         } else {
             record.event_id.clone()
         };
+        // One output partition per payments partition, so the decisions topic says
+        // how far each payments partition got (see `resume`).
+        let partition = resume::output_partition(record.source.1, output_partitions);
         let queued = producer
-            .send_result(FutureRecord::to(output).key(&key).payload(&payload))
+            .send_result(
+                FutureRecord::to(output)
+                    .partition(partition)
+                    .key(&key)
+                    .payload(&payload),
+            )
             .map_err(|(error, _)| error);
         match queued {
             Ok(delivery) => deliveries.push(delivery),

@@ -15,7 +15,7 @@ use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 
 use super::align::{Aligner, Flow};
 use super::dead_letter::{self, Refused};
-use super::{SourceCounters, SourceError, client_config};
+use super::{SourceCounters, SourceError, client_config, lock};
 use crate::config::KafkaSettings;
 use crate::events::{RawEvent, RefusalKind};
 use crate::store::FeatureStore;
@@ -148,14 +148,6 @@ impl ConsumerContext for SourceContext {
             lock(&self.changes).assigned.extend(assigned);
         }
     }
-}
-
-/// A poisoned lock only means another thread panicked while holding it; the lists
-/// inside are still whole.
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 type StreamConsumer = rdkafka::consumer::StreamConsumer<SourceContext>;
