@@ -76,6 +76,11 @@ impl<K: Ord + Clone, R> Aligner<K, R> {
         self.lanes.entry(key).or_insert_with(|| Lane::new(now));
     }
 
+    /// Whether `key` is ours (assigned and not revoked since).
+    pub fn holds(&self, key: &K) -> bool {
+        self.lanes.contains_key(key)
+    }
+
     /// A partition taken from us: its buffered records are dropped unapplied (their
     /// offsets were never committed, so the new owner reads them).
     pub fn revoke(&mut self, key: &K) -> usize {

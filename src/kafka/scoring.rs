@@ -25,7 +25,7 @@ use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 use serde::Serialize;
 
 use super::resume::{self, ResumeError};
-use super::{Health, client_config, lock};
+use super::{Health, client_config, consumer_config, lock};
 use crate::config::KafkaSettings;
 use crate::model::decision::Decision;
 use crate::registry::Registry;
@@ -209,7 +209,7 @@ async fn run_once(
 ) -> Result<(), StreamError> {
     let settings = &stream.settings;
     let scoring = &settings.scoring;
-    let consumer: StreamConsumer<ScoringContext> = client_config(settings)
+    let consumer: StreamConsumer<ScoringContext> = consumer_config(settings)
         .set("group.id", &scoring.group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")

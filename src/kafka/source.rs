@@ -1,9 +1,17 @@
 //! The consumer loop of the Kafka source: receive, align partitions in event time,
 //! apply through the store (validation, dedup, lateness, engine, durable log), write
 //! refused records to the dead-letter topic, and only then commit offsets.
+//!
+//! Two stages run side by side: a reader thread (poll, decode, align) hands released
+//! batches to the applier task (store, dead letters, commit) through a channel one
+//! batch deep, so the next batch is read and decoded while the last one is applied.
+//! A partition taken from us waits in the revoke callback until every batch handed
+//! over before it is applied and its offsets are committed: its next owner starts
+//! exactly after our last applied record.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
@@ -15,7 +23,7 @@ use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 
 use super::align::{Aligner, Flow};
 use super::dead_letter::{self, Refused};
-use super::{SourceCounters, SourceError, client_config, lock};
+use super::{SourceCounters, SourceError, client_config, consumer_config, lock};
 use crate::config::KafkaSettings;
 use crate::events::{RawEvent, RefusalKind};
 use crate::store::FeatureStore;
@@ -31,6 +39,8 @@ const RECEIVE_WAIT: Duration = Duration::from_millis(100);
 const RECOMMIT_AFTER: Duration = Duration::from_secs(1);
 /// A lane with nothing received for this long stops holding back the others.
 const IDLE_AFTER: Duration = Duration::from_secs(2);
+/// Released batches waiting for the applier beyond the one it applies.
+const PIPELINE_BATCHES: usize = 1;
 
 /// Assignments and revocations seen by librdkafka's rebalance callbacks, applied to
 /// the aligner by the loop before the next record.
@@ -40,8 +50,49 @@ struct Changes {
     revoked: Vec<Partition>,
 }
 
+/// Batches handed from the reader to the applier and not finished yet; the revoke
+/// callback waits for them.
+#[derive(Default)]
+struct InFlight {
+    /// (handed over, finished, the applier stopped)
+    state: Mutex<(u64, u64, bool)>,
+    finished: Condvar,
+}
+
+impl InFlight {
+    fn handed_over(&self) {
+        lock(&self.state).0 += 1;
+    }
+
+    /// A batch applied and committed (`ok`), or the applier stopped on an error.
+    fn finish(&self, ok: bool) {
+        let mut state = lock(&self.state);
+        state.1 += 1;
+        state.2 |= !ok;
+        self.finished.notify_all();
+    }
+
+    /// The applier stopped: nothing handed over will finish.
+    fn stopped(&self) {
+        lock(&self.state).2 = true;
+        self.finished.notify_all();
+    }
+
+    /// Blocks until every batch handed over is finished, or the applier stopped.
+    fn wait_all(&self) {
+        let mut state = lock(&self.state);
+        while state.1 < state.0 && !state.2 {
+            state = self
+                .finished
+                .wait(state)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+    }
+}
+
 struct SourceContext {
     changes: Mutex<Changes>,
+    in_flight: InFlight,
     /// Per partition, the offset after its last applied record: what a commit says.
     applied: Mutex<BTreeMap<Partition, i64>>,
     /// Per partition, the offset the broker confirmed as committed.
@@ -108,6 +159,9 @@ impl ConsumerContext for SourceContext {
         if let Rebalance::Revoke(list) = rebalance {
             let revoked = partitions(list);
             tracing::info!(?revoked, "kafka partitions revoked");
+            // Records of them may be in a batch the applier holds: applied and
+            // committed before they go, or the next owner would apply them too.
+            self.in_flight.wait_all();
             // Committed before they go, synchronously: the next owner starts after the
             // last record we applied, not at an older commit still in flight.
             let offsets = self.applied_offsets(Some(&revoked));
@@ -150,7 +204,7 @@ impl ConsumerContext for SourceContext {
     }
 }
 
-type StreamConsumer = rdkafka::consumer::StreamConsumer<SourceContext>;
+type SourceConsumer = BaseConsumer<SourceContext>;
 
 /// A received record with its decoded event (or why it could not be decoded).
 type Received = (OwnedMessage, Result<RawEvent, String>);
@@ -168,18 +222,21 @@ pub async fn run(
 ) -> Result<(), SourceError> {
     let context = SourceContext {
         changes: Mutex::new(Changes::default()),
+        in_flight: InFlight::default(),
         applied: Mutex::new(BTreeMap::new()),
         confirmed: Mutex::new(BTreeMap::new()),
         counters: Arc::clone(&counters),
     };
-    let consumer: StreamConsumer = client_config(&settings)
-        .set("group.id", &settings.group)
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("partition.assignment.strategy", "cooperative-sticky")
-        .set("enable.partition.eof", "true")
-        .set("statistics.interval.ms", STATISTICS_INTERVAL_MS)
-        .create_with_context(context)?;
+    let consumer: Arc<SourceConsumer> = Arc::new(
+        consumer_config(&settings)
+            .set("group.id", &settings.group)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .set("enable.partition.eof", "true")
+            .set("statistics.interval.ms", STATISTICS_INTERVAL_MS)
+            .create_with_context(context)?,
+    );
     let topics: Vec<&str> = settings.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     let dead_letters: FutureProducer = client_config(&settings)
@@ -187,35 +244,140 @@ pub async fn run(
         .create()?;
     tracing::info!(brokers = %settings.brokers, group = %settings.group, topics = ?settings.topics, "kafka source started");
 
+    let (batches, mut incoming) = tokio::sync::mpsc::channel(PIPELINE_BATCHES);
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (consumer, settings, counters, stop) = (
+            Arc::clone(&consumer),
+            settings.clone(),
+            Arc::clone(&counters),
+            Arc::clone(&stop),
+        );
+        std::thread::Builder::new()
+            .name("kafka-source".into())
+            .spawn(move || read(&consumer, &settings, slack_ms, &counters, &batches, &stop))
+            .map_err(SourceError::Thread)?
+    };
+    let mut applied = Ok(());
+    loop {
+        let batch = tokio::select! {
+            batch = incoming.recv() => batch,
+            _ = shutdown.changed(), if !stop.load(Relaxed) => {
+                // The reader stops; what it handed over is still applied.
+                stop.store(true, Relaxed);
+                continue;
+            }
+        };
+        // `None`: the reader stopped and everything it handed over is applied.
+        let Some(batch) = batch else { break };
+        applied = apply(
+            &store,
+            &settings,
+            &consumer,
+            &dead_letters,
+            &counters,
+            batch,
+        )
+        .await;
+        consumer.context().in_flight.finish(applied.is_ok());
+        if applied.is_err() {
+            break;
+        }
+    }
+    stop.store(true, Relaxed);
+    consumer.context().in_flight.stopped();
+    // The reader's next hand-over fails now, and it ends.
+    drop(incoming);
+    let read = tokio::task::spawn_blocking(move || reader.join())
+        .await
+        .map_err(|_| SourceError::ReaderPanicked)?
+        .map_err(|_| SourceError::ReaderPanicked)?;
+    applied?;
+    read?;
+    let consumer = Arc::clone(&consumer);
+    tokio::task::spawn_blocking(move || final_commit(&consumer))
+        .await
+        .map_err(|_| SourceError::ReaderPanicked)??;
+    tracing::info!("kafka source stopped");
+    Ok(())
+}
+
+/// How long a stopping source keeps trying to commit what it applied.
+const FINAL_COMMIT_FOR: Duration = Duration::from_secs(15);
+
+/// A last synchronous commit, so the group's next owner starts exactly after us. A
+/// group in the middle of a rebalance refuses commits (a new generation, a rebalance
+/// in progress) until this member has polled and joined the new generation: poll
+/// (the records it returns are not applied, and so not committed either) and try
+/// again, for [`FINAL_COMMIT_FOR`]. Blocking.
+fn final_commit(consumer: &SourceConsumer) -> Result<(), SourceError> {
+    let deadline = Instant::now() + FINAL_COMMIT_FOR;
+    loop {
+        let offsets = consumer.context().applied_offsets(None);
+        if offsets.count() == 0 {
+            return Ok(());
+        }
+        match consumer.commit(&offsets, CommitMode::Sync) {
+            Ok(()) => return Ok(()),
+            Err(error) if Instant::now() < deadline => {
+                tracing::info!(%error, "kafka final commit refused; polling the group and trying again");
+                let until = Instant::now() + Duration::from_millis(200);
+                while Instant::now() < until {
+                    let _unapplied = consumer.poll(Duration::from_millis(50));
+                }
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+}
+
+/// The reader stage (its own thread): polls, decodes and aligns records, hands the
+/// batches that may go to the applier, pauses and resumes partitions, and commits
+/// again what the broker has not confirmed. Ends when `stop` turns true or the applier
+/// is gone.
+fn read(
+    consumer: &SourceConsumer,
+    settings: &KafkaSettings,
+    slack_ms: i64,
+    counters: &SourceCounters,
+    batches: &tokio::sync::mpsc::Sender<Vec<(Partition, Received)>>,
+    stop: &AtomicBool,
+) -> Result<(), SourceError> {
     let pause_at = settings.batch_records.saturating_mul(10).max(1_000);
     let mut aligner: Aligner<Partition, Received> = Aligner::new(slack_ms, IDLE_AFTER, pause_at);
-    let mut last_report = Instant::now();
     let topics: Vec<Arc<str>> = settings
         .topics
         .iter()
         .map(|t| Arc::from(t.as_str()))
         .collect();
+    let mut last_report = Instant::now();
     let mut last_commit_check = Instant::now();
-    loop {
-        let first = tokio::select! {
-            received = tokio::time::timeout(RECEIVE_WAIT, consumer.recv()) => received,
-            _ = shutdown.changed() => break,
-        };
-        let mut next = first;
+    while !stop.load(Relaxed) {
+        // The first record waits up to RECEIVE_WAIT, the rest of a batch BATCH_WAIT.
+        let mut wait = RECEIVE_WAIT;
         let mut taken = 0;
-        loop {
-            take_changes(&consumer, &mut aligner);
-            match next {
-                Ok(Ok(message)) => {
+        while taken < settings.batch_records {
+            let polled = consumer.poll(wait);
+            // Assignments and revocations the poll's callbacks saw come first: a record
+            // is only taken from a partition that is ours now.
+            take_changes(consumer, &mut aligner);
+            match polled {
+                Some(Ok(message)) => {
                     counters.health.received();
+                    let key = (interned(&topics, message.topic()), message.partition());
+                    if !aligner.holds(&key) {
+                        // Fetched before its partition was taken from us: its new
+                        // owner reads it from the offset we committed.
+                        counters.not_ours();
+                        continue;
+                    }
                     let message = message.detach();
                     let event = super::decode::event(message.payload(), settings.format);
                     let time = event.as_ref().ok().map(|e| e.event_time_ms);
-                    let key = (interned(&topics, message.topic()), message.partition());
                     aligner.push(key, time, (message, event), Instant::now());
                     taken += 1;
                 }
-                Ok(Err(KafkaError::PartitionEOF(partition))) => {
+                Some(Err(KafkaError::PartitionEOF(partition))) => {
                     counters.health.received();
                     // librdkafka names only the partition number: every topic's lane
                     // of that number is treated as caught up until it receives again.
@@ -223,33 +385,28 @@ pub async fn run(
                         aligner.reached_end(&(Arc::clone(topic), partition));
                     }
                 }
-                Ok(Err(error)) => {
+                Some(Err(error)) => {
                     tracing::warn!(%error, "kafka receive failed; librdkafka retries");
                     break;
                 }
-                Err(_elapsed) => break,
+                None => break,
             }
-            if taken >= settings.batch_records {
-                break;
-            }
-            next = tokio::time::timeout(BATCH_WAIT, consumer.recv()).await;
+            wait = BATCH_WAIT;
         }
+        // Revocations seen in the last poll leave the aligner before anything goes.
+        take_changes(consumer, &mut aligner);
         // Everything that may go now, one durable batch at a time.
         loop {
             let (released, flow) = aligner.release(settings.batch_records, Instant::now());
-            apply_flow(&consumer, flow)?;
+            apply_flow(consumer, flow)?;
             if released.is_empty() {
                 break;
             }
-            apply(
-                &store,
-                &settings,
-                &consumer,
-                &dead_letters,
-                &counters,
-                released,
-            )
-            .await?;
+            consumer.context().in_flight.handed_over();
+            if batches.blocking_send(released).is_err() {
+                // The applier stopped (an error, or shutdown): nothing more goes.
+                return Ok(());
+            }
         }
         counters.set_buffered(aligner.buffered());
         // A commit that failed (the group was rebalancing, the coordinator moved) is
@@ -268,12 +425,6 @@ pub async fn run(
             last_report = Instant::now();
         }
     }
-    // A last synchronous commit, so the group's next owner starts exactly after us.
-    let offsets = consumer.context().applied_offsets(None);
-    if offsets.count() > 0 {
-        consumer.commit(&offsets, CommitMode::Sync)?;
-    }
-    tracing::info!("kafka source stopped");
     Ok(())
 }
 
@@ -285,7 +436,7 @@ fn interned(topics: &[Arc<str>], topic: &str) -> Arc<str> {
         .map_or_else(|| Arc::from(topic), Arc::clone)
 }
 
-fn take_changes(consumer: &StreamConsumer, aligner: &mut Aligner<Partition, Received>) {
+fn take_changes(consumer: &SourceConsumer, aligner: &mut Aligner<Partition, Received>) {
     let changes = std::mem::take(&mut *lock(&consumer.context().changes));
     for partition in changes.revoked {
         let dropped = aligner.revoke(&partition);
@@ -303,7 +454,7 @@ fn take_changes(consumer: &StreamConsumer, aligner: &mut Aligner<Partition, Rece
     }
 }
 
-fn apply_flow(consumer: &StreamConsumer, flow: Flow<Partition>) -> Result<(), KafkaError> {
+fn apply_flow(consumer: &SourceConsumer, flow: Flow<Partition>) -> Result<(), KafkaError> {
     let list = |partitions: &[Partition]| {
         let mut list = TopicPartitionList::new();
         for (topic, partition) in partitions {
@@ -325,7 +476,7 @@ fn apply_flow(consumer: &StreamConsumer, flow: Flow<Partition>) -> Result<(), Ka
 async fn apply(
     store: &FeatureStore,
     settings: &KafkaSettings,
-    consumer: &StreamConsumer,
+    consumer: &SourceConsumer,
     dead_letters: &FutureProducer,
     counters: &SourceCounters,
     released: Vec<(Partition, Received)>,
@@ -397,7 +548,7 @@ fn next_offsets(released: &[(Partition, Received)]) -> BTreeMap<Partition, i64> 
 }
 
 /// Commits `next` (per partition, the offset after its last applied record).
-fn commit(consumer: &StreamConsumer, next: BTreeMap<Partition, i64>) -> Result<(), KafkaError> {
+fn commit(consumer: &SourceConsumer, next: BTreeMap<Partition, i64>) -> Result<(), KafkaError> {
     let mut offsets = TopicPartitionList::new();
     for ((topic, partition), offset) in &next {
         offsets.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
