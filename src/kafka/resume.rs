@@ -54,11 +54,22 @@ pub enum ResumeError {
     },
 }
 
+/// A reader of the decisions topic for [`last_decided`]; one serves many look backs.
+pub fn reader(settings: &KafkaSettings) -> Result<BaseConsumer, KafkaError> {
+    client_config(settings)
+        // Never joins or commits: partitions are assigned by hand.
+        .set("group.id", format!("{}-resume", settings.scoring.group))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", "read_committed")
+        .create()
+}
+
 /// The newest offset of `input_topic`/`input_partition` with a committed decision in
 /// `output_topic`, or `None` when it has none. Reads the output partition back from
 /// its end in growing windows until one holds a decision of the partition. Blocking.
 pub fn last_decided(
-    settings: &KafkaSettings,
+    reader: &BaseConsumer,
     output_topic: &str,
     output_partitions: i32,
     input_topic: &str,
@@ -66,13 +77,6 @@ pub fn last_decided(
     timeout: Duration,
 ) -> Result<Option<i64>, ResumeError> {
     let partition = output_partition(input_partition, output_partitions);
-    let reader: BaseConsumer = client_config(settings)
-        // Never joins or commits: the partition is assigned by hand.
-        .set("group.id", format!("{}-resume", settings.scoring.group))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "true")
-        .set("isolation.level", "read_committed")
-        .create()?;
     let deadline = Instant::now() + timeout;
     let (low, high) = reader.fetch_watermarks(output_topic, partition, timeout)?;
     let mut window = FIRST_WINDOW;

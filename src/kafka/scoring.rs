@@ -329,21 +329,31 @@ async fn undecided(
         .collect();
     unknown.sort_unstable();
     unknown.dedup();
-    for partition in unknown {
+    if !unknown.is_empty() {
         let settings = stream.settings.clone();
-        let newest = tokio::task::spawn_blocking(move || {
-            resume::last_decided(
-                &settings,
-                &settings.scoring.output_topic,
-                output_partitions,
-                &settings.scoring.input_topic,
-                partition,
-                TRANSACTION_TIMEOUT,
-            )
+        let found = tokio::task::spawn_blocking(move || {
+            let reader = resume::reader(&settings)?;
+            let scoring = &settings.scoring;
+            unknown
+                .into_iter()
+                .map(|partition| {
+                    let newest = resume::last_decided(
+                        &reader,
+                        &scoring.output_topic,
+                        output_partitions,
+                        &scoring.input_topic,
+                        partition,
+                        TRANSACTION_TIMEOUT,
+                    )?;
+                    Ok((partition, newest))
+                })
+                .collect::<Result<Vec<_>, ResumeError>>()
         })
         .await??;
-        tracing::info!(input = %scoring.input_topic, partition, ?newest, "kafka scoring: newest payment already decided");
-        lock(&consumer.context().decided).insert(partition, newest);
+        for (partition, newest) in found {
+            tracing::info!(input = %scoring.input_topic, partition, ?newest, "kafka scoring: newest payment already decided");
+            lock(&consumer.context().decided).insert(partition, newest);
+        }
     }
     let decided = lock(&consumer.context().decided);
     let before = batch.len();
