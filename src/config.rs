@@ -76,8 +76,12 @@ pub struct KafkaSettings {
     /// Records applied per batch at most (one durable append and one commit each).
     pub batch_records: usize,
     /// Extra librdkafka properties for every client (`security.protocol`,
-    /// `sasl.mechanism`, `session.timeout.ms`, ...).
+    /// `sasl.mechanism`, ...).
     pub client: BTreeMap<String, String>,
+    /// Extra librdkafka properties for our consumers only, after `client`
+    /// (`session.timeout.ms`, `max.poll.interval.ms`, ...): producers warn about
+    /// consumer properties.
+    pub consumer: BTreeMap<String, String>,
     pub scoring: KafkaScoringSettings,
 }
 
@@ -133,6 +137,7 @@ impl Default for KafkaSettings {
             dead_letter_topic: "shop-events-refused".into(),
             batch_records: 1000,
             client: BTreeMap::new(),
+            consumer: BTreeMap::new(),
             scoring: KafkaScoringSettings::default(),
         }
     }

@@ -212,7 +212,7 @@ async fn health_follows_the_brokers_and_the_source_recovers_without_restart() {
             ("heartbeat.interval.ms", "500"),
             ("max.poll.interval.ms", "7000"),
         ] {
-            settings.kafka.client.insert(key.into(), value.into());
+            settings.kafka.consumer.insert(key.into(), value.into());
         }
     })
     .await;

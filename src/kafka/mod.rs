@@ -61,11 +61,13 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// backlog, the queue is over them all the time, and the source stood still for half
 /// a second at a time: `cargo bench --features kafka --bench kafka_load` read 135-140k
 /// events/s with the default, 200-255k with 10 ms. Our consumers use 10 ms unless
-/// `kafka.client` says otherwise.
+/// `kafka.client` or `kafka.consumer` says otherwise; `kafka.consumer` goes to our
+/// consumers only.
 fn consumer_config(settings: &KafkaSettings) -> ClientConfig {
     let mut config = client_config(settings);
-    if !settings.client.contains_key(FETCH_QUEUE_BACKOFF) {
-        config.set(FETCH_QUEUE_BACKOFF, "10");
+    config.set(FETCH_QUEUE_BACKOFF, "10");
+    for (key, value) in settings.client.iter().chain(&settings.consumer) {
+        config.set(key, value);
     }
     config
 }

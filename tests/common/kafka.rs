@@ -24,7 +24,7 @@ pub const FAST_GROUP: &str = r#"
 /// its path.
 pub fn write_config(dir: &Path, top: &str, kafka: &str) -> std::path::PathBuf {
     let path = dir.join("streamscore.toml");
-    let text = format!("{top}\n[kafka]\n{kafka}\n[kafka.client]\n{FAST_GROUP}");
+    let text = format!("{top}\n[kafka]\n{kafka}\n[kafka.consumer]\n{FAST_GROUP}");
     std::fs::write(&path, text).expect("write the config");
     path
 }
