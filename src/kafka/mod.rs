@@ -64,7 +64,8 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// `kafka.client` or `kafka.consumer` says otherwise; `kafka.consumer` goes to our
 /// consumers only.
 fn consumer_config(settings: &KafkaSettings) -> ClientConfig {
-    let mut config = client_config(settings);
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &settings.brokers);
     config.set(FETCH_QUEUE_BACKOFF, "10");
     for (key, value) in settings.client.iter().chain(&settings.consumer) {
         config.set(key, value);

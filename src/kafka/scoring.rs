@@ -322,11 +322,14 @@ async fn undecided(
     batch: Vec<OwnedMessage>,
 ) -> Result<Vec<OwnedMessage>, StreamError> {
     let scoring = &stream.settings.scoring;
-    let mut unknown: Vec<i32> = batch
-        .iter()
-        .map(|m| m.partition())
-        .filter(|p| !lock(&consumer.context().decided).contains_key(p))
-        .collect();
+    let mut unknown: Vec<i32> = {
+        let decided = lock(&consumer.context().decided);
+        batch
+            .iter()
+            .map(|m| m.partition())
+            .filter(|p| !decided.contains_key(p))
+            .collect()
+    };
     unknown.sort_unstable();
     unknown.dedup();
     if !unknown.is_empty() {
