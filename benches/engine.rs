@@ -61,7 +61,13 @@ fn engine_benches(c: &mut Criterion) {
         .unwrap_or_default();
     let (user, features) = engine.resolve("user", &[]).expect("user features");
     c.bench_function("read all user features of one user", |b| {
-        b.iter(|| black_box(engine.read(user, black_box(&busy_user), &features, at)))
+        b.iter(|| {
+            black_box(
+                engine
+                    .view()
+                    .read(user, black_box(&busy_user), &features, at),
+            )
+        })
     });
 }
 

@@ -7,13 +7,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 
 use crate::config::Settings;
 use crate::definitions::Definitions;
 use crate::events::{Event, Limits, RawEvent, Refusal, validate};
 use crate::features::{
-    Admission, Counters, DEDUP_SHARDS, Engine, EngineSettings, FeatureRead, ReadError, SHARDS,
+    Admission, Counters, DEDUP_SHARDS, Engine, EngineSettings, EngineView, EngineWriter,
+    FeatureRead, ReadError, SHARDS,
 };
 use crate::log::{self, EventLog, LogError};
 use crate::time::now_ms;
@@ -58,7 +59,9 @@ pub struct Submitted {
 }
 
 pub struct FeatureStore {
-    engine: RwLock<Engine>,
+    /// Shared, not behind a lock of ours: the engine locks each shard it touches and
+    /// lets one writer at a time admit and apply (see [`Engine::writer`]).
+    engine: Engine,
     log: EventLog,
     definitions: Arc<Definitions>,
     limits: Limits,
@@ -136,7 +139,7 @@ impl FeatureStore {
             elapsed: started.elapsed(),
         };
         let store = FeatureStore {
-            engine: RwLock::new(engine),
+            engine,
             log,
             definitions,
             limits,
@@ -172,26 +175,26 @@ impl FeatureStore {
     /// while earlier ones still wait for the disk.
     pub fn submit(&self, events: &[RawEvent]) -> Result<Submitted, StoreError> {
         let validated = self.validate_batch(events)?;
-        let mut engine = self.engine.write();
-        self.submit_locked(&mut engine, events, validated)
+        let mut writer = self.engine.writer();
+        self.submit_locked(&mut writer, events, validated)
     }
 
-    /// Runs `read` on the engine, then submits `events` under the same write lock, so
+    /// Runs `read` on the engine, then submits `events`, both as the one writer, so
     /// the read sees every event submitted before it and none of those after (a recorded
     /// score: the k-th of N parallel scores for one card sees the k-1 before it).
     /// Nothing is submitted when `read` fails.
     pub fn read_then_submit<T, E>(
         &self,
         events: &[RawEvent],
-        read: impl FnOnce(&Engine) -> Result<T, E>,
+        read: impl FnOnce(&EngineView<'_>) -> Result<T, E>,
     ) -> Result<Result<(T, Submitted), E>, StoreError> {
         let validated = self.validate_batch(events)?;
-        let mut engine = self.engine.write();
-        let value = match engine.with_unacked(read) {
+        let mut writer = self.engine.writer();
+        let value = match read(&writer.view_unacked()) {
             Ok(value) => value,
             Err(error) => return Ok(Err(error)),
         };
-        let submitted = self.submit_locked(&mut engine, events, validated)?;
+        let submitted = self.submit_locked(&mut writer, events, validated)?;
         Ok(Ok((value, submitted)))
     }
 
@@ -215,7 +218,7 @@ impl FeatureStore {
 
     fn submit_locked(
         &self,
-        engine: &mut Engine,
+        engine: &mut EngineWriter<'_>,
         events: &[RawEvent],
         validated: Vec<Result<Event<'_>, Refusal>>,
     ) -> Result<Submitted, StoreError> {
@@ -267,7 +270,7 @@ impl FeatureStore {
         names: &[String],
         as_of_ms: Option<i64>,
     ) -> Result<NamedFeatures, ReadError> {
-        let engine = self.engine.read();
+        let engine = self.engine.view();
         let (entity, ids) = engine.resolve(entity_type, names)?;
         let FeatureRead {
             known,
@@ -290,9 +293,10 @@ impl FeatureStore {
         validate(&self.definitions, &self.limits, raw, Some(now_ms())).map(|_| ())
     }
 
-    /// Runs `f` with shared access to the engine (for reads that need several entities).
-    pub fn with_engine<T>(&self, f: impl FnOnce(&Engine) -> T) -> T {
-        f(&self.engine.read())
+    /// Runs `f` on a view of what is acknowledged now (for reads that need several
+    /// entities: they are read at one cut of the log).
+    pub fn with_engine<T>(&self, f: impl FnOnce(&EngineView<'_>) -> T) -> T {
+        f(&self.engine.view())
     }
 
     /// Events refused as invalid since start.
@@ -302,56 +306,42 @@ impl FeatureStore {
     }
 
     pub fn counters(&self) -> Counters {
-        self.engine.read().counters()
+        self.engine.counters()
     }
 
     /// Frees expired entities and dedup ids past the horizon; returns how many entities.
-    /// One shard at a time, each under its own write lock, so reads and ingest go on in
-    /// between. Blocking: call from a blocking thread.
+    /// One shard at a time, each under its own write lock, so reads and ingest go on
+    /// beside it. Blocking: call from a blocking thread.
     pub fn evict_expired(&self) -> usize {
-        let tables = self.engine.read().table_count();
-        let mut dropped = 0;
-        for table in 0..tables {
-            for shard in 0..SHARDS {
-                dropped += self.engine.write().evict_expired_shard(table, shard);
-            }
-        }
-        for shard in 0..DEDUP_SHARDS {
-            self.engine.write().prune_dedup_shard(shard);
-        }
-        dropped
+        self.engine.evict_expired()
     }
 
     /// Events applied since the last snapshot.
     pub fn events_since_snapshot(&self) -> u64 {
         let last = *self.last_snapshot_seq.lock();
-        self.engine.read().applied_seq().saturating_sub(last)
+        self.engine.applied_seq().saturating_sub(last)
     }
 
     /// Snapshots the engine if anything was applied since the last snapshot. Blocking:
     /// call from a blocking thread. The engine is copied one shard at a time, each under
-    /// its own read lock, so ingest and scoring go on in between.
+    /// its own read lock, so ingest and scoring go on beside it.
     pub fn snapshot(&self) -> Result<Option<PathBuf>, StoreError> {
         let mut last = self.last_snapshot_seq.lock();
+        if self.engine.applied_seq() == *last {
+            return Ok(None);
+        }
         let mut payload = Vec::new();
-        let (seq, tables) = {
-            let engine = self.engine.read();
-            if engine.applied_seq() == *last {
-                return Ok(None);
-            }
-            engine
-                .snapshot_header(&mut payload)
-                .map_err(LogError::Encode)?;
-            (engine.applied_seq(), engine.table_count())
-        };
+        let seq = self
+            .engine
+            .snapshot_header(&mut payload)
+            .map_err(LogError::Encode)?;
         let mut scratch = Vec::new();
-        for table in 0..tables {
+        for table in 0..self.engine.table_count() {
             for shard in 0..SHARDS {
                 // Encoded into a small buffer under the lock, appended after: growing
                 // the gigabyte payload can copy all of it, and must not hold the lock.
                 scratch.clear();
                 self.engine
-                    .read()
                     .snapshot_shard(table, shard, &mut scratch)
                     .map_err(LogError::Encode)?;
                 payload.extend_from_slice(&scratch);
@@ -362,14 +352,14 @@ impl FeatureStore {
         for shard in 0..DEDUP_SHARDS {
             scratch.clear();
             self.engine
-                .read()
                 .snapshot_dedup_shard(shard, &mut scratch)
                 .map_err(LogError::Encode)?;
             payload.extend_from_slice(&scratch);
         }
-        // Shards copied late hold events up to here: the snapshot must never be ahead
-        // of the durable log it summarises.
-        let copied_to = self.engine.read().applied_seq();
+        // Shards copied late may hold events up to the last one logged (an event is
+        // logged before it is applied): the snapshot must never be ahead of the durable
+        // log it summarises.
+        let copied_to = self.log.last_seq();
         self.log.wait_durable_blocking(copied_to)?;
         let path = log::write_snapshot(
             &log::snapshots_dir(&self.data_dir),
@@ -401,5 +391,132 @@ impl FeatureStore {
         self.snapshot()?;
         self.log.close();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+    use crate::log::FsyncPolicy;
+
+    fn payment(n: usize, user: &str, card: &str, time_ms: i64) -> RawEvent {
+        RawEvent {
+            event_id: format!("p{n}"),
+            event_type: "payment".into(),
+            event_time_ms: time_ms,
+            entities: BTreeMap::from([
+                ("user".into(), user.to_string()),
+                ("card".into(), card.to_string()),
+            ]),
+            numbers: BTreeMap::from([("amount".into(), 10.0)]),
+            strings: BTreeMap::new(),
+        }
+    }
+
+    /// Every payment names user uK and card cK together, so at any one cut of the log
+    /// both have counted the same payments. The writer applies an event to the user's
+    /// shard and then the card's, each under its own lock; a reader between the two
+    /// must not see the event in one and not the other. Each pair has fewer payments
+    /// than an entity keeps apart ([`crate::features::MAX_PENDING_EVENTS`]), so none is
+    /// folded into tiles before it is durable.
+    const PAIRS: usize = 500;
+
+    #[test]
+    fn entities_read_through_one_view_see_the_same_events() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut settings = Settings {
+            data_dir: dir.path().to_path_buf(),
+            ..Settings::default()
+        };
+        settings.log.fsync = FsyncPolicy::Never;
+        let (store, _) =
+            FeatureStore::open(&settings, Arc::new(Definitions::default_shop())).expect("store");
+        let names = |name: &str| vec![format!("{name}_7d")];
+        let (user, user_count) = store
+            .engine
+            .resolve("user", &names("user_payments"))
+            .expect("user_payments_7d");
+        let (card, card_count) = store
+            .engine
+            .resolve("card", &names("card_payments"))
+            .expect("card_payments_7d");
+        let done = AtomicBool::new(false);
+        let start = now_ms();
+        let (reads, mismatches) = std::thread::scope(|scope| {
+            scope.spawn(|| {
+                for batch in 0..200 {
+                    let events: Vec<RawEvent> = (0..20)
+                        .map(|k| {
+                            let n = batch * 20 + k;
+                            let pair = n % PAIRS;
+                            payment(
+                                n,
+                                &format!("u{pair}"),
+                                &format!("c{pair}"),
+                                start + n as i64,
+                            )
+                        })
+                        .collect();
+                    let submitted = store.submit(&events).expect("ingest");
+                    assert_eq!(submitted.outcome.accepted, 20);
+                }
+                store
+                    .log
+                    .wait_durable_blocking(store.log.last_seq())
+                    .expect("durable");
+                done.store(true, Ordering::Release);
+            });
+            let (mut reads, mut mismatches) = (0u64, Vec::new());
+            loop {
+                let finished = done.load(Ordering::Acquire);
+                let (u, c, v) = store.with_engine(|view| {
+                    // After every event: no read is refused for events after it.
+                    let at = start + 3_600_000;
+                    let read = |entity, id, features: &[usize]| {
+                        view.read(entity, id, features, at)
+                            .expect("readable")
+                            .values[0]
+                            .1
+                    };
+                    let pair = reads as usize % PAIRS;
+                    (
+                        read(user, &format!("u{pair}"), &user_count),
+                        read(card, &format!("c{pair}"), &card_count),
+                        (view.visible_through(), view.applied_seq(), at),
+                    )
+                });
+                reads += 1;
+                if u != c {
+                    mismatches.push((u, c, v));
+                }
+                if finished {
+                    break (reads, mismatches);
+                }
+            }
+        });
+        assert!(
+            mismatches.is_empty(),
+            "{} of {reads} reads, the first: {:?}",
+            mismatches.len(),
+            &mismatches[..mismatches.len().min(3)]
+        );
+        let last = store.with_engine(|view| {
+            (0..PAIRS)
+                .map(|pair| {
+                    view.read(user, &format!("u{pair}"), &user_count, start + 3_600_000)
+                        .expect("readable")
+                        .values[0]
+                        .1
+                        .unwrap_or(0.0)
+                })
+                .sum::<f64>()
+        });
+        assert_eq!(
+            last, 4000.0,
+            "after the writer is done, every payment is seen"
+        );
     }
 }

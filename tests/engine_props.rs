@@ -258,7 +258,7 @@ fn check_reads(
             id.contains('|') == (entity_name == "user_card") && id.starts_with(&entity_name[..1])
         };
         for id in ids.iter().filter(of_entity) {
-            let read = engine.read(feature.entity, id, &[feature_id], at);
+            let read = engine.view().read(feature.entity, id, &[feature_id], at);
             let (read, (known, expected)) = match (read, naive.read_as_of(feature, id, at)) {
                 (Ok(read), Ok(expected)) => (read, expected),
                 (Err(ReadError::TooOld { .. }), Err(Refused::TooOld))

@@ -87,7 +87,11 @@ impl Both {
     fn read(&self, user: &str, at: i64) -> (bool, Option<f64>, Option<f64>) {
         let features: Vec<usize> = (0..self.definitions.features.len()).collect();
         let entity = self.definitions.entity_id("user").unwrap();
-        let read = self.engine.read(entity, user, &features, at).unwrap();
+        let read = self
+            .engine
+            .view()
+            .read(entity, user, &features, at)
+            .unwrap();
         let values: Vec<Option<f64>> = read.values.iter().map(|(_, v)| *v).collect();
         for (feature, value) in self.definitions.features.iter().zip(&values) {
             let (known, expected) = self.naive.read(feature, user, at);

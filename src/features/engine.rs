@@ -19,7 +19,9 @@
 //! actually reclaimed or compacted ([`Engine::evict_expired`]) never changes a value.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use parking_lot::{Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
@@ -94,20 +96,27 @@ pub struct FeatureRead {
     pub values: Vec<(usize, Option<f64>)>,
 }
 
+/// The engine. Shared by reference between the ingest writer, readers, expiry and
+/// snapshots: entity state is behind one lock per shard ([`ShardedTable`]), the dedup
+/// set behind the writer's lock ([`Engine::writer`]), and the watermark, sequence number
+/// and counters are atomics that only the writer stores to.
 pub struct Engine {
     definitions: Arc<Definitions>,
     settings: EngineSettings,
     plans: Vec<Option<EntityPlan>>,
     tables: Vec<ShardedTable>,
-    watermark_ms: i64,
-    dedup: Dedup,
-    applied_seq: u64,
-    counters: Counters,
+    watermark_ms: AtomicI64,
+    /// The newest sequence number whose event is applied to every entity it names;
+    /// stored after the last entity, so reads bounded by it see whole events.
+    applied_seq: AtomicU64,
+    applied: AtomicU64,
+    duplicates: AtomicU64,
+    late: AtomicU64,
+    /// One writer at a time: admission (the dedup check) and application of a batch
+    /// happen in one order, the log's.
+    writer: Mutex<Dedup>,
     /// When set, reads leave out the pending contributions of events not durable yet.
     durable_seq: Option<Arc<AtomicU64>>,
-    /// Reads see events not durable yet too (a recorded score, whose answer is only
-    /// sent once its own event, and so every event before it, is durable).
-    read_unacked: bool,
 }
 
 /// What a snapshot starts with; the shards of every entity table, then of the dedup
@@ -125,6 +134,29 @@ struct SnapshotHeader {
     dedup_shards: u32,
 }
 
+/// Exclusive right to admit and apply events (see [`Engine::writer`]). Readers go on
+/// meanwhile, each entity under its shard's lock.
+pub struct EngineWriter<'a> {
+    engine: &'a Engine,
+    dedup: MutexGuard<'a, Dedup>,
+}
+
+/// Reads of the engine at one cut of the log: every entity read through one view sees
+/// the same events, those with a sequence number up to `visible_through` (see
+/// [`Engine::view`]).
+pub struct EngineView<'a> {
+    engine: &'a Engine,
+    visible_through: u64,
+}
+
+impl std::ops::Deref for EngineView<'_> {
+    type Target = Engine;
+
+    fn deref(&self) -> &Engine {
+        self.engine
+    }
+}
+
 impl Engine {
     pub fn new(definitions: Arc<Definitions>, settings: EngineSettings) -> Engine {
         let plans: Vec<Option<EntityPlan>> = (0..definitions.entities.len())
@@ -136,12 +168,13 @@ impl Engine {
             settings,
             plans,
             tables,
-            watermark_ms: 0,
-            dedup: Dedup::default(),
-            applied_seq: 0,
-            counters: Counters::default(),
+            watermark_ms: AtomicI64::new(0),
+            applied_seq: AtomicU64::new(0),
+            applied: AtomicU64::new(0),
+            duplicates: AtomicU64::new(0),
+            late: AtomicU64::new(0),
+            writer: Mutex::new(Dedup::default()),
             durable_seq: None,
-            read_unacked: false,
         }
     }
 
@@ -177,61 +210,69 @@ impl Engine {
                     // Taken by a build with another shard count: each entity goes to
                     // the shard its id hashes to now.
                     for (id, state) in shard {
-                        table.shard_for(&id).insert(id, state);
+                        table.shard_of_mut(&id).insert(id, state);
                     }
                 }
             }
         }
+        let dedup = engine.writer.get_mut();
         for index in 0..DEDUP_SHARDS {
             let (shard, after): (DedupShard, _) =
                 postcard::take_from_bytes(rest).map_err(undecodable)?;
-            engine.dedup.set_shard(index, shard);
+            dedup.set_shard(index, shard);
             rest = after;
         }
         if !rest.is_empty() {
             return Err(format!("{} bytes after the last shard", rest.len()));
         }
-        engine.watermark_ms = header.watermark_ms;
-        engine.applied_seq = header.applied_seq;
-        engine.counters = header.counters;
+        engine.watermark_ms = AtomicI64::new(header.watermark_ms);
+        engine.applied_seq = AtomicU64::new(header.applied_seq);
+        engine.applied = AtomicU64::new(header.counters.applied);
+        engine.duplicates = AtomicU64::new(header.counters.duplicates);
+        engine.late = AtomicU64::new(header.counters.late);
         Ok(engine)
     }
 
     /// Appends the snapshot header (postcard) to `out`: call first, then
     /// [`Engine::snapshot_shard`] for every table and shard in order, then
-    /// [`Engine::snapshot_dedup_shard`] for every dedup shard.
-    pub fn snapshot_header(&self, out: &mut Vec<u8>) -> Result<(), postcard::Error> {
+    /// [`Engine::snapshot_dedup_shard`] for every dedup shard. Taken under the writer's
+    /// lock, so no event is half applied: every event up to the header's sequence
+    /// number is in every shard copied after it. Returns that sequence number.
+    pub fn snapshot_header(&self, out: &mut Vec<u8>) -> Result<u64, postcard::Error> {
+        let _writer = self.writer.lock();
         let header = SnapshotHeader {
             fingerprint: self.definitions.fingerprint,
-            watermark_ms: self.watermark_ms,
-            applied_seq: self.applied_seq,
-            counters: self.counters,
+            watermark_ms: self.watermark_ms(),
+            applied_seq: self.applied_seq(),
+            counters: self.counters(),
             tables: self.tables.len() as u32,
             shards: SHARDS as u32,
             dedup_shards: DEDUP_SHARDS as u32,
         };
         *out = postcard::to_extend(&header, std::mem::take(out))?;
-        Ok(())
+        Ok(header.applied_seq)
     }
 
-    /// Appends one shard of one entity table to `out`.
+    /// Appends one shard of one entity table to `out`, under that shard's read lock.
     pub fn snapshot_shard(
         &self,
         table: usize,
         shard: usize,
         out: &mut Vec<u8>,
     ) -> Result<(), postcard::Error> {
-        *out = postcard::to_extend(self.tables[table].shard(shard), std::mem::take(out))?;
+        let shard = self.tables[table].read_shard(shard);
+        *out = postcard::to_extend(&*shard, std::mem::take(out))?;
         Ok(())
     }
 
-    /// Appends one shard of the dedup set to `out`.
+    /// Appends one shard of the dedup set to `out`, under the writer's lock.
     pub fn snapshot_dedup_shard(
         &self,
         shard: usize,
         out: &mut Vec<u8>,
     ) -> Result<(), postcard::Error> {
-        *out = postcard::to_extend(self.dedup.shard(shard), std::mem::take(out))?;
+        let dedup = self.writer.lock();
+        *out = postcard::to_extend(dedup.shard(shard), std::mem::take(out))?;
         Ok(())
     }
 
@@ -241,20 +282,38 @@ impl Engine {
         self.durable_seq = Some(durable_seq);
     }
 
-    /// Runs `read` seeing events that are not durable yet. Needs exclusive access: no
-    /// other reader sees the engine meanwhile.
-    pub fn with_unacked<T>(&mut self, read: impl FnOnce(&Engine) -> T) -> T {
-        self.read_unacked = true;
-        let value = read(self);
-        self.read_unacked = false;
-        value
+    /// A view of what is acknowledged now: events applied to every entity they name
+    /// and durable. Taken once per request, so its entities are read at one cut.
+    pub fn view(&self) -> EngineView<'_> {
+        let applied = self.applied_seq.load(Ordering::Acquire);
+        let visible_through = match &self.durable_seq {
+            Some(durable) => durable.load(Ordering::Acquire).min(applied),
+            // Not fed through a log (training, tests): every applied event.
+            None => u64::MAX,
+        };
+        EngineView {
+            engine: self,
+            visible_through,
+        }
     }
 
-    fn visible_through(&self) -> u64 {
-        match &self.durable_seq {
-            Some(durable) if !self.read_unacked => durable.load(Ordering::Acquire),
-            _ => u64::MAX,
+    /// The exclusive right to admit and apply events. Held over a batch, so batches
+    /// are admitted and applied whole, in log order.
+    pub fn writer(&self) -> EngineWriter<'_> {
+        EngineWriter {
+            engine: self,
+            dedup: self.writer.lock(),
         }
+    }
+
+    /// [`EngineWriter::admit`] for an engine used from one thread.
+    pub fn admit(&mut self, event: &Event<'_>) -> Admission {
+        self.writer().admit(event)
+    }
+
+    /// [`EngineWriter::apply`] for an engine used from one thread.
+    pub fn apply(&mut self, event: &Event<'_>, seq: u64) {
+        self.writer().apply(event, seq)
     }
 
     /// How many entity tables a snapshot walks.
@@ -267,16 +326,20 @@ impl Engine {
     }
 
     pub fn watermark_ms(&self) -> i64 {
-        self.watermark_ms
+        self.watermark_ms.load(Ordering::Acquire)
     }
 
     /// Sequence number of the last logged event applied (0 if none).
     pub fn applied_seq(&self) -> u64 {
-        self.applied_seq
+        self.applied_seq.load(Ordering::Acquire)
     }
 
     pub fn counters(&self) -> Counters {
-        self.counters
+        Counters {
+            applied: self.applied.load(Ordering::Relaxed),
+            duplicates: self.duplicates.load(Ordering::Relaxed),
+            late: self.late.load(Ordering::Relaxed),
+        }
     }
 
     /// Entities currently held in memory, per entity type name.
@@ -289,116 +352,29 @@ impl Engine {
             .collect()
     }
 
-    /// Decides whether `event` is a duplicate, is too late, or is applied; counts the
-    /// first two.
-    pub fn admit(&mut self, event: &Event<'_>) -> Admission {
-        // Duplicates first: a producer retrying an old batch should hear 'already have
-        // it', not 'too late'.
-        let horizon_start = self
-            .watermark_ms
-            .saturating_sub(self.settings.dedup_horizon_ms);
-        if self.dedup.contains(event.id_hash, horizon_start) {
-            self.counters.duplicates += 1;
-            return Admission::Duplicate;
-        }
-        let oldest_allowed = self
-            .watermark_ms
-            .saturating_sub(self.settings.allowed_lateness_ms);
-        if event.time_ms < oldest_allowed {
-            self.counters.late += 1;
-            return Admission::Refused(Refusal {
-                field: "event_time_ms".into(),
-                reason: format!(
-                    "is {} ms behind the newest event time {}; at most {} ms of lateness is allowed",
-                    self.watermark_ms - event.time_ms,
-                    self.watermark_ms,
-                    self.settings.allowed_lateness_ms
-                ),
-                kind: RefusalKind::Late,
-            });
-        }
-        Admission::Apply
-    }
-
-    /// Applies an admitted event. `seq` is its position in the log (0 when not logged).
-    pub fn apply(&mut self, event: &Event<'_>, seq: u64) {
-        self.watermark_ms = self.watermark_ms.max(event.time_ms);
-        self.dedup.insert(
-            event.id_hash,
-            event.time_ms,
-            self.watermark_ms
-                .saturating_sub(self.settings.dedup_horizon_ms),
-        );
-        self.applied_seq = self.applied_seq.max(seq);
-        self.counters.applied += 1;
-        let mut key = String::new();
-        for entity in 0..self.plans.len() {
-            let Some(plan) = &self.plans[entity] else {
-                continue;
-            };
-            let Some(slots) = &plan.key_slots[event.type_id] else {
-                continue;
-            };
-            if !build_key(&mut key, slots, &event.entities) {
-                continue;
-            }
-            let expired_before = self.expiry_cutoff(plan);
-            let identity_before = self.identity_cutoff(plan);
-            let seal_before = self.oldest_exact_read_ms();
-            let state = match self.tables[entity].shard_for(&key).entry_ref(key.as_str()) {
-                hashbrown::hash_map::EntryRef::Occupied(occupied) => {
-                    let state = occupied.into_mut();
-                    // Replay after a snapshot: this entity was copied after the event.
-                    if seq > 0 && state.applied_seq >= seq {
-                        continue;
-                    }
-                    if state.last_seen_ms < expired_before {
-                        let firsts = if state.last_seen_ms >= identity_before {
-                            state.identity_only(plan.first_slots.len()).firsts
-                        } else {
-                            Default::default()
-                        };
-                        *state = EntityState {
-                            firsts,
-                            ..EntityState::default()
-                        };
-                    }
-                    state
-                }
-                hashbrown::hash_map::EntryRef::Vacant(vacant) => {
-                    vacant.insert(EntityState::default())
-                }
-            };
-            apply_to_state(plan, state, event, seq, seal_before);
-            state.applied_seq = state.applied_seq.max(seq);
-        }
-    }
-
     /// Reads as of an earlier moment are refused: tiles before it may be pruned, and
     /// events older than it are sealed into tiles.
     pub fn oldest_exact_read_ms(&self) -> i64 {
-        self.watermark_ms
+        self.watermark_ms()
             .saturating_sub(self.settings.allowed_lateness_ms)
     }
 
     /// Newest-event times below this mean the entity is expired.
     fn expiry_cutoff(&self, plan: &EntityPlan) -> i64 {
-        self.watermark_ms
-            .saturating_sub(self.settings.allowed_lateness_ms)
+        self.oldest_exact_read_ms()
             .saturating_sub(plan.ttl_ms)
             .saturating_sub(plan.longest_tile_ms)
     }
 
     /// Newest-event times below this mean even the entity's first-seen times are gone.
     fn identity_cutoff(&self, plan: &EntityPlan) -> i64 {
-        self.watermark_ms
-            .saturating_sub(self.settings.allowed_lateness_ms)
+        self.oldest_exact_read_ms()
             .saturating_sub(plan.identity_ttl_ms)
             .saturating_sub(plan.longest_tile_ms)
     }
 
     /// Frees the memory of expired entities; returns how many were dropped.
-    pub fn evict_expired(&mut self) -> usize {
+    pub fn evict_expired(&self) -> usize {
         let mut dropped = 0;
         for table in 0..self.tables.len() {
             for shard in 0..SHARDS {
@@ -411,13 +387,14 @@ impl Engine {
         dropped
     }
 
-    /// [`Engine::evict_expired`] for one shard of one table, so the work can be sliced.
-    pub fn evict_expired_shard(&mut self, table: usize, shard: usize) -> usize {
+    /// [`Engine::evict_expired`] for one shard of one table, under that shard's write
+    /// lock, so the work can be sliced.
+    pub fn evict_expired_shard(&self, table: usize, shard: usize) -> usize {
         let Some(plan) = &self.plans[table] else {
             return 0;
         };
         let (cutoff, identity_cutoff) = (self.expiry_cutoff(plan), self.identity_cutoff(plan));
-        let shard = self.tables[table].shard_mut(shard);
+        let mut shard = self.tables[table].write_shard(shard);
         let before = shard.len();
         shard.retain(|_, state| {
             if state.last_seen_ms >= cutoff {
@@ -435,12 +412,14 @@ impl Engine {
         before - shard.len()
     }
 
-    /// Forgets the ids of one dedup shard older than the dedup horizon.
-    pub fn prune_dedup_shard(&mut self, shard: usize) {
+    /// Forgets the ids of one dedup shard older than the dedup horizon (under the
+    /// writer's lock: one shard is short).
+    pub fn prune_dedup_shard(&self, shard: usize) {
+        let mut dedup = self.writer.lock();
         let horizon_start = self
-            .watermark_ms
+            .watermark_ms()
             .saturating_sub(self.settings.dedup_horizon_ms);
-        self.dedup.prune_shard(shard, horizon_start);
+        dedup.prune_shard(shard, horizon_start);
     }
 
     /// Resolves an entity type and optional feature names to feature ids.
@@ -473,6 +452,113 @@ impl Engine {
             .collect::<Result<_, _>>()?;
         Ok((entity, ids))
     }
+}
+
+impl EngineWriter<'_> {
+    /// A view that sees every applied event, durable or not: what the writer has
+    /// applied so far is whole, since no other writer runs (a recorded score, whose
+    /// answer is only sent once its own event, and so every event before it, is
+    /// durable).
+    pub fn view_unacked(&self) -> EngineView<'_> {
+        EngineView {
+            engine: self.engine,
+            visible_through: u64::MAX,
+        }
+    }
+
+    /// Decides whether `event` is a duplicate, is too late, or is applied; counts the
+    /// first two.
+    pub fn admit(&mut self, event: &Event<'_>) -> Admission {
+        let engine = self.engine;
+        let watermark_ms = engine.watermark_ms();
+        // Duplicates first: a producer retrying an old batch should hear 'already have
+        // it', not 'too late'.
+        let horizon_start = watermark_ms.saturating_sub(engine.settings.dedup_horizon_ms);
+        if self.dedup.contains(event.id_hash, horizon_start) {
+            engine.duplicates.fetch_add(1, Ordering::Relaxed);
+            return Admission::Duplicate;
+        }
+        let oldest_allowed = engine.oldest_exact_read_ms();
+        if event.time_ms < oldest_allowed {
+            engine.late.fetch_add(1, Ordering::Relaxed);
+            return Admission::Refused(Refusal {
+                field: "event_time_ms".into(),
+                reason: format!(
+                    "is {} ms behind the newest event time {}; at most {} ms of lateness is allowed",
+                    watermark_ms - event.time_ms,
+                    watermark_ms,
+                    engine.settings.allowed_lateness_ms
+                ),
+                kind: RefusalKind::Late,
+            });
+        }
+        Admission::Apply
+    }
+
+    /// Applies an admitted event. `seq` is its position in the log (0 when not logged).
+    pub fn apply(&mut self, event: &Event<'_>, seq: u64) {
+        let engine = self.engine;
+        let watermark_ms = engine.watermark_ms().max(event.time_ms);
+        engine.watermark_ms.store(watermark_ms, Ordering::Release);
+        self.dedup.insert(
+            event.id_hash,
+            event.time_ms,
+            watermark_ms.saturating_sub(engine.settings.dedup_horizon_ms),
+        );
+        engine.applied.fetch_add(1, Ordering::Relaxed);
+        let mut key = String::new();
+        for (entity, plan) in engine.plans.iter().enumerate() {
+            let Some(plan) = plan else {
+                continue;
+            };
+            let Some(slots) = &plan.key_slots[event.type_id] else {
+                continue;
+            };
+            if !build_key(&mut key, slots, &event.entities) {
+                continue;
+            }
+            let expired_before = engine.expiry_cutoff(plan);
+            let identity_before = engine.identity_cutoff(plan);
+            let seal_before = engine.oldest_exact_read_ms();
+            let mut shard = engine.tables[entity].write_shard_of(&key);
+            let state = match shard.entry_ref(key.as_str()) {
+                hashbrown::hash_map::EntryRef::Occupied(occupied) => {
+                    let state = occupied.into_mut();
+                    // Replay after a snapshot: this entity was copied after the event.
+                    if seq > 0 && state.applied_seq >= seq {
+                        continue;
+                    }
+                    if state.last_seen_ms < expired_before {
+                        let firsts = if state.last_seen_ms >= identity_before {
+                            state.identity_only(plan.first_slots.len()).firsts
+                        } else {
+                            Default::default()
+                        };
+                        *state = EntityState {
+                            firsts,
+                            ..EntityState::default()
+                        };
+                    }
+                    state
+                }
+                hashbrown::hash_map::EntryRef::Vacant(vacant) => {
+                    vacant.insert(EntityState::default())
+                }
+            };
+            apply_to_state(plan, state, event, seq, seal_before);
+            state.applied_seq = state.applied_seq.max(seq);
+        }
+        // Last: a view bounded by this sequence number must find the event in every
+        // entity it names.
+        engine.applied_seq.fetch_max(seq, Ordering::AcqRel);
+    }
+}
+
+impl EngineView<'_> {
+    /// The highest sequence number this view sees.
+    pub fn visible_through(&self) -> u64 {
+        self.visible_through
+    }
 
     /// Reads `features` (ids from [`Engine::resolve`]) of one entity as of `as_of_ms`.
     pub fn read(
@@ -482,22 +568,23 @@ impl Engine {
         features: &[usize],
         as_of_ms: i64,
     ) -> Result<FeatureRead, ReadError> {
-        let definition = &self.definitions.entities[entity];
-        let Some(plan) = &self.plans[entity] else {
+        let engine = self.engine;
+        let definition = &engine.definitions.entities[entity];
+        let Some(plan) = &engine.plans[entity] else {
             return Err(ReadError::NoFeatures(definition.name.clone()));
         };
         check_entity_id(id, definition.parts.len())?;
-        let oldest_ms = self.oldest_exact_read_ms();
+        let oldest_ms = engine.oldest_exact_read_ms();
         if as_of_ms < oldest_ms {
             return Err(ReadError::TooOld {
                 as_of_ms,
                 oldest_ms,
-                watermark_ms: self.watermark_ms,
+                watermark_ms: engine.watermark_ms(),
             });
         }
-        let live = self.tables[entity]
-            .get(id)
-            .filter(|state| state.last_seen_ms >= self.expiry_cutoff(plan));
+        let shard = engine.tables[entity].read_shard_of(id);
+        let held = shard.get(id);
+        let live = held.filter(|state| state.last_seen_ms >= engine.expiry_cutoff(plan));
         if let Some(state) = live
             && as_of_ms < state.exact_from_ms
         {
@@ -511,18 +598,17 @@ impl Engine {
         // An expired entity still remembered answers its first-seen times only.
         let remembered = match live {
             Some(_) => None,
-            None => self.tables[entity]
-                .get(id)
-                .filter(|state| state.last_seen_ms >= self.identity_cutoff(plan))
+            None => held
+                .filter(|state| state.last_seen_ms >= engine.identity_cutoff(plan))
                 .map(|state| state.identity_only(plan.first_slots.len())),
         };
         let empty = EntityState::default();
         let state = live.or(remembered.as_ref()).unwrap_or(&empty);
-        let overlay = Overlay::build(plan, state, as_of_ms, self.visible_through());
+        let overlay = Overlay::build(plan, state, as_of_ms, self.visible_through);
         let values = features
             .iter()
             .map(|&feature| {
-                let window = self.definitions.features[feature].window;
+                let window = engine.definitions.features[feature].window;
                 let value = plan.readers[feature]
                     .and_then(|reader| read_one(state, &overlay, reader, window, as_of_ms));
                 (feature, value)
@@ -622,9 +708,9 @@ mod tests {
         let mut out = postcard::to_extend(&decoded, Vec::new()).expect("header");
         for table in &engine.tables {
             let mut parts = vec![EntityTable::default(); shards];
-            let entities = (0..SHARDS).flat_map(|index| table.shard(index).iter());
+            let entities = (0..SHARDS).flat_map(|index| table.read_shard(index).clone());
             for (position, (id, state)) in entities.enumerate() {
-                parts[position % shards].insert(id.clone(), state.clone());
+                parts[position % shards].insert(id, state);
             }
             for part in &parts {
                 out = postcard::to_extend(part, out).expect("shard");
@@ -647,10 +733,10 @@ mod tests {
             assert_eq!(restored.entity_counts(), original.entity_counts());
             for (table, restored_table) in original.tables.iter().zip(&restored.tables) {
                 for index in 0..SHARDS {
-                    for (id, state) in table.shard(index) {
+                    for (id, state) in table.read_shard(index).iter() {
                         // Debug text, not ==: a `last` with no value yet holds NaN.
                         assert_eq!(
-                            format!("{:?}", restored_table.get(id)),
+                            format!("{:?}", restored_table.read_shard_of(id).get(id)),
                             format!("{:?}", Some(state)),
                             "{shards} shards: {id}"
                         );

@@ -6,7 +6,7 @@
 use crate::definitions::{Definitions, EntityTypeId};
 use crate::events::{COMPOSITE_SEPARATOR, RawEvent};
 use crate::features::request::{REQUEST_FEATURES, USER_MEAN_FEATURE, request_features};
-use crate::features::{Engine, FeatureRead, ReadError};
+use crate::features::{EngineView, FeatureRead, ReadError};
 
 /// One entity type's share of the columns.
 #[derive(Debug, Clone)]
@@ -58,7 +58,7 @@ impl CachedReads<'_> {
     pub fn read(
         &mut self,
         definitions: &Definitions,
-        engine: &Engine,
+        engine: &EngineView<'_>,
         event: &RawEvent,
         out: &mut Vec<Option<f64>>,
     ) -> Result<VectorSource, ReadError> {
@@ -155,7 +155,7 @@ impl VectorPlan {
     pub fn read(
         &self,
         definitions: &Definitions,
-        engine: &Engine,
+        engine: &EngineView<'_>,
         event: &RawEvent,
         out: &mut Vec<Option<f64>>,
     ) -> Result<VectorSource, ReadError> {
@@ -174,7 +174,7 @@ impl VectorPlan {
     fn read_cached(
         &self,
         definitions: &Definitions,
-        engine: &Engine,
+        engine: &EngineView<'_>,
         event: &RawEvent,
         out: &mut Vec<Option<f64>>,
         mut cache: Option<&mut ReadCache>,

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::events::{RawEvent, Refusal};
 use crate::features::vector::VectorSource;
-use crate::features::{Engine, ReadError};
+use crate::features::{EngineView, ReadError};
 use crate::model::decision::Decision;
 use crate::model::inputs::{Cell, Input, encode_row};
 use crate::registry::{LoadedModel, Registry, RegistryError};
@@ -182,7 +182,7 @@ pub async fn score(
     let (reasons, include_features) = (input.reasons, input.include_features);
     let event = &input.event;
     let shadow = &input.shadow;
-    let score_now = |engine: &Engine| {
+    let score_now = |engine: &EngineView<'_>| {
         let mut scored = score_on(store, engine, model, event, reasons, include_features)?;
         scored.shadowed = shadow
             .iter()
@@ -301,7 +301,7 @@ fn encode_request(
 /// Scores a checked event on the engine as it is.
 fn score_on(
     store: &FeatureStore,
-    engine: &Engine,
+    engine: &EngineView<'_>,
     model: Arc<LoadedModel>,
     event: &RawEvent,
     reasons: usize,

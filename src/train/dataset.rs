@@ -415,7 +415,7 @@ impl Dataset {
                 match label_of(spec.target, &labels, &raw) {
                     Some(label) => {
                         let mut values = Vec::new();
-                        match plan.read(&definitions, &engine, &raw, &mut values) {
+                        match plan.read(&definitions, &engine.view(), &raw, &mut values) {
                             Ok(_) => dataset.rows.push(Row {
                                 event_id: raw.event_id.clone(),
                                 time_ms: raw.event_time_ms,
