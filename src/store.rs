@@ -1,7 +1,8 @@
-//! The embedded feature store: the feature engine behind a lock, fed through the durable
-//! event log. `ingest` validates a batch, applies and logs the accepted events in one
-//! order under the engine's write lock, then waits, without the lock, until they are
-//! durable. `open` recovers from the newest valid snapshot plus the log after it.
+//! The embedded feature store: the feature engine, fed through the durable event log.
+//! `ingest` validates a batch, then, as the engine's one writer, logs and applies the
+//! accepted events in one order, then waits, no longer the writer, until they are
+//! durable. Reads go on meanwhile, each entity under its shard's lock, and see only
+//! durable events. `open` recovers from the newest valid snapshot plus the log after it.
 
 use std::path::PathBuf;
 use std::sync::Arc;

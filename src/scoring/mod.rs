@@ -153,7 +153,7 @@ fn top_reasons(model: &LoadedModel, values: &[Option<f64>], count: usize) -> Vec
 
 /// Scores one event. The model is resolved once, so a swap during the call does not
 /// change which version answers. With `record`, the read and the append of the event
-/// are one step under the store's write lock, so parallel recorded scores for one card
+/// are one step of the store's one writer, so parallel recorded scores for one card
 /// each see the ones before them.
 pub async fn score(
     store: &FeatureStore,
