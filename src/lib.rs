@@ -15,6 +15,8 @@ pub mod kafka;
 pub mod loadtest;
 pub mod log;
 pub mod model;
+#[cfg(feature = "cluster")]
+pub mod online;
 #[cfg(test)]
 mod readme_blocks;
 pub mod registry;

@@ -373,6 +373,19 @@ impl Engine {
             .saturating_sub(plan.longest_tile_ms)
     }
 
+    /// How long after an entity's newest event (in event time) anything of it is still
+    /// read: its first-seen times outlive its windows. The time to live of its record in
+    /// an online store. `None` for an entity type without features.
+    pub fn retention_ms(&self, entity: EntityTypeId) -> Option<i64> {
+        let plan = self.plans[entity].as_ref()?;
+        Some(
+            self.settings
+                .allowed_lateness_ms
+                .saturating_add(plan.identity_ttl_ms.max(plan.ttl_ms))
+                .saturating_add(plan.longest_tile_ms),
+        )
+    }
+
     /// Frees the memory of expired entities; returns how many were dropped.
     pub fn evict_expired(&self) -> usize {
         let mut dropped = 0;
@@ -568,23 +581,62 @@ impl EngineView<'_> {
         features: &[usize],
         as_of_ms: i64,
     ) -> Result<FeatureRead, ReadError> {
-        let engine = self.engine;
-        let definition = &engine.definitions.entities[entity];
-        let Some(plan) = &engine.plans[entity] else {
+        let shard = self.engine.tables[entity].read_shard_of(id);
+        self.engine.read_state(
+            entity,
+            id,
+            shard.get(id),
+            features,
+            as_of_ms,
+            self.visible_through,
+        )
+    }
+}
+
+impl Engine {
+    /// A copy of one entity's state as held now (what a scaled-out aggregator writes
+    /// to the online store), or `None` when the entity is not held.
+    pub fn entity_state(&self, entity: EntityTypeId, id: &str) -> Option<EntityState> {
+        self.tables[entity].read_shard_of(id).get(id).cloned()
+    }
+
+    /// Reads `features` of one entity from a state held elsewhere (fetched from the
+    /// online store) exactly as the engine reads its own: same expiry, same checks of
+    /// the moment against this engine's watermark, every event in the state visible.
+    pub fn read_detached(
+        &self,
+        entity: EntityTypeId,
+        id: &str,
+        state: Option<&EntityState>,
+        features: &[usize],
+        as_of_ms: i64,
+    ) -> Result<FeatureRead, ReadError> {
+        self.read_state(entity, id, state, features, as_of_ms, u64::MAX)
+    }
+
+    fn read_state(
+        &self,
+        entity: EntityTypeId,
+        id: &str,
+        held: Option<&EntityState>,
+        features: &[usize],
+        as_of_ms: i64,
+        visible_through: u64,
+    ) -> Result<FeatureRead, ReadError> {
+        let definition = &self.definitions.entities[entity];
+        let Some(plan) = &self.plans[entity] else {
             return Err(ReadError::NoFeatures(definition.name.clone()));
         };
         check_entity_id(id, definition.parts.len())?;
-        let oldest_ms = engine.oldest_exact_read_ms();
+        let oldest_ms = self.oldest_exact_read_ms();
         if as_of_ms < oldest_ms {
             return Err(ReadError::TooOld {
                 as_of_ms,
                 oldest_ms,
-                watermark_ms: engine.watermark_ms(),
+                watermark_ms: self.watermark_ms(),
             });
         }
-        let shard = engine.tables[entity].read_shard_of(id);
-        let held = shard.get(id);
-        let live = held.filter(|state| state.last_seen_ms >= engine.expiry_cutoff(plan));
+        let live = held.filter(|state| state.last_seen_ms >= self.expiry_cutoff(plan));
         if let Some(state) = live
             && as_of_ms < state.exact_from_ms
         {
@@ -599,16 +651,16 @@ impl EngineView<'_> {
         let remembered = match live {
             Some(_) => None,
             None => held
-                .filter(|state| state.last_seen_ms >= engine.identity_cutoff(plan))
+                .filter(|state| state.last_seen_ms >= self.identity_cutoff(plan))
                 .map(|state| state.identity_only(plan.first_slots.len())),
         };
         let empty = EntityState::default();
         let state = live.or(remembered.as_ref()).unwrap_or(&empty);
-        let overlay = Overlay::build(plan, state, as_of_ms, self.visible_through);
+        let overlay = Overlay::build(plan, state, as_of_ms, visible_through);
         let values = features
             .iter()
             .map(|&feature| {
-                let window = engine.definitions.features[feature].window;
+                let window = self.definitions.features[feature].window;
                 let value = plan.readers[feature]
                     .and_then(|reader| read_one(state, &overlay, reader, window, as_of_ms));
                 (feature, value)

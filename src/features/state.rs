@@ -155,6 +155,11 @@ pub struct EntityState {
 }
 
 impl EntityState {
+    /// Log (or source partition) sequence number of the newest event applied to it.
+    pub fn applied_seq(&self) -> u64 {
+        self.applied_seq
+    }
+
     /// What an expired entity keeps while it is remembered: its first-seen times,
     /// pending ones folded in (`slots` first-seen slots), and when it was last seen and
     /// applied, for expiry and replay.

@@ -5,6 +5,8 @@
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod naive;
+#[cfg(feature = "cluster")]
+pub mod redis;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

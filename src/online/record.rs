@@ -1,0 +1,168 @@
+//! One entity's record in the online store, and the key it lives under.
+
+use crate::features::EntityState;
+
+/// The key of an entity's record: `ss:{<entity type>:<id>}`. The braces are Redis
+/// Cluster's hash tag, so a record and anything stored beside it later (per-entity
+/// side keys) land in the same slot.
+pub fn entity_key(entity_type: &str, id: &str) -> String {
+    format!("ss:{{{entity_type}:{id}}}")
+}
+
+/// An entity's state as stored: the state, the sequence number of the newest event in
+/// it, and the fingerprint of the definitions it was computed with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EntityRecord {
+    /// Source partition offset + 1 of the newest event applied (0: none).
+    pub seq: u64,
+    pub fingerprint: u64,
+    pub state: EntityState,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum RecordError {
+    #[error("record of {key} lacks its {field} field")]
+    Missing { key: String, field: &'static str },
+    #[error("record of {key} has an unreadable {field} field")]
+    Unreadable { key: String, field: &'static str },
+    #[error(
+        "record of {key} was computed with other feature definitions (fingerprint {found:016x}, running {running:016x})"
+    )]
+    OtherDefinitions {
+        key: String,
+        found: u64,
+        running: u64,
+    },
+    #[error("record of {key}: state undecodable: {reason}")]
+    Undecodable { key: String, reason: String },
+}
+
+impl EntityRecord {
+    /// The state's bytes as stored (postcard: compact, and floats kept bit for bit).
+    pub fn encode_state(&self) -> Result<Vec<u8>, postcard::Error> {
+        postcard::to_allocvec(&self.state)
+    }
+
+    /// A record from the stored fields (`None` for a field the hash lacks), checked
+    /// against the running definitions.
+    pub fn decode(
+        key: &str,
+        seq: Option<&[u8]>,
+        fingerprint: Option<&[u8]>,
+        state: Option<&[u8]>,
+        running: u64,
+    ) -> Result<EntityRecord, RecordError> {
+        let number = |field: &'static str, bytes: Option<&[u8]>| -> Result<u64, RecordError> {
+            let bytes = bytes.ok_or_else(|| RecordError::Missing {
+                key: key.to_string(),
+                field,
+            })?;
+            std::str::from_utf8(bytes)
+                .ok()
+                .and_then(|text| text.parse().ok())
+                .ok_or_else(|| RecordError::Unreadable {
+                    key: key.to_string(),
+                    field,
+                })
+        };
+        let seq = number("sequence", seq)?;
+        let found = number("fingerprint", fingerprint)?;
+        if found != running {
+            return Err(RecordError::OtherDefinitions {
+                key: key.to_string(),
+                found,
+                running,
+            });
+        }
+        let bytes = state.ok_or_else(|| RecordError::Missing {
+            key: key.to_string(),
+            field: "state",
+        })?;
+        let state = postcard::from_bytes(bytes).map_err(|e| RecordError::Undecodable {
+            key: key.to_string(),
+            reason: e.to_string(),
+        })?;
+        Ok(EntityRecord {
+            seq,
+            fingerprint: found,
+            state,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> EntityRecord {
+        EntityRecord {
+            seq: 42,
+            fingerprint: 7,
+            state: EntityState {
+                last_seen_ms: 1_700_000_000_123,
+                applied_seq: 42,
+                ..EntityState::default()
+            },
+        }
+    }
+
+    #[test]
+    fn keys_carry_the_entity_as_hash_tag() {
+        assert_eq!(entity_key("card", "c2"), "ss:{card:c2}");
+        assert_eq!(
+            entity_key("user_product", "u1|p9"),
+            "ss:{user_product:u1|p9}"
+        );
+    }
+
+    #[test]
+    fn a_record_decodes_to_what_was_encoded() {
+        let original = record();
+        let bytes = original.encode_state().expect("encodes");
+        let decoded =
+            EntityRecord::decode("k", Some(b"42"), Some(b"7"), Some(&bytes), 7).expect("decodes");
+        assert_eq!(
+            format!("{decoded:?}"),
+            format!("{original:?}"),
+            "bit for bit (Debug: NaN != NaN)"
+        );
+    }
+
+    #[test]
+    fn damaged_or_foreign_records_are_refused_by_name() {
+        let bytes = record().encode_state().expect("encodes");
+        let decode = |seq: Option<&[u8]>, fp: Option<&[u8]>, state: Option<&[u8]>| {
+            EntityRecord::decode("ss:{card:c2}", seq, fp, state, 7).map(|_| ())
+        };
+        assert!(matches!(
+            decode(None, Some(b"7"), Some(&bytes)),
+            Err(RecordError::Missing {
+                field: "sequence",
+                ..
+            })
+        ));
+        assert!(matches!(
+            decode(Some(b"x"), Some(b"7"), Some(&bytes)),
+            Err(RecordError::Unreadable {
+                field: "sequence",
+                ..
+            })
+        ));
+        assert!(matches!(
+            decode(Some(b"1"), Some(b"8"), Some(&bytes)),
+            Err(RecordError::OtherDefinitions {
+                found: 8,
+                running: 7,
+                ..
+            })
+        ));
+        assert!(matches!(
+            decode(Some(b"1"), Some(b"7"), Some(&bytes[..bytes.len() / 2])),
+            Err(RecordError::Undecodable { .. })
+        ));
+        assert!(matches!(
+            decode(Some(b"1"), Some(b"7"), None),
+            Err(RecordError::Missing { field: "state", .. })
+        ));
+    }
+}

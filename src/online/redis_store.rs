@@ -1,0 +1,241 @@
+//! The online store on Redis Cluster (redis-rs, async cluster connection). Writes are
+//! compare-and-set on the record's sequence number (one Lua script, so the check and
+//! the write are one step on the key's master); reads of a request's few entities are
+//! sent together, and the multiplexed connection pipelines them per node.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+
+use futures_util::future::try_join_all;
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+
+use super::record::{EntityRecord, RecordError};
+
+/// Writes a record when its sequence number is higher than the stored one. Sequence
+/// numbers stay below 2^53, where Lua's numbers are exact. Returns 1 when written, 0
+/// when the stored record is as new or newer (the caller is a stale owner, or retried).
+const COMPARE_AND_SET: &str = r"
+local stored = redis.call('HGET', KEYS[1], 'o')
+if stored and tonumber(stored) >= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], 'o', ARGV[1], 'f', ARGV[2], 's', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return 1
+";
+
+#[derive(Debug, thiserror::Error)]
+pub enum OnlineError {
+    #[error("online store (Redis Cluster at {nodes}): {source}")]
+    Redis {
+        nodes: String,
+        #[source]
+        source: redis::RedisError,
+    },
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    #[error("encoding the state of {key}: {source}")]
+    Encode {
+        key: String,
+        #[source]
+        source: postcard::Error,
+    },
+    #[error("sequence number {seq} of {key} is not below 2^53, the largest Lua compares exactly")]
+    SeqTooLarge { key: String, seq: u64 },
+}
+
+/// Whether a compare-and-set write landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    Stored,
+    /// The stored record was as new or newer; nothing changed.
+    Stale,
+}
+
+const MAX_EXACT_SEQ: u64 = 1 << 53;
+
+/// A record's fields as read: sequence number, fingerprint, state.
+type StoredFields = (Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// A connection to the online store, cheap to clone (one multiplexed connection per
+/// node, shared).
+#[derive(Clone)]
+pub struct RedisOnline {
+    shared: Arc<Shared>,
+    script: redis::Script,
+}
+
+struct Shared {
+    nodes: String,
+    client: ClusterClient,
+    connection: ArcSwap<ClusterConnection>,
+    /// When the connection was last rebuilt: at most one rebuild a second.
+    rebuilt: tokio::sync::Mutex<Instant>,
+}
+
+/// How often a broken connection is rebuilt at most.
+const REBUILD_EVERY: Duration = Duration::from_secs(1);
+
+impl RedisOnline {
+    /// Connects to a cluster given some of its nodes (`host:port`); the rest are
+    /// discovered.
+    pub async fn connect(nodes: &[String]) -> Result<RedisOnline, OnlineError> {
+        let joined = nodes.join(",");
+        let fail = |source| OnlineError::Redis {
+            nodes: joined.clone(),
+            source,
+        };
+        let urls: Vec<String> = nodes.iter().map(|n| format!("redis://{n}/")).collect();
+        // Bounded waits: a master that is down must fail a request with an error the
+        // caller can report, not hold it.
+        let client = ClusterClient::builder(urls)
+            .retries(2)
+            .connection_timeout(Duration::from_secs(1))
+            .response_timeout(Duration::from_secs(1))
+            .build()
+            .map_err(fail)?;
+        let connection = client.get_async_connection().await.map_err(fail)?;
+        Ok(RedisOnline {
+            shared: Arc::new(Shared {
+                nodes: joined,
+                client,
+                connection: ArcSwap::from_pointee(connection),
+                rebuilt: tokio::sync::Mutex::new(Instant::now()),
+            }),
+            script: redis::Script::new(COMPARE_AND_SET),
+        })
+    }
+
+    fn connection(&self) -> ClusterConnection {
+        ClusterConnection::clone(&self.shared.connection.load())
+    }
+
+    /// The error of a failed call. A connection-level failure (a master down, a
+    /// timeout) also rebuilds the connection: redis-rs keeps timing out on the old one
+    /// after a killed master comes back on its port.
+    async fn failed(&self, source: redis::RedisError) -> OnlineError {
+        let broken = source.is_io_error()
+            || source.is_timeout()
+            || source.is_connection_dropped()
+            || source.is_connection_refusal()
+            || source.is_cluster_error();
+        if broken {
+            let mut rebuilt = self.shared.rebuilt.lock().await;
+            if rebuilt.elapsed() >= REBUILD_EVERY {
+                *rebuilt = Instant::now();
+                match self.shared.client.get_async_connection().await {
+                    Ok(connection) => self.shared.connection.store(Arc::new(connection)),
+                    Err(error) => {
+                        tracing::warn!(nodes = %self.shared.nodes, %error, "online store still unreachable")
+                    }
+                }
+            }
+        }
+        OnlineError::Redis {
+            nodes: self.shared.nodes.clone(),
+            source,
+        }
+    }
+
+    /// Writes each record under its key with a time to live, each by compare-and-set;
+    /// all are sent at once.
+    pub async fn write(
+        &self,
+        records: &[(String, EntityRecord)],
+        ttl_ms: impl Fn(&str) -> u64,
+    ) -> Result<Vec<Written>, OnlineError> {
+        let mut calls = Vec::with_capacity(records.len());
+        for (key, record) in records {
+            if record.seq >= MAX_EXACT_SEQ {
+                return Err(OnlineError::SeqTooLarge {
+                    key: key.clone(),
+                    seq: record.seq,
+                });
+            }
+            let state = record
+                .encode_state()
+                .map_err(|source| OnlineError::Encode {
+                    key: key.clone(),
+                    source,
+                })?;
+            let mut invocation = self.script.key(key);
+            invocation
+                .arg(record.seq)
+                .arg(record.fingerprint.to_string())
+                .arg(state)
+                .arg(ttl_ms(key).max(1));
+            let mut connection = self.connection();
+            calls.push(async move {
+                let stored: i64 = invocation.invoke_async(&mut connection).await?;
+                Ok::<_, redis::RedisError>(if stored == 1 {
+                    Written::Stored
+                } else {
+                    Written::Stale
+                })
+            });
+        }
+        match try_join_all(calls).await {
+            Ok(written) => Ok(written),
+            Err(error) => Err(self.failed(error).await),
+        }
+    }
+
+    /// Reads the records of `keys` (`None` for a key not stored), checked against the
+    /// running definitions' fingerprint; all are sent at once.
+    pub async fn read(
+        &self,
+        keys: &[String],
+        fingerprint: u64,
+    ) -> Result<Vec<Option<EntityRecord>>, OnlineError> {
+        let calls = keys.iter().map(|key| {
+            let mut connection = self.connection();
+            async move {
+                let fields: StoredFields = redis::cmd("HMGET")
+                    .arg(key)
+                    .arg("o")
+                    .arg("f")
+                    .arg("s")
+                    .query_async(&mut connection)
+                    .await?;
+                Ok::<_, redis::RedisError>(fields)
+            }
+        });
+        let replies = match try_join_all(calls).await {
+            Ok(replies) => replies,
+            Err(error) => return Err(self.failed(error).await),
+        };
+        keys.iter()
+            .zip(replies)
+            .map(|(key, (seq, stored_fingerprint, state))| {
+                if seq.is_none() && stored_fingerprint.is_none() && state.is_none() {
+                    return Ok(None);
+                }
+                EntityRecord::decode(
+                    key,
+                    seq.as_deref(),
+                    stored_fingerprint.as_deref(),
+                    state.as_deref(),
+                    fingerprint,
+                )
+                .map(Some)
+                .map_err(OnlineError::from)
+            })
+            .collect()
+    }
+
+    /// The remaining time to live of a key in milliseconds (`None`: no key, or none set).
+    pub async fn ttl_ms(&self, key: &str) -> Result<Option<u64>, OnlineError> {
+        let mut connection = self.connection();
+        match redis::cmd("PTTL")
+            .arg(key)
+            .query_async::<i64>(&mut connection)
+            .await
+        {
+            Ok(ttl) => Ok(u64::try_from(ttl).ok()),
+            Err(error) => Err(self.failed(error).await),
+        }
+    }
+}

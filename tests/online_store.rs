@@ -1,0 +1,236 @@
+//! The online store against a real 3-master Redis Cluster on loopback: records come
+//! back bit for bit and answer reads exactly as the engine's own state does; a stale
+//! owner's write never lands over newer state; a killed master fails reads with a
+//! clear error, and after its restart every acknowledged record is back.
+#![cfg(feature = "cluster")]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use common::redis::RedisCluster;
+use streamscore::definitions::Definitions;
+use streamscore::events::{Limits, RawEvent, validate};
+use streamscore::features::{Engine, EngineSettings};
+use streamscore::online::{EntityRecord, RedisOnline, Written, entity_key};
+
+const SETTINGS: EngineSettings = EngineSettings {
+    allowed_lateness_ms: 60_000,
+    dedup_horizon_ms: 3_600_000,
+};
+const T0: i64 = 1_790_000_000_000;
+
+/// 3,000 payments over 300 users, 200 cards and 100 devices, one a second.
+fn engine() -> (Arc<Definitions>, Engine) {
+    let definitions = Arc::new(Definitions::default_shop());
+    let limits = Limits {
+        max_future_skew_ms: i64::MAX / 4,
+        max_id_bytes: 64,
+    };
+    let mut engine = Engine::new(Arc::clone(&definitions), SETTINGS);
+    for i in 0..3_000usize {
+        let raw = RawEvent {
+            event_id: format!("p{i}"),
+            event_type: "payment".into(),
+            event_time_ms: T0 + i as i64 * 1_000,
+            entities: BTreeMap::from([
+                ("user".into(), format!("u{}", i % 300)),
+                ("card".into(), format!("c{}", i % 200)),
+                ("device".into(), format!("d{}", i % 100)),
+            ]),
+            numbers: BTreeMap::from([("amount".into(), (i % 97) as f64 * 1.37)]),
+            strings: BTreeMap::from([("ip_country".into(), ["DE", "FR", "US"][i % 3].into())]),
+        };
+        let event = validate(&definitions, &limits, &raw, None).expect("valid payment");
+        engine.apply(&event, i as u64 + 1);
+    }
+    (definitions, engine)
+}
+
+/// Every (entity type, id) the engine holds from [`engine`].
+fn entities() -> Vec<(&'static str, String)> {
+    let mut all = Vec::new();
+    for (entity, count, prefix) in [("user", 300, "u"), ("card", 200, "c"), ("device", 100, "d")] {
+        all.extend((0..count).map(|i| (entity, format!("{prefix}{i}"))));
+    }
+    all
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+fn records_of(definitions: &Definitions, engine: &Engine) -> Vec<(String, EntityRecord)> {
+    entities()
+        .into_iter()
+        .map(|(entity, id)| {
+            let entity_id = definitions.entity_id(entity).expect("entity type");
+            let state = engine.entity_state(entity_id, &id).expect("held");
+            let record = EntityRecord {
+                seq: state.applied_seq(),
+                fingerprint: definitions.fingerprint,
+                state,
+            };
+            (entity_key(entity, &id), record)
+        })
+        .collect()
+}
+
+#[test]
+fn records_come_back_bit_for_bit_and_read_as_the_engine_reads() {
+    let cluster = RedisCluster::start();
+    let (definitions, engine) = engine();
+    let records = records_of(&definitions, &engine);
+    let runtime = runtime();
+    let online = runtime
+        .block_on(RedisOnline::connect(&cluster.nodes))
+        .expect("connects");
+    let retention = |key: &str| {
+        let entity = key[4..].split(':').next().expect("entity in key");
+        let id = definitions.entity_id(entity).expect("entity type");
+        engine.retention_ms(id).expect("has features") as u64
+    };
+    let written = runtime
+        .block_on(online.write(&records, retention))
+        .expect("writes");
+    assert!(written.iter().all(|w| *w == Written::Stored));
+    for index in 0..3 {
+        let keys: u64 = cluster
+            .cli(index, &["dbsize"])
+            .and_then(|reply| reply.trim().parse().ok())
+            .expect("dbsize");
+        assert!(keys > 0, "master {index} holds none of the 600 records");
+    }
+
+    let keys: Vec<String> = records.iter().map(|(key, _)| key.clone()).collect();
+    let fetched = runtime
+        .block_on(online.read(&keys, definitions.fingerprint))
+        .expect("reads");
+    let at = engine.watermark_ms();
+    let view = engine.view();
+    for ((key, record), fetched) in records.iter().zip(&fetched) {
+        let fetched = fetched.as_ref().unwrap_or_else(|| panic!("{key} missing"));
+        assert_eq!(format!("{fetched:?}"), format!("{record:?}"), "{key}");
+        let (entity, id) = key[4..key.len() - 1].split_once(':').expect("key");
+        let (entity_id, features) = engine.resolve(entity, &[]).expect("resolves");
+        let own = view
+            .read(entity_id, id, &features, at)
+            .expect("engine reads");
+        let detached = engine
+            .read_detached(entity_id, id, Some(&fetched.state), &features, at)
+            .expect("reads from the record");
+        assert_eq!(
+            format!("{:?}", detached.values),
+            format!("{:?}", own.values),
+            "{key}"
+        );
+        assert!(own.values.iter().any(|(_, v)| v.is_some_and(|v| v > 0.0)));
+    }
+
+    let ttl = runtime
+        .block_on(online.ttl_ms(&keys[0]))
+        .expect("pttl")
+        .expect("a time to live is set");
+    let retention = retention(&keys[0]);
+    assert!(
+        ttl <= retention && ttl + 60_000 > retention,
+        "{ttl} of {retention}"
+    );
+    let absent = runtime
+        .block_on(online.read(&[entity_key("user", "nobody")], definitions.fingerprint))
+        .expect("reads");
+    assert_eq!(absent, vec![None]);
+    let foreign = runtime.block_on(online.read(&keys[..1], definitions.fingerprint ^ 1));
+    let message = foreign.expect_err("other definitions").to_string();
+    assert!(message.contains("other feature definitions"), "{message}");
+}
+
+#[test]
+fn a_stale_owner_never_overwrites_newer_state() {
+    let cluster = RedisCluster::start();
+    let (definitions, engine) = engine();
+    let records = records_of(&definitions, &engine);
+    let (key, newer) = records[0].clone();
+    let older = EntityRecord {
+        state: records[1].1.state.clone(),
+        ..newer.clone()
+    };
+    let runtime = runtime();
+    let online = runtime
+        .block_on(RedisOnline::connect(&cluster.nodes))
+        .expect("connects");
+    let write = |seq: u64, record: &EntityRecord| {
+        let record = EntityRecord {
+            seq,
+            ..record.clone()
+        };
+        runtime
+            .block_on(online.write(&[(key.clone(), record)], |_| 60_000))
+            .expect("writes")[0]
+    };
+    assert_eq!(write(100, &newer), Written::Stored);
+    assert_eq!(write(50, &older), Written::Stale, "an older offset");
+    assert_eq!(write(100, &older), Written::Stale, "the same offset");
+    let read = |runtime: &tokio::runtime::Runtime| {
+        runtime
+            .block_on(online.read(std::slice::from_ref(&key), definitions.fingerprint))
+            .expect("reads")[0]
+            .clone()
+            .expect("stored")
+    };
+    let stored = read(&runtime);
+    assert_eq!(
+        (stored.seq, format!("{:?}", stored.state)),
+        (100, format!("{:?}", newer.state))
+    );
+    assert_eq!(write(101, &older), Written::Stored, "a newer offset");
+    let stored = read(&runtime);
+    assert_eq!(
+        (stored.seq, format!("{:?}", stored.state)),
+        (101, format!("{:?}", older.state))
+    );
+}
+
+#[test]
+fn a_killed_master_fails_reads_clearly_and_its_records_are_back_after_restart() {
+    let mut cluster = RedisCluster::start();
+    let (definitions, engine) = engine();
+    let records = records_of(&definitions, &engine);
+    let keys: Vec<String> = records.iter().map(|(key, _)| key.clone()).collect();
+    let runtime = runtime();
+    let online = runtime
+        .block_on(RedisOnline::connect(&cluster.nodes))
+        .expect("connects");
+    runtime
+        .block_on(online.write(&records, |_| 3_600_000))
+        .expect("writes");
+
+    cluster.kill(1);
+    let error = runtime
+        .block_on(online.read(&keys, definitions.fingerprint))
+        .expect_err("a third of the keys live on the killed master");
+    let message = error.to_string();
+    assert!(message.contains("Redis Cluster at"), "{message}");
+
+    cluster.restart(1);
+    // The client finds the node again on its own; poll until it does.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let fetched = loop {
+        match runtime.block_on(online.read(&keys, definitions.fingerprint)) {
+            Ok(fetched) => break fetched,
+            Err(error) => assert!(
+                std::time::Instant::now() < deadline,
+                "still failing after the restart: {error}"
+            ),
+        }
+    };
+    for ((key, record), fetched) in records.iter().zip(&fetched) {
+        let fetched = fetched.as_ref().unwrap_or_else(|| panic!("{key} lost"));
+        assert_eq!(format!("{fetched:?}"), format!("{record:?}"), "{key}");
+    }
+}
