@@ -13,7 +13,9 @@ use common::redis::RedisCluster;
 use streamscore::definitions::Definitions;
 use streamscore::events::{Limits, RawEvent, validate};
 use streamscore::features::{Engine, EngineSettings};
-use streamscore::online::{EntityRecord, RedisOnline, Written, entity_key};
+use streamscore::online::{EntityRecord, OnlineScorer, RedisOnline, Written, entity_key};
+use streamscore::registry::Registry;
+use streamscore::scoring;
 
 const SETTINGS: EngineSettings = EngineSettings {
     allowed_lateness_ms: 60_000,
@@ -233,4 +235,86 @@ fn a_killed_master_fails_reads_clearly_and_its_records_are_back_after_restart() 
         let fetched = fetched.as_ref().unwrap_or_else(|| panic!("{key} lost"));
         assert_eq!(format!("{fetched:?}"), format!("{record:?}"), "{key}");
     }
+}
+
+#[test]
+fn a_scorer_on_the_cluster_scores_as_the_engine_does_to_the_bit() {
+    let cluster = RedisCluster::start();
+    let (definitions, engine) = engine();
+    let records = records_of(&definitions, &engine);
+    let runtime = runtime();
+    let online = runtime
+        .block_on(RedisOnline::connect(&cluster.nodes))
+        .expect("connects");
+    runtime
+        .block_on(online.write(&records, |_| 3_600_000))
+        .expect("writes");
+    runtime
+        .block_on(online.advance_watermark(engine.watermark_ms()))
+        .expect("watermark");
+    let registry = Registry::new(
+        Arc::clone(&definitions),
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models"),
+    );
+    assert!(registry.scan().expect("models dir").is_empty());
+    let fraud = registry.resolve("fraud").expect("shipped fraud model");
+    let scorer = OnlineScorer::new(online, Arc::clone(&definitions), SETTINGS);
+
+    let at = engine.watermark_ms();
+    let mut known = 0;
+    for i in 0..120usize {
+        // Known users, cards and devices in new combinations, and every tenth user new.
+        let user = if i % 10 == 9 {
+            format!("new{i}")
+        } else {
+            format!("u{}", i * 7 % 300)
+        };
+        let event = RawEvent {
+            event_id: "score".into(),
+            event_type: "payment".into(),
+            event_time_ms: at - (i as i64 % 5) * 1_000,
+            entities: BTreeMap::from([
+                ("user".into(), user),
+                ("card".into(), format!("c{}", i * 3 % 200)),
+                ("device".into(), format!("d{}", i % 100)),
+            ]),
+            numbers: BTreeMap::from([("amount".into(), 5.0 + i as f64 * 3.3)]),
+            strings: BTreeMap::from([("ip_country".into(), ["DE", "BR"][i % 2].into())]),
+        };
+        let embedded = scoring::score_on(
+            &definitions,
+            &engine.view(),
+            Arc::clone(&fraud),
+            &event,
+            5,
+            true,
+        )
+        .expect("embedded scores");
+        let online = runtime
+            .block_on(scorer.score(Arc::clone(&fraud), &event, 5, true))
+            .expect("scorer scores");
+        assert_eq!(
+            online.score.to_bits(),
+            embedded.score.to_bits(),
+            "payment {i}"
+        );
+        assert_eq!(online.decision, embedded.decision, "payment {i}");
+        assert_eq!(
+            format!("{:?}", online.reasons),
+            format!("{:?}", embedded.reasons)
+        );
+        assert_eq!(
+            format!("{:?}", online.features),
+            format!("{:?}", embedded.features)
+        );
+        assert_eq!(
+            online.unknown_entities, embedded.unknown_entities,
+            "payment {i}"
+        );
+        known += usize::from(embedded.unknown_entities.is_empty());
+    }
+    assert!(
+        known >= 100,
+        "most payments name entities with history ({known})"
+    );
 }

@@ -18,6 +18,7 @@
 //! back after months is not new). Expiry depends on event time only, so when memory is
 //! actually reclaimed or compacted ([`Engine::evict_expired`]) never changes a value.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
@@ -329,6 +330,12 @@ impl Engine {
         self.watermark_ms.load(Ordering::Acquire)
     }
 
+    /// Raises the watermark to `watermark_ms` if that is newer: a scorer's engine,
+    /// which holds no entities, takes the aggregators' shared watermark this way.
+    pub fn advance_watermark(&self, watermark_ms: i64) {
+        self.watermark_ms.fetch_max(watermark_ms, Ordering::AcqRel);
+    }
+
     /// Sequence number of the last logged event applied (0 if none).
     pub fn applied_seq(&self) -> u64 {
         self.applied_seq.load(Ordering::Acquire)
@@ -564,6 +571,54 @@ impl EngineWriter<'_> {
         // Last: a view bounded by this sequence number must find the event in every
         // entity it names.
         engine.applied_seq.fetch_max(seq, Ordering::AcqRel);
+    }
+}
+
+/// What a model's vector reads its entities from: the embedded engine (an
+/// [`EngineView`]), or entity states fetched from an online store ([`DetachedReads`]).
+pub trait EntityReads {
+    /// Reads `features` (ids from [`Engine::resolve`]) of one entity as of `as_of_ms`.
+    fn read_entity(
+        &self,
+        entity: EntityTypeId,
+        id: &str,
+        features: &[usize],
+        as_of_ms: i64,
+    ) -> Result<FeatureRead, ReadError>;
+}
+
+impl EntityReads for EngineView<'_> {
+    fn read_entity(
+        &self,
+        entity: EntityTypeId,
+        id: &str,
+        features: &[usize],
+        as_of_ms: i64,
+    ) -> Result<FeatureRead, ReadError> {
+        self.read(entity, id, features, as_of_ms)
+    }
+}
+
+/// Entity states held outside the engine (fetched for one request), read through the
+/// engine's plans and watermark exactly as its own would be ([`Engine::read_detached`]).
+/// An entity not among them reads as never seen.
+pub struct DetachedReads<'a> {
+    pub engine: &'a Engine,
+    pub states: &'a HashMap<(EntityTypeId, String), EntityState>,
+}
+
+impl EntityReads for DetachedReads<'_> {
+    fn read_entity(
+        &self,
+        entity: EntityTypeId,
+        id: &str,
+        features: &[usize],
+        as_of_ms: i64,
+    ) -> Result<FeatureRead, ReadError> {
+        // The map's key is owned; this look-up allocates once per entity read.
+        let state = self.states.get(&(entity, id.to_string()));
+        self.engine
+            .read_detached(entity, id, state, features, as_of_ms)
     }
 }
 

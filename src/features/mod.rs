@@ -14,8 +14,8 @@ pub mod window;
 
 pub use dedup::{DEDUP_SHARDS, Dedup};
 pub use engine::{
-    Admission, Counters, Engine, EngineSettings, EngineView, EngineWriter, FeatureRead, ReadError,
-    default_value,
+    Admission, Counters, DetachedReads, Engine, EngineSettings, EngineView, EngineWriter,
+    EntityReads, FeatureRead, ReadError, default_value,
 };
 pub use state::{EntityState, MAX_EXACT_DISTINCT, MAX_PENDING_EVENTS};
 pub use tables::{EntityTable, SHARDS};

@@ -6,7 +6,7 @@
 use crate::definitions::{Definitions, EntityTypeId};
 use crate::events::{COMPOSITE_SEPARATOR, RawEvent};
 use crate::features::request::{REQUEST_FEATURES, USER_MEAN_FEATURE, request_features};
-use crate::features::{EngineView, FeatureRead, ReadError};
+use crate::features::{EntityReads, FeatureRead, ReadError};
 
 /// One entity type's share of the columns.
 #[derive(Debug, Clone)]
@@ -58,7 +58,7 @@ impl CachedReads<'_> {
     pub fn read(
         &mut self,
         definitions: &Definitions,
-        engine: &EngineView<'_>,
+        engine: &dyn EntityReads,
         event: &RawEvent,
         out: &mut Vec<Option<f64>>,
     ) -> Result<VectorSource, ReadError> {
@@ -155,11 +155,26 @@ impl VectorPlan {
     pub fn read(
         &self,
         definitions: &Definitions,
-        engine: &EngineView<'_>,
+        engine: &dyn EntityReads,
         event: &RawEvent,
         out: &mut Vec<Option<f64>>,
     ) -> Result<VectorSource, ReadError> {
         self.read_cached(definitions, engine, event, out, None)
+    }
+
+    /// The entities (type, id) a vector for `event` reads: what a scorer fetches from
+    /// the online store before [`VectorPlan::read`].
+    pub fn entities_of(
+        &self,
+        definitions: &Definitions,
+        event: &RawEvent,
+    ) -> Vec<(EntityTypeId, String)> {
+        self.entities
+            .iter()
+            .filter_map(|columns| {
+                entity_id(definitions, columns.entity, event).map(|id| (columns.entity, id))
+            })
+            .collect()
     }
 
     /// A reader for many events at one moment that share entities (one user, many
@@ -174,7 +189,7 @@ impl VectorPlan {
     fn read_cached(
         &self,
         definitions: &Definitions,
-        engine: &EngineView<'_>,
+        engine: &dyn EntityReads,
         event: &RawEvent,
         out: &mut Vec<Option<f64>>,
         mut cache: Option<&mut ReadCache>,
@@ -194,7 +209,8 @@ impl VectorPlan {
                 }
                 Some(id) => {
                     let time = event.event_time_ms;
-                    let fresh = |id: &str| engine.read(entity.entity, id, &entity.features, time);
+                    let fresh =
+                        |id: &str| engine.read_entity(entity.entity, id, &entity.features, time);
                     Some(match cache.as_deref_mut() {
                         None => fresh(&id)?,
                         Some(cache) => match &cache.slots[slot] {

@@ -10,6 +10,8 @@
 
 mod record;
 mod redis_store;
+mod scorer;
 
 pub use record::{EntityRecord, RecordError, entity_key};
 pub use redis_store::{OnlineError, RedisOnline, Written};
+pub use scorer::{OnlineScorer, ScorerError};

@@ -27,6 +27,21 @@ redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return 1
 ";
 
+/// Raises the stored watermark to `ARGV[1]` when that is newer. Event times in ms stay
+/// below 2^53, where Lua's numbers are exact.
+const ADVANCE_WATERMARK: &str = r"
+local stored = redis.call('GET', KEYS[1])
+if stored and tonumber(stored) >= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1])
+return 1
+";
+
+/// The newest event time any aggregator applied: scorers read as of it (expiry, the
+/// oldest moment answered exactly) as the embedded engine does with its own.
+const WATERMARK_KEY: &str = "ss:{meta}:watermark";
+
 #[derive(Debug, thiserror::Error)]
 pub enum OnlineError {
     #[error("online store (Redis Cluster at {nodes}): {source}")]
@@ -66,6 +81,7 @@ type StoredFields = (Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>);
 pub struct RedisOnline {
     shared: Arc<Shared>,
     script: redis::Script,
+    advance: redis::Script,
 }
 
 struct Shared {
@@ -106,6 +122,7 @@ impl RedisOnline {
                 rebuilt: tokio::sync::Mutex::new(Instant::now()),
             }),
             script: redis::Script::new(COMPARE_AND_SET),
+            advance: redis::Script::new(ADVANCE_WATERMARK),
         })
     }
 
@@ -235,6 +252,34 @@ impl RedisOnline {
             .await
         {
             Ok(ttl) => Ok(u64::try_from(ttl).ok()),
+            Err(error) => Err(self.failed(error).await),
+        }
+    }
+
+    /// Raises the shared watermark to `watermark_ms` (never lowers it).
+    pub async fn advance_watermark(&self, watermark_ms: i64) -> Result<(), OnlineError> {
+        let mut connection = self.connection();
+        let result: Result<i64, _> = self
+            .advance
+            .key(WATERMARK_KEY)
+            .arg(watermark_ms)
+            .invoke_async(&mut connection)
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(error) => Err(self.failed(error).await),
+        }
+    }
+
+    /// The shared watermark (`None` before any aggregator wrote one).
+    pub async fn watermark(&self) -> Result<Option<i64>, OnlineError> {
+        let mut connection = self.connection();
+        match redis::cmd("GET")
+            .arg(WATERMARK_KEY)
+            .query_async::<Option<i64>>(&mut connection)
+            .await
+        {
+            Ok(watermark) => Ok(watermark),
             Err(error) => Err(self.failed(error).await),
         }
     }

@@ -9,9 +9,10 @@ mod candidates;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::definitions::Definitions;
 use crate::events::{RawEvent, Refusal};
 use crate::features::vector::VectorSource;
-use crate::features::{EngineView, ReadError};
+use crate::features::{EngineView, EntityReads, ReadError};
 use crate::model::decision::Decision;
 use crate::model::inputs::{Cell, Input, encode_row};
 use crate::registry::{LoadedModel, Registry, RegistryError};
@@ -183,13 +184,27 @@ pub async fn score(
     let event = &input.event;
     let shadow = &input.shadow;
     let score_now = |engine: &EngineView<'_>| {
-        let mut scored = score_on(store, engine, model, event, reasons, include_features)?;
+        let mut scored = score_on(
+            store.definitions(),
+            engine,
+            model,
+            event,
+            reasons,
+            include_features,
+        )?;
         scored.shadowed = shadow
             .iter()
             .map(|candidate| {
-                let result = score_on(store, engine, Arc::clone(candidate), event, 0, false)
-                    .map(|s| (s.score, s.decision))
-                    .map_err(|e| e.to_string());
+                let result = score_on(
+                    store.definitions(),
+                    engine,
+                    Arc::clone(candidate),
+                    event,
+                    0,
+                    false,
+                )
+                .map(|s| (s.score, s.decision))
+                .map_err(|e| e.to_string());
                 (Arc::clone(candidate), result)
             })
             .collect();
@@ -214,7 +229,16 @@ pub fn score_with(
     include_features: bool,
 ) -> Result<Scored, ScoreError> {
     check(store, &model, event)?;
-    store.with_engine(|engine| score_on(store, engine, model, event, reasons, include_features))
+    store.with_engine(|engine| {
+        score_on(
+            store.definitions(),
+            engine,
+            model,
+            event,
+            reasons,
+            include_features,
+        )
+    })
 }
 
 /// Validates `event` for `model`: against the definitions, or for a table model
@@ -298,17 +322,17 @@ fn encode_request(
     })
 }
 
-/// Scores a checked event on the engine as it is.
-fn score_on(
-    store: &FeatureStore,
-    engine: &EngineView<'_>,
+/// Scores a checked event on entity reads: the engine as it is, or entity states
+/// fetched from an online store.
+pub fn score_on(
+    definitions: &Definitions,
+    engine: &dyn EntityReads,
     model: Arc<LoadedModel>,
     event: &RawEvent,
     reasons: usize,
     include_features: bool,
 ) -> Result<Scored, ScoreError> {
     let _span = tracing::debug_span!("score", model = %model.reference()).entered();
-    let definitions = store.definitions();
     let mut values = Vec::with_capacity(model.body.model.columns.len());
     let source = match &model.body.model.inputs {
         Some(inputs) => {
