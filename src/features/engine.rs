@@ -518,6 +518,24 @@ impl EngineWriter<'_> {
     /// Applies an admitted event. `seq` is its position in the log (0 when not logged).
     pub fn apply(&mut self, event: &Event<'_>, seq: u64) {
         let engine = self.engine;
+        self.record_admission(event);
+        engine.applied.fetch_add(1, Ordering::Relaxed);
+        let mut key = String::new();
+        for entity in 0..engine.plans.len() {
+            if build_event_key(engine, &mut key, entity, event) {
+                self.apply_to_entity(event, entity, &key, seq);
+            }
+        }
+        // Last: a view bounded by this sequence number must find the event in every
+        // entity it names.
+        engine.applied_seq.fetch_max(seq, Ordering::AcqRel);
+    }
+
+    /// What admitting `event` changes without touching entities: its id joins the
+    /// dedup set and its time the watermark (a scaled-out router admits events and
+    /// leaves applying them to the aggregators).
+    pub fn record_admission(&mut self, event: &Event<'_>) {
+        let engine = self.engine;
         let watermark_ms = engine.watermark_ms().max(event.time_ms);
         engine.watermark_ms.store(watermark_ms, Ordering::Release);
         self.dedup.insert(
@@ -525,52 +543,102 @@ impl EngineWriter<'_> {
             event.time_ms,
             watermark_ms.saturating_sub(engine.settings.dedup_horizon_ms),
         );
-        engine.applied.fetch_add(1, Ordering::Relaxed);
-        let mut key = String::new();
-        for (entity, plan) in engine.plans.iter().enumerate() {
-            let Some(plan) = plan else {
-                continue;
-            };
-            let Some(slots) = &plan.key_slots[event.type_id] else {
-                continue;
-            };
-            if !build_key(&mut key, slots, &event.entities) {
-                continue;
+    }
+
+    /// Applies `event` to one entity (type `entity`, id `key`) only, as [`Self::apply`]
+    /// does to each entity it names. `seq` orders the entity's events: one it already
+    /// holds is skipped. The caller sets the watermark first ([`Engine::advance_watermark`]).
+    pub fn apply_to_entity(
+        &mut self,
+        event: &Event<'_>,
+        entity: EntityTypeId,
+        key: &str,
+        seq: u64,
+    ) {
+        let engine = self.engine;
+        let Some(plan) = &engine.plans[entity] else {
+            return;
+        };
+        let expired_before = engine.expiry_cutoff(plan);
+        let identity_before = engine.identity_cutoff(plan);
+        let seal_before = engine.oldest_exact_read_ms();
+        let mut shard = engine.tables[entity].write_shard_of(key);
+        let state = match shard.entry_ref(key) {
+            hashbrown::hash_map::EntryRef::Occupied(occupied) => {
+                let state = occupied.into_mut();
+                // Replay after a snapshot: this entity was copied after the event.
+                if seq > 0 && state.applied_seq >= seq {
+                    return;
+                }
+                if state.last_seen_ms < expired_before {
+                    let firsts = if state.last_seen_ms >= identity_before {
+                        state.identity_only(plan.first_slots.len()).firsts
+                    } else {
+                        Default::default()
+                    };
+                    *state = EntityState {
+                        firsts,
+                        ..EntityState::default()
+                    };
+                }
+                state
             }
-            let expired_before = engine.expiry_cutoff(plan);
-            let identity_before = engine.identity_cutoff(plan);
-            let seal_before = engine.oldest_exact_read_ms();
-            let mut shard = engine.tables[entity].write_shard_of(&key);
-            let state = match shard.entry_ref(key.as_str()) {
-                hashbrown::hash_map::EntryRef::Occupied(occupied) => {
-                    let state = occupied.into_mut();
-                    // Replay after a snapshot: this entity was copied after the event.
-                    if seq > 0 && state.applied_seq >= seq {
-                        continue;
-                    }
-                    if state.last_seen_ms < expired_before {
-                        let firsts = if state.last_seen_ms >= identity_before {
-                            state.identity_only(plan.first_slots.len()).firsts
-                        } else {
-                            Default::default()
-                        };
-                        *state = EntityState {
-                            firsts,
-                            ..EntityState::default()
-                        };
-                    }
-                    state
-                }
-                hashbrown::hash_map::EntryRef::Vacant(vacant) => {
-                    vacant.insert(EntityState::default())
-                }
-            };
-            apply_to_state(plan, state, event, seq, seal_before);
-            state.applied_seq = state.applied_seq.max(seq);
+            hashbrown::hash_map::EntryRef::Vacant(vacant) => vacant.insert(EntityState::default()),
+        };
+        apply_to_state(plan, state, event, seq, seal_before);
+        state.applied_seq = state.applied_seq.max(seq);
+    }
+}
+
+/// Writes into `key` the id of the `entity` that `event` names; false when it names
+/// none (or the entity type has no features).
+fn build_event_key(
+    engine: &Engine,
+    key: &mut String,
+    entity: EntityTypeId,
+    event: &Event<'_>,
+) -> bool {
+    let Some(plan) = &engine.plans[entity] else {
+        return false;
+    };
+    let Some(slots) = &plan.key_slots[event.type_id] else {
+        return false;
+    };
+    build_key(key, slots, &event.entities)
+}
+
+impl Engine {
+    /// The entities (type, id) `event` is applied to: where a scaled-out router sends it.
+    pub fn entities_of(&self, event: &Event<'_>) -> Vec<(EntityTypeId, String)> {
+        let mut key = String::new();
+        (0..self.plans.len())
+            .filter_map(|entity| {
+                build_event_key(self, &mut key, entity, event).then(|| (entity, key.clone()))
+            })
+            .collect()
+    }
+
+    /// Whether the engine holds state for the entity.
+    pub fn holds(&self, entity: EntityTypeId, id: &str) -> bool {
+        self.tables[entity].read_shard_of(id).contains_key(id)
+    }
+
+    /// Puts a state fetched from elsewhere (the online store) in place of what the
+    /// engine holds for the entity.
+    pub fn install_state(&self, entity: EntityTypeId, id: &str, state: EntityState) {
+        self.tables[entity]
+            .write_shard_of(id)
+            .insert(id.into(), state);
+    }
+
+    /// Drops every entity (a scaled-out aggregator that lost partitions: what it held
+    /// may be older than what the new owner writes).
+    pub fn clear_entities(&self) {
+        for table in &self.tables {
+            for shard in 0..SHARDS {
+                table.write_shard(shard).clear();
+            }
         }
-        // Last: a view bounded by this sequence number must find the event in every
-        // entity it names.
-        engine.applied_seq.fetch_max(seq, Ordering::AcqRel);
     }
 }
 
