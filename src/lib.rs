@@ -20,6 +20,8 @@ pub mod online;
 #[cfg(test)]
 mod readme_blocks;
 pub mod registry;
+#[cfg(feature = "cluster")]
+pub mod scaleout;
 pub mod scoring;
 pub mod server;
 pub mod simulate;

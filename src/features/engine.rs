@@ -547,17 +547,18 @@ impl EngineWriter<'_> {
 
     /// Applies `event` to one entity (type `entity`, id `key`) only, as [`Self::apply`]
     /// does to each entity it names. `seq` orders the entity's events: one it already
-    /// holds is skipped. The caller sets the watermark first ([`Engine::advance_watermark`]).
+    /// holds is skipped (false). The caller sets the watermark first
+    /// ([`Engine::advance_watermark`]).
     pub fn apply_to_entity(
         &mut self,
         event: &Event<'_>,
         entity: EntityTypeId,
         key: &str,
         seq: u64,
-    ) {
+    ) -> bool {
         let engine = self.engine;
         let Some(plan) = &engine.plans[entity] else {
-            return;
+            return false;
         };
         let expired_before = engine.expiry_cutoff(plan);
         let identity_before = engine.identity_cutoff(plan);
@@ -568,7 +569,7 @@ impl EngineWriter<'_> {
                 let state = occupied.into_mut();
                 // Replay after a snapshot: this entity was copied after the event.
                 if seq > 0 && state.applied_seq >= seq {
-                    return;
+                    return false;
                 }
                 if state.last_seen_ms < expired_before {
                     let firsts = if state.last_seen_ms >= identity_before {
@@ -587,6 +588,7 @@ impl EngineWriter<'_> {
         };
         apply_to_state(plan, state, event, seq, seal_before);
         state.applied_seq = state.applied_seq.max(seq);
+        true
     }
 }
 
@@ -611,11 +613,13 @@ impl Engine {
     /// The entities (type, id) `event` is applied to: where a scaled-out router sends it.
     pub fn entities_of(&self, event: &Event<'_>) -> Vec<(EntityTypeId, String)> {
         let mut key = String::new();
-        (0..self.plans.len())
-            .filter_map(|entity| {
-                build_event_key(self, &mut key, entity, event).then(|| (entity, key.clone()))
-            })
-            .collect()
+        let mut found = Vec::new();
+        for entity in 0..self.plans.len() {
+            if build_event_key(self, &mut key, entity, event) {
+                found.push((entity, key.clone()));
+            }
+        }
+        found
     }
 
     /// Whether the engine holds state for the entity.

@@ -63,7 +63,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// events/s with the default, 200-255k with 10 ms. Our consumers use 10 ms unless
 /// `kafka.client` or `kafka.consumer` says otherwise; `kafka.consumer` goes to our
 /// consumers only.
-fn consumer_config(settings: &KafkaSettings) -> ClientConfig {
+pub(crate) fn consumer_config(settings: &KafkaSettings) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &settings.brokers);
     config.set(FETCH_QUEUE_BACKOFF, "10");
@@ -76,7 +76,7 @@ fn consumer_config(settings: &KafkaSettings) -> ClientConfig {
 const FETCH_QUEUE_BACKOFF: &str = "fetch.queue.backoff.ms";
 
 /// The settings every client of ours shares.
-fn client_config(settings: &KafkaSettings) -> ClientConfig {
+pub(crate) fn client_config(settings: &KafkaSettings) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &settings.brokers);
     for (key, value) in &settings.client {

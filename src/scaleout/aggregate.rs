@@ -1,0 +1,219 @@
+//! The aggregator: one member of a consumer group over the entity topics. For each
+//! batch of its partitions' records it brings the entities it does not hold from Redis
+//! (a partition may have been someone else's), applies every event to its entity with
+//! the router's watermark and the record's offset + 1 as sequence number (an event the
+//! entity already holds is skipped), writes each touched entity back by
+//! compare-and-set, raises the shared watermark, and only then commits the offsets.
+//! A crash anywhere redelivers records whose effect is either in Redis already (and
+//! skipped by sequence number) or not at all: nothing lost, nothing applied twice.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::message::{Headers, OwnedMessage};
+use rdkafka::{ClientContext, Message};
+
+use super::{Pipeline, ScaleOutError, WATERMARK_HEADER, next_offsets, receive};
+use crate::definitions::EntityTypeId;
+use crate::events::{Limits, RawEvent, validate};
+use crate::features::Engine;
+use crate::kafka::{consumer_config, decode};
+use crate::online::{EntityRecord, RedisOnline, Written, entity_key};
+
+/// Notes a revocation: what the aggregator holds may be older than what the
+/// partition's next owner writes, so it drops everything before the next batch.
+#[derive(Default)]
+struct AggregatorContext {
+    revoked: AtomicBool,
+}
+
+impl ClientContext for AggregatorContext {}
+
+impl ConsumerContext for AggregatorContext {
+    fn pre_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if matches!(rebalance, Rebalance::Revoke(_)) {
+            self.revoked.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// One record made ready: its entity, the event, the router's watermark, its sequence
+/// number.
+struct Routed {
+    entity: EntityTypeId,
+    raw: RawEvent,
+    watermark_ms: Option<i64>,
+    seq: u64,
+}
+
+/// Aggregates until `shutdown` turns true; an error ends the run (the caller starts it
+/// again).
+pub async fn aggregate(
+    pipeline: Arc<Pipeline>,
+    group: &str,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), ScaleOutError> {
+    let online = RedisOnline::connect(&pipeline.redis_nodes).await?;
+    let consumer: StreamConsumer<AggregatorContext> = consumer_config(&pipeline.kafka)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("isolation.level", "read_committed")
+        .create_with_context(AggregatorContext::default())?;
+    let topics = pipeline.entity_topics();
+    super::check_topics(&consumer, &topics)?;
+    let subscribed: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&subscribed)?;
+    let by_topic: HashMap<String, EntityTypeId> = pipeline
+        .definitions
+        .entities
+        .iter()
+        .enumerate()
+        .map(|(id, entity)| (pipeline.entity_topic(&entity.name), id))
+        .collect();
+    tracing::info!(topics = ?topics, group, "aggregator started");
+    let engine = Engine::new(Arc::clone(&pipeline.definitions), pipeline.engine);
+    loop {
+        let batch = tokio::select! {
+            batch = receive(&consumer, pipeline.kafka.batch_records) => batch,
+            _ = shutdown.changed() => return Ok(()),
+        };
+        if consumer.context().revoked.swap(false, Ordering::AcqRel) {
+            engine.clear_entities();
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        tracing::debug!(records = batch.len(), "aggregator: batch received");
+        let routed = prepare(&by_topic, &pipeline, &batch);
+        apply(&pipeline, &engine, &online, &routed).await?;
+        consumer.commit(&next_offsets(&batch)?, CommitMode::Async)?;
+    }
+}
+
+fn prepare(
+    by_topic: &HashMap<String, EntityTypeId>,
+    pipeline: &Pipeline,
+    batch: &[OwnedMessage],
+) -> Vec<Routed> {
+    batch
+        .iter()
+        .filter_map(|message| {
+            let entity = *by_topic.get(message.topic())?;
+            let raw = match decode::event(message.payload(), pipeline.kafka.format) {
+                Ok(raw) => raw,
+                Err(why) => {
+                    tracing::warn!(%why, topic = message.topic(), offset = message.offset(), "aggregator: record skipped");
+                    return None;
+                }
+            };
+            let watermark_ms = message.headers().and_then(|headers| {
+                headers
+                    .iter()
+                    .find(|header| header.key == WATERMARK_HEADER)
+                    .and_then(|header| std::str::from_utf8(header.value?).ok()?.parse().ok())
+            });
+            Some(Routed {
+                entity,
+                raw,
+                watermark_ms,
+                seq: u64::try_from(message.offset()).ok()? + 1,
+            })
+        })
+        .collect()
+}
+
+/// Applies a batch and writes every entity it touched.
+async fn apply(
+    pipeline: &Pipeline,
+    engine: &Engine,
+    online: &RedisOnline,
+    routed: &[Routed],
+) -> Result<(), ScaleOutError> {
+    let definitions = &pipeline.definitions;
+    // Admitted by the router already; only the shape is checked again.
+    let limits = Limits {
+        max_future_skew_ms: i64::MAX / 4,
+        max_id_bytes: usize::MAX,
+    };
+    let mut events = Vec::with_capacity(routed.len());
+    let mut touched = BTreeSet::new();
+    for record in routed {
+        let Ok(event) = validate(definitions, &limits, &record.raw, None) else {
+            continue;
+        };
+        let Some((_, id)) = engine
+            .entities_of(&event)
+            .into_iter()
+            .find(|(entity, _)| *entity == record.entity)
+        else {
+            continue;
+        };
+        touched.insert((record.entity, id.clone()));
+        events.push((record, event, id));
+    }
+    // Entities not held come from Redis first (their newest state and sequence).
+    let missing: Vec<(EntityTypeId, String)> = touched
+        .iter()
+        .filter(|(entity, id)| !engine.holds(*entity, id))
+        .cloned()
+        .collect();
+    if !missing.is_empty() {
+        let keys: Vec<String> = missing
+            .iter()
+            .map(|(entity, id)| entity_key(&definitions.entities[*entity].name, id))
+            .collect();
+        let records = online.read(&keys, definitions.fingerprint).await?;
+        for ((entity, id), record) in missing.into_iter().zip(records) {
+            if let Some(record) = record {
+                engine.install_state(entity, &id, record.state);
+            }
+        }
+    }
+    let mut applied = 0u64;
+    {
+        let mut writer = engine.writer();
+        for (record, event, id) in &events {
+            engine.advance_watermark(record.watermark_ms.unwrap_or(event.time_ms));
+            applied += u64::from(writer.apply_to_entity(event, record.entity, id, record.seq));
+        }
+    }
+    let mut records = Vec::with_capacity(touched.len());
+    for (entity, id) in touched {
+        let Some(state) = engine.entity_state(entity, &id) else {
+            continue;
+        };
+        let record = EntityRecord {
+            seq: state.applied_seq(),
+            fingerprint: definitions.fingerprint,
+            state,
+        };
+        records.push((entity_key(&definitions.entities[entity].name, &id), record));
+    }
+    let retention: HashMap<&str, u64> = definitions
+        .entities
+        .iter()
+        .enumerate()
+        .filter_map(|(id, entity)| {
+            let ms = engine.retention_ms(id)?;
+            Some((entity.name.as_str(), u64::try_from(ms).unwrap_or(u64::MAX)))
+        })
+        .collect();
+    let written = online
+        .write(&records, |key| {
+            // `ss:{<entity>:<id>}`: the entity type is between the brace and the colon.
+            key.get(4..)
+                .and_then(|rest| rest.split(':').next())
+                .and_then(|entity| retention.get(entity).copied())
+                .unwrap_or(u64::MAX)
+        })
+        .await?;
+    online.advance_watermark(engine.watermark_ms()).await?;
+    let stale = written.iter().filter(|w| **w == Written::Stale).count() as u64;
+    let counters = &pipeline.counters;
+    counters.stale_writes.fetch_add(stale, Ordering::Relaxed);
+    counters.applied.fetch_add(applied, Ordering::Relaxed);
+    Ok(())
+}

@@ -1,0 +1,177 @@
+//! Scaling out past one machine (cargo feature `cluster`): Kafka consumer groups own
+//! the partitions, Redis Cluster holds the entity state, and no process of ours is
+//! special.
+//!
+//! ```text
+//!  events topic ──> router ──(one transaction)──> <prefix>.user, <prefix>.card, ...
+//!                   admission once:                 keyed by entity id, each record
+//!                   validation, dedup, lateness     stamped with the watermark
+//!                                                        │
+//!                             aggregators (one consumer group over the entity topics):
+//!                             the engine on the entities of their partitions, each
+//!                             touched entity written to Redis by compare-and-set on
+//!                             its partition offset, then the offsets committed
+//!                                                        │
+//!                             scorers: fetch a request's entities from Redis, score
+//!                             with the same state and vector code as `embedded`
+//! ```
+//!
+//! Every event is applied to an entity with the watermark the router stamped on it,
+//! which is the watermark the embedded engine has when it applies the same event in
+//! the same order: the entity's tiles and pending events come out the same, bit for
+//! bit, so a scorer's answer equals the embedded server's.
+
+mod aggregate;
+mod route;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use crate::config::KafkaSettings;
+use crate::definitions::Definitions;
+use crate::events::Limits;
+use crate::features::EngineSettings;
+use crate::online::OnlineError;
+
+pub use aggregate::aggregate;
+pub use route::route;
+
+/// The header that carries the router's watermark after admitting the event.
+pub const WATERMARK_HEADER: &str = "ss-watermark";
+
+/// How long a batch waits for more records after its first.
+const BATCH_WAIT: Duration = Duration::from_millis(5);
+/// Timeout of each transaction step and metadata request.
+const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the router and the aggregators share.
+pub struct Pipeline {
+    pub kafka: KafkaSettings,
+    pub definitions: Arc<Definitions>,
+    pub engine: EngineSettings,
+    pub limits: Limits,
+    /// Entity topics are `<prefix>.<entity type>`.
+    pub topic_prefix: String,
+    pub redis_nodes: Vec<String>,
+    pub counters: Counters,
+}
+
+/// What the routers and aggregators of this process did since start.
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Events admitted and routed (in committed transactions).
+    pub routed: AtomicU64,
+    /// Records applied to their entity and written to the online store (a redelivered
+    /// record the entity already held is not counted).
+    pub applied: AtomicU64,
+    /// Entity writes the online store refused as older than what it holds.
+    pub stale_writes: AtomicU64,
+}
+
+impl Pipeline {
+    /// The topic of an entity type's events.
+    pub fn entity_topic(&self, entity: &str) -> String {
+        format!("{}.{entity}", self.topic_prefix)
+    }
+
+    /// Every entity topic: one per entity type that has features.
+    pub fn entity_topics(&self) -> Vec<String> {
+        let engine = crate::features::Engine::new(Arc::clone(&self.definitions), self.engine);
+        self.definitions
+            .entities
+            .iter()
+            .enumerate()
+            .filter(|(id, _)| engine.retention_ms(*id).is_some())
+            .map(|(_, entity)| self.entity_topic(&entity.name))
+            .collect()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScaleOutError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error(transparent)]
+    Online(#[from] OnlineError),
+    #[error("entity topics missing (create them before starting): {0:?}")]
+    MissingTopics(Vec<String>),
+    #[error("kafka transaction: {0}")]
+    Transaction(String),
+    #[error("a blocking Kafka call panicked")]
+    Panicked,
+}
+
+/// Runs a blocking librdkafka call off the async runtime.
+async fn blocking<T: Send + 'static>(
+    call: impl FnOnce() -> Result<T, rdkafka::error::KafkaError> + Send + 'static,
+) -> Result<T, ScaleOutError> {
+    match tokio::task::spawn_blocking(call).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(ScaleOutError::Panicked),
+    }
+}
+
+/// Up to `max` records: waits for the first (up to a second), then takes what comes
+/// within [`BATCH_WAIT`].
+async fn receive<C: rdkafka::consumer::ConsumerContext + 'static>(
+    consumer: &rdkafka::consumer::StreamConsumer<C>,
+    max: usize,
+) -> Vec<rdkafka::message::OwnedMessage> {
+    let mut batch = Vec::new();
+    let mut wait = Duration::from_secs(1);
+    while batch.len() < max {
+        match tokio::time::timeout(wait, consumer.recv()).await {
+            Ok(Ok(message)) => batch.push(message.detach()),
+            Ok(Err(error)) => {
+                tracing::debug!(%error, "kafka receive failed; librdkafka retries");
+                break;
+            }
+            Err(_elapsed) => break,
+        }
+        wait = BATCH_WAIT;
+    }
+    batch
+}
+
+/// Checks that every topic exists; names the missing ones.
+fn check_topics<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &impl rdkafka::consumer::Consumer<C>,
+    topics: &[String],
+) -> Result<(), ScaleOutError> {
+    let metadata = consumer.fetch_metadata(None, KAFKA_TIMEOUT)?;
+    let missing: Vec<String> = topics
+        .iter()
+        .filter(|topic| {
+            !metadata
+                .topics()
+                .iter()
+                .any(|t| t.name() == topic.as_str() && !t.partitions().is_empty())
+        })
+        .cloned()
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(ScaleOutError::MissingTopics(missing))
+    }
+}
+
+/// Per partition, the offset after the batch's last record.
+fn next_offsets(
+    batch: &[rdkafka::message::OwnedMessage],
+) -> Result<rdkafka::TopicPartitionList, rdkafka::error::KafkaError> {
+    use rdkafka::Message as _;
+    let mut next: std::collections::BTreeMap<(&str, i32), i64> = Default::default();
+    for message in batch {
+        let slot = next
+            .entry((message.topic(), message.partition()))
+            .or_insert(0);
+        *slot = (*slot).max(message.offset() + 1);
+    }
+    let mut list = rdkafka::TopicPartitionList::new();
+    for ((topic, partition), offset) in next {
+        list.add_partition_offset(topic, partition, rdkafka::Offset::Offset(offset))?;
+    }
+    Ok(list)
+}
