@@ -33,8 +33,57 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub admin: AdminSettings,
     pub kafka: KafkaSettings,
+    pub cluster: ClusterSettings,
     /// Allow listening beyond loopback without TLS and tokens (`serve --insecure`).
     pub insecure: bool,
+}
+
+/// What one `serve` process is in a deployment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ServeRole {
+    /// Everything in one process: ingest, features, scoring (the default).
+    #[default]
+    Embedded,
+    /// Routes the events topics to the entity topics and aggregates entity state into
+    /// Redis Cluster (cargo feature `cluster`).
+    Aggregator,
+    /// Scores from the entity state in Redis Cluster; holds none itself (cargo feature
+    /// `cluster`).
+    Scorer,
+}
+
+/// Scale-out (cargo feature `cluster`): the role of this process and where the shared
+/// state lives.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterSettings {
+    pub role: ServeRole,
+    /// Redis Cluster nodes, `host:port` (some are enough; the rest are discovered).
+    pub redis: Vec<String>,
+    /// Entity topics are `<topic_prefix>.<entity type>`.
+    pub topic_prefix: String,
+    /// The routers' consumer group over `kafka.topics`.
+    pub route_group: String,
+    /// The aggregators' consumer group over the entity topics.
+    pub aggregate_group: String,
+    /// The router's transactional id: unique per aggregator process and kept across its
+    /// restarts (a restarted router fences its old self). Empty: derived from the
+    /// listen address.
+    pub transactional_id: String,
+}
+
+impl Default for ClusterSettings {
+    fn default() -> Self {
+        ClusterSettings {
+            role: ServeRole::Embedded,
+            redis: Vec::new(),
+            topic_prefix: "ss".into(),
+            route_group: "streamscore-route".into(),
+            aggregate_group: "streamscore-aggregate".into(),
+            transactional_id: String::new(),
+        }
+    }
 }
 
 /// Where admin calls (LoadModel, SetAlias) are answered.
@@ -320,6 +369,7 @@ impl Default for Settings {
             auth: AuthSettings::default(),
             admin: AdminSettings::default(),
             kafka: KafkaSettings::default(),
+            cluster: ClusterSettings::default(),
             insecure: false,
         }
     }

@@ -21,6 +21,8 @@ pub mod online;
 mod readme_blocks;
 pub mod registry;
 #[cfg(feature = "cluster")]
+pub mod roles;
+#[cfg(feature = "cluster")]
 pub mod scaleout;
 pub mod scoring;
 pub mod server;

@@ -24,7 +24,7 @@ use crate::api::{
     Drain, FILE_DESCRIPTOR_SET, FeaturesService, IngestService, ModelsService, ScoringService,
 };
 use crate::background::Background;
-use crate::config::{Settings, TlsSettings};
+use crate::config::{ServeRole, Settings, TlsSettings};
 use crate::definitions::{Definitions, DefinitionsError};
 use crate::model::artifact::{SigningKey, Trust};
 use crate::registry::{Registry, RegistryError};
@@ -96,6 +96,27 @@ pub async fn serve(
     settings: Settings,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
+    match settings.cluster.role {
+        ServeRole::Embedded => {}
+        #[cfg(feature = "cluster")]
+        ServeRole::Aggregator => return crate::roles::run_aggregator(&settings, shutdown).await,
+        #[cfg(feature = "cluster")]
+        ServeRole::Scorer => {
+            let listener = TcpListener::bind(settings.listen).await.map_err(|source| {
+                ServerError::Bind {
+                    addr: settings.listen,
+                    source,
+                }
+            })?;
+            return crate::roles::run_scorer(listener, &settings, shutdown).await;
+        }
+        #[cfg(not(feature = "cluster"))]
+        role => {
+            return Err(ServerError::Setup(format!(
+                "role {role:?}: this build has no scale-out (build with --features cluster)"
+            )));
+        }
+    }
     let store = open_store(&settings).await?;
     let listener =
         TcpListener::bind(settings.listen)
@@ -364,7 +385,7 @@ pub async fn run_with(
 type Layers = Stack<AuthLayer, Stack<MetricsLayer, Stack<SizeRefusalLayer, Identity>>>;
 
 /// A gRPC server builder with TLS, keepalive, limits, tracing and the shared layers.
-fn grpc_builder(
+pub(crate) fn grpc_builder(
     settings: &Settings,
     metrics: &Arc<Metrics>,
     auth: AuthLayer,
@@ -539,7 +560,7 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 /// Accepted connections with Nagle's algorithm off: small responses (a score) would
 /// otherwise wait for the peer's delayed ACK, up to 40 ms on Linux. Accept errors are
 /// paused over, never passed on.
-fn without_nagle(
+pub(crate) fn without_nagle(
     listener: TcpListener,
 ) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
     use tokio_stream::StreamExt;

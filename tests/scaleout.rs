@@ -103,13 +103,13 @@ fn two_aggregators_build_what_the_embedded_engine_holds_to_the_bit() {
         let pipeline = Arc::clone(&pipeline);
         let shutdown = shutdown.clone();
         tasks.push(
-            runtime.spawn(async move { route(pipeline, "route", "route-0", shutdown).await }),
+            runtime.spawn(async move { route(pipeline, "route".into(), "route-0".into(), shutdown).await }),
         );
     }
     for _ in 0..2 {
         let pipeline = Arc::clone(&pipeline);
         let shutdown = shutdown.clone();
-        tasks.push(runtime.spawn(async move { aggregate(pipeline, "aggregate", shutdown).await }));
+        tasks.push(runtime.spawn(async move { aggregate(pipeline, "aggregate".into(), shutdown).await }));
     }
 
     // Done when every record the embedded engine would apply is applied (and written).

@@ -79,3 +79,20 @@ impl From<ScoreError> for Status {
         }
     }
 }
+
+#[cfg(feature = "cluster")]
+impl From<crate::online::ScorerError> for Status {
+    fn from(error: crate::online::ScorerError) -> Self {
+        use crate::online::{OnlineError, ScorerError};
+        match error {
+            ScorerError::Score(error) => error.into(),
+            ScorerError::Read(error) => error.into(),
+            error @ ScorerError::Record => Status::failed_precondition(error.to_string()),
+            // Fails closed and says so: no answer without the entities' state.
+            ScorerError::Online(error @ OnlineError::Redis { .. }) => {
+                Status::unavailable(error.to_string())
+            }
+            ScorerError::Online(error) => Status::internal(error.to_string()),
+        }
+    }
+}

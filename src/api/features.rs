@@ -4,16 +4,22 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use super::Backend;
 use super::pb::{self, features_server::Features};
 use crate::store::FeatureStore;
 
 pub struct FeaturesService {
-    store: Arc<FeatureStore>,
+    backend: Backend,
 }
 
 impl FeaturesService {
     pub fn new(store: Arc<FeatureStore>) -> FeaturesService {
-        FeaturesService { store }
+        FeaturesService::on(Backend::Embedded(store))
+    }
+
+    /// Reads from `backend`: this process's store, or a scorer's online store.
+    pub fn on(backend: Backend) -> FeaturesService {
+        FeaturesService { backend }
     }
 }
 
@@ -31,12 +37,25 @@ impl Features for FeaturesService {
                 "as_of_ms: must be a positive time in ms since the Unix epoch",
             ));
         }
-        let features = self.store.read(
-            &request.entity_type,
-            &request.entity_id,
-            &request.feature_names,
-            request.as_of_ms,
-        )?;
+        let features = match &self.backend {
+            Backend::Embedded(store) => store.read(
+                &request.entity_type,
+                &request.entity_id,
+                &request.feature_names,
+                request.as_of_ms,
+            )?,
+            #[cfg(feature = "cluster")]
+            Backend::Online(scorer) => {
+                scorer
+                    .read(
+                        &request.entity_type,
+                        &request.entity_id,
+                        &request.feature_names,
+                        request.as_of_ms,
+                    )
+                    .await?
+            }
+        };
         Ok(Response::new(features.into()))
     }
 }

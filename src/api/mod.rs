@@ -15,6 +15,18 @@ pub mod prometheus;
 mod scoring;
 
 pub use features::FeaturesService;
+
+use std::sync::Arc;
+
+/// Where the `Scoring` and `Features` services read entities from.
+#[derive(Clone)]
+pub enum Backend {
+    /// This process's own feature store.
+    Embedded(Arc<crate::store::FeatureStore>),
+    /// The online store of a scaled-out deployment (a scorer).
+    #[cfg(feature = "cluster")]
+    Online(Arc<crate::online::OnlineScorer>),
+}
 pub use ingest::{Drain, IngestService};
 pub use models::ModelsService;
 pub use scoring::ScoringService;

@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status};
 use super::auth::Caller;
 use super::convert::{ack, decision};
 use super::metrics::{Metrics, ScoredBy};
+use super::Backend;
 use super::pb::{self, scoring_server::Scoring};
 use crate::config::Role;
 use crate::events::RawEvent;
@@ -17,7 +18,7 @@ use crate::scoring::{self, CandidateInput, DEFAULT_REASONS, ScoreInput};
 use crate::store::FeatureStore;
 
 pub struct ScoringService {
-    store: Arc<FeatureStore>,
+    backend: Backend,
     registry: Arc<Registry>,
     shadow: Option<Shadow>,
 }
@@ -37,8 +38,13 @@ const SHADOW_CANDIDATES: usize = 2;
 
 impl ScoringService {
     pub fn new(store: Arc<FeatureStore>, registry: Arc<Registry>) -> ScoringService {
+        ScoringService::on(Backend::Embedded(store), registry)
+    }
+
+    /// Scoring on `backend`: this process's store, or a scorer's online store.
+    pub fn on(backend: Backend, registry: Arc<Registry>) -> ScoringService {
         ScoringService {
-            store,
+            backend,
             registry,
             shadow: None,
         }
@@ -121,7 +127,13 @@ impl ScoringService {
                 .count("streamscore_shadow_skipped_total", vec![("model", name)]);
             return;
         };
-        let (store, metrics) = (Arc::clone(&self.store), Arc::clone(&shadow.metrics));
+        // A scorer does not shadow (yet): its reads are remote.
+        let store = match &self.backend {
+            Backend::Embedded(store) => store,
+            #[cfg(feature = "cluster")]
+            Backend::Online(_) => return,
+        };
+        let (store, metrics) = (Arc::clone(store), Arc::clone(&shadow.metrics));
         let (score, decision) = (serving.score, serving.decision);
         tokio::spawn(async move {
             let _permit = permit;
@@ -184,7 +196,11 @@ impl Scoring for ScoringService {
             reasons: request.reasons.map_or(DEFAULT_REASONS, |r| r as usize),
             shadow: in_read,
         };
-        let scored = scoring::score(&self.store, &self.registry, input).await?;
+        let scored = match &self.backend {
+            Backend::Embedded(store) => scoring::score(store, &self.registry, input).await?,
+            #[cfg(feature = "cluster")]
+            Backend::Online(scorer) => scorer.score_input(&self.registry, input).await?,
+        };
         if let Some(shadow) = &self.shadow {
             for (candidate, result) in &scored.shadowed {
                 Self::count_shadowed(
@@ -247,8 +263,17 @@ impl Scoring for ScoringService {
                 numbers: c.numbers,
             })
             .collect();
+        let store = match &self.backend {
+            Backend::Embedded(store) => store,
+            #[cfg(feature = "cluster")]
+            Backend::Online(_) => {
+                return Err(Status::unimplemented(
+                    "ScoreCandidates: not answered by a scorer yet; ask an embedded server",
+                ));
+            }
+        };
         let ranking = scoring::score_candidates(
-            &self.store,
+            store,
             &self.registry,
             &model,
             event_or_default(request.context, "page_view"),

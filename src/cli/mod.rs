@@ -104,6 +104,10 @@ pub struct ServeArgs {
     /// reach the port may then ingest, score and move aliases).
     #[arg(long)]
     pub insecure: bool,
+    /// What this process is: everything in one (embedded, the default), an aggregator
+    /// or a scorer of a scaled-out deployment (cargo feature `cluster`).
+    #[arg(long, value_enum)]
+    pub role: Option<crate::config::ServeRole>,
 }
 
 #[derive(Debug, Args)]
@@ -351,6 +355,9 @@ async fn serve(args: ServeArgs) -> CliResult {
         settings.definitions = Some(definitions);
     }
     settings.insecure |= args.insecure;
+    if let Some(role) = args.role {
+        settings.cluster.role = role;
+    }
     settings.validate()?;
     if settings.insecure && !settings.listen.ip().is_loopback() {
         tracing::warn!(listen = %settings.listen, tls = settings.tls.enabled(), callers = settings.auth.enabled(), "--insecure: serving beyond loopback without both TLS and callers");

@@ -7,10 +7,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::definitions::{Definitions, EntityTypeId};
-use crate::events::RawEvent;
-use crate::features::{DetachedReads, Engine, EngineSettings, EntityState};
-use crate::registry::LoadedModel;
-use crate::scoring::{ScoreError, Scored, score_on};
+use crate::events::{Limits, RawEvent, validate};
+use crate::features::{DetachedReads, Engine, EngineSettings, EntityState, ReadError};
+use crate::registry::{LoadedModel, Registry};
+use crate::scoring::{ScoreError, ScoreInput, Scored, score_on};
+use crate::store::NamedFeatures;
+use crate::time::now_ms;
 
 use super::record::entity_key;
 use super::redis_store::{OnlineError, RedisOnline};
@@ -21,12 +23,17 @@ pub enum ScorerError {
     Online(#[from] OnlineError),
     #[error(transparent)]
     Score(#[from] ScoreError),
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error("record: a scorer holds no state; send the event to the events topic instead")]
+    Record,
 }
 
 /// A scorer: the definitions' plans and the shared watermark, no entities of its own.
 pub struct OnlineScorer {
     online: RedisOnline,
     engine: Engine,
+    limits: Limits,
 }
 
 impl OnlineScorer {
@@ -38,7 +45,67 @@ impl OnlineScorer {
         OnlineScorer {
             online,
             engine: Engine::new(definitions, settings),
+            limits: Limits {
+                max_future_skew_ms: i64::MAX / 4,
+                max_id_bytes: usize::MAX,
+            },
         }
+    }
+
+    /// Checks events against these limits, as the embedded server's ingest does.
+    pub fn with_limits(mut self, limits: Limits) -> OnlineScorer {
+        self.limits = limits;
+        self
+    }
+
+    /// `Score` as the embedded server answers it, on the online store: the model
+    /// resolved once, the event checked, the entities fetched, the vector read.
+    pub async fn score_input(
+        &self,
+        registry: &Registry,
+        input: ScoreInput,
+    ) -> Result<Scored, ScorerError> {
+        if input.record {
+            return Err(ScorerError::Record);
+        }
+        let model = registry.resolve(&input.model).map_err(ScoreError::from)?;
+        if model.body.model.inputs.is_none() {
+            validate(self.definitions(), &self.limits, &input.event, Some(now_ms()))
+                .map_err(ScoreError::Refused)?;
+        }
+        self.score(model, &input.event, input.reasons, input.include_features)
+            .await
+    }
+
+    /// `GetFeatures` on the online store: one entity's features by name (all of its
+    /// type's when `names` is empty) as of `as_of_ms`, or the shared watermark.
+    pub async fn read(
+        &self,
+        entity_type: &str,
+        id: &str,
+        names: &[String],
+        as_of_ms: Option<i64>,
+    ) -> Result<NamedFeatures, ScorerError> {
+        let (entity, features) = self.engine.resolve(entity_type, names)?;
+        let states = self.fetch(&[(entity, id.to_string())]).await?;
+        let at = as_of_ms.unwrap_or_else(now_ms);
+        let read = self.engine.read_detached(
+            entity,
+            id,
+            states.get(&(entity, id.to_string())),
+            &features,
+            at,
+        )?;
+        let definitions = self.definitions();
+        Ok(NamedFeatures {
+            known: read.known,
+            as_of_ms: read.as_of_ms,
+            values: read
+                .values
+                .into_iter()
+                .map(|(feature, value)| (definitions.features[feature].name.clone(), value))
+                .collect(),
+        })
     }
 
     pub fn definitions(&self) -> &Arc<Definitions> {

@@ -52,12 +52,12 @@ struct Routed {
 /// again).
 pub async fn aggregate(
     pipeline: Arc<Pipeline>,
-    group: &str,
+    group: String,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), ScaleOutError> {
     let online = RedisOnline::connect(&pipeline.redis_nodes).await?;
     let consumer: StreamConsumer<AggregatorContext> = consumer_config(&pipeline.kafka)
-        .set("group.id", group)
+        .set("group.id", &group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")
@@ -73,7 +73,7 @@ pub async fn aggregate(
         .enumerate()
         .map(|(id, entity)| (pipeline.entity_topic(&entity.name), id))
         .collect();
-    tracing::info!(topics = ?topics, group, "aggregator started");
+    tracing::info!(topics = ?topics, %group, "aggregator started");
     let engine = Engine::new(Arc::clone(&pipeline.definitions), pipeline.engine);
     loop {
         let batch = tokio::select! {

@@ -23,13 +23,13 @@ use crate::time::now_ms;
 /// ends the run; the caller starts it again, with a fresh dedup set.
 pub async fn route(
     pipeline: Arc<Pipeline>,
-    group: &str,
-    transactional_id: &str,
+    group: String,
+    transactional_id: String,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), ScaleOutError> {
     let kafka = &pipeline.kafka;
     let consumer: StreamConsumer = consumer_config(kafka)
-        .set("group.id", group)
+        .set("group.id", &group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")
@@ -39,7 +39,7 @@ pub async fn route(
     let inputs: Vec<&str> = kafka.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&inputs)?;
     let producer: FutureProducer = client_config(kafka)
-        .set("transactional.id", transactional_id)
+        .set("transactional.id", &transactional_id)
         .set("compression.type", "lz4")
         .set("linger.ms", "5")
         .create()?;
@@ -47,7 +47,7 @@ pub async fn route(
         let producer = producer.clone();
         blocking(move || producer.init_transactions(KAFKA_TIMEOUT)).await?;
     }
-    tracing::info!(inputs = ?kafka.topics, outputs = ?topics, transactional_id, "router started");
+    tracing::info!(inputs = ?kafka.topics, outputs = ?topics, %transactional_id, "router started");
     // Admission state: the dedup set and the watermark (no entities are applied here).
     let engine = Engine::new(Arc::clone(&pipeline.definitions), pipeline.engine);
     loop {

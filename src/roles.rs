@@ -1,0 +1,201 @@
+//! The processes of a scaled-out deployment (cargo feature `cluster`), started by
+//! `serve --role`: an aggregator runs a router and an aggregator (see `scaleout`); a
+//! scorer answers `Score` and `GetFeatures` from the online store with the same gRPC
+//! face, checks and errors as the embedded server.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::api::auth::{AuthLayer, Callers};
+use crate::api::metrics::Metrics;
+use crate::api::pb::features_server::FeaturesServer;
+use crate::api::pb::models_server::ModelsServer;
+use crate::api::pb::scoring_server::ScoringServer;
+use crate::api::{Backend, FILE_DESCRIPTOR_SET, FeaturesService, ModelsService, ScoringService};
+use crate::config::Settings;
+use crate::events::Limits;
+use crate::features::EngineSettings;
+use crate::online::{OnlineScorer, RedisOnline};
+use crate::scaleout::{Pipeline, aggregate, route};
+use crate::server::{ServerError, grpc_builder, load_definitions, open_registry, without_nagle};
+
+/// Pauses before a failed router or aggregator starts again, growing to the last.
+const BACKOFF: [Duration; 4] = [
+    Duration::from_millis(200),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(5),
+];
+
+fn engine_settings(settings: &Settings) -> EngineSettings {
+    EngineSettings {
+        allowed_lateness_ms: settings.ingest.allowed_lateness.0,
+        dedup_horizon_ms: settings.ingest.dedup_horizon.0,
+    }
+}
+
+fn limits(settings: &Settings) -> Limits {
+    Limits {
+        max_future_skew_ms: settings.ingest.max_future_skew.0,
+        max_id_bytes: settings.ingest.max_id_bytes,
+    }
+}
+
+fn require_redis(settings: &Settings) -> Result<(), ServerError> {
+    if settings.cluster.redis.is_empty() {
+        return Err(ServerError::Setup(
+            "cluster.redis: a scaled-out role needs the Redis Cluster nodes (\"host:port\")"
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Runs the router and the aggregator until `shutdown` resolves, each started again
+/// after a failure.
+pub async fn run_aggregator(
+    settings: &Settings,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    require_redis(settings)?;
+    if settings.kafka.brokers.is_empty() {
+        return Err(ServerError::Setup(
+            "kafka.brokers: an aggregator reads and writes Kafka topics".into(),
+        ));
+    }
+    let cluster = &settings.cluster;
+    let pipeline = Arc::new(Pipeline {
+        kafka: settings.kafka.clone(),
+        definitions: load_definitions(settings)?,
+        engine: engine_settings(settings),
+        limits: limits(settings),
+        topic_prefix: cluster.topic_prefix.clone(),
+        redis_nodes: cluster.redis.clone(),
+        counters: Default::default(),
+    });
+    let transactional_id = if cluster.transactional_id.is_empty() {
+        format!("{}-{}", cluster.route_group, settings.listen)
+    } else {
+        cluster.transactional_id.clone()
+    };
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let router = {
+        let (pipeline, group, stopped) = (
+            Arc::clone(&pipeline),
+            cluster.route_group.clone(),
+            stopped.clone(),
+        );
+        tokio::spawn(again("router", stopped.clone(), move || {
+            route(
+                Arc::clone(&pipeline),
+                group.clone(),
+                transactional_id.clone(),
+                stopped.clone(),
+            )
+        }))
+    };
+    let aggregator = {
+        let (pipeline, group, stopped) = (
+            Arc::clone(&pipeline),
+            cluster.aggregate_group.clone(),
+            stopped.clone(),
+        );
+        tokio::spawn(again("aggregator", stopped.clone(), move || {
+            aggregate(Arc::clone(&pipeline), group.clone(), stopped.clone())
+        }))
+    };
+    tracing::info!(role = "aggregator", "streamscore aggregator running");
+    shutdown.await;
+    let _ = stop.send(true);
+    router.await?;
+    aggregator.await?;
+    Ok(())
+}
+
+/// Runs `start()` until it returns `Ok` or `stopped` turns true; after an error, waits
+/// (growing pauses) and starts it again.
+async fn again<F>(
+    name: &'static str,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+    start: impl Fn() -> F,
+) where
+    F: Future<Output = Result<(), crate::scaleout::ScaleOutError>>,
+{
+    let mut failures = 0usize;
+    loop {
+        match start().await {
+            Ok(()) => return,
+            Err(error) => {
+                let wait = BACKOFF[failures.min(BACKOFF.len() - 1)];
+                failures += 1;
+                tracing::warn!(part = name, %error, ?wait, "failed; starting again");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = stopped.changed() => return,
+                }
+            }
+        }
+    }
+}
+
+/// Serves `Score` and `GetFeatures` from the online store on `listener` until
+/// `shutdown` resolves.
+pub async fn run_scorer(
+    listener: TcpListener,
+    settings: &Settings,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    require_redis(settings)?;
+    let definitions = load_definitions(settings)?;
+    let online = RedisOnline::connect(&settings.cluster.redis)
+        .await
+        .map_err(|e| ServerError::Setup(e.to_string()))?;
+    let scorer = Arc::new(
+        OnlineScorer::new(online, Arc::clone(&definitions), engine_settings(settings))
+            .with_limits(limits(settings)),
+    );
+    let registry = open_registry(settings, definitions).await?;
+    let watcher = tokio::spawn(crate::registry::watch(
+        Arc::clone(&registry),
+        settings.models.watch_interval.as_duration(),
+    ));
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<ScoringServer<ScoringService>>()
+        .await;
+    health
+        .set_serving::<FeaturesServer<FeaturesService>>()
+        .await;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+    let reflection = reflection().build_v1()?;
+    let metrics = Arc::new(Metrics::default());
+    let callers = Callers::from_settings(&settings.auth).map_err(ServerError::Setup)?;
+    let max_message = settings.ingest.max_message_bytes;
+    tracing::info!(addr = ?listener.local_addr().ok(), role = "scorer", "streamscore scorer listening");
+    let backend = Backend::Online(scorer);
+    let served = grpc_builder(settings, &metrics, AuthLayer::new(callers))?
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(reflection_v1alpha)
+        .add_service(
+            ScoringServer::new(ScoringService::on(backend.clone(), Arc::clone(&registry)))
+                .max_decoding_message_size(max_message),
+        )
+        .add_service(
+            FeaturesServer::new(FeaturesService::on(backend))
+                .max_decoding_message_size(max_message),
+        )
+        .add_service(ModelsServer::new(ModelsService::new(registry)))
+        .serve_with_incoming_shutdown(without_nagle(listener), shutdown)
+        .await;
+    watcher.abort();
+    Ok(served?)
+}
