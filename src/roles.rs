@@ -47,8 +47,7 @@ fn limits(settings: &Settings) -> Limits {
 fn require_redis(settings: &Settings) -> Result<(), ServerError> {
     if settings.cluster.redis.is_empty() {
         return Err(ServerError::Setup(
-            "cluster.redis: a scaled-out role needs the Redis Cluster nodes (\"host:port\")"
-                .into(),
+            "cluster.redis: a scaled-out role needs the Redis Cluster nodes (\"host:port\")".into(),
         ));
     }
     Ok(())
@@ -163,9 +162,7 @@ pub async fn run_scorer(
         settings.models.watch_interval.as_duration(),
     ));
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<ScoringServer<ScoringService>>()
-        .await;
+    health.set_serving::<ScoringServer<ScoringService>>().await;
     health
         .set_serving::<FeaturesServer<FeaturesService>>()
         .await;
@@ -179,7 +176,9 @@ pub async fn run_scorer(
     let metrics = Arc::new(Metrics::default());
     let callers = Callers::from_settings(&settings.auth).map_err(ServerError::Setup)?;
     let max_message = settings.ingest.max_message_bytes;
-    tracing::info!(addr = ?listener.local_addr().ok(), role = "scorer", "streamscore scorer listening");
+    let addr = listener.local_addr().unwrap_or(settings.listen);
+    // Same words and field order as the embedded server's line: tools wait for it.
+    tracing::info!(role = "scorer", addr = %addr, "streamscore listening");
     let backend = Backend::Online(scorer);
     let served = grpc_builder(settings, &metrics, AuthLayer::new(callers))?
         .add_service(health_service)

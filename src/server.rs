@@ -102,12 +102,13 @@ pub async fn serve(
         ServeRole::Aggregator => return crate::roles::run_aggregator(&settings, shutdown).await,
         #[cfg(feature = "cluster")]
         ServeRole::Scorer => {
-            let listener = TcpListener::bind(settings.listen).await.map_err(|source| {
-                ServerError::Bind {
-                    addr: settings.listen,
-                    source,
-                }
-            })?;
+            let listener =
+                TcpListener::bind(settings.listen)
+                    .await
+                    .map_err(|source| ServerError::Bind {
+                        addr: settings.listen,
+                        source,
+                    })?;
             return crate::roles::run_scorer(listener, &settings, shutdown).await;
         }
         #[cfg(not(feature = "cluster"))]

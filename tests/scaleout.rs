@@ -73,6 +73,9 @@ fn two_aggregators_build_what_the_embedded_engine_holds_to_the_bit() {
     for topic in &entity_topics {
         kafka.create_topic(topic, 4, 1).expect("entity topic");
     }
+    kafka
+        .create_topic(&pipeline.checkpoint_topic(), 1, 1)
+        .expect("checkpoint topic");
     let events: Vec<RawEvent> = Simulator::new(SimConfig {
         users: 1_000,
         ..SimConfig::default()
@@ -102,14 +105,16 @@ fn two_aggregators_build_what_the_embedded_engine_holds_to_the_bit() {
     {
         let pipeline = Arc::clone(&pipeline);
         let shutdown = shutdown.clone();
-        tasks.push(
-            runtime.spawn(async move { route(pipeline, "route".into(), "route-0".into(), shutdown).await }),
-        );
+        tasks.push(runtime.spawn(async move {
+            route(pipeline, "route".into(), "route-0".into(), shutdown).await
+        }));
     }
     for _ in 0..2 {
         let pipeline = Arc::clone(&pipeline);
         let shutdown = shutdown.clone();
-        tasks.push(runtime.spawn(async move { aggregate(pipeline, "aggregate".into(), shutdown).await }));
+        tasks.push(
+            runtime.spawn(async move { aggregate(pipeline, "aggregate".into(), shutdown).await }),
+        );
     }
 
     // Done when every record the embedded engine would apply is applied (and written).
@@ -184,4 +189,226 @@ fn two_aggregators_build_what_the_embedded_engine_holds_to_the_bit() {
     }
     common::assert_matches_naive(&definitions, &naive, &samples, &reads, at);
     assert!(samples.len() > 100, "only {} samples", samples.len());
+}
+
+/// Whether the aggregators committed every record of the entity topics: each
+/// partition's committed offset is at its end, or just before the transaction marker
+/// the router's last commit left there.
+fn aggregated(brokers: &str, group: &str, topics: &[String]) -> bool {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let probe: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .create()
+        .expect("probe");
+    let mut list = rdkafka::TopicPartitionList::new();
+    let mut ends = BTreeMap::new();
+    for topic in topics {
+        for partition in 0..4 {
+            list.add_partition(topic, partition);
+            let (_, end) = probe
+                .fetch_watermarks(topic, partition, Duration::from_secs(10))
+                .expect("watermarks");
+            ends.insert((topic.clone(), partition), end);
+        }
+    }
+    let committed = probe
+        .committed_offsets(list, Duration::from_secs(10))
+        .expect("committed");
+    committed.elements().iter().all(|element| {
+        let end = ends[&(element.topic().to_string(), element.partition())];
+        let offset = element.offset().to_raw().unwrap_or(-1).max(0);
+        end == 0 || offset >= end - 1
+    })
+}
+
+fn write_role_config(
+    dir: &std::path::Path,
+    brokers: &str,
+    redis: &RedisCluster,
+    id: &str,
+) -> std::path::PathBuf {
+    let nodes: Vec<String> = redis.nodes.iter().map(|n| format!("\"{n}\"")).collect();
+    let top = format!(
+        "[cluster]\nredis = [{}]\ntransactional_id = \"route-{id}\"\nroute_group = \"route\"\naggregate_group = \"aggregate\"\n",
+        nodes.join(", ")
+    );
+    common::kafka::write_config(
+        dir,
+        &top,
+        &format!("brokers = \"{brokers}\"\ntopics = [\"events\"]\nbatch_records = 500\n"),
+    )
+}
+
+/// Two aggregators and two scorers as separate processes: one aggregator killed with
+/// SIGKILL mid-stream; afterwards both scorers answer `GetFeatures` as the naive model
+/// and `Score` as an embedded server fed the same events, to the bit. A Redis master
+/// killed: the scorers answer UNAVAILABLE naming the store meanwhile, and correctly
+/// after its restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn separate_processes_survive_a_killed_aggregator_and_a_killed_redis_master() {
+    use streamscore::api::pb;
+    let mut redis = RedisCluster::start();
+    let kafka = MockCluster::new(1).expect("mock cluster");
+    kafka.create_topic("events", 1, 1).expect("events topic");
+    let brokers = kafka.bootstrap_servers();
+    let topics = pipeline(&brokers, &redis).entity_topics();
+    for topic in &topics {
+        kafka.create_topic(topic, 4, 1).expect("entity topic");
+    }
+    kafka
+        .create_topic(&pipeline(&brokers, &redis).checkpoint_topic(), 1, 1)
+        .expect("checkpoint topic");
+    let events: Vec<RawEvent> = Simulator::new(SimConfig {
+        users: 2_000,
+        ..SimConfig::default()
+    })
+    .take(EVENTS * 2)
+    .collect();
+    let (first, second) = events.split_at(events.len() / 2);
+    common::kafka::produce(&brokers, "events", first).await;
+
+    let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().expect("dir")).collect();
+    let spawn = |index: usize, role: &str| {
+        let config = write_role_config(dirs[index].path(), &brokers, &redis, &index.to_string());
+        let ready = if role == "scorer" {
+            "streamscore listening"
+        } else {
+            "streamscore aggregator running"
+        };
+        common::spawn_role(dirs[index].path(), role, &config, ready)
+    };
+    let (mut doomed, _) = spawn(0, "aggregator");
+    let (mut survivor, _) = spawn(1, "aggregator");
+    let (mut scorer_a, url_a) = spawn(2, "scorer");
+    let (mut scorer_b, url_b) = spawn(3, "scorer");
+
+    // Mid-stream: part of the first half is in Redis, not all of it.
+    let online = RedisOnline::connect(&redis.nodes).await.expect("connects");
+    let quarter = events[events.len() / 4].event_time_ms;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while online.watermark().await.expect("watermark").unwrap_or(0) < quarter {
+        assert!(
+            Instant::now() < deadline,
+            "the aggregators made no progress"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    doomed.kill().expect("SIGKILL");
+    doomed.wait().expect("reaped");
+    common::kafka::produce(&brokers, "events", second).await;
+
+    let naive = common::naive::over_default_shop(&events);
+    let at = naive.watermark_ms();
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let caught_up = online.watermark().await.expect("watermark") == Some(at)
+            && aggregated(&brokers, "aggregate", &topics);
+        if caught_up {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the survivor did not take over");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The same events through an embedded server's Kafka source.
+    let embedded_brokers = brokers.clone();
+    let embedded = common::TestServer::start(move |settings| {
+        settings.kafka.brokers = embedded_brokers;
+        settings.kafka.topics = vec!["events".into()];
+        settings.kafka.group = "embedded".into();
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while embedded.store.counters().applied < events.len() as u64 {
+        assert!(Instant::now() < deadline, "{:?}", embedded.store.counters());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let definitions = Definitions::default_shop();
+    let samples = common::sample_entities(&definitions, &events, 20);
+    for url in [&url_a, &url_b] {
+        let reads = common::read_all_remote(url, &samples, at).await;
+        common::assert_matches_naive(&definitions, &naive, &samples, &reads, at);
+    }
+    let of = |entity: &str| -> Vec<String> {
+        samples
+            .iter()
+            .filter(|(e, _)| e == entity)
+            .map(|(_, id)| id.clone())
+            .collect()
+    };
+    let (users, cards) = (of("user"), of("card"));
+    let payments: Vec<pb::ScoreRequest> = (0..40)
+        .map(|i| {
+            let mut request = common::fraud_payment(5.0 + i as f64 * 7.5);
+            let event = request.event.as_mut().expect("event");
+            event.event_time_ms = at - i as i64 * 1_000;
+            event.entities = [
+                ("user", users[i % users.len()].clone()),
+                ("card", cards[i * 7 % cards.len()].clone()),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
+            request.include_features = true;
+            request
+        })
+        .collect();
+    let score = |url: String, request: pb::ScoreRequest| async move {
+        let channel = streamscore::api::client::connect(&url)
+            .await
+            .expect("connect");
+        pb::scoring_client::ScoringClient::new(channel)
+            .score(request)
+            .await
+            .map(tonic::Response::into_inner)
+    };
+    for request in &payments {
+        let expected = score(embedded.url.clone(), request.clone())
+            .await
+            .expect("embedded");
+        for url in [&url_a, &url_b] {
+            let got = score(url.clone(), request.clone()).await.expect("scorer");
+            assert_eq!(got.score.to_bits(), expected.score.to_bits(), "{request:?}");
+            assert_eq!(
+                format!("{:?}", got.features),
+                format!("{:?}", expected.features)
+            );
+            assert_eq!(got.decision, expected.decision);
+        }
+    }
+
+    // A Redis master down: clear errors meanwhile, right answers after.
+    redis.kill(1);
+    let mut refused = 0;
+    for request in &payments {
+        if let Err(status) = score(url_a.clone(), request.clone()).await {
+            assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+            assert!(status.message().contains("Redis Cluster"), "{status:?}");
+            refused += 1;
+        }
+    }
+    assert!(
+        refused > 0,
+        "with a master down, some payments cannot be scored"
+    );
+    redis.restart(1);
+    let expected = score(embedded.url.clone(), payments[0].clone())
+        .await
+        .expect("embedded");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let got = loop {
+        match score(url_a.clone(), payments[0].clone()).await {
+            Ok(got) => break got,
+            Err(status) => assert!(Instant::now() < deadline, "still failing: {status:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(got.score.to_bits(), expected.score.to_bits());
+
+    for child in [&mut survivor, &mut scorer_a, &mut scorer_b] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }

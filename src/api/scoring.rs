@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
+use super::Backend;
 use super::auth::Caller;
 use super::convert::{ack, decision};
 use super::metrics::{Metrics, ScoredBy};
-use super::Backend;
 use super::pb::{self, scoring_server::Scoring};
 use crate::config::Role;
 use crate::events::RawEvent;

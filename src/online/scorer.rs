@@ -70,8 +70,13 @@ impl OnlineScorer {
         }
         let model = registry.resolve(&input.model).map_err(ScoreError::from)?;
         if model.body.model.inputs.is_none() {
-            validate(self.definitions(), &self.limits, &input.event, Some(now_ms()))
-                .map_err(ScoreError::Refused)?;
+            validate(
+                self.definitions(),
+                &self.limits,
+                &input.event,
+                Some(now_ms()),
+            )
+            .map_err(ScoreError::Refused)?;
         }
         self.score(model, &input.event, input.reasons, input.include_features)
             .await

@@ -75,6 +75,11 @@ impl Pipeline {
         format!("{}.{entity}", self.topic_prefix)
     }
 
+    /// The routers' checkpoints: per input partition, how far it is routed.
+    pub fn checkpoint_topic(&self) -> String {
+        format!("{}.routed", self.topic_prefix)
+    }
+
     /// Every entity topic: one per entity type that has features.
     pub fn entity_topics(&self) -> Vec<String> {
         let engine = crate::features::Engine::new(Arc::clone(&self.definitions), self.engine);
@@ -174,4 +179,21 @@ fn next_offsets(
         list.add_partition_offset(topic, partition, rdkafka::Offset::Offset(offset))?;
     }
     Ok(list)
+}
+
+/// How many partitions `topic` has.
+fn partition_count<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &impl rdkafka::consumer::Consumer<C>,
+    topic: &str,
+) -> Result<i32, ScaleOutError> {
+    let metadata = consumer.fetch_metadata(Some(topic), KAFKA_TIMEOUT)?;
+    let count = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .map_or(0, |t| t.partitions().len());
+    match i32::try_from(count) {
+        Ok(count) if count > 0 => Ok(count),
+        _ => Err(ScaleOutError::MissingTopics(vec![topic.to_string()])),
+    }
 }

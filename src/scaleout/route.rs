@@ -7,7 +7,10 @@
 use std::sync::Arc;
 
 use rdkafka::Message;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use rdkafka::consumer::{Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
@@ -16,8 +19,28 @@ use super::{
 };
 use crate::events::validate;
 use crate::features::{Admission, Engine};
-use crate::kafka::{client_config, consumer_config, decode};
+use crate::kafka::{client_config, consumer_config, decode, resume};
 use crate::time::now_ms;
+
+/// Where each input partition got to: the offset of its newest routed record (`None`:
+/// none routed yet). Looked up in the checkpoint topic when a partition is first seen
+/// after a rebalance, kept up to date after each transaction.
+#[derive(Default)]
+struct RouterContext {
+    routed: Mutex<HashMap<(String, i32), Option<i64>>>,
+}
+
+impl rdkafka::ClientContext for RouterContext {}
+
+impl ConsumerContext for RouterContext {
+    fn pre_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, _: &Rebalance<'_>) {
+        // A partition that comes back may have been routed further by someone else.
+        self.routed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clear();
+    }
+}
 
 /// Routes until `shutdown` turns true. An error (a transaction that cannot commit)
 /// ends the run; the caller starts it again, with a fresh dedup set.
@@ -28,14 +51,17 @@ pub async fn route(
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), ScaleOutError> {
     let kafka = &pipeline.kafka;
-    let consumer: StreamConsumer = consumer_config(kafka)
+    let consumer: StreamConsumer<RouterContext> = consumer_config(kafka)
         .set("group.id", &group)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")
-        .create()?;
-    let topics = pipeline.entity_topics();
+        .create_with_context(RouterContext::default())?;
+    let mut topics = pipeline.entity_topics();
+    let checkpoints = pipeline.checkpoint_topic();
+    topics.push(checkpoints.clone());
     super::check_topics(&consumer, &topics)?;
+    let checkpoint_partitions = super::partition_count(&consumer, &checkpoints)?;
     let inputs: Vec<&str> = kafka.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&inputs)?;
     let producer: FutureProducer = client_config(kafka)
@@ -59,16 +85,116 @@ pub async fn route(
             continue;
         }
         tracing::debug!(records = batch.len(), "router: batch received");
-        transact(&pipeline, &engine, &consumer, &producer, &batch).await?;
+        let batch = unrouted(&pipeline, &consumer, checkpoint_partitions, batch).await?;
+        if batch.is_empty() {
+            continue;
+        }
+        transact(
+            &pipeline,
+            &engine,
+            &consumer,
+            &producer,
+            checkpoint_partitions,
+            &batch,
+        )
+        .await?;
+        let mut routed = consumer
+            .context()
+            .routed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for message in &batch {
+            let key = (message.topic().to_string(), message.partition());
+            let newest = routed.entry(key).or_insert(None);
+            *newest = (*newest).max(Some(message.offset()));
+        }
+        drop(routed);
         tracing::debug!(records = batch.len(), "router: batch routed");
     }
+}
+
+/// The records of `batch` not routed yet. Committing the input offsets in the
+/// transaction is enough on a broker that stores transactional offsets; librdkafka's
+/// mock broker stores none, so a router taking over a partition would route it again
+/// from the start. Each transaction therefore also writes, per input partition, its
+/// newest offset to the checkpoint topic (`<prefix>.routed`, partition `p mod n`), and
+/// a partition first seen since a rebalance starts after the newest checkpoint there.
+async fn unrouted(
+    pipeline: &Pipeline,
+    consumer: &StreamConsumer<RouterContext>,
+    checkpoint_partitions: i32,
+    batch: Vec<OwnedMessage>,
+) -> Result<Vec<OwnedMessage>, ScaleOutError> {
+    let mut unknown: Vec<(String, i32)> = {
+        let routed = consumer
+            .context()
+            .routed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        batch
+            .iter()
+            .map(|m| (m.topic().to_string(), m.partition()))
+            .filter(|key| !routed.contains_key(key))
+            .collect()
+    };
+    unknown.sort_unstable();
+    unknown.dedup();
+    if !unknown.is_empty() {
+        let settings = pipeline.kafka.clone();
+        let checkpoints = pipeline.checkpoint_topic();
+        let found = tokio::task::spawn_blocking(move || {
+            let reader = resume::reader(&settings)?;
+            unknown
+                .into_iter()
+                .map(|(topic, partition)| {
+                    let newest = resume::last_decided(
+                        &reader,
+                        &checkpoints,
+                        checkpoint_partitions,
+                        &topic,
+                        partition,
+                        KAFKA_TIMEOUT,
+                    )
+                    .map_err(|e| ScaleOutError::Transaction(e.to_string()))?;
+                    Ok(((topic, partition), newest))
+                })
+                .collect::<Result<Vec<_>, ScaleOutError>>()
+        })
+        .await
+        .map_err(|_| ScaleOutError::Panicked)??;
+        let mut routed = consumer
+            .context()
+            .routed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (key, newest) in found {
+            tracing::info!(topic = %key.0, partition = key.1, ?newest, "router: input partition routed up to");
+            routed.insert(key, newest);
+        }
+    }
+    let routed = consumer
+        .context()
+        .routed
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    Ok(batch
+        .into_iter()
+        .filter(|m| {
+            let newest = routed
+                .get(&(m.topic().to_string(), m.partition()))
+                .copied()
+                .flatten();
+            newest.is_none_or(|newest| m.offset() > newest)
+        })
+        .collect())
 }
 
 async fn transact(
     pipeline: &Pipeline,
     engine: &Engine,
-    consumer: &StreamConsumer,
+    consumer: &StreamConsumer<RouterContext>,
     producer: &FutureProducer,
+    checkpoint_partitions: i32,
     batch: &[OwnedMessage],
 ) -> Result<(), ScaleOutError> {
     let fail = |error: rdkafka::error::KafkaError| ScaleOutError::Transaction(error.to_string());
@@ -118,6 +244,26 @@ async fn transact(
             .key(id)
             .payload(*payload)
             .headers(headers);
+        match producer.send_result(record) {
+            Ok(delivery) => deliveries.push(delivery),
+            Err((error, _)) => return Err(abort(producer, fail(error)).await),
+        }
+    }
+    // The checkpoints last: on a broker that shows unfinished transactions (the mock),
+    // a checkpoint seen means the batch's records were all sent.
+    let mut newest: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+    for message in batch {
+        let slot = newest
+            .entry((message.topic(), message.partition()))
+            .or_insert(0);
+        *slot = (*slot).max(message.offset());
+    }
+    let checkpoints = pipeline.checkpoint_topic();
+    for ((topic, partition), offset) in newest {
+        let payload = serde_json::json!({ "source": [topic, partition, offset] }).to_string();
+        let record = FutureRecord::<str, str>::to(&checkpoints)
+            .partition(resume::output_partition(partition, checkpoint_partitions))
+            .payload(&payload);
         match producer.send_result(record) {
             Ok(delivery) => deliveries.push(delivery),
             Err((error, _)) => return Err(abort(producer, fail(error)).await),

@@ -263,6 +263,27 @@ fn spawn_server_args(
     args: &[&str],
     env: &[(&str, &str)],
 ) -> (Child, String) {
+    spawn_until(data_dir, args, env, "streamscore listening")
+}
+
+/// `streamscore serve --role <role> --config <config>`; returns once it logged `ready`
+/// (its address, when the line has one, else "").
+pub fn spawn_role(
+    data_dir: &std::path::Path,
+    role: &str,
+    config: &std::path::Path,
+    ready: &str,
+) -> (Child, String) {
+    let config = config.to_string_lossy();
+    spawn_until(data_dir, &["--role", role, "--config", &config], &[], ready)
+}
+
+fn spawn_until(
+    data_dir: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    ready: &str,
+) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_streamscore"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
@@ -282,13 +303,12 @@ fn spawn_server_args(
             .next()
             .expect("server exited before listening")
             .expect("read stderr");
-        if line.contains("streamscore listening") {
+        if line.contains(ready) {
             let addr = line
                 .split("addr=")
                 .nth(1)
-                .expect("addr in log line")
-                .trim()
-                .to_string();
+                .map(|addr| addr.trim().to_string())
+                .unwrap_or_default();
             break addr;
         }
     };
@@ -302,7 +322,12 @@ fn spawn_server_args(
             }
         }
     });
-    (child, format!("http://{addr}"))
+    let url = if addr.is_empty() {
+        String::new()
+    } else {
+        format!("http://{addr}")
+    };
+    (child, url)
 }
 
 /// Page views `first..first + count` by 50 users in turn, as one batch.
