@@ -411,4 +411,5 @@ async fn separate_processes_survive_a_killed_aggregator_and_a_killed_redis_maste
         let _ = child.kill();
         let _ = child.wait();
     }
+    embedded.stop().await;
 }
