@@ -14,7 +14,7 @@ use crate::api::metrics::Metrics;
 use crate::api::pb::features_server::FeaturesServer;
 use crate::api::pb::models_server::ModelsServer;
 use crate::api::pb::scoring_server::ScoringServer;
-use crate::api::{Backend, FILE_DESCRIPTOR_SET, FeaturesService, ModelsService, ScoringService};
+use crate::api::{Backend, FeaturesService, ModelsService, ScoringService};
 use crate::config::Settings;
 use crate::events::Limits;
 use crate::features::EngineSettings;
@@ -166,13 +166,7 @@ pub async fn run_scorer(
     health
         .set_serving::<FeaturesServer<FeaturesService>>()
         .await;
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    let reflection_v1alpha = reflection().build_v1alpha()?;
-    let reflection = reflection().build_v1()?;
+    let (reflection, reflection_v1alpha) = crate::server::reflection_services()?;
     let metrics = Arc::new(Metrics::default());
     let callers = Callers::from_settings(&settings.auth).map_err(ServerError::Setup)?;
     let max_message = settings.ingest.max_message_bytes;

@@ -225,14 +225,7 @@ pub async fn run_with(
     health
         .set_serving::<FeaturesServer<FeaturesService>>()
         .await;
-    // Both reflection versions: grpcurl 1.8 and several GUI clients speak only v1alpha.
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    let reflection_v1alpha = reflection().build_v1alpha()?;
-    let reflection = reflection().build_v1()?;
+    let (reflection, reflection_v1alpha) = reflection_services()?;
 
     let registry = open_registry(settings, Arc::clone(store.definitions())).await?;
     if registry.catalog().models().is_empty() {
@@ -379,6 +372,27 @@ pub async fn run_with(
     tokio::task::spawn_blocking(move || store.close()).await??;
     result?;
     Ok(())
+}
+
+/// gRPC reflection, both versions: grpcurl 1.8 and several GUI clients speak only
+/// v1alpha.
+pub(crate) fn reflection_services() -> Result<
+    (
+        tonic_reflection::server::v1::ServerReflectionServer<
+            impl tonic_reflection::server::v1::ServerReflection,
+        >,
+        tonic_reflection::server::v1alpha::ServerReflectionServer<
+            impl tonic_reflection::server::v1alpha::ServerReflection,
+        >,
+    ),
+    ServerError,
+> {
+    let builder = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    Ok((builder().build_v1()?, builder().build_v1alpha()?))
 }
 
 /// The layers every gRPC listener shares, innermost last: tonic's decoder refusals get

@@ -12,6 +12,7 @@
 //! writes decisions inside Kafka transactions together with the input offsets.
 
 pub mod align;
+pub mod batch;
 pub mod dead_letter;
 pub mod decode;
 pub mod metrics;

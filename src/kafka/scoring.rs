@@ -21,7 +21,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance, Stre
 use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use rdkafka::{ClientContext, Message, Offset};
+
+use super::batch::{next_offsets, receive};
 use serde::Serialize;
 
 use super::resume::{self, ResumeError};
@@ -35,8 +37,6 @@ use crate::time::now_ms;
 
 /// Reasons given with each decision.
 const REASONS: usize = 3;
-/// How long a batch waits for more payments after its first.
-const BATCH_WAIT: Duration = Duration::from_millis(5);
 /// Timeout of each transaction step (init, offsets, commit, abort), and of the look
 /// back over the decisions topic for where a partition got to.
 const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
@@ -294,25 +294,6 @@ async fn run_once(
     }
 }
 
-/// Up to `max` records: waits for the first (up to a second), then takes what comes
-/// within [`BATCH_WAIT`].
-async fn receive(consumer: &StreamConsumer<ScoringContext>, max: usize) -> Vec<OwnedMessage> {
-    let mut batch = Vec::new();
-    let mut wait = Duration::from_secs(1);
-    while batch.len() < max {
-        match tokio::time::timeout(wait, consumer.recv()).await {
-            Ok(Ok(message)) => batch.push(message.detach()),
-            Ok(Err(error)) => {
-                tracing::debug!(%error, "kafka scoring receive failed; librdkafka retries");
-                break;
-            }
-            Err(_elapsed) => break,
-        }
-        wait = BATCH_WAIT;
-    }
-    batch
-}
-
 /// The payments of `batch` that have no decision yet, in order. A partition seen for
 /// the first time since the last rebalance is looked up in the decisions topic first.
 async fn undecided(
@@ -496,22 +477,6 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, StreamError> {
     let producer = producer.clone();
     Ok(tokio::task::spawn_blocking(move || call(&producer)).await??)
-}
-
-/// Per partition, the offset after the batch's last record.
-fn next_offsets(batch: &[OwnedMessage]) -> Result<TopicPartitionList, KafkaError> {
-    let mut next: BTreeMap<(&str, i32), i64> = BTreeMap::new();
-    for message in batch {
-        let slot = next
-            .entry((message.topic(), message.partition()))
-            .or_insert(0);
-        *slot = (*slot).max(message.offset() + 1);
-    }
-    let mut list = TopicPartitionList::new();
-    for ((topic, partition), offset) in next {
-        list.add_partition_offset(topic, partition, Offset::Offset(offset))?;
-    }
-    Ok(list)
 }
 
 /// After an abort, the consumer goes back to the batch's first record of each

@@ -37,11 +37,11 @@ use crate::online::OnlineError;
 pub use aggregate::aggregate;
 pub use route::route;
 
+use crate::kafka::batch::{next_offsets, receive};
+
 /// The header that carries the router's watermark after admitting the event.
 pub const WATERMARK_HEADER: &str = "ss-watermark";
 
-/// How long a batch waits for more records after its first.
-const BATCH_WAIT: Duration = Duration::from_millis(5);
 /// Timeout of each transaction step and metadata request.
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -117,28 +117,6 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
-/// Up to `max` records: waits for the first (up to a second), then takes what comes
-/// within [`BATCH_WAIT`].
-async fn receive<C: rdkafka::consumer::ConsumerContext + 'static>(
-    consumer: &rdkafka::consumer::StreamConsumer<C>,
-    max: usize,
-) -> Vec<rdkafka::message::OwnedMessage> {
-    let mut batch = Vec::new();
-    let mut wait = Duration::from_secs(1);
-    while batch.len() < max {
-        match tokio::time::timeout(wait, consumer.recv()).await {
-            Ok(Ok(message)) => batch.push(message.detach()),
-            Ok(Err(error)) => {
-                tracing::debug!(%error, "kafka receive failed; librdkafka retries");
-                break;
-            }
-            Err(_elapsed) => break,
-        }
-        wait = BATCH_WAIT;
-    }
-    batch
-}
-
 /// Checks that every topic exists; names the missing ones.
 fn check_topics<C: rdkafka::consumer::ConsumerContext>(
     consumer: &impl rdkafka::consumer::Consumer<C>,
@@ -160,25 +138,6 @@ fn check_topics<C: rdkafka::consumer::ConsumerContext>(
     } else {
         Err(ScaleOutError::MissingTopics(missing))
     }
-}
-
-/// Per partition, the offset after the batch's last record.
-fn next_offsets(
-    batch: &[rdkafka::message::OwnedMessage],
-) -> Result<rdkafka::TopicPartitionList, rdkafka::error::KafkaError> {
-    use rdkafka::Message as _;
-    let mut next: std::collections::BTreeMap<(&str, i32), i64> = Default::default();
-    for message in batch {
-        let slot = next
-            .entry((message.topic(), message.partition()))
-            .or_insert(0);
-        *slot = (*slot).max(message.offset() + 1);
-    }
-    let mut list = rdkafka::TopicPartitionList::new();
-    for ((topic, partition), offset) in next {
-        list.add_partition_offset(topic, partition, rdkafka::Offset::Offset(offset))?;
-    }
-    Ok(list)
 }
 
 /// How many partitions `topic` has.
