@@ -10,6 +10,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::message::{Headers, OwnedMessage};
@@ -21,6 +22,9 @@ use crate::events::{Limits, RawEvent, validate};
 use crate::features::Engine;
 use crate::kafka::{consumer_config, decode};
 use crate::online::{EntityRecord, RedisOnline, Written, entity_key};
+
+/// How often expired entities are dropped from memory.
+const EVICT_EVERY: Duration = Duration::from_secs(10);
 
 /// Notes a revocation: what the aggregator holds may be older than what the
 /// partition's next owner writes, so it drops everything before the next batch.
@@ -74,7 +78,11 @@ pub async fn aggregate(
         .map(|(id, entity)| (pipeline.entity_topic(&entity.name), id))
         .collect();
     tracing::info!(topics = ?topics, %group, "aggregator started");
-    let engine = Engine::new(Arc::clone(&pipeline.definitions), pipeline.engine);
+    let engine = Arc::new(Engine::new(
+        Arc::clone(&pipeline.definitions),
+        pipeline.engine,
+    ));
+    let mut evicted_at = Instant::now();
     loop {
         let batch = tokio::select! {
             batch = receive(&consumer, pipeline.kafka.batch_records) => batch,
@@ -89,6 +97,16 @@ pub async fn aggregate(
         tracing::debug!(records = batch.len(), "aggregator: batch received");
         let routed = prepare(&by_topic, &pipeline, &batch);
         apply(&pipeline, &engine, &online, &routed).await?;
+        // As the embedded server does in the background: expired entities go, so memory
+        // follows the live set (their state in Redis expires by its own TTL).
+        if evicted_at.elapsed() >= EVICT_EVERY {
+            evicted_at = Instant::now();
+            let engine = Arc::clone(&engine);
+            let dropped = tokio::task::spawn_blocking(move || engine.evict_expired())
+                .await
+                .map_err(|_| ScaleOutError::Panicked)?;
+            tracing::debug!(dropped, "aggregator: expired entities dropped");
+        }
         consumer.commit(&next_offsets(&batch)?, CommitMode::Async)?;
     }
 }
