@@ -318,3 +318,62 @@ fn a_scorer_on_the_cluster_scores_as_the_engine_does_to_the_bit() {
         "most payments name entities with history ({known})"
     );
 }
+
+#[test]
+fn a_scorer_refuses_bad_requests_as_the_embedded_server_does() {
+    let cluster = RedisCluster::start();
+    let definitions = Arc::new(Definitions::default_shop());
+    let runtime = runtime();
+    let online = runtime
+        .block_on(RedisOnline::connect(&cluster.nodes))
+        .expect("connects");
+    let registry = Registry::new(
+        Arc::clone(&definitions),
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models"),
+    );
+    assert!(registry.scan().expect("models dir").is_empty());
+    let scorer = OnlineScorer::new(online, Arc::clone(&definitions), SETTINGS);
+    let payment = |amount: f64, user: &str| RawEvent {
+        event_id: "score".into(),
+        event_type: "payment".into(),
+        event_time_ms: T0,
+        entities: BTreeMap::from([("user".into(), user.into()), ("card".into(), "c1".into())]),
+        numbers: BTreeMap::from([("amount".into(), amount)]),
+        strings: BTreeMap::new(),
+    };
+    let input = |model: &str, event: RawEvent, record: bool| scoring::ScoreInput {
+        model: model.into(),
+        event,
+        include_features: false,
+        record,
+        reasons: 3,
+        shadow: Vec::new(),
+    };
+    let error = |input| {
+        runtime
+            .block_on(scorer.score_input(&registry, input))
+            .expect_err("refused")
+            .to_string()
+    };
+    let nan = error(input("fraud", payment(f64::NAN, "u1"), false));
+    assert!(nan.contains("amount"), "{nan}");
+    let unknown = error(input("no-such-model", payment(5.0, "u1"), false));
+    assert!(unknown.contains("no-such-model"), "{unknown}");
+    let empty_id = error(input("fraud", payment(5.0, ""), false));
+    assert!(empty_id.contains("user"), "{empty_id}");
+    let record = error(input("fraud", payment(5.0, "u1"), true));
+    assert!(record.contains("record"), "{record}");
+    let read = |entity: &str, names: &[String]| {
+        runtime
+            .block_on(scorer.read(entity, "x", names, Some(T0)))
+            .expect_err("refused")
+            .to_string()
+    };
+    assert!(read("spaceship", &[]).contains("spaceship"));
+    assert!(read("user", &["card_payments_10m".into()]).contains("card_payments_10m"));
+    // A scorer with no watermark yet answers an unknown entity with its defaults.
+    let fresh = runtime
+        .block_on(scorer.read("user", "nobody", &[], Some(T0)))
+        .expect("reads");
+    assert!(!fresh.known);
+}
