@@ -240,11 +240,29 @@ fn write_role_config(
     )
 }
 
-/// Two aggregators and two scorers as separate processes: one aggregator killed with
-/// SIGKILL mid-stream; afterwards both scorers answer `GetFeatures` as the naive model
-/// and `Score` as an embedded server fed the same events, to the bit. A Redis master
-/// killed: the scorers answer UNAVAILABLE naming the store meanwhile, and correctly
-/// after its restart.
+/// The last input offset the routers checkpointed (-1 before any): the checkpoint is
+/// written in the same transaction as the routed records, so every event up to it is
+/// in the entity topics.
+fn routed_through(brokers: &str, checkpoints: &str) -> i64 {
+    common::kafka::read_committed(brokers, checkpoints, 1)
+        .iter()
+        .map(|(_, payload)| {
+            let record: serde_json::Value = serde_json::from_slice(payload).expect("checkpoint");
+            record["source"][2].as_i64().expect("offset")
+        })
+        .max()
+        .unwrap_or(-1)
+}
+
+/// Events fed per step: the mock broker keeps only about 5 MB per partition, so the
+/// test feeds the next step once every consumer has taken the last one.
+const STEP: usize = 20_000;
+
+/// Two aggregators and two scorers as separate processes, 200k events fed in steps:
+/// one aggregator killed with SIGKILL mid-stream; afterwards both scorers answer
+/// `GetFeatures` as the naive model and `Score` as an embedded server fed the same
+/// events, to the bit. A Redis master killed: the scorers answer UNAVAILABLE naming
+/// the store meanwhile, and correctly after its restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn separate_processes_survive_a_killed_aggregator_and_a_killed_redis_master() {
     use streamscore::api::pb;
@@ -256,18 +274,25 @@ async fn separate_processes_survive_a_killed_aggregator_and_a_killed_redis_maste
     for topic in &topics {
         kafka.create_topic(topic, 4, 1).expect("entity topic");
     }
+    let checkpoints = pipeline(&brokers, &redis).checkpoint_topic();
     kafka
-        .create_topic(&pipeline(&brokers, &redis).checkpoint_topic(), 1, 1)
+        .create_topic(&checkpoints, 1, 1)
         .expect("checkpoint topic");
     let events: Vec<RawEvent> = Simulator::new(SimConfig {
-        users: 2_000,
+        users: 10_000,
         ..SimConfig::default()
     })
-    .take(EVENTS * 2)
+    .take(EVENTS * 10)
     .collect();
-    let (first, second) = events.split_at(events.len() / 2);
-    common::kafka::produce(&brokers, "events", first).await;
 
+    // The same events through an embedded server's Kafka source, as they come.
+    let embedded_brokers = brokers.clone();
+    let embedded = common::TestServer::start(move |settings| {
+        settings.kafka.brokers = embedded_brokers;
+        settings.kafka.topics = vec!["events".into()];
+        settings.kafka.group = "embedded".into();
+    })
+    .await;
     let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().expect("dir")).collect();
     let spawn = |index: usize, role: &str| {
         let config = write_role_config(dirs[index].path(), &brokers, &redis, &index.to_string());
@@ -283,47 +308,47 @@ async fn separate_processes_survive_a_killed_aggregator_and_a_killed_redis_maste
     let (mut scorer_a, url_a) = spawn(2, "scorer");
     let (mut scorer_b, url_b) = spawn(3, "scorer");
 
-    // Mid-stream: part of the first half is in Redis, not all of it.
     let online = RedisOnline::connect(&redis.nodes).await.expect("connects");
-    let quarter = events[events.len() / 4].event_time_ms;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while online.watermark().await.expect("watermark").unwrap_or(0) < quarter {
-        assert!(
-            Instant::now() < deadline,
-            "the aggregators made no progress"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let embedded_progress = common::kafka::Committed::new(&brokers, "embedded", "events", 1);
+    let mut fed = 0i64;
+    for (step, chunk) in events.chunks(STEP).enumerate() {
+        common::kafka::produce(&brokers, "events", chunk).await;
+        fed += chunk.len() as i64;
+        if step == 2 {
+            // Mid-stream: part of this step is in Redis, not all of it.
+            let middle = chunk[chunk.len() / 2].event_time_ms;
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while online.watermark().await.expect("watermark").unwrap_or(0) < middle {
+                assert!(
+                    Instant::now() < deadline,
+                    "the aggregators made no progress"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            doomed.kill().expect("SIGKILL");
+            doomed.wait().expect("reaped");
+        }
+        let deadline = Instant::now() + Duration::from_secs(240);
+        loop {
+            let routed = routed_through(&brokers, &checkpoints) + 1;
+            let taken = routed >= fed
+                && embedded_progress.total() >= fed
+                && aggregated(&brokers, "aggregate", &topics);
+            if taken {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "step {step}: {routed} of {fed} events routed, {} taken by the embedded server",
+                embedded_progress.total()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
-    doomed.kill().expect("SIGKILL");
-    doomed.wait().expect("reaped");
-    common::kafka::produce(&brokers, "events", second).await;
-
     let naive = common::naive::over_default_shop(&events);
     let at = naive.watermark_ms();
-    let deadline = Instant::now() + Duration::from_secs(240);
-    loop {
-        let caught_up = online.watermark().await.expect("watermark") == Some(at)
-            && aggregated(&brokers, "aggregate", &topics);
-        if caught_up {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the survivor did not take over");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-
-    // The same events through an embedded server's Kafka source.
-    let embedded_brokers = brokers.clone();
-    let embedded = common::TestServer::start(move |settings| {
-        settings.kafka.brokers = embedded_brokers;
-        settings.kafka.topics = vec!["events".into()];
-        settings.kafka.group = "embedded".into();
-    })
-    .await;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while embedded.store.counters().applied < events.len() as u64 {
-        assert!(Instant::now() < deadline, "{:?}", embedded.store.counters());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert_eq!(online.watermark().await.expect("watermark"), Some(at));
+    assert_eq!(embedded.store.counters().applied, events.len() as u64);
 
     let definitions = Definitions::default_shop();
     let samples = common::sample_entities(&definitions, &events, 20);
