@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use rdkafka::mocking::MockCluster;
 use streamscore::api::client;
 use streamscore::config::{KafkaSettings, Settings};
-use streamscore::events::{Limits, validate};
-use streamscore::features::{Admission, Engine, EngineSettings};
+use streamscore::events::validate;
+use streamscore::features::{Admission, Engine};
 use streamscore::loadtest::{self, Call, LoadSpec};
 use streamscore::scaleout::{Pipeline, aggregate, route};
 use streamscore::simulate::{SimConfig, Simulator};
@@ -45,26 +45,14 @@ fn main() {
     settings.metrics.listen = None;
     settings.models.dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
     settings.cluster.redis = redis.nodes.clone();
-    let pipeline = Arc::new(Pipeline {
-        kafka: KafkaSettings {
-            brokers: brokers.clone(),
-            topics: vec!["events".into()],
-            batch_records: 1_000,
-            ..KafkaSettings::default()
-        },
-        definitions: streamscore::server::load_definitions(&settings).expect("definitions"),
-        engine: EngineSettings {
-            allowed_lateness_ms: settings.ingest.allowed_lateness.0,
-            dedup_horizon_ms: settings.ingest.dedup_horizon.0,
-        },
-        limits: Limits {
-            max_future_skew_ms: settings.ingest.max_future_skew.0,
-            max_id_bytes: settings.ingest.max_id_bytes,
-        },
-        topic_prefix: "ss".into(),
-        redis_nodes: redis.nodes.clone(),
-        counters: Default::default(),
-    });
+    settings.kafka = KafkaSettings {
+        brokers: brokers.clone(),
+        topics: vec!["events".into()],
+        batch_records: 1_000,
+        ..KafkaSettings::default()
+    };
+    let definitions = streamscore::server::load_definitions(&settings).expect("definitions");
+    let pipeline = Arc::new(Pipeline::new(&settings, definitions));
     kafka.create_topic("events", 1, 1).expect("topic");
     for topic in pipeline.entity_topics() {
         kafka.create_topic(&topic, 4, 1).expect("entity topic");

@@ -375,6 +375,24 @@ impl Default for Settings {
     }
 }
 
+impl IngestSettings {
+    /// What the engine needs of these: lateness and the dedup horizon.
+    pub fn engine(&self) -> crate::features::EngineSettings {
+        crate::features::EngineSettings {
+            allowed_lateness_ms: self.allowed_lateness.0,
+            dedup_horizon_ms: self.dedup_horizon.0,
+        }
+    }
+
+    /// What validation needs of these: the clock skew and id length allowed.
+    pub fn limits(&self) -> crate::events::Limits {
+        crate::events::Limits {
+            max_future_skew_ms: self.max_future_skew.0,
+            max_id_bytes: self.max_id_bytes,
+        }
+    }
+}
+
 impl Default for IngestSettings {
     fn default() -> Self {
         IngestSettings {

@@ -16,8 +16,6 @@ use crate::api::pb::models_server::ModelsServer;
 use crate::api::pb::scoring_server::ScoringServer;
 use crate::api::{Backend, FeaturesService, ModelsService, ScoringService};
 use crate::config::Settings;
-use crate::events::Limits;
-use crate::features::EngineSettings;
 use crate::online::{OnlineScorer, RedisOnline};
 use crate::scaleout::{Pipeline, aggregate, route};
 use crate::server::{ServerError, grpc_builder, load_definitions, open_registry, without_nagle};
@@ -29,20 +27,6 @@ const BACKOFF: [Duration; 4] = [
     Duration::from_secs(2),
     Duration::from_secs(5),
 ];
-
-fn engine_settings(settings: &Settings) -> EngineSettings {
-    EngineSettings {
-        allowed_lateness_ms: settings.ingest.allowed_lateness.0,
-        dedup_horizon_ms: settings.ingest.dedup_horizon.0,
-    }
-}
-
-fn limits(settings: &Settings) -> Limits {
-    Limits {
-        max_future_skew_ms: settings.ingest.max_future_skew.0,
-        max_id_bytes: settings.ingest.max_id_bytes,
-    }
-}
 
 fn require_redis(settings: &Settings) -> Result<(), ServerError> {
     if settings.cluster.redis.is_empty() {
@@ -66,15 +50,7 @@ pub async fn run_aggregator(
         ));
     }
     let cluster = &settings.cluster;
-    let pipeline = Arc::new(Pipeline {
-        kafka: settings.kafka.clone(),
-        definitions: load_definitions(settings)?,
-        engine: engine_settings(settings),
-        limits: limits(settings),
-        topic_prefix: cluster.topic_prefix.clone(),
-        redis_nodes: cluster.redis.clone(),
-        counters: Default::default(),
-    });
+    let pipeline = Arc::new(Pipeline::new(settings, load_definitions(settings)?));
     let transactional_id = if cluster.transactional_id.is_empty() {
         format!("{}-{}", cluster.route_group, settings.listen)
     } else {
@@ -153,8 +129,8 @@ pub async fn run_scorer(
         .await
         .map_err(|e| ServerError::Setup(e.to_string()))?;
     let scorer = Arc::new(
-        OnlineScorer::new(online, Arc::clone(&definitions), engine_settings(settings))
-            .with_limits(limits(settings)),
+        OnlineScorer::new(online, Arc::clone(&definitions), settings.ingest.engine())
+            .with_limits(settings.ingest.limits()),
     );
     let registry = open_registry(settings, definitions).await?;
     let watcher = tokio::spawn(crate::registry::watch(

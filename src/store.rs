@@ -14,8 +14,8 @@ use crate::config::Settings;
 use crate::definitions::Definitions;
 use crate::events::{Event, Limits, RawEvent, Refusal, validate};
 use crate::features::{
-    Admission, Counters, DEDUP_SHARDS, Engine, EngineSettings, EngineView, EngineWriter,
-    FeatureRead, ReadError, SHARDS,
+    Admission, Counters, DEDUP_SHARDS, Engine, EngineView, EngineWriter, FeatureRead, ReadError,
+    SHARDS,
 };
 use crate::log::{self, EventLog, LogError};
 use crate::time::now_ms;
@@ -81,14 +81,8 @@ impl FeatureStore {
         definitions: Arc<Definitions>,
     ) -> Result<(FeatureStore, RecoveryReport), StoreError> {
         let started = Instant::now();
-        let engine_settings = EngineSettings {
-            allowed_lateness_ms: settings.ingest.allowed_lateness.0,
-            dedup_horizon_ms: settings.ingest.dedup_horizon.0,
-        };
-        let limits = Limits {
-            max_future_skew_ms: settings.ingest.max_future_skew.0,
-            max_id_bytes: settings.ingest.max_id_bytes,
-        };
+        let engine_settings = settings.ingest.engine();
+        let limits = settings.ingest.limits();
         let snapshots = log::snapshots_dir(&settings.data_dir);
         let stale = log::remove_stale_temporaries(&snapshots)?;
         if stale > 0 {

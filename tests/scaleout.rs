@@ -16,8 +16,8 @@ use common::redis::RedisCluster;
 use rdkafka::mocking::MockCluster;
 use streamscore::config::{KafkaSettings, Settings};
 use streamscore::definitions::Definitions;
-use streamscore::events::{Limits, RawEvent, validate};
-use streamscore::features::{Admission, DetachedReads, Engine, EngineSettings};
+use streamscore::events::{RawEvent, validate};
+use streamscore::features::{Admission, DetachedReads, Engine};
 use streamscore::online::{RedisOnline, entity_key};
 use streamscore::scaleout::{Pipeline, aggregate, route};
 use streamscore::simulate::{SimConfig, Simulator};
@@ -25,7 +25,7 @@ use streamscore::simulate::{SimConfig, Simulator};
 const EVENTS: usize = 20_000;
 
 fn pipeline(brokers: &str, redis: &RedisCluster) -> Pipeline {
-    let defaults = Settings::default();
+    let mut settings = Settings::default();
     let consumer: BTreeMap<String, String> = [
         ("session.timeout.ms", "6000"),
         ("heartbeat.interval.ms", "500"),
@@ -34,27 +34,15 @@ fn pipeline(brokers: &str, redis: &RedisCluster) -> Pipeline {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
-    Pipeline {
-        kafka: KafkaSettings {
-            brokers: brokers.to_string(),
-            topics: vec!["events".into()],
-            batch_records: 500,
-            consumer,
-            ..KafkaSettings::default()
-        },
-        definitions: Arc::new(Definitions::default_shop()),
-        engine: EngineSettings {
-            allowed_lateness_ms: defaults.ingest.allowed_lateness.0,
-            dedup_horizon_ms: defaults.ingest.dedup_horizon.0,
-        },
-        limits: Limits {
-            max_future_skew_ms: defaults.ingest.max_future_skew.0,
-            max_id_bytes: defaults.ingest.max_id_bytes,
-        },
-        topic_prefix: "ss".into(),
-        redis_nodes: redis.nodes.clone(),
-        counters: Default::default(),
-    }
+    settings.kafka = KafkaSettings {
+        brokers: brokers.to_string(),
+        topics: vec!["events".into()],
+        batch_records: 500,
+        consumer,
+        ..KafkaSettings::default()
+    };
+    settings.cluster.redis = redis.nodes.clone();
+    Pipeline::new(&settings, Arc::new(Definitions::default_shop()))
 }
 
 #[test]

@@ -554,11 +554,7 @@ fn train(args: TrainArgs) -> CliResult {
             }
             let mut spec = config.spec.clone();
             spec.max_refused_share = args.max_refused_share;
-            let defaults = Settings::default();
-            let settings = crate::features::EngineSettings {
-                allowed_lateness_ms: defaults.ingest.allowed_lateness.0,
-                dedup_horizon_ms: defaults.ingest.dedup_horizon.0,
-            };
+            let settings = Settings::default().ingest.engine();
             let bar = crate::train::progress::TrainingBar::new("dataset", scan.events);
             let progress = |done| bar.show(crate::train::pipeline::Progress::Replayed(done));
             let definitions = std::sync::Arc::clone(&definitions);

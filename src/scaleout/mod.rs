@@ -70,6 +70,20 @@ pub struct Counters {
 }
 
 impl Pipeline {
+    /// The pipeline of a process started with `settings` (its `[kafka]`, `[ingest]`
+    /// and `[cluster]` sections).
+    pub fn new(settings: &crate::config::Settings, definitions: Arc<Definitions>) -> Pipeline {
+        Pipeline {
+            kafka: settings.kafka.clone(),
+            definitions,
+            engine: settings.ingest.engine(),
+            limits: settings.ingest.limits(),
+            topic_prefix: settings.cluster.topic_prefix.clone(),
+            redis_nodes: settings.cluster.redis.clone(),
+            counters: Default::default(),
+        }
+    }
+
     /// The topic of an entity type's events.
     pub fn entity_topic(&self, entity: &str) -> String {
         format!("{}.{entity}", self.topic_prefix)
