@@ -17,6 +17,7 @@ pub mod log;
 pub mod model;
 #[cfg(feature = "cluster")]
 pub mod online;
+pub mod prometheus_text;
 #[cfg(test)]
 mod readme_blocks;
 pub mod registry;

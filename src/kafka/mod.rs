@@ -15,7 +15,6 @@ pub mod align;
 pub mod batch;
 pub mod dead_letter;
 pub mod decode;
-pub mod metrics;
 pub mod produce;
 pub mod resume;
 pub mod scoring;
@@ -231,10 +230,10 @@ impl SourceCounters {
             ),
         ] {
             let name = format!("streamscore_kafka_{name}");
-            metrics::single(&mut out, &name, "counter", help, value.load(Relaxed));
+            crate::prometheus_text::single(&mut out, &name, "counter", help, value.load(Relaxed));
         }
         let dead = "streamscore_kafka_dead_lettered";
-        metrics::header(
+        crate::prometheus_text::header(
             &mut out,
             dead,
             "counter",
@@ -245,16 +244,16 @@ impl SourceCounters {
             ("late", &self.late),
             ("undecodable", &self.undecodable),
         ] {
-            metrics::sample(&mut out, dead, &[("kind", kind)], value.load(Relaxed));
+            crate::prometheus_text::sample(&mut out, dead, &[("kind", kind)], value.load(Relaxed));
         }
-        metrics::single(
+        crate::prometheus_text::single(
             &mut out,
             "streamscore_kafka_buffered",
             "gauge",
             "records held back to align partitions in event time",
             self.buffered.load(Relaxed),
         );
-        metrics::single(
+        crate::prometheus_text::single(
             &mut out,
             "streamscore_kafka_brokers_reachable",
             "gauge",
@@ -262,14 +261,19 @@ impl SourceCounters {
             u8::from(self.health.reachable()),
         );
         let lag = "streamscore_kafka_consumer_lag";
-        metrics::header(&mut out, lag, "gauge", "records behind the partition's end");
+        crate::prometheus_text::header(
+            &mut out,
+            lag,
+            "gauge",
+            "records behind the partition's end",
+        );
         let lags = self
             .lag
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         for ((topic, partition), value) in lags.iter() {
             let partition = partition.to_string();
-            metrics::sample(
+            crate::prometheus_text::sample(
                 &mut out,
                 lag,
                 &[("topic", topic), ("partition", &partition)],

@@ -93,7 +93,7 @@ impl ScoringCounters {
             ),
         ] {
             let name = format!("streamscore_kafka_scoring_{name}");
-            super::metrics::single(&mut out, &name, "counter", help, value.load(Relaxed));
+            crate::prometheus_text::single(&mut out, &name, "counter", help, value.load(Relaxed));
         }
         out
     }

@@ -1,4 +1,5 @@
-//! The Kafka parts' metrics as Prometheus text (appended to the scrape by the server).
+//! Writing Prometheus text by hand: `# HELP`, `# TYPE` and samples with safe labels, for
+//! the parts (Kafka, the scaled-out roles) that render their own metrics at scrape time.
 
 use std::fmt::Write as _;
 
