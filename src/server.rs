@@ -265,7 +265,8 @@ pub async fn run_with(
                     #[cfg(feature = "kafka")]
                     &kafka,
                 ),
-            },
+            }
+            .into_render(),
             async {
                 let _ = metrics_stopped.await;
             },

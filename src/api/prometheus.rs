@@ -1,6 +1,7 @@
-//! The Prometheus scrape endpoint: `GET /metrics` on its own HTTP port, answering the
-//! call metrics of [`super::metrics`] plus gauges read at scrape time from the store
-//! and the registry. A few lines of HTTP/1.1 (one request per connection) instead of a
+//! The Prometheus scrape endpoint: `GET /metrics` on its own HTTP port, answering what
+//! a [`Render`] writes at scrape time: for the embedded server the call metrics of
+//! [`super::metrics`] plus gauges read from the store and the registry ([`Sources`]),
+//! for the scaled-out roles their own. A few lines of HTTP/1.1 (one request per connection) instead of a
 //! web framework: a scraper needs nothing more.
 
 use std::future::Future;
@@ -17,6 +18,9 @@ use crate::store::FeatureStore;
 /// More metrics, already in Prometheus text (the Kafka parts').
 pub type Extra = Arc<dyn Fn() -> String + Send + Sync>;
 
+/// Writes a whole scrape in Prometheus text.
+pub type Render = Arc<dyn Fn() -> String + Send + Sync>;
+
 /// What a scrape reads besides the call metrics.
 #[derive(Clone)]
 pub struct Sources {
@@ -27,6 +31,11 @@ pub struct Sources {
 }
 
 impl Sources {
+    /// This server's scrape.
+    pub fn into_render(self) -> Render {
+        Arc::new(move || self.render())
+    }
+
     pub fn render(&self) -> String {
         let counters = self.store.counters();
         let entities: usize = self
@@ -87,7 +96,7 @@ impl Sources {
     }
 }
 
-async fn answer(mut stream: TcpStream, sources: Sources) -> std::io::Result<()> {
+async fn answer(mut stream: TcpStream, render: Render) -> std::io::Result<()> {
     let mut request = Vec::with_capacity(512);
     let mut buffer = [0u8; 512];
     while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
@@ -99,7 +108,7 @@ async fn answer(mut stream: TcpStream, sources: Sources) -> std::io::Result<()> 
     }
     let line = String::from_utf8_lossy(&request);
     let (status, body) = if line.starts_with("GET /metrics ") {
-        ("200 OK", sources.render())
+        ("200 OK", render())
     } else {
         ("404 Not Found", "try GET /metrics\n".to_string())
     };
@@ -120,7 +129,7 @@ const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Serves scrapes on `listener` until `shutdown` resolves.
-pub async fn serve(listener: TcpListener, sources: Sources, shutdown: impl Future<Output = ()>) {
+pub async fn serve(listener: TcpListener, render: Render, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
     let mut backoff = Duration::ZERO;
     loop {
@@ -129,9 +138,9 @@ pub async fn serve(listener: TcpListener, sources: Sources, shutdown: impl Futur
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     backoff = Duration::ZERO;
-                    let sources = sources.clone();
+                    let render = Arc::clone(&render);
                     tokio::spawn(async move {
-                        match tokio::time::timeout(SCRAPE_TIMEOUT, answer(stream, sources)).await {
+                        match tokio::time::timeout(SCRAPE_TIMEOUT, answer(stream, render)).await {
                             Ok(Ok(())) => {}
                             Ok(Err(error)) => tracing::debug!(%error, "metrics scrape failed"),
                             Err(_) => tracing::debug!("metrics scrape timed out"),
