@@ -91,6 +91,13 @@ pub async fn open_store(settings: &Settings) -> Result<Arc<FeatureStore>, Server
     Ok(Arc::new(store))
 }
 
+/// Binds `addr`, or says which address could not be bound and why.
+pub(crate) async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })
+}
+
 /// Binds `settings.listen`, opens the store and serves until `shutdown` resolves.
 pub async fn serve(
     settings: Settings,
@@ -102,13 +109,7 @@ pub async fn serve(
         ServeRole::Aggregator => return crate::roles::run_aggregator(&settings, shutdown).await,
         #[cfg(feature = "cluster")]
         ServeRole::Scorer => {
-            let listener =
-                TcpListener::bind(settings.listen)
-                    .await
-                    .map_err(|source| ServerError::Bind {
-                        addr: settings.listen,
-                        source,
-                    })?;
+            let listener = bind(settings.listen).await?;
             return crate::roles::run_scorer(listener, &settings, shutdown).await;
         }
         #[cfg(not(feature = "cluster"))]
@@ -119,13 +120,7 @@ pub async fn serve(
         }
     }
     let store = open_store(&settings).await?;
-    let listener =
-        TcpListener::bind(settings.listen)
-            .await
-            .map_err(|source| ServerError::Bind {
-                addr: settings.listen,
-                source,
-            })?;
+    let listener = bind(settings.listen).await?;
     tracing::info!(addr = %listener.local_addr().unwrap_or(settings.listen), "streamscore listening");
     run(listener, store, &settings, shutdown).await
 }
@@ -148,18 +143,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
     let metrics = match settings.metrics.listen {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .map_err(|source| ServerError::Bind { addr, source })?,
-        ),
+        Some(addr) => Some(bind(addr).await?),
         None => None,
     };
     let admin = match settings.admin.listen {
         Some(addr) => {
-            let admin = TcpListener::bind(addr)
-                .await
-                .map_err(|source| ServerError::Bind { addr, source })?;
+            let admin = bind(addr).await?;
             tracing::info!(addr = %admin.local_addr().unwrap_or(addr), "admin calls listening");
             Some(admin)
         }
