@@ -14,11 +14,15 @@ use crate::api::metrics::Metrics;
 use crate::api::pb::features_server::FeaturesServer;
 use crate::api::pb::models_server::ModelsServer;
 use crate::api::pb::scoring_server::ScoringServer;
+use crate::api::prometheus::{self, Render};
 use crate::api::{Backend, FeaturesService, ModelsService, ScoringService};
 use crate::config::Settings;
 use crate::online::{OnlineScorer, RedisOnline};
 use crate::scaleout::{Pipeline, aggregate, route};
-use crate::server::{ServerError, grpc_builder, load_definitions, open_registry, without_nagle};
+use crate::server::{
+    ServerError, bind, grpc_builder, load_definitions, open_registry, without_nagle,
+};
+use crate::time::now_ms;
 
 /// Pauses before a failed router or aggregator starts again, growing to the last.
 const BACKOFF: [Duration; 4] = [
@@ -82,12 +86,51 @@ pub async fn run_aggregator(
             aggregate(Arc::clone(&pipeline), group.clone(), stopped.clone())
         }))
     };
-    tracing::info!(role = "aggregator", "streamscore aggregator running");
+    let scrapes = {
+        let pipeline = Arc::clone(&pipeline);
+        let render: Render = Arc::new(move || pipeline.prometheus(now_ms()));
+        serve_metrics(settings, render, stopped.clone()).await?
+    };
+    // Tools and tests wait for this line; the metrics address is its last field.
+    tracing::info!(role = "aggregator", metrics = %scrapes.addr, "streamscore aggregator running");
     shutdown.await;
     let _ = stop.send(true);
     router.await?;
     aggregator.await?;
+    if let Some(task) = scrapes.task {
+        task.await?;
+    }
     Ok(())
+}
+
+/// A role's metrics endpoint, when `metrics.listen` asks for one.
+struct Scrapes {
+    /// Where it answers ("off" without one).
+    addr: String,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Serves `render` on `metrics.listen` (when set) until `stopped` turns true.
+async fn serve_metrics(
+    settings: &Settings,
+    render: Render,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) -> Result<Scrapes, ServerError> {
+    let Some(addr) = settings.metrics.listen else {
+        return Ok(Scrapes {
+            addr: "off".into(),
+            task: None,
+        });
+    };
+    let listener = bind(addr).await?;
+    let addr = listener.local_addr().unwrap_or(addr).to_string();
+    let task = tokio::spawn(prometheus::serve(listener, render, async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    }));
+    Ok(Scrapes {
+        addr,
+        task: Some(task),
+    })
 }
 
 /// Runs `start()` until it returns `Ok` or `stopped` turns true; after an error, waits
@@ -146,9 +189,31 @@ pub async fn run_scorer(
     let metrics = Arc::new(Metrics::default());
     let callers = Callers::from_settings(&settings.auth).map_err(ServerError::Setup)?;
     let max_message = settings.ingest.max_message_bytes;
+    let (stop_scrapes, scrapes_stopped) = tokio::sync::watch::channel(false);
+    let scrapes = {
+        let (metrics, scorer, registry) = (
+            Arc::clone(&metrics),
+            Arc::clone(&scorer),
+            Arc::clone(&registry),
+        );
+        let render: Render = Arc::new(move || {
+            let mut text = metrics.render(&[(
+                "streamscore_models_loaded",
+                "model versions in the registry",
+                registry.catalog().models().len() as f64,
+            )]);
+            scorer.read_ages().render(
+                &mut text,
+                "streamscore_scorer_read_age_seconds",
+                "how old the data behind each read was: now - the newest event time written by the aggregators",
+            );
+            text
+        });
+        serve_metrics(settings, render, scrapes_stopped).await?
+    };
     let addr = listener.local_addr().unwrap_or(settings.listen);
-    // Same words and field order as the embedded server's line: tools wait for it.
-    tracing::info!(role = "scorer", addr = %addr, "streamscore listening");
+    // Same words as the embedded server's line, the address last: tools wait for it.
+    tracing::info!(role = "scorer", metrics = %scrapes.addr, addr = %addr, "streamscore listening");
     let backend = Backend::Online(scorer);
     let served = grpc_builder(settings, &metrics, AuthLayer::new(callers))?
         .add_service(health_service)
@@ -166,5 +231,9 @@ pub async fn run_scorer(
         .serve_with_incoming_shutdown(without_nagle(listener), shutdown)
         .await;
     watcher.abort();
+    let _ = stop_scrapes.send(true);
+    if let Some(task) = scrapes.task {
+        task.await?;
+    }
     Ok(served?)
 }

@@ -291,10 +291,10 @@ async fn separate_processes_survive_a_killed_aggregator_and_a_killed_redis_maste
         };
         common::spawn_role(dirs[index].path(), role, &config, ready)
     };
-    let (mut doomed, _) = spawn(0, "aggregator");
-    let (mut survivor, _) = spawn(1, "aggregator");
-    let (mut scorer_a, url_a) = spawn(2, "scorer");
-    let (mut scorer_b, url_b) = spawn(3, "scorer");
+    let (mut doomed, _, _) = spawn(0, "aggregator");
+    let (mut survivor, _, survivor_metrics) = spawn(1, "aggregator");
+    let (mut scorer_a, url_a, scorer_a_metrics) = spawn(2, "scorer");
+    let (mut scorer_b, url_b, _) = spawn(3, "scorer");
 
     let online = RedisOnline::connect(&redis.nodes).await.expect("connects");
     let embedded_progress = common::kafka::Committed::new(&brokers, "embedded", "events", 1);
@@ -337,6 +337,33 @@ async fn separate_processes_survive_a_killed_aggregator_and_a_killed_redis_maste
     let at = naive.watermark_ms();
     assert_eq!(online.watermark().await.expect("watermark"), Some(at));
     assert_eq!(embedded.store.counters().applied, events.len() as u64);
+
+    // The survivor's freshness lag per partition: now - the newest event time it
+    // applied there; it owns every partition since the kill, so the newest of all
+    // (`at`) is among them.
+    let before = streamscore::time::now_ms();
+    let scraped = common::scrape(&survivor_metrics).await;
+    let after = streamscore::time::now_ms();
+    let lags: Vec<f64> = scraped
+        .lines()
+        .filter(|line| line.starts_with("streamscore_aggregator_freshness_lag_seconds{"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse().ok())
+        .collect();
+    assert_eq!(lags.len(), topics.len() * 4, "{scraped}");
+    assert_eq!(
+        common::metric(&scraped, "streamscore_aggregator_partitions"),
+        Some(lags.len() as f64)
+    );
+    let freshest = lags.iter().copied().fold(f64::INFINITY, f64::min);
+    let bounds = ((before - at) as f64 / 1000.0, (after - at) as f64 / 1000.0);
+    assert!(
+        freshest >= bounds.0 - 0.001 && freshest <= bounds.1 + 0.001,
+        "freshest lag {freshest} s, expected within {bounds:?}"
+    );
+    assert!(
+        common::metric(&scraped, "streamscore_aggregated_records_total").unwrap_or(0.0) > 0.0,
+        "{scraped}"
+    );
 
     let definitions = Definitions::default_shop();
     let samples = common::sample_entities(&definitions, &events, 20);
@@ -391,6 +418,11 @@ async fn separate_processes_survive_a_killed_aggregator_and_a_killed_redis_maste
             assert_eq!(got.decision, expected.decision);
         }
     }
+
+    // Every read noted its age: at least the 40 scores and the feature reads above.
+    let scraped = common::scrape(&scorer_a_metrics).await;
+    let reads = common::metric(&scraped, "streamscore_scorer_read_age_seconds_count");
+    assert!(reads.unwrap_or(0.0) >= 40.0, "{scraped}");
 
     // A Redis master down: clear errors meanwhile, right answers after.
     redis.kill(1);

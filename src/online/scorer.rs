@@ -14,6 +14,7 @@ use crate::scoring::{ScoreError, ScoreInput, Scored, score_on};
 use crate::store::NamedFeatures;
 use crate::time::now_ms;
 
+use super::freshness::ReadAges;
 use super::record::entity_key;
 use super::redis_store::{OnlineError, RedisOnline};
 
@@ -34,6 +35,7 @@ pub struct OnlineScorer {
     online: RedisOnline,
     engine: Engine,
     limits: Limits,
+    read_ages: ReadAges,
 }
 
 impl OnlineScorer {
@@ -49,6 +51,7 @@ impl OnlineScorer {
                 max_future_skew_ms: i64::MAX / 4,
                 max_id_bytes: usize::MAX,
             },
+            read_ages: ReadAges::default(),
         }
     }
 
@@ -113,6 +116,11 @@ impl OnlineScorer {
         })
     }
 
+    /// How old the data behind each read was (now - the shared watermark).
+    pub fn read_ages(&self) -> &ReadAges {
+        &self.read_ages
+    }
+
     pub fn definitions(&self) -> &Arc<Definitions> {
         self.engine.definitions()
     }
@@ -133,6 +141,7 @@ impl OnlineScorer {
         );
         if let Some(watermark) = watermark? {
             self.engine.advance_watermark(watermark);
+            self.read_ages.observe(now_ms() - watermark);
         }
         Ok(entities
             .iter()

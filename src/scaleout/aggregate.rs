@@ -50,6 +50,7 @@ struct Routed {
     raw: RawEvent,
     watermark_ms: Option<i64>,
     seq: u64,
+    partition: i32,
 }
 
 /// Aggregates until `shutdown` turns true; an error ends the run (the caller starts it
@@ -90,6 +91,7 @@ pub async fn aggregate(
         };
         if consumer.context().revoked.swap(false, Ordering::AcqRel) {
             engine.clear_entities();
+            pipeline.counters.newest_applied_ms.lock().clear();
         }
         if batch.is_empty() {
             continue;
@@ -138,6 +140,7 @@ fn prepare(
                 raw,
                 watermark_ms,
                 seq: u64::try_from(message.offset()).ok()? + 1,
+                partition: message.partition(),
             })
         })
         .collect()
@@ -191,11 +194,16 @@ async fn apply(
         }
     }
     let mut applied = 0u64;
+    let mut newest: HashMap<(EntityTypeId, i32), i64> = HashMap::new();
     {
         let mut writer = engine.writer();
         for (record, event, id) in &events {
             engine.advance_watermark(record.watermark_ms.unwrap_or(event.time_ms));
             applied += u64::from(writer.apply_to_entity(event, record.entity, id, record.seq));
+            let slot = newest
+                .entry((record.entity, record.partition))
+                .or_insert(i64::MIN);
+            *slot = (*slot).max(event.time_ms);
         }
     }
     let mut records = Vec::with_capacity(touched.len());
@@ -233,5 +241,11 @@ async fn apply(
     let counters = &pipeline.counters;
     counters.stale_writes.fetch_add(stale, Ordering::Relaxed);
     counters.applied.fetch_add(applied, Ordering::Relaxed);
+    // Written and so readable: only now is it the freshness scorers see.
+    let mut freshness = counters.newest_applied_ms.lock();
+    for (partition, time_ms) in newest {
+        let slot = freshness.entry(partition).or_insert(time_ms);
+        *slot = (*slot).max(time_ms);
+    }
     Ok(())
 }

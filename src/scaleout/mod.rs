@@ -24,15 +24,17 @@
 mod aggregate;
 mod route;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::config::KafkaSettings;
-use crate::definitions::Definitions;
+use crate::definitions::{Definitions, EntityTypeId};
 use crate::events::Limits;
 use crate::features::EngineSettings;
 use crate::online::OnlineError;
+use crate::prometheus_text::{header, sample, single};
 
 pub use aggregate::aggregate;
 pub use route::route;
@@ -67,6 +69,9 @@ pub struct Counters {
     pub applied: AtomicU64,
     /// Entity writes the online store refused as older than what it holds.
     pub stale_writes: AtomicU64,
+    /// Per owned entity-topic partition, the newest event time applied: the freshness
+    /// of what scorers read from it.
+    pub newest_applied_ms: parking_lot::Mutex<BTreeMap<(EntityTypeId, i32), i64>>,
 }
 
 impl Pipeline {
@@ -82,6 +87,64 @@ impl Pipeline {
             redis_nodes: settings.cluster.redis.clone(),
             counters: Default::default(),
         }
+    }
+
+    /// This process's router and aggregator metrics in Prometheus text, the freshness
+    /// lag (now - newest event time applied) per owned partition among them.
+    pub fn prometheus(&self, now_ms: i64) -> String {
+        let mut out = String::new();
+        let counters = &self.counters;
+        for (name, help, value) in [
+            (
+                "streamscore_routed_events_total",
+                "events admitted and routed to the entity topics",
+                &counters.routed,
+            ),
+            (
+                "streamscore_aggregated_records_total",
+                "entity records applied and written to the online store",
+                &counters.applied,
+            ),
+            (
+                "streamscore_online_stale_writes_total",
+                "entity writes the online store refused as older than what it holds",
+                &counters.stale_writes,
+            ),
+        ] {
+            single(
+                &mut out,
+                name,
+                "counter",
+                help,
+                value.load(Ordering::Relaxed),
+            );
+        }
+        let newest = counters.newest_applied_ms.lock();
+        let lag = "streamscore_aggregator_freshness_lag_seconds";
+        header(
+            &mut out,
+            lag,
+            "gauge",
+            "age of the newest event applied from an owned partition (now - its event time)",
+        );
+        for ((entity, partition), newest_ms) in newest.iter() {
+            let topic = self.entity_topic(&self.definitions.entities[*entity].name);
+            let seconds = (now_ms - newest_ms).max(0) as f64 / 1000.0;
+            sample(
+                &mut out,
+                lag,
+                &[("topic", &topic), ("partition", &partition.to_string())],
+                seconds,
+            );
+        }
+        single(
+            &mut out,
+            "streamscore_aggregator_partitions",
+            "gauge",
+            "entity-topic partitions this process applied records from since its last rebalance",
+            newest.len(),
+        );
+        out
     }
 
     /// The topic of an entity type's events.

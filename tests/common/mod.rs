@@ -93,24 +93,7 @@ impl TestServer {
 
     /// One scrape of the metrics endpoint: the body of `GET /metrics`.
     pub async fn scrape(&self) -> String {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::TcpStream::connect(self.metrics_addr)
-            .await
-            .expect("connect to metrics");
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nhost: test\r\n\r\n")
-            .await
-            .expect("send scrape");
-        let mut response = String::new();
-        stream
-            .read_to_string(&mut response)
-            .await
-            .expect("read scrape");
-        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-        response
-            .split_once("\r\n\r\n")
-            .map(|(_, body)| body.to_string())
-            .unwrap_or_default()
+        scrape(&self.metrics_addr.to_string()).await
     }
 
     /// Stops the server gracefully and returns its data dir.
@@ -268,17 +251,55 @@ fn spawn_server_args(
 
 /// `streamscore serve --role <role> --config <config>`; returns once it logged `ready`
 /// (its address, when the line has one, else "").
+/// Starts `serve --role role`; returns the child, its gRPC URL (none for an
+/// aggregator) and its metrics address (`host:port`, or `off`).
 pub fn spawn_role(
     data_dir: &std::path::Path,
     role: &str,
     config: &std::path::Path,
     ready: &str,
-) -> (Child, String) {
+) -> (Child, String, String) {
     let config = config.to_string_lossy();
-    spawn_until(data_dir, &["--role", role, "--config", &config], &[], ready)
+    let (child, line) =
+        spawn_for_line(data_dir, &["--role", role, "--config", &config], &[], ready);
+    let field = |name: &str| {
+        line.split(&format!(" {name}="))
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(str::to_string)
+            .unwrap_or_default()
+    };
+    let addr = field("addr");
+    let url = if addr.is_empty() {
+        String::new()
+    } else {
+        format!("http://{addr}")
+    };
+    (child, url, field("metrics"))
 }
 
 fn spawn_until(
+    data_dir: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    ready: &str,
+) -> (Child, String) {
+    let (child, line) = spawn_for_line(data_dir, args, env, ready);
+    let addr = line
+        .split("addr=")
+        .nth(1)
+        .map(|addr| addr.trim().to_string())
+        .unwrap_or_default();
+    let url = if addr.is_empty() {
+        String::new()
+    } else {
+        format!("http://{addr}")
+    };
+    (child, url)
+}
+
+/// Spawns `serve` and returns its first log line containing `ready`.
+fn spawn_for_line(
     data_dir: &std::path::Path,
     args: &[&str],
     env: &[(&str, &str)],
@@ -304,12 +325,7 @@ fn spawn_until(
             .expect("server exited before listening")
             .expect("read stderr");
         if line.contains(ready) {
-            let addr = line
-                .split("addr=")
-                .nth(1)
-                .map(|addr| addr.trim().to_string())
-                .unwrap_or_default();
-            break addr;
+            break line;
         }
     };
     // Keep draining the server's log so it never blocks on a full pipe (and show it
@@ -322,12 +338,7 @@ fn spawn_until(
             }
         }
     });
-    let url = if addr.is_empty() {
-        String::new()
-    } else {
-        format!("http://{addr}")
-    };
-    (child, url)
+    (child, addr)
 }
 
 /// Page views `first..first + count` by 50 users in turn, as one batch.
@@ -401,4 +412,34 @@ pub fn fraud_payment(amount: f64) -> streamscore::api::pb::ScoreRequest {
         }),
         ..Default::default()
     }
+}
+
+/// One scrape of a metrics endpoint at `addr` (`host:port`): the body of `GET /metrics`.
+pub async fn scrape(addr: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to metrics");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nhost: test\r\n\r\n")
+        .await
+        .expect("send scrape");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("read scrape");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default()
+}
+
+/// The value of the sample `series` (name and labels as written) in a scrape.
+pub fn metric(scrape: &str, series: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
 }
