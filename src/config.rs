@@ -71,6 +71,11 @@ pub struct ClusterSettings {
     /// restarts (a restarted router fences its old self). Empty: derived from the
     /// listen address.
     pub transactional_id: String,
+    /// A scorer may answer from entity states fetched up to this long ago (0: off,
+    /// every request reads Redis).
+    pub scorer_cache: Millis,
+    /// Most entity states a scorer's cache holds.
+    pub scorer_cache_entries: usize,
 }
 
 impl Default for ClusterSettings {
@@ -82,6 +87,8 @@ impl Default for ClusterSettings {
             route_group: "streamscore-route".into(),
             aggregate_group: "streamscore-aggregate".into(),
             transactional_id: String::new(),
+            scorer_cache: Millis(0),
+            scorer_cache_entries: 100_000,
         }
     }
 }

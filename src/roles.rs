@@ -173,7 +173,11 @@ pub async fn run_scorer(
         .map_err(|e| ServerError::Setup(e.to_string()))?;
     let scorer = Arc::new(
         OnlineScorer::new(online, Arc::clone(&definitions), settings.ingest.engine())
-            .with_limits(settings.ingest.limits()),
+            .with_limits(settings.ingest.limits())
+            .with_cache(
+                settings.cluster.scorer_cache.as_duration(),
+                settings.cluster.scorer_cache_entries,
+            ),
     );
     let registry = open_registry(settings, definitions).await?;
     let watcher = tokio::spawn(crate::registry::watch(

@@ -377,3 +377,80 @@ fn a_scorer_refuses_bad_requests_as_the_embedded_server_does() {
         .expect("reads");
     assert!(!fresh.known);
 }
+
+/// With a cache, a scorer answers from the state it fetched until it is stale, even
+/// when Redis has newer; without, every read sees the newest.
+#[test]
+fn a_cached_scorer_answers_from_what_it_fetched_until_it_is_stale() {
+    let cluster = RedisCluster::start();
+    let (definitions, mut engine) = engine();
+    let runtime = runtime();
+    let online = runtime
+        .block_on(RedisOnline::connect(&cluster.nodes))
+        .expect("connects");
+    runtime
+        .block_on(online.write(&records_of(&definitions, &engine), |_| 3_600_000))
+        .expect("writes");
+    runtime
+        .block_on(online.advance_watermark(engine.watermark_ms()))
+        .expect("watermark");
+    let connect = || {
+        runtime
+            .block_on(RedisOnline::connect(&cluster.nodes))
+            .expect("connects")
+    };
+    let cached = OnlineScorer::new(connect(), Arc::clone(&definitions), SETTINGS)
+        .with_cache(std::time::Duration::from_secs(3_600), 1_000);
+    let uncached = OnlineScorer::new(connect(), Arc::clone(&definitions), SETTINGS);
+    let at = engine.watermark_ms();
+    let read = |scorer: &OnlineScorer| {
+        let read = runtime
+            .block_on(scorer.read("card", "c1", &[], Some(at)))
+            .expect("reads");
+        format!("{:?}", read.values)
+    };
+    let before = read(&cached);
+    assert_eq!(read(&uncached), before);
+
+    // A large payment on c1, written to Redis as its owner would.
+    let raw = RawEvent {
+        event_id: "late-big".into(),
+        event_type: "payment".into(),
+        event_time_ms: at,
+        entities: BTreeMap::from([
+            ("user".into(), "u1".into()),
+            ("card".into(), "c1".into()),
+            ("device".into(), "d1".into()),
+        ]),
+        numbers: BTreeMap::from([("amount".into(), 9_999.0)]),
+        strings: BTreeMap::from([("ip_country".into(), "DE".into())]),
+    };
+    let limits = Limits {
+        max_future_skew_ms: i64::MAX / 4,
+        max_id_bytes: 64,
+    };
+    let event = validate(&definitions, &limits, &raw, None).expect("valid payment");
+    engine.apply(&event, 3_001);
+    let card = definitions.entity_id("card").expect("card");
+    let state = engine.entity_state(card, "c1").expect("held");
+    let record = EntityRecord {
+        seq: state.applied_seq(),
+        fingerprint: definitions.fingerprint,
+        state,
+    };
+    let written = runtime
+        .block_on(online.write(&[(entity_key("card", "c1"), record)], |_| 3_600_000))
+        .expect("writes");
+    assert_eq!(written, vec![Written::Stored]);
+
+    let after = read(&uncached);
+    assert_ne!(after, before, "the uncached scorer sees the new payment");
+    assert_eq!(
+        read(&cached),
+        before,
+        "the cached scorer answers from its copy"
+    );
+    let fresh = OnlineScorer::new(connect(), Arc::clone(&definitions), SETTINGS)
+        .with_cache(std::time::Duration::from_secs(3_600), 1_000);
+    assert_eq!(read(&fresh), after, "a new cache starts from Redis");
+}

@@ -8,11 +8,13 @@
 //! (a compare-and-set in one Lua script): an owner that lost its partition in a
 //! rebalance and writes late can never put older state over newer.
 
+mod cache;
 mod freshness;
 mod record;
 mod redis_store;
 mod scorer;
 
+pub use cache::StateCache;
 pub use freshness::ReadAges;
 pub use record::{EntityRecord, RecordError, entity_key};
 pub use redis_store::{OnlineError, RedisOnline, Written};

@@ -14,6 +14,7 @@ use crate::scoring::{ScoreError, ScoreInput, Scored, score_on};
 use crate::store::NamedFeatures;
 use crate::time::now_ms;
 
+use super::cache::StateCache;
 use super::freshness::ReadAges;
 use super::record::entity_key;
 use super::redis_store::{OnlineError, RedisOnline};
@@ -36,6 +37,7 @@ pub struct OnlineScorer {
     engine: Engine,
     limits: Limits,
     read_ages: ReadAges,
+    cache: Option<StateCache>,
 }
 
 impl OnlineScorer {
@@ -52,12 +54,25 @@ impl OnlineScorer {
                 max_id_bytes: usize::MAX,
             },
             read_ages: ReadAges::default(),
+            cache: None,
         }
     }
 
     /// Checks events against these limits, as the embedded server's ingest does.
     pub fn with_limits(mut self, limits: Limits) -> OnlineScorer {
         self.limits = limits;
+        self
+    }
+
+    /// Serves entity states and the watermark from memory for up to `staleness` after
+    /// they were fetched, at most `max_entries` of them (a zero staleness: no cache).
+    pub fn with_cache(
+        mut self,
+        staleness: std::time::Duration,
+        max_entries: usize,
+    ) -> OnlineScorer {
+        self.cache = (!staleness.is_zero() && max_entries > 0)
+            .then(|| StateCache::new(staleness, max_entries));
         self
     }
 
@@ -125,30 +140,75 @@ impl OnlineScorer {
         self.engine.definitions()
     }
 
-    /// Fetches the states of `entities` and the shared watermark, all at once.
+    /// Fetches the states of `entities` and the shared watermark, all at once (what
+    /// the cache, when on, holds fresh enough is not fetched).
     pub async fn fetch(
         &self,
         entities: &[(EntityTypeId, String)],
     ) -> Result<HashMap<(EntityTypeId, String), EntityState>, OnlineError> {
+        let Some(cache) = &self.cache else {
+            let (states, watermark) =
+                tokio::join!(self.fetch_states(entities), self.online.watermark());
+            self.note_watermark(watermark?);
+            return Ok(states?.into_iter().filter_map(flatten).collect());
+        };
+        let now = std::time::Instant::now();
+        let mut found = HashMap::with_capacity(entities.len());
+        let mut missing = Vec::new();
+        for entity in entities {
+            match cache.get(entity, now) {
+                Some(state) => {
+                    found.insert(entity.clone(), state);
+                }
+                None => missing.push(entity.clone()),
+            }
+        }
+        let cached_watermark = cache.watermark(now);
+        let watermark = async {
+            match cached_watermark {
+                Some(watermark) => Ok(watermark),
+                None => self.online.watermark().await,
+            }
+        };
+        let (fetched, watermark) = tokio::join!(self.fetch_states(&missing), watermark);
+        let (fetched, watermark) = (fetched?, watermark?);
+        if cached_watermark.is_none() {
+            cache.put_watermark(now, watermark);
+        }
+        self.note_watermark(watermark);
+        cache.put(now, fetched.iter().cloned());
+        found.extend(fetched);
+        Ok(found.into_iter().filter_map(flatten).collect())
+    }
+
+    /// Reads `entities` from Redis: each one's state, `None` where none is stored.
+    async fn fetch_states(
+        &self,
+        entities: &[(EntityTypeId, String)],
+    ) -> Result<Vec<((EntityTypeId, String), Option<EntityState>)>, OnlineError> {
+        if entities.is_empty() {
+            return Ok(Vec::new());
+        }
         let definitions = self.engine.definitions();
         let keys: Vec<String> = entities
             .iter()
             .map(|(entity, id)| entity_key(&definitions.entities[*entity].name, id))
             .collect();
-        let (records, watermark) = tokio::join!(
-            self.online.read(&keys, definitions.fingerprint),
-            self.online.watermark()
-        );
-        if let Some(watermark) = watermark? {
-            self.engine.advance_watermark(watermark);
-            self.read_ages.observe(now_ms() - watermark);
-        }
+        let records = self.online.read(&keys, definitions.fingerprint).await?;
         Ok(entities
             .iter()
             .cloned()
-            .zip(records?)
-            .filter_map(|(entity, record)| record.map(|record| (entity, record.state)))
+            .zip(records.into_iter().map(|r| r.map(|r| r.state)))
             .collect())
+    }
+
+    /// Reads from now on are as of `watermark` (never older than before); notes how
+    /// old the data is.
+    fn note_watermark(&self, watermark: Option<i64>) {
+        if let Some(watermark) = watermark {
+            self.engine.advance_watermark(watermark);
+            self.read_ages.observe(now_ms() - watermark);
+        }
     }
 
     /// Scores a validated event with `model` on the entities fetched for it.
@@ -182,4 +242,9 @@ impl OnlineScorer {
             include_features,
         )?)
     }
+}
+
+/// An entity with a stored state, as a map entry.
+fn flatten<K>((key, state): (K, Option<EntityState>)) -> Option<(K, EntityState)> {
+    Some((key, state?))
 }
