@@ -138,16 +138,18 @@ fn main() {
         memory / keys.max(1)
     );
 
-    let (embedded_url, scorer_url, stop) = server_runtime.block_on(async {
+    let (embedded_url, scorer_url, cached_url, stop) = server_runtime.block_on(async {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let store = streamscore::server::open_store(&settings)
             .await
             .expect("store opens");
         let embedded = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let scorer = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let cached = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let urls = (
             format!("http://{}", embedded.local_addr().expect("addr")),
             format!("http://{}", scorer.local_addr().expect("addr")),
+            format!("http://{}", cached.local_addr().expect("addr")),
         );
         {
             let (settings, mut stopped) = (settings.clone(), stopped.clone());
@@ -169,7 +171,19 @@ fn main() {
                 .expect("scorer runs")
             });
         }
-        (urls.0, urls.1, stop)
+        {
+            // The same scorer answering from states up to 1 s old.
+            let (mut settings, mut stopped) = (settings.clone(), stopped.clone());
+            settings.cluster.scorer_cache = streamscore::time::Millis(1_000);
+            tokio::spawn(async move {
+                streamscore::roles::run_scorer(cached, &settings, async move {
+                    let _ = stopped.changed().await;
+                })
+                .await
+                .expect("cached scorer runs")
+            });
+        }
+        (urls.0, urls.1, urls.2, stop)
     });
 
     let client_runtime = tokio::runtime::Builder::new_multi_thread()
@@ -188,7 +202,11 @@ fn main() {
             ("Score, 32 in flight", 32),
             ("Score, 1 client in a loop", 1),
         ] {
-            for (server, url) in [("embedded", &embedded_url), ("scorer (Redis)", &scorer_url)] {
+            for (server, url) in [
+                ("embedded", &embedded_url),
+                ("scorer (Redis)", &scorer_url),
+                ("scorer, 1 s cache", &cached_url),
+            ] {
                 let spec = LoadSpec {
                     call: Call::Score,
                     concurrency,
