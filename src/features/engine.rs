@@ -657,6 +657,18 @@ pub trait EntityReads {
         features: &[usize],
         as_of_ms: i64,
     ) -> Result<FeatureRead, ReadError>;
+
+    /// Which events these reads see, so that a check can replay the same ones later
+    /// (`streamscore skew`).
+    fn cut(&self) -> ReadCut;
+}
+
+/// The events a read saw: those of the log up to `through_seq` when known (the
+/// embedded engine), and the watermark it read with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ReadCut {
+    pub through_seq: Option<u64>,
+    pub watermark_ms: i64,
 }
 
 impl EntityReads for EngineView<'_> {
@@ -668,6 +680,14 @@ impl EntityReads for EngineView<'_> {
         as_of_ms: i64,
     ) -> Result<FeatureRead, ReadError> {
         self.read(entity, id, features, as_of_ms)
+    }
+
+    fn cut(&self) -> ReadCut {
+        ReadCut {
+            // A view of everything applied (MAX) sees through the last applied event.
+            through_seq: Some(self.visible_through.min(self.engine.applied_seq())),
+            watermark_ms: self.engine.watermark_ms(),
+        }
     }
 }
 
@@ -691,6 +711,14 @@ impl EntityReads for DetachedReads<'_> {
         let state = self.states.get(&(entity, id.to_string()));
         self.engine
             .read_detached(entity, id, state, features, as_of_ms)
+    }
+
+    fn cut(&self) -> ReadCut {
+        // Fetched states come from many partitions' logs: no one sequence number.
+        ReadCut {
+            through_seq: None,
+            watermark_ms: self.engine.watermark_ms(),
+        }
     }
 }
 
