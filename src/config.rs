@@ -34,8 +34,28 @@ pub struct Settings {
     pub admin: AdminSettings,
     pub kafka: KafkaSettings,
     pub cluster: ClusterSettings,
+    pub samples: SampleSettings,
     /// Allow listening beyond loopback without TLS and tokens (`serve --insecure`).
     pub insecure: bool,
+}
+
+/// The score sample log that `streamscore skew` checks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SampleSettings {
+    /// One `Score` in this many is written to `<data_dir>/scores/` (0: none).
+    pub every: u64,
+    /// The sample file is rotated past this size (one older file is kept).
+    pub max_file_bytes: u64,
+}
+
+impl Default for SampleSettings {
+    fn default() -> Self {
+        SampleSettings {
+            every: 100,
+            max_file_bytes: 64 << 20,
+        }
+    }
 }
 
 /// What one `serve` process is in a deployment.
@@ -377,6 +397,7 @@ impl Default for Settings {
             admin: AdminSettings::default(),
             kafka: KafkaSettings::default(),
             cluster: ClusterSettings::default(),
+            samples: SampleSettings::default(),
             insecure: false,
         }
     }

@@ -20,7 +20,7 @@ use crate::config::Settings;
 use crate::online::{OnlineScorer, RedisOnline};
 use crate::scaleout::{Pipeline, aggregate, route};
 use crate::server::{
-    ServerError, bind, grpc_builder, load_definitions, open_registry, without_nagle,
+    ServerError, bind, grpc_builder, load_definitions, open_registry, open_samples, without_nagle,
 };
 use crate::time::now_ms;
 
@@ -224,8 +224,11 @@ pub async fn run_scorer(
         .add_service(reflection)
         .add_service(reflection_v1alpha)
         .add_service(
-            ScoringServer::new(ScoringService::on(backend.clone(), Arc::clone(&registry)))
-                .max_decoding_message_size(max_message),
+            ScoringServer::new(
+                ScoringService::on(backend.clone(), Arc::clone(&registry))
+                    .with_samples(open_samples(settings)?),
+            )
+            .max_decoding_message_size(max_message),
         )
         .add_service(
             FeaturesServer::new(FeaturesService::on(backend))

@@ -91,6 +91,23 @@ pub async fn open_store(settings: &Settings) -> Result<Arc<FeatureStore>, Server
     Ok(Arc::new(store))
 }
 
+/// The score sample log of `settings.samples`, when on.
+pub(crate) fn open_samples(
+    settings: &Settings,
+) -> Result<Option<Arc<crate::scoring::samples::SampleLog>>, ServerError> {
+    if settings.samples.every == 0 {
+        return Ok(None);
+    }
+    let dir = crate::scoring::samples::samples_dir(&settings.data_dir);
+    let log = crate::scoring::samples::SampleLog::open(
+        &dir,
+        settings.samples.every,
+        settings.samples.max_file_bytes,
+    )
+    .map_err(|error| ServerError::Setup(format!("samples: {}: {error}", dir.display())))?;
+    Ok(Some(Arc::new(log)))
+}
+
 /// Binds `addr`, or says which address could not be bound and why.
 pub(crate) async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, ServerError> {
     TcpListener::bind(addr)
@@ -321,7 +338,8 @@ pub async fn run_with(
         )
         .add_service(
             ScoringServer::new({
-                let scoring = ScoringService::new(Arc::clone(&store), Arc::clone(&registry));
+                let scoring = ScoringService::new(Arc::clone(&store), Arc::clone(&registry))
+                    .with_samples(open_samples(settings)?);
                 if settings.models.shadow {
                     scoring.with_shadow(Arc::clone(&metrics))
                 } else {

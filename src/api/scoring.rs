@@ -14,13 +14,16 @@ use crate::config::Role;
 use crate::events::RawEvent;
 use crate::model::decision::Decision;
 use crate::registry::{LoadedModel, Registry};
+use crate::scoring::samples::{SampleLog, ScoreSample};
 use crate::scoring::{self, CandidateInput, DEFAULT_REASONS, ScoreInput};
 use crate::store::FeatureStore;
+use crate::time::now_ms;
 
 pub struct ScoringService {
     backend: Backend,
     registry: Arc<Registry>,
     shadow: Option<Shadow>,
+    samples: Option<Arc<SampleLog>>,
 }
 
 /// Candidates scored beside the serving version (`models.shadow`), off the answer's
@@ -47,7 +50,14 @@ impl ScoringService {
             backend,
             registry,
             shadow: None,
+            samples: None,
         }
+    }
+
+    /// Writes one `Score` in every so many to the sample log (for `streamscore skew`).
+    pub fn with_samples(mut self, samples: Option<Arc<SampleLog>>) -> ScoringService {
+        self.samples = samples;
+        self
     }
 
     /// Shadow-scores candidates on every `Score`, counting into `metrics`.
@@ -188,6 +198,11 @@ impl Scoring for ScoringService {
             (Vec::new(), candidates)
         };
         let later_event = (!later.is_empty()).then(|| event.clone());
+        let sampled_event = self
+            .samples
+            .as_ref()
+            .is_some_and(|samples| samples.due())
+            .then(|| event.clone());
         let input = ScoreInput {
             model: request.model,
             event,
@@ -213,6 +228,12 @@ impl Scoring for ScoringService {
         }
         if let Some(event) = later_event {
             self.shadow_later(&scored, later, event);
+        }
+        // A model fed only the request's own fields reads no history: nothing to check.
+        if let (Some(samples), Some(event)) = (&self.samples, sampled_event)
+            && scored.model.body.model.inputs.is_none()
+        {
+            samples.send(ScoreSample::of(&scored, &event, now_ms()));
         }
         let decision = decision(scored.decision);
         let mut response = Response::new(pb::ScoreResponse {
