@@ -218,7 +218,7 @@ fn write_role_config(
 ) -> std::path::PathBuf {
     let nodes: Vec<String> = redis.nodes.iter().map(|n| format!("\"{n}\"")).collect();
     let top = format!(
-        "[cluster]\nredis = [{}]\ntransactional_id = \"route-{id}\"\nroute_group = \"route\"\naggregate_group = \"aggregate\"\n",
+        "[samples]\nevery = 1\n\n[cluster]\nredis = [{}]\ntransactional_id = \"route-{id}\"\nroute_group = \"route\"\naggregate_group = \"aggregate\"\n",
         nodes.join(", ")
     );
     common::kafka::write_config(
@@ -418,6 +418,47 @@ async fn separate_processes_survive_a_killed_aggregator_and_a_killed_redis_maste
             assert_eq!(got.decision, expected.decision);
         }
     }
+
+    // `streamscore skew` on scorer A's sampled scores against the history as a file
+    // (a scorer keeps no log): every vector re-computes to the bit.
+    let samples = streamscore::scoring::samples::samples_dir(dirs[2].path());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while streamscore::scoring::samples::newest_samples(&samples, usize::MAX)
+        .expect("samples")
+        .0
+        .len()
+        < payments.len()
+    {
+        assert!(Instant::now() < deadline, "samples not written");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let history = dirs[2].path().join("history.jsonl");
+    let lines: Vec<String> = events
+        .iter()
+        .map(|e| serde_json::to_string(e).expect("json"))
+        .collect();
+    std::fs::write(&history, lines.join("\n")).expect("history");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_streamscore"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .arg("skew")
+        .arg("--data-dir")
+        .arg(dirs[2].path())
+        .arg("--events")
+        .arg(&history)
+        .args(["--sample", "1000"])
+        .output()
+        .expect("skew runs");
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        report.contains(&format!("{} sampled scores re-computed", payments.len()))
+            && report.contains(": 0 differ"),
+        "{report}"
+    );
 
     // Every read noted its age: at least the 40 scores and the feature reads above.
     let scraped = common::scrape(&scorer_a_metrics).await;

@@ -47,6 +47,9 @@ pub enum Command {
     Loadtest(LoadtestArgs),
     /// Write the server's event log as JSON lines (safe beside a running server).
     Export(ExportArgs),
+    /// Re-compute the newest sampled scores from the event history through the
+    /// embedded engine and report every feature that differs (training/serving skew).
+    Skew(SkewArgs),
     /// Move damaged parts of a stopped server's event log aside (never deleting them),
     /// record exactly which logged events are lost, and let the server start again.
     Repair(RepairArgs),
@@ -271,6 +274,27 @@ pub struct ExportArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct SkewArgs {
+    /// The settings file of the server whose scores are checked (its data_dir,
+    /// definitions, models directory and [ingest] settings).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The data directory: its `scores/` samples and, without --events, its event log.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// How many of the newest sampled scores to check.
+    #[arg(long, default_value_t = 100)]
+    pub sample: usize,
+    /// The event history as JSON lines in arrival order (an `export`, or a dump of the
+    /// events topic) instead of the data directory's log: for scorers, which keep none.
+    #[arg(long)]
+    pub events: Option<PathBuf>,
+    /// Where the samples are (default: <data_dir>/scores).
+    #[arg(long)]
+    pub samples: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
 pub struct RepairArgs {
     /// The data directory of a stopped server.
     #[arg(long, default_value = "streamscore-data")]
@@ -335,6 +359,7 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Features(args) => features(args).await,
         Command::Train(args) => train(*args),
         Command::Export(args) => export(args),
+        Command::Skew(args) => skew(args).await,
         Command::Repair(args) => repair(&args.data_dir),
         Command::Loadtest(args) => loadtest(args).await,
         Command::Score(args) => remote::score(args).await,
@@ -781,6 +806,84 @@ fn export(args: ExportArgs) -> CliResult {
         "exported {} events (log sequence 1..={})",
         stats.replayed, stats.last_seq
     );
+    Ok(())
+}
+
+async fn skew(args: SkewArgs) -> CliResult {
+    use crate::scoring::samples::{newest_samples, samples_dir};
+    use crate::scoring::skew::SkewCheck;
+    let mut settings = Settings::load(args.config.as_deref())?;
+    if let Some(dir) = args.data_dir {
+        settings.data_dir = dir;
+    }
+    if args.sample == 0 {
+        return Err("--sample: must be at least 1".into());
+    }
+    let definitions = crate::server::load_definitions(&settings)?;
+    let registry =
+        crate::server::open_registry(&settings, std::sync::Arc::clone(&definitions)).await?;
+    let dir = args
+        .samples
+        .unwrap_or_else(|| samples_dir(&settings.data_dir));
+    let (samples, unreadable) = newest_samples(&dir, args.sample)?;
+    if samples.is_empty() {
+        return Err(format!(
+            "no score samples under {} (the server writes one Score in [samples] every; has it scored?)",
+            dir.display()
+        )
+        .into());
+    }
+    if unreadable > 0 {
+        eprintln!("{unreadable} unreadable sample lines skipped");
+    }
+    let mut check = SkewCheck::new(
+        definitions,
+        settings.ingest.engine(),
+        &registry,
+        samples,
+        args.events.is_some(),
+    );
+    match &args.events {
+        Some(path) => {
+            let file = std::fs::File::open(path)
+                .map_err(|e| format!("--events {}: {e}", path.display()))?;
+            for (index, line) in std::io::BufRead::lines(std::io::BufReader::new(file)).enumerate()
+            {
+                let line = line?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                let raw: crate::events::RawEvent = serde_json::from_str(&line)
+                    .map_err(|e| format!("--events {} line {}: {e}", path.display(), index + 1))?;
+                check.event(index as u64 + 1, &raw);
+            }
+        }
+        None => {
+            let segments = crate::log::segments_dir(&settings.data_dir);
+            if !segments.exists() {
+                return Err(format!(
+                    "no event log under {} (a scorer keeps none: pass --events)",
+                    settings.data_dir.display()
+                )
+                .into());
+            }
+            crate::log::replay(&segments, 0, crate::log::TailDamage::Stop, |seq, raw| {
+                check.event(seq, raw)
+            })?;
+        }
+    }
+    let report = check.finish();
+    print!("{report}");
+    if report.differing > 0 {
+        return Err(format!(
+            "{} of {} sampled scores differ from the replay",
+            report.differing, report.checked
+        )
+        .into());
+    }
+    if report.checked == 0 {
+        return Err("no sampled score could be checked (see above)".into());
+    }
     Ok(())
 }
 

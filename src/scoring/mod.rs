@@ -5,6 +5,8 @@
 //! next score's velocity features.
 
 mod candidates;
+pub mod samples;
+pub mod skew;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::definitions::Definitions;
 use crate::events::{RawEvent, Refusal};
 use crate::features::vector::VectorSource;
-use crate::features::{EngineView, EntityReads, ReadError};
+use crate::features::{EngineView, EntityReads, ReadCut, ReadError};
 use crate::model::decision::Decision;
 use crate::model::inputs::{Cell, Input, encode_row};
 use crate::registry::{LoadedModel, Registry, RegistryError};
@@ -76,6 +78,10 @@ pub struct Scored {
     pub unknown_entities: Vec<String>,
     /// The input vector, when asked for.
     pub features: Option<Vec<(String, Option<f64>)>>,
+    /// The input vector in the model's column order (always).
+    pub vector: Vec<Option<f64>>,
+    /// The events the vector was read from.
+    pub cut: ReadCut,
     /// The ingest outcome when `record` was set.
     pub recorded: Option<BatchOutcome>,
     /// The candidates of [`ScoreInput::shadow`], scored on the same read (score and
@@ -366,6 +372,8 @@ pub fn score_on(
         reasons,
         unknown_entities,
         features,
+        vector: values,
+        cut: engine.cut(),
         recorded: None,
         shadowed: Vec::new(),
     })
