@@ -64,6 +64,9 @@ pub struct Pipeline {
 pub struct Counters {
     /// Events admitted and routed (in committed transactions).
     pub routed: AtomicU64,
+    /// Records the router skipped: undecodable, invalid, duplicate or too late (counted
+    /// when seen, so a batch retried after a failure counts again).
+    pub unrouted: AtomicU64,
     /// Records applied to their entity and written to the online store (a redelivered
     /// record the entity already held is not counted).
     pub applied: AtomicU64,
@@ -99,6 +102,11 @@ impl Pipeline {
                 "streamscore_routed_events_total",
                 "events admitted and routed to the entity topics",
                 &counters.routed,
+            ),
+            (
+                "streamscore_unrouted_events_total",
+                "records the router skipped: undecodable, invalid, duplicate or too late",
+                &counters.unrouted,
             ),
             (
                 "streamscore_aggregated_records_total",

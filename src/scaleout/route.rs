@@ -203,6 +203,7 @@ async fn transact(
     // the sends.
     let mut routed: Vec<(String, String, &[u8], String)> = Vec::new();
     let mut admitted = 0u64;
+    let mut unrouted = 0u64;
     {
         let mut writer = engine.writer();
         let now = now_ms();
@@ -212,6 +213,7 @@ async fn transact(
                 Ok(raw) => raw,
                 Err(why) => {
                     tracing::warn!(%why, topic = message.topic(), partition = message.partition(), offset = message.offset(), "router: record skipped");
+                    unrouted += 1;
                     continue;
                 }
             };
@@ -219,10 +221,12 @@ async fn transact(
                 Ok(event) => event,
                 Err(refusal) => {
                     tracing::debug!(field = %refusal.field, reason = %refusal.reason, "router: event refused");
+                    unrouted += 1;
                     continue;
                 }
             };
             if writer.admit(&event) != Admission::Apply {
+                unrouted += 1;
                 continue;
             }
             writer.record_admission(&event);
@@ -234,6 +238,10 @@ async fn transact(
             }
         }
     }
+    pipeline
+        .counters
+        .unrouted
+        .fetch_add(unrouted, std::sync::atomic::Ordering::Relaxed);
     let mut deliveries = Vec::with_capacity(routed.len());
     for (topic, id, payload, watermark) in &routed {
         let headers = OwnedHeaders::new().insert(Header {
