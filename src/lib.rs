@@ -10,6 +10,7 @@ pub mod definitions;
 pub mod durable;
 pub mod events;
 pub mod features;
+pub mod inference;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod loadtest;

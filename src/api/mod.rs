@@ -37,6 +37,12 @@ pub mod pb {
     tonic::include_proto!("streamscore.v1");
 }
 
+/// Generated from `proto/grpc_predict_v2.proto` (the Open Inference Protocol).
+pub mod v2pb {
+    #![allow(clippy::all, clippy::pedantic)]
+    tonic::include_proto!("inference");
+}
+
 /// The descriptor set served by gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     tonic::include_file_descriptor_set!("streamscore_descriptor");

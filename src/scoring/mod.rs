@@ -328,6 +328,43 @@ fn encode_request(
     })
 }
 
+/// The score of a vector, its decision (none for a regression model) and its top
+/// `reasons` reasons; a non-finite score fails closed.
+fn decide(
+    model: &LoadedModel,
+    values: &[Option<f64>],
+    reasons: usize,
+) -> Result<(f64, Option<Decision>, Vec<Reason>), ScoreError> {
+    let score = finite(model, model.body.model.predict(values))?;
+    let decision = model.body.thresholds.map(|t| t.decide(score));
+    Ok((score, decision, top_reasons(model, values, reasons)))
+}
+
+/// Scores a vector given whole in the model's column order (a table model's row as
+/// the Open Inference Protocol sends it): no entities are read.
+pub fn score_vector(
+    model: Arc<LoadedModel>,
+    values: Vec<Option<f64>>,
+    reasons: usize,
+) -> Result<Scored, ScoreError> {
+    let (score, decision, reasons) = decide(&model, &values, reasons)?;
+    Ok(Scored {
+        model,
+        score,
+        decision,
+        reasons,
+        unknown_entities: Vec::new(),
+        features: None,
+        vector: values,
+        cut: ReadCut {
+            through_seq: None,
+            watermark_ms: 0,
+        },
+        recorded: None,
+        shadowed: Vec::new(),
+    })
+}
+
 /// Scores a checked event on entity reads: the engine as it is, or entity states
 /// fetched from an online store.
 pub fn score_on(
@@ -347,9 +384,7 @@ pub fn score_on(
         }
         None => model.plan.read(definitions, engine, event, &mut values)?,
     };
-    let score = finite(&model, model.body.model.predict(&values))?;
-    let decision = model.body.thresholds.map(|t| t.decide(score));
-    let reasons = top_reasons(&model, &values, reasons);
+    let (score, decision, reasons) = decide(&model, &values, reasons)?;
     let unknown_entities = source
         .unknown
         .iter()
