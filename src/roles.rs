@@ -15,7 +15,8 @@ use crate::api::pb::features_server::FeaturesServer;
 use crate::api::pb::models_server::ModelsServer;
 use crate::api::pb::scoring_server::ScoringServer;
 use crate::api::prometheus::{self, Render};
-use crate::api::{Backend, FeaturesService, ModelsService, ScoringService};
+use crate::api::v2pb::grpc_inference_service_server::GrpcInferenceServiceServer;
+use crate::api::{Backend, FeaturesService, InferenceService, ModelsService, ScoringService};
 use crate::config::Settings;
 use crate::online::{OnlineScorer, RedisOnline};
 use crate::scaleout::{Pipeline, aggregate, route};
@@ -189,6 +190,10 @@ pub async fn run_scorer(
     health
         .set_serving::<FeaturesServer<FeaturesService>>()
         .await;
+    health.set_serving::<ModelsServer<ModelsService>>().await;
+    health
+        .set_serving::<GrpcInferenceServiceServer<InferenceService>>()
+        .await;
     let (reflection, reflection_v1alpha) = crate::server::reflection_services()?;
     let metrics = Arc::new(Metrics::default());
     let callers = Callers::from_settings(&settings.auth).map_err(ServerError::Setup)?;
@@ -218,6 +223,7 @@ pub async fn run_scorer(
     let addr = listener.local_addr().unwrap_or(settings.listen);
     // Same words as the embedded server's line, the address last: tools wait for it.
     tracing::info!(role = "scorer", metrics = %scrapes.addr, addr = %addr, "streamscore listening");
+    let scorer_for_v2 = Arc::clone(&scorer);
     let backend = Backend::Online(scorer);
     let served = grpc_builder(settings, &metrics, AuthLayer::new(callers))?
         .add_service(health_service)
@@ -234,7 +240,15 @@ pub async fn run_scorer(
             FeaturesServer::new(FeaturesService::on(backend))
                 .max_decoding_message_size(max_message),
         )
-        .add_service(ModelsServer::new(ModelsService::new(registry)))
+        .add_service(ModelsServer::new(ModelsService::new(Arc::clone(&registry))))
+        .add_service(
+            GrpcInferenceServiceServer::new(InferenceService::new(
+                Backend::Online(Arc::clone(&scorer_for_v2)),
+                registry,
+                settings.ingest.max_batch_events,
+            ))
+            .max_decoding_message_size(max_message),
+        )
         .serve_with_incoming_shutdown(without_nagle(listener), shutdown)
         .await;
     watcher.abort();

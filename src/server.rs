@@ -20,8 +20,10 @@ use crate::api::pb::ingest_server::IngestServer;
 use crate::api::pb::models_server::ModelsServer;
 use crate::api::pb::scoring_server::ScoringServer;
 use crate::api::prometheus;
+use crate::api::v2pb::grpc_inference_service_server::GrpcInferenceServiceServer;
 use crate::api::{
-    Drain, FILE_DESCRIPTOR_SET, FeaturesService, IngestService, ModelsService, ScoringService,
+    Backend, Drain, FILE_DESCRIPTOR_SET, FeaturesService, InferenceService, IngestService,
+    ModelsService, ScoringService,
 };
 use crate::background::Background;
 use crate::config::{ServeRole, Settings, TlsSettings};
@@ -231,6 +233,10 @@ pub async fn run_with(
     health
         .set_serving::<FeaturesServer<FeaturesService>>()
         .await;
+    health.set_serving::<ModelsServer<ModelsService>>().await;
+    health
+        .set_serving::<GrpcInferenceServiceServer<InferenceService>>()
+        .await;
     let (reflection, reflection_v1alpha) = reflection_services()?;
 
     let registry = open_registry(settings, Arc::clone(store.definitions())).await?;
@@ -349,6 +355,14 @@ pub async fn run_with(
             .max_decoding_message_size(max_message),
         )
         .add_service(ModelsServer::new(ModelsService::new(Arc::clone(&registry))))
+        .add_service(
+            GrpcInferenceServiceServer::new(InferenceService::new(
+                Backend::Embedded(Arc::clone(&store)),
+                Arc::clone(&registry),
+                settings.ingest.max_batch_events,
+            ))
+            .max_decoding_message_size(max_message),
+        )
         .serve_with_incoming_shutdown(without_nagle(listeners.grpc), shutdown);
     let backstop = async {
         let _ = drain_started.wait_for(|draining| *draining).await;

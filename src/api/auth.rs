@@ -78,6 +78,11 @@ fn required_role(path: &str) -> Option<Option<Role>> {
         ("streamscore.v1.Features", _) => Some(Role::Read),
         ("streamscore.v1.Models", "LoadModel" | "SetAlias") => Some(Role::Admin),
         ("streamscore.v1.Models", _) => Some(Role::Read),
+        // The Open Inference Protocol: liveness and readiness are probes, open like
+        // health; inference scores; metadata reads.
+        ("inference.GRPCInferenceService", "ServerLive" | "ServerReady") => return None,
+        ("inference.GRPCInferenceService", "ModelInfer") => Some(Role::Score),
+        ("inference.GRPCInferenceService", _) => Some(Role::Read),
         // Unknown: no role, but a known caller (the router answers UNIMPLEMENTED).
         _ => None,
     })
@@ -339,6 +344,18 @@ mod tests {
             Some(Some(Role::Read))
         );
         assert_eq!(required_role("/grpc.health.v1.Health/Check"), None);
+        assert_eq!(
+            required_role("/inference.GRPCInferenceService/ModelInfer"),
+            Some(Some(Role::Score))
+        );
+        assert_eq!(
+            required_role("/inference.GRPCInferenceService/ModelMetadata"),
+            Some(Some(Role::Read))
+        );
+        assert_eq!(
+            required_role("/inference.GRPCInferenceService/ServerLive"),
+            None
+        );
         assert_eq!(required_role("/made.Up/Thing"), Some(None));
     }
 

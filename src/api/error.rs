@@ -80,6 +80,19 @@ impl From<ScoreError> for Status {
     }
 }
 
+impl From<crate::inference::InferError> for Status {
+    fn from(error: crate::inference::InferError) -> Self {
+        use crate::inference::InferError;
+        match error {
+            InferError::Registry(error) => error.into(),
+            error @ InferError::Unservable { .. } => Status::failed_precondition(error.to_string()),
+            error @ (InferError::Tensor { .. } | InferError::Request(_)) => {
+                Status::invalid_argument(error.to_string())
+            }
+        }
+    }
+}
+
 #[cfg(feature = "cluster")]
 impl From<crate::online::ScorerError> for Status {
     fn from(error: crate::online::ScorerError) -> Self {

@@ -13,6 +13,7 @@ pub mod metrics;
 mod models;
 pub mod prometheus;
 mod scoring;
+mod v2;
 
 pub use features::FeaturesService;
 
@@ -30,6 +31,7 @@ pub enum Backend {
 pub use ingest::{Drain, IngestService};
 pub use models::ModelsService;
 pub use scoring::ScoringService;
+pub use v2::InferenceService;
 
 /// Generated from `proto/streamscore.proto`.
 pub mod pb {

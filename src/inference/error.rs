@@ -2,7 +2,6 @@
 //! named, the row where one row is at fault.
 
 use crate::registry::RegistryError;
-use crate::scoring::ScoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum InferError {
@@ -17,9 +16,6 @@ pub enum InferError {
     /// The model cannot be served over this protocol (it does not say what it reads).
     #[error("model {model}: {reason}")]
     Unservable { model: String, reason: String },
-    /// One row could not be scored; the tensor that made it so is named where known.
-    #[error("row {row}: {error}")]
-    Row { row: usize, error: ScoreError },
 }
 
 impl InferError {

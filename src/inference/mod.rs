@@ -154,6 +154,15 @@ impl Rows {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Stamps every event with `event_time_ms` (unstamped events are scored as of now).
+    pub fn at(&mut self, event_time_ms: i64) {
+        if let Rows::Events(events) = self {
+            for event in events {
+                event.event_time_ms = event_time_ms;
+            }
+        }
+    }
 }
 
 /// Checks `inputs` against `signature` and makes them rows, at most `max_rows`.

@@ -49,7 +49,7 @@ impl Elements {
     /// is a 4-byte little-endian length, then that many bytes.
     pub fn from_raw(tensor: &str, datatype: &str, raw: &Bytes) -> Result<Elements, InferError> {
         let fixed = |width: usize| -> Result<(), InferError> {
-            if raw.len() % width == 0 {
+            if raw.len().is_multiple_of(width) {
                 Ok(())
             } else {
                 Err(InferError::tensor(

@@ -1,0 +1,358 @@
+//! The Open Inference Protocol (KServe V2) over gRPC: `inference.GRPCInferenceService`
+//! on the main port, for clients that already speak it (tritonclient, the KServe
+//! client). Thin handlers: tensors from the proto, the domain (`inference`) checks
+//! them and makes rows, each row is scored by the same path as `Score`, and the scores
+//! go back as tensors: raw when the request was raw (tritonclient's `as_numpy` reads
+//! only raw outputs), typed otherwise.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::Backend;
+use super::v2pb::{self, grpc_inference_service_server::GrpcInferenceService};
+use crate::inference::{self, Elements, InferError, Rows, Signature, Tensor};
+use crate::registry::{LoadedModel, Registry};
+use crate::scoring::{self, ScoreError, ScoreInput, Scored};
+
+/// The server's name in `ServerMetadata`.
+pub const SERVER_NAME: &str = "streamscore";
+/// Most reasons one row may ask for.
+const MAX_REASONS: i64 = 50;
+
+pub struct InferenceService {
+    backend: Backend,
+    registry: Arc<Registry>,
+    max_rows: usize,
+}
+
+impl InferenceService {
+    /// Answers from `backend`; a request may score at most `max_rows` rows.
+    pub fn new(backend: Backend, registry: Arc<Registry>, max_rows: usize) -> InferenceService {
+        InferenceService {
+            backend,
+            registry,
+            max_rows,
+        }
+    }
+
+    /// The model `name` at `version` (empty: the one served under the name).
+    fn model(&self, name: &str, version: &str) -> Result<Arc<LoadedModel>, InferError> {
+        if name.is_empty() {
+            return Err(InferError::Request("model_name: required".into()));
+        }
+        let reference = if version.is_empty() {
+            name.to_string()
+        } else {
+            format!("{name}@{version}")
+        };
+        Ok(self.registry.resolve(&reference)?)
+    }
+
+    fn signature(&self, model: &LoadedModel) -> Result<Signature, InferError> {
+        inference::signature(model, &self.registry_definitions())
+    }
+
+    fn registry_definitions(&self) -> Arc<crate::definitions::Definitions> {
+        match &self.backend {
+            Backend::Embedded(store) => Arc::clone(store.definitions()),
+            #[cfg(feature = "cluster")]
+            Backend::Online(scorer) => Arc::clone(scorer.definitions()),
+        }
+    }
+
+    /// Scores every row by the path `Score` takes, pinned to `model`'s version.
+    async fn score_rows(
+        &self,
+        model: &Arc<LoadedModel>,
+        rows: Rows,
+        reasons: usize,
+    ) -> Result<Vec<Scored>, Status> {
+        let mut scored = Vec::with_capacity(rows.len());
+        match rows {
+            Rows::Vectors(rows) => {
+                for (row, values) in rows.into_iter().enumerate() {
+                    let one = scoring::score_vector(Arc::clone(model), values, reasons)
+                        .map_err(|error| row_status(row, error))?;
+                    scored.push(one);
+                }
+            }
+            Rows::Events(rows) => {
+                for (row, event) in rows.into_iter().enumerate() {
+                    let input = ScoreInput {
+                        model: model.reference(),
+                        event,
+                        include_features: false,
+                        record: false,
+                        reasons,
+                        shadow: Vec::new(),
+                    };
+                    let one = match &self.backend {
+                        Backend::Embedded(store) => scoring::score(store, &self.registry, input)
+                            .await
+                            .map_err(|error| row_status(row, error))?,
+                        #[cfg(feature = "cluster")]
+                        Backend::Online(scorer) => {
+                            match scorer.score_input(&self.registry, input).await {
+                                Ok(one) => one,
+                                Err(crate::online::ScorerError::Score(error)) => {
+                                    return Err(row_status(row, error));
+                                }
+                                Err(error) => return Err(error.into()),
+                            }
+                        }
+                    };
+                    scored.push(one);
+                }
+            }
+        }
+        Ok(scored)
+    }
+}
+
+/// A row's scoring error as a status naming the row, and the tensor when a field of
+/// the event was refused (`numbers.amount` is the `amount` tensor).
+fn row_status(row: usize, error: ScoreError) -> Status {
+    if let ScoreError::Refused(refusal) = &error {
+        let tensor = refusal
+            .field
+            .split_once('.')
+            .filter(|(part, _)| matches!(*part, "entities" | "numbers" | "strings"))
+            .map_or(refusal.field.as_str(), |(_, name)| name);
+        return Status::invalid_argument(format!("{tensor}[{row}]: {}", refusal.reason));
+    }
+    let status = Status::from(error);
+    Status::new(status.code(), format!("row {row}: {}", status.message()))
+}
+
+/// The input tensors of a request, from typed or raw contents.
+fn tensors(request: &mut v2pb::ModelInferRequest) -> Result<Vec<Tensor>, InferError> {
+    let raw = std::mem::take(&mut request.raw_input_contents);
+    if !raw.is_empty() && raw.len() != request.inputs.len() {
+        return Err(InferError::Request(format!(
+            "raw_input_contents: {} entries for {} inputs (one per input, in order)",
+            raw.len(),
+            request.inputs.len()
+        )));
+    }
+    let mut tensors = Vec::with_capacity(request.inputs.len());
+    for (index, input) in std::mem::take(&mut request.inputs).into_iter().enumerate() {
+        let elements = match raw.get(index) {
+            Some(bytes) => {
+                if input.contents.is_some() {
+                    return Err(InferError::tensor(
+                        &input.name,
+                        "has typed contents and raw_input_contents: send one",
+                    ));
+                }
+                Elements::from_raw(&input.name, &input.datatype, bytes)?
+            }
+            None => typed(&input)?,
+        };
+        tensors.push(Tensor {
+            name: input.name,
+            datatype: input.datatype,
+            shape: input.shape,
+            elements,
+        });
+    }
+    Ok(tensors)
+}
+
+fn typed(input: &v2pb::model_infer_request::InferInputTensor) -> Result<Elements, InferError> {
+    let contents = input.contents.clone().unwrap_or_default();
+    match input.datatype.as_str() {
+        "FP64" => Ok(Elements::Fp64(contents.fp64_contents)),
+        "FP32" => Ok(Elements::Fp32(contents.fp32_contents)),
+        "BYTES" => Ok(Elements::Bytes(contents.bytes_contents)),
+        other => Err(InferError::tensor(
+            &input.name,
+            format!("datatype {other:?} is not served here (FP64, FP32 or BYTES)"),
+        )),
+    }
+}
+
+/// Reasons asked for: the `reasons` parameter (true: a few; a number: that many), or
+/// a few when the `reasons` output is requested.
+fn reasons_asked(
+    parameters: &std::collections::BTreeMap<String, v2pb::InferParameter>,
+    requested: &[String],
+) -> Result<usize, InferError> {
+    use v2pb::infer_parameter::ParameterChoice;
+    let parameter = parameters
+        .get("reasons")
+        .and_then(|p| p.parameter_choice.clone());
+    let asked = match parameter {
+        None => requested
+            .iter()
+            .any(|name| name == "reasons")
+            .then_some(inference::DEFAULT_REASONS),
+        Some(ParameterChoice::BoolParam(on)) => on.then_some(inference::DEFAULT_REASONS),
+        Some(ParameterChoice::Int64Param(count)) if (0..=MAX_REASONS).contains(&count) => {
+            Some(count as usize)
+        }
+        Some(_) => {
+            return Err(InferError::Request(format!(
+                "parameters.reasons: true, false or a count from 0 to {MAX_REASONS}"
+            )));
+        }
+    };
+    Ok(asked.unwrap_or(0))
+}
+
+/// The `event_time_ms` parameter: the moment every row is scored as of (default now),
+/// so a caller can score a payment as of when it happened, or repeat a call exactly.
+fn event_time(
+    parameters: &std::collections::BTreeMap<String, v2pb::InferParameter>,
+) -> Result<Option<i64>, InferError> {
+    use v2pb::infer_parameter::ParameterChoice;
+    match parameters
+        .get("event_time_ms")
+        .and_then(|p| p.parameter_choice.clone())
+    {
+        None => Ok(None),
+        Some(ParameterChoice::Int64Param(time)) if time > 0 => Ok(Some(time)),
+        Some(_) => Err(InferError::Request(
+            "parameters.event_time_ms: a positive int64, milliseconds since the Unix epoch".into(),
+        )),
+    }
+}
+
+fn metadata(spec: &inference::TensorSpec) -> v2pb::model_metadata_response::TensorMetadata {
+    v2pb::model_metadata_response::TensorMetadata {
+        name: spec.name.clone(),
+        datatype: spec.datatype.to_string(),
+        shape: spec.shape.clone(),
+    }
+}
+
+#[tonic::async_trait]
+impl GrpcInferenceService for InferenceService {
+    async fn server_live(
+        &self,
+        _request: Request<v2pb::ServerLiveRequest>,
+    ) -> Result<Response<v2pb::ServerLiveResponse>, Status> {
+        Ok(Response::new(v2pb::ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(
+        &self,
+        _request: Request<v2pb::ServerReadyRequest>,
+    ) -> Result<Response<v2pb::ServerReadyResponse>, Status> {
+        let ready = !self.registry.catalog().models().is_empty();
+        Ok(Response::new(v2pb::ServerReadyResponse { ready }))
+    }
+
+    async fn model_ready(
+        &self,
+        request: Request<v2pb::ModelReadyRequest>,
+    ) -> Result<Response<v2pb::ModelReadyResponse>, Status> {
+        let request = request.into_inner();
+        let ready = match self.model(&request.name, &request.version) {
+            Ok(model) => self.signature(&model).is_ok(),
+            Err(InferError::Registry(_)) => false,
+            Err(error) => return Err(error.into()),
+        };
+        Ok(Response::new(v2pb::ModelReadyResponse { ready }))
+    }
+
+    async fn server_metadata(
+        &self,
+        _request: Request<v2pb::ServerMetadataRequest>,
+    ) -> Result<Response<v2pb::ServerMetadataResponse>, Status> {
+        Ok(Response::new(v2pb::ServerMetadataResponse {
+            name: SERVER_NAME.into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            extensions: Vec::new(),
+        }))
+    }
+
+    async fn model_metadata(
+        &self,
+        request: Request<v2pb::ModelMetadataRequest>,
+    ) -> Result<Response<v2pb::ModelMetadataResponse>, Status> {
+        let request = request.into_inner();
+        let model = self.model(&request.name, &request.version)?;
+        let signature = self.signature(&model)?;
+        let mut versions: Vec<u32> = self
+            .registry
+            .catalog()
+            .models()
+            .iter()
+            .filter(|m| m.name() == model.name())
+            .map(|m| m.version())
+            .collect();
+        versions.sort_unstable();
+        let mut properties = std::collections::BTreeMap::new();
+        properties.insert("version".to_string(), model.version().to_string());
+        properties.insert(
+            "family".to_string(),
+            model.body.model.family_name().to_string(),
+        );
+        if let Some(event_type) = &signature.event_type {
+            properties.insert("scored_event".to_string(), event_type.clone());
+        }
+        Ok(Response::new(v2pb::ModelMetadataResponse {
+            name: model.name().to_string(),
+            versions: versions.iter().map(u32::to_string).collect(),
+            platform: SERVER_NAME.into(),
+            inputs: signature.inputs.iter().map(metadata).collect(),
+            outputs: signature.outputs.iter().map(metadata).collect(),
+            properties,
+        }))
+    }
+
+    async fn model_infer(
+        &self,
+        request: Request<v2pb::ModelInferRequest>,
+    ) -> Result<Response<v2pb::ModelInferResponse>, Status> {
+        let mut request = request.into_inner();
+        let raw = !request.raw_input_contents.is_empty();
+        let model = self.model(&request.model_name, &request.model_version)?;
+        let signature = self.signature(&model)?;
+        let inputs = tensors(&mut request)?;
+        let requested: Vec<String> = request.outputs.iter().map(|o| o.name.clone()).collect();
+        let reasons = reasons_asked(&request.parameters, &requested)?;
+        let mut rows = inference::prepare(&signature, &inputs, self.max_rows)?;
+        if let Some(time) = event_time(&request.parameters)? {
+            rows.at(time);
+        }
+        let scored = self.score_rows(&model, rows, reasons).await?;
+        let outputs = inference::outputs(&signature, &scored, &requested, reasons)?;
+        let mut response = v2pb::ModelInferResponse {
+            model_name: model.name().to_string(),
+            model_version: model.version().to_string(),
+            id: request.id,
+            ..Default::default()
+        };
+        for tensor in outputs {
+            if raw {
+                response.raw_output_contents.push(tensor.elements.to_raw());
+            }
+            let contents = (!raw).then(|| match tensor.elements {
+                Elements::Fp64(values) => v2pb::InferTensorContents {
+                    fp64_contents: values,
+                    ..Default::default()
+                },
+                Elements::Fp32(values) => v2pb::InferTensorContents {
+                    fp32_contents: values,
+                    ..Default::default()
+                },
+                Elements::Bytes(values) => v2pb::InferTensorContents {
+                    bytes_contents: values,
+                    ..Default::default()
+                },
+            });
+            response
+                .outputs
+                .push(v2pb::model_infer_response::InferOutputTensor {
+                    name: tensor.name,
+                    datatype: tensor.datatype,
+                    shape: tensor.shape,
+                    parameters: Default::default(),
+                    contents,
+                });
+        }
+        Ok(Response::new(response))
+    }
+}
