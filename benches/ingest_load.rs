@@ -41,6 +41,7 @@ fn main() {
         settings.ingest.allowed_lateness = streamscore::time::Millis(30 * streamscore::time::DAY_MS);
         settings.ingest.dedup_horizon = settings.ingest.allowed_lateness;
         settings.metrics.listen = None;
+        settings.http.listen = None;
         let store = streamscore::server::open_store(&settings).await.expect("store");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}", listener.local_addr().expect("addr"));

@@ -48,6 +48,7 @@ fn settings(dir: &std::path::Path, brokers: &str, batch: usize) -> Settings {
         ..Settings::default()
     };
     settings.metrics.listen = None;
+    settings.http.listen = None;
     settings.kafka.brokers = brokers.to_string();
     settings.kafka.batch_records = batch;
     settings

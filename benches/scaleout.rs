@@ -43,6 +43,7 @@ fn main() {
         ..Settings::default()
     };
     settings.metrics.listen = None;
+    settings.http.listen = None;
     settings.models.dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
     settings.cluster.redis = redis.nodes.clone();
     settings.kafka = KafkaSettings {

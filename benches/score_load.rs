@@ -29,6 +29,7 @@ fn main() {
         ..Settings::default()
     };
     settings.metrics.listen = None;
+    settings.http.listen = None;
     settings.models.dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
 
     let server_runtime = tokio::runtime::Builder::new_multi_thread()

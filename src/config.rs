@@ -35,8 +35,26 @@ pub struct Settings {
     pub kafka: KafkaSettings,
     pub cluster: ClusterSettings,
     pub samples: SampleSettings,
+    pub http: HttpSettings,
     /// Allow listening beyond loopback without TLS and tokens (`serve --insecure`).
     pub insecure: bool,
+}
+
+/// The REST door (the Open Inference Protocol as JSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    /// REST listen address; unset = no REST listener. Loopback only without
+    /// `--insecure` (no TLS on this listener).
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
+        }
+    }
 }
 
 /// The score sample log that `streamscore skew` checks.
@@ -398,6 +416,7 @@ impl Default for Settings {
             kafka: KafkaSettings::default(),
             cluster: ClusterSettings::default(),
             samples: SampleSettings::default(),
+            http: HttpSettings::default(),
             insecure: false,
         }
     }
@@ -584,6 +603,13 @@ impl Settings {
                     "refusing to listen on {listen} without TLS and callers: anyone who can reach it could move aliases and switch fraud checks off. Set [tls] cert/key and [[auth.tokens]], listen on 127.0.0.1, or pass --insecure"
                 )));
             }
+        }
+        if let Some(listen) = self.http.listen
+            && !(listen.ip().is_loopback() || self.insecure)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "http.listen: refusing to serve REST on {listen}: the HTTP listener has no TLS, so tokens and payments would cross the network in clear. Listen on 127.0.0.1 (behind a TLS proxy), or pass --insecure"
+            )));
         }
         if self.snapshot.interval.0 < 1000 {
             return Err(ConfigError::Invalid(

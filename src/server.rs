@@ -151,6 +151,8 @@ pub struct Listeners {
     pub metrics: Option<TcpListener>,
     /// Admin calls (LoadModel, SetAlias) only; `None` = on `grpc`.
     pub admin: Option<TcpListener>,
+    /// The REST door (Open Inference Protocol as JSON); `None` = none.
+    pub http: Option<TcpListener>,
 }
 
 /// Serves the gRPC API on `listener` (and metrics where `settings.metrics.listen` says)
@@ -173,11 +175,16 @@ pub async fn run(
         }
         None => None,
     };
+    let http = match settings.http.listen {
+        Some(addr) => Some(bind(addr).await?),
+        None => None,
+    };
     run_with(
         Listeners {
             grpc: listener,
             metrics,
             admin,
+            http,
         },
         store,
         settings,
@@ -330,6 +337,12 @@ pub async fn run_with(
     } else {
         auth
     };
+    let inference = Arc::new(InferenceService::new(
+        Backend::Embedded(Arc::clone(&store)),
+        Arc::clone(&registry),
+        settings.ingest.max_batch_events,
+    ));
+    let rest = serve_rest(listeners.http, &inference, settings, drain_started.clone())?;
     let serving = grpc_builder(settings, &metrics, main_auth)?
         .add_service(health_service)
         .add_service(reflection)
@@ -356,12 +369,7 @@ pub async fn run_with(
         )
         .add_service(ModelsServer::new(ModelsService::new(Arc::clone(&registry))))
         .add_service(
-            GrpcInferenceServiceServer::new(InferenceService::new(
-                Backend::Embedded(Arc::clone(&store)),
-                Arc::clone(&registry),
-                settings.ingest.max_batch_events,
-            ))
-            .max_decoding_message_size(max_message),
+            GrpcInferenceServiceServer::from_arc(inference).max_decoding_message_size(max_message),
         )
         .serve_with_incoming_shutdown(without_nagle(listeners.grpc), shutdown);
     let backstop = async {
@@ -377,6 +385,9 @@ pub async fn run_with(
     };
     if let Some(admin) = admin_serving {
         admin.abort();
+    }
+    if let Some(rest) = rest {
+        rest.abort();
     }
     #[cfg(feature = "kafka")]
     kafka.join().await;
@@ -394,6 +405,33 @@ pub async fn run_with(
     tokio::task::spawn_blocking(move || store.close()).await??;
     result?;
     Ok(())
+}
+
+/// Serves the REST door on `listener` (when there is one) until the drain starts.
+pub(crate) fn serve_rest(
+    listener: Option<TcpListener>,
+    inference: &Arc<InferenceService>,
+    settings: &Settings,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) -> Result<Option<tokio::task::JoinHandle<()>>, ServerError> {
+    let Some(listener) = listener else {
+        return Ok(None);
+    };
+    let callers = Callers::from_settings(&settings.auth).map_err(ServerError::Setup)?;
+    let router = crate::api::rest::router(
+        Arc::clone(inference),
+        Arc::new(callers),
+        settings.ingest.max_message_bytes,
+    );
+    tracing::info!(addr = ?listener.local_addr().ok(), "REST (Open Inference Protocol) on /v2");
+    Ok(Some(tokio::spawn(async move {
+        let shutdown = async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        };
+        if let Err(error) = crate::api::rest::serve(listener, router, shutdown).await {
+            tracing::error!(%error, "REST listener failed");
+        }
+    })))
 }
 
 /// gRPC reflection, both versions: grpcurl 1.8 and several GUI clients speak only

@@ -549,3 +549,223 @@ async fn bad_tensors_are_refused_naming_the_tensor() {
     }
     server.stop().await;
 }
+
+/// One HTTP/1.1 request on its own connection: (status, JSON body).
+async fn http(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> (u16, serde_json::Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await.expect("send head");
+    stream.write_all(body).await.expect("send body");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.expect("read");
+    let text = String::from_utf8_lossy(&response);
+    let status: u16 = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status: {text}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+fn json_request(rows: &[(String, String, f64)], at: i64) -> serde_json::Value {
+    serde_json::json!({
+        "id": "rest-1",
+        "parameters": { "event_time_ms": at },
+        "inputs": [
+            { "name": "user", "datatype": "BYTES", "shape": [rows.len()], "data": rows.iter().map(|r| r.0.clone()).collect::<Vec<_>>() },
+            { "name": "card", "datatype": "BYTES", "shape": [rows.len()], "data": rows.iter().map(|r| r.1.clone()).collect::<Vec<_>>() },
+            { "name": "amount", "datatype": "FP64", "shape": [rows.len()], "data": rows.iter().map(|r| r.2).collect::<Vec<_>>() },
+        ]
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_answers_as_grpc_does_in_json_and_binary() {
+    let (server, users, cards, at) = server_with_history().await;
+    let addr = server.http_addr;
+    let get = |path: &'static str| http(addr, "GET", path, &[], b"");
+    assert_eq!(
+        get("/v2/health/live").await,
+        (200, serde_json::json!({ "live": true }))
+    );
+    assert_eq!(
+        get("/v2/health/ready").await,
+        (200, serde_json::json!({ "ready": true }))
+    );
+    let (status, metadata) = get("/v2").await;
+    assert_eq!(
+        (status, metadata["name"].as_str()),
+        (200, Some("streamscore"))
+    );
+    let (status, fraud) = get("/v2/models/fraud").await;
+    assert_eq!(status, 200, "{fraud}");
+    let mut client = Client::new(server.channel().await);
+    let over_grpc = client
+        .model_metadata(v2pb::ModelMetadataRequest {
+            name: "fraud".into(),
+            version: String::new(),
+        })
+        .await
+        .expect("metadata")
+        .into_inner();
+    let rest_inputs: Vec<(String, String)> = fraud["inputs"]
+        .as_array()
+        .expect("inputs")
+        .iter()
+        .map(|i| {
+            (
+                i["name"].as_str().unwrap_or("").to_string(),
+                i["datatype"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    let grpc_inputs: Vec<(String, String)> = over_grpc
+        .inputs
+        .iter()
+        .map(|i| (i.name.clone(), i.datatype.clone()))
+        .collect();
+    assert_eq!(rest_inputs, grpc_inputs);
+    assert_eq!(get("/v2/models/fraud/versions/1").await.0, 200);
+    assert_eq!(get("/v2/models/fraud/ready").await.0, 200);
+    assert_eq!(get("/v2/models/fraud/versions/7/ready").await.0, 503);
+    assert_eq!(get("/v2/models/nope").await.0, 404);
+
+    let rows: Vec<(String, String, f64)> = (0..6)
+        .map(|i| {
+            (
+                users[i % users.len()].clone(),
+                cards[(i * 3) % cards.len()].clone(),
+                19.0 + i as f64 * 17.0,
+            )
+        })
+        .collect();
+    let body = json_request(&rows, at).to_string();
+    let (status, answer) = http(addr, "POST", "/v2/models/fraud/infer", &[], body.as_bytes()).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["id"], "rest-1");
+    assert_eq!(answer["model_version"], "1");
+    let probability = answer["outputs"]
+        .as_array()
+        .expect("outputs")
+        .iter()
+        .find(|o| o["name"] == "probability")
+        .expect("probability")["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|v| v.as_f64().expect("number"))
+        .collect::<Vec<f64>>();
+    let expected = probabilities(
+        &client
+            .model_infer(fraud_request(&rows, at))
+            .await
+            .expect("grpc")
+            .into_inner(),
+    );
+    assert_eq!(
+        probability.iter().map(|p| p.to_bits()).collect::<Vec<_>>(),
+        expected.iter().map(|p| p.to_bits()).collect::<Vec<_>>()
+    );
+
+    // The binary tensor extension, as tritonclient sends it by default.
+    let mut header = json_request(&rows, at);
+    let mut binary = Vec::new();
+    for input in header["inputs"].as_array_mut().expect("inputs") {
+        let mut raw = Vec::new();
+        for value in input["data"].as_array().expect("data") {
+            match value {
+                serde_json::Value::String(text) => {
+                    raw.extend_from_slice(&(text.len() as u32).to_le_bytes());
+                    raw.extend_from_slice(text.as_bytes());
+                }
+                number => raw.extend_from_slice(&number.as_f64().expect("number").to_le_bytes()),
+            }
+        }
+        input.as_object_mut().expect("object").remove("data");
+        input["parameters"] = serde_json::json!({ "binary_data_size": raw.len() });
+        binary.extend(raw);
+    }
+    let header = header.to_string();
+    let mut body = header.clone().into_bytes();
+    body.extend(&binary);
+    let (status, answer) = http(
+        addr,
+        "POST",
+        "/v2/models/fraud/versions/1/infer",
+        &[("inference-header-content-length", header.len().to_string())],
+        &body,
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let binary_probability: Vec<f64> = answer["outputs"][0]["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|v| v.as_f64().expect("number"))
+        .collect();
+    assert_eq!(binary_probability, probability);
+
+    // Bad requests: a clear error naming what is wrong.
+    let mut wrong = json_request(&rows, at);
+    wrong["inputs"][2]["datatype"] = "BYTES".into();
+    let (status, error) = http(
+        addr,
+        "POST",
+        "/v2/models/fraud/infer",
+        &[],
+        wrong.to_string().as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(
+        error["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("amount: element 0 is not a string"),
+        "{error}"
+    );
+    let (status, error) = http(addr, "POST", "/v2/models/fraud/infer", &[], b"{not json").await;
+    assert_eq!(status, 400);
+    assert!(
+        error["error"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("body: not a JSON inference request"),
+        "{error}"
+    );
+    let (status, _) = http(
+        addr,
+        "POST",
+        "/v2/models/nope/infer",
+        &[],
+        body_of(&rows, at).as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 404);
+    server.stop().await;
+}
+
+fn body_of(rows: &[(String, String, f64)], at: i64) -> String {
+    json_request(rows, at).to_string()
+}

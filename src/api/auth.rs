@@ -162,6 +162,25 @@ impl Callers {
         !self.tokens.is_empty() || !self.certificates.is_empty()
     }
 
+    /// Whether `request` (from another door than gRPC) may go on to need `role`:
+    /// always when no callers are configured, else by its bearer token.
+    pub(crate) fn authorize<B>(
+        &self,
+        request: &http::Request<B>,
+        role: Role,
+        what: &str,
+    ) -> Result<Caller, Status> {
+        if !self.enabled() {
+            return Ok(Caller::anonymous());
+        }
+        let caller = self.identify(request)?;
+        if caller.may(role) {
+            Ok(caller)
+        } else {
+            Err(caller.denied(what, role))
+        }
+    }
+
     /// Who sent `request`, or why nobody known did.
     fn identify<B>(&self, request: &http::Request<B>) -> Result<Caller, Status> {
         if let Some(header) = request.headers().get(http::header::AUTHORIZATION) {

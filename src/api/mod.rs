@@ -12,6 +12,7 @@ pub mod limits;
 pub mod metrics;
 mod models;
 pub mod prometheus;
+pub mod rest;
 mod scoring;
 mod v2;
 

@@ -11,14 +11,14 @@ use tonic::{Request, Response, Status};
 
 use super::Backend;
 use super::v2pb::{self, grpc_inference_service_server::GrpcInferenceService};
-use crate::inference::{self, Elements, InferError, Rows, Signature, Tensor};
+use crate::inference::{
+    self, Elements, InferError, ParamValue, Parameters, Rows, Signature, Tensor,
+};
 use crate::registry::{LoadedModel, Registry};
 use crate::scoring::{self, ScoreError, ScoreInput, Scored};
 
 /// The server's name in `ServerMetadata`.
 pub const SERVER_NAME: &str = "streamscore";
-/// Most reasons one row may ask for.
-const MAX_REASONS: i64 = 50;
 
 pub struct InferenceService {
     backend: Backend,
@@ -59,6 +59,61 @@ impl InferenceService {
             #[cfg(feature = "cluster")]
             Backend::Online(scorer) => Arc::clone(scorer.definitions()),
         }
+    }
+
+    /// Runs `model_name` (at `version`, empty: the one served) on `inputs`: the rows
+    /// checked and scored, the outputs asked for. Both transports call this.
+    pub(crate) async fn infer(
+        &self,
+        model_name: &str,
+        version: &str,
+        inputs: &[Tensor],
+        requested: &[String],
+        parameters: Parameters,
+    ) -> Result<(Arc<LoadedModel>, Vec<Tensor>), Status> {
+        let model = self.model(model_name, version)?;
+        let signature = self.signature(&model)?;
+        let mut rows = inference::prepare(&signature, inputs, self.max_rows)?;
+        if let Some(time) = parameters.event_time_ms {
+            rows.at(time);
+        }
+        let scored = self.score_rows(&model, rows, parameters.reasons).await?;
+        let outputs = inference::outputs(&signature, &scored, requested, parameters.reasons)?;
+        Ok((model, outputs))
+    }
+
+    /// Whether `name` at `version` is loaded and can be served over the protocol.
+    pub(crate) fn ready(&self, name: &str, version: &str) -> Result<bool, Status> {
+        match self.model(name, version) {
+            Ok(model) => Ok(self.signature(&model).is_ok()),
+            Err(InferError::Registry(_)) => Ok(false),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Whether any model is loaded.
+    pub(crate) fn server_ready(&self) -> bool {
+        !self.registry.catalog().models().is_empty()
+    }
+
+    /// A model's signature and every version of it loaded.
+    pub(crate) fn describe(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> Result<(Arc<LoadedModel>, Signature, Vec<u32>), Status> {
+        let model = self.model(name, version)?;
+        let signature = self.signature(&model)?;
+        let mut versions: Vec<u32> = self
+            .registry
+            .catalog()
+            .models()
+            .iter()
+            .filter(|m| m.name() == model.name())
+            .map(|m| m.version())
+            .collect();
+        versions.sort_unstable();
+        Ok((model, signature, versions))
     }
 
     /// Scores every row by the path `Score` takes, pinned to `model`'s version.
@@ -172,50 +227,25 @@ fn typed(input: &v2pb::model_infer_request::InferInputTensor) -> Result<Elements
     }
 }
 
-/// Reasons asked for: the `reasons` parameter (true: a few; a number: that many), or
-/// a few when the `reasons` output is requested.
-fn reasons_asked(
+/// The request's parameters as the domain reads them.
+fn parameters(
     parameters: &std::collections::BTreeMap<String, v2pb::InferParameter>,
     requested: &[String],
-) -> Result<usize, InferError> {
+) -> Result<Parameters, InferError> {
     use v2pb::infer_parameter::ParameterChoice;
-    let parameter = parameters
-        .get("reasons")
-        .and_then(|p| p.parameter_choice.clone());
-    let asked = match parameter {
-        None => requested
-            .iter()
-            .any(|name| name == "reasons")
-            .then_some(inference::DEFAULT_REASONS),
-        Some(ParameterChoice::BoolParam(on)) => on.then_some(inference::DEFAULT_REASONS),
-        Some(ParameterChoice::Int64Param(count)) if (0..=MAX_REASONS).contains(&count) => {
-            Some(count as usize)
-        }
-        Some(_) => {
-            return Err(InferError::Request(format!(
-                "parameters.reasons: true, false or a count from 0 to {MAX_REASONS}"
-            )));
-        }
-    };
-    Ok(asked.unwrap_or(0))
-}
-
-/// The `event_time_ms` parameter: the moment every row is scored as of (default now),
-/// so a caller can score a payment as of when it happened, or repeat a call exactly.
-fn event_time(
-    parameters: &std::collections::BTreeMap<String, v2pb::InferParameter>,
-) -> Result<Option<i64>, InferError> {
-    use v2pb::infer_parameter::ParameterChoice;
-    match parameters
-        .get("event_time_ms")
-        .and_then(|p| p.parameter_choice.clone())
-    {
-        None => Ok(None),
-        Some(ParameterChoice::Int64Param(time)) if time > 0 => Ok(Some(time)),
-        Some(_) => Err(InferError::Request(
-            "parameters.event_time_ms: a positive int64, milliseconds since the Unix epoch".into(),
-        )),
-    }
+    let values = parameters.iter().filter_map(|(name, parameter)| {
+        let value = match parameter.parameter_choice.clone()? {
+            ParameterChoice::BoolParam(v) => ParamValue::Bool(v),
+            ParameterChoice::Int64Param(v) => ParamValue::Int(v),
+            ParameterChoice::Uint64Param(v) => {
+                ParamValue::Int(i64::try_from(v).unwrap_or(i64::MAX))
+            }
+            ParameterChoice::DoubleParam(v) => ParamValue::Double(v),
+            ParameterChoice::StringParam(v) => ParamValue::Text(v),
+        };
+        Some((name.as_str(), value))
+    });
+    Parameters::read(values, requested)
 }
 
 fn metadata(spec: &inference::TensorSpec) -> v2pb::model_metadata_response::TensorMetadata {
@@ -239,8 +269,9 @@ impl GrpcInferenceService for InferenceService {
         &self,
         _request: Request<v2pb::ServerReadyRequest>,
     ) -> Result<Response<v2pb::ServerReadyResponse>, Status> {
-        let ready = !self.registry.catalog().models().is_empty();
-        Ok(Response::new(v2pb::ServerReadyResponse { ready }))
+        Ok(Response::new(v2pb::ServerReadyResponse {
+            ready: self.server_ready(),
+        }))
     }
 
     async fn model_ready(
@@ -248,12 +279,9 @@ impl GrpcInferenceService for InferenceService {
         request: Request<v2pb::ModelReadyRequest>,
     ) -> Result<Response<v2pb::ModelReadyResponse>, Status> {
         let request = request.into_inner();
-        let ready = match self.model(&request.name, &request.version) {
-            Ok(model) => self.signature(&model).is_ok(),
-            Err(InferError::Registry(_)) => false,
-            Err(error) => return Err(error.into()),
-        };
-        Ok(Response::new(v2pb::ModelReadyResponse { ready }))
+        Ok(Response::new(v2pb::ModelReadyResponse {
+            ready: self.ready(&request.name, &request.version)?,
+        }))
     }
 
     async fn server_metadata(
@@ -272,17 +300,7 @@ impl GrpcInferenceService for InferenceService {
         request: Request<v2pb::ModelMetadataRequest>,
     ) -> Result<Response<v2pb::ModelMetadataResponse>, Status> {
         let request = request.into_inner();
-        let model = self.model(&request.name, &request.version)?;
-        let signature = self.signature(&model)?;
-        let mut versions: Vec<u32> = self
-            .registry
-            .catalog()
-            .models()
-            .iter()
-            .filter(|m| m.name() == model.name())
-            .map(|m| m.version())
-            .collect();
-        versions.sort_unstable();
+        let (model, signature, versions) = self.describe(&request.name, &request.version)?;
         let mut properties = std::collections::BTreeMap::new();
         properties.insert("version".to_string(), model.version().to_string());
         properties.insert(
@@ -308,17 +326,18 @@ impl GrpcInferenceService for InferenceService {
     ) -> Result<Response<v2pb::ModelInferResponse>, Status> {
         let mut request = request.into_inner();
         let raw = !request.raw_input_contents.is_empty();
-        let model = self.model(&request.model_name, &request.model_version)?;
-        let signature = self.signature(&model)?;
         let inputs = tensors(&mut request)?;
         let requested: Vec<String> = request.outputs.iter().map(|o| o.name.clone()).collect();
-        let reasons = reasons_asked(&request.parameters, &requested)?;
-        let mut rows = inference::prepare(&signature, &inputs, self.max_rows)?;
-        if let Some(time) = event_time(&request.parameters)? {
-            rows.at(time);
-        }
-        let scored = self.score_rows(&model, rows, reasons).await?;
-        let outputs = inference::outputs(&signature, &scored, &requested, reasons)?;
+        let parameters = parameters(&request.parameters, &requested)?;
+        let (model, outputs) = self
+            .infer(
+                &request.model_name,
+                &request.model_version,
+                &inputs,
+                &requested,
+                parameters,
+            )
+            .await?;
         let mut response = v2pb::ModelInferResponse {
             model_name: model.name().to_string(),
             model_version: model.version().to_string(),

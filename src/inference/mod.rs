@@ -424,3 +424,68 @@ fn reasons_json(scored: &Scored) -> String {
         .collect();
     serde_json::to_string(&reasons).unwrap_or_else(|_| "[]".into())
 }
+
+/// A request parameter's value, as either transport carries it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ParamValue {
+    Bool(bool),
+    Int(i64),
+    Double(f64),
+    Text(String),
+}
+
+/// Most reasons one row may ask for.
+pub const MAX_REASONS: i64 = 50;
+
+/// The request parameters streamscore reads; others are ignored, as the protocol asks.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Parameters {
+    /// Reasons per row: the `reasons` parameter (true: a few; a count: that many), or a
+    /// few when the `reasons` output is requested.
+    pub reasons: usize,
+    /// `event_time_ms`: the moment every row is scored as of (default now), so a
+    /// caller can score a payment as of when it happened, or repeat a call exactly.
+    pub event_time_ms: Option<i64>,
+}
+
+impl Parameters {
+    pub fn read<'a>(
+        parameters: impl IntoIterator<Item = (&'a str, ParamValue)>,
+        requested: &[String],
+    ) -> Result<Parameters, InferError> {
+        let mut read = Parameters {
+            reasons: if requested.iter().any(|name| name == "reasons") {
+                DEFAULT_REASONS
+            } else {
+                0
+            },
+            event_time_ms: None,
+        };
+        for (name, value) in parameters {
+            match (name, value) {
+                ("reasons", ParamValue::Bool(on)) => {
+                    read.reasons = if on { DEFAULT_REASONS } else { 0 };
+                }
+                ("reasons", ParamValue::Int(count)) if (0..=MAX_REASONS).contains(&count) => {
+                    read.reasons = count as usize;
+                }
+                ("reasons", _) => {
+                    return Err(InferError::Request(format!(
+                        "parameters.reasons: true, false or a count from 0 to {MAX_REASONS}"
+                    )));
+                }
+                ("event_time_ms", ParamValue::Int(time)) if time > 0 => {
+                    read.event_time_ms = Some(time);
+                }
+                ("event_time_ms", _) => {
+                    return Err(InferError::Request(
+                        "parameters.event_time_ms: a positive integer, milliseconds since the Unix epoch"
+                            .into(),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Ok(read)
+    }
+}

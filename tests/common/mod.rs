@@ -25,6 +25,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// The Prometheus endpoint (`GET /metrics`).
     pub metrics_addr: SocketAddr,
+    /// The REST door (`/v2/...`).
+    pub http_addr: SocketAddr,
     /// The admin listener's URL, when the settings ask for one (`admin.listen`).
     pub admin_url: Option<String>,
     pub store: Arc<FeatureStore>,
@@ -52,6 +54,8 @@ impl TestServer {
         let addr = listener.local_addr().expect("local addr");
         let metrics = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
         let metrics_addr = metrics.local_addr().expect("local addr");
+        let http = TcpListener::bind("127.0.0.1:0").await.expect("bind port 0");
+        let http_addr = http.local_addr().expect("local addr");
         // Any admin address asked for becomes a free loopback port.
         let admin = match settings.admin.listen {
             Some(_) => Some(TcpListener::bind("127.0.0.1:0").await.expect("bind port 0")),
@@ -67,6 +71,7 @@ impl TestServer {
                 grpc: listener,
                 metrics: Some(metrics),
                 admin,
+                http: Some(http),
             };
             streamscore::server::run_with(listeners, server_store, &settings, async {
                 let _ = signal.await;
@@ -77,6 +82,7 @@ impl TestServer {
             url: format!("http://{addr}"),
             addr,
             metrics_addr,
+            http_addr,
             admin_url,
             store,
             dir,
@@ -313,6 +319,7 @@ fn spawn_for_line(
         .env("RUST_LOG", "info")
         // Any free port: a fixed one could be taken by another server on the machine.
         .env("STREAMSCORE__METRICS__LISTEN", "127.0.0.1:0")
+        .env("STREAMSCORE__HTTP__LISTEN", "127.0.0.1:0")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
