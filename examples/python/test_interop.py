@@ -148,6 +148,39 @@ def run(server):
         print(f"interop {name}: live, metadata, 100 payments alone and batched equal native Score")
 
 
+def reflection_only(server):
+    """What grpcurl 1.8 does with no proto file, with grpcio-reflection's client, which
+    (like grpcurl 1.8.x) speaks only reflection v1alpha: list the services, load the
+    descriptors of Scoring from the server, build a ScoreRequest from them, call Score."""
+    import grpc
+    from google.protobuf import descriptor_pool, json_format, message_factory
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
+
+    channel = grpc.insecure_channel(server.grpc)
+    database = ProtoReflectionDescriptorDatabase(channel)
+    services = set(database.get_services())
+    for expected in ["streamscore.v1.Scoring", "inference.GRPCInferenceService", "grpc.health.v1.Health"]:
+        check(expected in services, f"reflection lists {expected}: {sorted(services)}")
+    pool = descriptor_pool.DescriptorPool(database)
+    score = pool.FindServiceByName("streamscore.v1.Scoring").FindMethodByName("Score")
+    request_class = message_factory.GetMessageClass(score.input_type)
+    response_class = message_factory.GetMessageClass(score.output_type)
+    request = json_format.ParseDict(
+        {"model": "fraud", "event": {"entities": {"user": "u1", "card": "c1"}, "numbers": {"amount": 42.0}}},
+        request_class(),
+    )
+    call = channel.unary_unary(
+        "/streamscore.v1.Scoring/Score",
+        request_serializer=lambda m: m.SerializeToString(),
+        response_deserializer=response_class.FromString,
+    )
+    response = json_format.MessageToDict(call(request))
+    check(0.0 <= response.get("score", -1) <= 1.0 and response.get("model") == "fraud", f"Score by reflection: {response}")
+    print(f"reflection v1alpha: {len(services)} services listed, Score called with no proto file: {response['decision']}")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--server", required=True, help="the streamscore binary")
@@ -155,6 +188,7 @@ def main():
     server = Server(args.server)
     try:
         run(server)
+        reflection_only(server)
     except BaseException:
         print("".join(server.log[-40:]), file=sys.stderr)
         raise
