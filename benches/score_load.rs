@@ -1,8 +1,9 @@
 //! The gRPC load bench for scoring: starts the real server (its own runtime, on
 //! loopback), feeds it three hours of simulated traffic, then runs the load generator
-//! of `streamscore loadtest` (a second runtime, same 2 cores) for the PRODUCT.md
-//! targets: `Score` at 32 in flight, one client in a loop, `ScoreCandidates` with 100
-//! candidates, and durable ingest of 100-event batches.
+//! of `streamscore loadtest` (a second runtime, same 2 cores) for the README's
+//! targets: `Score` at 32 in flight, the same payment through the Open Inference
+//! Protocol (gRPC `ModelInfer` and REST `infer`) beside it, one client in a loop,
+//! `ScoreCandidates` with 100 candidates, and durable ingest of 100-event batches.
 //!
 //! `cargo bench --bench score_load` (env: SECONDS=10 per run).
 
@@ -37,24 +38,33 @@ fn main() {
         .enable_all()
         .build()
         .expect("server runtime");
-    let (addr, stop) = server_runtime.block_on(async {
+    let (addr, http_addr, stop) = server_runtime.block_on(async {
         let store = streamscore::server::open_store(&settings)
             .await
             .expect("store opens");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
+        let http = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let http_addr = http.local_addr().expect("addr");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let settings = settings.clone();
         tokio::spawn(async move {
-            streamscore::server::run(listener, store, &settings, async {
+            let listeners = streamscore::server::Listeners {
+                grpc: listener,
+                metrics: None,
+                admin: None,
+                http: Some(http),
+            };
+            streamscore::server::run_with(listeners, store, &settings, async {
                 let _ = stopped.await;
             })
             .await
             .expect("server runs")
         });
-        (addr, stop)
+        (addr, http_addr, stop)
     });
     let url = format!("http://{addr}");
+    let rest_url = format!("http://{http_addr}");
 
     let client_runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -77,8 +87,32 @@ fn main() {
             .expect("history streams");
         println!("server fed {count} simulated events (3 hours of traffic)\n");
 
+        // The standard protocol beside native Score, twice, so the ratio is seen in one
+        // run on the same machine state.
         let runs = [
             ("Score, 32 in flight", Call::Score, 32, "fraud", 1),
+            (
+                "V2 ModelInfer (gRPC), 32 in flight",
+                Call::V2,
+                32,
+                "fraud",
+                1,
+            ),
+            (
+                "V2 REST infer (JSON), 32 in flight",
+                Call::Rest,
+                32,
+                "fraud",
+                1,
+            ),
+            ("Score, 32 in flight (again)", Call::Score, 32, "fraud", 1),
+            (
+                "V2 ModelInfer (gRPC), 32 in flight (again)",
+                Call::V2,
+                32,
+                "fraud",
+                1,
+            ),
             ("Score, 1 client in a loop", Call::Score, 1, "fraud", 1),
             (
                 "ScoreCandidates x100, 8 in flight",
@@ -108,7 +142,8 @@ fn main() {
                 batch,
                 sim: sim.clone(),
             };
-            let report = loadtest::run(&url, &Default::default(), &spec)
+            let target = if call == Call::Rest { &rest_url } else { &url };
+            let report = loadtest::run(target, &Default::default(), &spec)
                 .await
                 .expect("load runs");
             println!(

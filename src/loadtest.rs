@@ -10,6 +10,10 @@ use std::time::{Duration, Instant};
 use crate::api::client::{ClientOptions, Connection};
 
 use crate::api::pb::{self, ingest_client::IngestClient, scoring_client::ScoringClient};
+use crate::api::v2pb::{
+    self, grpc_inference_service_client::GrpcInferenceServiceClient,
+    model_infer_request::InferInputTensor,
+};
 use crate::events::RawEvent;
 use crate::simulate::{SimConfig, Simulator};
 use crate::time::now_ms;
@@ -19,6 +23,10 @@ pub enum Call {
     Score,
     Candidates,
     Ingest,
+    /// One payment through the Open Inference Protocol's `ModelInfer` over gRPC.
+    V2,
+    /// One payment through the protocol's REST `infer` (the URL is the REST listener's).
+    Rest,
 }
 
 impl std::str::FromStr for Call {
@@ -29,8 +37,10 @@ impl std::str::FromStr for Call {
             "score" => Ok(Call::Score),
             "candidates" => Ok(Call::Candidates),
             "ingest" => Ok(Call::Ingest),
+            "v2" => Ok(Call::V2),
+            "rest" => Ok(Call::Rest),
             other => Err(format!(
-                "unknown call '{other}' (known: score, candidates, ingest)"
+                "unknown call '{other}' (known: score, candidates, ingest, v2, rest)"
             )),
         }
     }
@@ -136,6 +146,40 @@ fn pool(sim: &SimConfig, call: Call) -> Pool {
 enum Client {
     Scoring(ScoringClient<Connection>),
     Ingest(IngestClient<Connection>),
+    Inference(GrpcInferenceServiceClient<Connection>),
+    Rest(rest::RestClient),
+}
+
+/// A payment as the fraud model's V2 input tensors: (name, BYTES values) and (name,
+/// FP64 value) per field.
+fn payment_tensors(event: &RawEvent) -> Vec<InferInputTensor> {
+    let bytes = |name: &str, value: &str| InferInputTensor {
+        name: name.to_string(),
+        datatype: "BYTES".into(),
+        shape: vec![1],
+        contents: Some(v2pb::InferTensorContents {
+            bytes_contents: vec![bytes::Bytes::copy_from_slice(value.as_bytes())],
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut tensors: Vec<InferInputTensor> = event
+        .entities
+        .iter()
+        .chain(&event.strings)
+        .map(|(name, value)| bytes(name, value))
+        .collect();
+    tensors.extend(event.numbers.iter().map(|(name, value)| InferInputTensor {
+        name: name.clone(),
+        datatype: "FP64".into(),
+        shape: vec![1],
+        contents: Some(v2pb::InferTensorContents {
+            fp64_contents: vec![*value],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }));
+    tensors
 }
 
 /// One request of the spec's kind; `n` picks what it is about.
@@ -161,6 +205,24 @@ async fn send(
                 })
                 .await
                 .map(|_| ())
+        }
+        Client::Inference(inference) => {
+            let event = &pool.payments[n % pool.payments.len().max(1)];
+            inference
+                .model_infer(v2pb::ModelInferRequest {
+                    model_name: spec.model.clone(),
+                    inputs: payment_tensors(event),
+                    ..Default::default()
+                })
+                .await
+                .map(|_| ())
+        }
+        Client::Rest(rest) => {
+            let event = &pool.payments[n % pool.payments.len().max(1)];
+            let body = rest::payment_json(event);
+            rest.post(&format!("/v2/models/{}/infer", spec.model), &body)
+                .await
+                .map_err(tonic::Status::unknown)
         }
         Client::Scoring(scoring) => {
             let user = &pool.users[n % pool.users.len().max(1)];
@@ -223,20 +285,31 @@ pub async fn run(
 ) -> Result<LoadReport, crate::api::client::ConnectError> {
     let pool = std::sync::Arc::new(pool(&spec.sim, spec.call));
     let mut channels = Vec::new();
-    for _ in 0..spec.connections.clamp(1, spec.concurrency.max(1)) {
-        channels.push(crate::api::client::connect_with(url, options).await?);
+    // REST workers each keep their own HTTP/1.1 connection.
+    if spec.call != Call::Rest {
+        for _ in 0..spec.connections.clamp(1, spec.concurrency.max(1)) {
+            channels.push(crate::api::client::connect_with(url, options).await?);
+        }
     }
     let mut workers = Vec::new();
     let started = Instant::now();
     let deadline = started + spec.duration;
     for worker in 0..spec.concurrency.max(1) {
-        let channel = channels[worker % channels.len()].clone();
+        let channel = channels.get(worker % channels.len().max(1)).cloned();
         let spec = spec.clone();
         let pool = std::sync::Arc::clone(&pool);
+        let rest_target = url
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
         workers.push(tokio::spawn(async move {
-            let mut client = match spec.call {
-                Call::Ingest => Client::Ingest(IngestClient::new(channel)),
-                _ => Client::Scoring(ScoringClient::new(channel)),
+            let mut client = match (spec.call, channel) {
+                (Call::Rest, _) | (_, None) => Client::Rest(rest::RestClient::new(rest_target)),
+                (Call::Ingest, Some(channel)) => Client::Ingest(IngestClient::new(channel)),
+                (Call::V2, Some(channel)) => {
+                    Client::Inference(GrpcInferenceServiceClient::new(channel))
+                }
+                (_, Some(channel)) => Client::Scoring(ScoringClient::new(channel)),
             };
             let mut pacing = spec.rate.map(|rate| {
                 let per_worker = rate / spec.concurrency.max(1) as f64;
@@ -288,6 +361,106 @@ pub async fn run(
         p999_us: percentile(&latencies, 0.999),
         max_us: latencies.last().copied().unwrap_or(0),
     })
+}
+
+mod rest {
+    //! A minimal keep-alive HTTP/1.1 client for the REST load: one connection per
+    //! worker, a request at a time, reconnecting after an error.
+
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufStream};
+    use tokio::net::TcpStream;
+
+    use crate::events::RawEvent;
+
+    pub struct RestClient {
+        target: String,
+        stream: Option<BufStream<TcpStream>>,
+    }
+
+    /// A payment as a V2 JSON infer request, one row.
+    pub fn payment_json(event: &RawEvent) -> String {
+        let mut inputs: Vec<serde_json::Value> = event
+            .entities
+            .iter()
+            .chain(&event.strings)
+            .map(|(name, value)| {
+                serde_json::json!({ "name": name, "datatype": "BYTES", "shape": [1], "data": [value] })
+            })
+            .collect();
+        inputs.extend(event.numbers.iter().map(|(name, value)| {
+            serde_json::json!({ "name": name, "datatype": "FP64", "shape": [1], "data": [value] })
+        }));
+        serde_json::json!({ "inputs": inputs }).to_string()
+    }
+
+    impl RestClient {
+        pub fn new(target: String) -> RestClient {
+            RestClient {
+                target,
+                stream: None,
+            }
+        }
+
+        /// POSTs `body` to `path`; an answer other than 200 is an error.
+        pub async fn post(&mut self, path: &str, body: &str) -> Result<(), String> {
+            let result = self.exchange(path, body).await;
+            if result.is_err() {
+                self.stream = None;
+            }
+            result
+        }
+
+        async fn exchange(&mut self, path: &str, body: &str) -> Result<(), String> {
+            if self.stream.is_none() {
+                let stream = TcpStream::connect(&self.target)
+                    .await
+                    .map_err(|e| format!("connect {}: {e}", self.target))?;
+                let _ = stream.set_nodelay(true);
+                self.stream = Some(BufStream::new(stream));
+            }
+            let Some(stream) = self.stream.as_mut() else {
+                return Err("no connection".into());
+            };
+            let head = format!(
+                "POST {path} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                self.target,
+                body.len()
+            );
+            let io = |e: std::io::Error| e.to_string();
+            stream.write_all(head.as_bytes()).await.map_err(io)?;
+            stream.write_all(body.as_bytes()).await.map_err(io)?;
+            stream.flush().await.map_err(io)?;
+            let mut line = String::new();
+            stream.read_line(&mut line).await.map_err(io)?;
+            let status = line.split_whitespace().nth(1).unwrap_or("").to_string();
+            let mut length = 0usize;
+            loop {
+                line.clear();
+                if stream.read_line(&mut line).await.map_err(io)? == 0 {
+                    return Err("connection closed in the headers".into());
+                }
+                let header = line.trim_end();
+                if header.is_empty() {
+                    break;
+                }
+                if let Some((name, value)) = header.split_once(':')
+                    && name.eq_ignore_ascii_case("content-length")
+                {
+                    length = value.trim().parse().map_err(|_| "bad content-length")?;
+                }
+            }
+            let mut answer = vec![0u8; length];
+            stream.read_exact(&mut answer).await.map_err(io)?;
+            if status == "200" {
+                Ok(())
+            } else {
+                Err(format!(
+                    "HTTP {status}: {}",
+                    String::from_utf8_lossy(&answer)
+                ))
+            }
+        }
+    }
 }
 
 #[cfg(test)]

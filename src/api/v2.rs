@@ -20,10 +20,16 @@ use crate::scoring::{self, ScoreError, ScoreInput, Scored};
 /// The server's name in `ServerMetadata`.
 pub const SERVER_NAME: &str = "streamscore";
 
+/// A model, its signature and every version of it loaded.
+pub(crate) type Described = (Arc<LoadedModel>, Arc<Signature>, Vec<u32>);
+
 pub struct InferenceService {
     backend: Backend,
     registry: Arc<Registry>,
     max_rows: usize,
+    /// Signatures by `name@version#created`: an artifact's never changes, and building
+    /// one per call is a dozen allocations. Bounded by the artifacts ever loaded.
+    signatures: parking_lot::RwLock<std::collections::HashMap<String, Arc<Signature>>>,
 }
 
 impl InferenceService {
@@ -33,6 +39,7 @@ impl InferenceService {
             backend,
             registry,
             max_rows,
+            signatures: Default::default(),
         }
     }
 
@@ -49,8 +56,18 @@ impl InferenceService {
         Ok(self.registry.resolve(&reference)?)
     }
 
-    fn signature(&self, model: &LoadedModel) -> Result<Signature, InferError> {
-        inference::signature(model, &self.registry_definitions())
+    fn signature(&self, model: &LoadedModel) -> Result<Arc<Signature>, InferError> {
+        // A file reloaded under the same version is another artifact: its creation
+        // time tells them apart.
+        let reference = format!("{}#{}", model.reference(), model.body.created_at_ms);
+        if let Some(signature) = self.signatures.read().get(&reference) {
+            return Ok(Arc::clone(signature));
+        }
+        let signature = Arc::new(inference::signature(model, &self.registry_definitions())?);
+        self.signatures
+            .write()
+            .insert(reference, Arc::clone(&signature));
+        Ok(signature)
     }
 
     fn registry_definitions(&self) -> Arc<crate::definitions::Definitions> {
@@ -101,7 +118,7 @@ impl InferenceService {
         &self,
         name: &str,
         version: &str,
-    ) -> Result<(Arc<LoadedModel>, Signature, Vec<u32>), Status> {
+    ) -> Result<Described, Status> {
         let model = self.model(name, version)?;
         let signature = self.signature(&model)?;
         let mut versions: Vec<u32> = self
@@ -191,7 +208,7 @@ fn tensors(request: &mut v2pb::ModelInferRequest) -> Result<Vec<Tensor>, InferEr
         )));
     }
     let mut tensors = Vec::with_capacity(request.inputs.len());
-    for (index, input) in std::mem::take(&mut request.inputs).into_iter().enumerate() {
+    for (index, mut input) in std::mem::take(&mut request.inputs).into_iter().enumerate() {
         let elements = match raw.get(index) {
             Some(bytes) => {
                 if input.contents.is_some() {
@@ -202,7 +219,7 @@ fn tensors(request: &mut v2pb::ModelInferRequest) -> Result<Vec<Tensor>, InferEr
                 }
                 Elements::from_raw(&input.name, &input.datatype, bytes)?
             }
-            None => typed(&input)?,
+            None => typed(&mut input)?,
         };
         tensors.push(Tensor {
             name: input.name,
@@ -214,8 +231,8 @@ fn tensors(request: &mut v2pb::ModelInferRequest) -> Result<Vec<Tensor>, InferEr
     Ok(tensors)
 }
 
-fn typed(input: &v2pb::model_infer_request::InferInputTensor) -> Result<Elements, InferError> {
-    let contents = input.contents.clone().unwrap_or_default();
+fn typed(input: &mut v2pb::model_infer_request::InferInputTensor) -> Result<Elements, InferError> {
+    let contents = input.contents.take().unwrap_or_default();
     match input.datatype.as_str() {
         "FP64" => Ok(Elements::Fp64(contents.fp64_contents)),
         "FP32" => Ok(Elements::Fp32(contents.fp32_contents)),
