@@ -16,6 +16,8 @@ use streamscore::model::artifact;
 use streamscore::model::inputs::InputKind;
 use streamscore::train::table::{self, RawCell, TableSpec};
 
+use streamscore::api::v2pb::{self, grpc_inference_service_client::GrpcInferenceServiceClient};
+
 const BIN: &str = env!("CARGO_BIN_EXE_streamscore");
 
 fn fixture(name: &str) -> std::path::PathBuf {
@@ -154,6 +156,74 @@ async fn served_equals_trained(table_file: &str) {
             );
         }
         assert!(missing_seen > 0, "some compared rows have missing cells");
+
+        // The Open Inference Protocol: whole encoded rows [N, K] in the model's column
+        // order, as MLServer's scikit-learn runtime takes them, score as trained.
+        let complete: Vec<usize> = (0..dataset.rows.len())
+            .filter(|r| dataset.rows[*r].values.iter().all(Option::is_some))
+            .take(25)
+            .collect();
+        let columns = body.model.columns.len();
+        let matrix: Vec<f64> = complete
+            .iter()
+            .flat_map(|r| {
+                dataset.rows[*r]
+                    .values
+                    .iter()
+                    .map(|v| v.unwrap_or(f64::NAN))
+            })
+            .collect();
+        let mut v2 = GrpcInferenceServiceClient::new(server.channel().await);
+        let infer = |matrix: Vec<f64>, rows: usize| v2pb::ModelInferRequest {
+            model_name: "shop".into(),
+            model_version: version.to_string(),
+            inputs: vec![v2pb::model_infer_request::InferInputTensor {
+                name: "input".into(),
+                datatype: "FP64".into(),
+                shape: vec![rows as i64, columns as i64],
+                contents: Some(v2pb::InferTensorContents {
+                    fp64_contents: matrix,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let answer = v2
+            .model_infer(infer(matrix.clone(), complete.len()))
+            .await
+            .unwrap()
+            .into_inner();
+        let probability = &answer.outputs[0];
+        assert_eq!(probability.name, "probability");
+        let served = &probability.contents.as_ref().unwrap().fp64_contents;
+        for (i, row) in complete.iter().enumerate() {
+            let expected = body.model.predict(&dataset.rows[*row].values);
+            assert_eq!(
+                served[i].to_bits(),
+                expected.to_bits(),
+                "v{version} V2 row {row}"
+            );
+        }
+        let mut with_nan = matrix[..columns].to_vec();
+        with_nan[2] = f64::NAN;
+        let status = v2.model_infer(infer(with_nan, 1)).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            status.message(),
+            "input: element [0, 2] is NaN, not a finite number"
+        );
+        let status = v2
+            .model_infer(infer(matrix[..columns - 1].to_vec(), 1))
+            .await
+            .unwrap_err();
+        assert!(
+            status.message().starts_with(&format!(
+                "input: shape [1, {columns}] says {columns} elements"
+            )),
+            "{}",
+            status.message()
+        );
     }
 
     // Fields that are not inputs, or values of the wrong kind, are named.

@@ -114,11 +114,7 @@ impl InferenceService {
     }
 
     /// A model's signature and every version of it loaded.
-    pub(crate) fn describe(
-        &self,
-        name: &str,
-        version: &str,
-    ) -> Result<Described, Status> {
+    pub(crate) fn describe(&self, name: &str, version: &str) -> Result<Described, Status> {
         let model = self.model(name, version)?;
         let signature = self.signature(&model)?;
         let mut versions: Vec<u32> = self
