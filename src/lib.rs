@@ -15,6 +15,7 @@ pub mod inference;
 pub mod kafka;
 pub mod loadtest;
 pub mod log;
+pub mod mining;
 pub mod model;
 #[cfg(feature = "cluster")]
 pub mod online;

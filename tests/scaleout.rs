@@ -371,13 +371,7 @@ async fn separate_processes_survive_a_killed_aggregator_and_a_killed_redis_maste
         let reads = common::read_all_remote(url, &samples, at).await;
         common::assert_matches_naive(&definitions, &naive, &samples, &reads, at);
     }
-    let of = |entity: &str| -> Vec<String> {
-        samples
-            .iter()
-            .filter(|(e, _)| e == entity)
-            .map(|(_, id)| id.clone())
-            .collect()
-    };
+    let of = |entity: &str| common::ids_of(&samples, entity);
     let (users, cards) = (of("user"), of("card"));
     let payments: Vec<pb::ScoreRequest> = (0..40)
         .map(|i| {

@@ -44,13 +44,7 @@ async fn sampled_scores_replay_to_the_bit_and_an_altered_one_is_named() {
     .collect();
     let definitions = Definitions::default_shop();
     let samples = common::sample_entities(&definitions, &events, 10);
-    let of = |entity: &str| -> Vec<String> {
-        samples
-            .iter()
-            .filter(|(e, _)| e == entity)
-            .map(|(_, id)| id.clone())
-            .collect()
-    };
+    let of = |entity: &str| common::ids_of(&samples, entity);
     let (users, cards) = (of("user"), of("card"));
     let mut scoring = pb::scoring_client::ScoringClient::new(server.channel().await);
     let mut scored = 0;

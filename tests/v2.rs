@@ -42,13 +42,7 @@ async fn server_with_history() -> (common::TestServer, Vec<String>, Vec<String>,
     .await
     .expect("history");
     let samples = common::sample_entities(&Definitions::default_shop(), &events, 10);
-    let of = |entity: &str| -> Vec<String> {
-        samples
-            .iter()
-            .filter(|(e, _)| e == entity)
-            .map(|(_, id)| id.clone())
-            .collect()
-    };
+    let of = |entity: &str| common::ids_of(&samples, entity);
     (server, of("user"), of("card"), at)
 }
 
@@ -202,38 +196,19 @@ async fn metadata_calls_describe_the_server_and_its_models() {
         name: name.into(),
         version: version.into(),
     };
-    assert!(
-        client
-            .model_ready(ready("fraud", ""))
+    for (name, version, expected) in [
+        ("fraud", "", true),
+        ("fraud", "1", true),
+        ("fraud", "99", false),
+        ("nope", "", false),
+    ] {
+        let answer = client
+            .model_ready(ready(name, version))
             .await
-            .expect("call")
-            .into_inner()
-            .ready
-    );
-    assert!(
-        client
-            .model_ready(ready("fraud", "1"))
-            .await
-            .expect("call")
-            .into_inner()
-            .ready
-    );
-    assert!(
-        !client
-            .model_ready(ready("fraud", "99"))
-            .await
-            .expect("call")
-            .into_inner()
-            .ready
-    );
-    assert!(
-        !client
-            .model_ready(ready("nope", ""))
-            .await
-            .expect("call")
-            .into_inner()
-            .ready
-    );
+            .expect("model ready answers")
+            .into_inner();
+        assert_eq!(answer.ready, expected, "{name}@{version}");
+    }
 
     let fraud = client
         .model_metadata(v2pb::ModelMetadataRequest {

@@ -120,6 +120,15 @@ use std::collections::BTreeSet;
 use streamscore::definitions::Definitions;
 use streamscore::events::RawEvent;
 
+/// The ids of `entity` among `samples` (from [`sample_entities`]).
+pub fn ids_of(samples: &[(String, String)], entity: &str) -> Vec<String> {
+    samples
+        .iter()
+        .filter(|(e, _)| e == entity)
+        .map(|(_, id)| id.clone())
+        .collect()
+}
+
 /// A spread of entity ids of every type found in `events`: a stride through the sorted
 /// ids, so both busy and quiet entities are checked.
 pub fn sample_entities(

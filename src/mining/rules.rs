@@ -1,0 +1,155 @@
+//! Association rules from frequent itemsets: for every itemset of two or more items and
+//! every split into antecedent -> consequent, the measures of mlxtend's
+//! `association_rules` (support, confidence, lift, leverage, conviction), kept when
+//! they pass the limits.
+
+use std::collections::HashMap;
+
+use super::fpgrowth::Itemset;
+
+/// Which rules are kept.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RuleLimits {
+    pub min_confidence: f64,
+    pub min_lift: f64,
+}
+
+/// One rule, its measures over `baskets` baskets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    pub antecedent: Vec<u32>,
+    pub consequent: Vec<u32>,
+    /// Share of baskets holding antecedent and consequent.
+    pub support: f64,
+    pub antecedent_support: f64,
+    pub consequent_support: f64,
+    /// support / antecedent support.
+    pub confidence: f64,
+    /// confidence / consequent support.
+    pub lift: f64,
+    /// support - antecedent support x consequent support.
+    pub leverage: f64,
+    /// (1 - consequent support) / (1 - confidence); infinite when confidence is 1.
+    pub conviction: f64,
+}
+
+/// The rules of `itemsets` (all frequent itemsets of `baskets` baskets, so every subset
+/// of one is among them) that pass `limits`, strongest lift first.
+pub fn rules(itemsets: &[Itemset], baskets: usize, limits: RuleLimits) -> Vec<Rule> {
+    let n = baskets.max(1) as f64;
+    let support: HashMap<&[u32], f64> = itemsets
+        .iter()
+        .map(|i| (i.items.as_slice(), i.count as f64 / n))
+        .collect();
+    let mut out = Vec::new();
+    for itemset in itemsets.iter().filter(|i| i.items.len() >= 2) {
+        let items = &itemset.items;
+        let both = itemset.count as f64 / n;
+        let size = items.len();
+        for mask in 1u32..(1u32 << size) - 1 {
+            let (antecedent, consequent): (Vec<u32>, Vec<u32>) = {
+                let mut a = Vec::new();
+                let mut c = Vec::new();
+                for (i, item) in items.iter().enumerate() {
+                    if mask & (1 << i) != 0 {
+                        a.push(*item);
+                    } else {
+                        c.push(*item);
+                    }
+                }
+                (a, c)
+            };
+            let (Some(&a), Some(&c)) = (
+                support.get(antecedent.as_slice()),
+                support.get(consequent.as_slice()),
+            ) else {
+                continue;
+            };
+            let confidence = both / a;
+            let lift = confidence / c;
+            if confidence < limits.min_confidence || lift < limits.min_lift {
+                continue;
+            }
+            let conviction = if confidence >= 1.0 {
+                f64::INFINITY
+            } else {
+                (1.0 - c) / (1.0 - confidence)
+            };
+            out.push(Rule {
+                antecedent,
+                consequent,
+                support: both,
+                antecedent_support: a,
+                consequent_support: c,
+                confidence,
+                lift,
+                leverage: both - a * c,
+                conviction,
+            });
+        }
+    }
+    out.sort_by(|x, y| {
+        y.lift
+            .total_cmp(&x.lift)
+            .then_with(|| y.confidence.total_cmp(&x.confidence))
+            .then_with(|| x.antecedent.cmp(&y.antecedent))
+            .then_with(|| x.consequent.cmp(&y.consequent))
+    });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mining::frequent_itemsets;
+
+    #[test]
+    fn measures_follow_their_definitions_on_a_small_case() {
+        // 5 baskets: bread in 4, milk in 3, both in 3.
+        let baskets = vec![vec![1, 2], vec![1, 2], vec![1, 2, 3], vec![1], vec![3]];
+        let itemsets = frequent_itemsets(&baskets, 1, 3);
+        let all = rules(
+            &itemsets,
+            baskets.len(),
+            RuleLimits {
+                min_confidence: 0.0,
+                min_lift: 0.0,
+            },
+        );
+        let milk_to_bread = all
+            .iter()
+            .find(|r| r.antecedent == vec![2] && r.consequent == vec![1])
+            .expect("milk -> bread");
+        assert_eq!(milk_to_bread.support, 3.0 / 5.0);
+        assert_eq!(milk_to_bread.confidence, 1.0);
+        assert_eq!(milk_to_bread.lift, 1.0 / (4.0 / 5.0));
+        assert_eq!(
+            milk_to_bread.leverage,
+            3.0 / 5.0 - (3.0 / 5.0) * (4.0 / 5.0)
+        );
+        assert!(milk_to_bread.conviction.is_infinite());
+        let bread_to_milk = all
+            .iter()
+            .find(|r| r.antecedent == vec![1] && r.consequent == vec![2])
+            .expect("bread -> milk");
+        // Supports are shares, as mlxtend keeps them: confidence is a ratio of shares.
+        let confidence = (3.0 / 5.0) / (4.0 / 5.0);
+        assert_eq!(bread_to_milk.confidence, confidence);
+        assert_eq!(
+            bread_to_milk.conviction,
+            (1.0 - 3.0 / 5.0) / (1.0 - confidence)
+        );
+        // Limits drop what falls short.
+        let strong = rules(
+            &itemsets,
+            baskets.len(),
+            RuleLimits {
+                min_confidence: 0.9,
+                min_lift: 1.1,
+            },
+        );
+        assert!(strong.iter().all(|r| r.confidence >= 0.9 && r.lift >= 1.1));
+        assert!(strong.contains(milk_to_bread));
+        assert!(!strong.contains(bread_to_milk));
+    }
+}
