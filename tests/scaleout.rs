@@ -413,6 +413,68 @@ async fn separate_processes_survive_a_killed_aggregator_and_a_killed_redis_maste
         }
     }
 
+    // The Open Inference Protocol on a scorer: each payment through ModelInfer, as of
+    // its own time, equals the embedded server's native answer.
+    {
+        use streamscore::api::v2pb::{self, model_infer_request::InferInputTensor};
+        let tensor =
+            |name: &str, datatype: &str, contents: v2pb::InferTensorContents| InferInputTensor {
+                name: name.into(),
+                datatype: datatype.into(),
+                shape: vec![1],
+                contents: Some(contents),
+                ..Default::default()
+            };
+        let id = |event: &pb::Event, entity: &str| v2pb::InferTensorContents {
+            bytes_contents: vec![bytes::Bytes::from(event.entities[entity].clone())],
+            ..Default::default()
+        };
+        let channel = streamscore::api::client::connect(&url_a)
+            .await
+            .expect("connect");
+        let mut v2 = v2pb::grpc_inference_service_client::GrpcInferenceServiceClient::new(channel);
+        for (i, request) in payments.iter().enumerate() {
+            let event = request.event.as_ref().expect("event");
+            let amount = v2pb::InferTensorContents {
+                fp64_contents: vec![event.numbers["amount"]],
+                ..Default::default()
+            };
+            let time = v2pb::InferParameter {
+                parameter_choice: Some(v2pb::infer_parameter::ParameterChoice::Int64Param(
+                    event.event_time_ms,
+                )),
+            };
+            let infer = v2pb::ModelInferRequest {
+                model_name: "fraud".into(),
+                parameters: [("event_time_ms".to_string(), time)].into(),
+                inputs: vec![
+                    tensor("user", "BYTES", id(event, "user")),
+                    tensor("card", "BYTES", id(event, "card")),
+                    tensor("amount", "FP64", amount),
+                ],
+                ..Default::default()
+            };
+            let answer = v2
+                .model_infer(infer)
+                .await
+                .expect("V2 on a scorer")
+                .into_inner();
+            let probability = answer.outputs[0]
+                .contents
+                .as_ref()
+                .expect("typed")
+                .fp64_contents[0];
+            let expected = score(embedded.url.clone(), request.clone())
+                .await
+                .expect("embedded");
+            assert_eq!(
+                probability.to_bits(),
+                expected.score.to_bits(),
+                "payment {i} over V2"
+            );
+        }
+    }
+
     // `streamscore skew` on scorer A's sampled scores against the history as a file
     // (a scorer keeps no log): every vector re-computes to the bit.
     let samples = streamscore::scoring::samples::samples_dir(dirs[2].path());

@@ -81,11 +81,14 @@ impl OnlineScorer {
     pub async fn score_input(
         &self,
         registry: &Registry,
-        input: ScoreInput,
+        mut input: ScoreInput,
     ) -> Result<Scored, ScorerError> {
         if input.record {
             return Err(ScorerError::Record);
         }
+        // As the embedded path: the time (now) and the unrecorded id filled in when
+        // left out (the V2 door leaves them out).
+        crate::scoring::complete(&mut input.event, false)?;
         let model = registry.resolve(&input.model).map_err(ScoreError::from)?;
         if model.body.model.inputs.is_none() {
             validate(
