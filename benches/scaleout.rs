@@ -221,17 +221,7 @@ fn main() {
                 let report = loadtest::run(url, &Default::default(), &spec)
                     .await
                     .expect("load runs");
-                println!(
-                    "| {name} | {server} | {:.0} | {} us | {} us | {} us | {} |",
-                    report.per_second(),
-                    report.p50_us,
-                    report.p99_us,
-                    report.p999_us,
-                    report.errors
-                );
-                if let Some(error) = report.first_error {
-                    println!("first error: {error}");
-                }
+                println!("{}", report.table_row(&[name, server]));
             }
         }
     });

@@ -146,17 +146,7 @@ fn main() {
             let report = loadtest::run(target, &Default::default(), &spec)
                 .await
                 .expect("load runs");
-            println!(
-                "| {name} | {:.0} | {} us | {} us | {} us | {} |",
-                report.per_second(),
-                report.p50_us,
-                report.p99_us,
-                report.p999_us,
-                report.errors
-            );
-            if let Some(error) = report.first_error {
-                println!("first error: {error}");
-            }
+            println!("{}", report.table_row(&[name]));
         }
     });
     let _ = stop.send(());

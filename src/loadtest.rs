@@ -81,6 +81,24 @@ impl LoadReport {
     pub fn per_second(&self) -> f64 {
         self.requests as f64 / self.seconds.max(1e-9)
     }
+
+    /// The report as the benches' markdown table row after the `labels` cells
+    /// (requests/s, p50, p99, p99.9, errors), then the first error on its own line.
+    pub fn table_row(&self, labels: &[&str]) -> String {
+        let mut row = format!(
+            "| {} | {:.0} | {} us | {} us | {} us | {} |",
+            labels.join(" | "),
+            self.per_second(),
+            self.p50_us,
+            self.p99_us,
+            self.p999_us,
+            self.errors
+        );
+        if let Some(error) = &self.first_error {
+            row.push_str(&format!("\nfirst error: {error}"));
+        }
+        row
+    }
 }
 
 impl std::fmt::Display for LoadReport {
