@@ -43,7 +43,9 @@ impl From<RegistryError> for Status {
     fn from(error: RegistryError) -> Self {
         match &error {
             RegistryError::NotFound(_) => Status::not_found(format!("model: {error}")),
-            RegistryError::BadReference(_) => Status::invalid_argument(format!("model: {error}")),
+            RegistryError::BadReference(_) | RegistryError::WrongKind { .. } => {
+                Status::invalid_argument(format!("model: {error}"))
+            }
             RegistryError::BadAlias(_)
             | RegistryError::AliasCrossesModels { .. }
             | RegistryError::TooManyAliases => Status::invalid_argument(format!("alias: {error}")),

@@ -53,7 +53,7 @@ impl InferenceService {
         } else {
             format!("{name}@{version}")
         };
-        Ok(self.registry.resolve(&reference)?)
+        Ok(self.registry.resolve_scorer(&reference)?)
     }
 
     fn signature(&self, model: &LoadedModel) -> Result<Arc<Signature>, InferError> {

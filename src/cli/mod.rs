@@ -1,6 +1,7 @@
 //! The `streamscore` command line: `serve`, `simulate`, `features`, `train`, `export`,
-//! `score`, `models`, `loadtest`, `check-definitions`.
+//! `score`, `models`, `loadtest`, `skew`, `repair`, `mine`, `check-definitions`.
 
+mod mine;
 mod remote;
 
 use std::io::{BufWriter, Write};
@@ -53,6 +54,8 @@ pub enum Command {
     /// Move damaged parts of a stopped server's event log aside (never deleting them),
     /// record exactly which logged events are lost, and let the server start again.
     Repair(RepairArgs),
+    /// Mine the event history for recommendations: association rules.
+    Mine(mine::MineArgs),
     /// Check a feature definitions file and list the features it defines.
     CheckDefinitions {
         /// The TOML file.
@@ -132,6 +135,10 @@ pub struct SimulateArgs {
     /// number of events; labels need weeks of history).
     #[arg(long, default_value_t = 4_000.0)]
     pub session_gap_ms: f64,
+    /// Chance that a view goes to a product of the same bundle (p0-p3, p4-p7, ...) as
+    /// the one viewed before it, so there are association rules to mine (0: none).
+    #[arg(long, default_value_t = 0.0)]
+    pub affinity: f64,
     /// Event time of the first event, ms since the epoch (default: far enough back that
     /// the stream ends about now, at roughly 2 events a second).
     #[arg(long)]
@@ -359,6 +366,7 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Features(args) => features(args).await,
         Command::Train(args) => train(*args),
         Command::Export(args) => export(args),
+        Command::Mine(args) => mine::mine(args),
         Command::Skew(args) => skew(args).await,
         Command::Repair(args) => repair(&args.data_dir),
         Command::Loadtest(args) => loadtest(args).await,
@@ -425,6 +433,7 @@ async fn simulate(args: SimulateArgs) -> CliResult {
         users: args.users,
         fraud_rate: args.fraud_rate,
         mean_session_gap_ms: args.session_gap_ms,
+        affinity: args.affinity,
         ..SimConfig::default()
     };
     let simulator = Simulator::new(config);

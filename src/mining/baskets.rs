@@ -3,6 +3,7 @@
 //! closes it. Carts never followed by an order make no basket; an order with nothing
 //! carted before it makes none either.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeSet, HashMap};
 
 use crate::events::RawEvent;
@@ -12,33 +13,39 @@ use crate::events::RawEvent;
 pub struct Baskets {
     pub baskets: Vec<Vec<u32>>,
     pub products: Vec<String>,
+    /// The time of the order that closed each basket.
+    pub times: Vec<i64>,
 }
 
-/// Builds the baskets of `events` (in time order, as logged). Item ids are given in
-/// order of first appearance in a basket.
-pub fn baskets<'a>(events: impl IntoIterator<Item = &'a RawEvent>, window_ms: i64) -> Baskets {
-    let mut open: HashMap<&str, Vec<(i64, &str)>> = HashMap::new();
+/// Builds the baskets of `events` (in time order, as logged; streamed, so memory holds
+/// only the open carts). Item ids are given in order of first appearance in a basket.
+pub fn baskets(events: impl IntoIterator<Item = impl Borrow<RawEvent>>, window_ms: i64) -> Baskets {
+    let mut open: HashMap<String, Vec<(i64, String)>> = HashMap::new();
     let mut ids: HashMap<String, u32> = HashMap::new();
     let mut out = Baskets::default();
     for event in events {
+        let event = event.borrow();
         let Some(user) = event.entities.get("user") else {
             continue;
         };
         match event.event_type.as_str() {
             "add_to_cart" => {
                 if let Some(product) = event.entities.get("product") {
-                    open.entry(user)
-                        .or_default()
-                        .push((event.event_time_ms, product));
+                    match open.get_mut(user.as_str()) {
+                        Some(cart) => cart.push((event.event_time_ms, product.clone())),
+                        None => {
+                            open.insert(user.clone(), vec![(event.event_time_ms, product.clone())]);
+                        }
+                    }
                 }
             }
             "order" => {
                 let carted = open.remove(user.as_str()).unwrap_or_default();
                 let start = event.event_time_ms.saturating_sub(window_ms);
                 let products: BTreeSet<&str> = carted
-                    .into_iter()
+                    .iter()
                     .filter(|(time, _)| *time >= start && *time <= event.event_time_ms)
-                    .map(|(_, product)| product)
+                    .map(|(_, product)| product.as_str())
                     .collect();
                 if products.is_empty() {
                     continue;
@@ -55,6 +62,7 @@ pub fn baskets<'a>(events: impl IntoIterator<Item = &'a RawEvent>, window_ms: i6
                     .collect();
                 basket.sort_unstable();
                 out.baskets.push(basket);
+                out.times.push(event.event_time_ms);
             }
             _ => {}
         }
@@ -98,5 +106,6 @@ mod tests {
         let found = baskets(&events, 100);
         assert_eq!(found.products, vec!["p1", "p2", "p5"]);
         assert_eq!(found.baskets, vec![vec![0, 1], vec![2]]);
+        assert_eq!(found.times, vec![30, 210]);
     }
 }

@@ -49,6 +49,10 @@ impl Model {
                     contributions,
                 }
             }
+            Family::AssociationRules(_) => Explanation {
+                base: f64::NAN,
+                contributions: vec![0.0; standardised.len()],
+            },
             Family::KernelSvm(svm) => {
                 let full = svm.margin(standardised);
                 let mut occluded = standardised.to_vec();

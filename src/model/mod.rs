@@ -7,6 +7,7 @@ pub mod artifact;
 pub mod decision;
 pub mod explain;
 pub mod inputs;
+pub mod rules;
 pub mod tree;
 pub mod validate;
 
@@ -117,6 +118,8 @@ pub enum Family {
     LinearRegression(LinearWeights),
     LinearSvm(LinearSvm),
     KernelSvm(KernelSvm),
+    /// Not a scorer: association rules proposing products (`Recommend`).
+    AssociationRules(rules::RuleSet),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -180,7 +183,13 @@ impl Model {
             Family::LinearRegression(_) => "linear_regression",
             Family::LinearSvm(_) => "linear_svm",
             Family::KernelSvm(_) => "kernel_svm",
+            Family::AssociationRules(_) => "association_rules",
         }
+    }
+
+    /// Whether the model gives a score for a row (a rule set proposes products instead).
+    pub fn scores(&self) -> bool {
+        !matches!(self.family, Family::AssociationRules(_))
     }
 
     /// The score of one row (probability for classifiers).
@@ -202,6 +211,7 @@ impl Model {
             Family::DecisionTree(tree) => tree.predict(&standardised),
             Family::LinearSvm(svm) => margin(&svm.weights, svm.intercept, &standardised),
             Family::KernelSvm(svm) => svm.margin(&standardised),
+            Family::AssociationRules(_) => f64::NAN,
         }
     }
 
@@ -220,6 +230,8 @@ impl Model {
                 platt(svm.platt_a, svm.platt_b, margin)
             }
             Family::KernelSvm(svm) => platt(svm.platt_a, svm.platt_b, svm.margin(standardised)),
+            // Never reached through scoring (see `scores`); NaN fails closed if it were.
+            Family::AssociationRules(_) => f64::NAN,
         }
     }
 }

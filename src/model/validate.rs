@@ -16,7 +16,7 @@ pub const MAX_TREE_DEPTH: usize = 64;
 #[error("{0}")]
 pub struct Invalid(pub String);
 
-fn invalid<T>(message: impl Into<String>) -> Result<T, Invalid> {
+pub(crate) fn invalid<T>(message: impl Into<String>) -> Result<T, Invalid> {
     Err(Invalid(message.into()))
 }
 
@@ -49,6 +49,12 @@ impl Model {
     /// Checks that the model can score any row of its columns without indexing out of
     /// range, looping, or computing from a non-finite parameter.
     pub fn validate(&self) -> Result<(), Invalid> {
+        if let Family::AssociationRules(rules) = &self.family {
+            if !self.columns.is_empty() || self.inputs.is_some() {
+                return invalid("a rule set reads no columns");
+            }
+            return rules.validate();
+        }
         let columns = self.columns.len();
         if columns == 0 {
             return invalid("the model has no input columns");
@@ -95,6 +101,7 @@ impl Model {
                 number("platt_b", svm.platt_b)
             }
             Family::DecisionTree(tree) => tree.validate(columns),
+            Family::AssociationRules(_) => Ok(()),
         }
     }
 }

@@ -89,7 +89,9 @@ impl OnlineScorer {
         // As the embedded path: the time (now) and the unrecorded id filled in when
         // left out (the V2 door leaves them out).
         crate::scoring::complete(&mut input.event, false)?;
-        let model = registry.resolve(&input.model).map_err(ScoreError::from)?;
+        let model = registry
+            .resolve_scorer(&input.model)
+            .map_err(ScoreError::from)?;
         if model.body.model.inputs.is_none() {
             validate(
                 self.definitions(),

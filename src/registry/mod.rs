@@ -61,6 +61,26 @@ impl LoadedModel {
     pub fn reference(&self) -> String {
         format!("{}@{}", self.body.name, self.body.version)
     }
+
+    pub fn rules(&self) -> Option<&crate::model::rules::RuleSet> {
+        match &self.body.model.family {
+            crate::model::Family::AssociationRules(rules) => Some(rules),
+            _ => None,
+        }
+    }
+
+    fn wrong_kind(&self, wanted: &'static str) -> RegistryError {
+        RegistryError::WrongKind {
+            model: self.reference(),
+            is: match self.body.model.family {
+                crate::model::Family::AssociationRules(_) => {
+                    "an association rule set (use it with Recommend)"
+                }
+                _ => "a scoring model",
+            },
+            wanted,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,6 +120,12 @@ pub enum RegistryError {
     },
     #[error("cannot read the models directory {path}: {reason}")]
     Directory { path: String, reason: String },
+    #[error("{model} is {is}, not {wanted}")]
+    WrongKind {
+        model: String,
+        is: &'static str,
+        wanted: &'static str,
+    },
 }
 
 /// An immutable view of the registry, replaced whole on every change.
@@ -320,6 +346,24 @@ impl Registry {
 
     pub fn resolve(&self, reference: &str) -> Result<Arc<LoadedModel>, RegistryError> {
         self.catalog.load().resolve(reference)
+    }
+
+    /// A model that scores rows (not a rule set).
+    pub fn resolve_scorer(&self, reference: &str) -> Result<Arc<LoadedModel>, RegistryError> {
+        let model = self.resolve(reference)?;
+        if !model.body.model.scores() {
+            return Err(model.wrong_kind("a model that scores"));
+        }
+        Ok(model)
+    }
+
+    /// A rule set (`mine rules`), for `Recommend`.
+    pub fn resolve_rules(&self, reference: &str) -> Result<Arc<LoadedModel>, RegistryError> {
+        let model = self.resolve(reference)?;
+        if model.rules().is_none() {
+            return Err(model.wrong_kind("an association rule set"));
+        }
+        Ok(model)
     }
 
     /// The directory's files (size, modification time) as the last scan began.

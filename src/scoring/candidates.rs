@@ -62,7 +62,7 @@ pub fn score_candidates(
     candidates: &[CandidateInput],
     top_n: usize,
 ) -> Result<Ranking, ScoreError> {
-    let model = registry.resolve(model)?;
+    let model = registry.resolve_scorer(model)?;
     if model.body.model.inputs.is_some() {
         return Err(ScoreError::Invalid {
             field: "model",

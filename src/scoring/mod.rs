@@ -167,7 +167,7 @@ pub async fn score(
     registry: &Registry,
     mut input: ScoreInput,
 ) -> Result<Scored, ScoreError> {
-    let model = registry.resolve(&input.model)?;
+    let model = registry.resolve_scorer(&input.model)?;
     complete(&mut input.event, input.record)?;
     if input.record && model.body.scored_event.as_deref() != Some(input.event.event_type.as_str()) {
         return Err(ScoreError::Invalid {

@@ -39,7 +39,14 @@ pub struct SimConfig {
     pub fraud_rate: f64,
     /// Mean gap between session starts.
     pub mean_session_gap_ms: f64,
+    /// Chance that a view after the first goes to a product bought with the one viewed
+    /// before it (its bundle of [`BUNDLE`] products), so baskets have patterns to mine.
+    /// 0 (the default) leaves the stream as it was before bundles existed.
+    pub affinity: f64,
 }
+
+/// Products `p{4k}` to `p{4k+3}` go together (a bundle).
+pub const BUNDLE: usize = 4;
 
 impl Default for SimConfig {
     fn default() -> Self {
@@ -50,6 +57,7 @@ impl Default for SimConfig {
             products: 1_000,
             fraud_rate: 0.015,
             mean_session_gap_ms: 4_000.0,
+            affinity: 0.0,
         }
     }
 }
@@ -298,8 +306,15 @@ impl Simulator {
             time += self.rng.random_range(5 * SECOND_MS..=120 * SECOND_MS);
             // People come back to what they looked at, and a second look is warmer.
             let revisit = !seen.is_empty() && self.rng.random_bool(0.3);
+            // Drawn only when bundles are on, so a stream without them is unchanged.
+            let bundled = !revisit
+                && self.config.affinity > 0.0
+                && !seen.is_empty()
+                && self.rng.random_bool(self.config.affinity.min(1.0));
             let picked = if revisit {
                 seen[self.rng.random_range(0..seen.len())].clone()
+            } else if let (true, Some(last)) = (bundled, seen.last()) {
+                self.population.pick_bundle_mate(&mut self.rng, &last.id)
             } else {
                 self.population.pick_product(&mut self.rng)
             };

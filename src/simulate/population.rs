@@ -110,6 +110,20 @@ impl Population {
         self.products[index.min(self.products.len() - 1)].clone()
     }
 
+    /// Another product of `product`'s bundle (see [`super::BUNDLE`]).
+    pub fn pick_bundle_mate(&self, rng: &mut ChaCha8Rng, product: &str) -> Product {
+        let index: usize = product
+            .strip_prefix('p')
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        let first = index - index % super::BUNDLE;
+        let mut mate = first + rng.random_range(0..super::BUNDLE - 1);
+        if mate >= index {
+            mate += 1;
+        }
+        self.products[mate.min(self.products.len() - 1)].clone()
+    }
+
     pub fn fresh_card(&mut self) -> String {
         self.id("c")
     }

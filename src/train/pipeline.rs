@@ -94,7 +94,7 @@ pub struct TrainOutcome {
 }
 
 /// The next free version number in `dir` for files named `<name>-v<N>.json`.
-fn next_version(dir: &Path, name: &str) -> u32 {
+pub(crate) fn next_version(dir: &Path, name: &str) -> u32 {
     let prefix = format!("{name}-v");
     std::fs::read_dir(dir)
         .map(|entries| {

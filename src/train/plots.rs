@@ -11,10 +11,10 @@ use plotters::prelude::*;
 use super::evaluate::{CalibrationBin, pr_auc, roc_auc};
 use crate::model::decision::Thresholds;
 
-const FONT: &str = "sans-serif";
-const SIZE: (u32, u32) = (800, 600);
+pub(crate) const FONT: &str = "sans-serif";
+pub(crate) const SIZE: (u32, u32) = (800, 600);
 
-fn register_font() -> Result<(), PlotError> {
+pub(crate) fn register_font() -> Result<(), PlotError> {
     static REGISTERED: OnceLock<bool> = OnceLock::new();
     let registered = *REGISTERED.get_or_init(|| {
         let bytes = include_bytes!("../../training/fonts/DejaVuSans.ttf");
@@ -31,7 +31,7 @@ fn register_font() -> Result<(), PlotError> {
 #[error("cannot draw the report plots: {0}")]
 pub struct PlotError(String);
 
-fn failed<E: std::fmt::Display>(error: E) -> PlotError {
+pub(crate) fn failed<E: std::fmt::Display>(error: E) -> PlotError {
     PlotError(error.to_string())
 }
 

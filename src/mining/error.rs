@@ -1,0 +1,24 @@
+//! What can go wrong while mining.
+
+use crate::model::artifact::ArtifactError;
+use crate::train::history::HistoryError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MiningError {
+    #[error("config {path}: {reason}")]
+    Config { path: String, reason: String },
+    #[error(transparent)]
+    History(#[from] HistoryError),
+    #[error("baskets file {path} line {line}: {reason}")]
+    Baskets {
+        path: String,
+        line: usize,
+        reason: String,
+    },
+    #[error("no baskets: {0}")]
+    NoBaskets(String),
+    #[error(transparent)]
+    Artifact(#[from] ArtifactError),
+    #[error("cannot write {path}: {reason}")]
+    Write { path: String, reason: String },
+}
