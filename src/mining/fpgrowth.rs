@@ -2,7 +2,7 @@
 //! their frequent items in descending frequency, and the itemsets are grown from each
 //! item's conditional tree, never enumerating candidates. Counts are exact.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 /// A frequent itemset: its items in ascending order and the baskets holding all of them.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -30,7 +30,8 @@ const ROOT: usize = 0;
 
 struct Tree {
     nodes: Vec<Node>,
-    children: Vec<HashMap<u32, usize>>,
+    /// Child of (node, item): one map for the whole tree, not one per node.
+    children: HashMap<(usize, u32), usize>,
     /// Per item: its total count and the first node of its chain.
     header: HashMap<u32, (u64, Option<usize>)>,
 }
@@ -44,8 +45,8 @@ impl Tree {
                 parent: ROOT,
                 next_same: None,
             }],
-            children: vec![HashMap::new()],
-            header: HashMap::new(),
+            children: HashMap::default(),
+            header: HashMap::default(),
         }
     }
 
@@ -53,7 +54,7 @@ impl Tree {
     fn insert(&mut self, path: &[u32], count: u64) {
         let mut at = ROOT;
         for &item in path {
-            let next = match self.children[at].get(&item) {
+            let next = match self.children.get(&(at, item)) {
                 Some(&child) => child,
                 None => {
                     let id = self.nodes.len();
@@ -65,8 +66,7 @@ impl Tree {
                         next_same: entry.1,
                     });
                     entry.1 = Some(id);
-                    self.children.push(HashMap::new());
-                    self.children[at].insert(item, id);
+                    self.children.insert((at, item), id);
                     id
                 }
             };
@@ -101,7 +101,7 @@ impl Tree {
 /// Builds the tree of `transactions` (items with their multiplicity) keeping items of
 /// at least `min` count, in descending count (ties by id, so the order is total).
 fn build(transactions: &[(Vec<u32>, u64)], min: u64) -> Tree {
-    let mut counts: HashMap<u32, u64> = HashMap::new();
+    let mut counts: HashMap<u32, u64> = HashMap::default();
     for (items, count) in transactions {
         for &item in items {
             *counts.entry(item).or_default() += count;
