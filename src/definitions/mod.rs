@@ -23,10 +23,18 @@ pub struct Definitions {
     pub entities: Vec<EntityDef>,
     pub event_types: Vec<EventTypeDef>,
     pub features: Vec<FeatureDef>,
-    /// A stable hash of everything above: snapshots and model artifacts record it so a
-    /// change of definitions is noticed.
+    /// A stable hash of everything above that a model can read (list features such as
+    /// `recent_distinct` left out: no model column reads them): model artifacts record
+    /// it so a change of definitions is noticed.
     pub fingerprint: u64,
+    /// A stable hash of everything above: the layout of the engine's state, which
+    /// snapshots and online-store records are checked against.
+    #[serde(default)]
+    pub state_fingerprint: u64,
 }
+
+/// Largest `k` of a `recent_distinct` feature.
+pub const MAX_RECENT_K: u16 = 100;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EntityDef {
@@ -104,6 +112,10 @@ pub enum Aggregation {
     TimeSinceLast,
     /// Seconds from the oldest matching event to the read time.
     AgeSinceFirst,
+    /// The `k` most recent distinct values of a string field or entity in the window
+    /// (e.g. the products a user viewed): a list, read with `recent` (its numeric
+    /// value, the list's length, is for looking at, not for models).
+    RecentDistinct,
 }
 
 impl Aggregation {
@@ -119,10 +131,11 @@ impl Aggregation {
             Aggregation::Last => "last",
             Aggregation::TimeSinceLast => "time_since_last",
             Aggregation::AgeSinceFirst => "age_since_first",
+            Aggregation::RecentDistinct => "recent_distinct",
         }
     }
 
-    pub const ALL: [Aggregation; 10] = [
+    pub const ALL: [Aggregation; 11] = [
         Aggregation::Count,
         Aggregation::Sum,
         Aggregation::Mean,
@@ -133,6 +146,7 @@ impl Aggregation {
         Aggregation::Last,
         Aggregation::TimeSinceLast,
         Aggregation::AgeSinceFirst,
+        Aggregation::RecentDistinct,
     ];
 
     /// Aggregations that keep one value per entity rather than tiles.
@@ -168,6 +182,16 @@ pub struct FeatureDef {
     /// or when the feature reads no field).
     pub sources: Vec<Option<FieldSource>>,
     pub window: Window,
+    /// How many values a `recent_distinct` feature keeps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k: Option<u16>,
+}
+
+impl FeatureDef {
+    /// A list feature (`recent_distinct`): read with `recent`, never a model column.
+    pub fn is_list(&self) -> bool {
+        self.aggregation == Aggregation::RecentDistinct
+    }
 }
 
 impl Definitions {

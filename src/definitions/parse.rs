@@ -11,7 +11,7 @@ use toml::Spanned;
 
 use super::{
     Aggregation, Definitions, EntityDef, EntitySlot, EventTypeDef, FeatureDef, FieldSource,
-    NumberField, StringField, fnv64,
+    MAX_RECENT_K, NumberField, StringField, fnv64,
 };
 use crate::features::window::Window;
 use crate::time::parse_duration_ms;
@@ -109,6 +109,8 @@ struct RawFeature {
     field: Option<String>,
     window: Option<String>,
     windows: Option<Vec<String>>,
+    /// `recent_distinct` only: how many values to keep.
+    k: Option<u16>,
 }
 
 struct LineIndex<'a>(&'a str);
@@ -190,14 +192,18 @@ pub(super) fn parse(text: &str) -> Result<Definitions, DefinitionsError> {
         event_types,
         features,
         fingerprint: 0,
+        state_fingerprint: 0,
     };
-    let canonical = serde_json::to_vec(&(
-        &definitions.entities,
-        &definitions.event_types,
-        &definitions.features,
-    ))
-    .map_err(|error| invalid(1, format!("cannot fingerprint definitions: {error}")))?;
-    definitions.fingerprint = fnv64(&canonical);
+    let hash = |features: &[&FeatureDef]| {
+        serde_json::to_vec(&(&definitions.entities, &definitions.event_types, features))
+            .map(|canonical| fnv64(&canonical))
+            .map_err(|error| invalid(1, format!("cannot fingerprint definitions: {error}")))
+    };
+    let all: Vec<&FeatureDef> = definitions.features.iter().collect();
+    let readable: Vec<&FeatureDef> = all.iter().copied().filter(|f| !f.is_list()).collect();
+    let (fingerprint, state_fingerprint) = (hash(&readable)?, hash(&all)?);
+    definitions.fingerprint = fingerprint;
+    definitions.state_fingerprint = state_fingerprint;
     Ok(definitions)
 }
 
@@ -570,15 +576,45 @@ fn resolve_feature(
                 ),
             ));
         }
-        if aggregation == Aggregation::DistinctCount && *window == Window::Lifetime {
+        if matches!(
+            aggregation,
+            Aggregation::DistinctCount | Aggregation::RecentDistinct
+        ) && *window == Window::Lifetime
+        {
             return Err(invalid(
                 line,
                 format!(
-                    "feature '{name}': distinct_count needs a bounded window so memory stays bounded"
+                    "feature '{name}': {} needs a bounded window so memory stays bounded",
+                    aggregation.name()
                 ),
             ));
         }
     }
+    let k = match (aggregation, raw.k) {
+        (Aggregation::RecentDistinct, Some(k)) if (1..=MAX_RECENT_K).contains(&k) => Some(k),
+        (Aggregation::RecentDistinct, Some(k)) => {
+            return Err(invalid(
+                line,
+                format!("feature '{name}': k must be 1 to {MAX_RECENT_K}, got {k}"),
+            ));
+        }
+        (Aggregation::RecentDistinct, None) => {
+            return Err(invalid(
+                line,
+                format!("feature '{name}': recent_distinct needs 'k', how many values to keep"),
+            ));
+        }
+        (_, Some(_)) => {
+            return Err(invalid(
+                line,
+                format!(
+                    "feature '{name}': 'k' is for recent_distinct, not {}",
+                    aggregation.name()
+                ),
+            ));
+        }
+        (_, None) => None,
+    };
 
     Ok(windows
         .into_iter()
@@ -590,6 +626,7 @@ fn resolve_feature(
             field: raw.field.clone(),
             sources: sources.clone(),
             window,
+            k,
         })
         .collect())
 }
@@ -622,8 +659,8 @@ fn resolve_source(
         Aggregation::Count => number.or(text).or(entity).ok_or_else(|| {
             invalid(line, format!("feature '{feature}': event type '{event}' has no field or entity '{field}'"))
         }),
-        Aggregation::DistinctCount => text.or(entity).ok_or_else(|| {
-            invalid(line, format!("feature '{feature}': event type '{event}' has no string field or entity '{field}' to count distinct values of"))
+        Aggregation::DistinctCount | Aggregation::RecentDistinct => text.or(entity).ok_or_else(|| {
+            invalid(line, format!("feature '{feature}': event type '{event}' has no string field or entity '{field}' to {} values of", if aggregation == Aggregation::DistinctCount { "count distinct" } else { "keep the recent" }))
         }),
         _ => number.ok_or_else(|| {
             invalid(line, format!("feature '{feature}': {} needs a number field, and event type '{event}' has no number field '{field}'", aggregation.name()))

@@ -130,3 +130,53 @@ fn windows_expand_into_named_features() {
     assert_eq!(names, ["card_payments_10m", "card_payments_1h"]);
     assert_eq!(definitions.entities[0].ttl_ms, crate::time::HOUR_MS);
 }
+
+#[test]
+fn recent_lists_need_k_a_text_field_and_a_window_and_stay_out_of_the_model_fingerprint() {
+    // An explicit ttl: a list's window would otherwise set the card's default ttl,
+    // which rightly changes the fingerprint (expiry changes what every feature reads).
+    let base = MINIMAL.replace("card = {}", "card = { ttl = \"1d\" }")
+        + "fields.country = { type = \"string\" }\n";
+    let feature = |body: &str| {
+        format!(
+            "{base}[[features]]\nname = \"recent_countries\"\nentity = \"card\"\nevents = [\"payment\"]\n{body}\n"
+        )
+    };
+    let good = "aggregation = \"recent_distinct\"\nfield = \"country\"\nwindow = \"1h\"\nk = 5";
+    let with = Definitions::from_toml(&feature(good)).expect("valid");
+    let without = Definitions::from_toml(&base).expect("valid");
+    assert_eq!(with.features[0].k, Some(5));
+    assert_eq!(
+        with.fingerprint, without.fingerprint,
+        "no model reads a list, so models keep loading"
+    );
+    assert_ne!(
+        with.state_fingerprint, without.state_fingerprint,
+        "the engine's state has the list"
+    );
+    for (body, expected) in [
+        (
+            "aggregation = \"recent_distinct\"\nfield = \"country\"\nwindow = \"1h\"",
+            "needs 'k'",
+        ),
+        (
+            "aggregation = \"recent_distinct\"\nfield = \"country\"\nwindow = \"1h\"\nk = 0",
+            "k must be 1 to 100",
+        ),
+        (
+            "aggregation = \"recent_distinct\"\nfield = \"country\"\nwindow = \"lifetime\"\nk = 3",
+            "bounded window",
+        ),
+        (
+            "aggregation = \"recent_distinct\"\nfield = \"amount\"\nwindow = \"1h\"\nk = 3",
+            "no string field or entity 'amount'",
+        ),
+        (
+            "aggregation = \"count\"\nwindow = \"1h\"\nk = 3",
+            "'k' is for recent_distinct",
+        ),
+    ] {
+        let (_, message) = error_of(&feature(body));
+        assert!(message.contains(expected), "{message}");
+    }
+}

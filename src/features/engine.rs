@@ -30,7 +30,7 @@ use crate::definitions::{Aggregation, Definitions, EntityTypeId};
 use crate::events::{COMPOSITE_SEPARATOR, Event, Refusal, RefusalKind};
 
 use super::dedup::{DEDUP_SHARDS, Dedup, DedupShard};
-use super::plan::EntityPlan;
+use super::plan::{EntityPlan, Reader};
 use super::state::{EntityState, Overlay, apply_to_state, read_one};
 use super::tables::{EntityTable, SHARDS, ShardedTable};
 
@@ -188,10 +188,10 @@ impl Engine {
         let undecodable = |e: postcard::Error| format!("undecodable: {e}");
         let (header, mut rest): (SnapshotHeader, _) =
             postcard::take_from_bytes(payload).map_err(undecodable)?;
-        if header.fingerprint != definitions.fingerprint {
+        if header.fingerprint != definitions.state_fingerprint {
             return Err(format!(
                 "it was taken with other feature definitions (fingerprint {:016x}, running {:016x})",
-                header.fingerprint, definitions.fingerprint
+                header.fingerprint, definitions.state_fingerprint
             ));
         }
         let mut engine = Engine::new(definitions, settings);
@@ -242,7 +242,7 @@ impl Engine {
     pub fn snapshot_header(&self, out: &mut Vec<u8>) -> Result<u64, postcard::Error> {
         let _writer = self.writer.lock();
         let header = SnapshotHeader {
-            fingerprint: self.definitions.fingerprint,
+            fingerprint: self.definitions.state_fingerprint,
             watermark_ms: self.watermark_ms(),
             applied_seq: self.applied_seq(),
             counters: self.counters(),
@@ -661,6 +661,16 @@ pub trait EntityReads {
     /// Which events these reads see, so that a check can replay the same ones later
     /// (`streamscore skew`).
     fn cut(&self) -> ReadCut;
+
+    /// The values of a list feature (`recent_distinct`, id from [`Engine::resolve`]) of
+    /// one entity as of `as_of_ms`, newest first, each with when it was last seen.
+    fn read_recent(
+        &self,
+        entity: EntityTypeId,
+        id: &str,
+        feature: usize,
+        as_of_ms: i64,
+    ) -> Result<Vec<(String, i64)>, ReadError>;
 }
 
 /// The events a read saw: those of the log up to `through_seq` when known (the
@@ -680,6 +690,24 @@ impl EntityReads for EngineView<'_> {
         as_of_ms: i64,
     ) -> Result<FeatureRead, ReadError> {
         self.read(entity, id, features, as_of_ms)
+    }
+
+    fn read_recent(
+        &self,
+        entity: EntityTypeId,
+        id: &str,
+        feature: usize,
+        as_of_ms: i64,
+    ) -> Result<Vec<(String, i64)>, ReadError> {
+        let shard = self.engine.tables[entity].read_shard_of(id);
+        self.engine.read_recent_state(
+            entity,
+            id,
+            shard.get(id),
+            feature,
+            as_of_ms,
+            self.visible_through,
+        )
     }
 
     fn cut(&self) -> ReadCut {
@@ -711,6 +739,18 @@ impl EntityReads for DetachedReads<'_> {
         let state = self.states.get(&(entity, id.to_string()));
         self.engine
             .read_detached(entity, id, state, features, as_of_ms)
+    }
+
+    fn read_recent(
+        &self,
+        entity: EntityTypeId,
+        id: &str,
+        feature: usize,
+        as_of_ms: i64,
+    ) -> Result<Vec<(String, i64)>, ReadError> {
+        let state = self.states.get(&(entity, id.to_string()));
+        self.engine
+            .read_recent_state(entity, id, state, feature, as_of_ms, u64::MAX)
     }
 
     fn cut(&self) -> ReadCut {
@@ -769,15 +809,17 @@ impl Engine {
         self.read_state(entity, id, state, features, as_of_ms, u64::MAX)
     }
 
-    fn read_state(
+    /// The state a read of one entity as of `as_of_ms` sees, after the checks every
+    /// read makes (the moment against the watermark and the entity's exact range),
+    /// handed to `read` with the entity's plan and whether it is live.
+    fn with_readable_state<T>(
         &self,
         entity: EntityTypeId,
         id: &str,
         held: Option<&EntityState>,
-        features: &[usize],
         as_of_ms: i64,
-        visible_through: u64,
-    ) -> Result<FeatureRead, ReadError> {
+        read: impl FnOnce(&EntityPlan, &EntityState, bool) -> T,
+    ) -> Result<T, ReadError> {
         let definition = &self.definitions.entities[entity];
         let Some(plan) = &self.plans[entity] else {
             return Err(ReadError::NoFeatures(definition.name.clone()));
@@ -811,20 +853,58 @@ impl Engine {
         };
         let empty = EntityState::default();
         let state = live.or(remembered.as_ref()).unwrap_or(&empty);
-        let overlay = Overlay::build(plan, state, as_of_ms, visible_through);
-        let values = features
-            .iter()
-            .map(|&feature| {
-                let window = self.definitions.features[feature].window;
-                let value = plan.readers[feature]
-                    .and_then(|reader| read_one(state, &overlay, reader, window, as_of_ms));
-                (feature, value)
-            })
-            .collect();
-        Ok(FeatureRead {
-            known: live.is_some(),
-            as_of_ms,
-            values,
+        Ok(read(plan, state, live.is_some()))
+    }
+
+    fn read_state(
+        &self,
+        entity: EntityTypeId,
+        id: &str,
+        held: Option<&EntityState>,
+        features: &[usize],
+        as_of_ms: i64,
+        visible_through: u64,
+    ) -> Result<FeatureRead, ReadError> {
+        self.with_readable_state(entity, id, held, as_of_ms, |plan, state, known| {
+            let overlay = Overlay::build(plan, state, as_of_ms, visible_through);
+            let values = features
+                .iter()
+                .map(|&feature| {
+                    let window = self.definitions.features[feature].window;
+                    let value = plan.readers[feature]
+                        .and_then(|reader| read_one(state, &overlay, reader, window, as_of_ms));
+                    (feature, value)
+                })
+                .collect();
+            FeatureRead {
+                known,
+                as_of_ms,
+                values,
+            }
+        })
+    }
+
+    /// The values of a `recent_distinct` feature of one entity as of `as_of_ms`, newest
+    /// first, each with when it was last seen.
+    fn read_recent_state(
+        &self,
+        entity: EntityTypeId,
+        id: &str,
+        held: Option<&EntityState>,
+        feature: usize,
+        as_of_ms: i64,
+        visible_through: u64,
+    ) -> Result<Vec<(String, i64)>, ReadError> {
+        let definition = &self.definitions.features[feature];
+        self.with_readable_state(entity, id, held, as_of_ms, |plan, state, _| {
+            match plan.readers[feature] {
+                Some(Reader::Recent(list, k)) => state
+                    .recent_values(list as u16, definition.window, k, as_of_ms, visible_through)
+                    .into_iter()
+                    .map(|(value, time)| (value.to_string(), time))
+                    .collect(),
+                _ => Vec::new(),
+            }
         })
     }
 }
@@ -862,7 +942,10 @@ fn build_key(key: &mut String, slots: &[usize], entities: &[Option<&str>]) -> bo
 /// The default of a feature for an entity never seen (what a read of unknown gives).
 pub fn default_value(aggregation: Aggregation) -> Option<f64> {
     match aggregation {
-        Aggregation::Count | Aggregation::Sum | Aggregation::DistinctCount => Some(0.0),
+        Aggregation::Count
+        | Aggregation::Sum
+        | Aggregation::DistinctCount
+        | Aggregation::RecentDistinct => Some(0.0),
         _ => None,
     }
 }
@@ -952,5 +1035,147 @@ mod tests {
             }
             assert_eq!(restored.applied_seq(), original.applied_seq());
         }
+    }
+
+    /// A user's views of products, as an outside reference keeps them: every event.
+    struct View {
+        user: String,
+        product: String,
+        time_ms: i64,
+    }
+
+    /// The spec of `recent_distinct` (definitions and window.rs): as of `at`, the events
+    /// with time <= at whose tile is among the window's tiles (tile size s, n = W / s
+    /// tiles back), newest first, each value once, at most k.
+    fn reference_recent(
+        views: &[View],
+        user: &str,
+        at: i64,
+        w: i64,
+        s: i64,
+        k: usize,
+    ) -> Vec<(String, i64)> {
+        let oldest_tile = at.div_euclid(s) - w / s;
+        let mut seen: Vec<&View> = views
+            .iter()
+            .filter(|v| v.user == user && v.time_ms <= at && v.time_ms.div_euclid(s) >= oldest_tile)
+            .collect();
+        // Newest first; among equal times the one applied later.
+        seen.reverse();
+        seen.sort_by(|a, b| b.time_ms.cmp(&a.time_ms));
+        let mut out: Vec<(String, i64)> = Vec::new();
+        for view in seen {
+            if out.len() < k && !out.iter().any(|(p, _)| *p == view.product) {
+                out.push((view.product.clone(), view.time_ms));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn recent_lists_equal_a_reference_at_every_allowed_moment() {
+        use rand::{Rng, SeedableRng};
+        let definitions = Arc::new(
+            Definitions::from_toml(
+                r#"
+                [entities]
+                user = {}
+                product = {}
+                [events.page_view]
+                entities = { user = "required", product = "optional" }
+                [[features]]
+                name = "recent"
+                entity = "user"
+                events = ["page_view"]
+                aggregation = "recent_distinct"
+                field = "product"
+                window = "2m"
+                k = 4
+                [[features]]
+                name = "views"
+                entity = "user"
+                events = ["page_view"]
+                aggregation = "count"
+                window = "2m"
+            "#,
+            )
+            .expect("definitions"),
+        );
+        let limits = Limits {
+            max_future_skew_ms: i64::MAX / 4,
+            max_id_bytes: 64,
+        };
+        let settings = EngineSettings {
+            allowed_lateness_ms: 20_000,
+            dedup_horizon_ms: 3_600_000,
+        };
+        let mut engine = Engine::new(Arc::clone(&definitions), settings);
+        let (user_type, features) = engine
+            .resolve("user", &["recent".to_string()])
+            .expect("feature");
+        let recent = features[0];
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let mut views: Vec<View> = Vec::new();
+        let mut newest = 1_700_000_000_000i64;
+        let mut checked = 0;
+        for i in 0..3_000u64 {
+            // Mostly forward in time, some events late (within the lateness).
+            let time_ms = if rng.random_bool(0.2) {
+                newest - rng.random_range(0..15_000)
+            } else {
+                newest += rng.random_range(0..4_000);
+                newest
+            };
+            let user = format!("u{}", rng.random_range(0..3));
+            let product = format!("p{}", rng.random_range(0..9));
+            let raw = RawEvent {
+                event_id: format!("v{i}"),
+                event_type: "page_view".into(),
+                event_time_ms: time_ms,
+                entities: BTreeMap::from([
+                    ("user".into(), user.clone()),
+                    ("product".into(), product.clone()),
+                ]),
+                numbers: BTreeMap::new(),
+                strings: BTreeMap::new(),
+            };
+            let event = validate(&definitions, &limits, &raw, None).expect("valid view");
+            if engine.admit(&event) != Admission::Apply {
+                continue;
+            }
+            engine.apply(&event, i + 1);
+            views.push(View {
+                user,
+                product,
+                time_ms,
+            });
+            if i % 7 == 0 {
+                let oldest = engine.oldest_exact_read_ms();
+                for at in [newest, newest - 5_000, oldest.max(newest - 19_000)] {
+                    for user in ["u0", "u1", "u2"] {
+                        let got = match engine.view().read_recent(user_type, user, recent, at) {
+                            Ok(got) => got,
+                            // Before the user's exact range (a burst sealed early).
+                            Err(ReadError::TooOldForEntity { .. }) => continue,
+                            Err(error) => panic!("{user} as of {at}: {error}"),
+                        };
+                        assert_eq!(
+                            got,
+                            reference_recent(&views, user, at, 120_000, 5_000, 4),
+                            "{user} as of {at} after {i} events"
+                        );
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert!(checked > 1_000, "{checked} reads checked");
+        // Compacted: a list keeps its k values plus the pending ones, not its history.
+        let state = engine.entity_state(user_type, "u0").expect("u0 held");
+        assert!(
+            state.recents.len() < 4 + 2 * crate::features::MAX_PENDING_EVENTS,
+            "{}",
+            state.recents.len()
+        );
     }
 }

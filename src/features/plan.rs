@@ -25,6 +25,15 @@ pub(crate) struct SlotDef {
     pub has_field: bool,
 }
 
+/// A `recent_distinct` list: the `k` newest distinct values in its window.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RecentDef {
+    pub mask: u64,
+    pub sources: Vec<Option<FieldSource>>,
+    pub window: Window,
+    pub k: usize,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum Reader {
     Count(usize),
@@ -33,6 +42,8 @@ pub(crate) enum Reader {
     Last(usize),
     TimeSinceLast(usize),
     AgeSinceFirst(usize),
+    /// The length of a recent list (its index, its `k`).
+    Recent(usize, usize),
 }
 
 #[derive(Debug, Clone)]
@@ -42,6 +53,7 @@ pub(crate) struct EntityPlan {
     pub distinct_series: Vec<SeriesDef>,
     pub last_slots: Vec<SlotDef>,
     pub first_slots: Vec<SlotDef>,
+    pub recent_lists: Vec<RecentDef>,
     /// Per feature id of the definitions: how to read it, if it belongs to this entity.
     pub readers: Vec<Option<Reader>>,
     /// The feature ids of this entity type, in file order.
@@ -63,6 +75,7 @@ pub(crate) struct TypeRoutes {
     pub distinct: Vec<usize>,
     pub lasts: Vec<usize>,
     pub firsts: Vec<usize>,
+    pub recents: Vec<usize>,
 }
 
 fn find_or_push<T: PartialEq>(list: &mut Vec<T>, item: T) -> usize {
@@ -89,6 +102,7 @@ impl EntityPlan {
             distinct_series: Vec::new(),
             last_slots: Vec::new(),
             first_slots: Vec::new(),
+            recent_lists: Vec::new(),
             readers: vec![None; definitions.features.len()],
             features: features.clone(),
             by_type: vec![TypeRoutes::default(); type_count],
@@ -187,6 +201,16 @@ impl EntityPlan {
                     };
                     Reader::AgeSinceFirst(find_or_push(&mut plan.first_slots, slot))
                 }
+                Aggregation::RecentDistinct => {
+                    let k = usize::from(feature.k.unwrap_or(1));
+                    let list = RecentDef {
+                        mask,
+                        sources: feature.sources.clone(),
+                        window: feature.window,
+                        k,
+                    };
+                    Reader::Recent(find_or_push(&mut plan.recent_lists, list), k)
+                }
                 _ => continue,
             };
             plan.readers[id] = Some(reader);
@@ -209,6 +233,9 @@ impl EntityPlan {
                 .collect();
             routes.firsts = (0..plan.first_slots.len())
                 .filter(|&i| feeds(plan.first_slots[i].mask))
+                .collect();
+            routes.recents = (0..plan.recent_lists.len())
+                .filter(|&i| feeds(plan.recent_lists[i].mask))
                 .collect();
         }
 

@@ -124,6 +124,19 @@ pub(crate) struct LastValue {
     pub value: f64,
 }
 
+/// One value of a recent list (`recent_distinct`) as applied. Values are kept in time
+/// order until no allowed read can count them among the list's `k` newest (see
+/// [`EntityState::compact_recent`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct RecentValue {
+    pub list: u16,
+    pub time_ms: i64,
+    /// Log sequence number of its event (0 if unlogged): reads leave out what is not
+    /// durable yet, as for pending contributions.
+    pub seq: u64,
+    pub value: Box<str>,
+}
+
 /// `time_ms` of a slot that has seen nothing.
 pub(crate) const NEVER: i64 = i64::MIN;
 
@@ -152,6 +165,8 @@ pub struct EntityState {
     /// (more than [`MAX_PENDING_EVENTS`] pending), which tiles can no longer tell apart
     /// from what a read before it may see. 0 when nothing was sealed early.
     pub(crate) exact_from_ms: i64,
+    /// Values of the recent lists, by list, then time (ties in apply order).
+    pub(crate) recents: ThinVec<RecentValue>,
 }
 
 impl EntityState {
@@ -185,6 +200,7 @@ impl EntityState {
             && self.sketches.is_empty()
             && self.lasts.is_empty()
             && self.recent.is_empty()
+            && self.recents.is_empty()
     }
 }
 
@@ -412,6 +428,88 @@ impl EntityState {
             + self.lasts.capacity() * size_of::<LastValue>()
             + self.firsts.capacity() * size_of::<i64>()
             + self.recent.capacity() * size_of::<Pending>()
+            + self.recents.capacity() * size_of::<RecentValue>()
+            + self.recents.iter().map(|r| r.value.len()).sum::<usize>()
+    }
+
+    /// Adds a value to a recent list, after the values of the same list not later than it.
+    pub(crate) fn add_recent(&mut self, list: u16, time_ms: i64, seq: u64, value: &str) {
+        let at = self
+            .recents
+            .partition_point(|r| (r.list, r.time_ms) <= (list, time_ms));
+        self.recents.insert(
+            at,
+            RecentValue {
+                list,
+                time_ms,
+                seq,
+                value: value.into(),
+            },
+        );
+    }
+
+    /// Drops the values of recent lists that no read at or after `boundary` can list:
+    /// of those older than `boundary` (which every such read sees whole), each list keeps
+    /// only its `k` newest distinct values still inside the window of a read at
+    /// `boundary`. Values at or after `boundary` all stay, so a read between them still
+    /// leaves out what came later.
+    pub(crate) fn compact_recent(&mut self, plan: &EntityPlan, boundary: i64) {
+        if self.recents.is_empty() {
+            return;
+        }
+        let mut keep = vec![true; self.recents.len()];
+        let mut start = 0;
+        while start < self.recents.len() {
+            let list = self.recents[start].list;
+            let end = start + self.recents[start..].partition_point(|r| r.list == list);
+            let definition = &plan.recent_lists[usize::from(list)];
+            let oldest_tile = definition.window.tiles_read_at(boundary).0;
+            let sealed = start + self.recents[start..end].partition_point(|r| r.time_ms < boundary);
+            let mut kept: Vec<&str> = Vec::with_capacity(definition.k);
+            for at in (start..sealed).rev() {
+                let value = &self.recents[at];
+                let fresh = definition.window.tile_of(value.time_ms) >= oldest_tile;
+                if fresh && kept.len() < definition.k && !kept.contains(&&*value.value) {
+                    kept.push(&value.value);
+                } else {
+                    keep[at] = false;
+                }
+            }
+            start = end;
+        }
+        let mut flags = keep.into_iter();
+        self.recents.retain(|_| flags.next().unwrap_or(true));
+    }
+
+    /// The `k` newest distinct values of `list` a read as of `at` sees (in `window`,
+    /// not later than `at`, durable through `visible_through`), newest first, each with
+    /// the time it was last seen.
+    pub(crate) fn recent_values(
+        &self,
+        list: u16,
+        window: Window,
+        k: usize,
+        at: i64,
+        visible_through: u64,
+    ) -> Vec<(&str, i64)> {
+        let range = series_range(&self.recents, list, |r| r.list);
+        let oldest_tile = window.tiles_read_at(at).0;
+        let mut out: Vec<(&str, i64)> = Vec::with_capacity(k);
+        for value in self.recents[range].iter().rev() {
+            if out.len() == k {
+                break;
+            }
+            if value.time_ms > at || value.seq > visible_through {
+                continue;
+            }
+            if window.tile_of(value.time_ms) < oldest_tile {
+                break;
+            }
+            if !out.iter().any(|(seen, _)| *seen == &*value.value) {
+                out.push((&value.value, value.time_ms));
+            }
+        }
+        out
     }
 }
 
@@ -507,6 +605,12 @@ pub(crate) fn apply_to_state(
     for &index in &routes.firsts {
         parts.push(Part::First(index as u16));
     }
+    for &index in &routes.recents {
+        let list = &plan.recent_lists[index];
+        if let Some(value) = text_of(event, list.sources[event.type_id]) {
+            state.add_recent(index as u16, event.time_ms, seq, value);
+        }
+    }
     let at = state.recent.partition_point(|p| p.time_ms <= event.time_ms);
     let added = parts.len();
     state.recent.extend(parts.into_iter().map(|part| Pending {
@@ -531,6 +635,8 @@ pub(crate) fn apply_to_state(
         state.exact_from_ms = state.exact_from_ms.max(state.recent[keep_from - 1].time_ms);
         seal(plan, state, keep_from, seal_before);
     }
+    // No read is earlier than either bound, so both bound the recent lists too.
+    state.compact_recent(plan, seal_before.max(state.exact_from_ms));
 }
 
 /// Folds the `count` oldest pending contributions into tiles and slots.
@@ -582,6 +688,7 @@ pub(crate) struct Overlay {
     distinct: smallvec::SmallVec<[(u16, u64); 16]>,
     lasts: smallvec::SmallVec<[Option<LastValue>; 8]>,
     firsts: smallvec::SmallVec<[Option<i64>; 8]>,
+    visible_through: u64,
 }
 
 impl Overlay {
@@ -599,6 +706,7 @@ impl Overlay {
             distinct: smallvec::SmallVec::new(),
             lasts: smallvec::smallvec![None; plan.last_slots.len()],
             firsts: smallvec::smallvec![None; plan.first_slots.len()],
+            visible_through,
         };
         let seen = &state.recent[..state.recent.partition_point(|p| p.time_ms <= at)];
         let in_window =
@@ -674,6 +782,11 @@ pub(crate) fn read_one(
                 .map(|(_, hash)| *hash);
             Some(state.distinct_count(series, tiles, pending) as f64)
         }
+        Reader::Recent(list, k) => Some(
+            state
+                .recent_values(list as u16, window, k, at, overlay.visible_through)
+                .len() as f64,
+        ),
         Reader::Last(slot) => last_as_of(state, overlay, slot).map(|last| last.value),
         Reader::TimeSinceLast(slot) => {
             last_as_of(state, overlay, slot).map(|last| seconds(at - last.time_ms))

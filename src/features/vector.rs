@@ -35,6 +35,8 @@ pub enum PlanError {
     UnknownFeatures(Vec<String>),
     #[error("the request-time features need the stored feature '{USER_MEAN_FEATURE}'")]
     MissingUserMean,
+    #[error("list features (recent_distinct) cannot be model columns: {0:?}")]
+    ListFeatures(Vec<String>),
 }
 
 /// An entity read: (entity id, time) and what the engine answered.
@@ -114,6 +116,18 @@ impl VectorPlan {
         }
         if !unknown.is_empty() {
             return Err(PlanError::UnknownFeatures(unknown));
+        }
+        let lists: Vec<String> = columns
+            .iter()
+            .filter(|name| {
+                definitions
+                    .feature_id(name)
+                    .is_some_and(|id| definitions.features[id].is_list())
+            })
+            .cloned()
+            .collect();
+        if !lists.is_empty() {
+            return Err(PlanError::ListFeatures(lists));
         }
         let mut user_mean = None;
         if !request.is_empty() {

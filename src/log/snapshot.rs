@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use super::{LogError, io_error, sync_dir};
 
-const MAGIC: &[u8; 8] = b"SSNAP001";
+// 002: entity states carry recent lists (`recent_distinct`); a 001 snapshot is skipped
+// with that reason and the log replayed.
+const MAGIC: &[u8; 8] = b"SSNAP002";
 const HEADER_BYTES: usize = 8 + 8 + 4;
 
 fn snapshot_path(dir: &Path, seq: u64) -> PathBuf {

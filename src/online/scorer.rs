@@ -199,7 +199,10 @@ impl OnlineScorer {
             .iter()
             .map(|(entity, id)| entity_key(&definitions.entities[*entity].name, id))
             .collect();
-        let records = self.online.read(&keys, definitions.fingerprint).await?;
+        let records = self
+            .online
+            .read(&keys, definitions.state_fingerprint)
+            .await?;
         Ok(entities
             .iter()
             .cloned()

@@ -186,7 +186,7 @@ async fn apply(
             .iter()
             .map(|(entity, id)| entity_key(&definitions.entities[*entity].name, id))
             .collect();
-        let records = online.read(&keys, definitions.fingerprint).await?;
+        let records = online.read(&keys, definitions.state_fingerprint).await?;
         for ((entity, id), record) in missing.into_iter().zip(records) {
             if let Some(record) = record {
                 engine.install_state(entity, &id, record.state);
@@ -213,7 +213,7 @@ async fn apply(
         };
         let record = EntityRecord {
             seq: state.applied_seq(),
-            fingerprint: definitions.fingerprint,
+            fingerprint: definitions.state_fingerprint,
             state,
         };
         records.push((entity_key(&definitions.entities[entity].name, &id), record));

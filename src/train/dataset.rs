@@ -314,9 +314,11 @@ fn plan_columns(
         let (_, features) = engine
             .resolve(name, &[])
             .map_err(|_| DatasetError::UnknownEntity(name.clone()))?;
+        // List features are for Recommend, never model inputs.
         columns.extend(
             features
                 .iter()
+                .filter(|f| !definitions.features[**f].is_list())
                 .map(|f| definitions.features[*f].name.clone()),
         );
     }
