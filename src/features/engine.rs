@@ -1062,7 +1062,7 @@ mod tests {
             .collect();
         // Newest first; among equal times the one applied later.
         seen.reverse();
-        seen.sort_by(|a, b| b.time_ms.cmp(&a.time_ms));
+        seen.sort_by_key(|v| std::cmp::Reverse(v.time_ms));
         let mut out: Vec<(String, i64)> = Vec::new();
         for view in seen {
             if out.len() < k && !out.iter().any(|(p, _)| *p == view.product) {

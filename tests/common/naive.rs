@@ -307,6 +307,17 @@ impl Naive {
                     .collect();
                 Some(values.len() as f64)
             }
+            // Its value is the list's length: the distinct values in the window, at
+            // most k of them.
+            Aggregation::RecentDistinct => {
+                let f = field.expect("recent_distinct has a field");
+                let values: BTreeSet<&String> = events
+                    .iter()
+                    .filter_map(|e| e.strings.get(f).or_else(|| e.entities.get(f)))
+                    .collect();
+                let k = usize::from(feature.k.expect("recent_distinct has k"));
+                Some(values.len().min(k) as f64)
+            }
             Aggregation::Last => {
                 let f = field.expect("last has a field");
                 let mut best: Option<(i64, f64)> = None;
