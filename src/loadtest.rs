@@ -1,5 +1,5 @@
 //! The load generator behind `streamscore loadtest` and the scoring bench: drives
-//! `Score`, `ScoreCandidates` or `IngestBatch` against a running server at a fixed
+//! `Score`, `ScoreCandidates`, `Recommend` or `IngestBatch` against a running server at a fixed
 //! concurrency (closed loop) or a fixed total rate (each worker paced), for a bounded
 //! time, and reports requests/s, latency percentiles and errors. Requests are built
 //! from a seeded simulated shop, so a server fed the same simulation knows their
@@ -27,6 +27,8 @@ pub enum Call {
     V2,
     /// One payment through the protocol's REST `infer` (the URL is the REST listener's).
     Rest,
+    /// `Recommend` for a user with one product in the cart (the model is the rule set).
+    Recommend,
 }
 
 impl std::str::FromStr for Call {
@@ -39,8 +41,9 @@ impl std::str::FromStr for Call {
             "ingest" => Ok(Call::Ingest),
             "v2" => Ok(Call::V2),
             "rest" => Ok(Call::Rest),
+            "recommend" => Ok(Call::Recommend),
             other => Err(format!(
-                "unknown call '{other}' (known: score, candidates, ingest, v2, rest)"
+                "unknown call '{other}' (known: score, candidates, ingest, v2, rest, recommend)"
             )),
         }
     }
@@ -220,6 +223,20 @@ async fn send(
                     include_features: false,
                     record: false,
                     reasons: None,
+                })
+                .await
+                .map(|_| ())
+        }
+        Client::Scoring(scoring) if spec.call == Call::Recommend => {
+            let user = &pool.users[n % pool.users.len().max(1)];
+            let product = &pool.products[(n * 31) % pool.products.len().max(1)];
+            scoring
+                .recommend(pb::RecommendRequest {
+                    rules: spec.model.clone(),
+                    user: user.clone(),
+                    cart: vec![product.clone()],
+                    top_n: 10,
+                    ..Default::default()
                 })
                 .await
                 .map(|_| ())

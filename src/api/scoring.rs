@@ -14,6 +14,7 @@ use crate::config::Role;
 use crate::events::RawEvent;
 use crate::model::decision::Decision;
 use crate::registry::{LoadedModel, Registry};
+use crate::scoring::recommend::{self, RecentFeatures, RecommendInput, Why};
 use crate::scoring::samples::{SampleLog, ScoreSample};
 use crate::scoring::{self, CandidateInput, DEFAULT_REASONS, ScoreInput};
 use crate::store::FeatureStore;
@@ -24,6 +25,8 @@ pub struct ScoringService {
     registry: Arc<Registry>,
     shadow: Option<Shadow>,
     samples: Option<Arc<SampleLog>>,
+    /// Where `Recommend` reads the user's recent products.
+    recent: RecentFeatures,
 }
 
 /// Candidates scored beside the serving version (`models.shadow`), off the answer's
@@ -51,6 +54,7 @@ impl ScoringService {
             registry,
             shadow: None,
             samples: None,
+            recent: RecentFeatures::default(),
         }
     }
 
@@ -316,6 +320,66 @@ impl Scoring for ScoringService {
         });
         response.extensions_mut().insert(ScoredBy {
             model: ranking.model.name().to_string(),
+            decision: None,
+        });
+        Ok(response)
+    }
+
+    async fn recommend(
+        &self,
+        request: Request<pb::RecommendRequest>,
+    ) -> Result<Response<pb::RecommendResponse>, Status> {
+        let request = request.into_inner();
+        let store = match &self.backend {
+            Backend::Embedded(store) => store,
+            #[cfg(feature = "cluster")]
+            Backend::Online(_) => {
+                return Err(Status::unimplemented(
+                    "Recommend: not answered by a scorer yet; ask an embedded server",
+                ));
+            }
+        };
+        let input = RecommendInput {
+            rules: request.rules,
+            model: request.model,
+            user: request.user,
+            device: (!request.device.is_empty()).then_some(request.device),
+            product: (!request.product.is_empty()).then_some(request.product),
+            cart: request.cart,
+            top_n: request.top_n as usize,
+            event_time_ms: request.event_time_ms,
+        };
+        // Inline like ScoreCandidates: one read lock and at most a few hundred rows
+        // through the model, tens of microseconds.
+        let recommended = recommend::recommend(store, &self.registry, &self.recent, input)?;
+        let mut response = Response::new(pb::RecommendResponse {
+            recommendations: recommended
+                .items
+                .into_iter()
+                .map(|item| pb::Recommendation {
+                    product: item.product,
+                    probability: item.probability,
+                    why: Some(match item.why {
+                        Why::Rule(rule) => pb::recommendation::Why::Rule(pb::RuleReason {
+                            antecedent: rule.antecedent,
+                            consequent: rule.consequent,
+                            support: rule.support,
+                            confidence: rule.confidence,
+                            lift: rule.lift,
+                        }),
+                        Why::Popular(support) => {
+                            pb::recommendation::Why::Popular(pb::PopularReason { support })
+                        }
+                    }),
+                })
+                .collect(),
+            rules: recommended.rules.reference(),
+            model: recommended.model.reference(),
+            context: recommended.context,
+            excluded: recommended.excluded,
+        });
+        response.extensions_mut().insert(ScoredBy {
+            model: recommended.model.name().to_string(),
             decision: None,
         });
         Ok(response)

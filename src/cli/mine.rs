@@ -24,6 +24,28 @@ pub enum MineCommand {
     /// Association rules from the baskets of an event history (or a baskets file):
     /// FP-growth, then rules, into <models-dir>/<name>/<name>-v<N>.json with a report.
     Rules(RulesArgs),
+    /// Hit rate, recall and NDCG at k of the rules against popularity on a cut in time:
+    /// rules mined from the earlier baskets, tested on the later ones.
+    Evaluate(EvaluateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EvaluateArgs {
+    /// Event history as JSON lines.
+    #[arg(long)]
+    pub events: PathBuf,
+    /// Mining config (TOML, see training/rules.toml).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Share of the baskets (the earliest) the rules are mined from.
+    #[arg(long, default_value_t = 0.7)]
+    pub split: f64,
+    /// How many products each recommender names.
+    #[arg(long, default_value_t = 10)]
+    pub k: usize,
+    /// Also write the evaluation as JSON here.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -58,7 +80,80 @@ pub struct RulesArgs {
 pub fn mine(args: MineArgs) -> CliResult {
     match args.what {
         MineCommand::Rules(args) => rules(args),
+        MineCommand::Evaluate(args) => evaluate(args),
     }
+}
+
+/// The baskets of a history file, sorted by time first when it is out of order.
+fn history_baskets(
+    path: &std::path::Path,
+    window_ms: i64,
+) -> Result<crate::mining::Baskets, Box<dyn std::error::Error>> {
+    let file = HistoryFile::new(path);
+    let scan = file.scan(|_| {})?;
+    // Baskets follow each user's carts in time order.
+    let baskets = if scan.out_of_order > 0 {
+        eprintln!(
+            "the history was not in time order ({} events came after a later one): sorting it by event time in memory",
+            scan.out_of_order
+        );
+        crate::mining::baskets(&file.read_sorted()?, window_ms)
+    } else {
+        let baskets = crate::mining::baskets(file.events(), window_ms);
+        if let Some(problem) = file.problem() {
+            return Err(problem.into());
+        }
+        baskets
+    };
+    eprintln!(
+        "{} events -> {} baskets",
+        scan.events,
+        baskets.baskets.len()
+    );
+    Ok(baskets)
+}
+
+fn evaluate(args: EvaluateArgs) -> CliResult {
+    if !(args.split > 0.0 && args.split < 1.0) {
+        return Err(format!("--split: must be between 0 and 1, got {}", args.split).into());
+    }
+    if !(1..=crate::scoring::recommend::MAX_RECOMMENDATIONS).contains(&args.k) {
+        return Err(format!(
+            "--k: must be 1 to {}, got {}",
+            crate::scoring::recommend::MAX_RECOMMENDATIONS,
+            args.k
+        )
+        .into());
+    }
+    let config = RulesConfig::from_file(&args.config)?;
+    let mut all = history_baskets(&args.events, config.window_ms)?;
+    let cut = (all.baskets.len() as f64 * args.split) as usize;
+    if cut == 0 || cut == all.baskets.len() {
+        return Err(crate::mining::MiningError::NoBaskets(format!(
+            "{} baskets cannot be split {} / {}",
+            all.baskets.len(),
+            args.split,
+            1.0 - args.split
+        ))
+        .into());
+    }
+    let later = crate::mining::Baskets {
+        baskets: all.baskets.split_off(cut),
+        products: all.products.clone(),
+        times: all.times.split_off(cut),
+        users: all.users.split_off(cut),
+    };
+    let mined = mine::mine(&all.baskets, &config);
+    let set = mine::rule_set(&mined, &all);
+    let evaluation = crate::mining::evaluate::evaluate(&set, all.baskets.len(), &later, args.k);
+    if let Some(path) = &args.report {
+        let text = serde_json::to_string_pretty(&evaluation)?;
+        std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{} rules from the earlier baskets", set.rules.len())?;
+    write!(out, "{}", evaluation.markdown())?;
+    Ok(())
 }
 
 fn rules(args: RulesArgs) -> CliResult {

@@ -315,7 +315,7 @@ pub struct LoadtestArgs {
     /// The server, e.g. http://127.0.0.1:50051 (https:// for TLS).
     #[arg(long, default_value = "http://127.0.0.1:50051")]
     pub addr: String,
-    /// score, candidates or ingest.
+    /// score, candidates, recommend, ingest, v2 or rest.
     #[arg(long, default_value = "score")]
     pub call: crate::loadtest::Call,
     /// Requests in flight at once.
@@ -330,7 +330,8 @@ pub struct LoadtestArgs {
     /// Total requests per second (default: as fast as the server answers).
     #[arg(long)]
     pub rate: Option<f64>,
-    /// Model to call (default: fraud for score, purchase for candidates).
+    /// Model to call (default: fraud for score, purchase for candidates, rules for
+    /// recommend).
     #[arg(long)]
     pub model: Option<String>,
     /// Candidates per ScoreCandidates call, or events per IngestBatch call.
@@ -965,11 +966,12 @@ async fn loadtest(args: LoadtestArgs) -> CliResult {
         duration: std::time::Duration::from_millis(duration.max(1) as u64),
         rate: args.rate,
         model: args.model.unwrap_or_else(|| {
-            if args.call == Call::Candidates {
-                "purchase".into()
-            } else {
-                "fraud".into()
+            match args.call {
+                Call::Candidates => "purchase",
+                Call::Recommend => "rules",
+                _ => "fraud",
             }
+            .into()
         }),
         batch: args.batch,
         sim: SimConfig {

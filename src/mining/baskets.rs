@@ -15,6 +15,8 @@ pub struct Baskets {
     pub products: Vec<String>,
     /// The time of the order that closed each basket.
     pub times: Vec<i64>,
+    /// The user of each basket.
+    pub users: Vec<String>,
 }
 
 /// Builds the baskets of `events` (in time order, as logged; streamed, so memory holds
@@ -63,6 +65,7 @@ pub fn baskets(events: impl IntoIterator<Item = impl Borrow<RawEvent>>, window_m
                 basket.sort_unstable();
                 out.baskets.push(basket);
                 out.times.push(event.event_time_ms);
+                out.users.push(user.clone());
             }
             _ => {}
         }
@@ -107,5 +110,6 @@ mod tests {
         assert_eq!(found.products, vec!["p1", "p2", "p5"]);
         assert_eq!(found.baskets, vec![vec![0, 1], vec![2]]);
         assert_eq!(found.times, vec![30, 210]);
+        assert_eq!(found.users, vec!["u1", "u1"]);
     }
 }

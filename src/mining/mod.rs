@@ -6,6 +6,7 @@
 mod baskets;
 pub mod config;
 mod error;
+pub mod evaluate;
 mod fpgrowth;
 pub mod mine;
 pub mod report;

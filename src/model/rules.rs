@@ -80,8 +80,8 @@ impl RuleSet {
     }
 
     /// The products proposed by rules whose whole antecedent is in `seen`, skipping
-    /// `excluded` ones (and those in `seen`): one per product, by its most confident
-    /// rule (then the higher lift, then the earlier rule), most confident first.
+    /// `excluded` ones (a product only viewed may be proposed again): one per product,
+    /// by its most confident rule (then the higher lift), most confident first.
     pub fn propose<'a>(
         &'a self,
         seen: &HashSet<&str>,
@@ -108,7 +108,7 @@ impl RuleSet {
             }
             for product in &rule.consequent {
                 let product = product.as_str();
-                if seen.contains(product) || excluded.contains(product) {
+                if excluded.contains(product) {
                     continue;
                 }
                 best.entry(product)
@@ -226,9 +226,9 @@ mod tests {
             .iter()
             .map(|p| (p.product, p.rule.confidence))
             .collect();
-        // c by its two-item rule; d by a -> {d, e}; e excluded; b already seen; y's
-        // antecedent was not seen.
-        assert_eq!(got, vec![("c", 0.9), ("d", 0.6)]);
+        // c by its two-item rule; b (seen, not excluded) by a -> b; d by a -> {d, e};
+        // e excluded; y's antecedent was not seen.
+        assert_eq!(got, vec![("c", 0.9), ("b", 0.7), ("d", 0.6)]);
         let only_a: HashSet<&str> = ["a"].into();
         let got: Vec<&str> = set
             .propose(&only_a, &HashSet::new())
