@@ -1,5 +1,5 @@
-//! `streamscore mine`: data mining for recommendations, offline, into artifacts the
-//! server serves like models.
+//! `streamscore mine`: data mining offline (association rules and their evaluation,
+//! customer segments) into artifacts the server serves like models.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -27,6 +27,34 @@ pub enum MineCommand {
     /// Hit rate, recall and NDCG at k of the rules against popularity on a cut in time:
     /// rules mined from the earlier baskets, tested on the later ones.
     Evaluate(EvaluateArgs),
+    /// Customer segments: k-means (k-means++, seeded) on chosen features of every
+    /// entity at the end of the history, with a sweep of k to choose by; the artifact
+    /// scores an entity's current features into its segment.
+    Segments(SegmentsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SegmentsArgs {
+    /// Event history as JSON lines.
+    #[arg(long)]
+    pub events: PathBuf,
+    /// Segments config (TOML, see training/segments.toml): features, k, sweep, seed.
+    #[arg(long)]
+    pub config: PathBuf,
+    #[arg(long, default_value = "models")]
+    pub models_dir: PathBuf,
+    /// Feature definitions (default: the built-in shop definitions).
+    #[arg(long)]
+    pub definitions: Option<PathBuf>,
+    /// Sign the artifact with this key file (HMAC-SHA256, at least 32 bytes).
+    #[arg(long)]
+    pub signing_key: Option<PathBuf>,
+    /// Creation time written into the artifact (default: now).
+    #[arg(long)]
+    pub created_at_ms: Option<i64>,
+    /// Also write every entity's id, segment and standardised features as CSV.
+    #[arg(long)]
+    pub export_assignments: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -81,7 +109,98 @@ pub fn mine(args: MineArgs) -> CliResult {
     match args.what {
         MineCommand::Rules(args) => rules(args),
         MineCommand::Evaluate(args) => evaluate(args),
+        MineCommand::Segments(args) => segments(args),
     }
+}
+
+fn segments(args: SegmentsArgs) -> CliResult {
+    use crate::mining::segments::{self, SegmentsConfig};
+    let config = SegmentsConfig::from_file(&args.config)?;
+    let definitions = std::sync::Arc::new(match &args.definitions {
+        Some(path) => Definitions::load(path)?,
+        None => Definitions::default_shop(),
+    });
+    config
+        .check(&definitions)
+        .map_err(|reason| format!("config {}: {reason}", args.config.display()))?;
+    let signing_key = match &args.signing_key {
+        Some(path) => Some(crate::model::artifact::SigningKey::from_file(path)?),
+        None => None,
+    };
+    let file = HistoryFile::new(&args.events);
+    let scan = file.scan(|_| {})?;
+    let settings = crate::config::Settings::default().ingest.engine();
+    let rows = if scan.out_of_order > 0 {
+        segments::rows(
+            std::sync::Arc::clone(&definitions),
+            settings,
+            file.read_sorted()?.into_iter(),
+            &config,
+        )?
+    } else {
+        let rows = segments::rows(
+            std::sync::Arc::clone(&definitions),
+            settings,
+            file.events(),
+            &config,
+        )?;
+        if let Some(problem) = file.problem() {
+            return Err(problem.into());
+        }
+        rows
+    };
+    eprintln!(
+        "{} events -> {} {} entities as of {} ({} events refused)",
+        scan.events,
+        rows.rows.len(),
+        config.entity,
+        rows.as_of_ms,
+        rows.refused_events
+    );
+    let fitted = segments::fit(&rows, &config)?;
+    if let Some(path) = &args.export_assignments {
+        let mut writer = csv::Writer::from_path(path)?;
+        let mut header = vec!["id".to_string(), "segment".to_string()];
+        header.extend(config.features.iter().cloned());
+        writer.write_record(&header)?;
+        for (at, id) in rows.ids.iter().enumerate() {
+            let mut record = vec![id.clone(), fitted.labels[at].to_string()];
+            record.extend(fitted.standardised.row(at).iter().map(|v| format!("{v:?}")));
+            writer.write_record(&record)?;
+        }
+        writer.flush()?;
+    }
+    let (report, files) = crate::mining::segments_report::write(
+        &rows,
+        &fitted,
+        &config,
+        &args.models_dir,
+        args.created_at_ms.unwrap_or_else(now_ms),
+        definitions.fingerprint,
+        signing_key.as_ref(),
+    )?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "mined {} v{}: {} segments of {} {} entities, inertia {:.3}",
+        report.name, report.version, config.k, report.rows, report.entity, report.inertia
+    )?;
+    for point in &report.sweep {
+        writeln!(
+            out,
+            "  k {:>3}: inertia {:.3}, silhouette {:.4}",
+            point.k, point.inertia, point.silhouette
+        )?;
+    }
+    for file in &files {
+        writeln!(out, "  wrote {}", file.display())?;
+    }
+    writeln!(
+        out,
+        "  a candidate until promoted: streamscore models promote {}@{}",
+        report.name, report.version
+    )?;
+    Ok(())
 }
 
 /// The baskets of a history file, sorted by time first when it is out of order.

@@ -359,6 +359,21 @@ impl Engine {
             .collect()
     }
 
+    /// The ids of the `entity` type held now (live or remembered), sorted.
+    pub fn entity_ids(&self, entity: EntityTypeId) -> Vec<String> {
+        let mut ids: Vec<String> = (0..SHARDS)
+            .flat_map(|shard| {
+                self.tables[entity]
+                    .read_shard(shard)
+                    .keys()
+                    .map(|id| id.to_string())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
     /// Reads as of an earlier moment are refused: tiles before it may be pruned, and
     /// events older than it are sealed into tiles.
     pub fn oldest_exact_read_ms(&self) -> i64 {

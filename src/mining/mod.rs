@@ -11,6 +11,8 @@ mod fpgrowth;
 pub mod mine;
 pub mod report;
 mod rules;
+pub mod segments;
+pub mod segments_report;
 
 pub use error::MiningError;
 

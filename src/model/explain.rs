@@ -49,6 +49,11 @@ impl Model {
                     contributions,
                 }
             }
+            // A segment is not a sum of parts: no contributions.
+            Family::KMeans(segments) => Explanation {
+                base: segments.nearest(standardised) as f64,
+                contributions: vec![0.0; standardised.len()],
+            },
             Family::AssociationRules(_) => Explanation {
                 base: f64::NAN,
                 contributions: vec![0.0; standardised.len()],

@@ -8,6 +8,7 @@ pub mod decision;
 pub mod explain;
 pub mod inputs;
 pub mod rules;
+pub mod segments;
 pub mod tree;
 pub mod validate;
 
@@ -120,6 +121,8 @@ pub enum Family {
     KernelSvm(KernelSvm),
     /// Not a scorer: association rules proposing products (`Recommend`).
     AssociationRules(rules::RuleSet),
+    /// k-means segments: the score is the nearest centroid's index.
+    KMeans(segments::Centroids),
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -184,6 +187,7 @@ impl Model {
             Family::LinearSvm(_) => "linear_svm",
             Family::KernelSvm(_) => "kernel_svm",
             Family::AssociationRules(_) => "association_rules",
+            Family::KMeans(_) => "k_means",
         }
     }
 
@@ -212,6 +216,7 @@ impl Model {
             Family::LinearSvm(svm) => margin(&svm.weights, svm.intercept, &standardised),
             Family::KernelSvm(svm) => svm.margin(&standardised),
             Family::AssociationRules(_) => f64::NAN,
+            Family::KMeans(segments) => segments.nearest(&standardised) as f64,
         }
     }
 
@@ -232,6 +237,7 @@ impl Model {
             Family::KernelSvm(svm) => platt(svm.platt_a, svm.platt_b, svm.margin(standardised)),
             // Never reached through scoring (see `scores`); NaN fails closed if it were.
             Family::AssociationRules(_) => f64::NAN,
+            Family::KMeans(segments) => segments.nearest(standardised) as f64,
         }
     }
 }

@@ -102,6 +102,7 @@ impl Model {
             }
             Family::DecisionTree(tree) => tree.validate(columns),
             Family::AssociationRules(_) => Ok(()),
+            Family::KMeans(segments) => segments.validate(columns),
         }
     }
 }
