@@ -75,7 +75,7 @@ fn records_of(definitions: &Definitions, engine: &Engine) -> Vec<(String, Entity
             let state = engine.entity_state(entity_id, &id).expect("held");
             let record = EntityRecord {
                 seq: state.applied_seq(),
-                fingerprint: definitions.fingerprint,
+                fingerprint: definitions.state_fingerprint,
                 state,
             };
             (entity_key(entity, &id), record)
@@ -111,7 +111,7 @@ fn records_come_back_bit_for_bit_and_read_as_the_engine_reads() {
 
     let keys: Vec<String> = records.iter().map(|(key, _)| key.clone()).collect();
     let fetched = runtime
-        .block_on(online.read(&keys, definitions.fingerprint))
+        .block_on(online.read(&keys, definitions.state_fingerprint))
         .expect("reads");
     let at = engine.watermark_ms();
     let view = engine.view();
@@ -144,10 +144,13 @@ fn records_come_back_bit_for_bit_and_read_as_the_engine_reads() {
         "{ttl} of {retention}"
     );
     let absent = runtime
-        .block_on(online.read(&[entity_key("user", "nobody")], definitions.fingerprint))
+        .block_on(online.read(
+            &[entity_key("user", "nobody")],
+            definitions.state_fingerprint,
+        ))
         .expect("reads");
     assert_eq!(absent, vec![None]);
-    let foreign = runtime.block_on(online.read(&keys[..1], definitions.fingerprint ^ 1));
+    let foreign = runtime.block_on(online.read(&keys[..1], definitions.state_fingerprint ^ 1));
     let message = foreign.expect_err("other definitions").to_string();
     assert!(message.contains("other feature definitions"), "{message}");
 }
@@ -180,7 +183,7 @@ fn a_stale_owner_never_overwrites_newer_state() {
     assert_eq!(write(100, &older), Written::Stale, "the same offset");
     let read = |runtime: &tokio::runtime::Runtime| {
         runtime
-            .block_on(online.read(std::slice::from_ref(&key), definitions.fingerprint))
+            .block_on(online.read(std::slice::from_ref(&key), definitions.state_fingerprint))
             .expect("reads")[0]
             .clone()
             .expect("stored")
@@ -214,7 +217,7 @@ fn a_killed_master_fails_reads_clearly_and_its_records_are_back_after_restart() 
 
     cluster.kill(1);
     let error = runtime
-        .block_on(online.read(&keys, definitions.fingerprint))
+        .block_on(online.read(&keys, definitions.state_fingerprint))
         .expect_err("a third of the keys live on the killed master");
     let message = error.to_string();
     assert!(message.contains("Redis Cluster at"), "{message}");
@@ -223,7 +226,7 @@ fn a_killed_master_fails_reads_clearly_and_its_records_are_back_after_restart() 
     // The client finds the node again on its own; poll until it does.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let fetched = loop {
-        match runtime.block_on(online.read(&keys, definitions.fingerprint)) {
+        match runtime.block_on(online.read(&keys, definitions.state_fingerprint)) {
             Ok(fetched) => break fetched,
             Err(error) => assert!(
                 std::time::Instant::now() < deadline,
@@ -435,7 +438,7 @@ fn a_cached_scorer_answers_from_what_it_fetched_until_it_is_stale() {
     let state = engine.entity_state(card, "c1").expect("held");
     let record = EntityRecord {
         seq: state.applied_seq(),
-        fingerprint: definitions.fingerprint,
+        fingerprint: definitions.state_fingerprint,
         state,
     };
     let written = runtime

@@ -14,6 +14,7 @@ use std::path::Path;
 use std::process::Command;
 
 use streamscore::api::pb::{self, models_client::ModelsClient, scoring_client::ScoringClient};
+use streamscore::api::v2pb::{self, grpc_inference_service_client::GrpcInferenceServiceClient};
 use streamscore::events::RawEvent;
 use streamscore::simulate::{SimConfig, Simulator};
 use streamscore::time::DAY_MS;
@@ -278,6 +279,11 @@ async fn recommend_beats_popularity_and_says_why() {
             Code::InvalidArgument,
             "cart",
         ),
+        (
+            request("u1", &["p1", &"x".repeat(300)], at),
+            Code::InvalidArgument,
+            "cart[1]",
+        ),
     ];
     for (bad, code, named) in cases {
         let error = scoring.recommend(bad).await.expect_err("refused");
@@ -293,6 +299,92 @@ async fn recommend_beats_popularity_and_says_why() {
         .expect_err("a rule set does not score");
     assert_eq!(error.code(), Code::InvalidArgument, "{error:?}");
     assert!(error.message().contains("rule set"), "{error:?}");
+
+    // The same call as a V2 model: the rule set over the Open Inference Protocol.
+    let (user, carted) = (
+        later_baskets.users[0].clone(),
+        later_baskets.products[0].clone(),
+    );
+    let native = scoring
+        .recommend(request(&user, &[&carted], at))
+        .await
+        .expect("recommends")
+        .into_inner();
+    let bytes = |name: &str, values: &[&str]| v2pb::model_infer_request::InferInputTensor {
+        name: name.into(),
+        datatype: "BYTES".into(),
+        shape: vec![values.len() as i64],
+        contents: Some(v2pb::InferTensorContents {
+            bytes_contents: values
+                .iter()
+                .map(|v| bytes::Bytes::copy_from_slice(v.as_bytes()))
+                .collect(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let parameters = |time: i64| {
+        [("event_time_ms", time), ("top_n", 10)]
+            .into_iter()
+            .map(|(name, value)| {
+                (
+                    name.to_string(),
+                    v2pb::InferParameter {
+                        parameter_choice: Some(v2pb::infer_parameter::ParameterChoice::Int64Param(
+                            value,
+                        )),
+                    },
+                )
+            })
+            .collect()
+    };
+    let mut inference = GrpcInferenceServiceClient::new(server.channel().await);
+    let answer = inference
+        .model_infer(v2pb::ModelInferRequest {
+            model_name: "rules".into(),
+            inputs: vec![bytes("user", &[&user]), bytes("cart", &[&carted])],
+            parameters: parameters(at),
+            ..Default::default()
+        })
+        .await
+        .expect("V2 recommends")
+        .into_inner();
+    let output = |name: &str| {
+        answer
+            .outputs
+            .iter()
+            .find(|o| o.name == name)
+            .and_then(|o| o.contents.clone())
+            .unwrap_or_else(|| panic!("output {name}"))
+    };
+    let products: Vec<String> = output("product")
+        .bytes_contents
+        .iter()
+        .map(|b| String::from_utf8_lossy(b).to_string())
+        .collect();
+    let native_products: Vec<String> = native
+        .recommendations
+        .iter()
+        .map(|r| r.product.clone())
+        .collect();
+    assert_eq!(products, native_products);
+    let native_probabilities: Vec<f64> = native
+        .recommendations
+        .iter()
+        .map(|r| r.probability)
+        .collect();
+    assert_eq!(output("probability").fp64_contents, native_probabilities);
+    assert_eq!(output("reasons").bytes_contents.len(), products.len());
+    let refused = inference
+        .model_infer(v2pb::ModelInferRequest {
+            model_name: "rules".into(),
+            inputs: vec![bytes("cart", &[&carted])],
+            ..Default::default()
+        })
+        .await
+        .expect_err("no user");
+    assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("user"), "{refused:?}");
 
     // The artifact is a model version like the others.
     let list = registry

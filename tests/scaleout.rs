@@ -146,7 +146,7 @@ fn two_aggregators_build_what_the_embedded_engine_holds_to_the_bit() {
     for (entity, id) in &samples {
         let (entity_id, features) = embedded.resolve(entity, &[]).expect("resolves");
         let record = runtime
-            .block_on(online.read(&[entity_key(entity, id)], definitions.fingerprint))
+            .block_on(online.read(&[entity_key(entity, id)], definitions.state_fingerprint))
             .expect("reads")
             .remove(0);
         let mut states = std::collections::HashMap::new();

@@ -15,6 +15,7 @@ use crate::inference::{
     self, Elements, InferError, ParamValue, Parameters, Rows, Signature, Tensor,
 };
 use crate::registry::{LoadedModel, Registry};
+use crate::scoring::recommend::{self, RecentFeatures};
 use crate::scoring::{self, ScoreError, ScoreInput, Scored};
 
 /// The server's name in `ServerMetadata`.
@@ -53,7 +54,8 @@ impl InferenceService {
         } else {
             format!("{name}@{version}")
         };
-        Ok(self.registry.resolve_scorer(&reference)?)
+        // A scoring model, or a rule set (answered as `Recommend`).
+        Ok(self.registry.resolve(&reference)?)
     }
 
     fn signature(&self, model: &LoadedModel) -> Result<Arc<Signature>, InferError> {
@@ -63,7 +65,10 @@ impl InferenceService {
         if let Some(signature) = self.signatures.read().get(&reference) {
             return Ok(Arc::clone(signature));
         }
-        let signature = Arc::new(inference::signature(model, &self.registry_definitions())?);
+        let signature = Arc::new(match model.rules() {
+            Some(_) => inference::recommend::signature(),
+            None => inference::signature(model, &self.registry_definitions())?,
+        });
         self.signatures
             .write()
             .insert(reference, Arc::clone(&signature));
@@ -89,6 +94,9 @@ impl InferenceService {
         parameters: Parameters,
     ) -> Result<(Arc<LoadedModel>, Vec<Tensor>), Status> {
         let model = self.model(model_name, version)?;
+        if model.rules().is_some() {
+            return self.recommend(model, inputs, requested, parameters);
+        }
         let signature = self.signature(&model)?;
         let mut rows = inference::prepare(&signature, inputs, self.max_rows)?;
         if let Some(time) = parameters.event_time_ms {
@@ -97,6 +105,35 @@ impl InferenceService {
         let scored = self.score_rows(&model, rows, parameters.reasons).await?;
         let outputs = inference::outputs(&signature, &scored, requested, parameters.reasons)?;
         Ok((model, outputs))
+    }
+
+    /// A rule set's answer: `Recommend` for the context the tensors give.
+    fn recommend(
+        &self,
+        rules: Arc<LoadedModel>,
+        inputs: &[Tensor],
+        requested: &[String],
+        parameters: Parameters,
+    ) -> Result<(Arc<LoadedModel>, Vec<Tensor>), Status> {
+        let store = match &self.backend {
+            Backend::Embedded(store) => store,
+            #[cfg(feature = "cluster")]
+            Backend::Online(_) => {
+                return Err(Status::unimplemented(
+                    "a rule set is not answered by a scorer yet; ask an embedded server",
+                ));
+            }
+        };
+        let input = inference::recommend::input(
+            rules.reference(),
+            inputs,
+            parameters.top_n,
+            parameters.event_time_ms,
+        )?;
+        let recommended =
+            recommend::recommend(store, &self.registry, &RecentFeatures::default(), input)?;
+        let outputs = inference::recommend::outputs(&recommended, requested)?;
+        Ok((rules, outputs))
     }
 
     /// Whether `name` at `version` is loaded and can be served over the protocol.

@@ -41,6 +41,9 @@ pub enum Command {
     Train(Box<TrainArgs>),
     /// Score one payment on a running server: score, decision, reasons.
     Score(remote::ScoreArgs),
+    /// Recommend products for a user on a running server: each with its rule or
+    /// popularity.
+    Recommend(remote::RecommendArgs),
     /// List, show, load or alias models on a running server.
     Models(remote::ModelsArgs),
     /// Drive Score, ScoreCandidates or IngestBatch against a running server and report
@@ -372,6 +375,7 @@ pub async fn run(cli: Cli) -> CliResult {
         Command::Repair(args) => repair(&args.data_dir),
         Command::Loadtest(args) => loadtest(args).await,
         Command::Score(args) => remote::score(args).await,
+        Command::Recommend(args) => remote::recommend(args).await,
         Command::Models(args) => remote::models(args).await,
         Command::CheckDefinitions { path } => check_definitions(&path),
     }

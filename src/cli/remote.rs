@@ -1,5 +1,5 @@
 //! Command-line clients of a running server's scoring and model registry: `score` one
-//! payment and `models` list / show / load / alias, for the quick tour and for
+//! payment, `recommend` products for a user, and `models` list / show / load / alias, for the quick tour and for
 //! operators without a gRPC tool at hand.
 
 use std::io::Write;
@@ -42,6 +42,85 @@ pub struct ScoreArgs {
     /// Print every input feature too.
     #[arg(long)]
     pub features: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RecommendArgs {
+    #[command(flatten)]
+    pub connect: super::ConnectArgs,
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    pub target: String,
+    #[arg(long)]
+    pub user: String,
+    #[arg(long)]
+    pub device: Option<String>,
+    /// The product being looked at.
+    #[arg(long)]
+    pub product: Option<String>,
+    /// What is in the cart (repeat, or separate with commas).
+    #[arg(long, value_delimiter = ',')]
+    pub cart: Vec<String>,
+    /// How many (1 to 100).
+    #[arg(long, default_value_t = 10)]
+    pub top_n: u32,
+    /// The rule set: name, name@version or alias.
+    #[arg(long, default_value = "rules")]
+    pub rules: String,
+    /// The model ranking the candidates.
+    #[arg(long, default_value = "purchase")]
+    pub model: String,
+}
+
+pub async fn recommend(args: RecommendArgs) -> CliResult {
+    let request = pb::RecommendRequest {
+        rules: args.rules,
+        model: args.model,
+        user: args.user,
+        device: args.device.unwrap_or_default(),
+        product: args.product.unwrap_or_default(),
+        cart: args.cart,
+        top_n: args.top_n,
+        event_time_ms: 0,
+    };
+    let channel = client::connect_with(&args.target, &args.connect.options()).await?;
+    let response = ScoringClient::new(channel)
+        .recommend(request)
+        .await?
+        .into_inner();
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{} recommendations ({} ranked by {}); matched against: {}",
+        response.recommendations.len(),
+        response.rules,
+        response.model,
+        if response.context.is_empty() {
+            "nothing (no history, empty cart)".to_string()
+        } else {
+            response.context.join(", ")
+        }
+    )?;
+    for item in &response.recommendations {
+        let why = match &item.why {
+            Some(pb::recommendation::Why::Rule(rule)) => format!(
+                "{} -> {} (confidence {:.3}, lift {:.2})",
+                rule.antecedent.join(", "),
+                rule.consequent.join(", "),
+                rule.confidence,
+                rule.lift
+            ),
+            Some(pb::recommendation::Why::Popular(popular)) => {
+                format!("popular (in {:.2}% of baskets)", popular.support * 100.0)
+            }
+            None => "-".into(),
+        };
+        writeln!(
+            out,
+            "  {:<12} p={:.4}  {why}",
+            item.product, item.probability
+        )?;
+    }
+    Ok(())
 }
 
 #[derive(Debug, Args)]

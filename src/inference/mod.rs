@@ -11,6 +11,7 @@
 //! runtime does.
 
 mod error;
+pub mod recommend;
 mod tensor;
 
 pub use error::InferError;
@@ -102,6 +103,11 @@ pub fn signature(model: &LoadedModel, definitions: &Definitions) -> Result<Signa
         model: model.reference(),
         reason,
     };
+    if let crate::model::Family::KMeans(_) = body.model.family {
+        return Err(unservable(
+            "it is a segments model, not served over this protocol yet: ask Score with an event naming its entity".into(),
+        ));
+    }
     let Some(event_type) = &body.scored_event else {
         return Err(unservable(
             "it does not say which event type it scores (trained before this was recorded)".into(),
@@ -446,6 +452,8 @@ pub struct Parameters {
     /// `event_time_ms`: the moment every row is scored as of (default now), so a
     /// caller can score a payment as of when it happened, or repeat a call exactly.
     pub event_time_ms: Option<i64>,
+    /// `top_n`: how many recommendations a rule set answers (0: its default).
+    pub top_n: usize,
 }
 
 impl Parameters {
@@ -460,6 +468,7 @@ impl Parameters {
                 0
             },
             event_time_ms: None,
+            top_n: 0,
         };
         for (name, value) in parameters {
             match (name, value) {
@@ -472,6 +481,18 @@ impl Parameters {
                 ("reasons", _) => {
                     return Err(InferError::Request(format!(
                         "parameters.reasons: true, false or a count from 0 to {MAX_REASONS}"
+                    )));
+                }
+                ("top_n", ParamValue::Int(count))
+                    if (1..=crate::scoring::recommend::MAX_RECOMMENDATIONS as i64)
+                        .contains(&count) =>
+                {
+                    read.top_n = count as usize;
+                }
+                ("top_n", _) => {
+                    return Err(InferError::Request(format!(
+                        "parameters.top_n: a count from 1 to {}",
+                        crate::scoring::recommend::MAX_RECOMMENDATIONS
                     )));
                 }
                 ("event_time_ms", ParamValue::Int(time)) if time > 0 => {

@@ -14,7 +14,7 @@ use super::candidates::{CandidateInput, score_candidates};
 use super::{ScoreError, complete};
 use crate::events::RawEvent;
 use crate::features::EntityReads;
-use crate::model::rules::AssociationRule;
+use crate::model::rules::{AssociationRule, MAX_PRODUCT_BYTES};
 use crate::registry::{LoadedModel, Registry};
 use crate::store::FeatureStore;
 
@@ -126,8 +126,24 @@ impl RecommendInput {
                 format!("at most {MAX_CART} products, got {}", self.cart.len()),
             ));
         }
-        if self.cart.iter().any(String::is_empty) || self.product.as_deref() == Some("") {
-            return Err(invalid("cart", "product ids must not be empty"));
+        let bad = |product: &str| product.is_empty() || product.len() > MAX_PRODUCT_BYTES;
+        if let Some(at) = self.cart.iter().position(|p| bad(p)) {
+            return Err(invalid(
+                "cart",
+                format!("cart[{at}]: a product id must be 1 to {MAX_PRODUCT_BYTES} bytes"),
+            ));
+        }
+        if self.product.as_deref().is_some_and(bad) {
+            return Err(invalid(
+                "product",
+                format!("a product id must be 1 to {MAX_PRODUCT_BYTES} bytes"),
+            ));
+        }
+        if self.user.len() > MAX_PRODUCT_BYTES {
+            return Err(invalid(
+                "user",
+                format!("at most {MAX_PRODUCT_BYTES} bytes, got {}", self.user.len()),
+            ));
         }
         Ok(())
     }
