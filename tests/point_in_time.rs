@@ -266,7 +266,7 @@ async fn training_vectors_equal_the_servers_to_the_bit() {
                 let width = definitions
                     .features
                     .iter()
-                    .filter(|f| definitions.entities[f.entity].name == *entity)
+                    .filter(|f| definitions.entities[f.entity].name == *entity && !f.is_list())
                     .count();
                 served.extend(std::iter::repeat_n(None, width));
                 continue;
@@ -279,7 +279,19 @@ async fn training_vectors_equal_the_servers_to_the_bit() {
             )
             .await
             .unwrap();
-            served.extend(response.values.iter().map(|v| v.value));
+            // List features (recent products) are for Recommend, never model columns.
+            let definitions = streamscore::definitions::Definitions::default_shop();
+            served.extend(
+                response
+                    .values
+                    .iter()
+                    .filter(|v| {
+                        definitions
+                            .feature_id(&v.name)
+                            .is_none_or(|id| !definitions.features[id].is_list())
+                    })
+                    .map(|v| v.value),
+            );
         }
         let user_mean = dataset
             .columns
