@@ -13,6 +13,44 @@ use crate::mining::mine::{self, MineOutput};
 use crate::time::now_ms;
 use crate::train::history::HistoryFile;
 
+/// Where a mined artifact goes and what it is stamped and signed with.
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    #[arg(long, default_value = "models")]
+    pub models_dir: PathBuf,
+    /// Feature definitions the serving registry runs with (default: the built-in shop).
+    #[arg(long)]
+    pub definitions: Option<PathBuf>,
+    /// Sign the artifact with this key file (HMAC-SHA256, at least 32 bytes).
+    #[arg(long)]
+    pub signing_key: Option<PathBuf>,
+    /// Creation time written into the artifact (default: now).
+    #[arg(long)]
+    pub created_at_ms: Option<i64>,
+}
+
+impl OutputArgs {
+    fn definitions(&self) -> Result<Definitions, Box<dyn std::error::Error>> {
+        Ok(match &self.definitions {
+            Some(path) => Definitions::load(path)?,
+            None => Definitions::default_shop(),
+        })
+    }
+
+    fn signing_key(
+        &self,
+    ) -> Result<Option<crate::model::artifact::SigningKey>, Box<dyn std::error::Error>> {
+        Ok(match &self.signing_key {
+            Some(path) => Some(crate::model::artifact::SigningKey::from_file(path)?),
+            None => None,
+        })
+    }
+
+    fn created_at_ms(&self) -> i64 {
+        self.created_at_ms.unwrap_or_else(now_ms)
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct MineArgs {
     #[command(subcommand)]
@@ -41,17 +79,8 @@ pub struct SegmentsArgs {
     /// Segments config (TOML, see training/segments.toml): features, k, sweep, seed.
     #[arg(long)]
     pub config: PathBuf,
-    #[arg(long, default_value = "models")]
-    pub models_dir: PathBuf,
-    /// Feature definitions (default: the built-in shop definitions).
-    #[arg(long)]
-    pub definitions: Option<PathBuf>,
-    /// Sign the artifact with this key file (HMAC-SHA256, at least 32 bytes).
-    #[arg(long)]
-    pub signing_key: Option<PathBuf>,
-    /// Creation time written into the artifact (default: now).
-    #[arg(long)]
-    pub created_at_ms: Option<i64>,
+    #[command(flatten)]
+    pub output: OutputArgs,
     /// Also write every entity's id, segment and standardised features as CSV.
     #[arg(long)]
     pub export_assignments: Option<PathBuf>,
@@ -88,17 +117,8 @@ pub struct RulesArgs {
     /// min_lift, max_len, window, name.
     #[arg(long)]
     pub config: PathBuf,
-    #[arg(long, default_value = "models")]
-    pub models_dir: PathBuf,
-    /// Feature definitions the serving registry runs with (default: the built-in shop).
-    #[arg(long)]
-    pub definitions: Option<PathBuf>,
-    /// Sign the artifact with this key file (HMAC-SHA256, at least 32 bytes).
-    #[arg(long)]
-    pub signing_key: Option<PathBuf>,
-    /// Creation time written into the artifact (default: now).
-    #[arg(long)]
-    pub created_at_ms: Option<i64>,
+    #[command(flatten)]
+    pub output: OutputArgs,
     /// Also write every frequent itemset and rule, with product ids and the mining
     /// times, as plain JSON (for comparing with other tools).
     #[arg(long)]
@@ -116,42 +136,23 @@ pub fn mine(args: MineArgs) -> CliResult {
 fn segments(args: SegmentsArgs) -> CliResult {
     use crate::mining::segments::{self, SegmentsConfig};
     let config = SegmentsConfig::from_file(&args.config)?;
-    let definitions = std::sync::Arc::new(match &args.definitions {
-        Some(path) => Definitions::load(path)?,
-        None => Definitions::default_shop(),
-    });
+    let definitions = std::sync::Arc::new(args.output.definitions()?);
     config
         .check(&definitions)
         .map_err(|reason| format!("config {}: {reason}", args.config.display()))?;
-    let signing_key = match &args.signing_key {
-        Some(path) => Some(crate::model::artifact::SigningKey::from_file(path)?),
-        None => None,
-    };
-    let file = HistoryFile::new(&args.events);
-    let scan = file.scan(|_| {})?;
+    let signing_key = args.output.signing_key()?;
     let settings = crate::config::Settings::default().ingest.engine();
-    let rows = if scan.out_of_order > 0 {
-        segments::rows(
+    let (rows, events) = over_history(&args.events, |events| {
+        Ok(segments::rows(
             std::sync::Arc::clone(&definitions),
             settings,
-            file.read_sorted()?.into_iter(),
+            events,
             &config,
-        )?
-    } else {
-        let rows = segments::rows(
-            std::sync::Arc::clone(&definitions),
-            settings,
-            file.events(),
-            &config,
-        )?;
-        if let Some(problem) = file.problem() {
-            return Err(problem.into());
-        }
-        rows
-    };
+        )?)
+    })?;
     eprintln!(
         "{} events -> {} {} entities as of {} ({} events refused)",
-        scan.events,
+        events,
         rows.rows.len(),
         config.entity,
         rows.as_of_ms,
@@ -174,8 +175,8 @@ fn segments(args: SegmentsArgs) -> CliResult {
         &rows,
         &fitted,
         &config,
-        &args.models_dir,
-        args.created_at_ms.unwrap_or_else(now_ms),
+        &args.output.models_dir,
+        args.output.created_at_ms(),
         definitions.fingerprint,
         signing_key.as_ref(),
     )?;
@@ -203,32 +204,40 @@ fn segments(args: SegmentsArgs) -> CliResult {
     Ok(())
 }
 
-/// The baskets of a history file, sorted by time first when it is out of order.
-fn history_baskets(
+type Failure = Box<dyn std::error::Error>;
+
+/// Hands the history's events to `consume` in time order: streamed from disk when the
+/// file is in order, read whole and sorted when it is not. Returns what `consume` gave
+/// and how many events the file holds.
+fn over_history<T>(
     path: &std::path::Path,
-    window_ms: i64,
-) -> Result<crate::mining::Baskets, Box<dyn std::error::Error>> {
+    consume: impl FnOnce(Box<dyn Iterator<Item = crate::events::RawEvent> + '_>) -> Result<T, Failure>,
+) -> Result<(T, u64), Failure> {
     let file = HistoryFile::new(path);
     let scan = file.scan(|_| {})?;
-    // Baskets follow each user's carts in time order.
-    let baskets = if scan.out_of_order > 0 {
+    if scan.out_of_order > 0 {
         eprintln!(
             "the history was not in time order ({} events came after a later one): sorting it by event time in memory",
             scan.out_of_order
         );
-        crate::mining::baskets(&file.read_sorted()?, window_ms)
-    } else {
-        let baskets = crate::mining::baskets(file.events(), window_ms);
-        if let Some(problem) = file.problem() {
-            return Err(problem.into());
-        }
-        baskets
-    };
-    eprintln!(
-        "{} events -> {} baskets",
-        scan.events,
-        baskets.baskets.len()
-    );
+        let sorted = file.read_sorted()?;
+        return Ok((consume(Box::new(sorted.into_iter()))?, scan.events));
+    }
+    let result = consume(Box::new(file.events()))?;
+    if let Some(problem) = file.problem() {
+        return Err(problem.into());
+    }
+    Ok((result, scan.events))
+}
+
+/// The baskets of a history file.
+fn history_baskets(
+    path: &std::path::Path,
+    window_ms: i64,
+) -> Result<crate::mining::Baskets, Failure> {
+    let (baskets, events) =
+        over_history(path, |events| Ok(crate::mining::baskets(events, window_ms)))?;
+    eprintln!("{events} events -> {} baskets", baskets.baskets.len());
     Ok(baskets)
 }
 
@@ -277,14 +286,8 @@ fn evaluate(args: EvaluateArgs) -> CliResult {
 
 fn rules(args: RulesArgs) -> CliResult {
     let config = RulesConfig::from_file(&args.config)?;
-    let definitions = match &args.definitions {
-        Some(path) => Definitions::load(path)?,
-        None => Definitions::default_shop(),
-    };
-    let signing_key = match &args.signing_key {
-        Some(path) => Some(crate::model::artifact::SigningKey::from_file(path)?),
-        None => None,
-    };
+    let definitions = args.output.definitions()?;
+    let signing_key = args.output.signing_key()?;
     let baskets = match (&args.events, &args.baskets) {
         (Some(events), _) => {
             let file = HistoryFile::new(events);
@@ -328,8 +331,8 @@ fn rules(args: RulesArgs) -> CliResult {
         &mined,
         &config,
         MineOutput {
-            models_dir: &args.models_dir,
-            created_at_ms: args.created_at_ms.unwrap_or_else(now_ms),
+            models_dir: &args.output.models_dir,
+            created_at_ms: args.output.created_at_ms(),
             definitions_fingerprint: definitions.fingerprint,
             signing_key: signing_key.as_ref(),
         },
