@@ -50,6 +50,8 @@ pub struct NamedFeatures {
     pub known: bool,
     pub as_of_ms: i64,
     pub values: Vec<(String, Option<f64>)>,
+    /// The values of the list features read, newest first, by name.
+    pub lists: Vec<(String, Vec<String>)>,
 }
 
 /// A batch applied and logged but maybe not durable yet.
@@ -276,10 +278,13 @@ impl FeatureStore {
             .into_iter()
             .map(|(id, value)| (self.definitions.features[id].name.clone(), value))
             .collect();
+        let lists =
+            crate::features::list_items(&engine, &self.definitions, entity, id, &ids, as_of_ms)?;
         Ok(NamedFeatures {
             known,
             as_of_ms,
             values,
+            lists,
         })
     }
 

@@ -57,11 +57,21 @@ impl From<NamedFeatures> for pb::GetFeaturesResponse {
         pb::GetFeaturesResponse {
             known: features.known,
             as_of_ms: features.as_of_ms,
-            values: features
-                .values
-                .into_iter()
-                .map(|(name, value)| pb::FeatureValue { name, value })
-                .collect(),
+            values: {
+                let mut lists = features.lists;
+                features
+                    .values
+                    .into_iter()
+                    .map(|(name, value)| {
+                        let items = lists
+                            .iter()
+                            .position(|(list, _)| *list == name)
+                            .map(|at| lists.swap_remove(at).1)
+                            .unwrap_or_default();
+                        pb::FeatureValue { name, value, items }
+                    })
+                    .collect()
+            },
         }
     }
 }

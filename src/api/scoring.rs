@@ -259,7 +259,11 @@ impl Scoring for ScoringService {
                 .features
                 .unwrap_or_default()
                 .into_iter()
-                .map(|(name, value)| pb::FeatureValue { name, value })
+                .map(|(name, value)| pb::FeatureValue {
+                    name,
+                    value,
+                    items: Vec::new(),
+                })
                 .collect(),
             recorded: scored.recorded.map(|outcome| ack(0, outcome)),
         });

@@ -921,6 +921,9 @@ async fn features(args: FeaturesArgs) -> CliResult {
     )?;
     for value in response.values {
         match value.value {
+            Some(_) if !value.items.is_empty() => {
+                writeln!(out, "  {:<36} {}", value.name, value.items.join(", "))?
+            }
             Some(number) => writeln!(out, "  {:<36} {number}", value.name)?,
             None => writeln!(out, "  {:<36} -", value.name)?,
         }

@@ -688,6 +688,29 @@ pub trait EntityReads {
     ) -> Result<Vec<(String, i64)>, ReadError>;
 }
 
+/// The values of the list features (`recent_distinct`) among `features` of one entity
+/// as of `as_of_ms`, newest first, by feature name.
+pub fn list_items(
+    reads: &dyn EntityReads,
+    definitions: &Definitions,
+    entity: EntityTypeId,
+    id: &str,
+    features: &[usize],
+    as_of_ms: i64,
+) -> Result<Vec<(String, Vec<String>)>, ReadError> {
+    features
+        .iter()
+        .filter(|feature| definitions.features[**feature].is_list())
+        .map(|&feature| {
+            let items = reads.read_recent(entity, id, feature, as_of_ms)?;
+            Ok((
+                definitions.features[feature].name.clone(),
+                items.into_iter().map(|(value, _)| value).collect(),
+            ))
+        })
+        .collect()
+}
+
 /// The events a read saw: those of the log up to `through_seq` when known (the
 /// embedded engine), and the watermark it read with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -15,7 +15,7 @@ pub mod window;
 pub use dedup::{DEDUP_SHARDS, Dedup};
 pub use engine::{
     Admission, Counters, DetachedReads, Engine, EngineSettings, EngineView, EngineWriter,
-    EntityReads, FeatureRead, ReadCut, ReadError, default_value,
+    EntityReads, FeatureRead, ReadCut, ReadError, default_value, list_items,
 };
 pub use state::{EntityState, MAX_EXACT_DISTINCT, MAX_PENDING_EVENTS};
 pub use tables::{EntityTable, SHARDS};

@@ -125,6 +125,12 @@ impl OnlineScorer {
             at,
         )?;
         let definitions = self.definitions();
+        let reads = DetachedReads {
+            engine: &self.engine,
+            states: &states,
+        };
+        let lists =
+            crate::features::list_items(&reads, definitions, entity, id, &features, read.as_of_ms)?;
         Ok(NamedFeatures {
             known: read.known,
             as_of_ms: read.as_of_ms,
@@ -133,6 +139,7 @@ impl OnlineScorer {
                 .into_iter()
                 .map(|(feature, value)| (definitions.features[feature].name.clone(), value))
                 .collect(),
+            lists,
         })
     }
 
