@@ -1,7 +1,8 @@
-//! Data mining for recommendations: frequent itemsets by FP-growth and the association
-//! rules they give (support, confidence, lift, leverage, conviction), over baskets of
-//! product ids: baskets from the event history, then pure functions over integer item
-//! ids; `mine` writes them as a rule-set artifact the registry serves.
+//! Data mining of the event history, into artifacts the registry serves like models:
+//! association rules (baskets from the history, frequent itemsets by FP-growth, rules
+//! with support, confidence, lift, leverage and conviction: pure functions over integer
+//! item ids; `mine` writes the rule set, `evaluate` measures it against popularity on a
+//! time split) and customer segments (k-means on entities' features, `segments`).
 
 mod baskets;
 pub mod config;
