@@ -96,7 +96,7 @@ fn main() {
     }
     .check()
     .expect("config");
-    let mined = mine::mine(&drawn.baskets, &config);
+    let mined = mine::mine(&drawn.baskets, &config).expect("mines");
     let definitions = Definitions::default_shop();
     let outcome = mine::write(
         &drawn,

@@ -271,7 +271,7 @@ fn evaluate(args: EvaluateArgs) -> CliResult {
         times: all.times.split_off(cut),
         users: all.users.split_off(cut),
     };
-    let mined = mine::mine(&all.baskets, &config);
+    let mined = mine::mine(&all.baskets, &config)?;
     let set = mine::rule_set(&mined, &all);
     let evaluation = crate::mining::evaluate::evaluate(&set, all.baskets.len(), &later, args.k);
     if let Some(path) = &args.report {
@@ -322,7 +322,7 @@ fn rules(args: RulesArgs) -> CliResult {
         )
         .into());
     }
-    let mined = mine::mine(&baskets.baskets, &config);
+    let mined = mine::mine(&baskets.baskets, &config)?;
     if let Some(path) = &args.export {
         mine::export(path, &baskets, &mined)?;
     }

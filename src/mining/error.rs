@@ -17,6 +17,8 @@ pub enum MiningError {
     },
     #[error("no baskets: {0}")]
     NoBaskets(String),
+    #[error("too many: {0}")]
+    TooMany(String),
     #[error(transparent)]
     Artifact(#[from] ArtifactError),
     #[error("cannot write {path}: {reason}")]

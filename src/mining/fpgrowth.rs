@@ -122,7 +122,16 @@ fn build(transactions: &[(Vec<u32>, u64)], min: u64) -> Tree {
     tree
 }
 
-fn grow(tree: &Tree, suffix: &[u32], min: u64, max_len: usize, out: &mut Vec<Itemset>) {
+/// Grows the itemsets ending in `suffix` into `out`; false when `out` reached `limit`
+/// (then it stops).
+fn grow(
+    tree: &Tree,
+    suffix: &[u32],
+    min: u64,
+    max_len: usize,
+    limit: usize,
+    out: &mut Vec<Itemset>,
+) -> bool {
     let mut items: Vec<(u32, u64)> = tree
         .header
         .iter()
@@ -131,6 +140,9 @@ fn grow(tree: &Tree, suffix: &[u32], min: u64, max_len: usize, out: &mut Vec<Ite
         .collect();
     items.sort_unstable();
     for (item, count) in items {
+        if out.len() >= limit {
+            return false;
+        }
         let mut itemset: Vec<u32> = suffix.to_vec();
         itemset.push(item);
         let mut sorted = itemset.clone();
@@ -141,21 +153,47 @@ fn grow(tree: &Tree, suffix: &[u32], min: u64, max_len: usize, out: &mut Vec<Ite
         });
         if itemset.len() < max_len {
             let conditional = build(&tree.prefix_paths(item), min);
-            if !conditional.header.is_empty() {
-                grow(&conditional, &itemset, min, max_len, out);
+            if !conditional.header.is_empty()
+                && !grow(&conditional, &itemset, min, max_len, limit, out)
+            {
+                return false;
             }
         }
     }
+    true
 }
 
 /// Every itemset of at most `max_len` items in at least `min` baskets, sorted by
 /// length, then items. A basket's repeated items count once.
 pub fn frequent_itemsets(baskets: &[Vec<u32>], min: u64, max_len: usize) -> Vec<Itemset> {
+    frequent_itemsets_within(baskets, min, max_len, usize::MAX).unwrap_or_default()
+}
+
+/// [`frequent_itemsets`], or `None` when there are more than `limit` (a low support
+/// over many products can ask for more itemsets than memory holds).
+pub fn frequent_itemsets_within(
+    baskets: &[Vec<u32>],
+    min: u64,
+    max_len: usize,
+    limit: usize,
+) -> Option<Vec<Itemset>> {
     let transactions: Vec<(Vec<u32>, u64)> = baskets.iter().map(|b| (b.clone(), 1)).collect();
     let tree = build(&transactions, min.max(1));
     let mut out = Vec::new();
-    if max_len > 0 {
-        grow(&tree, &[], min.max(1), max_len, &mut out);
+    if max_len > 0
+        && !grow(
+            &tree,
+            &[],
+            min.max(1),
+            max_len,
+            limit.saturating_add(1),
+            &mut out,
+        )
+    {
+        return None;
+    }
+    if out.len() > limit {
+        return None;
     }
     out.sort_by(|a, b| {
         a.items
@@ -163,12 +201,21 @@ pub fn frequent_itemsets(baskets: &[Vec<u32>], min: u64, max_len: usize) -> Vec<
             .cmp(&b.items.len())
             .then_with(|| a.items.cmp(&b.items))
     });
-    out
+    Some(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_limit_stops_the_growth() {
+        let baskets = vec![vec![1, 2, 3], vec![1, 2, 3], vec![1, 2]];
+        let all = frequent_itemsets(&baskets, 1, 3);
+        assert_eq!(all.len(), 7);
+        assert_eq!(frequent_itemsets_within(&baskets, 1, 3, 7), Some(all));
+        assert_eq!(frequent_itemsets_within(&baskets, 1, 3, 6), None);
+    }
     use std::collections::BTreeMap;
 
     /// The definition, by brute force: every subset of every basket, counted once per

@@ -11,7 +11,9 @@ use serde::Serialize;
 
 use super::config::CheckedRulesConfig;
 use super::report::RulesReport;
-use super::{Baskets, Itemset, MiningError, Rule, RuleLimits, frequent_itemsets, min_count, rules};
+use super::{
+    Baskets, Itemset, MiningError, Rule, RuleLimits, frequent_itemsets_within, min_count, rules,
+};
 use crate::definitions::fnv64;
 use crate::model::artifact::{self, ArtifactBody, Provenance, SigningKey};
 use crate::model::rules::{AssociationRule, POPULAR_KEPT, Popular, RuleSet};
@@ -28,12 +30,23 @@ pub struct Mined {
     pub rule_seconds: f64,
 }
 
+/// Most frequent itemsets one run may find (about 100 bytes each, and every one is
+/// split into rules): past this, `mine` stops and asks for a higher support.
+pub const MAX_ITEMSETS: usize = 5_000_000;
+
 /// Mines `baskets` under the config's limits.
-pub fn mine(baskets: &[Vec<u32>], config: &CheckedRulesConfig) -> Mined {
+pub fn mine(baskets: &[Vec<u32>], config: &CheckedRulesConfig) -> Result<Mined, MiningError> {
     let config = &config.config;
     let started = Instant::now();
     let min = min_count(config.min_support, baskets.len());
-    let itemsets = frequent_itemsets(baskets, min, config.max_len);
+    let itemsets = frequent_itemsets_within(baskets, min, config.max_len, MAX_ITEMSETS).ok_or_else(|| {
+        MiningError::TooMany(format!(
+            "more than {MAX_ITEMSETS} frequent itemsets at min_support {} (at least {min} of {} baskets) and max_len {}: raise min_support or lower max_len",
+            config.min_support,
+            baskets.len(),
+            config.max_len
+        ))
+    })?;
     let itemset_seconds = started.elapsed().as_secs_f64();
     let started = Instant::now();
     let found = rules(
@@ -44,13 +57,13 @@ pub fn mine(baskets: &[Vec<u32>], config: &CheckedRulesConfig) -> Mined {
             min_lift: config.min_lift,
         },
     );
-    Mined {
+    Ok(Mined {
         baskets: baskets.len(),
         itemsets,
         rules: found,
         itemset_seconds,
         rule_seconds: started.elapsed().as_secs_f64(),
-    }
+    })
 }
 
 fn names(ids: &[u32], products: &[String]) -> Vec<String> {

@@ -18,5 +18,5 @@ pub mod segments_report;
 pub use error::MiningError;
 
 pub use baskets::{Baskets, baskets};
-pub use fpgrowth::{Itemset, frequent_itemsets, min_count};
+pub use fpgrowth::{Itemset, frequent_itemsets, frequent_itemsets_within, min_count};
 pub use rules::{Rule, RuleLimits, rules};
