@@ -2,7 +2,7 @@
 //! named by a bearer token (`authorization: Bearer <token>`; only its SHA-256 is kept)
 //! or by its TLS client certificate (SHA-256 of the certificate), and holds roles.
 //! Health and reflection are open to all, so load balancers and tools can probe;
-//! everything else needs a role: Ingest `ingest`, Score/ScoreCandidates `score`,
+//! everything else needs a role: Ingest `ingest`, Score/ScoreCandidates/Recommend `score`,
 //! GetFeatures/ListModels/GetModel `read`, LoadModel/SetAlias `admin`, and unknown
 //! methods at least a known caller. With no callers configured the layer lets every
 //! call through as `anonymous` with every role (loopback-only use, see `config`).
@@ -352,6 +352,10 @@ mod tests {
         );
         assert_eq!(
             required_role("/streamscore.v1.Scoring/Score"),
+            Some(Some(Role::Score))
+        );
+        assert_eq!(
+            required_role("/streamscore.v1.Scoring/Recommend"),
             Some(Some(Role::Score))
         );
         assert_eq!(
