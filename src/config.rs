@@ -375,6 +375,9 @@ pub struct IngestSettings {
     pub max_message_bytes: usize,
     /// Most events in one batch.
     pub max_batch_events: usize,
+    /// Answers of recorded `Score` calls kept (newest first) so that a retry with the
+    /// same event id gets the first answer; 0 keeps none (a retry is then refused).
+    pub recorded_answers: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -449,6 +452,7 @@ impl Default for IngestSettings {
             max_id_bytes: 128,
             max_message_bytes: 4 << 20,
             max_batch_events: 10_000,
+            recorded_answers: 100_000,
         }
     }
 }

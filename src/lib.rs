@@ -2,10 +2,12 @@
 //! over gRPC, are logged durably and applied to a real-time feature engine; features are
 //! read back for scoring and for point-in-time training sets.
 
+pub mod answers;
 pub mod api;
 pub mod background;
 pub mod cli;
 pub mod config;
+pub mod datadir;
 pub mod definitions;
 pub mod durable;
 pub mod events;

@@ -24,6 +24,8 @@ use crate::time::now_ms;
 pub enum StoreError {
     #[error(transparent)]
     Log(#[from] LogError),
+    #[error(transparent)]
+    Lock(#[from] crate::datadir::LockError),
     #[error("batch has {got} events; at most {max} are allowed")]
     BatchTooLarge { got: usize, max: usize },
 }
@@ -54,6 +56,13 @@ pub struct NamedFeatures {
     pub lists: Vec<(String, Vec<String>)>,
 }
 
+/// Whether a recorded call's events are new or were all admitted before (a retry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    First,
+    Repeat,
+}
+
 /// A batch applied and logged but maybe not durable yet.
 #[derive(Debug)]
 pub struct Submitted {
@@ -75,6 +84,10 @@ pub struct FeatureStore {
     last_snapshot_seq: Mutex<u64>,
     /// Events refused as invalid since start (late ones are counted by the engine).
     invalid_events: std::sync::atomic::AtomicU64,
+    /// This process owns the data dir while the store is open.
+    _lock: crate::datadir::DataDirLock,
+    /// Answers of recorded calls by event id, for their retries.
+    answers: crate::answers::RecentAnswers,
 }
 
 impl FeatureStore {
@@ -83,6 +96,8 @@ impl FeatureStore {
         definitions: Arc<Definitions>,
     ) -> Result<(FeatureStore, RecoveryReport), StoreError> {
         let started = Instant::now();
+        // Before anything is read: a second writer would interleave its records with ours.
+        let lock = crate::datadir::DataDirLock::acquire(&settings.data_dir)?;
         let engine_settings = settings.ingest.engine();
         let limits = settings.ingest.limits();
         let snapshots = log::snapshots_dir(&settings.data_dir);
@@ -119,7 +134,11 @@ impl FeatureStore {
                 "logged events no longer valid under the current definitions were skipped"
             );
         }
-        let next_seq = replay.last_seq.max(engine.applied_seq()) + 1;
+        let next_seq = replay
+            .last_seq
+            .max(engine.applied_seq())
+            .max(replay.acked_seq)
+            + 1;
         let log = EventLog::open(
             &segments,
             next_seq,
@@ -145,6 +164,8 @@ impl FeatureStore {
             snapshot_keep: settings.snapshot.keep,
             last_snapshot_seq: Mutex::new(snapshot_seq.unwrap_or(0)),
             invalid_events: Default::default(),
+            _lock: lock,
+            answers: crate::answers::RecentAnswers::new(settings.ingest.recorded_answers),
         };
         Ok((store, report))
     }
@@ -180,19 +201,44 @@ impl FeatureStore {
     /// the read sees every event submitted before it and none of those after (a recorded
     /// score: the k-th of N parallel scores for one card sees the k-1 before it).
     /// Nothing is submitted when `read` fails.
+    ///
+    /// A retry (every event already admitted) is not read again: its features would
+    /// count its first attempt. `read` is told so ([`Attempt::Repeat`]) and answers from
+    /// [`FeatureStore::recall_answer`], or fails.
     pub fn read_then_submit<T, E>(
         &self,
         events: &[RawEvent],
-        read: impl FnOnce(&EngineView<'_>) -> Result<T, E>,
+        read: impl FnOnce(&EngineView<'_>, Attempt) -> Result<T, E>,
     ) -> Result<Result<(T, Submitted), E>, StoreError> {
         let validated = self.validate_batch(events)?;
         let mut writer = self.engine.writer();
-        let value = match read(&writer.view_unacked()) {
+        let repeat = !validated.is_empty()
+            && validated
+                .iter()
+                .all(|event| event.as_ref().is_ok_and(|event| writer.is_duplicate(event)));
+        let attempt = if repeat {
+            Attempt::Repeat
+        } else {
+            Attempt::First
+        };
+        let value = match read(&writer.view_unacked(), attempt) {
             Ok(value) => value,
             Err(error) => return Ok(Err(error)),
         };
         let submitted = self.submit_locked(&mut writer, events, validated)?;
         Ok(Ok((value, submitted)))
+    }
+
+    /// Keeps the answer to the recorded call for `event_id`; call it from inside
+    /// [`FeatureStore::read_then_submit`]'s `read`, so a retry can never find the event
+    /// admitted and its answer not yet kept.
+    pub fn remember_answer(&self, event_id: &str, answer: crate::answers::Answer) {
+        self.answers.remember(event_id, answer);
+    }
+
+    /// The answer kept for a recorded call's event id.
+    pub fn recall_answer(&self, event_id: &str) -> Option<crate::answers::Answer> {
+        self.answers.recall(event_id)
     }
 
     /// Checks a batch before the lock is taken (validation needs no engine).

@@ -208,3 +208,187 @@ async fn repair_moves_the_damage_aside_and_loses_exactly_the_damaged_record() {
     let again = streamscore::log::repair::repair(&segments_dir(dir.path()), 0).unwrap();
     assert_eq!((again.lost(), again.moved.len()), (0, 0), "{again:?}");
 }
+
+/// Byte offsets at which the records of a segment start.
+fn record_starts(bytes: &[u8]) -> Vec<usize> {
+    let mut starts = Vec::new();
+    let mut offset = 0;
+    while offset + 16 <= bytes.len() {
+        starts.push(offset);
+        let len = u32::from_le_bytes(bytes[offset..offset + 4].try_into().unwrap()) as usize;
+        offset += 16 + len;
+    }
+    starts
+}
+
+fn first_seq_of(segment: &Path) -> u64 {
+    segment
+        .file_stem()
+        .unwrap()
+        .to_string_lossy()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newest_segment_cut_at_any_record_boundary_or_deleted_is_found_with_its_range() {
+    let events = events();
+    let template = logged(&events, false).await;
+    let newest = segments(template.path()).pop().unwrap();
+    let first = first_seq_of(&newest);
+    let bytes = std::fs::read(&newest).unwrap();
+    let starts = record_starts(&bytes);
+    assert!(starts.len() > 100, "{} records", starts.len());
+    let last = EVENTS as u64;
+    let refused = |dir: &Path, kept: u64| {
+        let error = open(dir)
+            .err()
+            .expect("missing acknowledged records stop the start");
+        let message = error.to_string();
+        let range = format!("records {}..={last} are missing", first + kept);
+        assert!(message.contains(&range), "kept {kept}: {message}");
+    };
+    // Every record boundary (the whole segment's records kept is no damage at all).
+    for (kept, at) in starts.iter().enumerate() {
+        let work = tempfile::tempdir().unwrap();
+        copy_dir(template.path(), work.path());
+        let segment = segments_dir(work.path()).join(newest.file_name().unwrap());
+        std::fs::write(&segment, &bytes[..*at]).unwrap();
+        refused(work.path(), kept as u64);
+        assert_eq!(
+            std::fs::read(&segment).unwrap(),
+            &bytes[..*at],
+            "the cut segment is left as it was"
+        );
+    }
+    // Inside a record: a cut that looks like a torn write, but was acknowledged.
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    for _ in 0..20 {
+        let record = rng.random_range(0..starts.len());
+        let at = starts[record] + rng.random_range(1..16);
+        let work = tempfile::tempdir().unwrap();
+        copy_dir(template.path(), work.path());
+        let segment = segments_dir(work.path()).join(newest.file_name().unwrap());
+        std::fs::write(&segment, &bytes[..at]).unwrap();
+        assert!(open(work.path()).is_err(), "cut at {at}");
+    }
+    // The newest segment deleted, with no snapshot to tell.
+    let work = tempfile::tempdir().unwrap();
+    copy_dir(template.path(), work.path());
+    std::fs::remove_file(segments_dir(work.path()).join(newest.file_name().unwrap())).unwrap();
+    refused(work.path(), 0);
+
+    // Repair records exactly that range; the server starts with the rest, and takes
+    // the lost events again when they are sent again.
+    let report = streamscore::log::repair::repair(&segments_dir(work.path()), 0).unwrap();
+    assert_eq!(report.losses.len(), 1, "{report:?}");
+    assert_eq!(
+        (report.losses[0].from, report.losses[0].to),
+        (first, last + 1),
+        "{report:?}"
+    );
+    let store = open(work.path()).expect("starts after repair");
+    let present = all_present(&store, &events).await as u64;
+    assert_eq!(present, first - 1, "the records before the deleted segment");
+    store.close().unwrap();
+    drop(store);
+    let again = streamscore::log::repair::repair(&segments_dir(work.path()), 0).unwrap();
+    assert_eq!((again.lost(), again.moved.len()), (0, 0), "{again:?}");
+    let store = open(work.path()).expect("starts again");
+    assert_eq!(all_present(&store, &events).await as usize, EVENTS);
+    store.close().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repair_untangles_two_writers_a_reversed_range_and_a_damaged_loss_record() {
+    let events = events();
+    let (shared, own) = events.split_at(2_000);
+    let dir = logged(shared, false).await;
+    let other = tempfile::tempdir().unwrap();
+    copy_dir(dir.path(), other.path());
+    // Two writers on copies of one data dir, each appending its own events.
+    let theirs: Vec<RawEvent> = own
+        .iter()
+        .map(|event| RawEvent {
+            event_id: format!("other-{}", event.event_id),
+            ..event.clone()
+        })
+        .collect();
+    for (path, batch) in [(dir.path(), own), (other.path(), &theirs[..])] {
+        let store = open(path).unwrap();
+        assert_eq!(
+            store.ingest(batch).await.unwrap().accepted as usize,
+            batch.len()
+        );
+        store.close().unwrap();
+    }
+    // Their newest segments, interleaved in one file as two processes appending to it
+    // would leave them.
+    let ours = segments(dir.path()).pop().unwrap();
+    let mine = std::fs::read(&ours).unwrap();
+    let yours = std::fs::read(segments_dir(other.path()).join(ours.file_name().unwrap())).unwrap();
+    let chunks = |bytes: &[u8]| -> Vec<Vec<u8>> {
+        let mut starts = record_starts(bytes);
+        starts.push(bytes.len());
+        starts
+            .windows(2)
+            .map(|w| bytes[w[0]..w[1]].to_vec())
+            .collect::<Vec<_>>()
+            .chunks(40)
+            .map(|c| c.concat())
+            .collect()
+    };
+    let (a, b) = (chunks(&mine), chunks(&yours));
+    let mut mixed = Vec::new();
+    for k in 0..a.len().max(b.len()) {
+        for side in [&a, &b] {
+            if let Some(chunk) = side.get(k) {
+                mixed.extend_from_slice(chunk);
+            }
+        }
+    }
+    std::fs::write(&ours, &mixed).unwrap();
+    // And a loss record no one can read: a reversed range and a garbled line.
+    let losses = segments_dir(dir.path()).join("losses.txt");
+    std::fs::write(&losses, "900 800 reversed\n\x01garbage\n").unwrap();
+    let error = open(dir.path()).err().expect("refused");
+    assert!(error.to_string().contains("losses.txt"), "{error}");
+
+    let report = streamscore::log::repair::repair(&segments_dir(dir.path()), 0).unwrap();
+    assert_eq!(report.lost(), 0, "nothing of ours is lost: {report:?}");
+    assert_eq!(report.out_of_sequence as usize, own.len(), "{report:?}");
+    assert!(report.losses.iter().all(|loss| loss.from < loss.to));
+    let store = open(dir.path()).expect("serves after repair");
+    assert_eq!(all_present(&store, &events).await as usize, EVENTS);
+    store.close().unwrap();
+    drop(store);
+    let again = streamscore::log::repair::repair(&segments_dir(dir.path()), 0).unwrap();
+    assert_eq!(
+        (again.lost(), again.moved.len(), again.out_of_sequence),
+        (0, 0, 0),
+        "{again:?}"
+    );
+    assert!(open(dir.path()).is_ok(), "still serves");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_store_on_one_data_dir_is_refused_naming_the_first() {
+    let events = events();
+    let dir = tempfile::tempdir().unwrap();
+    let first = open(dir.path()).unwrap();
+    let refused = open(dir.path()).err().expect("a second owner is refused");
+    let message = refused.to_string();
+    assert!(
+        message.contains("in use") && message.contains(&format!("pid {}", std::process::id())),
+        "{message}"
+    );
+    assert_eq!(
+        first.ingest(&events).await.unwrap().accepted as usize,
+        EVENTS
+    );
+    first.close().unwrap();
+    drop(first);
+    let again = open(dir.path()).expect("the data dir is free once the first is gone");
+    assert_eq!(all_present(&again, &events).await as usize, EVENTS);
+    again.close().unwrap();
+}

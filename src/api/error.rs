@@ -17,7 +17,7 @@ impl From<StoreError> for Status {
             StoreError::Log(LogError::WriterFailed | LogError::Stalled) => {
                 Status::unavailable(error.to_string())
             }
-            StoreError::Log(_) => Status::internal(error.to_string()),
+            StoreError::Log(_) | StoreError::Lock(_) => Status::internal(error.to_string()),
         }
     }
 }
@@ -56,7 +56,10 @@ impl From<RegistryError> for Status {
             }
             RegistryError::Artifact(_)
             | RegistryError::Plan { .. }
-            | RegistryError::NameMismatch { .. } => Status::failed_precondition(error.to_string()),
+            | RegistryError::NameMismatch { .. }
+            | RegistryError::ChangedInPlace { .. } => {
+                Status::failed_precondition(error.to_string())
+            }
             RegistryError::Directory { .. } => Status::internal(error.to_string()),
         }
     }
@@ -67,7 +70,9 @@ impl From<ScoreError> for Status {
         match error {
             ScoreError::Registry(error) => error.into(),
             ScoreError::Store(error) => error.into(),
-            error @ ScoreError::NonFinite { .. } => Status::internal(error.to_string()),
+            error @ (ScoreError::NonFinite { .. } | ScoreError::NonFiniteFeature { .. }) => {
+                Status::internal(error.to_string())
+            }
             ScoreError::Read(
                 error @ (ReadError::TooOld { .. } | ReadError::TooOldForEntity { .. }),
             ) => Status::out_of_range(format!("event.event_time_ms: {error}")),
@@ -78,6 +83,8 @@ impl From<ScoreError> for Status {
             error @ (ScoreError::RecordWithoutId | ScoreError::Invalid { .. }) => {
                 Status::invalid_argument(error.to_string())
             }
+            // Not retryable: the same call would be refused again.
+            error @ ScoreError::RepeatForgotten { .. } => Status::already_exists(error.to_string()),
         }
     }
 }

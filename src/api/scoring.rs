@@ -234,8 +234,10 @@ impl Scoring for ScoringService {
             self.shadow_later(&scored, later, event);
         }
         // A model fed only the request's own fields reads no history: nothing to check.
+        // A retry's answer is the first attempt's, read before it: nothing to check.
         if let (Some(samples), Some(event)) = (&self.samples, sampled_event)
             && scored.model.body.model.inputs.is_none()
+            && !scored.is_repeat()
         {
             samples.send(ScoreSample::of(&scored, &event, now_ms()));
         }

@@ -752,6 +752,8 @@ fn repair(data_dir: &std::path::Path) -> CliResult {
         )
         .into());
     }
+    // Never beside a running server: it may be appending to the segment being repaired.
+    let _lock = crate::datadir::DataDirLock::acquire(data_dir)?;
     // Only the sequence number it covers matters here, not the state.
     let snapshot_seq =
         crate::log::load_newest_snapshot(&crate::log::snapshots_dir(data_dir), |_| Ok(()))?
@@ -778,6 +780,12 @@ fn repair(data_dir: &std::path::Path) -> CliResult {
             "the damaged tail of {} ({bytes} bytes, from sequence {from} on) had no valid record after it: \
              how many records it held cannot be told from its bytes; any that were acknowledged are lost",
             path.display()
+        );
+    }
+    if report.out_of_sequence > 0 {
+        println!(
+            "{} records numbered out of sequence (written by a second writer on this data dir) were moved aside, not replayed; their events are in the files above",
+            report.out_of_sequence
         );
     }
     if report.moved.is_empty() && report.losses.is_empty() {

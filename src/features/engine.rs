@@ -501,6 +501,16 @@ impl EngineWriter<'_> {
         }
     }
 
+    /// Whether `event`'s id was admitted before, within the dedup horizon (nothing is
+    /// counted).
+    pub fn is_duplicate(&self, event: &Event<'_>) -> bool {
+        let engine = self.engine;
+        let horizon_start = engine
+            .watermark_ms()
+            .saturating_sub(engine.settings.dedup_horizon_ms);
+        self.dedup.contains(event.id_hash, horizon_start)
+    }
+
     /// Decides whether `event` is a duplicate, is too late, or is applied; counts the
     /// first two.
     pub fn admit(&mut self, event: &Event<'_>) -> Admission {
@@ -508,8 +518,7 @@ impl EngineWriter<'_> {
         let watermark_ms = engine.watermark_ms();
         // Duplicates first: a producer retrying an old batch should hear 'already have
         // it', not 'too late'.
-        let horizon_start = watermark_ms.saturating_sub(engine.settings.dedup_horizon_ms);
-        if self.dedup.contains(event.id_hash, horizon_start) {
+        if self.is_duplicate(event) {
             engine.duplicates.fetch_add(1, Ordering::Relaxed);
             return Admission::Duplicate;
         }

@@ -17,6 +17,12 @@ pub const REQUEST_FEATURES: [&str; 6] = [
 /// The stored feature the amount ratio divides by.
 pub const USER_MEAN_FEATURE: &str = "user_amount_mean_30d";
 
+/// The least the amount ratio divides by (in the amount's currency units). Without it
+/// a caller who first pays 0.01 (or 5e-324) makes any later amount look like a
+/// thousand-fold or infinite jump, which a model may never have seen: card testers pay
+/// tiny amounts first on purpose.
+pub const RATIO_DENOMINATOR_FLOOR: f64 = 10.0;
+
 /// Values of [`REQUEST_FEATURES`] for `event`; `user_mean` is the stored
 /// `user_amount_mean_30d` read just before it. `None` where an input is missing.
 /// `req_has_device` and `req_has_ip` are the missing indicators of those entities: an
@@ -24,10 +30,13 @@ pub const USER_MEAN_FEATURE: &str = "user_amount_mean_30d";
 /// lets the model learn what a request without one means.
 /// `req_log_amount` (ln(1 + amount)) beside the amount lets a linear model see both
 /// ends of the amount range as unusual (card tests are tiny, takeovers large).
+/// The ratio divides by at least [`RATIO_DENOMINATOR_FLOOR`], so it is always finite.
 pub fn request_features(event: &RawEvent, user_mean: Option<f64>) -> [Option<f64>; 6] {
     let amount = event.numbers.get("amount").copied();
     let ratio = match (amount, user_mean) {
-        (Some(amount), Some(mean)) if mean > 0.0 => Some(amount / mean),
+        (Some(amount), Some(mean)) if mean >= 0.0 => {
+            Some(amount / mean.max(RATIO_DENOMINATOR_FLOOR))
+        }
         _ => None,
     };
     let mismatch = match (
@@ -79,6 +88,9 @@ mod tests {
         event.strings.insert("ip_country".into(), " de".into());
         event.entities.insert("ip".into(), "ip1".into());
         event.entities.insert("device".into(), "d1".into());
+        // A tiny earlier mean does not make the ratio explode.
+        assert_eq!(request_features(&event, Some(5e-324))[2], Some(30.0));
+        assert_eq!(request_features(&event, Some(0.0))[2], Some(30.0));
         assert_eq!(
             request_features(&event, None),
             [

@@ -38,13 +38,28 @@ impl Losses {
 }
 
 pub fn read(dir: &Path) -> Result<Losses, LogError> {
+    let (losses, bad) = parse(dir)?;
+    match bad.into_iter().next() {
+        None => Ok(losses),
+        Some((line, _)) => Err(LogError::LossesDamaged {
+            path: path(dir),
+            line,
+            reason: "not '<from> <to> <note>' with from < to".to_string(),
+        }),
+    }
+}
+
+/// The losses that read well, and the lines that do not (numbered from 1).
+fn parse(dir: &Path) -> Result<(Losses, Vec<(usize, String)>), LogError> {
     let file = path(dir);
-    let text = match std::fs::read_to_string(&file) {
-        Ok(text) => text,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Losses::default()),
+    let text = match std::fs::read(&file) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Ok((Losses::default(), Vec::new()));
+        }
         Err(error) => return Err(io_error(&file)(error)),
     };
-    let mut losses = Vec::new();
+    let (mut losses, mut bad) = (Vec::new(), Vec::new());
     for (number, line) in text.lines().enumerate() {
         let mut words = line.splitn(3, ' ');
         let parsed = (|| {
@@ -58,22 +73,48 @@ pub fn read(dir: &Path) -> Result<Losses, LogError> {
         })();
         match parsed {
             Some(loss) if loss.from < loss.to => losses.push(loss),
-            _ => {
-                return Err(LogError::Damaged {
-                    path: file,
-                    offset: number as u64 + 1,
-                    reason: format!("line {} is not '<from> <to> <note>'", number + 1),
-                    following: 0,
-                });
-            }
+            _ => bad.push((number + 1, line.to_string())),
         }
     }
-    Ok(Losses(losses))
+    Ok((Losses(losses), bad))
+}
+
+/// Moves the lines that do not read as a loss to the damaged folder and keeps the rest
+/// (for `repair`, which then checks the log against what is left). Returns where the
+/// bad lines went, if there were any.
+pub fn set_aside_damage(dir: &Path) -> Result<Option<(PathBuf, usize)>, LogError> {
+    let (losses, bad) = parse(dir)?;
+    if bad.is_empty() {
+        return Ok(None);
+    }
+    let text: String = bad
+        .iter()
+        .map(|(number, line)| format!("line {number}: {line}\n"))
+        .collect();
+    let aside = super::repair::keep_aside(dir, &path(dir), 0, text.as_bytes())?;
+    let kept: String = losses
+        .0
+        .iter()
+        .map(|loss| format!("{} {} {}\n", loss.from, loss.to, loss.note))
+        .collect();
+    crate::durable::replace_file(&path(dir), kept.as_bytes()).map_err(io_error(&path(dir)))?;
+    Ok(Some((aside, bad.len())))
 }
 
 /// Appends a loss durably.
 pub fn record(dir: &Path, loss: &Loss) -> Result<(), LogError> {
     let file = path(dir);
+    if loss.from >= loss.to {
+        // A reversed or empty range would make the file unreadable at the next start.
+        return Err(LogError::LossesDamaged {
+            path: file,
+            line: 0,
+            reason: format!(
+                "refusing to record the empty or reversed range {}..{}",
+                loss.from, loss.to
+            ),
+        });
+    }
     let mut out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

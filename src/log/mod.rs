@@ -7,7 +7,10 @@
 //! plus a replay of the records after it. A torn or corrupted tail of the newest segment
 //! is truncated with a warning; a bad snapshot falls back to an older one or to a full
 //! replay. Segments are kept (the log is also the training history; see `export`).
+//! The highest acknowledged sequence number is kept apart in `log/acked`, so a newest
+//! segment cut short or deleted is found at start with the exact range it held.
 
+mod acked;
 pub mod losses;
 mod reader;
 mod record;
@@ -15,6 +18,7 @@ pub mod repair;
 mod snapshot;
 mod writer;
 
+pub use acked::read as read_acked_mark;
 pub use reader::{ReplayStats, TailDamage, damaged_dir, replay};
 pub use snapshot::{load_newest_snapshot, remove_stale_temporaries, write_snapshot};
 pub use writer::{EventLog, FsyncPolicy};
@@ -48,12 +52,23 @@ pub enum LogError {
         found: u64,
     },
     #[error(
-        "the newest snapshot covers sequence {snapshot_seq} but the event log in {dir} ends at {last_seq}: acknowledged records after {last_seq} are missing (a deleted newest segment?). Refusing to start: `streamscore repair --data-dir <dir>` records the loss"
+        "the event log in {dir} ends at sequence {last_seq}, but {witness} says records through {acked_seq} were acknowledged: records {first_missing}..={acked_seq} are missing (a newest segment cut short or deleted?). Refusing to start: look for them, then `streamscore repair --data-dir <dir>` records the loss",
+        first_missing = last_seq + 1
     )]
-    BehindSnapshot {
+    TailMissing {
         dir: PathBuf,
-        snapshot_seq: u64,
+        acked_seq: u64,
         last_seq: u64,
+        /// What recorded the higher sequence number: the acked mark or a snapshot.
+        witness: &'static str,
+    },
+    #[error(
+        "{path} is damaged at line {line} ({reason}). Refusing to start, since a loss record that cannot be read could hide a loss: `streamscore repair --data-dir <dir>` moves the bad line aside and checks the log again"
+    )]
+    LossesDamaged {
+        path: PathBuf,
+        line: usize,
+        reason: String,
     },
     #[error("the event log writer has failed; no further events can be made durable")]
     WriterFailed,

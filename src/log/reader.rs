@@ -3,9 +3,11 @@
 //! given sequence number are replayed in order.
 //!
 //! Only a *torn tail* is cut: a last record of the newest segment whose bytes end before
-//! its declared length, with no valid record after it and no sign that only its length
-//! field was damaged. Such a record was never fsynced, so never acknowledged; its bytes
-//! are kept aside in `log/damaged/` before the cut. Anything else (a bad checksum, valid
+//! its declared length, with no valid record after it, no sign that only its length
+//! field was damaged, and beyond the acked mark (`super::acked`). Such a record was
+//! never fsynced, so never acknowledged; its bytes are kept aside in `log/damaged/`
+//! before the cut. Records the acked mark counts that are missing from the end (a
+//! segment cut at a record boundary, or deleted) stop the start with their range. Anything else (a bad checksum, valid
 //! records after the damage, a missing segment, a sequence gap, a snapshot ahead of the
 //! log) stops the start with the place and how many records follow, because going on
 //! would drop acknowledged events; `streamscore repair` then moves the damage aside and
@@ -25,6 +27,9 @@ pub struct ReplayStats {
     pub last_seq: u64,
     /// Bytes cut off a torn tail.
     pub truncated_bytes: u64,
+    /// The highest sequence number ever acknowledged (the acked mark or the snapshot):
+    /// new records are numbered after it, so a recorded loss is never reused.
+    pub acked_seq: u64,
 }
 
 /// What to do with a torn tail of the newest segment.
@@ -50,6 +55,9 @@ pub fn replay(
     tail: TailDamage,
     mut apply: impl FnMut(u64, &RawEvent),
 ) -> Result<ReplayStats, LogError> {
+    // Read before the segments: a live writer raises it only after its records are
+    // written, so every record it counts is found below.
+    let acked = super::acked::read(dir)?;
     let segments = list_segments(dir)?;
     let accepted = losses::read(dir)?;
     let mut stats = ReplayStats::default();
@@ -103,7 +111,10 @@ pub fn replay(
                 Frame::Corrupt(reason) => {
                     let rest = &bytes[offset..];
                     let following = resync(rest, next).map_or(0, |(_, _, count)| count);
-                    if is_newest && following == 0 && is_torn(rest) {
+                    // A write cut short was never acknowledged; one the acked mark
+                    // covers was, and is damage like any other.
+                    let unacknowledged = acked.is_none_or(|acked| acked < next);
+                    if is_newest && following == 0 && is_torn(rest) && unacknowledged {
                         if tail == TailDamage::Truncate {
                             stats.truncated_bytes += cut_torn_tail(dir, path, offset, rest)?;
                         }
@@ -120,14 +131,47 @@ pub fn replay(
         }
         expected = Some(next);
     }
-    if after_seq > stats.last_seq && !accepted.covers(stats.last_seq + 1, after_seq + 1) {
-        return Err(LogError::BehindSnapshot {
+    stats.acked_seq = check_end(dir, stats.last_seq, after_seq, acked, &accepted)?;
+    Ok(stats)
+}
+
+/// The records the snapshot or the acked mark vouch for must all be in the log, unless
+/// their loss was recorded by `repair`. Returns the highest acknowledged sequence number.
+pub(crate) fn check_end(
+    dir: &Path,
+    last_seq: u64,
+    snapshot_seq: u64,
+    acked: Option<u64>,
+    accepted: &losses::Losses,
+) -> Result<u64, LogError> {
+    let (required, witness) = required_end(dir, snapshot_seq, acked);
+    if required > last_seq && !accepted.covers(last_seq + 1, required + 1) {
+        return Err(LogError::TailMissing {
             dir: dir.to_path_buf(),
-            snapshot_seq: after_seq,
-            last_seq: stats.last_seq,
+            acked_seq: required,
+            last_seq,
+            witness,
         });
     }
-    Ok(stats)
+    Ok(required)
+}
+
+/// The highest sequence number known to have been acknowledged, and what says so.
+pub(crate) fn required_end(
+    dir: &Path,
+    snapshot_seq: u64,
+    acked: Option<u64>,
+) -> (u64, &'static str) {
+    match acked {
+        Some(acked) if acked >= snapshot_seq => (acked, "the acked mark (log/acked)"),
+        _ if snapshot_seq > 0 => (snapshot_seq, "the newest snapshot"),
+        _ => {
+            if !list_segments(dir).map(|s| s.is_empty()).unwrap_or(true) {
+                tracing::warn!(dir = %dir.display(), "no acked mark (log/acked) beside the segments (a data dir from an older version?): a newest segment cut short at a record boundary cannot be detected this time; it is written from now on");
+            }
+            (0, "nothing")
+        }
+    }
 }
 
 /// Whether damaged bytes at the end of a segment are a write cut short: a header or a

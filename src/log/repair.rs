@@ -22,6 +22,8 @@ pub struct RepairReport {
     pub moved: Vec<(PathBuf, usize)>,
     /// Runs of sequence numbers now recorded as lost (exact counts).
     pub losses: Vec<Loss>,
+    /// Records numbered below the records before them (a second writer's), moved aside.
+    pub out_of_sequence: u64,
     /// A damaged tail of the newest segment with nothing valid after it: how many
     /// records it held cannot be told from its bytes (segment, first missing sequence
     /// number, bytes).
@@ -64,13 +66,17 @@ fn write_durably(target: &Path, bytes: &[u8]) -> Result<(), LogError> {
 }
 
 /// Repairs the log in `dir`; `snapshot_seq` is what the newest snapshot covers.
+/// Running it again on what it leaves changes nothing.
 pub fn repair(dir: &Path, snapshot_seq: u64) -> Result<RepairReport, LogError> {
+    let mut report = RepairReport::default();
+    if let Some(aside) = losses::set_aside_damage(dir)? {
+        tracing::warn!(kept_at = %aside.0.display(), lines = aside.1, "moved unreadable lines of the loss record aside");
+        report.moved.push(aside);
+    }
+    let acked = super::acked::read(dir)?;
     let segments = list_segments(dir)?;
     let mut accepted = losses::read(dir)?;
-    let mut report = RepairReport {
-        segments: segments.len(),
-        ..RepairReport::default()
-    };
+    report.segments = segments.len();
     let lose = |accepted: &mut losses::Losses, from: u64, to: u64, note: String| {
         let loss = Loss { from, to, note };
         losses::record(dir, &loss)?;
@@ -82,7 +88,7 @@ pub fn repair(dir: &Path, snapshot_seq: u64) -> Result<RepairReport, LogError> {
     for (index, (first_seq, path)) in segments.iter().enumerate() {
         let from = expected.unwrap_or(1);
         let start_covered = expected.is_none() && *first_seq <= snapshot_seq + 1;
-        if *first_seq != from && !start_covered && !accepted.covers(from, *first_seq) {
+        if *first_seq > from && !start_covered && !accepted.covers(from, *first_seq) {
             let note = format!("no segment holds them (before {})", path.display());
             report
                 .losses
@@ -90,8 +96,15 @@ pub fn repair(dir: &Path, snapshot_seq: u64) -> Result<RepairReport, LogError> {
         }
         let bytes = std::fs::read(path).map_err(io_error(path))?;
         let mut kept = Vec::with_capacity(bytes.len());
+        let mut first_kept = None;
+        // Records numbered below what came before them: another writer's (two servers
+        // on one data dir). Moved aside together, never counted as a loss.
+        let mut out_of_sequence = Vec::new();
         let mut offset = 0usize;
-        let mut next = *first_seq;
+        let mut next = match expected {
+            Some(expected) => expected.max(*first_seq),
+            None => *first_seq,
+        };
         let mut changed = false;
         loop {
             match decode_frame(&bytes[offset..]) {
@@ -99,14 +112,22 @@ pub fn repair(dir: &Path, snapshot_seq: u64) -> Result<RepairReport, LogError> {
                 Frame::Record {
                     seq, bytes: used, ..
                 } => {
+                    let record = &bytes[offset..offset + used];
+                    offset += used;
+                    if seq < next {
+                        out_of_sequence.extend_from_slice(record);
+                        report.out_of_sequence += 1;
+                        changed = true;
+                        continue;
+                    }
                     if seq != next && !accepted.covers(next, seq) {
                         let note = format!("sequence gap inside {}", path.display());
                         report.losses.push(lose(&mut accepted, next, seq, note)?);
                     }
-                    kept.extend_from_slice(&bytes[offset..offset + used]);
+                    first_kept.get_or_insert(seq);
+                    kept.extend_from_slice(record);
                     report.records += 1;
                     next = seq + 1;
-                    offset += used;
                 }
                 Frame::Corrupt(reason) => {
                     changed = true;
@@ -135,19 +156,54 @@ pub fn repair(dir: &Path, snapshot_seq: u64) -> Result<RepairReport, LogError> {
                 }
             }
         }
-        if changed {
-            write_durably(path, &kept)?;
+        if !out_of_sequence.is_empty() {
+            let aside = keep_aside(dir, path, 0, &out_of_sequence)?;
+            tracing::warn!(segment = %path.display(), kept_at = %aside.display(), "moved records numbered out of sequence aside (written by a second writer?)");
+            report.moved.push((aside, out_of_sequence.len()));
         }
-        expected = Some(next);
+        if changed {
+            rewrite_segment(dir, path, *first_seq, first_kept, &kept)?;
+        }
+        // A segment emptied of another writer's records is gone: what follows it
+        // continues from before it.
+        if !(changed && first_kept.is_none()) {
+            expected = Some(next);
+        }
     }
     let last = expected.map_or(0, |next| next - 1);
-    if snapshot_seq > last && !accepted.covers(last + 1, snapshot_seq + 1) {
-        let note = "missing from the end of the log (the snapshot covers them)".to_string();
+    let (required, witness) = super::reader::required_end(dir, snapshot_seq, acked);
+    if required > last && !accepted.covers(last + 1, required + 1) {
+        let note =
+            format!("missing from the end of the log ({witness} says they were acknowledged)");
         report
             .losses
-            .push(lose(&mut accepted, last + 1, snapshot_seq + 1, note)?);
+            .push(lose(&mut accepted, last + 1, required + 1, note)?);
     }
     Ok(report)
+}
+
+/// Writes a segment's valid records back under the name of its first one (a segment
+/// left with none is removed: its bytes are all aside).
+fn rewrite_segment(
+    dir: &Path,
+    path: &Path,
+    first_seq: u64,
+    first_kept: Option<u64>,
+    kept: &[u8],
+) -> Result<(), LogError> {
+    match first_kept {
+        Some(first) if first != first_seq => {
+            let target = dir.join(format!("{first:020}.log"));
+            write_durably(&target, kept)?;
+            std::fs::remove_file(path).map_err(io_error(path))?;
+            super::sync_dir(dir)
+        }
+        Some(_) => write_durably(path, kept),
+        None => {
+            std::fs::remove_file(path).map_err(io_error(path))?;
+            super::sync_dir(dir)
+        }
+    }
 }
 
 fn report_loss(loss: &Loss) {

@@ -15,6 +15,7 @@ use parking_lot::{Condvar, Mutex};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use super::acked::AckedMark;
 use super::{LogError, io_error, record, sync_dir};
 use crate::events::RawEvent;
 
@@ -131,6 +132,7 @@ impl EventLog {
     ) -> Result<EventLog, LogError> {
         std::fs::create_dir_all(dir).map_err(io_error(dir))?;
         let mut segment = SegmentWriter::create(dir, next_seq, segment_bytes, fsync)?;
+        let mut acked = AckedMark::open(dir, next_seq - 1, fsync)?;
         let durable = Durable {
             seq: next_seq - 1,
             failed: false,
@@ -152,7 +154,7 @@ impl EventLog {
         let worker_shared = Arc::clone(&shared);
         let worker = std::thread::Builder::new()
             .name("event-log-writer".into())
-            .spawn(move || write_loop(&worker_shared, &mut segment))
+            .spawn(move || write_loop(&worker_shared, &mut segment, &mut acked))
             .map_err(io_error(dir))?;
         Ok(EventLog {
             shared,
@@ -238,7 +240,7 @@ impl Drop for EventLog {
     }
 }
 
-fn write_loop(shared: &Shared, segment: &mut SegmentWriter) {
+fn write_loop(shared: &Shared, segment: &mut SegmentWriter, acked: &mut AckedMark) {
     let mut spare = Vec::new();
     loop {
         let (mut batch, first_seq, upto) = {
@@ -253,8 +255,19 @@ fn write_loop(shared: &Shared, segment: &mut SegmentWriter) {
             (batch, pending.buffer_first_seq, pending.next_seq - 1)
         };
         let mut pause = FIRST_RETRY_PAUSE;
+        let mut written = false;
         let durable = loop {
-            match segment.write(&batch, first_seq) {
+            // The mark is raised after the records are durable and before anything is
+            // acknowledged (see `super::acked`); a failure of either is retried alone.
+            let result = match written {
+                true => Ok(()),
+                false => segment.write(&batch, first_seq),
+            }
+            .and_then(|()| {
+                written = true;
+                acked.raise(upto)
+            });
+            match result {
                 Ok(()) => {
                     break Durable {
                         seq: upto,

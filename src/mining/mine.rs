@@ -194,6 +194,7 @@ pub fn write(
             preprocessing: Preprocessing {
                 means: Vec::new(),
                 scales: Vec::new(),
+                ranges: None,
             },
             family: Family::AssociationRules(set),
         },

@@ -365,10 +365,32 @@ pub fn load_with(
     definitions: &Definitions,
     trust: &Trust,
 ) -> Result<ArtifactBody, ArtifactError> {
+    load_checked(path, definitions, trust).map(|checked| checked.body)
+}
+
+/// An artifact that passed every check, with what the registry needs to judge it.
+#[derive(Debug)]
+pub struct CheckedArtifact {
+    pub body: ArtifactBody,
+    /// Its signature verified under the configured key: the only way its claims about
+    /// itself (metrics, comparison) come from someone who holds the key.
+    pub signed: bool,
+    /// The checksum of its body, which tells two contents of one file apart.
+    pub checksum: String,
+}
+
+/// [`load_with`], also saying whether the artifact is signed and what its checksum is.
+pub fn load_checked(
+    path: &Path,
+    definitions: &Definitions,
+    trust: &Trust,
+) -> Result<CheckedArtifact, ArtifactError> {
     let shown = path.display().to_string();
     let (file, body_bytes) = read_verified(path, trust.max_bytes)?;
+    let checksum = file.checksum.clone();
+    let mut signed = false;
     match (&trust.key, &file.signature) {
-        (Some(key), Some(signature)) if key.verify(&body_bytes, signature) => {}
+        (Some(key), Some(signature)) if key.verify(&body_bytes, signature) => signed = true,
         (Some(_), Some(_)) => {
             return Err(ArtifactError::Untrusted {
                 path: shown,
@@ -413,10 +435,15 @@ pub fn load_with(
         .model
         .validate()
         .map_err(|e| invalid(e.to_string()))?;
+    let checked = |body| CheckedArtifact {
+        body,
+        signed,
+        checksum,
+    };
     // A model trained from a table reads request fields, not stored features, and no
     // definitions shaped it.
     if file.body.model.inputs.is_some() {
-        return Ok(file.body);
+        return Ok(checked(file.body));
     }
     let missing: Vec<String> = file
         .body
@@ -439,5 +466,5 @@ pub fn load_with(
             running: definitions.fingerprint,
         });
     }
-    Ok(file.body)
+    Ok(checked(file.body))
 }

@@ -89,6 +89,7 @@ mod tests {
         Preprocessing {
             means: vec![0.0; columns],
             scales: vec![1.0; columns],
+            ranges: None,
         }
     }
 

@@ -21,6 +21,13 @@ use serde::{Deserialize, Serialize};
 pub struct Preprocessing {
     pub means: Vec<f64>,
     pub scales: Vec<f64>,
+    /// Each column's training range `[min, max]`: a value outside it is clipped to it
+    /// before standardising, so no input, however extreme (a ratio over a tiny earlier
+    /// amount, a count a caller inflated), moves the score further than anything the
+    /// model was fitted on. Training rows are inside by definition, so fitting is
+    /// unchanged. Absent in artifacts from before ranges were kept (no clipping).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ranges: Option<Vec<(f64, f64)>>,
 }
 
 impl Preprocessing {
@@ -53,19 +60,50 @@ impl Preprocessing {
             .map(|s| (s / n).sqrt())
             .map(|sd| if sd > 1e-12 { sd } else { 1.0 })
             .collect();
-        Preprocessing { means, scales }
+        let mut ranges: Vec<(f64, f64)> = vec![(f64::INFINITY, f64::NEG_INFINITY); columns];
+        for row in rows {
+            for (range, value) in ranges.iter_mut().zip(row) {
+                if let Some(value) = value {
+                    range.0 = range.0.min(*value);
+                    range.1 = range.1.max(*value);
+                }
+            }
+        }
+        // A column never seen in training is always imputed: its mean is its range.
+        for (range, mean) in ranges.iter_mut().zip(&means) {
+            if range.0 > range.1 {
+                *range = (*mean, *mean);
+            }
+        }
+        Preprocessing {
+            means,
+            scales,
+            ranges: Some(ranges),
+        }
     }
 
-    /// Writes the standardised row into `out`.
+    /// Writes the standardised row into `out`: missing values imputed, values clipped to
+    /// the training range (when the artifact keeps one).
     pub fn transform_into(&self, row: &[Option<f64>], out: &mut [f64]) {
         for (column, slot) in out.iter_mut().enumerate() {
-            let value = row
+            let mut value = row
                 .get(column)
                 .copied()
                 .flatten()
                 .unwrap_or(self.means[column]);
+            if let Some((low, high)) = self.ranges.as_ref().and_then(|r| r.get(column)) {
+                value = value.clamp(*low, *high);
+            }
             *slot = (value - self.means[column]) / self.scales[column];
         }
+    }
+
+    /// Whether `value` lies outside column `column`'s training range (it is clipped).
+    pub fn clipped(&self, column: usize, value: f64) -> bool {
+        self.ranges
+            .as_ref()
+            .and_then(|r| r.get(column))
+            .is_some_and(|(low, high)| value < *low || value > *high)
     }
 }
 

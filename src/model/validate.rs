@@ -66,6 +66,22 @@ impl Model {
         }
         length("preprocessing.means", &self.preprocessing.means, columns)?;
         length("preprocessing.scales", &self.preprocessing.scales, columns)?;
+        if let Some(ranges) = &self.preprocessing.ranges {
+            if ranges.len() != columns {
+                return invalid(format!(
+                    "preprocessing.ranges has {} values for {columns} columns",
+                    ranges.len()
+                ));
+            }
+            if let Some(index) = ranges
+                .iter()
+                .position(|(low, high)| !(low.is_finite() && high.is_finite() && low <= high))
+            {
+                return invalid(format!(
+                    "preprocessing.ranges[{index}] is not a finite [low, high]"
+                ));
+            }
+        }
         if let Some(index) = self.preprocessing.scales.iter().position(|s| *s <= 0.0) {
             return invalid(format!("preprocessing.scales[{index}] is not positive"));
         }
@@ -236,6 +252,7 @@ mod tests {
             preprocessing: Preprocessing {
                 means,
                 scales: vec![1.0, 1.0],
+                ranges: None,
             },
             family: Family::LogisticRegression(LinearWeights {
                 weights,

@@ -47,6 +47,10 @@ pub struct LoadedModel {
     pub body: ArtifactBody,
     pub plan: VectorPlan,
     pub path: PathBuf,
+    /// Its signature verified under the configured key.
+    pub signed: bool,
+    /// The checksum of the content it was loaded from.
+    pub checksum: String,
 }
 
 impl LoadedModel {
@@ -120,6 +124,10 @@ pub enum RegistryError {
     },
     #[error("cannot read the models directory {path}: {reason}")]
     Directory { path: String, reason: String },
+    #[error(
+        "{model} is already loaded and {path} now holds other content; a loaded version is never replaced in place (it would skip candidate, shadow and promotion): write the new model as a new version"
+    )]
+    ChangedInPlace { model: String, path: String },
     #[error("{model} is {is}, not {wanted}")]
     WrongKind {
         model: String,
@@ -399,7 +407,11 @@ impl Registry {
     }
 
     fn check_and_add(&self, path: &Path, promote: bool) -> Result<Arc<LoadedModel>, RegistryError> {
-        let body = artifact::load_with(path, &self.definitions, &self.trust)?;
+        let artifact::CheckedArtifact {
+            body,
+            signed,
+            checksum,
+        } = artifact::load_checked(path, &self.definitions, &self.trust)?;
         // The file name and folder are what operators see and what the watcher keys
         // on: a `fraud-v2.json` holding version 1 must not replace `fraud@1`.
         let named = format!("{}-v{}.json", body.name, body.version);
@@ -436,11 +448,26 @@ impl Registry {
             body,
             plan,
             path: path.to_path_buf(),
+            signed,
+            checksum,
         });
         // Added and (under if_better) promoted in one step under the writer lock:
         // nobody sees the new version loaded but not yet promoted.
         let _writer = self.writer.lock();
         let catalog = self.catalog.load_full();
+        if let Some(loaded) = catalog
+            .models
+            .get(model.name())
+            .and_then(|versions| versions.get(&model.version()))
+        {
+            if loaded.checksum == model.checksum {
+                return Ok(Arc::clone(loaded));
+            }
+            return Err(RegistryError::ChangedInPlace {
+                model: model.reference(),
+                path: path.display().to_string(),
+            });
+        }
         let promote = promote && self.should_promote(&catalog, &model);
         let mut aliases = catalog.aliases.clone();
         if promote {
@@ -469,9 +496,14 @@ impl Registry {
 
     /// Under `if_better`: whether `model` beat the version serving now on the same
     /// hold-out (its artifact's comparison names that version), or its name has
-    /// nothing serving and no pin.
+    /// nothing serving and no pin. Only a signed artifact's comparison counts: an
+    /// unsigned file's claim about itself is anyone's to write.
     fn should_promote(&self, catalog: &Catalog, model: &LoadedModel) -> bool {
         if self.promotion != Promotion::IfBetter {
+            return false;
+        }
+        if !model.signed {
+            tracing::warn!(model = %model.reference(), "if_better promotes only artifacts signed under models.signing_key; this one stays a candidate");
             return false;
         }
         let serving = catalog.resolve(model.name()).ok();

@@ -19,7 +19,7 @@ use crate::features::{EngineView, EntityReads, ReadCut, ReadError};
 use crate::model::decision::Decision;
 use crate::model::inputs::{Cell, Input, encode_row};
 use crate::registry::{LoadedModel, Registry, RegistryError};
-use crate::store::{BatchOutcome, FeatureStore, StoreError};
+use crate::store::{Attempt, BatchOutcome, FeatureStore, StoreError};
 use crate::time::now_ms;
 
 pub use candidates::{CandidateInput, RankedCandidate, Ranking, score_candidates};
@@ -90,6 +90,25 @@ pub struct Scored {
     pub shadowed: Vec<(Arc<LoadedModel>, ShadowResult)>,
 }
 
+impl Scored {
+    /// What a retry of a recorded call gets back: the answer, without the shadow
+    /// scores (counted once) and the input vector (a retry is not sampled).
+    fn kept_for_retry(&self) -> Scored {
+        Scored {
+            vector: Vec::new(),
+            shadowed: Vec::new(),
+            ..self.clone()
+        }
+    }
+
+    /// Whether this is the kept answer of a recorded call's retry.
+    pub fn is_repeat(&self) -> bool {
+        self.recorded
+            .as_ref()
+            .is_some_and(|outcome| outcome.accepted == 0 && outcome.duplicates > 0)
+    }
+}
+
 /// A candidate's score and decision, or why it could not score.
 pub type ShadowResult = Result<(f64, Option<Decision>), String>;
 
@@ -110,9 +129,24 @@ pub enum ScoreError {
         "model {model} gave a non-finite score ({score}) for this request; refusing to decide (failing closed)"
     )]
     NonFinite { model: String, score: f64 },
+    /// An input feature is NaN or an infinity (a derived value gone wrong): no decision.
+    #[error(
+        "model {model}: input feature {feature} is {value} for this request; refusing to decide (failing closed)"
+    )]
+    NonFiniteFeature {
+        model: String,
+        feature: String,
+        value: f64,
+    },
     /// The features cannot be read exactly as of the event's time.
     #[error("event.event_time_ms: {0}")]
     Read(#[from] ReadError),
+    /// A retry of a recorded call whose first answer is no longer kept: scoring it again
+    /// would count its first attempt in its own features.
+    #[error(
+        "event_id: '{event_id}' was recorded already and its first answer is no longer kept (the server restarted, or more than ingest.recorded_answers recorded calls came since); it is not scored twice. Use the first answer, or send a new event id"
+    )]
+    RepeatForgotten { event_id: String },
 }
 
 /// Fills what a scoring request may leave out: the event time (now) and, for an
@@ -221,7 +255,23 @@ pub async fn score(
         return store.with_engine(score_now);
     }
     let (mut scored, submitted) =
-        store.read_then_submit(std::slice::from_ref(event), score_now)??;
+        store.read_then_submit(std::slice::from_ref(event), |engine, attempt| {
+            match attempt {
+                Attempt::First => {
+                    let scored = score_now(engine)?;
+                    store.remember_answer(&event.event_id, Arc::new(scored.kept_for_retry()));
+                    Ok(scored)
+                }
+                // The first answer, whatever model or fields the retry names: it is the
+                // same event.
+                Attempt::Repeat => store
+                    .recall_answer(&event.event_id)
+                    .and_then(|answer| answer.downcast_ref::<Scored>().cloned())
+                    .ok_or_else(|| ScoreError::RepeatForgotten {
+                        event_id: event.event_id.clone(),
+                    }),
+            }
+        })??;
     scored.recorded = Some(store.wait_durable(submitted).await?);
     Ok(scored)
 }
@@ -336,6 +386,28 @@ fn decide(
     values: &[Option<f64>],
     reasons: usize,
 ) -> Result<(f64, Option<Decision>, Vec<Reason>), ScoreError> {
+    // A non-finite input would be clipped to the training range or dominate the score;
+    // either way the answer would not mean anything.
+    if let Some(column) = values
+        .iter()
+        .position(|v| v.is_some_and(|v| !v.is_finite()))
+    {
+        NON_FINITE_SCORES.fetch_add(1, Ordering::Relaxed);
+        let feature = model
+            .body
+            .model
+            .columns
+            .get(column)
+            .cloned()
+            .unwrap_or_else(|| format!("column {column}"));
+        let value = values[column].unwrap_or(f64::NAN);
+        tracing::error!(model = %model.reference(), feature, value, "non-finite input feature; failing closed");
+        return Err(ScoreError::NonFiniteFeature {
+            model: model.reference(),
+            feature,
+            value,
+        });
+    }
     let score = finite(model, model.body.model.predict(values))?;
     let decision = model.body.thresholds.map(|t| t.decide(score));
     Ok((score, decision, top_reasons(model, values, reasons)))
@@ -413,4 +485,42 @@ pub fn score_on(
         recorded: None,
         shadowed: Vec::new(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shipped_fraud() -> Arc<LoadedModel> {
+        let models = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+        let registry = Registry::new(Arc::new(Definitions::default_shop()), models);
+        registry.scan().expect("shipped models");
+        registry.resolve("fraud").expect("fraud serves")
+    }
+
+    #[test]
+    fn a_non_finite_input_fails_closed_naming_the_feature() {
+        let model = shipped_fraud();
+        let columns = &model.body.model.columns;
+        let ratio = columns
+            .iter()
+            .position(|c| c == "req_amount_to_user_mean_30d")
+            .expect("ratio column");
+        for bad in [f64::INFINITY, f64::NEG_INFINITY, f64::NAN] {
+            let mut values = vec![None; columns.len()];
+            values[ratio] = Some(bad);
+            let error = score_vector(Arc::clone(&model), values, 3).expect_err("fails closed");
+            let message = error.to_string();
+            assert!(
+                matches!(error, ScoreError::NonFiniteFeature { .. })
+                    && message.contains("req_amount_to_user_mean_30d")
+                    && message.contains("failing closed"),
+                "{message}"
+            );
+        }
+        // The same row with a finite value scores.
+        let mut values = vec![None; columns.len()];
+        values[ratio] = Some(1e300);
+        assert!(score_vector(model, values, 3).is_ok());
+    }
 }
