@@ -104,3 +104,78 @@ async fn acknowledged_events_survive_sigkill_exactly_once() {
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// The tour's accident: an operator starts a second server on the data dir a server is
+/// already using (other ports), then restarts the first. The second is refused at once,
+/// naming the first; after the restart every acknowledged event is there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_on_a_data_dir_in_use_is_refused_and_nothing_is_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let events: Vec<RawEvent> = Simulator::new(SimConfig {
+        seed: 12,
+        users: 500,
+        ..SimConfig::default()
+    })
+    .take(20_000)
+    .collect();
+    let (mut first, url) = spawn_server(dir.path());
+    let (head, tail) = (events[..10_000].to_vec(), events[10_000..].to_vec());
+    let summary = client::stream_events(
+        client::connect(&url).await.unwrap(),
+        head.clone().into_iter(),
+        250,
+        8,
+        |_| {},
+    )
+    .await
+    .expect("first half acknowledged");
+    assert_eq!(summary.accepted as usize, head.len());
+
+    let second = std::process::Command::new(env!("CARGO_BIN_EXE_streamscore"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("STREAMSCORE__METRICS__LISTEN", "127.0.0.1:0")
+        .env("STREAMSCORE__HTTP__LISTEN", "127.0.0.1:0")
+        .output()
+        .expect("run a second server");
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        !second.status.success(),
+        "the second server must not start: {said}"
+    );
+    assert!(
+        said.contains("in use") && said.contains(&format!("pid {}", first.id())),
+        "{said}"
+    );
+    // The first never noticed: it goes on acknowledging.
+    let summary = client::stream_events(
+        client::connect(&url).await.unwrap(),
+        tail.clone().into_iter(),
+        250,
+        8,
+        |_| {},
+    )
+    .await
+    .expect("second half acknowledged");
+    assert_eq!(summary.accepted as usize, tail.len());
+    first.kill().expect("stop the first server");
+    first.wait().unwrap();
+
+    let (mut restarted, url) = spawn_server(dir.path());
+    let again = client::stream_events(
+        client::connect(&url).await.unwrap(),
+        events.clone().into_iter(),
+        250,
+        8,
+        |_| {},
+    )
+    .await
+    .expect("everything sent again");
+    assert_eq!(
+        (again.duplicates as usize, again.accepted),
+        (events.len(), 0),
+        "every acknowledged event is present once"
+    );
+    restarted.kill().unwrap();
+    restarted.wait().unwrap();
+}

@@ -128,10 +128,21 @@ async fn a_new_version_is_a_candidate_shadowed_until_promoted() {
 async fn if_better_promotes_only_a_candidate_that_beat_the_serving_version() {
     let models = models_dir();
     let dir = models.path().to_path_buf();
+    // Only a signed artifact's comparison is believed (tests/registry_security.rs
+    // shows an unsigned one is not).
+    let keys = tempfile::tempdir().unwrap();
+    let key_file = keys.path().join("signing.key");
+    std::fs::write(&key_file, [5u8; 32]).unwrap();
+    let key = artifact::SigningKey::from_file(&key_file).unwrap();
+    let drop_in = |dir: &Path, body: ArtifactBody| {
+        let path = dir.join(format!("fraud/fraud-v{}.json", body.version));
+        artifact::save_signed(&path, body, Some(&key)).unwrap();
+    };
     let server = TestServer::start(move |settings| {
         settings.models.dir = dir;
         settings.models.watch_interval = Millis(20);
         settings.models.promotion = Promotion::IfBetter;
+        settings.models.signing_key = Some(key_file);
     })
     .await;
     let mut admin = ModelsClient::new(server.channel().await);

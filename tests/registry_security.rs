@@ -389,3 +389,110 @@ async fn with_signatures_required_only_signed_artifacts_load() {
     assert_eq!(served_version(&mut scoring, score_request()).await, 1);
     server.stop().await;
 }
+
+/// Polls the metrics until `streamscore_model_files_refused` reaches `count`.
+async fn until_refused(server: &TestServer, count: f64) {
+    loop {
+        let scrape = server.scrape().await;
+        if common::metric(&scrape, "streamscore_model_files_refused").unwrap_or(0.0) >= count {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewriting_the_serving_file_in_place_changes_no_answer() {
+    let models = models_dir();
+    let dir = models.path().to_path_buf();
+    let server = TestServer::start(move |settings| {
+        settings.models.dir = dir;
+        settings.models.watch_interval = Millis(20);
+    })
+    .await;
+    let mut client = ModelsClient::new(server.channel().await);
+    let mut scoring = ScoringClient::new(server.channel().await);
+    let before = scoring.score(score_request()).await.unwrap().into_inner();
+
+    // The same name and version, other content: a model that never blocks, written
+    // over the serving file (checksum and all, as anyone who can write the folder can).
+    let mut swapped = shipped("fraud");
+    if let Family::LogisticRegression(linear) = &mut swapped.model.family {
+        linear.intercept = -50.0;
+    }
+    let path = artifact_path(models.path(), "fraud", 1);
+    artifact::save(&path, swapped).unwrap();
+    // The watcher sees the change and refuses it; so does an explicit load.
+    until_refused(&server, 1.0).await;
+    let status = refused(&mut client, &path).await;
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("in place"), "{status:?}");
+    let after = scoring.score(score_request()).await.unwrap().into_inner();
+    assert_eq!(
+        (after.version, after.score.to_bits(), after.decision),
+        (before.version, before.score.to_bits(), before.decision)
+    );
+    // Loading the file again as it was loaded is no change at all.
+    artifact::save(&path, shipped("fraud")).unwrap();
+    client
+        .load_model(pb::LoadModelRequest {
+            path: path.display().to_string(),
+        })
+        .await
+        .expect("the original content loads as it is");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn if_better_trusts_no_comparison_an_unsigned_file_makes_of_itself() {
+    let keys = tempfile::tempdir().unwrap();
+    let key_file = keys.path().join("signing.key");
+    std::fs::write(&key_file, [7u8; 32]).unwrap();
+    let key = SigningKey::from_file(&key_file).unwrap();
+    let models = models_dir();
+    let server = start(models.path(), |settings| {
+        settings.models.promotion = streamscore::registry::Promotion::IfBetter;
+        settings.models.signing_key = Some(key_file.clone());
+    })
+    .await;
+    let mut client = ModelsClient::new(server.channel().await);
+    let mut scoring = ScoringClient::new(server.channel().await);
+    let forged = |version: u32| {
+        let mut body = shipped("fraud");
+        body.version = version;
+        if let Family::LogisticRegression(linear) = &mut body.model.family {
+            linear.intercept = -50.0;
+        }
+        body.comparison = Some(streamscore::model::artifact::Comparison {
+            serving: "fraud@1".into(),
+            metric: "roc_auc".into(),
+            higher_is_better: true,
+            candidate_value: 0.999,
+            serving_value: 0.5,
+        });
+        body
+    };
+    // Unsigned, claiming to beat fraud@1 by far: loaded as a candidate, not promoted.
+    let path = artifact_path(models.path(), "fraud", 2);
+    artifact::save(&path, forged(2)).unwrap();
+    let loaded = client
+        .load_model(pb::LoadModelRequest {
+            path: path.display().to_string(),
+        })
+        .await
+        .expect("a candidate")
+        .into_inner();
+    assert!(!loaded.summary.map(|m| m.serving).unwrap_or(true));
+    assert_eq!(served_version(&mut scoring, score_request()).await, 1);
+    // The same claim signed by the key holder is promoted.
+    let path = artifact_path(models.path(), "fraud", 3);
+    artifact::save_signed(&path, forged(3), Some(&key)).unwrap();
+    client
+        .load_model(pb::LoadModelRequest {
+            path: path.display().to_string(),
+        })
+        .await
+        .expect("loaded");
+    assert_eq!(served_version(&mut scoring, score_request()).await, 3);
+    server.stop().await;
+}

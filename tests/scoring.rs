@@ -101,15 +101,46 @@ fn feature(response: &pb::ScoreResponse, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no value for {name}"))
 }
 
-/// An ordinary payment of a user of the history: their own card, device and ip.
+/// An ordinary payment of a user of the history: their own card, device and ip (no
+/// other card paid from that ip or device, and the user paid with no other card: a
+/// device or ip cycling through cards is a fraud pattern of the simulator), by a
+/// customer who last paid more than an hour ago (paying again within the hour is
+/// velocity the model rightly weighs).
 fn ordinary_payer(events: &[RawEvent]) -> RawEvent {
+    use std::collections::{BTreeMap, BTreeSet};
+    let mut cards: BTreeMap<(&str, &str), BTreeSet<&str>> = BTreeMap::new();
+    let mut last_paid: BTreeMap<&str, i64> = BTreeMap::new();
+    for event in events.iter().filter(|e| e.event_type == "payment") {
+        if let Some(user) = event.entities.get("user") {
+            last_paid.insert(user, event.event_time_ms);
+        }
+        let Some(card) = event.entities.get("card") else {
+            continue;
+        };
+        for entity in ["user", "device", "ip"] {
+            if let Some(id) = event.entities.get(entity) {
+                cards.entry((entity, id)).or_default().insert(card);
+            }
+        }
+    }
+    let own = |event: &RawEvent, entity: &'static str| {
+        event
+            .entities
+            .get(entity)
+            .and_then(|id| cards.get(&(entity, id.as_str())))
+            .is_some_and(|set| set.len() == 1)
+    };
     events
         .iter()
         .rev()
         .find(|e| {
             e.event_type == "payment"
-                && e.entities.contains_key("device")
                 && e.strings.get("billing_country") == e.strings.get("ip_country")
+                && ["user", "device", "ip"].iter().all(|entity| own(e, entity))
+                && e.entities
+                    .get("user")
+                    .and_then(|u| last_paid.get(u.as_str()))
+                    < Some(&(now_ms() - 70 * MINUTE_MS))
         })
         .expect("an ordinary payment in the history")
         .clone()
@@ -195,7 +226,8 @@ async fn a_fraud_pattern_scores_higher_for_its_velocity_and_record_counts_once()
     );
     assert_eq!(
         pb::Decision::try_from(ordinary.decision),
-        Ok(pb::Decision::Allow)
+        Ok(pb::Decision::Allow),
+        "{ordinary:?}"
     );
     assert_eq!((fraud.model.as_str(), fraud.version), ("fraud", 1));
     // The velocity features that drove it are among the reasons, pushing up.
@@ -437,6 +469,39 @@ async fn candidates_are_ranked_in_one_call() {
         .unwrap()
         .into_inner();
     assert_eq!(top.candidates, all.candidates[..5]);
+    assert!(
+        all.unknown_products.is_empty(),
+        "{:?}",
+        all.unknown_products
+    );
+
+    // A product the store never saw is reported, not silently ranked on defaults.
+    let mut with_new = products[..3].to_vec();
+    with_new.push("never-seen-product".into());
+    let ranked = scoring
+        .score_candidates(request(0, &with_new))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        ranked.unknown_products,
+        vec!["never-seen-product".to_string()]
+    );
+
+    // Only a purchase-probability model ranks: not fraud (payments), not a value.
+    for (model, says) in [
+        ("fraud", "classifier of payments"),
+        ("order_value", "regression"),
+    ] {
+        let mut call = request(0, &products[..3]);
+        call.model = model.into();
+        let status = scoring.score_candidates(call).await.expect_err("refused");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{model}");
+        assert!(
+            status.message().contains("purchase-probability") && status.message().contains(says),
+            "{model}: {status:?}"
+        );
+    }
     server.stop().await;
 }
 

@@ -323,6 +323,7 @@ impl Scoring for ScoringService {
             model: ranking.model.name().to_string(),
             version: ranking.model.version(),
             unknown_entities: ranking.unknown_entities,
+            unknown_products: ranking.unknown_products,
         });
         response.extensions_mut().insert(ScoredBy {
             model: ranking.model.name().to_string(),

@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 
 use crate::definitions::Definitions;
 use crate::events::RawEvent;
-use crate::model::decision::Decision;
+use crate::model::decision::decision_name;
 use crate::registry::LoadedModel;
 use crate::scoring::Scored;
 
@@ -406,14 +406,6 @@ pub fn outputs(
         tensors.push(Tensor::new(name, rows.clone(), elements));
     }
     Ok(tensors)
-}
-
-fn decision_name(decision: Option<Decision>) -> &'static str {
-    match decision {
-        Some(Decision::Allow) | None => "allow",
-        Some(Decision::Review) => "review",
-        Some(Decision::Block) => "block",
-    }
 }
 
 fn reasons_json(scored: &Scored) -> String {

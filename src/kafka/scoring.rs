@@ -29,7 +29,7 @@ use serde::Serialize;
 use super::resume::{self, ResumeError};
 use super::{Health, client_config, consumer_config, lock};
 use crate::config::KafkaSettings;
-use crate::model::decision::Decision;
+use crate::model::decision::decision_name;
 use crate::registry::Registry;
 use crate::scoring::{self, ScoreError, ScoreInput};
 use crate::store::FeatureStore;
@@ -126,15 +126,6 @@ pub struct ReasonRecord {
     pub feature: String,
     pub value: Option<f64>,
     pub contribution: f64,
-}
-
-fn decision_name(decision: Option<Decision>) -> &'static str {
-    match decision {
-        Some(Decision::Allow) => "allow",
-        Some(Decision::Review) => "review",
-        Some(Decision::Block) => "block",
-        None => "none",
-    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -11,6 +11,17 @@ pub enum Decision {
     Block,
 }
 
+/// The wire name of a decision: `allow`, `review`, `block`, or `none` for a model that
+/// makes no decision (a regression). The one mapping every text door uses.
+pub fn decision_name(decision: Option<Decision>) -> &'static str {
+    match decision {
+        Some(Decision::Allow) => "allow",
+        Some(Decision::Review) => "review",
+        Some(Decision::Block) => "block",
+        None => "none",
+    }
+}
+
 /// Scores at or above `block` are blocked, at or above `review` reviewed (`review <=
 /// block`). No `block` when no threshold reached the rule's precision on validation:
 /// such a model reviews but never blocks.
@@ -42,5 +53,18 @@ impl Thresholds {
         } else {
             Decision::Allow
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_decision_is_named_none_never_allow() {
+        assert_eq!(decision_name(None), "none");
+        assert_eq!(decision_name(Some(Decision::Allow)), "allow");
+        assert_eq!(decision_name(Some(Decision::Review)), "review");
+        assert_eq!(decision_name(Some(Decision::Block)), "block");
     }
 }

@@ -80,7 +80,20 @@ impl LoadedModel {
                 crate::model::Family::AssociationRules(_) => {
                     "an association rule set (use it with Recommend)"
                 }
-                _ => "a scoring model",
+                crate::model::Family::KMeans(_) => "a segments model (its score is a segment)",
+                crate::model::Family::LinearRegression(_) => {
+                    "a regression model (its score is a value, not a probability)"
+                }
+                _ => match &self.body.scored_event {
+                    Some(event) => {
+                        if event == "payment" {
+                            "a classifier of payments, not of products"
+                        } else {
+                            "a classifier of events that name no product"
+                        }
+                    }
+                    None => "a model trained from a table",
+                },
             },
             wanted,
         }
@@ -361,6 +374,40 @@ impl Registry {
         let model = self.resolve(reference)?;
         if !model.body.model.scores() {
             return Err(model.wrong_kind("a model that scores"));
+        }
+        Ok(model)
+    }
+
+    /// A model that ranks products by purchase probability (`ScoreCandidates`, and the
+    /// ranking of `Recommend`): a probability classifier of an event that names a
+    /// product (each candidate is scored as that event of its product). A fraud model's
+    /// 3e-29, an order value's -197 or a segment number is no purchase probability.
+    pub fn resolve_ranker(&self, reference: &str) -> Result<Arc<LoadedModel>, RegistryError> {
+        use crate::model::Family;
+        let model = self.resolve(reference)?;
+        let probability = matches!(
+            model.body.model.family,
+            Family::LogisticRegression(_)
+                | Family::DecisionTree(_)
+                | Family::LinearSvm(_)
+                | Family::KernelSvm(_)
+        );
+        let product = self.definitions.entity_id("product");
+        let of_products = model
+            .body
+            .scored_event
+            .as_deref()
+            .and_then(|event| self.definitions.event_type_id(event))
+            .is_some_and(|event| {
+                self.definitions.event_types[event]
+                    .entities
+                    .iter()
+                    .any(|slot| Some(slot.entity) == product)
+            });
+        if !(probability && of_products && model.body.model.inputs.is_none()) {
+            return Err(model.wrong_kind(
+                "a purchase-probability model (a classifier of an event that names a product, like purchase)",
+            ));
         }
         Ok(model)
     }

@@ -33,6 +33,8 @@ pub struct Ranking {
     pub candidates: Vec<RankedCandidate>,
     /// Entity types of the user context the store holds nothing for.
     pub unknown_entities: Vec<String>,
+    /// Candidate products the store holds nothing for (their features are defaults).
+    pub unknown_products: Vec<String>,
 }
 
 /// Makes `event` the context with `candidate`'s product and numbers.
@@ -62,16 +64,7 @@ pub fn score_candidates(
     candidates: &[CandidateInput],
     top_n: usize,
 ) -> Result<Ranking, ScoreError> {
-    let model = registry.resolve_scorer(model)?;
-    if model.body.model.inputs.is_some() {
-        return Err(ScoreError::Invalid {
-            field: "model",
-            reason: format!(
-                "{} takes its inputs from the request (trained from a table): score it with Score",
-                model.reference()
-            ),
-        });
-    }
+    let model = registry.resolve_ranker(model)?;
     if candidates.is_empty() || candidates.len() > MAX_CANDIDATES {
         return Err(ScoreError::Invalid {
             field: "candidates",
@@ -94,6 +87,8 @@ pub fn score_candidates(
     let mut ranked = Vec::with_capacity(candidates.len());
     let mut vector = Vec::with_capacity(model.plan.width());
     let mut unknown = None;
+    let mut unknown_products = Vec::new();
+    let product_entity = definitions.entity_id("product");
     store.with_engine(|engine| {
         let mut reads = model.plan.cached_reads();
         for (index, candidate) in candidates.iter().enumerate() {
@@ -105,6 +100,9 @@ pub fn score_candidates(
                 })
             })?;
             let source = reads.read(definitions, engine, &event, &mut vector)?;
+            if source.unknown.iter().any(|e| Some(*e) == product_entity) {
+                unknown_products.push(candidate.product.clone());
+            }
             unknown.get_or_insert(source.unknown);
             ranked.push(RankedCandidate {
                 product: candidate.product.clone(),
@@ -131,5 +129,6 @@ pub fn score_candidates(
         model,
         candidates: ranked,
         unknown_entities,
+        unknown_products,
     })
 }

@@ -260,7 +260,7 @@ pub fn recommend(
     }
     if why.is_empty() {
         return Ok(Recommended {
-            model: registry.resolve_scorer(&input.model)?,
+            model: registry.resolve_ranker(&input.model)?,
             rules: rules_model,
             items: Vec::new(),
             context: context_products,
