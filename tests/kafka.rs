@@ -19,6 +19,7 @@ use rdkafka::message::Headers;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use streamscore::api::client;
+use streamscore::api::pb::{self, scoring_client::ScoringClient};
 use streamscore::definitions::Definitions;
 use streamscore::events::RawEvent;
 use streamscore::simulate::{SimConfig, Simulator};
@@ -380,5 +381,176 @@ async fn scoring_with_a_model_it_cannot_resolve_decides_nothing_and_says_not_ser
         common::kafka::read_committed(&brokers, "decisions", 1).is_empty(),
         "no decision without a model"
     );
+    server.stop().await;
+}
+
+/// A payment delivered twice to the scoring stream with `record = true` (a producer's
+/// retry upstream; an aborted transaction's batch is scored again the same way): the
+/// second delivery gets the first decision, and the payment counts once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payment_delivered_twice_to_recorded_scoring_is_decided_alike_and_counted_once() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    cluster.create_topic("payments", 1, 1).expect("topic");
+    cluster.create_topic("decisions", 1, 1).expect("topic");
+    let brokers = cluster.bootstrap_servers();
+    let now = streamscore::time::now_ms() - 60_000;
+    let mut payments: Vec<RawEvent> = Simulator::new(SimConfig {
+        start_ms: now - 3_600_000,
+        ..SimConfig::default()
+    })
+    .take(5_000)
+    .filter(|e| e.event_type == "payment")
+    .take(20)
+    .collect();
+    // All on one card, a second apart, so each one's velocity counts those before it.
+    for (k, payment) in payments.iter_mut().enumerate() {
+        payment.entities.insert("card".into(), "twice-card".into());
+        payment.event_time_ms = now + k as i64 * 1_000;
+    }
+    // Each payment, then each again.
+    let mut sent = payments.clone();
+    sent.extend(payments.iter().cloned());
+    common::kafka::produce(&brokers, "payments", &sent).await;
+    let server_brokers = brokers.clone();
+    let server = TestServer::start(move |settings| {
+        settings.kafka.brokers = server_brokers;
+        settings.kafka.topics = Vec::new();
+        settings.kafka.scoring.input_topic = "payments".into();
+        settings.kafka.scoring.record = true;
+        settings.kafka.scoring.batch_records = 7;
+    })
+    .await;
+    let decided = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let decisions = common::kafka::read_committed(&brokers, "decisions", 1);
+            if decisions.len() >= sent.len() {
+                return decisions;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("every delivery decided within a minute");
+    let mut by_id: std::collections::BTreeMap<String, Vec<serde_json::Value>> = Default::default();
+    for (key, value) in &decided {
+        let record: serde_json::Value = serde_json::from_slice(value).expect("decision JSON");
+        by_id.entry(key.clone()).or_default().push(record);
+    }
+    assert_eq!(by_id.len(), payments.len());
+    for (id, records) in &by_id {
+        assert_eq!(records.len(), 2, "{id}: {records:?}");
+        let (first, again) = (&records[0], &records[1]);
+        assert_ne!(first["decision"], "error", "{first}");
+        for field in ["decision", "score", "reasons", "version"] {
+            assert_eq!(first[field], again[field], "{id}: {field}");
+        }
+    }
+    // Counted once: the card's payments in the last hour are the 20.
+    let features = server
+        .store
+        .read(
+            "card",
+            "twice-card",
+            &["card_payments_1h".to_string()],
+            None,
+        )
+        .expect("read");
+    assert_eq!(features.values[0].1, Some(payments.len() as f64));
+    server.stop().await;
+}
+
+/// A transaction of the recorded scoring stream that aborts (its decisions could not be
+/// written) is scored again, and each payment gets the answer its first attempt got:
+/// the same as a server that scored the payments once each, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recorded_scoring_after_an_aborted_transaction_answers_as_the_first_attempt() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    cluster.create_topic("payments", 1, 1).expect("topic");
+    cluster.create_topic("decisions", 1, 1).expect("topic");
+    let brokers = cluster.bootstrap_servers();
+    let now = streamscore::time::now_ms() - 60_000;
+    let mut payments: Vec<RawEvent> = Simulator::new(SimConfig {
+        start_ms: now - 3_600_000,
+        ..SimConfig::default()
+    })
+    .take(5_000)
+    .filter(|e| e.event_type == "payment")
+    .take(20)
+    .collect();
+    for (k, payment) in payments.iter_mut().enumerate() {
+        payment
+            .entities
+            .insert("card".into(), "aborted-card".into());
+        payment.event_time_ms = now + k as i64 * 1_000;
+    }
+    // What scoring each once, in order, answers.
+    let reference = TestServer::start(|_| {}).await;
+    let mut scoring = ScoringClient::new(reference.channel().await);
+    let mut expected = std::collections::BTreeMap::new();
+    for payment in &payments {
+        let answer = scoring
+            .score(pb::ScoreRequest {
+                model: "fraud".into(),
+                event: Some(pb::Event::from(payment.clone())),
+                record: true,
+                reasons: Some(5),
+                ..Default::default()
+            })
+            .await
+            .expect("reference score")
+            .into_inner();
+        expected.insert(payment.event_id.clone(), answer.score.to_bits());
+    }
+    reference.stop().await;
+
+    common::kafka::produce(&brokers, "payments", &payments).await;
+    // The stream's first decisions cannot be written: that transaction aborts.
+    cluster.request_errors(
+        rdkafka::types::RDKafkaApiKey::Produce,
+        &[rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],
+    );
+    let server_brokers = brokers.clone();
+    let server = TestServer::start(move |settings| {
+        settings.kafka.brokers = server_brokers;
+        settings.kafka.topics = Vec::new();
+        settings.kafka.scoring.input_topic = "payments".into();
+        settings.kafka.scoring.record = true;
+        settings.kafka.scoring.batch_records = 20;
+    })
+    .await;
+    let decided = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let decisions = common::kafka::read_committed(&brokers, "decisions", 1);
+            if decisions.len() >= payments.len() {
+                return decisions;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("every payment decided within a minute");
+    let scrape = server.scrape().await;
+    assert!(
+        common::metric(&scrape, "streamscore_kafka_scoring_aborts").unwrap_or(0.0) >= 1.0,
+        "a transaction aborted:\n{scrape}"
+    );
+    for (key, value) in &decided {
+        let record: serde_json::Value = serde_json::from_slice(value).expect("decision JSON");
+        assert_eq!(
+            record["score"].as_f64().map(f64::to_bits),
+            expected.get(key).copied(),
+            "{key}: {record}"
+        );
+    }
+    let features = server
+        .store
+        .read(
+            "card",
+            "aborted-card",
+            &["card_payments_1h".to_string()],
+            None,
+        )
+        .expect("read");
+    assert_eq!(features.values[0].1, Some(payments.len() as f64));
     server.stop().await;
 }

@@ -297,7 +297,22 @@ mod tests {
         assert_relative_eq!(pre.scales[0], (2.0f64 / 3.0).sqrt());
         assert_eq!(pre.scales[1], 1.0, "a constant column is not scaled");
         let mut out = [0.0; 2];
-        pre.transform_into(&[None, Some(7.0)], &mut out);
+        // Inside the training ranges: imputed and standardised.
+        pre.transform_into(&[None, Some(5.0)], &mut out);
+        assert_eq!(out, [0.0, 0.0]);
+        // Outside them: clipped to the range first (7 in a column only ever 5 is 5;
+        // 100 in one of 1..3 is 3).
+        assert_eq!(pre.ranges, Some(vec![(1.0, 3.0), (5.0, 5.0)]));
+        pre.transform_into(&[Some(100.0), Some(7.0)], &mut out);
+        assert_relative_eq!(out[0], 1.0 / (2.0f64 / 3.0).sqrt());
+        assert_eq!(out[1], 0.0);
+        assert!(pre.clipped(0, 100.0) && !pre.clipped(0, 2.0));
+        // An artifact without ranges (from before they were kept) does not clip.
+        let unbounded = Preprocessing {
+            ranges: None,
+            ..pre
+        };
+        unbounded.transform_into(&[None, Some(7.0)], &mut out);
         assert_eq!(out, [0.0, 2.0]);
     }
 }
