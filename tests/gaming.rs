@@ -122,5 +122,27 @@ async fn a_warm_up_payment_of_any_size_never_lets_a_risky_payment_through() {
         allowed.is_empty(),
         "risky payments allowed after a warm-up: {allowed:?} (all: {answers:?})"
     );
+
+    // An amount far beyond any the model was trained on is clipped, and says so.
+    let reason_for = |answer: &pb::ScoreResponse, feature: &str| {
+        answer
+            .reasons
+            .iter()
+            .find(|r| r.feature == feature)
+            .cloned()
+            .unwrap_or_else(|| panic!("no reason for {feature}: {answer:?}"))
+    };
+    let mut huge = risky("huge");
+    huge.reasons = Some(100);
+    if let Some(event) = huge.event.as_mut() {
+        event.numbers.insert("amount".into(), 1e9);
+    }
+    let answer = scoring.score(huge).await.expect("scored").into_inner();
+    assert!(reason_for(&answer, "req_amount").clipped, "{answer:?}");
+    assert!(!reason_for(&answer, "req_country_mismatch").clipped);
+    let mut usual = risky("usual");
+    usual.reasons = Some(100);
+    let answer = scoring.score(usual).await.expect("scored").into_inner();
+    assert!(!reason_for(&answer, "req_amount").clipped, "{answer:?}");
     server.stop().await;
 }

@@ -252,6 +252,7 @@ impl Scoring for ScoringService {
                     feature: r.feature,
                     value: r.value,
                     contribution: r.contribution,
+                    clipped: r.clipped,
                 })
                 .collect(),
             model: scored.model.name().to_string(),

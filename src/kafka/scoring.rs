@@ -126,6 +126,9 @@ pub struct ReasonRecord {
     pub feature: String,
     pub value: Option<f64>,
     pub contribution: f64,
+    /// Outside the model's training range and clipped to it (left out when not).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub clipped: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -526,6 +529,7 @@ async fn score(stream: &Stream, message: &OwnedMessage) -> Result<DecisionRecord
                     feature: r.feature,
                     value: r.value,
                     contribution: r.contribution,
+                    clipped: r.clipped,
                 })
                 .collect(),
             model: Some(scored.model.name().to_string()),

@@ -66,6 +66,8 @@ pub struct Reason {
     pub feature: String,
     pub value: Option<f64>,
     pub contribution: f64,
+    /// The value was outside the model's training range and clipped to it.
+    pub clipped: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -189,6 +191,8 @@ fn top_reasons(model: &LoadedModel, values: &[Option<f64>], count: usize) -> Vec
             feature: model.body.model.columns[column].clone(),
             value: values[column],
             contribution: explanation.contributions[column],
+            clipped: values[column]
+                .is_some_and(|value| model.body.model.preprocessing.clipped(column, value)),
         })
         .collect()
 }
