@@ -384,6 +384,70 @@ async fn scoring_with_a_model_it_cannot_resolve_decides_nothing_and_says_not_ser
     server.stop().await;
 }
 
+/// `count` simulated payments, all on `card`, a second apart from a minute ago, so each
+/// one's velocity features count those before it.
+fn payments_on_one_card(card: &str, count: usize) -> Vec<RawEvent> {
+    let now = streamscore::time::now_ms() - 60_000;
+    let mut payments: Vec<RawEvent> = Simulator::new(SimConfig {
+        start_ms: now - 3_600_000,
+        ..SimConfig::default()
+    })
+    .take(5_000)
+    .filter(|e| e.event_type == "payment")
+    .take(count)
+    .collect();
+    for (k, payment) in payments.iter_mut().enumerate() {
+        payment.entities.insert("card".into(), card.into());
+        payment.event_time_ms = now + k as i64 * 1_000;
+    }
+    payments
+}
+
+/// A server whose Kafka scoring stream records what it scores, from topic `payments`.
+async fn recorded_scoring(brokers: &str, batch_records: usize) -> TestServer {
+    let brokers = brokers.to_string();
+    TestServer::start(move |settings| {
+        settings.kafka.brokers = brokers;
+        settings.kafka.topics = Vec::new();
+        settings.kafka.scoring.input_topic = "payments".into();
+        settings.kafka.scoring.record = true;
+        settings.kafka.scoring.batch_records = batch_records;
+    })
+    .await
+}
+
+/// The committed decisions, once there are at least `count` (a minute at most).
+async fn decisions(brokers: &str, count: usize) -> Vec<(String, serde_json::Value)> {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let decided = common::kafka::read_committed(brokers, "decisions", 1);
+            if decided.len() >= count {
+                return decided
+                    .iter()
+                    .map(|(key, value)| {
+                        (
+                            key.clone(),
+                            serde_json::from_slice(value).expect("decision JSON"),
+                        )
+                    })
+                    .collect();
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await
+    .expect("every delivery decided within a minute")
+}
+
+fn card_payments_1h(server: &TestServer, card: &str) -> Option<f64> {
+    server
+        .store
+        .read("card", card, &["card_payments_1h".to_string()], None)
+        .expect("read")
+        .values[0]
+        .1
+}
+
 /// A payment delivered twice to the scoring stream with `record = true` (a producer's
 /// retry upstream; an aborted transaction's batch is scored again the same way): the
 /// second delivery gets the first decision, and the payment counts once.
@@ -393,48 +457,15 @@ async fn a_payment_delivered_twice_to_recorded_scoring_is_decided_alike_and_coun
     cluster.create_topic("payments", 1, 1).expect("topic");
     cluster.create_topic("decisions", 1, 1).expect("topic");
     let brokers = cluster.bootstrap_servers();
-    let now = streamscore::time::now_ms() - 60_000;
-    let mut payments: Vec<RawEvent> = Simulator::new(SimConfig {
-        start_ms: now - 3_600_000,
-        ..SimConfig::default()
-    })
-    .take(5_000)
-    .filter(|e| e.event_type == "payment")
-    .take(20)
-    .collect();
-    // All on one card, a second apart, so each one's velocity counts those before it.
-    for (k, payment) in payments.iter_mut().enumerate() {
-        payment.entities.insert("card".into(), "twice-card".into());
-        payment.event_time_ms = now + k as i64 * 1_000;
-    }
+    let payments = payments_on_one_card("twice-card", 20);
     // Each payment, then each again.
     let mut sent = payments.clone();
     sent.extend(payments.iter().cloned());
     common::kafka::produce(&brokers, "payments", &sent).await;
-    let server_brokers = brokers.clone();
-    let server = TestServer::start(move |settings| {
-        settings.kafka.brokers = server_brokers;
-        settings.kafka.topics = Vec::new();
-        settings.kafka.scoring.input_topic = "payments".into();
-        settings.kafka.scoring.record = true;
-        settings.kafka.scoring.batch_records = 7;
-    })
-    .await;
-    let decided = tokio::time::timeout(Duration::from_secs(60), async {
-        loop {
-            let decisions = common::kafka::read_committed(&brokers, "decisions", 1);
-            if decisions.len() >= sent.len() {
-                return decisions;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await
-    .expect("every delivery decided within a minute");
+    let server = recorded_scoring(&brokers, 7).await;
     let mut by_id: std::collections::BTreeMap<String, Vec<serde_json::Value>> = Default::default();
-    for (key, value) in &decided {
-        let record: serde_json::Value = serde_json::from_slice(value).expect("decision JSON");
-        by_id.entry(key.clone()).or_default().push(record);
+    for (key, record) in decisions(&brokers, sent.len()).await {
+        by_id.entry(key).or_default().push(record);
     }
     assert_eq!(by_id.len(), payments.len());
     for (id, records) in &by_id {
@@ -445,17 +476,11 @@ async fn a_payment_delivered_twice_to_recorded_scoring_is_decided_alike_and_coun
             assert_eq!(first[field], again[field], "{id}: {field}");
         }
     }
-    // Counted once: the card's payments in the last hour are the 20.
-    let features = server
-        .store
-        .read(
-            "card",
-            "twice-card",
-            &["card_payments_1h".to_string()],
-            None,
-        )
-        .expect("read");
-    assert_eq!(features.values[0].1, Some(payments.len() as f64));
+    assert_eq!(
+        card_payments_1h(&server, "twice-card"),
+        Some(20.0),
+        "counted once"
+    );
     server.stop().await;
 }
 
@@ -468,21 +493,7 @@ async fn recorded_scoring_after_an_aborted_transaction_answers_as_the_first_atte
     cluster.create_topic("payments", 1, 1).expect("topic");
     cluster.create_topic("decisions", 1, 1).expect("topic");
     let brokers = cluster.bootstrap_servers();
-    let now = streamscore::time::now_ms() - 60_000;
-    let mut payments: Vec<RawEvent> = Simulator::new(SimConfig {
-        start_ms: now - 3_600_000,
-        ..SimConfig::default()
-    })
-    .take(5_000)
-    .filter(|e| e.event_type == "payment")
-    .take(20)
-    .collect();
-    for (k, payment) in payments.iter_mut().enumerate() {
-        payment
-            .entities
-            .insert("card".into(), "aborted-card".into());
-        payment.event_time_ms = now + k as i64 * 1_000;
-    }
+    let payments = payments_on_one_card("aborted-card", 20);
     // What scoring each once, in order, answers.
     let reference = TestServer::start(|_| {}).await;
     let mut scoring = ScoringClient::new(reference.channel().await);
@@ -509,48 +520,24 @@ async fn recorded_scoring_after_an_aborted_transaction_answers_as_the_first_atte
         rdkafka::types::RDKafkaApiKey::Produce,
         &[rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE],
     );
-    let server_brokers = brokers.clone();
-    let server = TestServer::start(move |settings| {
-        settings.kafka.brokers = server_brokers;
-        settings.kafka.topics = Vec::new();
-        settings.kafka.scoring.input_topic = "payments".into();
-        settings.kafka.scoring.record = true;
-        settings.kafka.scoring.batch_records = 20;
-    })
-    .await;
-    let decided = tokio::time::timeout(Duration::from_secs(60), async {
-        loop {
-            let decisions = common::kafka::read_committed(&brokers, "decisions", 1);
-            if decisions.len() >= payments.len() {
-                return decisions;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
-    .await
-    .expect("every payment decided within a minute");
+    let server = recorded_scoring(&brokers, 20).await;
+    let decided = decisions(&brokers, payments.len()).await;
     let scrape = server.scrape().await;
     assert!(
         common::metric(&scrape, "streamscore_kafka_scoring_aborts").unwrap_or(0.0) >= 1.0,
         "a transaction aborted:\n{scrape}"
     );
-    for (key, value) in &decided {
-        let record: serde_json::Value = serde_json::from_slice(value).expect("decision JSON");
+    for (key, record) in &decided {
         assert_eq!(
             record["score"].as_f64().map(f64::to_bits),
             expected.get(key).copied(),
             "{key}: {record}"
         );
     }
-    let features = server
-        .store
-        .read(
-            "card",
-            "aborted-card",
-            &["card_payments_1h".to_string()],
-            None,
-        )
-        .expect("read");
-    assert_eq!(features.values[0].1, Some(payments.len() as f64));
+    assert_eq!(
+        card_payments_1h(&server, "aborted-card"),
+        Some(20.0),
+        "counted once"
+    );
     server.stop().await;
 }
