@@ -487,6 +487,15 @@ pub enum ConfigError {
 impl Settings {
     /// Defaults, then `file` (if given), then `STREAMSCORE__...` environment variables.
     pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        let settings = Settings::load_unchecked(file)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Defaults, the file and the environment, not yet validated: for a command whose
+    /// flags come last (`serve --insecure` must be able to allow a public `listen` the
+    /// file sets), which validates once its flags are applied.
+    pub fn load_unchecked(file: Option<&Path>) -> Result<Settings, ConfigError> {
         let mut figment = Figment::from(Serialized::defaults(Settings::default()));
         if let Some(file) = file {
             if !file.exists() {
@@ -501,7 +510,6 @@ impl Settings {
             .merge(Env::prefixed("STREAMSCORE__").split("__"))
             .extract()
             .map_err(Box::new)?;
-        settings.validate()?;
         Ok(settings)
     }
 
@@ -615,6 +623,15 @@ impl Settings {
                 "http.listen: refusing to serve REST on {listen}: the HTTP listener has no TLS, so tokens and payments would cross the network in clear. Listen on 127.0.0.1 (behind a TLS proxy), or pass --insecure"
             )));
         }
+        // The metrics endpoint has no TLS and no callers either, and says much about
+        // traffic and models.
+        if let Some(listen) = self.metrics.listen
+            && !(listen.ip().is_loopback() || self.insecure)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "metrics.listen: refusing to serve metrics on {listen}: the metrics endpoint has no TLS and no callers. Listen on 127.0.0.1 (and let the scraper reach it through a proxy or tunnel), or pass --insecure"
+            )));
+        }
         if self.snapshot.interval.0 < 1000 {
             return Err(ConfigError::Invalid(
                 "snapshot.interval must be at least 1s".into(),
@@ -627,6 +644,32 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn public_listeners_need_insecure_and_flags_come_after_the_file() {
+        // In a jail: another test sets STREAMSCORE__ variables for a while.
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("public.toml", "listen = \"0.0.0.0:50051\"\n")?;
+            let file = Path::new("public.toml");
+            // Refused by `load`, which validates the file as it is...
+            let refused = Settings::load(Some(file)).expect_err("public listen refused");
+            assert!(refused.to_string().contains("--insecure"), "{refused}");
+            // ...but a flag applied after the file can allow it.
+            let mut settings = Settings::load_unchecked(Some(file)).map_err(|e| e.to_string())?;
+            assert!(settings.validate().is_err());
+            settings.insecure = true;
+            settings.validate().map_err(|e| e.to_string())?;
+            Ok(())
+        });
+
+        // The metrics endpoint is guarded like the REST one.
+        let mut settings = Settings::default();
+        settings.metrics.listen = Some(SocketAddr::from(([0, 0, 0, 0], 9464)));
+        let refused = settings.validate().expect_err("public metrics refused");
+        assert!(refused.to_string().contains("metrics.listen"), "{refused}");
+        settings.insecure = true;
+        settings.validate().expect("allowed with --insecure");
+    }
 
     #[test]
     #[allow(clippy::result_large_err)] // figment's Jail fixes the closure's error type

@@ -382,7 +382,8 @@ pub async fn run(cli: Cli) -> CliResult {
 }
 
 async fn serve(args: ServeArgs) -> CliResult {
-    let mut settings = Settings::load(args.config.as_deref())?;
+    // Validated once the flags are applied: flags come last.
+    let mut settings = Settings::load_unchecked(args.config.as_deref())?;
     if let Some(listen) = args.listen {
         settings.listen = listen;
     }
