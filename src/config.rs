@@ -646,6 +646,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail fixes the closure's error type
     fn public_listeners_need_insecure_and_flags_come_after_the_file() {
         // In a jail: another test sets STREAMSCORE__ variables for a while.
         figment::Jail::expect_with(|jail| {
