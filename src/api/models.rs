@@ -124,7 +124,14 @@ impl Models for ModelsService {
         request: Request<pb::SetAliasRequest>,
     ) -> Result<Response<pb::ModelDetail>, Status> {
         let request = request.into_inner();
-        let model = self.registry.set_alias(&request.alias, &request.target)?;
+        // Saving the aliases fsyncs a file and its folder: off the request runtime, so
+        // a slow disk stalls this call and not the scores beside it.
+        let registry = Arc::clone(&self.registry);
+        let model = tokio::task::spawn_blocking(move || {
+            registry.set_alias(&request.alias, &request.target)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))??;
         Ok(Response::new(detail(&model, &self.registry.catalog())))
     }
 }
