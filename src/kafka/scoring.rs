@@ -203,24 +203,31 @@ async fn run_once(
 ) -> Result<(), StreamError> {
     let settings = &stream.settings;
     let scoring = &settings.scoring;
-    let consumer: StreamConsumer<ScoringContext> = consumer_config(settings)
-        .set("group.id", &scoring.group)
-        .set("enable.auto.commit", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("isolation.level", "read_committed")
-        .set("partition.assignment.strategy", "cooperative-sticky")
-        .create_with_context(ScoringContext {
-            health: Arc::clone(&stream.counters.health),
-            decided: Mutex::new(HashMap::new()),
-        })?;
+    let consumer: Arc<StreamConsumer<ScoringContext>> = Arc::new(
+        consumer_config(settings)
+            .set("group.id", &scoring.group)
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("isolation.level", "read_committed")
+            .set("partition.assignment.strategy", "cooperative-sticky")
+            .create_with_context(ScoringContext {
+                health: Arc::clone(&stream.counters.health),
+                decided: Mutex::new(HashMap::new()),
+            })?,
+    );
+    // Up to 30 s against an unreachable broker: on a blocking thread.
     let output_partitions = {
-        let metadata = consumer.fetch_metadata(Some(&scoring.output_topic), TRANSACTION_TIMEOUT)?;
-        let partitions = metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == scoring.output_topic)
-            .map_or(0, |t| t.partitions().len());
-        i32::try_from(partitions).unwrap_or(i32::MAX)
+        let (consumer, output) = (Arc::clone(&consumer), scoring.output_topic.clone());
+        tokio::task::spawn_blocking(move || {
+            let metadata = consumer.fetch_metadata(Some(&output), TRANSACTION_TIMEOUT)?;
+            let partitions = metadata
+                .topics()
+                .iter()
+                .find(|t| t.name() == output)
+                .map_or(0, |t| t.partitions().len());
+            Ok::<i32, KafkaError>(i32::try_from(partitions).unwrap_or(i32::MAX))
+        })
+        .await??
     };
     if output_partitions == 0 {
         return Err(StreamError::NoOutput(scoring.output_topic.clone()));
@@ -267,7 +274,7 @@ async fn run_once(
                 let wait = BACKOFF[failures.min(BACKOFF.len() - 1)];
                 failures += 1;
                 tracing::warn!(%why, ?wait, "kafka scoring waits: the model cannot be resolved");
-                rewind(&consumer, &batch);
+                rewind(&consumer, &batch).await;
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = shutdown.changed() => return Ok(()),
@@ -278,7 +285,7 @@ async fn run_once(
                 let wait = BACKOFF[failures.min(BACKOFF.len() - 1)];
                 failures += 1;
                 tracing::warn!(%why, ?wait, payments = batch.len(), "kafka scoring transaction aborted; scoring them again");
-                rewind(&consumer, &batch);
+                rewind(&consumer, &batch).await;
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
                     _ = shutdown.changed() => return Ok(()),
@@ -474,24 +481,31 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// After an abort, the consumer goes back to the batch's first record of each
-/// partition (a partition revoked meanwhile is read again by its new owner).
-fn rewind(consumer: &StreamConsumer<ScoringContext>, batch: &[OwnedMessage]) {
-    let mut first: BTreeMap<(&str, i32), i64> = BTreeMap::new();
+/// partition (a partition revoked meanwhile is read again by its new owner). `seek`
+/// blocks up to 5 s per partition: it runs on a blocking thread, not the runtime.
+async fn rewind(consumer: &Arc<StreamConsumer<ScoringContext>>, batch: &[OwnedMessage]) {
+    let mut first: BTreeMap<(String, i32), i64> = BTreeMap::new();
     for message in batch {
         let slot = first
-            .entry((message.topic(), message.partition()))
+            .entry((message.topic().to_string(), message.partition()))
             .or_insert(i64::MAX);
         *slot = (*slot).min(message.offset());
     }
-    for ((topic, partition), offset) in first {
-        if let Err(error) = consumer.seek(
-            topic,
-            partition,
-            Offset::Offset(offset),
-            Duration::from_secs(5),
-        ) {
-            tracing::info!(%error, topic, partition, "kafka scoring: no rewind (the partition moved on)");
+    let consumer = Arc::clone(consumer);
+    let seeks = tokio::task::spawn_blocking(move || {
+        for ((topic, partition), offset) in first {
+            if let Err(error) = consumer.seek(
+                &topic,
+                partition,
+                Offset::Offset(offset),
+                Duration::from_secs(5),
+            ) {
+                tracing::info!(%error, topic, partition, "kafka scoring: no rewind (the partition moved on)");
+            }
         }
+    });
+    if let Err(error) = seeks.await {
+        tracing::error!(%error, "kafka scoring: the rewind task failed");
     }
 }
 
