@@ -93,6 +93,11 @@ pub fn snapshots_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("snapshots")
 }
 
+/// The segment file whose first record is `first_seq`.
+pub(crate) fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
+    dir.join(format!("{first_seq:020}.log"))
+}
+
 /// Segment files with their first sequence number, oldest first.
 pub(crate) fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, LogError> {
     let mut segments = Vec::new();

@@ -131,6 +131,9 @@ pub fn replay(
         }
         expected = Some(next);
     }
+    if acked.is_none() && stats.last_seq > 0 {
+        tracing::warn!(dir = %dir.display(), "no acked mark (log/acked) beside the segments (a data dir from an older version?): records missing from the end of the log cannot be detected this time; the mark is written from now on");
+    }
     stats.acked_seq = check_end(dir, stats.last_seq, after_seq, acked, &accepted)?;
     Ok(stats)
 }
@@ -144,7 +147,7 @@ pub(crate) fn check_end(
     acked: Option<u64>,
     accepted: &losses::Losses,
 ) -> Result<u64, LogError> {
-    let (required, witness) = required_end(dir, snapshot_seq, acked);
+    let (required, witness) = required_end(snapshot_seq, acked);
     if required > last_seq && !accepted.covers(last_seq + 1, required + 1) {
         return Err(LogError::TailMissing {
             dir: dir.to_path_buf(),
@@ -157,20 +160,11 @@ pub(crate) fn check_end(
 }
 
 /// The highest sequence number known to have been acknowledged, and what says so.
-pub(crate) fn required_end(
-    dir: &Path,
-    snapshot_seq: u64,
-    acked: Option<u64>,
-) -> (u64, &'static str) {
+pub(crate) fn required_end(snapshot_seq: u64, acked: Option<u64>) -> (u64, &'static str) {
     match acked {
         Some(acked) if acked >= snapshot_seq => (acked, "the acked mark (log/acked)"),
         _ if snapshot_seq > 0 => (snapshot_seq, "the newest snapshot"),
-        _ => {
-            if !list_segments(dir).map(|s| s.is_empty()).unwrap_or(true) {
-                tracing::warn!(dir = %dir.display(), "no acked mark (log/acked) beside the segments (a data dir from an older version?): a newest segment cut short at a record boundary cannot be detected this time; it is written from now on");
-            }
-            (0, "nothing")
-        }
+        _ => (0, "nothing"),
     }
 }
 

@@ -171,7 +171,7 @@ pub fn repair(dir: &Path, snapshot_seq: u64) -> Result<RepairReport, LogError> {
         }
     }
     let last = expected.map_or(0, |next| next - 1);
-    let (required, witness) = super::reader::required_end(dir, snapshot_seq, acked);
+    let (required, witness) = super::reader::required_end(snapshot_seq, acked);
     if required > last && !accepted.covers(last + 1, required + 1) {
         let note =
             format!("missing from the end of the log ({witness} says they were acknowledged)");
@@ -193,7 +193,7 @@ fn rewrite_segment(
 ) -> Result<(), LogError> {
     match first_kept {
         Some(first) if first != first_seq => {
-            let target = dir.join(format!("{first:020}.log"));
+            let target = super::segment_path(dir, first);
             write_durably(&target, kept)?;
             std::fs::remove_file(path).map_err(io_error(path))?;
             super::sync_dir(dir)

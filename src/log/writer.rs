@@ -81,7 +81,7 @@ impl SegmentWriter {
         segment_bytes: u64,
         fsync: FsyncPolicy,
     ) -> Result<SegmentWriter, LogError> {
-        let path = dir.join(format!("{first_seq:020}.log"));
+        let path = super::segment_path(dir, first_seq);
         let file = OpenOptions::new()
             .create(true)
             .append(true)

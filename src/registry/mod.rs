@@ -51,6 +51,34 @@ pub struct LoadedModel {
     pub signed: bool,
     /// The checksum of the content it was loaded from.
     pub checksum: String,
+    /// A purchase probability per product (see [`Registry::resolve_ranker`]), decided
+    /// once at load.
+    pub ranks_products: bool,
+}
+
+/// Whether `body` is a probability classifier of an event that names a product, read
+/// from stored features (not a table model).
+fn ranks_products(definitions: &Definitions, body: &ArtifactBody) -> bool {
+    use crate::model::Family;
+    let probability = matches!(
+        body.model.family,
+        Family::LogisticRegression(_)
+            | Family::DecisionTree(_)
+            | Family::LinearSvm(_)
+            | Family::KernelSvm(_)
+    );
+    let product = definitions.entity_id("product");
+    let of_products = body
+        .scored_event
+        .as_deref()
+        .and_then(|event| definitions.event_type_id(event))
+        .is_some_and(|event| {
+            definitions.event_types[event]
+                .entities
+                .iter()
+                .any(|slot| Some(slot.entity) == product)
+        });
+    probability && of_products && body.model.inputs.is_none()
 }
 
 impl LoadedModel {
@@ -383,28 +411,8 @@ impl Registry {
     /// product (each candidate is scored as that event of its product). A fraud model's
     /// 3e-29, an order value's -197 or a segment number is no purchase probability.
     pub fn resolve_ranker(&self, reference: &str) -> Result<Arc<LoadedModel>, RegistryError> {
-        use crate::model::Family;
         let model = self.resolve(reference)?;
-        let probability = matches!(
-            model.body.model.family,
-            Family::LogisticRegression(_)
-                | Family::DecisionTree(_)
-                | Family::LinearSvm(_)
-                | Family::KernelSvm(_)
-        );
-        let product = self.definitions.entity_id("product");
-        let of_products = model
-            .body
-            .scored_event
-            .as_deref()
-            .and_then(|event| self.definitions.event_type_id(event))
-            .is_some_and(|event| {
-                self.definitions.event_types[event]
-                    .entities
-                    .iter()
-                    .any(|slot| Some(slot.entity) == product)
-            });
-        if !(probability && of_products && model.body.model.inputs.is_none()) {
+        if !model.ranks_products {
             return Err(model.wrong_kind(
                 "a purchase-probability model (a classifier of an event that names a product, like purchase)",
             ));
@@ -492,6 +500,7 @@ impl Registry {
             }
         })?;
         let model = Arc::new(LoadedModel {
+            ranks_products: ranks_products(&self.definitions, &body),
             body,
             plan,
             path: path.to_path_buf(),
