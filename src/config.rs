@@ -36,6 +36,7 @@ pub struct Settings {
     pub cluster: ClusterSettings,
     pub samples: SampleSettings,
     pub http: HttpSettings,
+    pub limits: LimitSettings,
     /// Allow listening beyond loopback without TLS and tokens (`serve --insecure`).
     pub insecure: bool,
 }
@@ -47,12 +48,48 @@ pub struct HttpSettings {
     /// REST listen address; unset = no REST listener. Loopback only without
     /// `--insecure` (no TLS on this listener).
     pub listen: Option<SocketAddr>,
+    /// A connection whose request headers take longer is closed; an idle keep-alive
+    /// connection too (hyper's header timer runs while it waits for the next request).
+    pub header_timeout: Millis,
+    /// A request whose body and answer take longer gets 408 and its connection closed.
+    pub request_timeout: Millis,
+    /// Most REST connections open at once (also at most a quarter of the process's
+    /// open-file limit, so the log and gRPC keep descriptors); more wait to be accepted.
+    pub max_connections: usize,
 }
 
 impl Default for HttpSettings {
     fn default() -> Self {
         HttpSettings {
             listen: Some(SocketAddr::from(([127, 0, 0, 1], 8080))),
+            header_timeout: Millis(10_000),
+            request_timeout: Millis(30_000),
+            max_connections: 256,
+        }
+    }
+}
+
+/// The server-wide budget for work in flight (gRPC and REST together).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Calls in flight at once; more get RESOURCE_EXHAUSTED (REST: 429).
+    pub inflight_calls: usize,
+    /// Bytes the calls in flight may hold: bodies (times their decoding cost), answers
+    /// being built and sent, IngestStream batches and acks in waiting. A call that does
+    /// not fit gets RESOURCE_EXHAUSTED (REST: 429).
+    pub inflight_bytes: usize,
+    /// Largest answer one call may ask for (estimated from its rows, outputs and
+    /// reasons before any work); larger asks get RESOURCE_EXHAUSTED.
+    pub max_answer_bytes: u64,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        LimitSettings {
+            inflight_calls: 1024,
+            inflight_bytes: 256 << 20,
+            max_answer_bytes: 16 << 20,
         }
     }
 }
@@ -420,6 +457,7 @@ impl Default for Settings {
             cluster: ClusterSettings::default(),
             samples: SampleSettings::default(),
             http: HttpSettings::default(),
+            limits: LimitSettings::default(),
             insecure: false,
         }
     }
@@ -631,6 +669,24 @@ impl Settings {
             return Err(ConfigError::Invalid(format!(
                 "metrics.listen: refusing to serve metrics on {listen}: the metrics endpoint has no TLS and no callers. Listen on 127.0.0.1 (and let the scraper reach it through a proxy or tunnel), or pass --insecure"
             )));
+        }
+        let limits = &self.limits;
+        if limits.inflight_calls == 0
+            || limits.inflight_bytes < self.ingest.max_message_bytes
+            || limits.max_answer_bytes < 1024
+        {
+            return Err(ConfigError::Invalid(format!(
+                "limits: inflight_calls must be positive, inflight_bytes at least ingest.max_message_bytes ({}), max_answer_bytes at least 1024",
+                self.ingest.max_message_bytes
+            )));
+        }
+        if self.http.max_connections == 0
+            || self.http.header_timeout.0 < 100
+            || self.http.request_timeout.0 < 100
+        {
+            return Err(ConfigError::Invalid(
+                "http: max_connections must be positive, header_timeout and request_timeout at least 100ms".into(),
+            ));
         }
         if self.snapshot.interval.0 < 1000 {
             return Err(ConfigError::Invalid(

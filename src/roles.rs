@@ -225,7 +225,8 @@ pub async fn run_scorer(
     tracing::info!(role = "scorer", metrics = %scrapes.addr, addr = %addr, "streamscore listening");
     let scorer_for_v2 = Arc::clone(&scorer);
     let backend = Backend::Online(scorer);
-    let served = grpc_builder(settings, &metrics, AuthLayer::new(callers))?
+    let budget = Arc::new(crate::api::budget::Budget::from_settings(&settings.limits));
+    let served = grpc_builder(settings, &metrics, AuthLayer::new(callers), &budget)?
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_v1alpha)

@@ -13,6 +13,7 @@ use tonic::transport::{Certificate, Server, ServerTlsConfig};
 use tower::layer::util::{Identity, Stack};
 
 use crate::api::auth::{AuthLayer, Callers};
+use crate::api::budget::{Budget, BudgetLayer};
 use crate::api::limits::SizeRefusalLayer;
 use crate::api::metrics::{Metrics, MetricsLayer};
 use crate::api::pb::features_server::FeaturesServer;
@@ -318,11 +319,12 @@ pub async fn run_with(
     };
     let callers = Callers::from_settings(&settings.auth).map_err(ServerError::Setup)?;
     let auth = AuthLayer::new(callers);
+    let budget = Arc::new(Budget::from_settings(&settings.limits));
     // With an admin listener, admin calls are answered there only.
     let admin_serving = match listeners.admin {
         Some(admin) => {
             let mut drained = drain_started.clone();
-            let serving = grpc_builder(settings, &metrics, auth.clone())?
+            let serving = grpc_builder(settings, &metrics, auth.clone(), &budget)?
                 .add_service(health_service.clone())
                 .add_service(ModelsServer::new(ModelsService::new(Arc::clone(&registry))))
                 .serve_with_incoming_shutdown(without_nagle(admin), async move {
@@ -342,14 +344,24 @@ pub async fn run_with(
         Arc::clone(&registry),
         settings.ingest.max_batch_events,
     ));
-    let rest = serve_rest(listeners.http, &inference, settings, drain_started.clone())?;
-    let serving = grpc_builder(settings, &metrics, main_auth)?
+    let rest = serve_rest(
+        listeners.http,
+        &inference,
+        settings,
+        &budget,
+        drain_started.clone(),
+    )?;
+    let serving = grpc_builder(settings, &metrics, main_auth, &budget)?
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_v1alpha)
         .add_service(
-            IngestServer::new(IngestService::new(Arc::clone(&store), drain))
-                .max_decoding_message_size(max_message),
+            IngestServer::new(IngestService::new(
+                Arc::clone(&store),
+                drain,
+                Arc::clone(&budget),
+            ))
+            .max_decoding_message_size(max_message),
         )
         .add_service(
             FeaturesServer::new(FeaturesService::new(Arc::clone(&store)))
@@ -412,6 +424,7 @@ pub(crate) fn serve_rest(
     listener: Option<TcpListener>,
     inference: &Arc<InferenceService>,
     settings: &Settings,
+    budget: &Arc<Budget>,
     mut stopped: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Option<tokio::task::JoinHandle<()>>, ServerError> {
     let Some(listener) = listener else {
@@ -422,13 +435,19 @@ pub(crate) fn serve_rest(
         Arc::clone(inference),
         Arc::new(callers),
         settings.ingest.max_message_bytes,
+        Arc::clone(budget),
     );
-    tracing::info!(addr = ?listener.local_addr().ok(), "REST (Open Inference Protocol) on /v2");
+    let doors = crate::api::rest::Doors::from_settings(&settings.http);
+    tracing::info!(
+        addr = ?listener.local_addr().ok(),
+        max_connections = doors.max_connections,
+        "REST (Open Inference Protocol) on /v2"
+    );
     Ok(Some(tokio::spawn(async move {
         let shutdown = async move {
             let _ = stopped.wait_for(|stop| *stop).await;
         };
-        if let Err(error) = crate::api::rest::serve(listener, router, shutdown).await {
+        if let Err(error) = crate::api::rest::serve(listener, router, doors, shutdown).await {
             tracing::error!(%error, "REST listener failed");
         }
     })))
@@ -457,13 +476,26 @@ pub(crate) fn reflection_services() -> Result<
 
 /// The layers every gRPC listener shares, innermost last: tonic's decoder refusals get
 /// the promised codes, every call is counted (with its caller), callers are checked.
-type Layers = Stack<AuthLayer, Stack<MetricsLayer, Stack<SizeRefusalLayer, Identity>>>;
+/// Callers are checked before anything is charged to the budget.
+type Layers =
+    Stack<BudgetLayer, Stack<AuthLayer, Stack<MetricsLayer, Stack<SizeRefusalLayer, Identity>>>>;
+
+/// Bytes a gRPC call holds per byte of its message while it is decoded and converted
+/// (the buffered message, its prost structs, the domain copy). Measured on IngestBatch
+/// and ModelInfer bodies of 4 MiB (see `tests/load_bounds.rs`).
+pub(crate) const GRPC_DECODE_INFLATION: usize = 4;
+
+/// Calls that charge their own bytes to the budget, batch by batch.
+fn self_charging(path: &str) -> bool {
+    path == "/streamscore.v1.Ingest/IngestStream"
+}
 
 /// A gRPC server builder with TLS, keepalive, limits, tracing and the shared layers.
 pub(crate) fn grpc_builder(
     settings: &Settings,
     metrics: &Arc<Metrics>,
     auth: AuthLayer,
+    budget: &Arc<Budget>,
 ) -> Result<Server<Layers>, ServerError> {
     let mut builder = Server::builder();
     if let Some(tls) = tls_config(&settings.tls)? {
@@ -480,7 +512,12 @@ pub(crate) fn grpc_builder(
         .trace_fn(|request| tracing::info_span!("grpc", method = %request.uri().path()))
         .layer(SizeRefusalLayer)
         .layer(MetricsLayer::new(Arc::clone(metrics)))
-        .layer(auth))
+        .layer(auth)
+        .layer(BudgetLayer::new(
+            Arc::clone(budget),
+            GRPC_DECODE_INFLATION,
+            self_charging,
+        )))
 }
 
 /// How long a client may take over the TLS handshake before the connection is dropped.

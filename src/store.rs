@@ -28,6 +28,9 @@ pub enum StoreError {
     Lock(#[from] crate::datadir::LockError),
     #[error("batch has {got} events; at most {max} are allowed")]
     BatchTooLarge { got: usize, max: usize },
+    /// The blocking thread that applied a batch panicked.
+    #[error("applying the batch failed: {0}")]
+    Task(String),
 }
 
 /// The ack of one batch: what was applied, what was a repeat, what was refused and why.
@@ -88,6 +91,10 @@ pub struct FeatureStore {
     _lock: crate::datadir::DataDirLock,
     /// Answers of recorded calls by event id, for their retries.
     answers: crate::answers::RecentAnswers,
+    /// Whose turn it is at the engine writer, among async callers: they wait here
+    /// (yielding) rather than on the writer's mutex (blocking a runtime thread while a
+    /// 10,000-event batch is applied).
+    writer_turn: tokio::sync::Mutex<()>,
 }
 
 impl FeatureStore {
@@ -166,6 +173,7 @@ impl FeatureStore {
             invalid_events: Default::default(),
             _lock: lock,
             answers: crate::answers::RecentAnswers::new(settings.ingest.recorded_answers),
+            writer_turn: tokio::sync::Mutex::new(()),
         };
         Ok((store, report))
     }
@@ -178,6 +186,35 @@ impl FeatureStore {
     pub async fn ingest(&self, events: &[RawEvent]) -> Result<BatchOutcome, StoreError> {
         let submitted = self.submit(events)?;
         self.wait_durable(submitted).await
+    }
+
+    /// [`FeatureStore::ingest`] off the request runtime: the batch is validated and
+    /// applied on a blocking thread once it is this caller's turn at the writer, so a
+    /// `Score` never waits behind a batch it does not read.
+    pub async fn ingest_off_runtime(
+        self: &Arc<Self>,
+        events: Vec<RawEvent>,
+    ) -> Result<BatchOutcome, StoreError> {
+        let submitted = self.submit_off_runtime(events).await?;
+        self.wait_durable(submitted).await
+    }
+
+    /// [`FeatureStore::submit`] on a blocking thread, in turn with the other async
+    /// submitters (so batches of one caller keep their order).
+    pub async fn submit_off_runtime(
+        self: &Arc<Self>,
+        events: Vec<RawEvent>,
+    ) -> Result<Submitted, StoreError> {
+        let _turn = self.writer_turn.lock().await;
+        let store = Arc::clone(self);
+        tokio::task::spawn_blocking(move || store.submit(&events))
+            .await
+            .map_err(|join| StoreError::Task(join.to_string()))?
+    }
+
+    /// The outcome a submitted batch will be acked with, before it is durable.
+    pub fn outcome_of(submitted: &Submitted) -> &BatchOutcome {
+        &submitted.outcome
     }
 
     /// Waits until a submitted batch is durable and returns its outcome (the ack).
@@ -205,11 +242,15 @@ impl FeatureStore {
     /// A retry (every event already admitted) is not read again: its features would
     /// count its first attempt. `read` is told so ([`Attempt::Repeat`]) and answers from
     /// [`FeatureStore::recall_answer`], or fails.
-    pub fn read_then_submit<T, E>(
+    ///
+    /// Async callers wait for their turn at the writer without holding a runtime
+    /// thread; the read and the one event's apply are short and run inline.
+    pub async fn read_then_submit<T, E>(
         &self,
         events: &[RawEvent],
         read: impl FnOnce(&EngineView<'_>, Attempt) -> Result<T, E>,
     ) -> Result<Result<(T, Submitted), E>, StoreError> {
+        let _turn = self.writer_turn.lock().await;
         let validated = self.validate_batch(events)?;
         let mut writer = self.engine.writer();
         let repeat = !validated.is_empty()

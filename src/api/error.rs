@@ -17,7 +17,9 @@ impl From<StoreError> for Status {
             StoreError::Log(LogError::WriterFailed | LogError::Stalled) => {
                 Status::unavailable(error.to_string())
             }
-            StoreError::Log(_) | StoreError::Lock(_) => Status::internal(error.to_string()),
+            StoreError::Log(_) | StoreError::Lock(_) | StoreError::Task(_) => {
+                Status::internal(error.to_string())
+            }
         }
     }
 }

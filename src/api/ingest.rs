@@ -6,27 +6,31 @@ use std::sync::Arc;
 
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use super::budget::Budget;
 use super::convert::ack;
 use super::pb::{self, ingest_server::Ingest};
 use crate::events::RawEvent;
-use crate::store::FeatureStore;
+use crate::store::{BatchOutcome, FeatureStore};
 
 /// Batches a stream may have in flight (applied, waiting to be durable) before the server
 /// stops reading more from it.
 const STREAM_WINDOW: usize = 64;
 /// Acks a stream may have waiting for a client that does not read them.
 const ACK_WINDOW: usize = 4;
-/// Bytes of batches read from one stream whose acks have not been handed on yet. A
-/// producer that never reads its acks stops being read once this is taken (HTTP/2 flow
-/// control then holds it back), so it pins at most this much plus [`ACK_WINDOW`] acks.
-pub const STREAM_PENDING_BYTES: usize = 8 << 20;
-/// The same, over all streams together.
-pub const PENDING_BYTES: usize = 256 << 20;
+/// Bytes one stream may hold for batches read but not yet acked: each batch's message
+/// and then its ack (which can be 10x the batch: a reason per refused event), until the
+/// ack is handed to the connection. A producer that never reads its acks stops being
+/// read once this is taken (HTTP/2 flow control then holds it back). Over all streams
+/// together the server-wide budget (`limits.inflight_bytes`) bounds them.
+pub const STREAM_PENDING_BYTES: usize = 4 << 20;
+
+/// Bytes an ack holds in memory per refused event, beyond its field and reason text.
+const ACK_BYTES_PER_REFUSAL: usize = 96;
 
 pub struct IngestService {
     store: Arc<FeatureStore>,
@@ -35,13 +39,24 @@ pub struct IngestService {
 }
 
 impl IngestService {
-    pub fn new(store: Arc<FeatureStore>, drain: Drain) -> IngestService {
+    /// Streams take their bytes from `budget`'s pool.
+    pub fn new(store: Arc<FeatureStore>, drain: Drain, budget: Arc<Budget>) -> IngestService {
         IngestService {
             store,
             drain,
-            pending_bytes: Arc::new(Semaphore::new(PENDING_BYTES)),
+            pending_bytes: Arc::clone(budget.bytes()),
         }
     }
+}
+
+/// What the ack of `outcome` holds in memory, about.
+fn ack_bytes(outcome: &BatchOutcome) -> usize {
+    outcome
+        .refused
+        .iter()
+        .map(|(_, refusal)| refusal.field.len() + refusal.reason.len() + ACK_BYTES_PER_REFUSAL)
+        .sum::<usize>()
+        + ACK_BYTES_PER_REFUSAL
 }
 
 /// Shutdown as open streams see it: once `draining` turns true they may go on for
@@ -79,7 +94,7 @@ impl Ingest for IngestService {
         request: Request<pb::IngestRequest>,
     ) -> Result<Response<pb::IngestAck>, Status> {
         let (batch_id, events) = to_raw(request.into_inner());
-        let outcome = self.store.ingest(&events).await?;
+        let outcome = self.store.ingest_off_runtime(events).await?;
         Ok(Response::new(ack(batch_id, outcome)))
     }
 
@@ -90,7 +105,8 @@ impl Ingest for IngestService {
         request: Request<Streaming<pb::IngestRequest>>,
     ) -> Result<Response<Self::IngestStreamStream>, Status> {
         let mut inbound = request.into_inner();
-        let (sender, receiver) = mpsc::channel::<Result<pb::IngestAck, Status>>(ACK_WINDOW);
+        let (sender, receiver) =
+            mpsc::channel::<(Result<pb::IngestAck, Status>, Option<Held>)>(ACK_WINDOW);
         let budget = Arc::clone(&self.pending_bytes);
         let stream_budget = Arc::new(Semaphore::new(STREAM_PENDING_BYTES));
         let store = Arc::clone(&self.store);
@@ -125,16 +141,22 @@ impl Ingest for IngestService {
                         break;
                     }
                 };
-                let cost =
-                    prost::Message::encoded_len(&request).clamp(1, STREAM_PENDING_BYTES) as u32;
-                let (Ok(stream_permit), Ok(permit)) = (
-                    Arc::clone(&stream_budget).acquire_many_owned(cost).await,
-                    Arc::clone(&budget).acquire_many_owned(cost).await,
-                ) else {
+                let cost = prost::Message::encoded_len(&request).clamp(1, STREAM_PENDING_BYTES);
+                let Some(mut held) = Held::take(&stream_budget, &budget, cost).await else {
                     break;
                 };
                 let (batch_id, events) = to_raw(request);
-                let submitted = store.submit(&events);
+                let submitted = store.submit_off_runtime(events).await;
+                // The ack's refusal reasons are known now: they count too, before the
+                // next batch is read.
+                if let Ok(submitted) = &submitted {
+                    let ack =
+                        ack_bytes(FeatureStore::outcome_of(submitted)).min(STREAM_PENDING_BYTES);
+                    match Held::take(&stream_budget, &budget, ack).await {
+                        Some(more) => held.merge(more),
+                        None => break,
+                    }
+                }
                 let store = Arc::clone(&store);
                 let done = tokio::spawn(async move {
                     let outcome = match submitted {
@@ -145,29 +167,49 @@ impl Ingest for IngestService {
                         .map(|outcome| ack(batch_id, outcome))
                         .map_err(Status::from)
                 });
-                if pending_tx
-                    .send((done, Some((stream_permit, permit))))
-                    .await
-                    .is_err()
-                {
+                if pending_tx.send((done, Some(held))).await.is_err() {
                     break;
                 }
             }
         });
         tokio::spawn(async move {
-            while let Some((done, permit)) = pending_rx.recv().await {
+            while let Some((done, held)) = pending_rx.recv().await {
                 let result = done.await.unwrap_or_else(|join| {
                     Err(Status::internal(format!("ingest task failed: {join}")))
                 });
                 let failed = result.is_err();
-                // The batch's bytes count until its ack is handed on.
-                let sent = sender.send(result).await;
-                drop(permit);
-                if sent.is_err() || failed {
+                // The batch's bytes count until its ack is taken by the connection.
+                if sender.send((result, held)).await.is_err() || failed {
                     break;
                 }
             }
         });
-        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+        let acks = ReceiverStream::new(receiver).map(|(ack, held)| {
+            drop(held);
+            ack
+        });
+        Ok(Response::new(Box::pin(acks)))
+    }
+}
+
+/// Bytes a stream holds of its own budget and of the server's.
+struct Held {
+    stream: OwnedSemaphorePermit,
+    server: OwnedSemaphorePermit,
+}
+
+impl Held {
+    /// Waits for `bytes` of both budgets; `None` once either is closed.
+    async fn take(stream: &Arc<Semaphore>, server: &Arc<Semaphore>, bytes: usize) -> Option<Held> {
+        let bytes = u32::try_from(bytes.max(1)).ok()?;
+        Some(Held {
+            stream: Arc::clone(stream).acquire_many_owned(bytes).await.ok()?,
+            server: Arc::clone(server).acquire_many_owned(bytes).await.ok()?,
+        })
+    }
+
+    fn merge(&mut self, other: Held) {
+        self.stream.merge(other.stream);
+        self.server.merge(other.server);
     }
 }

@@ -3,6 +3,7 @@
 //! Handlers stay thin: convert, call the store, convert back.
 
 pub mod auth;
+pub mod budget;
 pub mod client;
 mod convert;
 mod error;
@@ -13,6 +14,7 @@ pub mod metrics;
 mod models;
 pub mod prometheus;
 pub mod rest;
+mod rest_serve;
 mod scoring;
 mod v2;
 

@@ -10,21 +10,22 @@
 //! The metrics endpoint stays on its own port, so scrapes never queue behind inference
 //! and the two can be exposed to different networks.
 
-use std::future::Future;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Extension, Path, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
-use tokio::net::TcpListener;
 
 use super::InferenceService;
 use super::auth::Callers;
+use super::budget::{Budget, BudgetLayer, CallBudget, Refusal};
+pub use super::rest_serve::{Doors, serve};
 use crate::config::Role;
 use crate::inference::{Elements, ParamValue, Parameters, Tensor};
 
@@ -74,8 +75,18 @@ fn bad(message: impl Into<String>) -> Failure {
     Failure(tonic::Status::invalid_argument(message.into()))
 }
 
-/// The routes of the protocol, checked against `callers` as the gRPC calls are.
-pub fn router(inference: Arc<InferenceService>, callers: Arc<Callers>, max_body: usize) -> Router {
+/// Bytes a REST call holds per byte of its body while the JSON is parsed into a tree and
+/// converted to tensors (measured on 4 MB bodies of numbers: about 20x).
+pub const JSON_INFLATION: usize = 24;
+
+/// The routes of the protocol, checked against `callers` as the gRPC calls are, and
+/// charged to `budget` with the gRPC calls.
+pub fn router(
+    inference: Arc<InferenceService>,
+    callers: Arc<Callers>,
+    max_body: usize,
+    budget: Arc<Budget>,
+) -> Router {
     let door = Door { inference, callers };
     Router::new()
         .route(
@@ -96,20 +107,10 @@ pub fn router(inference: Arc<InferenceService>, callers: Arc<Callers>, max_body:
         )
         .route("/v2/models/{name}/infer", post(infer))
         .route("/v2/models/{name}/versions/{version}/infer", post(infer_at))
+        .layer(BudgetLayer::new(budget, JSON_INFLATION, |_| false))
         .layer(middleware::from_fn_with_state(door.clone(), authorize))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(door)
-}
-
-/// Serves `router` on `listener` until `shutdown` resolves.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
 }
 
 /// Health is open; inference needs the score role and metadata the read role, when
@@ -203,20 +204,49 @@ fn ready(door: &Door, name: &str, version: &str) -> Result<Response, Failure> {
 async fn infer(
     State(door): State<Door>,
     Path(name): Path<String>,
+    budget: Option<Extension<CallBudget>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Failure> {
-    run(&door, &name, "", &headers, body).await
+    let budget = budget.map(|Extension(budget)| budget);
+    let body = match read_body(budget.as_ref(), body) {
+        Ok(body) => body,
+        Err(refused) => return Ok(*refused),
+    };
+    run(&door, &name, "", &headers, body, budget.as_ref()).await
 }
 
 async fn infer_at(
     State(door): State<Door>,
     Path((name, version)): Path<(String, String)>,
+    budget: Option<Extension<CallBudget>>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, Failure> {
-    run(&door, &name, &version, &headers, body).await
+    let budget = budget.map(|Extension(budget)| budget);
+    let body = match read_body(budget.as_ref(), body) {
+        Ok(body) => body,
+        Err(refused) => return Ok(*refused),
+    };
+    run(&door, &name, &version, &headers, body, budget.as_ref()).await
 }
+
+/// The body, or why it could not be read: the budget's refusal (429) when it was one
+/// (a body without a length is charged as it arrives).
+fn read_body(
+    budget: Option<&CallBudget>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Bytes, Box<Response>> {
+    body.map_err(|rejection| {
+        Box::new(match budget.and_then(CallBudget::refusal) {
+            Some(refused) => <axum::body::Body as Refusal>::refusal(&refused),
+            None => rejection.into_response(),
+        })
+    })
+}
+
+/// Memory an answer takes per byte while it is built as a JSON tree and written.
+const JSON_ANSWER_INFLATION: u64 = 8;
 
 async fn run(
     door: &Door,
@@ -224,6 +254,7 @@ async fn run(
     version: &str,
     headers: &HeaderMap,
     body: Bytes,
+    budget: Option<&CallBudget>,
 ) -> Result<Response, Failure> {
     // With the binary extension the JSON is only the body's first part.
     let (header, mut binary) = match headers.get(HEADER_LENGTH) {
@@ -275,7 +306,17 @@ async fn run(
     let parameters = parameters(object.get("parameters"), &requested)?;
     let (model, outputs) = door
         .inference
-        .infer(name, version, &tensors, &requested, parameters)
+        .infer(
+            name,
+            version,
+            &tensors,
+            &requested,
+            parameters,
+            super::v2::AnswerBudget {
+                budget,
+                inflation: JSON_ANSWER_INFLATION,
+            },
+        )
         .await?;
     let mut answer = json!({
         "model_name": model.name(),

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::Backend;
+use super::budget::CallBudget;
 use super::v2pb::{self, grpc_inference_service_server::GrpcInferenceService};
 use crate::inference::{
     self, Elements, InferError, ParamValue, Parameters, Rows, Signature, Tensor,
@@ -23,6 +24,15 @@ pub const SERVER_NAME: &str = "streamscore";
 
 /// A model, its signature and every version of it loaded.
 pub(crate) type Described = (Arc<LoadedModel>, Arc<Signature>, Vec<u32>);
+
+/// Where an answer's estimated size is charged, and what building it costs per byte.
+pub(crate) struct AnswerBudget<'a> {
+    pub budget: Option<&'a CallBudget>,
+    pub inflation: u64,
+}
+
+/// Memory an answer takes per byte while it is built as protobuf tensors and encoded.
+const PROTOBUF_ANSWER_INFLATION: u64 = 2;
 
 pub struct InferenceService {
     backend: Backend,
@@ -84,7 +94,8 @@ impl InferenceService {
     }
 
     /// Runs `model_name` (at `version`, empty: the one served) on `inputs`: the rows
-    /// checked and scored, the outputs asked for. Both transports call this.
+    /// checked, the answer's size charged to the call (refused up front when too big),
+    /// the rows scored, the outputs asked for. Both transports call this.
     pub(crate) async fn infer(
         &self,
         model_name: &str,
@@ -92,6 +103,7 @@ impl InferenceService {
         inputs: &[Tensor],
         requested: &[String],
         parameters: Parameters,
+        answer: AnswerBudget<'_>,
     ) -> Result<(Arc<LoadedModel>, Vec<Tensor>), Status> {
         let model = self.model(model_name, version)?;
         if model.rules().is_some() {
@@ -99,6 +111,13 @@ impl InferenceService {
         }
         let signature = self.signature(&model)?;
         let mut rows = inference::prepare(&signature, inputs, self.max_rows)?;
+        if let Some(budget) = answer.budget {
+            let bytes =
+                inference::answer_bytes(&signature, requested, rows.len(), parameters.reasons);
+            budget
+                .charge_answer(bytes, answer.inflation)
+                .map_err(|refused| Status::resource_exhausted(refused.to_string()))?;
+        }
         if let Some(time) = parameters.event_time_ms {
             rows.at(time);
         }
@@ -374,6 +393,7 @@ impl GrpcInferenceService for InferenceService {
         &self,
         request: Request<v2pb::ModelInferRequest>,
     ) -> Result<Response<v2pb::ModelInferResponse>, Status> {
+        let budget = request.extensions().get::<CallBudget>().cloned();
         let mut request = request.into_inner();
         let raw = !request.raw_input_contents.is_empty();
         let inputs = tensors(&mut request)?;
@@ -386,6 +406,10 @@ impl GrpcInferenceService for InferenceService {
                 &inputs,
                 &requested,
                 parameters,
+                AnswerBudget {
+                    budget: budget.as_ref(),
+                    inflation: PROTOBUF_ANSWER_INFLATION,
+                },
             )
             .await?;
         let mut response = v2pb::ModelInferResponse {

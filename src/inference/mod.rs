@@ -354,6 +354,40 @@ fn names(signature: &Signature) -> String {
         .join(", ")
 }
 
+/// Bytes one reason takes in an answer, about: its JSON object (feature name, value and
+/// contribution at full precision) and the tensor's per-element overhead.
+pub const REASON_BYTES: u64 = 128;
+
+/// Bytes a number or a decision takes per row in an answer, with per-element overhead.
+const ELEMENT_BYTES: u64 = 24;
+
+/// What the answer to `rows` rows will take, about, from the request's shape alone (the
+/// outputs [`outputs`] will give, and `reasons` per row), so a call can be refused before
+/// any work.
+pub fn answer_bytes(
+    signature: &Signature,
+    requested: &[String],
+    rows: usize,
+    reasons: usize,
+) -> u64 {
+    let per_row = |name: &str| match name {
+        "reasons" => ELEMENT_BYTES + reasons as u64 * REASON_BYTES,
+        _ => ELEMENT_BYTES,
+    };
+    let per_row: u64 = if requested.is_empty() {
+        signature
+            .outputs
+            .iter()
+            .map(|s| s.name.as_str())
+            .filter(|name| *name != "reasons" || reasons > 0)
+            .map(per_row)
+            .sum()
+    } else {
+        requested.iter().map(|name| per_row(name)).sum()
+    };
+    per_row.saturating_mul(rows as u64)
+}
+
 /// The answer's tensors for `scored` (one per row): every output of the signature but
 /// `reasons` unless `requested` names some (then those, in that order), and `reasons`
 /// too when `reasons` is not 0.

@@ -474,7 +474,7 @@ fn apply_flow(consumer: &SourceConsumer, flow: Flow<Partition>) -> Result<(), Ka
 
 /// Applies released records, dead-letters the refused ones, then commits.
 async fn apply(
-    store: &FeatureStore,
+    store: &Arc<FeatureStore>,
     settings: &KafkaSettings,
     consumer: &SourceConsumer,
     dead_letters: &FutureProducer,
@@ -506,7 +506,7 @@ async fn apply(
         messages.push(message);
     }
     // Resolves once the accepted events are durable in the local log.
-    let outcome = store.ingest(&events).await?;
+    let outcome = store.ingest_off_runtime(events).await?;
     for (index, refusal) in outcome.refused {
         let kind = match refusal.kind {
             RefusalKind::Invalid => "invalid",

@@ -258,8 +258,8 @@ pub async fn score(
     if !input.record {
         return store.with_engine(score_now);
     }
-    let (mut scored, submitted) =
-        store.read_then_submit(std::slice::from_ref(event), |engine, attempt| {
+    let (mut scored, submitted) = store
+        .read_then_submit(std::slice::from_ref(event), |engine, attempt| {
             match attempt {
                 Attempt::First => {
                     let scored = score_now(engine)?;
@@ -275,7 +275,8 @@ pub async fn score(
                         event_id: event.event_id.clone(),
                     }),
             }
-        })??;
+        })
+        .await??;
     scored.recorded = Some(store.wait_durable(submitted).await?);
     Ok(scored)
 }
