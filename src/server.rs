@@ -320,6 +320,7 @@ pub async fn run_with(
     let callers = Callers::from_settings(&settings.auth).map_err(ServerError::Setup)?;
     let auth = AuthLayer::new(callers);
     let budget = Arc::new(Budget::from_settings(&settings.limits));
+    let give_back = tokio::spawn(crate::api::give_back::after_load(Arc::clone(&budget)));
     // With an admin listener, admin calls are answered there only.
     let admin_serving = match listeners.admin {
         Some(admin) => {
@@ -404,6 +405,7 @@ pub async fn run_with(
     #[cfg(feature = "kafka")]
     kafka.join().await;
     maintenance.abort();
+    give_back.abort();
     watcher.abort();
     scoring_health.abort();
     ingest_health.abort();

@@ -49,6 +49,8 @@ pub struct Budget {
     bytes: Arc<Semaphore>,
     max_bytes: usize,
     max_answer_bytes: u64,
+    /// The most bytes charged at once since it was last taken.
+    high_water: std::sync::atomic::AtomicUsize,
 }
 
 impl Budget {
@@ -61,7 +63,14 @@ impl Budget {
             bytes: Arc::new(Semaphore::new(max_bytes)),
             max_bytes,
             max_answer_bytes,
+            high_water: Default::default(),
         }
+    }
+
+    /// The most bytes charged at once since the last call (at least those charged now).
+    pub fn take_high_water(&self) -> usize {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.high_water.swap(0, Relaxed).max(self.bytes_in_use())
     }
 
     pub fn from_settings(limits: &crate::config::LimitSettings) -> Budget {
@@ -97,10 +106,12 @@ impl Budget {
             max: self.max_bytes,
         };
         let asked = u32::try_from(bytes).map_err(|_| refused())?;
-        Arc::clone(&self.bytes)
+        let permit = Arc::clone(&self.bytes)
             .try_acquire_many_owned(asked)
-            .map(Some)
-            .map_err(|_| refused())
+            .map_err(|_| refused())?;
+        self.high_water
+            .fetch_max(self.bytes_in_use(), std::sync::atomic::Ordering::Relaxed);
+        Ok(Some(permit))
     }
 
     fn try_call(&self) -> Result<OwnedSemaphorePermit, Exhausted> {

@@ -22,15 +22,23 @@ use crate::store::{BatchOutcome, FeatureStore};
 const STREAM_WINDOW: usize = 64;
 /// Acks a stream may have waiting for a client that does not read them.
 const ACK_WINDOW: usize = 4;
-/// Bytes one stream may hold for batches read but not yet acked: each batch's message
-/// and then its ack (which can be 10x the batch: a reason per refused event), until the
-/// ack is handed to the connection. A producer that never reads its acks stops being
+/// Bytes one stream may hold for batches read but not yet acked: each batch while it
+/// is decoded and applied, then its ack (which can be 10x the batch's encoding: a reason
+/// per refused event) until the ack is handed to the connection. A producer that never reads its acks stops being
 /// read once this is taken (HTTP/2 flow control then holds it back). Over all streams
 /// together the server-wide budget (`limits.inflight_bytes`) bounds them.
-pub const STREAM_PENDING_BYTES: usize = 4 << 20;
+pub const STREAM_PENDING_BYTES: usize = 2 << 20;
+
+/// Room taken for a batch before it is read and decoded (more is taken once its size is
+/// known).
+const READ_ALLOWANCE: usize = 512 << 10;
 
 /// Bytes an ack holds in memory per refused event, beyond its field and reason text.
 const ACK_BYTES_PER_REFUSAL: usize = 96;
+
+/// Bytes a decoded event holds beyond its encoding (its struct, maps and allocations):
+/// a batch of small events takes 20x its encoded size once decoded.
+const DECODED_EVENT_BYTES: usize = std::mem::size_of::<pb::Event>() + 64;
 
 pub struct IngestService {
     store: Arc<FeatureStore>,
@@ -118,8 +126,14 @@ impl Ingest for IngestService {
         tokio::spawn(async move {
             tokio::pin!(deadline);
             loop {
-                let next = tokio::select! {
-                    next = inbound.next() => next,
+                // A batch is decoded as it is read, so room for one is taken first: a
+                // stream whose acks are not taken stops being read here.
+                let reading = async {
+                    let reading = Held::take(&stream_budget, &budget, READ_ALLOWANCE).await;
+                    (reading, inbound.next().await)
+                };
+                let (reading, next) = tokio::select! {
+                    next = reading => next,
                     () = &mut deadline => {
                         let status = Status::unavailable(
                             "the server is shutting down: this stream's drain time is over; reconnect to another server or retry later (every acked batch is durable)",
@@ -130,7 +144,9 @@ impl Ingest for IngestService {
                         break;
                     }
                 };
-                let Some(next) = next else { break };
+                let (Some(reading), Some(next)) = (reading, next) else {
+                    break;
+                };
                 let request = match next {
                     Ok(request) => request,
                     Err(status) => {
@@ -141,22 +157,28 @@ impl Ingest for IngestService {
                         break;
                     }
                 };
-                let cost = prost::Message::encoded_len(&request).clamp(1, STREAM_PENDING_BYTES);
-                let Some(mut held) = Held::take(&stream_budget, &budget, cost).await else {
+                let cost = (prost::Message::encoded_len(&request)
+                    + request.events.len() * DECODED_EVENT_BYTES)
+                    .min(STREAM_PENDING_BYTES);
+                let Some(decoding) =
+                    Held::take(&stream_budget, &budget, cost.saturating_sub(READ_ALLOWANCE)).await
+                else {
                     break;
                 };
                 let (batch_id, events) = to_raw(request);
                 let submitted = store.submit_off_runtime(events).await;
-                // The ack's refusal reasons are known now: they count too, before the
-                // next batch is read.
-                if let Ok(submitted) = &submitted {
-                    let ack =
-                        ack_bytes(FeatureStore::outcome_of(submitted)).min(STREAM_PENDING_BYTES);
-                    match Held::take(&stream_budget, &budget, ack).await {
-                        Some(more) => held.merge(more),
-                        None => break,
-                    }
-                }
+                // The batch is applied and gone; what waits now is its ack, whose refusal
+                // reasons are known: they are what counts until the ack is taken.
+                drop((reading, decoding));
+                let ack_cost = match &submitted {
+                    Ok(submitted) => ack_bytes(FeatureStore::outcome_of(submitted)),
+                    Err(_) => 0,
+                };
+                let Some(held) =
+                    Held::take(&stream_budget, &budget, ack_cost.min(STREAM_PENDING_BYTES)).await
+                else {
+                    break;
+                };
                 let store = Arc::clone(&store);
                 let done = tokio::spawn(async move {
                     let outcome = match submitted {
@@ -201,15 +223,10 @@ struct Held {
 impl Held {
     /// Waits for `bytes` of both budgets; `None` once either is closed.
     async fn take(stream: &Arc<Semaphore>, server: &Arc<Semaphore>, bytes: usize) -> Option<Held> {
-        let bytes = u32::try_from(bytes.max(1)).ok()?;
+        let bytes = u32::try_from(bytes).ok()?;
         Some(Held {
             stream: Arc::clone(stream).acquire_many_owned(bytes).await.ok()?,
             server: Arc::clone(server).acquire_many_owned(bytes).await.ok()?,
         })
-    }
-
-    fn merge(&mut self, other: Held) {
-        self.stream.merge(other.stream);
-        self.server.merge(other.server);
     }
 }

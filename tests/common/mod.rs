@@ -320,15 +320,19 @@ fn spawn_for_line(
     env: &[(&str, &str)],
     ready: &str,
 ) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_streamscore"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_streamscore"));
+    command
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
         .args(args)
+        .env("RUST_LOG", "info");
+    // Any free port unless the test chose one: a fixed one could be taken by another
+    // server on the machine.
+    for key in ["STREAMSCORE__METRICS__LISTEN", "STREAMSCORE__HTTP__LISTEN"] {
+        command.env(key, "127.0.0.1:0");
+    }
+    let mut child = command
         .envs(env.iter().copied())
-        .env("RUST_LOG", "info")
-        // Any free port: a fixed one could be taken by another server on the machine.
-        .env("STREAMSCORE__METRICS__LISTEN", "127.0.0.1:0")
-        .env("STREAMSCORE__HTTP__LISTEN", "127.0.0.1:0")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
