@@ -216,8 +216,8 @@ impl Ingest for IngestService {
 
 /// Bytes a stream holds of its own budget and of the server's.
 struct Held {
-    stream: OwnedSemaphorePermit,
-    server: OwnedSemaphorePermit,
+    _stream: OwnedSemaphorePermit,
+    _server: OwnedSemaphorePermit,
 }
 
 impl Held {
@@ -225,8 +225,8 @@ impl Held {
     async fn take(stream: &Arc<Semaphore>, server: &Arc<Semaphore>, bytes: usize) -> Option<Held> {
         let bytes = u32::try_from(bytes).ok()?;
         Some(Held {
-            stream: Arc::clone(stream).acquire_many_owned(bytes).await.ok()?,
-            server: Arc::clone(server).acquire_many_owned(bytes).await.ok()?,
+            _stream: Arc::clone(stream).acquire_many_owned(bytes).await.ok()?,
+            _server: Arc::clone(server).acquire_many_owned(bytes).await.ok()?,
         })
     }
 }
