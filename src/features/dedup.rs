@@ -5,7 +5,10 @@
 //! high rate is millions of entries: one retain over all of them stalled the engine for
 //! 0.4 s). Measured: 57 bytes per id held (`DEDUP_IDS=10000000 cargo bench --bench memory`).
 
-use rustc_hash::FxHashMap;
+use std::hash::BuildHasher;
+use std::sync::LazyLock;
+
+use hashbrown::{DefaultHashBuilder, HashMap};
 use serde::{Deserialize, Serialize};
 
 /// Shards of the id set.
@@ -13,7 +16,7 @@ pub const DEDUP_SHARDS: usize = 256;
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 pub struct DedupShard {
-    seen: FxHashMap<u128, i64>,
+    seen: HashMap<u128, i64, DefaultHashBuilder>,
     prune_at: usize,
 }
 
@@ -38,8 +41,13 @@ impl Default for Dedup {
     }
 }
 
+/// Chooses shards, seeded at random per process: event ids come from callers, and the
+/// FNV hash they are kept as is unkeyed, so its bits alone would let crafted ids pile
+/// into one shard. Snapshots are re-sharded on restore for this reason.
+static SHARD_HASHER: LazyLock<DefaultHashBuilder> = LazyLock::new(DefaultHashBuilder::default);
+
 fn shard_of(id: u128) -> usize {
-    (id >> (128 - DEDUP_SHARDS.trailing_zeros())) as usize
+    (SHARD_HASHER.hash_one(id) >> (64 - DEDUP_SHARDS.trailing_zeros())) as usize
 }
 
 impl Dedup {
@@ -69,8 +77,17 @@ impl Dedup {
         &self.shards[index]
     }
 
-    pub fn set_shard(&mut self, index: usize, shard: DedupShard) {
-        self.shards[index] = shard;
+    /// Puts the ids of a shard from a snapshot where this process's keyed hash puts
+    /// them (another process chose its shards with another key).
+    pub fn restore_shard(&mut self, shard: DedupShard) {
+        for (id, time) in shard.seen {
+            let into = &mut self.shards[shard_of(id)];
+            let kept = into.seen.entry(id).or_insert(time);
+            *kept = (*kept).max(time);
+        }
+        for shard in &mut self.shards {
+            shard.prune_at = (shard.seen.len() * 2).max(1 << 10);
+        }
     }
 
     pub fn len(&self) -> usize {

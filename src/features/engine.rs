@@ -201,26 +201,22 @@ impl Engine {
             return Err("its entity tables do not match the definitions".into());
         }
         for table in &mut engine.tables {
-            for index in 0..header.shards as usize {
+            for _ in 0..header.shards {
                 let (shard, after): (EntityTable, _) =
                     postcard::take_from_bytes(rest).map_err(undecodable)?;
                 rest = after;
-                if header.shards as usize == SHARDS {
-                    table.set_shard(index, shard);
-                } else {
-                    // Taken by a build with another shard count: each entity goes to
-                    // the shard its id hashes to now.
-                    for (id, state) in shard {
-                        table.shard_of_mut(&id).insert(id, state);
-                    }
+                // Shards are chosen by a hash keyed per process: each entity goes to
+                // the shard its id hashes to now.
+                for (id, state) in shard {
+                    table.shard_of_mut(&id).insert(id, state);
                 }
             }
         }
         let dedup = engine.writer.get_mut();
-        for index in 0..DEDUP_SHARDS {
+        for _ in 0..DEDUP_SHARDS {
             let (shard, after): (DedupShard, _) =
                 postcard::take_from_bytes(rest).map_err(undecodable)?;
-            dedup.set_shard(index, shard);
+            dedup.restore_shard(shard);
             rest = after;
         }
         if !rest.is_empty() {

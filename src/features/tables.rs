@@ -5,9 +5,10 @@
 //! shards, never for a whole batch or walk.
 
 use std::hash::BuildHasher;
+use std::sync::LazyLock;
 
+use hashbrown::DefaultHashBuilder;
 use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
-use rustc_hash::FxBuildHasher;
 
 use super::state::EntityState;
 
@@ -19,8 +20,14 @@ use super::state::EntityState;
 pub const SHARDS: usize = 16384;
 
 /// One shard. hashbrown for `entry_ref`: one lookup per event, and the key is allocated
-/// only when the entity is new.
-pub type EntityTable = hashbrown::HashMap<Box<str>, EntityState, FxBuildHasher>;
+/// only when the entity is new. Its hasher is seeded per process (foldhash), like the
+/// shard choice: ids come from callers, and with an unkeyed hash (FxHash, before) crafted
+/// device or ip ids all landed in one shard and one probe chain, under the writer lock.
+pub type EntityTable = hashbrown::HashMap<Box<str>, EntityState, DefaultHashBuilder>;
+
+/// Chooses shards; seeded at random once per process, so which ids share a shard
+/// cannot be known from outside. Snapshots are re-sharded on restore for this reason.
+static SHARD_HASHER: LazyLock<DefaultHashBuilder> = LazyLock::new(DefaultHashBuilder::default);
 
 #[derive(Debug)]
 pub struct ShardedTable {
@@ -38,12 +45,9 @@ impl Default for ShardedTable {
 }
 
 impl ShardedTable {
-    /// The shard an id lives in: the top bits of its hash, mixed (FxHash's low bits pick
-    /// the bucket inside the shard).
+    /// The shard an id lives in: the top bits of its keyed hash.
     fn shard_of(id: &str) -> usize {
-        let hash = FxBuildHasher
-            .hash_one(id)
-            .wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let hash = SHARD_HASHER.hash_one(id);
         (hash >> (64 - SHARDS.trailing_zeros())) as usize
     }
 
@@ -70,12 +74,51 @@ impl ShardedTable {
         self.shards[index].write()
     }
 
-    /// Puts a restored shard in place.
-    pub fn set_shard(&mut self, index: usize, shard: EntityTable) {
-        *self.shards[index].get_mut() = shard;
-    }
-
     pub fn len(&self) -> usize {
         self.shards.iter().map(|shard| shard.read().len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The most ids of `ids` that share one shard.
+    fn fullest_shard<'a>(ids: impl Iterator<Item = &'a str>) -> usize {
+        let mut counts = vec![0usize; SHARDS];
+        for id in ids {
+            counts[ShardedTable::shard_of(id)] += 1;
+        }
+        counts.into_iter().max().unwrap_or(0)
+    }
+
+    #[test]
+    fn ids_crafted_for_one_shard_spread_like_random_ones() {
+        // The attacker's model of the unkeyed choice this replaced: FxHash, mixed, top
+        // 14 bits. 10,000 ids that all land in its shard 0.
+        let unkeyed = |id: &str| {
+            rustc_hash::FxBuildHasher
+                .hash_one(id)
+                .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                >> (64 - SHARDS.trailing_zeros())
+        };
+        let mut crafted = Vec::with_capacity(10_000);
+        let mut n = 0u64;
+        while crafted.len() < 10_000 {
+            let id = format!("device-{n:016x}");
+            if unkeyed(&id) == 0 {
+                crafted.push(id);
+            }
+            n += 1;
+        }
+        let random: Vec<String> = (0..10_000u64)
+            .map(|i| format!("device-{:016x}", i.wrapping_mul(0x2545_f491_4f6c_dd1d)))
+            .collect();
+        let crafted_max = fullest_shard(crafted.iter().map(String::as_str));
+        let random_max = fullest_shard(random.iter().map(String::as_str));
+        eprintln!("fullest shard: crafted {crafted_max}, random {random_max} of 10,000 ids");
+        // 10,000 ids over 16,384 shards: a few share the fullest one either way.
+        assert!(crafted_max <= 8, "{crafted_max} crafted ids in one shard");
+        assert!(random_max <= 8, "{random_max} random ids in one shard");
     }
 }
