@@ -3,9 +3,11 @@
 //! of `streamscore loadtest` (a second runtime, same 2 cores) for the README's
 //! targets: `Score` at 32 in flight, the same payment through the Open Inference
 //! Protocol (gRPC `ModelInfer` and REST `infer`) beside it, one client in a loop,
-//! `ScoreCandidates` with 100 candidates, and durable ingest of 100-event batches.
+//! `ScoreCandidates` with 100 candidates, and durable ingest of 100-event batches; then
+//! `Score` p99 alone and beside 2 clients sending 10,000-event batches back to back.
 //!
-//! `cargo bench --bench score_load` (env: SECONDS=10 per run).
+//! `cargo bench --bench score_load` (env: SECONDS=10 per run; BESIDE_ONLY=1 for the
+//! last table alone).
 
 use std::time::Duration;
 
@@ -129,9 +131,15 @@ fn main() {
                 100,
             ),
         ];
+        // BESIDE_ONLY=1: only the last table (Score beside heavy ingest).
+        let runs = if std::env::var_os("BESIDE_ONLY").is_some() {
+            &runs[..0]
+        } else {
+            &runs[..]
+        };
         println!("| run | requests/s | p50 | p99 | p99.9 | errors |");
         println!("|---|---|---|---|---|---|");
-        for (name, call, concurrency, model, batch) in runs {
+        for &(name, call, concurrency, model, batch) in runs {
             let spec = LoadSpec {
                 call,
                 concurrency,
@@ -148,6 +156,67 @@ fn main() {
                 .expect("load runs");
             println!("{}", report.table_row(&[name]));
         }
+
+        // Score beside heavy ingest: 2 clients sending 10,000-event IngestBatch calls
+        // back to back. The writer applies batches on blocking threads, so a Score (at
+        // a steady 2,000/s, 8 in flight) should not wait behind a batch it does not read.
+        // Score alone before and after, the same run.
+        let spec = |call, concurrency, rate, model: &str, batch| LoadSpec {
+            call,
+            concurrency,
+            connections: 2,
+            duration: Duration::from_secs(seconds),
+            rate,
+            model: model.to_string(),
+            batch,
+            sim: sim.clone(),
+        };
+        let score = spec(Call::Score, 8, Some(2_000.0), "fraud", 1);
+        let ingest = spec(Call::Ingest, 2, None, "", 10_000);
+        let options = Default::default();
+        let alone = loadtest::run(&url, &options, &score)
+            .await
+            .expect("load runs");
+        // The ingest clients are other processes in life: a runtime of their own here,
+        // so building their 10,000-event messages does not delay the Score client.
+        let ingest_url = url.clone();
+        let ingesting = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("ingest clients' runtime")
+                .block_on(async {
+                    loadtest::run(&ingest_url, &Default::default(), &ingest).await
+                })
+        });
+        let beside = loadtest::run(&url, &options, &score)
+            .await
+            .expect("load runs");
+        let ingesting = ingesting
+            .join()
+            .expect("ingest clients")
+            .expect("load runs");
+        let again = loadtest::run(&url, &options, &score)
+            .await
+            .expect("load runs");
+        println!();
+        println!("| run | requests/s | p50 | p99 | p99.9 | errors |");
+        println!("|---|---|---|---|---|---|");
+        println!("{}", alone.table_row(&["Score at 2,000/s, alone"]));
+        println!(
+            "{}",
+            beside.table_row(&["Score at 2,000/s, beside 2 IngestBatch x10,000 clients"])
+        );
+        println!(
+            "{}",
+            ingesting.table_row(&["IngestBatch x10,000 (durable), 2 clients back to back"])
+        );
+        println!("{}", again.table_row(&["Score at 2,000/s, alone (again)"]));
+        println!(
+            "\nScore p99 beside heavy ingest / alone (the worse of the two): {:.2}x (target: within 2x)",
+            beside.p99_us as f64 / alone.p99_us.max(again.p99_us).max(1) as f64
+        );
     });
     let _ = stop.send(());
     drop(server_runtime);

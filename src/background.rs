@@ -21,12 +21,18 @@ pub struct Background {
 }
 
 impl Background {
+    /// A thread at the lowest priority (nice 19).
     pub fn start(name: &str) -> std::io::Result<Self> {
+        Self::start_at(name, LOWEST)
+    }
+
+    /// A thread at `nice` (0 normal .. 19 lowest).
+    pub fn start_at(name: &str, nice: i32) -> std::io::Result<Self> {
         let (jobs, queue) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name(name.into())
             .spawn(move || {
-                lower_current_thread_priority();
+                lower_current_thread_priority_to(nice);
                 for job in queue {
                     job();
                 }
@@ -49,15 +55,23 @@ impl Background {
     }
 }
 
-/// Gives the calling thread the lowest scheduling priority (nice 19). On Linux the nice
-/// value belongs to the thread, not the process, so the request threads keep theirs.
-/// Failure only costs latency, so it is logged and otherwise ignored.
+/// The lowest scheduling priority.
+const LOWEST: i32 = 19;
+
+/// Gives the calling thread the lowest scheduling priority (nice 19).
 pub fn lower_current_thread_priority() {
+    lower_current_thread_priority_to(LOWEST);
+}
+
+/// Gives the calling thread the scheduling priority `nice`. On Linux the nice value
+/// belongs to the thread, not the process, so the request threads keep theirs.
+/// Failure only costs latency, so it is logged and otherwise ignored.
+pub fn lower_current_thread_priority_to(nice: i32) {
     #[cfg(target_os = "linux")]
     {
         // SAFETY: setpriority has no memory-safety preconditions; `who = 0` names the
         // calling thread under Linux's per-thread nice values.
-        let status = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+        let status = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
         if status != 0 {
             tracing::warn!(
                 error = %std::io::Error::last_os_error(),

@@ -28,7 +28,7 @@ pub enum StoreError {
     Lock(#[from] crate::datadir::LockError),
     #[error("batch has {got} events; at most {max} are allowed")]
     BatchTooLarge { got: usize, max: usize },
-    /// The blocking thread that applied a batch panicked.
+    /// The writer thread could not start, or stopped (a batch panicked on it).
     #[error("applying the batch failed: {0}")]
     Task(String),
 }
@@ -95,7 +95,14 @@ pub struct FeatureStore {
     /// (yielding) rather than on the writer's mutex (blocking a runtime thread while a
     /// 10,000-event batch is applied).
     writer_turn: tokio::sync::Mutex<()>,
+    /// Where batches are validated and applied: one thread below the request threads'
+    /// priority, so a `Score` is not queued behind a batch for CPU either.
+    writer_thread: crate::background::Background,
 }
+
+/// The batch writer's priority: request threads (nice 0) come first when both want
+/// the CPU; the writer still gets a tenth of it under full load.
+const WRITER_NICE: i32 = 10;
 
 impl FeatureStore {
     pub fn open(
@@ -174,6 +181,13 @@ impl FeatureStore {
             _lock: lock,
             answers: crate::answers::RecentAnswers::new(settings.ingest.recorded_answers),
             writer_turn: tokio::sync::Mutex::new(()),
+            writer_thread: crate::background::Background::start_at(
+                "streamscore-writer",
+                WRITER_NICE,
+            )
+            .map_err(|error| {
+                StoreError::Task(format!("cannot start the writer thread: {error}"))
+            })?,
         };
         Ok((store, report))
     }
@@ -189,8 +203,8 @@ impl FeatureStore {
     }
 
     /// [`FeatureStore::ingest`] off the request runtime: the batch is validated and
-    /// applied on a blocking thread once it is this caller's turn at the writer, so a
-    /// `Score` never waits behind a batch it does not read.
+    /// applied on the writer thread once it is this caller's turn, so a `Score` never
+    /// waits behind a batch it does not read.
     pub async fn ingest_off_runtime(
         self: &Arc<Self>,
         events: Vec<RawEvent>,
@@ -199,7 +213,7 @@ impl FeatureStore {
         self.wait_durable(submitted).await
     }
 
-    /// [`FeatureStore::submit`] on a blocking thread, in turn with the other async
+    /// [`FeatureStore::submit`] on the writer thread, in turn with the other async
     /// submitters (so batches of one caller keep their order).
     pub async fn submit_off_runtime(
         self: &Arc<Self>,
@@ -207,9 +221,10 @@ impl FeatureStore {
     ) -> Result<Submitted, StoreError> {
         let _turn = self.writer_turn.lock().await;
         let store = Arc::clone(self);
-        tokio::task::spawn_blocking(move || store.submit(&events))
+        self.writer_thread
+            .run(move || store.submit(&events))
             .await
-            .map_err(|join| StoreError::Task(join.to_string()))?
+            .map_err(|stopped| StoreError::Task(stopped.to_string()))?
     }
 
     /// The outcome a submitted batch will be acked with, before it is durable.

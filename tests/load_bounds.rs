@@ -488,3 +488,40 @@ async fn five_hundred_slow_header_connections_are_closed_and_ingest_keeps_acking
     assert_eq!(closed, 500);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_with_both_content_length_and_transfer_encoding_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let http = free_port();
+    let http_env = http.to_string();
+    let (mut child, _url) = spawn_server_with(
+        dir.path(),
+        &[("STREAMSCORE__HTTP__LISTEN", http_env.as_str())],
+    );
+    let ask = |request: &'static [u8]| async move {
+        let mut stream = tokio::net::TcpStream::connect(http).await.expect("connect");
+        stream.write_all(request).await.expect("write");
+        let mut answer = String::new();
+        // The server closes the connection after its answer.
+        tokio::time::timeout(Duration::from_secs(30), stream.read_to_string(&mut answer))
+            .await
+            .expect("the connection is closed")
+            .expect("read");
+        answer
+    };
+    // A chunked body whose Content-Length would frame it differently: behind a proxy
+    // reading the length, the second request would be smuggled.
+    let smuggling = ask(b"POST /v2/models/fraud/infer HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\nGET /v2/health/live HTTP/1.1\r\nhost: x\r\n\r\n").await;
+    // The same request framed one way only is answered.
+    let plain = ask(b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await;
+    child.kill().ok();
+    child.wait().ok();
+    assert!(smuggling.starts_with("HTTP/1.1 400"), "{smuggling}");
+    assert!(smuggling.contains("not both"), "{smuggling}");
+    assert_eq!(
+        smuggling.matches("HTTP/1.1 ").count(),
+        1,
+        "one answer, nothing after it: {smuggling}"
+    );
+    assert!(plain.starts_with("HTTP/1.1 200"), "{plain}");
+}

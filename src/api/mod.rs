@@ -8,6 +8,7 @@ pub mod client;
 mod convert;
 mod error;
 mod features;
+mod framing;
 pub mod give_back;
 mod ingest;
 pub mod limits;

@@ -9,13 +9,14 @@
 //! - Headers must be complete within `header_timeout`, which also closes a keep-alive
 //!   connection idle that long (hyper's header timer runs while it waits).
 //! - A request's body read and answer must finish within `request_timeout` (408).
-//! - A request with both Content-Length and Transfer-Encoding is read by hyper as RFC
-//!   9112 6.3 says (chunked; the length is dropped) and its connection is closed after
-//!   the answer, so no second request can hide in its body. It is not refused with 400:
-//!   hyper removes the length before any service sees the request.
+//! - A request with both Content-Length and Transfer-Encoding is refused (400) and its
+//!   connection closed: behind a proxy that frames by the other header, that shape
+//!   smuggles a second request. hyper drops the length before any service sees it, so
+//!   the connection's bytes are watched for it (see `framing.rs`).
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -25,6 +26,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
+use super::framing::Watched;
 use crate::config::HttpSettings;
 
 /// Accept errors (out of descriptors) pause the loop this long instead of spinning.
@@ -100,9 +102,17 @@ pub async fn serve(
         }
         let router = router.clone();
         let mut closed = closed.clone();
+        let ambiguous = Arc::new(AtomicBool::new(false));
+        let stream = Watched::new(stream, Arc::clone(&ambiguous));
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| {
-                answer(router.clone(), doors.request_timeout, request)
+                let framing_ambiguous = ambiguous.load(Ordering::Acquire);
+                answer(
+                    router.clone(),
+                    doors.request_timeout,
+                    framing_ambiguous,
+                    request,
+                )
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -127,31 +137,39 @@ pub async fn serve(
     Ok(())
 }
 
-/// One request, routed within the time allowed.
+/// One request: refused when its connection carried an ambiguous framing, else routed
+/// within the time allowed.
 async fn answer(
     router: Router,
     timeout: Duration,
+    framing_ambiguous: bool,
     request: http::Request<hyper::body::Incoming>,
 ) -> Result<axum::response::Response, std::convert::Infallible> {
+    if framing_ambiguous {
+        return Ok(closing(
+            http::StatusCode::BAD_REQUEST,
+            "a request may carry Content-Length or Transfer-Encoding, not both (RFC 9112 6.1); this connection is closed".into(),
+        ));
+    }
     let request = request.map(axum::body::Body::new);
     match tokio::time::timeout(timeout, router.oneshot(request)).await {
         Ok(response) => response,
-        Err(_) => {
-            let mut response = (
-                http::StatusCode::REQUEST_TIMEOUT,
-                axum::Json(serde_json::json!({
-                    "error": format!(
-                        "the request's body and answer took longer than http.request_timeout ({} ms)",
-                        timeout.as_millis()
-                    )
-                })),
-            )
-                .into_response();
-            response.headers_mut().insert(
-                http::header::CONNECTION,
-                http::HeaderValue::from_static("close"),
-            );
-            Ok(response)
-        }
+        Err(_) => Ok(closing(
+            http::StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request's body and answer took longer than http.request_timeout ({} ms)",
+                timeout.as_millis()
+            ),
+        )),
     }
+}
+
+/// A JSON error answer after which the connection is closed.
+fn closing(status: http::StatusCode, error: String) -> axum::response::Response {
+    let mut response = (status, axum::Json(serde_json::json!({ "error": error }))).into_response();
+    response.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    response
 }
