@@ -36,7 +36,12 @@ fn main() {
     settings.models.dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
 
     let server_runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(
+            std::env::var("SERVER_WORKERS")
+                .ok()
+                .and_then(|w| w.parse().ok())
+                .unwrap_or(2),
+        )
         .enable_all()
         .build()
         .expect("server runtime");

@@ -483,9 +483,10 @@ type Layers =
     Stack<BudgetLayer, Stack<AuthLayer, Stack<MetricsLayer, Stack<SizeRefusalLayer, Identity>>>>;
 
 /// Bytes a gRPC call holds per byte of its message while it is decoded and converted
-/// (the buffered message, its prost structs, the domain copy). Measured on IngestBatch
-/// and ModelInfer bodies of 4 MiB (see `tests/load_bounds.rs`).
-pub(crate) const GRPC_DECODE_INFLATION: usize = 4;
+/// (the buffered message, its prost structs, the domain copy): raw BYTES tensors of
+/// one-byte elements take about 8x (a 32-byte handle per 5 bytes), a batch of small
+/// events about as much. See `tests/load_bounds.rs`.
+pub(crate) const GRPC_DECODE_INFLATION: usize = 8;
 
 /// Calls that charge their own bytes to the budget, batch by batch.
 fn self_charging(path: &str) -> bool {

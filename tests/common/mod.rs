@@ -313,6 +313,32 @@ fn spawn_until(
     (child, url)
 }
 
+/// [`spawn_server_with`], with its REST listener on a port of its own choosing:
+/// (child, gRPC URL, REST address).
+pub fn spawn_server_with_rest(
+    data_dir: &std::path::Path,
+    env: &[(&str, &str)],
+) -> (Child, String, std::net::SocketAddr) {
+    let (child, lines) = spawn_for_lines(
+        data_dir,
+        &[],
+        env,
+        &["REST (Open Inference Protocol)", "streamscore listening"],
+    );
+    let rest = lines[0]
+        .split("addr=Some(")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .and_then(|addr| addr.parse().ok())
+        .expect("the REST address in the log");
+    let grpc = lines[1]
+        .split("addr=")
+        .nth(1)
+        .map(|addr| format!("http://{}", addr.trim()))
+        .expect("the gRPC address in the log");
+    (child, grpc, rest)
+}
+
 /// Spawns `serve` and returns its first log line containing `ready`.
 fn spawn_for_line(
     data_dir: &std::path::Path,
@@ -320,6 +346,18 @@ fn spawn_for_line(
     env: &[(&str, &str)],
     ready: &str,
 ) -> (Child, String) {
+    let (child, mut lines) = spawn_for_lines(data_dir, args, env, &[ready]);
+    (child, lines.remove(0))
+}
+
+/// Spawns `serve` and returns, for each of `ready`, the first log line containing it
+/// (once all have been logged).
+fn spawn_for_lines(
+    data_dir: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    ready: &[&str],
+) -> (Child, Vec<String>) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_streamscore"));
     command
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
@@ -339,15 +377,19 @@ fn spawn_for_line(
         .expect("spawn streamscore");
     let stderr = child.stderr.take().expect("stderr");
     let mut lines = BufReader::new(stderr).lines();
-    let addr = loop {
+    let mut found: Vec<Option<String>> = vec![None; ready.len()];
+    while found.iter().any(Option::is_none) {
         let line = lines
             .next()
             .expect("server exited before listening")
             .expect("read stderr");
-        if line.contains(ready) {
-            break line;
+        for (marker, found) in ready.iter().zip(&mut found) {
+            if found.is_none() && line.contains(marker) {
+                *found = Some(line.clone());
+            }
         }
-    };
+    }
+    let found: Vec<String> = found.into_iter().flatten().collect();
     // Keep draining the server's log so it never blocks on a full pipe (and show it
     // with STREAMSCORE_TEST_LOG=1, to debug a test).
     let show = std::env::var_os("STREAMSCORE_TEST_LOG").is_some();
@@ -358,7 +400,7 @@ fn spawn_for_line(
             }
         }
     });
-    (child, addr)
+    (child, found)
 }
 
 /// Page views `first..first + count` by 50 users in turn, as one batch.
