@@ -95,14 +95,16 @@ pub struct FeatureStore {
     /// (yielding) rather than on the writer's mutex (blocking a runtime thread while a
     /// 10,000-event batch is applied).
     writer_turn: tokio::sync::Mutex<()>,
-    /// Where batches are validated and applied: one thread below the request threads'
-    /// priority, so a `Score` is not queued behind a batch for CPU either.
+    /// Where batches are validated and applied: a thread of its own, off the request
+    /// runtime.
     writer_thread: crate::background::Background,
 }
 
-/// The batch writer's priority: request threads (nice 0) come first when both want
-/// the CPU; the writer still gets a tenth of it under full load.
-const WRITER_NICE: i32 = 10;
+/// The batch writer's priority. Normal: at nice 10 the Score p99 beside two producers
+/// of 10,000-event batches did not move (7.6-8.8x alone either way: what remains on the
+/// runtime is decoding their messages), and durable IngestBatch x100 fell to 0.6 of the
+/// build before (`cargo bench --bench score_load`, same run).
+const WRITER_NICE: i32 = 0;
 
 impl FeatureStore {
     pub fn open(
