@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{spawn_server, spawn_server_with_rest};
+use common::{peak_rss, rss, spawn_server, spawn_server_with_rest};
 use streamscore::api::client;
 use streamscore::api::pb::{self, ingest_client::IngestClient};
 use streamscore::api::v2pb::{self, grpc_inference_service_client::GrpcInferenceServiceClient};
@@ -17,25 +17,6 @@ use tonic::Code;
 use v2pb::model_infer_request::InferInputTensor;
 
 const MB: u64 = 1 << 20;
-
-/// A line of /proc/<pid>/status in bytes (VmHWM: peak resident, VmRSS: resident now).
-fn status_bytes(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .expect("status field")
-        * 1024
-}
-
-fn peak_rss(pid: u32) -> u64 {
-    status_bytes(pid, "VmHWM:")
-}
-
-fn rss(pid: u32) -> u64 {
-    status_bytes(pid, "VmRSS:")
-}
 
 /// A batch of 10,000 events that are all refused, each with a long reason: the ack is
 /// about ten times the request.

@@ -5,20 +5,9 @@
 
 mod common;
 
-use common::spawn_server;
+use common::{peak_rss, spawn_server};
 use streamscore::api::client;
 use streamscore::api::pb::{self, scoring_client::ScoringClient};
-
-/// Peak resident memory of a process so far (VmHWM), in bytes.
-fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .expect("VmHWM")
-        * 1024
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_four_megabyte_candidates_request_stays_within_64_mb() {
