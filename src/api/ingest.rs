@@ -206,8 +206,12 @@ impl Ingest for IngestService {
                 }
             }
         });
-        let acks = ReceiverStream::new(receiver).map(|(ack, held)| {
-            drop(held);
+        // An ack's bytes count until the next ack is taken: by then hyper has handed the
+        // encoded ack to HTTP/2 within the client's window (it asks for the next frame
+        // only once the previous one is sent).
+        let mut previous: Option<Held> = None;
+        let acks = ReceiverStream::new(receiver).map(move |(ack, held)| {
+            drop(std::mem::replace(&mut previous, held));
             ack
         });
         Ok(Response::new(Box::pin(acks)))
