@@ -91,10 +91,6 @@ impl Budget {
         self.max_bytes - self.bytes.available_permits()
     }
 
-    pub fn max_bytes(&self) -> usize {
-        self.max_bytes
-    }
-
     /// `bytes` more from the pool, at once or not at all.
     pub fn try_bytes(&self, bytes: usize) -> Result<Option<OwnedSemaphorePermit>, Exhausted> {
         if bytes == 0 {
