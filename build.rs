@@ -22,6 +22,35 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // decoding slices out of the request buffer instead of copying.
         .bytes(".inference")
         .skip_protoc_run()
+        .compile_fds(descriptors.clone())?;
+    encoded_ingest_server(descriptors, &out_dir)
+}
+
+/// A second `Ingest` server whose requests arrive still encoded
+/// (`crate::api::encoded::EncodedIngest`), so a 10,000-event batch is decoded off the
+/// request runtime rather than inside it. Every message keeps its one generated type.
+fn encoded_ingest_server(
+    mut descriptors: prost_types::FileDescriptorSet,
+    out_dir: &std::path::Path,
+) -> Result<(), Box<dyn std::error::Error>> {
+    descriptors
+        .file
+        .retain(|file| file.package() == "streamscore.v1");
+    for file in &mut descriptors.file {
+        file.service.retain(|service| service.name() == "Ingest");
+    }
+    let encoded_dir = out_dir.join("encoded_ingest");
+    std::fs::create_dir_all(&encoded_dir)?;
+    tonic_prost_build::configure()
+        .out_dir(&encoded_dir)
+        .build_client(false)
+        .codec_path("crate::api::encoded::EncodedCodec")
+        .extern_path(".streamscore.v1", "crate::api::pb")
+        .extern_path(
+            ".streamscore.v1.IngestRequest",
+            "crate::api::encoded::EncodedIngest",
+        )
+        .skip_protoc_run()
         .compile_fds(descriptors)?;
     Ok(())
 }

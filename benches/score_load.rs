@@ -35,7 +35,9 @@ fn main() {
     settings.http.listen = None;
     settings.models.dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
 
+    // Thread names tell the server from the load generator in a profile.
     let server_runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("server-worker")
         .worker_threads(
             std::env::var("SERVER_WORKERS")
                 .ok()
@@ -74,6 +76,7 @@ fn main() {
     let rest_url = format!("http://{http_addr}");
 
     let client_runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("score-client")
         .worker_threads(2)
         .enable_all()
         .build()
@@ -187,6 +190,7 @@ fn main() {
         let ingest_url = url.clone();
         let ingesting = std::thread::spawn(move || {
             tokio::runtime::Builder::new_multi_thread()
+                .thread_name("ingest-client")
                 .worker_threads(2)
                 .enable_all()
                 .build()

@@ -14,10 +14,10 @@ use tower::layer::util::{Identity, Stack};
 
 use crate::api::auth::{AuthLayer, Callers};
 use crate::api::budget::{Budget, BudgetLayer};
+use crate::api::encoded::server::ingest_server::IngestServer;
 use crate::api::limits::SizeRefusalLayer;
 use crate::api::metrics::{Metrics, MetricsLayer};
 use crate::api::pb::features_server::FeaturesServer;
-use crate::api::pb::ingest_server::IngestServer;
 use crate::api::pb::models_server::ModelsServer;
 use crate::api::pb::scoring_server::ScoringServer;
 use crate::api::prometheus;
@@ -357,11 +357,15 @@ pub async fn run_with(
         .add_service(reflection)
         .add_service(reflection_v1alpha)
         .add_service(
-            IngestServer::new(IngestService::new(
-                Arc::clone(&store),
-                drain,
-                Arc::clone(&budget),
-            ))
+            IngestServer::new(
+                IngestService::new(Arc::clone(&store), drain, Arc::clone(&budget)).map_err(
+                    |error| {
+                        ServerError::Setup(format!(
+                            "cannot start the ingest decoding thread: {error}"
+                        ))
+                    },
+                )?,
+            )
             .max_decoding_message_size(max_message),
         )
         .add_service(

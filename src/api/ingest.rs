@@ -13,7 +13,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::budget::Budget;
 use super::convert::ack;
-use super::pb::{self, ingest_server::Ingest};
+use super::encoded::{EncodedIngest, IngestDecoder, server::ingest_server::Ingest};
+use super::pb;
 use crate::events::RawEvent;
 use crate::store::{BatchOutcome, FeatureStore};
 
@@ -44,16 +45,23 @@ pub struct IngestService {
     store: Arc<FeatureStore>,
     drain: Drain,
     pending_bytes: Arc<Semaphore>,
+    decoder: Arc<IngestDecoder>,
 }
 
 impl IngestService {
-    /// Streams take their bytes from `budget`'s pool.
-    pub fn new(store: Arc<FeatureStore>, drain: Drain, budget: Arc<Budget>) -> IngestService {
-        IngestService {
+    /// Streams take their bytes from `budget`'s pool. Starts the thread that decodes
+    /// large batches.
+    pub fn new(
+        store: Arc<FeatureStore>,
+        drain: Drain,
+        budget: Arc<Budget>,
+    ) -> std::io::Result<IngestService> {
+        Ok(IngestService {
             store,
             drain,
             pending_bytes: Arc::clone(budget.bytes()),
-        }
+            decoder: Arc::new(IngestDecoder::start()?),
+        })
     }
 }
 
@@ -99,9 +107,9 @@ type AckStream = Pin<Box<dyn Stream<Item = Result<pb::IngestAck, Status>> + Send
 impl Ingest for IngestService {
     async fn ingest_batch(
         &self,
-        request: Request<pb::IngestRequest>,
+        request: Request<EncodedIngest>,
     ) -> Result<Response<pb::IngestAck>, Status> {
-        let (batch_id, events) = to_raw(request.into_inner());
+        let (batch_id, events) = self.decoder.decode(request.into_inner(), to_raw).await?;
         let outcome = self.store.ingest_off_runtime(events).await?;
         Ok(Response::new(ack(batch_id, outcome)))
     }
@@ -110,7 +118,7 @@ impl Ingest for IngestService {
 
     async fn ingest_stream(
         &self,
-        request: Request<Streaming<pb::IngestRequest>>,
+        request: Request<Streaming<EncodedIngest>>,
     ) -> Result<Response<Self::IngestStreamStream>, Status> {
         let mut inbound = request.into_inner();
         let (sender, receiver) =
@@ -118,6 +126,7 @@ impl Ingest for IngestService {
         let budget = Arc::clone(&self.pending_bytes);
         let stream_budget = Arc::new(Semaphore::new(STREAM_PENDING_BYTES));
         let store = Arc::clone(&self.store);
+        let decoder = Arc::clone(&self.decoder);
         let deadline = self.drain.clone().deadline();
         // Batches are applied in arrival order and their durability waits run
         // concurrently, so one fsync can cover many batches of the same stream; the acks
@@ -147,25 +156,29 @@ impl Ingest for IngestService {
                 let (Some(reading), Some(next)) = (reading, next) else {
                     break;
                 };
-                let request = match next {
-                    Ok(request) => request,
+                let decoded = match next {
+                    Ok(request) => {
+                        let encoded = request.len();
+                        let decoded = decoder.decode(request, to_raw).await;
+                        decoded.map(|decoded| (encoded, decoded))
+                    }
+                    Err(status) => Err(super::limits::normalise(status)),
+                };
+                let (encoded, (batch_id, events)) = match decoded {
+                    Ok(decoded) => decoded,
                     Err(status) => {
-                        let status = super::limits::normalise(status);
                         let _ = pending_tx
                             .send((tokio::spawn(async move { Err(status) }), None))
                             .await;
                         break;
                     }
                 };
-                let cost = (prost::Message::encoded_len(&request)
-                    + request.events.len() * DECODED_EVENT_BYTES)
-                    .min(STREAM_PENDING_BYTES);
+                let cost = (encoded + events.len() * DECODED_EVENT_BYTES).min(STREAM_PENDING_BYTES);
                 let Some(decoding) =
                     Held::take(&stream_budget, &budget, cost.saturating_sub(READ_ALLOWANCE)).await
                 else {
                     break;
                 };
-                let (batch_id, events) = to_raw(request);
                 let submitted = store.submit_off_runtime(events).await;
                 // The batch is applied and gone; what waits now is its ack, whose refusal
                 // reasons are known: they are what counts until the ack is taken.

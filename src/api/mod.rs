@@ -6,6 +6,7 @@ pub mod auth;
 pub mod budget;
 pub mod client;
 mod convert;
+pub mod encoded;
 mod error;
 mod features;
 mod framing;
