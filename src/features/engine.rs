@@ -19,6 +19,8 @@
 //! actually reclaimed or compacted ([`Engine::evict_expired`]) never changes a value.
 
 use std::collections::HashMap;
+
+use smallvec::SmallVec;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
@@ -94,8 +96,13 @@ pub struct FeatureRead {
     /// False when the engine holds no live state for the entity (every value is a default).
     pub known: bool,
     pub as_of_ms: i64,
-    pub values: Vec<(usize, Option<f64>)>,
+    /// (feature, value), in the order asked for; inline up to [`INLINE_FEATURES`], so a
+    /// read allocates nothing in the common case.
+    pub values: SmallVec<[(usize, Option<f64>); INLINE_FEATURES]>,
 }
+
+/// Features of one entity read without an allocation (the shop's user has 21).
+pub const INLINE_FEATURES: usize = 32;
 
 /// The engine. Shared by reference between the ingest writer, readers, expiry and
 /// snapshots: entity state is behind one lock per shard ([`ShardedTable`]), the dedup

@@ -137,6 +137,13 @@ pub(crate) struct RecentValue {
     pub value: Box<str>,
 }
 
+thread_local! {
+    /// Where a distinct count sorts its values: kept per thread, so a read allocates
+    /// only while it meets a series larger than any before (at most
+    /// [`MAX_EXACT_DISTINCT`] values plus the pending ones, 16 KiB).
+    static DISTINCT_SCRATCH: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// `time_ms` of a slot that has seen nothing.
 pub(crate) const NEVER: i64 = i64::MIN;
 
@@ -395,15 +402,18 @@ impl EntityState {
             return merged.estimate().round() as usize;
         }
         let range = series_range(&self.distinct, series, |t| t.series);
-        let mut hashes: Vec<u64> = self.distinct[range]
+        let values = self.distinct[range]
             .iter()
             .filter(|t| t.tile >= oldest && t.tile <= newest)
             .map(|t| t.hash)
-            .chain(pending)
-            .collect();
-        hashes.sort_unstable();
-        hashes.dedup();
-        hashes.len()
+            .chain(pending);
+        DISTINCT_SCRATCH.with_borrow_mut(|hashes| {
+            hashes.clear();
+            hashes.extend(values);
+            hashes.sort_unstable();
+            hashes.dedup();
+            hashes.len()
+        })
     }
 
     pub(crate) fn last(&self, slot: usize) -> Option<LastValue> {
@@ -681,34 +691,41 @@ fn seconds(ms: i64) -> f64 {
 
 /// The pending contributions a read as of `at` sees, summed per series and slot in one
 /// pass over them (a read then adds these to the sealed tiles).
-pub(crate) struct Overlay {
+/// Distinct values are not copied: a read walks the pending ones of its series (at
+/// most [`MAX_PENDING_EVENTS`] events), so the overlay has a fixed size and a read of
+/// an entity with many distinct values pending allocates nothing.
+pub(crate) struct Overlay<'s> {
     counts: smallvec::SmallVec<[u32; 16]>,
     stats: smallvec::SmallVec<[Stats; 16]>,
-    /// (series, value hash) of distinct values.
-    distinct: smallvec::SmallVec<[(u16, u64); 16]>,
     lasts: smallvec::SmallVec<[Option<LastValue>; 8]>,
     firsts: smallvec::SmallVec<[Option<i64>; 8]>,
     visible_through: u64,
+    /// The pending contributions at or before the read.
+    seen: &'s [Pending],
+    plan: &'s EntityPlan,
+    at: i64,
 }
 
-impl Overlay {
+impl<'s> Overlay<'s> {
     /// `visible_through`: contributions of events with a higher log sequence number are
     /// left out (not durable yet).
     pub(crate) fn build(
-        plan: &EntityPlan,
-        state: &EntityState,
+        plan: &'s EntityPlan,
+        state: &'s EntityState,
         at: i64,
         visible_through: u64,
-    ) -> Overlay {
+    ) -> Overlay<'s> {
+        let seen = &state.recent[..state.recent.partition_point(|p| p.time_ms <= at)];
         let mut overlay = Overlay {
             counts: smallvec::smallvec![0; plan.count_series.len()],
             stats: smallvec::smallvec![Stats::EMPTY; plan.stats_series.len()],
-            distinct: smallvec::SmallVec::new(),
             lasts: smallvec::smallvec![None; plan.last_slots.len()],
             firsts: smallvec::smallvec![None; plan.first_slots.len()],
             visible_through,
+            seen,
+            plan,
+            at,
         };
-        let seen = &state.recent[..state.recent.partition_point(|p| p.time_ms <= at)];
         let in_window =
             |window: Window, time: i64| window.tile_of(time) >= window.tiles_read_at(at).0;
         let mut visible = true;
@@ -733,11 +750,8 @@ impl Overlay {
                         overlay.stats[usize::from(s)].add(value);
                     }
                 }
-                Part::Distinct(s, hash) => {
-                    if in_window(plan.distinct_series[usize::from(s)].window, time) {
-                        overlay.distinct.push((s, hash));
-                    }
-                }
+                // Walked by each distinct read instead (see `pending_distinct`).
+                Part::Distinct(..) => {}
                 // In time order, ties in apply order: the later one is the last.
                 Part::Last(s, value) => {
                     overlay.lasts[usize::from(s)] = Some(LastValue {
@@ -751,6 +765,27 @@ impl Overlay {
             }
         }
         overlay
+    }
+
+    /// Hashes of the pending values of distinct series `series` a read sees.
+    fn pending_distinct(&self, series: u16) -> impl Iterator<Item = u64> + '_ {
+        let window = self.plan.distinct_series[usize::from(series)].window;
+        let oldest = window.tiles_read_at(self.at).0;
+        let mut visible = true;
+        self.seen
+            .iter()
+            .filter_map(move |pending| match pending.part {
+                Part::Event(seq) => {
+                    visible = seq <= self.visible_through;
+                    None
+                }
+                Part::Distinct(s, hash)
+                    if visible && s == series && window.tile_of(pending.time_ms) >= oldest =>
+                {
+                    Some(hash)
+                }
+                _ => None,
+            })
     }
 }
 
@@ -775,11 +810,7 @@ pub(crate) fn read_one(
         }
         Reader::Distinct(series) => {
             let series = series as u16;
-            let pending = overlay
-                .distinct
-                .iter()
-                .filter(|(s, _)| *s == series)
-                .map(|(_, hash)| *hash);
+            let pending = overlay.pending_distinct(series);
             Some(state.distinct_count(series, tiles, pending) as f64)
         }
         Reader::Recent(list, k) => Some(

@@ -3,6 +3,10 @@
 //! request-time features. Training and serving both build vectors here, so a model is
 //! fed the same numbers offline and online (no training/serving skew).
 
+use std::borrow::Cow;
+
+use smallvec::SmallVec;
+
 use crate::definitions::{Definitions, EntityTypeId};
 use crate::events::{COMPOSITE_SEPARATOR, RawEvent};
 use crate::features::request::{REQUEST_FEATURES, USER_MEAN_FEATURE, request_features};
@@ -74,10 +78,13 @@ impl CachedReads<'_> {
 pub struct VectorSource {
     /// Entity types the model reads whose id was given but which the engine holds no
     /// state for (never seen, or expired): their features are defaults.
-    pub unknown: Vec<EntityTypeId>,
+    pub unknown: EntityTypes,
     /// Entity types the model reads whose id the event does not carry.
-    pub absent: Vec<EntityTypeId>,
+    pub absent: EntityTypes,
 }
+
+/// A few entity types, kept inline: a vector read allocates nothing in the common case.
+pub type EntityTypes = SmallVec<[EntityTypeId; 4]>;
 
 impl VectorPlan {
     /// Resolves `columns` (stored feature names and request-time feature names, in any
@@ -186,7 +193,8 @@ impl VectorPlan {
         self.entities
             .iter()
             .filter_map(|columns| {
-                entity_id(definitions, columns.entity, event).map(|id| (columns.entity, id))
+                entity_id(definitions, columns.entity, event)
+                    .map(|id| (columns.entity, id.into_owned()))
             })
             .collect()
     }
@@ -233,7 +241,7 @@ impl VectorPlan {
                             }
                             _ => {
                                 let read = fresh(&id)?;
-                                cache.slots[slot] = Some(((id, time), read.clone()));
+                                cache.slots[slot] = Some(((id.into_owned(), time), read.clone()));
                                 read
                             }
                         },
@@ -266,14 +274,18 @@ impl VectorPlan {
 }
 
 /// The id of `entity` in `event`, joining a composite's parts; `None` if absent.
-pub fn entity_id(
+/// Borrowed from the event unless it is a composite.
+pub fn entity_id<'e>(
     definitions: &Definitions,
     entity: EntityTypeId,
-    event: &RawEvent,
-) -> Option<String> {
+    event: &'e RawEvent,
+) -> Option<Cow<'e, str>> {
     let definition = &definitions.entities[entity];
     if definition.parts.is_empty() {
-        return event.entities.get(&definition.name).cloned();
+        return event
+            .entities
+            .get(&definition.name)
+            .map(|id| Cow::Borrowed(id.as_str()));
     }
     let parts: Option<Vec<&str>> = definition
         .parts
@@ -285,5 +297,5 @@ pub fn entity_id(
                 .map(String::as_str)
         })
         .collect();
-    parts.map(|parts| parts.join(&COMPOSITE_SEPARATOR.to_string()))
+    parts.map(|parts| Cow::Owned(parts.join(&COMPOSITE_SEPARATOR.to_string())))
 }
