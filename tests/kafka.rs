@@ -351,6 +351,71 @@ async fn protobuf_records_are_applied_and_a_nan_amount_is_dead_lettered() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_partition_headed_by_a_tombstone_and_garbage_does_not_stall_the_others() {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    cluster.create_topic(TOPIC, 2, 1).expect("topic");
+    cluster.create_topic(DEAD, 1, 1).expect("dead-letter topic");
+    let brokers = cluster.bootstrap_servers();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .expect("producer");
+    // Partition 1 holds only a tombstone (no payload) and a record that is not JSON,
+    // and then stays quiet; every event goes to partition 0.
+    let tombstone = FutureRecord::<[u8], [u8]>::to(TOPIC)
+        .partition(1)
+        .key(b"gone");
+    producer
+        .send(tombstone, Duration::from_secs(5))
+        .await
+        .expect("tombstone stored");
+    let garbage = FutureRecord::<[u8], [u8]>::to(TOPIC)
+        .partition(1)
+        .payload(b"{not json");
+    producer
+        .send(garbage, Duration::from_secs(5))
+        .await
+        .expect("garbage stored");
+    let events: Vec<RawEvent> = Simulator::new(SimConfig::default()).take(400).collect();
+    for event in &events {
+        let payload = serde_json::to_vec(event).expect("json");
+        producer
+            .send(
+                FutureRecord::<[u8], [u8]>::to(TOPIC)
+                    .partition(0)
+                    .payload(&payload),
+                Duration::from_secs(5),
+            )
+            .await
+            .expect("event stored");
+    }
+    let server_brokers = brokers.clone();
+    let server = TestServer::start(move |settings| {
+        settings.kafka.brokers = server_brokers;
+        settings.kafka.topics = vec![TOPIC.into()];
+        settings.kafka.dead_letter_topic = DEAD.into();
+    })
+    .await;
+    // Before the fix nothing was ever applied: the quiet lane's garbage kept it busy
+    // without an event time, which held every lane.
+    wait_applied(&server, 400).await;
+    let dead = common::kafka::read_committed(&brokers, DEAD, 1);
+    assert_eq!(
+        dead.len(),
+        2,
+        "the tombstone and the garbage are dead letters"
+    );
+    let metrics = server.scrape().await;
+    for line in [
+        "streamscore_kafka_dead_lettered{kind=\"undecodable\"} 2",
+        "streamscore_kafka_dead_lettered{kind=\"late\"} 0",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line}\n{metrics}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scoring_with_a_model_it_cannot_resolve_decides_nothing_and_says_not_serving() {
     let cluster = MockCluster::new(1).expect("mock cluster");
     cluster.create_topic("payments", 1, 1).expect("topic");

@@ -146,6 +146,17 @@ impl<K: Ord + Clone, R> Aligner<K, R> {
     /// and says which lanes to pause or resume.
     pub fn release(&mut self, max: usize, now: Instant) -> (Vec<(K, R)>, Flow<K>) {
         let mut out = Vec::new();
+        // Records without an event time (undecodable, tombstones) go to the dead
+        // letters whatever the frontier: they have no place in event time, and left at
+        // a lane's front they kept it busy, so a quiet partition whose head was garbage
+        // held every other partition until it received a valid record.
+        for (key, lane) in &mut self.lanes {
+            while out.len() < max && matches!(lane.queue.front(), Some((None, _))) {
+                if let Some((_, record)) = lane.queue.pop_front() {
+                    out.push((key.clone(), record));
+                }
+            }
+        }
         let limit = match self.frontier(now) {
             Ok(Some(frontier)) => Some(frontier.saturating_add(self.slack_ms)),
             Ok(None) => None,
@@ -284,6 +295,32 @@ mod tests {
         let (out, _) = aligner.release(2, now);
         assert_eq!(out, vec![(0, "bad"), (0, "a")]);
         assert_eq!(aligner.release(2, now).0, vec![(0, "b")]);
+    }
+
+    #[test]
+    fn a_quiet_lane_with_only_undecodable_records_does_not_hold_the_others() {
+        let now = Instant::now();
+        let mut aligner: Aligner<u8, &str> = Aligner::new(0, LONG, 100);
+        // A tombstone and a garbage record at the head of a quiet partition, whose end
+        // is then reached; the other partition flows.
+        aligner.assign(1, now);
+        aligner.push(1, None, "tombstone", now);
+        aligner.push(1, None, "garbage", now);
+        aligner.reached_end(&1);
+        aligner.push(0, Some(10), "a", now);
+        aligner.push(0, Some(11), "b", now);
+        let (out, _) = aligner.release(100, now);
+        assert_eq!(
+            out,
+            vec![(1, "tombstone"), (1, "garbage"), (0, "a"), (0, "b")]
+        );
+        // Not at its end yet: the lane holds the others only until `idle_after`, like
+        // any lane that has received no event time.
+        aligner.push(1, None, "more garbage", now);
+        aligner.push(0, Some(12), "c", now);
+        assert_eq!(aligner.release(100, now).0, vec![(1, "more garbage")]);
+        let later = now + LONG;
+        assert_eq!(aligner.release(100, later).0, vec![(0, "c")]);
     }
 
     #[test]
