@@ -173,7 +173,7 @@ enum Client {
 
 /// A payment as the fraud model's V2 input tensors: (name, BYTES values) and (name,
 /// FP64 value) per field.
-fn payment_tensors(event: &RawEvent) -> Vec<InferInputTensor> {
+pub fn payment_tensors(event: &RawEvent) -> Vec<InferInputTensor> {
     let bytes = |name: &str, value: &str| InferInputTensor {
         name: name.to_string(),
         datatype: "BYTES".into(),

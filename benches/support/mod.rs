@@ -2,6 +2,8 @@
 //! shipped fraud model, and the payment that makes one user, card and device.
 #![allow(dead_code)]
 
+pub mod null_server;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 

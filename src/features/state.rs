@@ -716,6 +716,20 @@ impl<'s> Overlay<'s> {
         visible_through: u64,
     ) -> Overlay<'s> {
         let seen = &state.recent[..state.recent.partition_point(|p| p.time_ms <= at)];
+        if seen.is_empty() {
+            // The common case (nothing pending at or before the read): no sums to
+            // lay out, and a read finds none (see the accessors below).
+            return Overlay {
+                counts: smallvec::SmallVec::new(),
+                stats: smallvec::SmallVec::new(),
+                lasts: smallvec::SmallVec::new(),
+                firsts: smallvec::SmallVec::new(),
+                visible_through,
+                seen,
+                plan,
+                at,
+            };
+        }
         let mut overlay = Overlay {
             counts: smallvec::smallvec![0; plan.count_series.len()],
             stats: smallvec::smallvec![Stats::EMPTY; plan.stats_series.len()],
@@ -767,6 +781,22 @@ impl<'s> Overlay<'s> {
         overlay
     }
 
+    fn count(&self, series: usize) -> u32 {
+        self.counts.get(series).copied().unwrap_or(0)
+    }
+
+    fn stats(&self, series: usize) -> Option<&Stats> {
+        self.stats.get(series)
+    }
+
+    fn last(&self, slot: usize) -> Option<LastValue> {
+        self.lasts.get(slot).copied().flatten()
+    }
+
+    fn first(&self, slot: usize) -> Option<i64> {
+        self.firsts.get(slot).copied().flatten()
+    }
+
     /// Hashes of the pending values of distinct series `series` a read sees.
     fn pending_distinct(&self, series: u16) -> impl Iterator<Item = u64> + '_ {
         let window = self.plan.distinct_series[usize::from(series)].window;
@@ -801,11 +831,13 @@ pub(crate) fn read_one(
     let tiles = window.tiles_read_at(at);
     match reader {
         Reader::Count(series) => {
-            Some(f64::from(state.count(series as u16, tiles)) + f64::from(overlay.counts[series]))
+            Some(f64::from(state.count(series as u16, tiles)) + f64::from(overlay.count(series)))
         }
         Reader::Stats(series, aggregation) => {
             let mut stats = state.stats(series as u16, tiles);
-            stats.merge(&overlay.stats[series]);
+            if let Some(pending) = overlay.stats(series) {
+                stats.merge(pending);
+            }
             stats.value(aggregation)
         }
         Reader::Distinct(series) => {
@@ -823,7 +855,7 @@ pub(crate) fn read_one(
             last_as_of(state, overlay, slot).map(|last| seconds(at - last.time_ms))
         }
         Reader::AgeSinceFirst(slot) => {
-            let first = match (state.first(slot), overlay.firsts[slot]) {
+            let first = match (state.first(slot), overlay.first(slot)) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
@@ -835,7 +867,7 @@ pub(crate) fn read_one(
 /// The newest matching event at or before the read; a pending one wins a tie, since it
 /// was applied after anything sealed.
 fn last_as_of(state: &EntityState, overlay: &Overlay, slot: usize) -> Option<LastValue> {
-    match (state.last(slot), overlay.lasts[slot]) {
+    match (state.last(slot), overlay.last(slot)) {
         (Some(sealed), Some(pending)) if sealed.time_ms > pending.time_ms => Some(sealed),
         (sealed, pending) => pending.or(sealed),
     }
