@@ -416,6 +416,71 @@ async fn a_quiet_partition_headed_by_a_tombstone_and_garbage_does_not_stall_the_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_too_large_for_the_dead_letter_topic_goes_there_as_a_stub_and_ingest_goes_on() {
+    use streamscore::kafka::dead_letter::STUB_VALUE_BYTES;
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    cluster.create_topic(TOPIC, 1, 1).expect("topic");
+    cluster.create_topic(DEAD, 1, 1).expect("dead-letter topic");
+    let brokers = cluster.bootstrap_servers();
+    // The shop's producer allows larger records than the server's dead-letter producer
+    // (librdkafka's default limit, 1,000,000 bytes): a 1.2 MB record that is not JSON.
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("message.max.bytes", "5000000")
+        .create()
+        .expect("producer");
+    let big = format!("{{not json {}", "x".repeat(1_200_000)).into_bytes();
+    producer
+        .send(
+            FutureRecord::<[u8], [u8]>::to(TOPIC).payload(&big),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("the large record is stored");
+    let events: Vec<RawEvent> = Simulator::new(SimConfig::default()).take(800).collect();
+    let send_events = |events: Vec<RawEvent>| {
+        let producer = producer.clone();
+        async move {
+            for event in events {
+                let payload = serde_json::to_vec(&event).expect("json");
+                producer
+                    .send(
+                        FutureRecord::<[u8], [u8]>::to(TOPIC).payload(&payload),
+                        Duration::from_secs(5),
+                    )
+                    .await
+                    .expect("event stored");
+            }
+        }
+    };
+    send_events(events[..400].to_vec()).await;
+    let server_brokers = brokers.clone();
+    let server = TestServer::start(move |settings| {
+        settings.kafka.brokers = server_brokers;
+        settings.kafka.topics = vec![TOPIC.into()];
+        settings.kafka.dead_letter_topic = DEAD.into();
+    })
+    .await;
+    wait_applied(&server, 400).await;
+    // Before the fix the source stopped at the dead letter it could not write, and
+    // nothing after it was ever applied.
+    send_events(events[400..].to_vec()).await;
+    wait_applied(&server, 800).await;
+    let dead = common::kafka::read_committed(&brokers, DEAD, 1);
+    assert_eq!(dead.len(), 1, "one dead letter");
+    let (_, stub) = &dead[0];
+    assert!(
+        !stub.is_empty() && stub.len() <= STUB_VALUE_BYTES && big.starts_with(stub),
+        "the stub keeps the start of the record: {} bytes",
+        stub.len()
+    );
+    let metrics = server.scrape().await;
+    let line = "streamscore_kafka_dead_lettered{kind=\"undecodable\"} 1";
+    assert!(metrics.lines().any(|l| l == line), "{line}\n{metrics}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scoring_with_a_model_it_cannot_resolve_decides_nothing_and_says_not_serving() {
     let cluster = MockCluster::new(1).expect("mock cluster");
     cluster.create_topic("payments", 1, 1).expect("topic");
