@@ -16,7 +16,8 @@ use streamscore::config::Settings;
 use streamscore::loadtest::{self, Call, LoadSpec};
 use streamscore::simulate::{SimConfig, Simulator};
 use streamscore::time::{HOUR_MS, MINUTE_MS, now_ms};
-use tokio::net::TcpListener;
+
+mod support;
 
 fn main() {
     if std::env::args().any(|a| a == "--list" || a == "--test") {
@@ -35,45 +36,8 @@ fn main() {
     settings.http.listen = None;
     settings.models.dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
 
-    // Thread names tell the server from the load generator in a profile.
-    let server_runtime = tokio::runtime::Builder::new_multi_thread()
-        .thread_name("server-worker")
-        .worker_threads(
-            std::env::var("SERVER_WORKERS")
-                .ok()
-                .and_then(|w| w.parse().ok())
-                .unwrap_or(2),
-        )
-        .enable_all()
-        .build()
-        .expect("server runtime");
-    let (addr, http_addr, stop) = server_runtime.block_on(async {
-        let store = streamscore::server::open_store(&settings)
-            .await
-            .expect("store opens");
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let http = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let http_addr = http.local_addr().expect("addr");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let settings = settings.clone();
-        tokio::spawn(async move {
-            let listeners = streamscore::server::Listeners {
-                grpc: listener,
-                metrics: None,
-                admin: None,
-                http: Some(http),
-            };
-            streamscore::server::run_with(listeners, store, &settings, async {
-                let _ = stopped.await;
-            })
-            .await
-            .expect("server runs")
-        });
-        (addr, http_addr, stop)
-    });
-    let url = format!("http://{addr}");
-    let rest_url = format!("http://{http_addr}");
+    let served = support::serve(&settings, support::env_usize("SERVER_WORKERS", 2));
+    let (url, rest_url) = (served.url.clone(), served.rest_url.clone());
 
     let client_runtime = tokio::runtime::Builder::new_multi_thread()
         .thread_name("score-client")
@@ -227,6 +191,5 @@ fn main() {
             beside.p99_us as f64 / alone.p99_us.max(again.p99_us).max(1) as f64
         );
     });
-    let _ = stop.send(());
-    drop(server_runtime);
+    served.stop();
 }

@@ -35,41 +35,9 @@ fn main() {
 
     // Both servers on one runtime of 2 workers (the machine's cores); only one of them
     // is loaded at a time.
-    let server_runtime = tokio::runtime::Builder::new_multi_thread()
-        .thread_name("server-worker")
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("server runtime");
-    let (real, real_rest, stop) = server_runtime.block_on(async {
-        let store = streamscore::server::open_store(&settings)
-            .await
-            .expect("store opens");
-        let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let http = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addrs = (
-            grpc.local_addr().expect("addr"),
-            http.local_addr().expect("addr"),
-        );
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let settings = settings.clone();
-        tokio::spawn(async move {
-            let listeners = streamscore::server::Listeners {
-                grpc,
-                metrics: None,
-                admin: None,
-                http: Some(http),
-            };
-            streamscore::server::run_with(listeners, store, &settings, async {
-                let _ = stopped.await;
-            })
-            .await
-            .expect("server runs")
-        });
-        (addrs.0, addrs.1, stop)
-    });
-    let real_url = format!("http://{real}");
-    let real_rest_url = format!("http://{real_rest}");
+    let served = support::serve(&settings, 2);
+    let real_url = served.url.clone();
+    let real_rest_url = served.rest_url.clone();
 
     let client_runtime = tokio::runtime::Builder::new_multi_thread()
         .thread_name("load-client")
@@ -100,7 +68,9 @@ fn main() {
             format!("http://{}", grpc.local_addr().expect("addr")),
             format!("http://{}", http.local_addr().expect("addr")),
         );
-        server_runtime.spawn(async move { null_server::spawn(answers, grpc, http) });
+        served
+            .runtime
+            .spawn(async move { null_server::spawn(answers, grpc, http) });
         urls
     });
 
@@ -173,8 +143,7 @@ fn main() {
         }
         println!("(targets: Score 32 in flight >= 0.90 of null; one client p50 <= 1.15x)");
     });
-    let _ = stop.send(());
-    drop(server_runtime);
+    served.stop();
 }
 
 async fn run(url: &str, spec: &LoadSpec) -> LoadReport {

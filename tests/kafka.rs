@@ -350,6 +350,20 @@ async fn protobuf_records_are_applied_and_a_nan_amount_is_dead_lettered() {
     server.stop().await;
 }
 
+/// Sends `events` as JSON to `TOPIC`'s partition `partition`, in order.
+async fn send_json(producer: &FutureProducer, partition: i32, events: &[RawEvent]) {
+    for event in events {
+        let payload = serde_json::to_vec(event).expect("json");
+        let record = FutureRecord::<[u8], [u8]>::to(TOPIC)
+            .partition(partition)
+            .payload(&payload);
+        producer
+            .send(record, Duration::from_secs(5))
+            .await
+            .expect("event stored");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quiet_partition_headed_by_a_tombstone_and_garbage_does_not_stall_the_others() {
     let cluster = MockCluster::new(1).expect("mock cluster");
@@ -377,18 +391,7 @@ async fn a_quiet_partition_headed_by_a_tombstone_and_garbage_does_not_stall_the_
         .await
         .expect("garbage stored");
     let events: Vec<RawEvent> = Simulator::new(SimConfig::default()).take(400).collect();
-    for event in &events {
-        let payload = serde_json::to_vec(event).expect("json");
-        producer
-            .send(
-                FutureRecord::<[u8], [u8]>::to(TOPIC)
-                    .partition(0)
-                    .payload(&payload),
-                Duration::from_secs(5),
-            )
-            .await
-            .expect("event stored");
-    }
+    send_json(&producer, 0, &events).await;
     let server_brokers = brokers.clone();
     let server = TestServer::start(move |settings| {
         settings.kafka.brokers = server_brokers;
@@ -438,22 +441,7 @@ async fn a_record_too_large_for_the_dead_letter_topic_goes_there_as_a_stub_and_i
         .await
         .expect("the large record is stored");
     let events: Vec<RawEvent> = Simulator::new(SimConfig::default()).take(800).collect();
-    let send_events = |events: Vec<RawEvent>| {
-        let producer = producer.clone();
-        async move {
-            for event in events {
-                let payload = serde_json::to_vec(&event).expect("json");
-                producer
-                    .send(
-                        FutureRecord::<[u8], [u8]>::to(TOPIC).payload(&payload),
-                        Duration::from_secs(5),
-                    )
-                    .await
-                    .expect("event stored");
-            }
-        }
-    };
-    send_events(events[..400].to_vec()).await;
+    send_json(&producer, 0, &events[..400]).await;
     let server_brokers = brokers.clone();
     let server = TestServer::start(move |settings| {
         settings.kafka.brokers = server_brokers;
@@ -464,7 +452,7 @@ async fn a_record_too_large_for_the_dead_letter_topic_goes_there_as_a_stub_and_i
     wait_applied(&server, 400).await;
     // Before the fix the source stopped at the dead letter it could not write, and
     // nothing after it was ever applied.
-    send_events(events[400..].to_vec()).await;
+    send_json(&producer, 0, &events[400..]).await;
     wait_applied(&server, 800).await;
     let dead = common::kafka::read_committed(&brokers, DEAD, 1);
     assert_eq!(dead.len(), 1, "one dead letter");

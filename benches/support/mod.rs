@@ -60,3 +60,67 @@ pub fn payment(i: usize, time_ms: i64) -> RawEvent {
         strings: BTreeMap::from([("ip_country".into(), "DE".into())]),
     }
 }
+
+/// The real server on loopback, on a runtime of its own (`workers` threads named
+/// `server-worker`, so a profile tells them from the load generator's).
+pub struct Served {
+    pub runtime: tokio::runtime::Runtime,
+    pub url: String,
+    pub rest_url: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Served {
+    /// Stops the server and ends its runtime.
+    pub fn stop(self) {
+        let _ = self.stop.send(());
+        drop(self.runtime);
+    }
+}
+
+/// Starts the server of `settings` with a gRPC and a REST listener on loopback.
+pub fn serve(settings: &Settings, workers: usize) -> Served {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("server-worker")
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .expect("server runtime");
+    let (grpc_addr, http_addr, stop) = runtime.block_on(async {
+        let store = streamscore::server::open_store(settings)
+            .await
+            .expect("store opens");
+        let grpc = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let http = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addrs = (
+            grpc.local_addr().expect("addr"),
+            http.local_addr().expect("addr"),
+        );
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let settings = settings.clone();
+        tokio::spawn(async move {
+            let listeners = streamscore::server::Listeners {
+                grpc,
+                metrics: None,
+                admin: None,
+                http: Some(http),
+            };
+            streamscore::server::run_with(listeners, store, &settings, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("server runs")
+        });
+        (addrs.0, addrs.1, stop)
+    });
+    Served {
+        runtime,
+        url: format!("http://{grpc_addr}"),
+        rest_url: format!("http://{http_addr}"),
+        stop,
+    }
+}
