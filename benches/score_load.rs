@@ -39,12 +39,7 @@ fn main() {
     let served = support::serve(&settings, support::env_usize("SERVER_WORKERS", 2));
     let (url, rest_url) = (served.url.clone(), served.rest_url.clone());
 
-    let client_runtime = tokio::runtime::Builder::new_multi_thread()
-        .thread_name("score-client")
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("client runtime");
+    let client_runtime = support::runtime("score-client", 2);
     let end = now_ms() - MINUTE_MS;
     let sim = SimConfig {
         start_ms: end - 3 * HOUR_MS,
@@ -153,13 +148,7 @@ fn main() {
         // so building their 10,000-event messages does not delay the Score client.
         let ingest_url = url.clone();
         let ingesting = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_multi_thread()
-                .thread_name("ingest-client")
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("ingest clients' runtime")
-                .block_on(async {
+            support::runtime("ingest-client", 2).block_on(async {
                     loadtest::run(&ingest_url, &Default::default(), &ingest).await
                 })
         });

@@ -39,12 +39,7 @@ fn main() {
     let real_url = served.url.clone();
     let real_rest_url = served.rest_url.clone();
 
-    let client_runtime = tokio::runtime::Builder::new_multi_thread()
-        .thread_name("load-client")
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("client runtime");
+    let client_runtime = support::runtime("load-client", 2);
     let end = now_ms() - MINUTE_MS;
     let sim = SimConfig {
         start_ms: end - 40 * HOUR_MS,

@@ -357,11 +357,16 @@ async fn send_json(producer: &FutureProducer, partition: i32, events: &[RawEvent
         let record = FutureRecord::<[u8], [u8]>::to(TOPIC)
             .partition(partition)
             .payload(&payload);
-        producer
-            .send(record, Duration::from_secs(5))
-            .await
-            .expect("event stored");
+        store(producer, record).await;
     }
+}
+
+/// Sends `record` and waits until the broker has it.
+async fn store(producer: &FutureProducer, record: FutureRecord<'_, [u8], [u8]>) {
+    producer
+        .send(record, Duration::from_secs(5))
+        .await
+        .expect("record stored");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -379,17 +384,11 @@ async fn a_quiet_partition_headed_by_a_tombstone_and_garbage_does_not_stall_the_
     let tombstone = FutureRecord::<[u8], [u8]>::to(TOPIC)
         .partition(1)
         .key(b"gone");
-    producer
-        .send(tombstone, Duration::from_secs(5))
-        .await
-        .expect("tombstone stored");
+    store(&producer, tombstone).await;
     let garbage = FutureRecord::<[u8], [u8]>::to(TOPIC)
         .partition(1)
         .payload(b"{not json");
-    producer
-        .send(garbage, Duration::from_secs(5))
-        .await
-        .expect("garbage stored");
+    store(&producer, garbage).await;
     let events: Vec<RawEvent> = Simulator::new(SimConfig::default()).take(400).collect();
     send_json(&producer, 0, &events).await;
     let server_brokers = brokers.clone();
@@ -433,13 +432,7 @@ async fn a_record_too_large_for_the_dead_letter_topic_goes_there_as_a_stub_and_i
         .create()
         .expect("producer");
     let big = format!("{{not json {}", "x".repeat(1_200_000)).into_bytes();
-    producer
-        .send(
-            FutureRecord::<[u8], [u8]>::to(TOPIC).payload(&big),
-            Duration::from_secs(5),
-        )
-        .await
-        .expect("the large record is stored");
+    store(&producer, FutureRecord::to(TOPIC).payload(&big)).await;
     let events: Vec<RawEvent> = Simulator::new(SimConfig::default()).take(800).collect();
     send_json(&producer, 0, &events[..400]).await;
     let server_brokers = brokers.clone();

@@ -78,14 +78,20 @@ impl Served {
     }
 }
 
-/// Starts the server of `settings` with a gRPC and a REST listener on loopback.
-pub fn serve(settings: &Settings, workers: usize) -> Served {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .thread_name("server-worker")
+/// A runtime of `workers` threads named `name` (a load generator's, a server's): the
+/// names tell them apart in a profile.
+pub fn runtime(name: &str, workers: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .thread_name(name)
         .worker_threads(workers)
         .enable_all()
         .build()
-        .expect("server runtime");
+        .expect("runtime")
+}
+
+/// Starts the server of `settings` with a gRPC and a REST listener on loopback.
+pub fn serve(settings: &Settings, workers: usize) -> Served {
+    let runtime = runtime("server-worker", workers);
     let (grpc_addr, http_addr, stop) = runtime.block_on(async {
         let store = streamscore::server::open_store(settings)
             .await
