@@ -215,6 +215,35 @@ impl FeatureStore {
         self.wait_durable(submitted).await
     }
 
+    /// [`FeatureStore::ingest_off_runtime`] for a source that must neither drop a batch
+    /// nor stop (Kafka): while the log cannot write (a full disk) the batch is refused
+    /// whole and handed back (`Err`), to be submitted again after
+    /// [`FeatureStore::wait_writable`].
+    pub async fn ingest_unless_stalled(
+        self: &Arc<Self>,
+        events: Vec<RawEvent>,
+    ) -> Result<Result<BatchOutcome, Vec<RawEvent>>, StoreError> {
+        let submitted = {
+            let _turn = self.writer_turn.lock().await;
+            let store = Arc::clone(self);
+            let (submitted, events) = self
+                .writer_thread
+                .run(move || (store.submit(&events), events))
+                .await
+                .map_err(|stopped| StoreError::Task(stopped.to_string()))?;
+            match submitted {
+                Err(StoreError::Log(LogError::Stalled)) => return Ok(Err(events)),
+                submitted => submitted?,
+            }
+        };
+        self.wait_durable(submitted).await.map(Ok)
+    }
+
+    /// Waits until the log takes events again (see [`FeatureStore::log_stalled`]).
+    pub async fn wait_writable(&self) -> Result<(), StoreError> {
+        Ok(self.log.wait_writable().await?)
+    }
+
     /// [`FeatureStore::submit`] on the writer thread, in turn with the other async
     /// submitters (so batches of one caller keep their order).
     pub async fn submit_off_runtime(

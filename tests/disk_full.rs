@@ -5,55 +5,15 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
+use common::disk::SmallDisk;
 use common::{IngestHealth, spawn_server_with, view_batch};
 use streamscore::api::client;
 use streamscore::api::pb::ingest_client::IngestClient;
 use tonic_health::ServingStatus;
 
-/// A tmpfs mounted at a fresh folder, unmounted when dropped.
-struct SmallDisk(PathBuf);
-
-impl SmallDisk {
-    fn mount(bytes: usize) -> Option<SmallDisk> {
-        let dir =
-            std::env::temp_dir().join(format!("streamscore-disk-full-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).ok()?;
-        let mounted = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={bytes}"), "tmpfs"])
-            .arg(&dir)
-            .status()
-            .ok()?
-            .success();
-        mounted.then_some(SmallDisk(dir))
-    }
-
-    fn grow(&self, bytes: usize) {
-        let status = Command::new("mount")
-            .args(["-o", &format!("remount,size={bytes}")])
-            .arg(&self.0)
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-        let _ = std::fs::remove_dir(&self.0);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_stalls_the_log_and_it_resumes_when_there_is_room() {
-    let Some(disk) = SmallDisk::mount(512 << 10) else {
+    let Some(disk) = SmallDisk::mount("grpc", 512 << 10) else {
         eprintln!("SKIPPED: cannot mount a tmpfs here (not root?)");
         return;
     };

@@ -461,6 +461,149 @@ async fn a_record_too_large_for_the_dead_letter_topic_goes_there_as_a_stub_and_i
     server.stop().await;
 }
 
+/// The Kafka source's applied-records counter, from the metrics.
+async fn source_applied(server: &TestServer) -> u64 {
+    let metrics = server.scrape().await;
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("streamscore_kafka_applied "))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no streamscore_kafka_applied in\n{metrics}"))
+}
+
+async fn wait_source_applied(server: &TestServer, count: u64) {
+    let applied = tokio::time::timeout(Duration::from_secs(60), async {
+        while source_applied(server).await < count {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        applied.is_ok(),
+        "{count} records applied from kafka within a minute:\n{}",
+        server.scrape().await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_ingest_waits_out_a_full_disk_and_resumes_without_a_restart() {
+    use common::disk::SmallDisk;
+    use streamscore::api::pb::ingest_client::IngestClient;
+    let Some(disk) = SmallDisk::mount("kafka", 512 << 10) else {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (not root?)");
+        return;
+    };
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    cluster.create_topic(TOPIC, 1, 1).expect("topic");
+    cluster.create_topic(DEAD, 1, 1).expect("dead-letter topic");
+    let brokers = cluster.bootstrap_servers();
+    let (server_brokers, data_dir) = (brokers.clone(), disk.path().to_path_buf());
+    let server = TestServer::start(move |settings| {
+        settings.data_dir = data_dir;
+        settings.kafka.brokers = server_brokers;
+        settings.kafka.topics = vec![TOPIC.into()];
+        settings.kafka.dead_letter_topic = DEAD.into();
+    })
+    .await;
+    wait_health(&server, tonic_health::ServingStatus::Serving, "SERVING").await;
+    // gRPC ingest fills the disk: the log stalls, and its pending batch waits.
+    let filler = {
+        let mut ingest = IngestClient::new(server.channel().await);
+        tokio::spawn(async move {
+            for k in 0..40 {
+                ingest
+                    .ingest_batch(common::view_batch(k * 500, 500))
+                    .await
+                    .expect("a batch taken is acked in the end");
+            }
+        })
+    };
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while !server.store.log_stalled() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("the log stalls on the full disk");
+    // Records arrive while the log cannot write: the source waits, NOT_SERVING. They
+    // are recent, as the gRPC events are (or they would be late).
+    let events: Vec<RawEvent> = Simulator::new(SimConfig {
+        start_ms: streamscore::time::now_ms() - 600_000,
+        mean_session_gap_ms: 100.0,
+        ..SimConfig::default()
+    })
+    .take(300)
+    .collect();
+    common::kafka::produce(&brokers, TOPIC, &events).await;
+    wait_health(
+        &server,
+        tonic_health::ServingStatus::NotServing,
+        "the source NOT_SERVING while the log cannot write",
+    )
+    .await;
+    disk.grow(64 << 20);
+    // Before the fix the source stopped for good here, and applied nothing more.
+    wait_health(
+        &server,
+        tonic_health::ServingStatus::Serving,
+        "the source SERVING again",
+    )
+    .await;
+    wait_source_applied(&server, 300).await;
+    filler.await.expect("the gRPC batches are acked");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_topic_that_refuses_writes_pauses_the_source_and_loses_nothing() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    cluster.create_topic(TOPIC, 1, 1).expect("topic");
+    cluster.create_topic(DEAD, 1, 1).expect("dead-letter topic");
+    let brokers = cluster.bootstrap_servers();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .expect("producer");
+    let events: Vec<RawEvent> = Simulator::new(SimConfig::default()).take(600).collect();
+    store(&producer, FutureRecord::to(TOPIC).payload(b"{not json")).await;
+    send_json(&producer, 0, &events[..300]).await;
+    // From now on the broker refuses every write (the server's dead letters only):
+    // the topic's ACL was taken away, say.
+    let refusals = [RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 10_000];
+    cluster.request_errors(RDKafkaApiKey::Produce, &refusals);
+    let server_brokers = brokers.clone();
+    let server = TestServer::start(move |settings| {
+        settings.kafka.brokers = server_brokers;
+        settings.kafka.topics = vec![TOPIC.into()];
+        settings.kafka.dead_letter_topic = DEAD.into();
+    })
+    .await;
+    wait_health(
+        &server,
+        tonic_health::ServingStatus::NotServing,
+        "the source NOT_SERVING while the dead-letter topic refuses writes",
+    )
+    .await;
+    cluster.clear_request_errors(RDKafkaApiKey::Produce);
+    // Before the fix the source stopped for good at the first dead letter it could not
+    // write.
+    wait_health(
+        &server,
+        tonic_health::ServingStatus::Serving,
+        "the source SERVING again",
+    )
+    .await;
+    send_json(&producer, 0, &events[300..]).await;
+    wait_source_applied(&server, 600).await;
+    let dead = common::kafka::read_committed(&brokers, DEAD, 1);
+    assert!(
+        !dead.is_empty() && dead.iter().all(|(_, value)| value == b"{not json"),
+        "the garbage record is a dead letter (at least once): {dead:?}"
+    );
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scoring_with_a_model_it_cannot_resolve_decides_nothing_and_says_not_serving() {
     let cluster = MockCluster::new(1).expect("mock cluster");

@@ -11,8 +11,6 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
-use super::SourceError;
-
 /// Why a record was refused: the field and reason of the validation that refused it,
 /// and its kind (`undecodable`, `invalid`, `late`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,22 +34,25 @@ pub const STUB: &str = "streamscore.stub";
 /// Bytes of the original value a stub keeps, enough to recognise the record.
 pub const STUB_VALUE_BYTES: usize = 1024;
 
-/// Writes every refused record to `topic` and waits until the broker has them all
-/// (their offsets are committed only after this returns).
+/// Writes every refused record to `topic` and waits until the broker has them, or
+/// they failed: returns the ones that failed (by index in `refused`) and why. Their
+/// offsets are committed only after every one is written.
 pub async fn send_all(
     producer: &FutureProducer,
     topic: &str,
     refused: &[(&OwnedMessage, Refused)],
-) -> Result<(), SourceError> {
+) -> Vec<(usize, KafkaError)> {
     // Polled together, so every record is queued before any is awaited: one round trip
     // for the batch, not one per record.
     let deliveries = refused
         .iter()
         .map(|(message, why)| send(producer, topic, message, why));
-    for delivered in futures_util::future::join_all(deliveries).await {
-        delivered?;
-    }
-    Ok(())
+    futures_util::future::join_all(deliveries)
+        .await
+        .into_iter()
+        .enumerate()
+        .filter_map(|(index, delivered)| delivered.err().map(|error| (index, error)))
+        .collect()
 }
 
 async fn send(
@@ -59,7 +60,7 @@ async fn send(
     topic: &str,
     message: &OwnedMessage,
     why: &Refused,
-) -> Result<(), SourceError> {
+) -> Result<(), KafkaError> {
     match produce(producer, topic, message, why, None).await {
         Err(error) if not_takeable_as_is(&error) => {
             tracing::warn!(
@@ -74,7 +75,6 @@ async fn send(
         }
         sent => sent,
     }
-    .map_err(SourceError::DeadLetter)
 }
 
 /// Errors about the record itself, which a smaller record does not meet.

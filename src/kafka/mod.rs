@@ -40,8 +40,6 @@ pub enum SourceError {
     Kafka(#[from] KafkaError),
     #[error("kafka source: {0}")]
     Store(#[from] StoreError),
-    #[error("kafka source: cannot write to the dead-letter topic: {0}")]
-    DeadLetter(KafkaError),
     #[error("kafka source: cannot start its reader thread: {0}")]
     Thread(std::io::Error),
     #[error("kafka source: its reader thread panicked")]

@@ -26,7 +26,7 @@ use super::dead_letter::{self, Refused};
 use super::{SourceCounters, SourceError, client_config, consumer_config, lock};
 use crate::config::KafkaSettings;
 use crate::events::{RawEvent, RefusalKind};
-use crate::store::FeatureStore;
+use crate::store::{BatchOutcome, FeatureStore};
 
 /// A partition of a topic.
 pub type Partition = (Arc<str>, i32);
@@ -209,10 +209,12 @@ type SourceConsumer = BaseConsumer<SourceContext>;
 /// A received record with its decoded event (or why it could not be decoded).
 type Received = (OwnedMessage, Result<RawEvent, String>);
 
-/// Consumes until `shutdown` turns true. Broker errors are retried by librdkafka (and
-/// turn the source's health NOT_SERVING meanwhile); an error of the store (the log
-/// cannot write) or of the dead-letter topic stops the source with the batch's offsets
-/// uncommitted, so its records are read again by whoever consumes next.
+/// Consumes until `shutdown` turns true. Broker errors are retried by librdkafka, a
+/// log that cannot write for a while (a full disk) and a dead-letter topic that cannot
+/// be written are waited out, the same batch tried again; each turns the source's
+/// health NOT_SERVING meanwhile. An error of the store it cannot get past (the log
+/// writer failed) stops the source with the batch's offsets uncommitted, so its
+/// records are read again by whoever consumes next.
 pub async fn run(
     store: Arc<FeatureStore>,
     settings: KafkaSettings,
@@ -258,7 +260,7 @@ pub async fn run(
             .spawn(move || read(&consumer, &settings, slack_ms, &counters, &batches, &stop))
             .map_err(SourceError::Thread)?
     };
-    let mut applied = Ok(());
+    let mut applied = Ok(Applied::Committed);
     loop {
         let batch = tokio::select! {
             batch = incoming.recv() => batch,
@@ -277,10 +279,12 @@ pub async fn run(
             &dead_letters,
             &counters,
             batch,
+            &mut shutdown.clone(),
         )
         .await;
-        consumer.context().in_flight.finish(applied.is_ok());
-        if applied.is_err() {
+        let committed = matches!(applied, Ok(Applied::Committed));
+        consumer.context().in_flight.finish(committed);
+        if !committed {
             break;
         }
     }
@@ -480,7 +484,8 @@ async fn apply(
     dead_letters: &FutureProducer,
     counters: &SourceCounters,
     released: Vec<(Partition, Received)>,
-) -> Result<(), SourceError> {
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+) -> Result<Applied, SourceError> {
     let records = released.len();
     let next = next_offsets(&released);
     let mut events = Vec::with_capacity(records);
@@ -506,7 +511,9 @@ async fn apply(
         messages.push(message);
     }
     // Resolves once the accepted events are durable in the local log.
-    let outcome = store.ingest_off_runtime(events).await?;
+    let Some(outcome) = ingest_through_stalls(store, events, counters, shutdown).await? else {
+        return Ok(Applied::Stopped);
+    };
     for (index, refusal) in outcome.refused {
         let kind = match refusal.kind {
             RefusalKind::Invalid => "invalid",
@@ -525,10 +532,98 @@ async fn apply(
         .into_iter()
         .map(|(at, why)| (&messages[at], why))
         .collect();
-    dead_letter::send_all(dead_letters, &settings.dead_letter_topic, &refused).await?;
+    if !dead_letter_all(dead_letters, settings, counters, &refused, shutdown).await {
+        return Ok(Applied::Stopped);
+    }
     counters.count(records, outcome.accepted, outcome.duplicates, &refused);
     commit(consumer, next)?;
-    Ok(())
+    Ok(Applied::Committed)
+}
+
+/// How far [`apply`] got with a batch.
+#[derive(Debug, PartialEq, Eq)]
+enum Applied {
+    /// Applied, dead letters written, offsets committed.
+    Committed,
+    /// The source was told to stop while it waited (for the log, or the dead-letter
+    /// topic): the batch's offsets are not committed, its records are read again by
+    /// whoever consumes next, and the engine's dedup keeps what was applied once.
+    Stopped,
+}
+
+/// The first pause before the dead-letter topic is tried again; it doubles up to
+/// [`MAX_DEAD_LETTER_PAUSE`].
+const FIRST_DEAD_LETTER_PAUSE: Duration = Duration::from_millis(200);
+const MAX_DEAD_LETTER_PAUSE: Duration = Duration::from_secs(10);
+
+/// Applies `events` through the store; while the log cannot write (a full disk) the
+/// batch waits, with the source NOT_SERVING, and is submitted again, as gRPC ingest
+/// resumes by itself. `None`: told to stop while waiting.
+async fn ingest_through_stalls(
+    store: &Arc<FeatureStore>,
+    mut events: Vec<RawEvent>,
+    counters: &SourceCounters,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+) -> Result<Option<BatchOutcome>, SourceError> {
+    loop {
+        match store.ingest_unless_stalled(events).await? {
+            Ok(outcome) => return Ok(Some(outcome)),
+            Err(refused_whole) => events = refused_whole,
+        }
+        tracing::warn!(
+            events = events.len(),
+            "kafka source paused: the event log cannot write; the batch is submitted again when it can"
+        );
+        counters.health.set_waiting(true);
+        let writable = tokio::select! {
+            writable = store.wait_writable() => writable,
+            _ = shutdown.wait_for(|stop| *stop) => return Ok(None),
+        };
+        counters.health.set_waiting(false);
+        writable?;
+        tracing::info!("kafka source resumed: the event log writes again");
+    }
+}
+
+/// Writes every refused record to the dead-letter topic. While the topic cannot be
+/// written (unreachable, not authorised, missing) the source pauses, NOT_SERVING, and
+/// tries the failed ones again: a record is never dropped and the source never stops
+/// for good. A record may reach the topic twice if a failed delivery was in fact
+/// stored. `false`: told to stop while waiting.
+async fn dead_letter_all(
+    producer: &FutureProducer,
+    settings: &KafkaSettings,
+    counters: &SourceCounters,
+    refused: &[(&OwnedMessage, Refused)],
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+) -> bool {
+    let mut pending: Vec<(&OwnedMessage, Refused)> = refused.to_vec();
+    let mut pause = FIRST_DEAD_LETTER_PAUSE;
+    loop {
+        let failed = dead_letter::send_all(producer, &settings.dead_letter_topic, &pending).await;
+        let Some((_, error)) = failed.first() else {
+            counters.health.set_waiting(false);
+            return true;
+        };
+        tracing::warn!(
+            %error,
+            failed = failed.len(),
+            topic = %settings.dead_letter_topic,
+            retry_ms = pause.as_millis() as u64,
+            "kafka source paused: cannot write to the dead-letter topic; trying again"
+        );
+        counters.health.set_waiting(true);
+        let failed: Vec<usize> = failed.into_iter().map(|(index, _)| index).collect();
+        pending = failed
+            .into_iter()
+            .map(|index| pending[index].clone())
+            .collect();
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return false,
+        }
+        pause = (pause * 2).min(MAX_DEAD_LETTER_PAUSE);
+    }
 }
 
 /// Per partition, the offset after the last released record of it (released records

@@ -192,6 +192,19 @@ impl EventLog {
         self.shared.durable.borrow().stalled
     }
 
+    /// Waits until the log takes appends again (it is not stalled); an error when the
+    /// writer has failed for good.
+    pub async fn wait_writable(&self) -> Result<(), LogError> {
+        let mut receiver = self.shared.durable.subscribe();
+        let reached = receiver
+            .wait_for(|durable| !durable.stalled || durable.failed)
+            .await;
+        match reached {
+            Ok(durable) if !durable.failed => Ok(()),
+            _ => Err(LogError::WriterFailed),
+        }
+    }
+
     /// Sequence number of the newest appended record.
     pub fn last_seq(&self) -> u64 {
         self.shared.pending.lock().next_seq - 1

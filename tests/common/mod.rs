@@ -2,6 +2,7 @@
 //! model of the feature semantics.
 #![allow(dead_code)]
 
+pub mod disk;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod naive;
