@@ -24,22 +24,28 @@ use streamscore::simulate::{SimConfig, Simulator};
 
 const EVENTS: usize = 20_000;
 
-fn pipeline(brokers: &str, redis: &RedisCluster) -> Pipeline {
-    let mut settings = Settings::default();
-    let consumer: BTreeMap<String, String> = [
+/// Consumer settings under which a member that left is replaced in seconds.
+fn fast_group() -> BTreeMap<String, String> {
+    [
         ("session.timeout.ms", "6000"),
         ("heartbeat.interval.ms", "500"),
         ("max.poll.interval.ms", "7000"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    settings.kafka = KafkaSettings {
-        brokers: brokers.to_string(),
-        topics: vec!["events".into()],
-        batch_records: 500,
-        consumer,
-        ..KafkaSettings::default()
+    .collect()
+}
+
+fn pipeline(brokers: &str, redis: &RedisCluster) -> Pipeline {
+    let mut settings = Settings {
+        kafka: KafkaSettings {
+            brokers: brokers.to_string(),
+            topics: vec!["events".into()],
+            batch_records: 500,
+            consumer: fast_group(),
+            ..KafkaSettings::default()
+        },
+        ..Settings::default()
     };
     settings.cluster.redis = redis.nodes.clone();
     Pipeline::new(&settings, Arc::new(Definitions::default_shop()))
@@ -554,4 +560,102 @@ async fn separate_processes_survive_a_killed_aggregator_and_a_killed_redis_maste
         let _ = child.wait();
     }
     embedded.stop().await;
+}
+
+/// A router's pipeline with no Redis (the router writes Kafka only).
+fn router_pipeline(brokers: &str) -> Arc<Pipeline> {
+    let settings = Settings {
+        kafka: KafkaSettings {
+            brokers: brokers.to_string(),
+            topics: vec!["events".into()],
+            batch_records: 100,
+            consumer: fast_group(),
+            ..KafkaSettings::default()
+        },
+        ..Settings::default()
+    };
+    Arc::new(Pipeline::new(
+        &settings,
+        Arc::new(Definitions::default_shop()),
+    ))
+}
+
+/// Runs a router until the checkpoints say input offset `through` is routed, then
+/// stops it.
+async fn route_through(pipeline: &Arc<Pipeline>, brokers: &str, through: i64) {
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let router = tokio::spawn(route(
+        Arc::clone(pipeline),
+        "route".into(),
+        "route-0".into(),
+        shutdown,
+    ));
+    let checkpoints = pipeline.checkpoint_topic();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while routed_through(brokers, &checkpoints) < through {
+        assert!(!router.is_finished(), "the router ended early");
+        assert!(
+            Instant::now() < deadline,
+            "offset {through} not routed in a minute"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.send(true).expect("stop");
+    router
+        .await
+        .expect("router task")
+        .expect("the router ran without error");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_sent_across_a_router_restart_is_routed_once_and_late_stays_late() {
+    let kafka = MockCluster::new(1).expect("mock cluster");
+    kafka.create_topic("events", 1, 1).expect("events topic");
+    let brokers = kafka.bootstrap_servers();
+    let pipeline = router_pipeline(&brokers);
+    let user_topic = pipeline.entity_topic("user");
+    for topic in pipeline.entity_topics() {
+        kafka.create_topic(&topic, 4, 1).expect("entity topic");
+    }
+    kafka
+        .create_topic(&pipeline.checkpoint_topic(), 1, 1)
+        .expect("checkpoint topic");
+    let events: Vec<RawEvent> = Simulator::new(SimConfig::default()).take(2_000).collect();
+    let (first, second) = events.split_at(1_000);
+    common::kafka::produce(&brokers, "events", first).await;
+    route_through(&pipeline, &brokers, 999).await;
+
+    // While no router runs, the producer re-sends its last 50 events (a retry after a
+    // timeout), a straggler arrives far behind the watermark, then new events.
+    let watermark = first.iter().map(|e| e.event_time_ms).max().expect("events");
+    let late = RawEvent {
+        event_id: "straggler".into(),
+        event_time_ms: watermark - pipeline.engine.allowed_lateness_ms - 60_000,
+        ..first[0].clone()
+    };
+    common::kafka::produce(&brokers, "events", std::slice::from_ref(&late)).await;
+    common::kafka::produce(&brokers, "events", &first[950..]).await;
+    common::kafka::produce(&brokers, "events", second).await;
+    // A new router (a restart: its dedup set and watermark start empty in memory).
+    route_through(&pipeline, &brokers, 1_000 + 1 + 50 + 1_000 - 1).await;
+
+    let mut routed: BTreeMap<String, usize> = BTreeMap::new();
+    for (_, payload) in common::kafka::read_committed(&brokers, &user_topic, 4) {
+        let event: RawEvent = serde_json::from_slice(&payload).expect("routed event");
+        *routed.entry(event.event_id).or_default() += 1;
+    }
+    let twice: Vec<&String> = routed
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(id, _)| id)
+        .collect();
+    // Before the fix the 50 re-sent events were routed twice, and the straggler once.
+    assert!(twice.is_empty(), "routed twice: {twice:?}");
+    assert!(!routed.contains_key("straggler"), "the straggler is late");
+    let with_user = events
+        .iter()
+        .filter(|e| e.entities.contains_key("user"))
+        .count();
+    assert_eq!(routed.len(), with_user, "every event with a user routed");
+    assert_eq!(pipeline.counters.routed.load(Ordering::Relaxed), 2_000);
 }

@@ -562,12 +562,18 @@ impl EngineWriter<'_> {
     /// dedup set and its time the watermark (a scaled-out router admits events and
     /// leaves applying them to the aggregators).
     pub fn record_admission(&mut self, event: &Event<'_>) {
+        self.restore_admission(event.id_hash, event.time_ms);
+    }
+
+    /// [`Self::record_admission`] of an event admitted before, by its id's hash and its
+    /// time, read back from where an earlier process kept them (a router's checkpoints).
+    pub fn restore_admission(&mut self, id_hash: u128, time_ms: i64) {
         let engine = self.engine;
-        let watermark_ms = engine.watermark_ms().max(event.time_ms);
+        let watermark_ms = engine.watermark_ms().max(time_ms);
         engine.watermark_ms.store(watermark_ms, Ordering::Release);
         self.dedup.insert(
-            event.id_hash,
-            event.time_ms,
+            id_hash,
+            time_ms,
             watermark_ms.saturating_sub(engine.settings.dedup_horizon_ms),
         );
     }

@@ -77,51 +77,75 @@ pub fn last_decided(
     timeout: Duration,
 ) -> Result<Option<i64>, ResumeError> {
     let partition = output_partition(input_partition, output_partitions);
-    let deadline = Instant::now() + timeout;
-    let (low, high) = reader.fetch_watermarks(output_topic, partition, timeout)?;
-    let mut window = FIRST_WINDOW;
-    let mut start = high;
-    while start > low {
-        start = (high - window).max(low);
-        let mut assignment = TopicPartitionList::new();
-        assignment.add_partition_offset(output_topic, partition, Offset::Offset(start))?;
-        reader.assign(&assignment)?;
-        let mut newest = None;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(ResumeError::Timeout {
-                    topic: output_topic.to_string(),
-                    partition,
-                    timeout,
-                });
+    look_back(
+        reader,
+        output_topic,
+        partition,
+        timeout,
+        |newest: &mut Option<i64>, payload| {
+            // A record that is not ours says nothing of our progress.
+            if let Ok(Source {
+                source: (topic, partition, offset),
+            }) = serde_json::from_slice(payload)
+                && topic == input_topic
+                && partition == input_partition
+            {
+                *newest = (*newest).max(Some(offset));
             }
-            match reader.poll(left.min(Duration::from_millis(200))) {
-                Some(Ok(message)) => {
-                    let Some(payload) = message.payload() else {
-                        continue;
-                    };
-                    // A record that is not ours says nothing of our progress.
-                    if let Ok(Source {
-                        source: (topic, partition, offset),
-                    }) = serde_json::from_slice(payload)
-                        && topic == input_topic
-                        && partition == input_partition
-                    {
-                        newest = newest.max(Some(offset));
-                    }
+        },
+        Option::is_some,
+    )
+}
+
+/// Reads `topic`/`partition` back from its end in growing windows (the last
+/// [`FIRST_WINDOW`] records, then four times as many each time), each window whole and
+/// in order into a fresh `W` through `take`, until `enough` is true of a window or the
+/// window starts at the partition's start; returns that window's `W`. Blocking, for at
+/// most `timeout` in all.
+pub fn look_back<W: Default>(
+    reader: &BaseConsumer,
+    topic: &str,
+    partition: i32,
+    timeout: Duration,
+    mut take: impl FnMut(&mut W, &[u8]),
+    mut enough: impl FnMut(&W) -> bool,
+) -> Result<W, ResumeError> {
+    let deadline = Instant::now() + timeout;
+    let (low, high) = reader.fetch_watermarks(topic, partition, timeout)?;
+    let mut window = FIRST_WINDOW;
+    loop {
+        let start = (high - window).max(low);
+        let mut read = W::default();
+        if start < high {
+            let mut assignment = TopicPartitionList::new();
+            assignment.add_partition_offset(topic, partition, Offset::Offset(start))?;
+            reader.assign(&assignment)?;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(ResumeError::Timeout {
+                        topic: topic.to_string(),
+                        partition,
+                        timeout,
+                    });
                 }
-                Some(Err(KafkaError::PartitionEOF(_))) => break,
-                Some(Err(error)) => return Err(error.into()),
-                None => {}
+                match reader.poll(left.min(Duration::from_millis(200))) {
+                    Some(Ok(message)) => {
+                        if let Some(payload) = message.payload() {
+                            take(&mut read, payload);
+                        }
+                    }
+                    Some(Err(KafkaError::PartitionEOF(_))) => break,
+                    Some(Err(error)) => return Err(error.into()),
+                    None => {}
+                }
             }
         }
-        if newest.is_some() {
-            return Ok(newest);
+        if start <= low || enough(&read) {
+            return Ok(read);
         }
         window = window.saturating_mul(4);
     }
-    Ok(None)
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@
 //! the same order: the entity's tiles and pending events come out the same, bit for
 //! bit, so a scorer's answer equals the embedded server's.
 
+mod admission;
 mod aggregate;
 mod route;
 

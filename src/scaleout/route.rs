@@ -15,7 +15,8 @@ use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use super::{
-    KAFKA_TIMEOUT, Pipeline, ScaleOutError, WATERMARK_HEADER, blocking, next_offsets, receive,
+    KAFKA_TIMEOUT, Pipeline, ScaleOutError, WATERMARK_HEADER, admission, blocking, next_offsets,
+    receive,
 };
 use crate::events::validate;
 use crate::features::{Admission, Engine};
@@ -85,7 +86,7 @@ pub async fn route(
             continue;
         }
         tracing::debug!(records = batch.len(), "router: batch received");
-        let batch = unrouted(&pipeline, &consumer, checkpoint_partitions, batch).await?;
+        let batch = unrouted(&pipeline, &engine, &consumer, checkpoint_partitions, batch).await?;
         if batch.is_empty() {
             continue;
         }
@@ -113,14 +114,21 @@ pub async fn route(
     }
 }
 
+/// How long a router may read an input partition's checkpoints back when it takes the
+/// partition over (a day of dedup horizon at a high rate is a long read).
+const RESTORE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// The records of `batch` not routed yet. Committing the input offsets in the
 /// transaction is enough on a broker that stores transactional offsets; librdkafka's
 /// mock broker stores none, so a router taking over a partition would route it again
 /// from the start. Each transaction therefore also writes, per input partition, its
 /// newest offset to the checkpoint topic (`<prefix>.routed`, partition `p mod n`), and
-/// a partition first seen since a rebalance starts after the newest checkpoint there.
+/// a partition first seen since a rebalance starts after the newest checkpoint there,
+/// with the admissions of its checkpoints over the dedup horizon taken into `engine`
+/// (see [`super::admission`]).
 async fn unrouted(
     pipeline: &Pipeline,
+    engine: &Engine,
     consumer: &StreamConsumer<RouterContext>,
     checkpoint_partitions: i32,
     batch: Vec<OwnedMessage>,
@@ -142,34 +150,54 @@ async fn unrouted(
     if !unknown.is_empty() {
         let settings = pipeline.kafka.clone();
         let checkpoints = pipeline.checkpoint_topic();
+        let reach_back_ms = pipeline
+            .engine
+            .dedup_horizon_ms
+            .saturating_add(pipeline.engine.allowed_lateness_ms);
         let found = tokio::task::spawn_blocking(move || {
             let reader = resume::reader(&settings)?;
             unknown
                 .into_iter()
                 .map(|(topic, partition)| {
-                    let newest = resume::last_decided(
+                    let restored = admission::restore(
                         &reader,
                         &checkpoints,
                         checkpoint_partitions,
                         &topic,
                         partition,
-                        KAFKA_TIMEOUT,
+                        reach_back_ms,
+                        RESTORE_TIMEOUT,
                     )
                     .map_err(|e| ScaleOutError::Transaction(e.to_string()))?;
-                    Ok(((topic, partition), newest))
+                    Ok(((topic, partition), restored))
                 })
                 .collect::<Result<Vec<_>, ScaleOutError>>()
         })
         .await
         .map_err(|_| ScaleOutError::Panicked)??;
+        {
+            let mut writer = engine.writer();
+            for (_, restored) in &found {
+                for (id_hash, time_ms) in &restored.admitted {
+                    writer.restore_admission(*id_hash, *time_ms);
+                }
+            }
+        }
         let mut routed = consumer
             .context()
             .routed
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for (key, newest) in found {
-            tracing::info!(topic = %key.0, partition = key.1, ?newest, "router: input partition routed up to");
-            routed.insert(key, newest);
+        for (key, restored) in found {
+            tracing::info!(
+                topic = %key.0,
+                partition = key.1,
+                newest = ?restored.newest_offset,
+                admissions = restored.admitted.len(),
+                watermark_ms = engine.watermark_ms(),
+                "router: input partition taken over: routed up to, admissions restored"
+            );
+            routed.insert(key, restored.newest_offset);
         }
     }
     let routed = consumer
@@ -202,6 +230,8 @@ async fn transact(
     // Admission first, under the engine's writer (no await while it is held), then
     // the sends.
     let mut routed: Vec<(String, String, &[u8], String)> = Vec::new();
+    // Per input partition, the events admitted (id hash, time): its checkpoint's.
+    let mut admissions: BTreeMap<(&str, i32), Vec<(u128, i64)>> = BTreeMap::new();
     let mut admitted = 0u64;
     let mut unrouted = 0u64;
     {
@@ -230,6 +260,10 @@ async fn transact(
                 continue;
             }
             writer.record_admission(&event);
+            admissions
+                .entry((message.topic(), message.partition()))
+                .or_default()
+                .push((event.id_hash, event.time_ms));
             admitted += 1;
             let watermark = engine.watermark_ms().to_string();
             for (entity, id) in engine.entities_of(&event) {
@@ -268,7 +302,17 @@ async fn transact(
     }
     let checkpoints = pipeline.checkpoint_topic();
     for ((topic, partition), offset) in newest {
-        let payload = serde_json::json!({ "source": [topic, partition, offset] }).to_string();
+        let admitted = admissions
+            .get(&(topic, partition))
+            .map_or(&[][..], Vec::as_slice);
+        let checkpoint = admission::Checkpoint::new(topic, partition, offset, admitted);
+        let payload = match serde_json::to_string(&checkpoint) {
+            Ok(payload) => payload,
+            Err(error) => {
+                let error = ScaleOutError::Transaction(error.to_string());
+                return Err(abort(producer, error).await);
+            }
+        };
         let record = FutureRecord::<str, str>::to(&checkpoints)
             .partition(resume::output_partition(partition, checkpoint_partitions))
             .payload(&payload);
