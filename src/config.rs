@@ -143,8 +143,8 @@ pub struct ClusterSettings {
     /// The aggregators' consumer group over the entity topics.
     pub aggregate_group: String,
     /// The router's transactional id: unique per aggregator process and kept across its
-    /// restarts (a restarted router fences its old self). Empty: derived from the
-    /// listen address.
+    /// restarts (a restarted router fences its old self). Empty (the default): the
+    /// route group and an instance id kept in the data dir, which the role holds.
     pub transactional_id: String,
     /// A scorer may answer from entity states fetched up to this long ago (0: off,
     /// every request reads Redis).

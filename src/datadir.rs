@@ -101,9 +101,39 @@ fn hostname() -> String {
     String::from_utf8_lossy(&buffer[..end]).into_owned()
 }
 
+/// The file in the data dir that keeps [`instance_id`].
+const INSTANCE_ID_FILE: &str = "kafka-instance-id";
+
+/// This process's stable id, for every transactional producer it runs: made at random
+/// the first time and kept in the data dir, so it is the same after a restart (the new
+/// producer fences the dead one's transaction at once) and different for every data
+/// dir, so two hosts left on the default settings never fence each other. Two processes
+/// cannot share one: the data dir's owner holds its [`DataDirLock`].
+pub fn instance_id(data_dir: &Path) -> std::io::Result<String> {
+    let path = data_dir.join(INSTANCE_ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_string()),
+        Ok(_) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error),
+    }
+    let id = format!("{:016x}", rand::random::<u64>());
+    crate::durable::replace_file(&path, id.as_bytes())?;
+    Ok(id)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_instance_id_is_kept_per_data_dir() {
+        let one = tempfile::tempdir().expect("tempdir");
+        let other = tempfile::tempdir().expect("tempdir");
+        let first = instance_id(one.path()).expect("id");
+        assert_eq!(instance_id(one.path()).expect("id again"), first);
+        assert_ne!(instance_id(other.path()).expect("other id"), first);
+    }
 
     #[test]
     fn a_second_owner_is_refused_naming_the_first_and_gets_in_once_it_is_gone() {

@@ -56,8 +56,17 @@ pub async fn run_aggregator(
     }
     let cluster = &settings.cluster;
     let pipeline = Arc::new(Pipeline::new(settings, load_definitions(settings)?));
+    // The data dir is held while the role runs: its instance id is this process's.
+    let _owner = crate::datadir::DataDirLock::acquire(&settings.data_dir)
+        .map_err(|error| ServerError::Setup(error.to_string()))?;
     let transactional_id = if cluster.transactional_id.is_empty() {
-        format!("{}-{}", cluster.route_group, settings.listen)
+        let id = crate::datadir::instance_id(&settings.data_dir).map_err(|error| {
+            ServerError::Setup(format!(
+                "the instance id in {}: {error}",
+                settings.data_dir.display()
+            ))
+        })?;
+        format!("{}-{id}", cluster.route_group)
     } else {
         cluster.transactional_id.clone()
     };

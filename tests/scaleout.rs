@@ -223,8 +223,13 @@ fn write_role_config(
     id: &str,
 ) -> std::path::PathBuf {
     let nodes: Vec<String> = redis.nodes.iter().map(|n| format!("\"{n}\"")).collect();
+    // An empty id: the default, this process's instance id.
+    let transactional_id = match id {
+        "" => String::new(),
+        id => format!("transactional_id = \"route-{id}\"\n"),
+    };
     let top = format!(
-        "[samples]\nevery = 1\n\n[cluster]\nredis = [{}]\ntransactional_id = \"route-{id}\"\nroute_group = \"route\"\naggregate_group = \"aggregate\"\n",
+        "[samples]\nevery = 1\n\n[cluster]\nredis = [{}]\n{transactional_id}route_group = \"route\"\naggregate_group = \"aggregate\"\n",
         nodes.join(", ")
     );
     common::kafka::write_config(
@@ -658,4 +663,77 @@ async fn a_duplicate_sent_across_a_router_restart_is_routed_once_and_late_stays_
         .count();
     assert_eq!(routed.len(), with_user, "every event with a user routed");
     assert_eq!(pipeline.counters.routed.load(Ordering::Relaxed), 2_000);
+}
+
+#[test]
+fn aggregators_left_on_the_default_settings_do_not_fence_each_other() {
+    let redis = RedisCluster::start();
+    let kafka = MockCluster::new(1).expect("mock cluster");
+    kafka.create_topic("events", 1, 1).expect("events topic");
+    let brokers = kafka.bootstrap_servers();
+    let pipeline = pipeline(&brokers, &redis);
+    for topic in pipeline.entity_topics() {
+        kafka.create_topic(&topic, 4, 1).expect("entity topic");
+    }
+    kafka
+        .create_topic(&pipeline.checkpoint_topic(), 1, 1)
+        .expect("checkpoint topic");
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().expect("dir")).collect();
+    let config = |dir: &tempfile::TempDir| write_role_config(dir.path(), &brokers, &redis, "");
+    let field = |line: &str, name: &str| {
+        line.split(&format!("{name}="))
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no {name} in {line}"))
+    };
+    let mut ids = Vec::new();
+    let mut children = Vec::new();
+    for dir in &dirs {
+        let (child, line) =
+            common::spawn_role_line(dir.path(), "aggregator", &config(dir), "router started");
+        ids.push(field(&line, "transactional_id"));
+        children.push(child);
+    }
+    // Before the fix both were "route-127.0.0.1:0" (from the listen address, the same
+    // on every host left on the default), and each start fenced the other's producer.
+    assert_ne!(ids[0], ids[1], "two aggregators, two transactional ids");
+
+    // A second process on the first one's data dir would share its id: it is refused.
+    let mut second = std::process::Command::new(env!("CARGO_BIN_EXE_streamscore"))
+        .args(["serve", "--role", "aggregator", "--listen", "127.0.0.1:0"])
+        .arg("--config")
+        .arg(config(&dirs[0]))
+        .arg("--data-dir")
+        .arg(dirs[0].path())
+        .env("STREAMSCORE__METRICS__LISTEN", "127.0.0.1:0")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = second.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            second.kill().ok();
+            panic!("a second aggregator on the same data dir was not refused");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    use std::io::Read as _;
+    second
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut stderr)
+        .expect("read stderr");
+    assert!(!status.success());
+    assert!(stderr.contains("in use by another"), "{stderr}");
+    for mut child in children {
+        child.kill().ok();
+        child.wait().ok();
+    }
 }

@@ -1,7 +1,6 @@
 //! Starts the Kafka parts `serve` was configured with (the source, the scoring stream)
 //! as tasks that stop when draining starts, and gives their metrics and health.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use tokio::task::JoinHandle;
@@ -138,7 +137,7 @@ pub fn start(
             transactional_id: format!(
                 "{}-{}",
                 kafka.scoring.group,
-                instance_id(&settings.data_dir)?
+                crate::datadir::instance_id(&settings.data_dir)?
             ),
             counters: Arc::clone(&counters),
         };
@@ -150,34 +149,4 @@ pub fn start(
         running.scoring = Some(counters);
     }
     Ok(running)
-}
-
-/// This server's id among the group's members, kept in the data dir: the same after a
-/// restart (so the new producer fences the dead one's transaction at once), different
-/// for every data dir.
-fn instance_id(data_dir: &Path) -> std::io::Result<String> {
-    let path = data_dir.join("kafka-instance-id");
-    match std::fs::read_to_string(&path) {
-        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_string()),
-        Ok(_) => {}
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-        Err(error) => return Err(error),
-    }
-    let id = format!("{:016x}", rand::random::<u64>());
-    crate::durable::replace_file(&path, id.as_bytes())?;
-    Ok(id)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_instance_id_is_kept_per_data_dir() {
-        let one = tempfile::tempdir().expect("tempdir");
-        let other = tempfile::tempdir().expect("tempdir");
-        let first = instance_id(one.path()).expect("id");
-        assert_eq!(instance_id(one.path()).expect("id again"), first);
-        assert_ne!(instance_id(other.path()).expect("other id"), first);
-    }
 }

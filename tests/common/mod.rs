@@ -275,9 +275,7 @@ pub fn spawn_role(
     config: &std::path::Path,
     ready: &str,
 ) -> (Child, String, String) {
-    let config = config.to_string_lossy();
-    let (child, line) =
-        spawn_for_line(data_dir, &["--role", role, "--config", &config], &[], ready);
+    let (child, line) = spawn_role_line(data_dir, role, config, ready);
     let field = |name: &str| {
         line.split(&format!(" {name}="))
             .nth(1)
@@ -292,6 +290,18 @@ pub fn spawn_role(
         format!("http://{addr}")
     };
     (child, url, field("metrics"))
+}
+
+/// Starts `serve --role role`; returns the child and the first log line containing
+/// `ready`.
+pub fn spawn_role_line(
+    data_dir: &std::path::Path,
+    role: &str,
+    config: &std::path::Path,
+    ready: &str,
+) -> (Child, String) {
+    let config = config.to_string_lossy();
+    spawn_for_line(data_dir, &["--role", role, "--config", &config], &[], ready)
 }
 
 fn spawn_until(
