@@ -195,7 +195,15 @@ pub async fn run_scorer(
         settings.models.watch_interval.as_duration(),
     ));
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<ScoringServer<ScoringService>>().await;
+    // Scoring is NOT_SERVING until a model is loaded, as on the embedded server.
+    health
+        .set_not_serving::<ScoringServer<ScoringService>>()
+        .await;
+    let scoring_health = tokio::spawn(crate::server::report_scoring_health(
+        health.clone(),
+        Arc::clone(&registry),
+        settings.models.watch_interval.as_duration(),
+    ));
     health
         .set_serving::<FeaturesServer<FeaturesService>>()
         .await;
@@ -208,6 +216,17 @@ pub async fn run_scorer(
     let callers = Callers::from_settings(&settings.auth).map_err(ServerError::Setup)?;
     let max_message = settings.ingest.max_message_bytes;
     let (stop_scrapes, scrapes_stopped) = tokio::sync::watch::channel(false);
+    let budget = Arc::new(crate::api::budget::Budget::from_settings(&settings.limits));
+    let (admin_serving, main_auth) = crate::server::serve_admin(
+        crate::server::bind_admin(settings).await?,
+        settings,
+        &metrics,
+        AuthLayer::new(callers),
+        &budget,
+        &registry,
+        health_service.clone(),
+        scrapes_stopped.clone(),
+    )?;
     let scrapes = {
         let (metrics, scorer, registry) = (
             Arc::clone(&metrics),
@@ -234,8 +253,7 @@ pub async fn run_scorer(
     tracing::info!(role = "scorer", metrics = %scrapes.addr, addr = %addr, "streamscore listening");
     let scorer_for_v2 = Arc::clone(&scorer);
     let backend = Backend::Online(scorer);
-    let budget = Arc::new(crate::api::budget::Budget::from_settings(&settings.limits));
-    let served = grpc_builder(settings, &metrics, AuthLayer::new(callers), &budget)?
+    let served = grpc_builder(settings, &metrics, main_auth, &budget)?
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_v1alpha)
@@ -262,6 +280,10 @@ pub async fn run_scorer(
         .serve_with_incoming_shutdown(without_nagle(listener), shutdown)
         .await;
     watcher.abort();
+    scoring_health.abort();
+    if let Some(admin) = admin_serving {
+        admin.abort();
+    }
     let _ = stop_scrapes.send(true);
     if let Some(task) = scrapes.task {
         task.await?;

@@ -168,14 +168,7 @@ pub async fn run(
         Some(addr) => Some(bind(addr).await?),
         None => None,
     };
-    let admin = match settings.admin.listen {
-        Some(addr) => {
-            let admin = bind(addr).await?;
-            tracing::info!(addr = %admin.local_addr().unwrap_or(addr), "admin calls listening");
-            Some(admin)
-        }
-        None => None,
-    };
+    let admin = bind_admin(settings).await?;
     let http = match settings.http.listen {
         Some(addr) => Some(bind(addr).await?),
         None => None,
@@ -321,25 +314,16 @@ pub async fn run_with(
     let auth = AuthLayer::new(callers);
     let budget = Arc::new(Budget::from_settings(&settings.limits));
     let give_back = tokio::spawn(crate::api::give_back::after_load(Arc::clone(&budget)));
-    // With an admin listener, admin calls are answered there only.
-    let admin_serving = match listeners.admin {
-        Some(admin) => {
-            let mut drained = drain_started.clone();
-            let serving = grpc_builder(settings, &metrics, auth.clone(), &budget)?
-                .add_service(health_service.clone())
-                .add_service(ModelsServer::new(ModelsService::new(Arc::clone(&registry))))
-                .serve_with_incoming_shutdown(without_nagle(admin), async move {
-                    let _ = drained.wait_for(|draining| *draining).await;
-                });
-            Some(tokio::spawn(serving))
-        }
-        None => None,
-    };
-    let main_auth = if admin_serving.is_some() {
-        auth.admin_elsewhere()
-    } else {
-        auth
-    };
+    let (admin_serving, main_auth) = serve_admin(
+        listeners.admin,
+        settings,
+        &metrics,
+        auth,
+        &budget,
+        &registry,
+        health_service.clone(),
+        drain_started.clone(),
+    )?;
     let inference = Arc::new(InferenceService::new(
         Backend::Embedded(Arc::clone(&store)),
         Arc::clone(&registry),
@@ -492,6 +476,45 @@ type Layers =
 /// events about as much. See `tests/load_bounds.rs`.
 pub(crate) const GRPC_DECODE_INFLATION: usize = 8;
 
+/// Binds `admin.listen`, when the settings ask for a listener of its own for admin calls.
+pub(crate) async fn bind_admin(settings: &Settings) -> Result<Option<TcpListener>, ServerError> {
+    let Some(addr) = settings.admin.listen else {
+        return Ok(None);
+    };
+    let admin = bind(addr).await?;
+    tracing::info!(addr = %admin.local_addr().unwrap_or(addr), "admin calls listening");
+    Ok(Some(admin))
+}
+
+/// Serves admin calls (LoadModel, SetAlias; and health) on `admin`, when there is one,
+/// until `stopped` turns true. Returns that task and the auth layer for the public
+/// port: with an admin listener, admin calls are answered there only.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn serve_admin<H: tonic_health::pb::health_server::Health>(
+    admin: Option<TcpListener>,
+    settings: &Settings,
+    metrics: &Arc<Metrics>,
+    auth: AuthLayer,
+    budget: &Arc<Budget>,
+    registry: &Arc<Registry>,
+    health: tonic_health::pb::health_server::HealthServer<H>,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) -> Result<(Option<AdminTask>, AuthLayer), ServerError> {
+    let Some(admin) = admin else {
+        return Ok((None, auth));
+    };
+    let serving = grpc_builder(settings, metrics, auth.clone(), budget)?
+        .add_service(health)
+        .add_service(ModelsServer::new(ModelsService::new(Arc::clone(registry))))
+        .serve_with_incoming_shutdown(without_nagle(admin), async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        });
+    Ok((Some(tokio::spawn(serving)), auth.admin_elsewhere()))
+}
+
+/// The admin listener's server task.
+pub(crate) type AdminTask = tokio::task::JoinHandle<Result<(), tonic::transport::Error>>;
+
 /// Calls that charge their own bytes to the budget, batch by batch.
 fn self_charging(path: &str) -> bool {
     path == "/streamscore.v1.Ingest/IngestStream"
@@ -553,7 +576,7 @@ fn tls_config(settings: &TlsSettings) -> Result<Option<ServerTlsConfig>, ServerE
 
 /// Keeps the health of `Scoring` in step with the registry: SERVING while at least one
 /// model is loaded.
-async fn report_scoring_health(
+pub(crate) async fn report_scoring_health(
     health: tonic_health::server::HealthReporter,
     registry: Arc<Registry>,
     every: Duration,

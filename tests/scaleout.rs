@@ -737,3 +737,105 @@ fn aggregators_left_on_the_default_settings_do_not_fence_each_other() {
         child.wait().ok();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scorer_serves_admin_calls_on_its_admin_listener_only_and_waits_for_a_model() {
+    use streamscore::api::pb::{self, models_client::ModelsClient};
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let redis = RedisCluster::start();
+    let dir = tempfile::tempdir().expect("dir");
+    let models = dir.path().join("models");
+    std::fs::create_dir_all(models.join("fraud")).expect("models dir");
+    let nodes: Vec<String> = redis.nodes.iter().map(|n| format!("\"{n}\"")).collect();
+    let config = dir.path().join("scorer.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[cluster]\nredis = [{}]\n\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[models]\ndir = \"{}\"\nwatch_interval = \"100ms\"\n",
+            nodes.join(", "),
+            models.display()
+        ),
+    )
+    .expect("config");
+    let (mut scorer, lines) = common::spawn_role_lines(
+        dir.path(),
+        "scorer",
+        &config,
+        &["admin calls listening", "streamscore listening"],
+    );
+    let addr_of = |line: &str| {
+        let addr = line
+            .split("addr=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no addr in {line}"));
+        format!("http://{addr}")
+    };
+    let (admin_url, url) = (addr_of(&lines[0]), addr_of(&lines[1]));
+    let public = streamscore::api::client::connect(&url)
+        .await
+        .expect("connect");
+    let admin = streamscore::api::client::connect(&admin_url)
+        .await
+        .expect("connect admin");
+    let scoring_health = || {
+        let mut health = HealthClient::new(public.clone());
+        async move {
+            health
+                .check(HealthCheckRequest {
+                    service: "streamscore.v1.Scoring".into(),
+                })
+                .await
+                .expect("health")
+                .into_inner()
+                .status
+        }
+    };
+    use tonic_health::pb::health_check_response::ServingStatus;
+    // Before the fix a scorer with no model said SERVING, and scored nothing.
+    assert_eq!(scoring_health().await, ServingStatus::NotServing as i32);
+    std::fs::copy(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fraud/fraud-v1.json"),
+        models.join("fraud/fraud-v1.json"),
+    )
+    .expect("model file");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while scoring_health().await != ServingStatus::Serving as i32 {
+        assert!(Instant::now() < deadline, "SERVING once the model loaded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let alias = || pb::SetAliasRequest {
+        alias: "checkout".into(),
+        target: "fraud@1".into(),
+    };
+    // Before the fix the scorer ignored [admin] listen: admin calls on the public port.
+    let refused = ModelsClient::new(public.clone())
+        .set_alias(alias())
+        .await
+        .expect_err("no admin calls on the public port");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("admin listener"), "{refused:?}");
+    let refused = ModelsClient::new(public.clone())
+        .load_model(pb::LoadModelRequest {
+            path: "fraud/fraud-v1.json".into(),
+        })
+        .await
+        .expect_err("no admin calls on the public port");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    ModelsClient::new(admin)
+        .set_alias(alias())
+        .await
+        .expect("an admin call on the admin listener");
+    let listed = ModelsClient::new(public)
+        .list_models(pb::ListModelsRequest {})
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(
+        listed.aliases.iter().any(|a| a.alias == "checkout"),
+        "{listed:?}"
+    );
+    scorer.kill().ok();
+    scorer.wait().ok();
+}

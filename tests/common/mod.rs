@@ -300,8 +300,20 @@ pub fn spawn_role_line(
     config: &std::path::Path,
     ready: &str,
 ) -> (Child, String) {
+    let (child, mut lines) = spawn_role_lines(data_dir, role, config, &[ready]);
+    (child, lines.remove(0))
+}
+
+/// Starts `serve --role role`; returns the child and, for each of `ready`, the first
+/// log line containing it.
+pub fn spawn_role_lines(
+    data_dir: &std::path::Path,
+    role: &str,
+    config: &std::path::Path,
+    ready: &[&str],
+) -> (Child, Vec<String>) {
     let config = config.to_string_lossy();
-    spawn_for_line(data_dir, &["--role", role, "--config", &config], &[], ready)
+    spawn_for_lines(data_dir, &["--role", role, "--config", &config], &[], ready)
 }
 
 fn spawn_until(
@@ -387,13 +399,38 @@ fn spawn_for_lines(
         .spawn()
         .expect("spawn streamscore");
     let stderr = child.stderr.take().expect("stderr");
-    let mut lines = BufReader::new(stderr).lines();
+    // The log is read on a thread of its own for as long as the server runs (so it never
+    // blocks on a full pipe; shown with STREAMSCORE_TEST_LOG=1, to debug a test), and
+    // its lines come here until every marker is found, or a minute passes: a server
+    // that never logs a marker fails the test rather than hanging it.
+    let (sender, logged) = std::sync::mpsc::channel::<String>();
+    let show = std::env::var_os("STREAMSCORE_TEST_LOG").is_some();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if show {
+                eprintln!("[server] {line}");
+            }
+            // The test stops listening once it has what it waited for.
+            let _ = sender.send(line);
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let mut found: Vec<Option<String>> = vec![None; ready.len()];
     while found.iter().any(Option::is_none) {
-        let line = lines
-            .next()
-            .expect("server exited before listening")
-            .expect("read stderr");
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = match logged.recv_timeout(left) {
+            Ok(line) => line,
+            Err(why) => {
+                let _ = child.kill();
+                let missing: Vec<&&str> = ready
+                    .iter()
+                    .zip(&found)
+                    .filter(|(_, found)| found.is_none())
+                    .map(|(marker, _)| marker)
+                    .collect();
+                panic!("the server never logged {missing:?} ({why:?})");
+            }
+        };
         for (marker, found) in ready.iter().zip(&mut found) {
             if found.is_none() && line.contains(marker) {
                 *found = Some(line.clone());
@@ -401,16 +438,6 @@ fn spawn_for_lines(
         }
     }
     let found: Vec<String> = found.into_iter().flatten().collect();
-    // Keep draining the server's log so it never blocks on a full pipe (and show it
-    // with STREAMSCORE_TEST_LOG=1, to debug a test).
-    let show = std::env::var_os("STREAMSCORE_TEST_LOG").is_some();
-    std::thread::spawn(move || {
-        for line in lines.map_while(Result::ok) {
-            if show {
-                eprintln!("[server] {line}");
-            }
-        }
-    });
     (child, found)
 }
 
