@@ -33,6 +33,9 @@ const BACKOFF: [Duration; 4] = [
     Duration::from_secs(5),
 ];
 
+/// A run this long resets the pauses before the next start to the first.
+const HEALTHY_RUN: Duration = Duration::from_secs(30);
+
 fn require_redis(settings: &Settings) -> Result<(), ServerError> {
     if settings.cluster.redis.is_empty() {
         return Err(ServerError::Setup(
@@ -144,7 +147,8 @@ async fn serve_metrics(
 }
 
 /// Runs `start()` until it returns `Ok` or `stopped` turns true; after an error, waits
-/// (growing pauses) and starts it again.
+/// (pauses growing over failures in a row, from the first again after a
+/// [`HEALTHY_RUN`]) and starts it again.
 async fn again<F>(
     name: &'static str,
     mut stopped: tokio::sync::watch::Receiver<bool>,
@@ -154,9 +158,15 @@ async fn again<F>(
 {
     let mut failures = 0usize;
     loop {
+        let started = tokio::time::Instant::now();
         match start().await {
             Ok(()) => return,
             Err(error) => {
+                // A run that went well for a while starts the pauses over: a failure a
+                // day later is not the fifth of a streak.
+                if started.elapsed() >= HEALTHY_RUN {
+                    failures = 0;
+                }
                 let wait = BACKOFF[failures.min(BACKOFF.len() - 1)];
                 failures += 1;
                 tracing::warn!(part = name, %error, ?wait, "failed; starting again");
@@ -289,4 +299,50 @@ pub async fn run_scorer(
         task.await?;
     }
     Ok(served?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pause before each start after the first, as `again` makes them: each run
+    /// fails after its `runs` length.
+    async fn pauses(runs: &[Duration]) -> Vec<Duration> {
+        let calls = std::sync::Mutex::new(Vec::new());
+        let (_stop, stopped) = tokio::sync::watch::channel(false);
+        let index = std::sync::atomic::AtomicUsize::new(0);
+        again("test", stopped, || async {
+            let run = index.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let started = tokio::time::Instant::now();
+            let Some(length) = runs.get(run) else {
+                return Ok(());
+            };
+            tokio::time::sleep(*length).await;
+            calls
+                .lock()
+                .expect("calls")
+                .push((started, started + *length));
+            Err(crate::scaleout::ScaleOutError::Panicked)
+        })
+        .await;
+        let calls = calls.into_inner().expect("calls");
+        let next_starts = calls.iter().skip(1).map(|(started, _)| *started);
+        calls
+            .iter()
+            .zip(next_starts)
+            .map(|((_, ended), next)| next - *ended)
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pauses_grow_over_failures_in_a_row_and_start_over_after_a_healthy_run() {
+        let quick = Duration::from_millis(1);
+        let runs = [quick, quick, quick, quick, quick, HEALTHY_RUN, quick, quick];
+        let got = pauses(&runs).await;
+        // Before the fix the pause after the healthy run was the longest, 5 s.
+        let want = [
+            BACKOFF[0], BACKOFF[1], BACKOFF[2], BACKOFF[3], BACKOFF[3], BACKOFF[0], BACKOFF[1],
+        ];
+        assert_eq!(got, want);
+    }
 }

@@ -4,10 +4,11 @@
 //! older than that. Off (staleness 0) by default, because a cached answer can miss the
 //! events of the last `staleness`.
 //!
-//! Bounded: at `max_entries` the expired entries are dropped, and if none are, new
-//! ones are not kept until some expire.
+//! Bounded, in O(1) per entry: entries also queue in the order they were fetched, so the
+//! expired ones are dropped from the front as new ones come; at `max_entries` fresh
+//! entries, new ones are not kept until some expire.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -22,9 +23,17 @@ type Key = (EntityTypeId, String);
 pub struct StateCache {
     staleness: Duration,
     max_entries: usize,
-    /// `None`: Redis holds nothing for the entity (also worth remembering).
-    entries: Mutex<HashMap<Key, (Instant, Option<EntityState>)>>,
+    entries: Mutex<Entries>,
     watermark: Mutex<Option<(Instant, Option<i64>)>>,
+}
+
+#[derive(Debug, Default)]
+struct Entries {
+    /// `None`: Redis holds nothing for the entity (also worth remembering).
+    states: HashMap<Key, (Instant, Option<EntityState>)>,
+    /// Every put in the order made: (fetched, key). An entry put again later leaves its
+    /// older place here, skipped when it reaches the front.
+    order: VecDeque<(Instant, Key)>,
 }
 
 impl StateCache {
@@ -32,7 +41,7 @@ impl StateCache {
         StateCache {
             staleness,
             max_entries,
-            entries: Mutex::new(HashMap::new()),
+            entries: Mutex::new(Entries::default()),
             watermark: Mutex::new(None),
         }
     }
@@ -45,7 +54,7 @@ impl StateCache {
     /// when Redis held nothing for it.
     pub fn get(&self, key: &Key, now: Instant) -> Option<Option<EntityState>> {
         let entries = self.entries.lock();
-        let (fetched, state) = entries.get(key)?;
+        let (fetched, state) = entries.states.get(key)?;
         self.fresh(*fetched, now).then(|| state.clone())
     }
 
@@ -56,15 +65,27 @@ impl StateCache {
         states: impl IntoIterator<Item = (Key, Option<EntityState>)>,
     ) {
         let mut entries = self.entries.lock();
-        for (key, state) in states {
-            if entries.len() >= self.max_entries && !entries.contains_key(&key) {
-                entries
-                    .retain(|_, (at, _)| fetched.saturating_duration_since(*at) < self.staleness);
-                if entries.len() >= self.max_entries {
-                    return;
-                }
+        let Entries {
+            states: held,
+            order,
+        } = &mut *entries;
+        // Each put is queued once and leaves once: O(1) per entry, amortised.
+        while let Some((at, key)) = order.front() {
+            if self.fresh(*at, fetched) {
+                break;
             }
-            entries.insert(key, (fetched, state));
+            if held.get(key).is_some_and(|(kept_at, _)| kept_at == at) {
+                held.remove(key);
+            }
+            order.pop_front();
+        }
+        for (key, state) in states {
+            if held.len() >= self.max_entries && !held.contains_key(&key) {
+                // Full of fresh entries: this one is fetched again next time.
+                return;
+            }
+            order.push_back((fetched, key.clone()));
+            held.insert(key, (fetched, state));
         }
     }
 
@@ -81,7 +102,7 @@ impl StateCache {
 
     /// Entries held (expired ones included until they are dropped).
     pub fn len(&self) -> usize {
-        self.entries.lock().len()
+        self.entries.lock().states.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -125,6 +146,25 @@ mod tests {
         // Refreshing a held key never needs room.
         cache.put(later, [(key("c"), None)]);
         assert_eq!(cache.len(), 1);
+    }
+
+    #[test]
+    fn a_hot_key_fetched_again_and_again_leaves_no_trail() {
+        let staleness = Duration::from_millis(100);
+        let cache = StateCache::new(staleness, 1_000);
+        let t0 = Instant::now();
+        for step in 0..10_000u32 {
+            // Each put comes once the last one went stale, as a scorer fetches again.
+            let at = t0 + staleness * step;
+            cache.put(
+                at,
+                [(key("hot"), None), (key(&format!("cold{step}")), None)],
+            );
+            assert_eq!(cache.get(&key("hot"), at), Some(None));
+        }
+        let entries = cache.entries.lock();
+        assert_eq!(entries.states.len(), 2, "only the last put's entries");
+        assert_eq!(entries.order.len(), 2, "the queue holds only what is held");
     }
 
     #[test]
