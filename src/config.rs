@@ -151,6 +151,23 @@ pub struct ClusterSettings {
     pub scorer_cache: Millis,
     /// Most entity states a scorer's cache holds.
     pub scorer_cache_entries: usize,
+    /// The Redis ACL user to log in as; empty: the default user.
+    pub redis_username: String,
+    /// A file holding the Redis password (`requirepass`, or the ACL user's): kept out of
+    /// the config and the environment. None: no AUTH.
+    pub redis_password_file: Option<PathBuf>,
+}
+
+#[cfg(feature = "cluster")]
+impl ClusterSettings {
+    /// Where the online store is and how to log in.
+    pub fn redis_access(&self) -> crate::online::RedisAccess {
+        crate::online::RedisAccess {
+            nodes: self.redis.clone(),
+            username: (!self.redis_username.is_empty()).then(|| self.redis_username.clone()),
+            password_file: self.redis_password_file.clone(),
+        }
+    }
 }
 
 impl Default for ClusterSettings {
@@ -164,6 +181,8 @@ impl Default for ClusterSettings {
             transactional_id: String::new(),
             scorer_cache: Millis(0),
             scorer_cache_entries: 100_000,
+            redis_username: String::new(),
+            redis_password_file: None,
         }
     }
 }
@@ -602,6 +621,18 @@ impl Settings {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_kafka()?;
+        // A node written as a URL with a login would carry the password into every
+        // error and log line naming it: refused, without repeating it.
+        if let Some(index) = self
+            .cluster
+            .redis
+            .iter()
+            .position(|node| node.contains('@') || node.contains("://"))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "cluster.redis[{index}]: give a node as host:port; a login goes in cluster.redis_username and cluster.redis_password_file"
+            )));
+        }
         let ingest = &self.ingest;
         if ingest.dedup_horizon.0 < ingest.allowed_lateness.0 {
             return Err(ConfigError::Invalid(
@@ -750,6 +781,21 @@ mod tests {
             assert!(error.contains("dedup_horizon"), "{error}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn a_redis_node_with_a_login_in_it_is_refused_without_repeating_it() {
+        let mut settings = Settings::default();
+        settings.cluster.redis = vec![
+            "10.0.0.1:6379".into(),
+            "redis://app:s3cret@10.0.0.2:6379".into(),
+        ];
+        let refused = settings.validate().expect_err("a login in a node refused");
+        let message = refused.to_string();
+        assert!(message.contains("cluster.redis[1]"), "{message}");
+        assert!(!message.contains("s3cret"), "{message}");
+        settings.cluster.redis.truncate(1);
+        settings.validate().expect("host:port is fine");
     }
 
     #[test]

@@ -188,7 +188,7 @@ pub async fn run_scorer(
 ) -> Result<(), ServerError> {
     require_redis(settings)?;
     let definitions = load_definitions(settings)?;
-    let online = RedisOnline::connect(&settings.cluster.redis)
+    let online = RedisOnline::connect_with(&settings.cluster.redis_access())
         .await
         .map_err(|e| ServerError::Setup(e.to_string()))?;
     let scorer = Arc::new(

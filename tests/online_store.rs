@@ -220,7 +220,12 @@ fn a_killed_master_fails_reads_clearly_and_its_records_are_back_after_restart() 
         .block_on(online.read(&keys, definitions.state_fingerprint))
         .expect_err("a third of the keys live on the killed master");
     let message = error.to_string();
-    assert!(message.contains("Redis Cluster at"), "{message}");
+    assert!(
+        message.contains("online store (Redis Cluster)"),
+        "{message}"
+    );
+    // The message goes to clients: it names the store, not a node.
+    assert!(!message.contains("127.0.0.1"), "{message}");
 
     cluster.restart(1);
     // The client finds the node again on its own; poll until it does.
@@ -456,4 +461,67 @@ fn a_cached_scorer_answers_from_what_it_fetched_until_it_is_stale() {
     let fresh = OnlineScorer::new(connect(), Arc::clone(&definitions), SETTINGS)
         .with_cache(std::time::Duration::from_secs(3_600), 1_000);
     assert_eq!(read(&fresh), after, "a new cache starts from Redis");
+}
+
+#[test]
+fn a_cluster_that_requires_auth_is_used_with_the_password_file_and_refuses_without() {
+    use streamscore::online::RedisAccess;
+    const PASSWORD: &str = "correct horse battery staple";
+    let cluster = RedisCluster::start_with_password(PASSWORD);
+    let (definitions, engine) = engine();
+    let records = records_of(&definitions, &engine);
+    let keys: Vec<String> = records.iter().map(|(key, _)| key.clone()).collect();
+    let runtime = runtime();
+    let dir = tempfile::tempdir().expect("dir");
+
+    // Without a password, or with a wrong one: refused, saying why, naming no node.
+    let wrong = dir.path().join("wrong.pass");
+    std::fs::write(&wrong, "guess\n").expect("password file");
+    for access in [
+        RedisAccess::open(&cluster.nodes),
+        RedisAccess {
+            password_file: Some(wrong),
+            ..RedisAccess::open(&cluster.nodes)
+        },
+    ] {
+        let refused = match runtime.block_on(RedisOnline::connect_with(&access)) {
+            Ok(online) => runtime
+                .block_on(online.read(&keys, definitions.state_fingerprint))
+                .map(|_| ())
+                .expect_err("no reads without the password"),
+            Err(refused) => refused,
+        };
+        let message = refused.to_string();
+        assert!(message.contains("authentication refused"), "{message}");
+        assert!(!message.contains("127.0.0.1"), "{message}");
+    }
+
+    // With it (as an operator's editor saves it, with a newline), reads and writes go.
+    let right = dir.path().join("redis.pass");
+    std::fs::write(&right, format!("{PASSWORD}\n")).expect("password file");
+    let online = runtime
+        .block_on(RedisOnline::connect_with(&RedisAccess {
+            password_file: Some(right),
+            ..RedisAccess::open(&cluster.nodes)
+        }))
+        .expect("connects with the password");
+    runtime
+        .block_on(online.write(&records, |_| 3_600_000))
+        .expect("writes");
+    let fetched = runtime
+        .block_on(online.read(&keys, definitions.state_fingerprint))
+        .expect("reads");
+    assert!(fetched.iter().all(Option::is_some), "every record back");
+
+    // A password file that cannot be read is named, and says no more.
+    let missing = RedisAccess {
+        password_file: Some(dir.path().join("missing.pass")),
+        ..RedisAccess::open(&cluster.nodes)
+    };
+    let refused = runtime
+        .block_on(RedisOnline::connect_with(&missing))
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(refused.contains("missing.pass"), "{refused}");
 }

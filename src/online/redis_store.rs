@@ -42,13 +42,42 @@ return 1
 /// oldest moment answered exactly) as the embedded engine does with its own.
 const WATERMARK_KEY: &str = "ss:{meta}:watermark";
 
+/// Where the online store is and how to log in to it. The credentials are kept apart
+/// from the node addresses, so no address carries them into a message or a log.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RedisAccess {
+    /// Some of the cluster's nodes, `host:port` (the rest are discovered).
+    pub nodes: Vec<String>,
+    /// The ACL user to log in as; `None`: the default user.
+    pub username: Option<String>,
+    /// A file holding the password (`requirepass`, or the ACL user's); `None`: no AUTH.
+    pub password_file: Option<std::path::PathBuf>,
+}
+
+impl RedisAccess {
+    /// Nodes that need no AUTH.
+    pub fn open(nodes: &[String]) -> RedisAccess {
+        RedisAccess {
+            nodes: nodes.to_vec(),
+            ..RedisAccess::default()
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum OnlineError {
-    #[error("online store (Redis Cluster at {nodes}): {source}")]
+    /// The store failed a call. The message names the store and what went wrong, never
+    /// a node (it goes to clients); the detail is logged where it happens.
+    #[error("online store (Redis Cluster): {}", describe(source))]
     Redis {
-        nodes: String,
         #[source]
         source: redis::RedisError,
+    },
+    #[error("online store: cannot read cluster.redis_password_file {path}: {source}")]
+    PasswordFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
     },
     #[error(transparent)]
     Record(#[from] RecordError),
@@ -60,6 +89,31 @@ pub enum OnlineError {
     },
     #[error("sequence number {seq} of {key} is not below 2^53, the largest Lua compares exactly")]
     SeqTooLarge { key: String, seq: u64 },
+}
+
+/// What went wrong, in words safe for any client: no address, no credential.
+fn describe(error: &redis::RedisError) -> String {
+    // The cluster client wraps a refused login of its first connections in an I/O
+    // error, so the words are looked for too.
+    let text = error.to_string();
+    let refused_login = matches!(error.kind(), redis::ErrorKind::AuthenticationFailed)
+        || matches!(error.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"))
+        || ["AuthenticationFailed", "NOAUTH", "WRONGPASS", "NOPERM"]
+            .iter()
+            .any(|word| text.contains(word));
+    if refused_login {
+        "authentication refused (check cluster.redis_username and cluster.redis_password_file)"
+            .into()
+    } else if error.is_timeout() {
+        "timed out".into()
+    } else if error.is_connection_refusal() || error.is_io_error() || error.is_connection_dropped()
+    {
+        "unreachable".into()
+    } else if error.is_cluster_error() {
+        "not every slot is served (a master down?)".into()
+    } else {
+        format!("the call failed ({:?})", error.kind())
+    }
 }
 
 /// Whether a compare-and-set write landed.
@@ -99,20 +153,40 @@ impl RedisOnline {
     /// Connects to a cluster given some of its nodes (`host:port`); the rest are
     /// discovered.
     pub async fn connect(nodes: &[String]) -> Result<RedisOnline, OnlineError> {
-        let joined = nodes.join(",");
-        let fail = |source| OnlineError::Redis {
-            nodes: joined.clone(),
-            source,
+        Self::connect_with(&RedisAccess::open(nodes)).await
+    }
+
+    /// Connects as `access` says, logging in when it names a password.
+    pub async fn connect_with(access: &RedisAccess) -> Result<RedisOnline, OnlineError> {
+        let joined = access.nodes.join(",");
+        let fail = |source: redis::RedisError| {
+            tracing::warn!(nodes = %joined, error = %source, "online store: cannot connect");
+            OnlineError::Redis { source }
         };
-        let urls: Vec<String> = nodes.iter().map(|n| format!("redis://{n}/")).collect();
+        let urls: Vec<String> = access
+            .nodes
+            .iter()
+            .map(|n| format!("redis://{n}/"))
+            .collect();
         // Bounded waits: a master that is down must fail a request with an error the
         // caller can report, not hold it.
-        let client = ClusterClient::builder(urls)
+        let mut builder = ClusterClient::builder(urls)
             .retries(2)
             .connection_timeout(Duration::from_secs(1))
-            .response_timeout(Duration::from_secs(1))
-            .build()
-            .map_err(fail)?;
+            .response_timeout(Duration::from_secs(1));
+        if let Some(path) = &access.password_file {
+            let password =
+                std::fs::read_to_string(path).map_err(|source| OnlineError::PasswordFile {
+                    path: path.clone(),
+                    source,
+                })?;
+            // A trailing newline is the editor's, not the password's.
+            builder = builder.password(password.trim_end_matches(['\r', '\n']));
+        }
+        if let Some(username) = &access.username {
+            builder = builder.username(username);
+        }
+        let client = builder.build().map_err(fail)?;
         let connection = client.get_async_connection().await.map_err(fail)?;
         Ok(RedisOnline {
             shared: Arc::new(Shared {
@@ -151,10 +225,8 @@ impl RedisOnline {
                 }
             }
         }
-        OnlineError::Redis {
-            nodes: self.shared.nodes.clone(),
-            source,
-        }
+        tracing::warn!(nodes = %self.shared.nodes, error = %source, "online store call failed");
+        OnlineError::Redis { source }
     }
 
     /// Writes each record under its key with a time to live, each by compare-and-set;

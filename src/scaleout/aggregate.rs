@@ -60,7 +60,7 @@ pub async fn aggregate(
     group: String,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), ScaleOutError> {
-    let online = RedisOnline::connect(&pipeline.redis_nodes).await?;
+    let online = RedisOnline::connect_with(&pipeline.redis).await?;
     let consumer: StreamConsumer<AggregatorContext> = consumer_config(&pipeline.kafka)
         .set("group.id", &group)
         .set("enable.auto.commit", "false")

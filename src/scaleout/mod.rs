@@ -56,7 +56,8 @@ pub struct Pipeline {
     pub limits: Limits,
     /// Entity topics are `<prefix>.<entity type>`.
     pub topic_prefix: String,
-    pub redis_nodes: Vec<String>,
+    /// The online store (nodes and login).
+    pub redis: crate::online::RedisAccess,
     pub counters: Counters,
 }
 
@@ -88,7 +89,7 @@ impl Pipeline {
             engine: settings.ingest.engine(),
             limits: settings.ingest.limits(),
             topic_prefix: settings.cluster.topic_prefix.clone(),
-            redis_nodes: settings.cluster.redis.clone(),
+            redis: settings.cluster.redis_access(),
             counters: Default::default(),
         }
     }

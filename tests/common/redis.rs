@@ -3,7 +3,8 @@
 //! `redis-server` binary (`scripts/deps` installs it), joined with `redis-cli --cluster
 //! create`, killed with its files when dropped. Each master keeps an append-only file
 //! synced on every write, so a killed and restarted master comes back with every write
-//! it acknowledged.
+//! it acknowledged. [`RedisCluster::start_with_password`] starts one that requires AUTH
+//! (`requirepass`).
 
 use std::net::TcpListener;
 use std::path::Path;
@@ -17,6 +18,8 @@ pub struct RedisCluster {
     pub nodes: Vec<String>,
     ports: Vec<u16>,
     servers: Vec<Option<Child>>,
+    /// The `requirepass` of every node, if any.
+    password: Option<String>,
     dir: TempDir,
 }
 
@@ -33,13 +36,13 @@ fn free_port_pair() -> u16 {
     }
 }
 
-fn redis_cli(port: u16, args: &[&str]) -> Option<String> {
-    let output = Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .ok()?;
+fn redis_cli(port: u16, password: Option<&str>, args: &[&str]) -> Option<String> {
+    let mut command = Command::new("redis-cli");
+    command.args(["-h", "127.0.0.1", "-p", &port.to_string()]);
+    if let Some(password) = password {
+        command.args(["-a", password, "--no-auth-warning"]);
+    }
+    let output = command.args(args).stdin(Stdio::null()).output().ok()?;
     output
         .status
         .success()
@@ -56,10 +59,14 @@ fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
-fn spawn_server(dir: &Path, port: u16) -> Child {
+fn spawn_server(dir: &Path, port: u16, password: Option<&str>) -> Child {
     let data = dir.join(port.to_string());
     std::fs::create_dir_all(&data).expect("node dir");
-    Command::new("redis-server")
+    let mut command = Command::new("redis-server");
+    if let Some(password) = password {
+        command.args(["--requirepass", password, "--masterauth", password]);
+    }
+    command
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args([
             "--cluster-enabled",
@@ -88,29 +95,55 @@ fn spawn_server(dir: &Path, port: u16) -> Child {
         .expect("redis-server runs (scripts/deps installs it)")
 }
 
+/// Starts a node on a free port and waits until it answers; a node that exits first
+/// (another process took the port between our check and its bind) is started again on
+/// another port.
+fn spawn_pinging(dir: &Path, password: Option<&str>) -> (u16, Child) {
+    for _ in 0..10 {
+        let port = free_port_pair();
+        let mut server = spawn_server(dir, port, password);
+        let mut exited = false;
+        wait_until(&format!("redis-server on {port}"), || {
+            exited = matches!(server.try_wait(), Ok(Some(_)));
+            exited || redis_cli(port, password, &["ping"]).is_some_and(|r| r.trim() == "PONG")
+        });
+        if !exited {
+            return (port, server);
+        }
+    }
+    panic!("redis-server exited at start on 10 ports in a row")
+}
+
 impl RedisCluster {
     pub fn start() -> RedisCluster {
+        Self::start_on(None)
+    }
+
+    /// A cluster whose nodes require AUTH with `password` (the default user's).
+    pub fn start_with_password(password: &str) -> RedisCluster {
+        Self::start_on(Some(password.to_string()))
+    }
+
+    fn start_on(password: Option<String>) -> RedisCluster {
         let dir = tempfile::tempdir().expect("temp dir");
-        let ports: Vec<u16> = (0..3).map(|_| free_port_pair()).collect();
-        let servers = ports
-            .iter()
-            .map(|port| Some(spawn_server(dir.path(), *port)))
-            .collect();
+        let mut ports = Vec::new();
+        let mut servers = Vec::new();
+        for _ in 0..3 {
+            let (port, server) = spawn_pinging(dir.path(), password.as_deref());
+            ports.push(port);
+            servers.push(Some(server));
+        }
         let cluster = RedisCluster {
             nodes: ports.iter().map(|p| format!("127.0.0.1:{p}")).collect(),
             ports,
             servers,
+            password,
             dir,
         };
-        for port in &cluster.ports {
-            wait_until(&format!("redis-server on {port}"), || {
-                redis_cli(*port, &["ping"]).is_some_and(|reply| reply.trim() == "PONG")
-            });
-        }
         let mut create = vec!["--cluster", "create"];
         create.extend(cluster.nodes.iter().map(String::as_str));
         create.extend(["--cluster-replicas", "0", "--cluster-yes"]);
-        let created = redis_cli(cluster.ports[0], &create);
+        let created = cluster.cli(0, &create);
         assert!(created.is_some(), "redis-cli --cluster create failed");
         cluster.wait_healthy();
         cluster
@@ -120,7 +153,7 @@ impl RedisCluster {
     pub fn wait_healthy(&self) {
         for port in &self.ports {
             wait_until(&format!("cluster_state:ok on {port}"), || {
-                redis_cli(*port, &["cluster", "info"])
+                redis_cli(*port, self.password.as_deref(), &["cluster", "info"])
                     .is_some_and(|info| info.contains("cluster_state:ok"))
             });
         }
@@ -139,9 +172,10 @@ impl RedisCluster {
     pub fn restart(&mut self, index: usize) {
         assert!(self.servers[index].is_none(), "node {index} is running");
         let port = self.ports[index];
-        self.servers[index] = Some(spawn_server(self.dir.path(), port));
+        let password = self.password.as_deref();
+        self.servers[index] = Some(spawn_server(self.dir.path(), port, password));
         wait_until(&format!("redis-server on {port} again"), || {
-            redis_cli(port, &["ping"]).is_some_and(|reply| reply.trim() == "PONG")
+            redis_cli(port, password, &["ping"]).is_some_and(|reply| reply.trim() == "PONG")
         });
         self.wait_healthy();
     }
@@ -149,7 +183,7 @@ impl RedisCluster {
     /// Runs a command on master `index` with redis-cli (for checks outside the client
     /// under test).
     pub fn cli(&self, index: usize, args: &[&str]) -> Option<String> {
-        redis_cli(self.ports[index], args)
+        redis_cli(self.ports[index], self.password.as_deref(), args)
     }
 }
 
