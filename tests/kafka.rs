@@ -29,10 +29,7 @@ const DEAD: &str = "shop-events-refused";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_from_kafka_are_applied_like_ingested_events() {
-    let cluster = MockCluster::new(1).expect("mock cluster");
-    cluster.create_topic(TOPIC, 4, 1).expect("topic");
-    cluster.create_topic(DEAD, 1, 1).expect("dead-letter topic");
-    let brokers = cluster.bootstrap_servers();
+    let (_cluster, brokers) = source_cluster(4);
 
     let events: Vec<RawEvent> = Simulator::new(SimConfig {
         users: 2_000,
@@ -42,10 +39,7 @@ async fn records_from_kafka_are_applied_like_ingested_events() {
     .collect();
     // Keyed by user, so each user's events stay in order in one partition.
     common::kafka::produce(&brokers, TOPIC, &events).await;
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .expect("producer");
+    let producer = plain_producer(&brokers);
     let mut pending = Vec::new();
     // Bad records among them: not JSON, an unknown event type, a payment without amount.
     let bad: [&[u8]; 3] = [
@@ -199,10 +193,7 @@ async fn wait_service(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_follows_the_brokers_and_the_source_recovers_without_restart() {
-    let cluster = MockCluster::new(1).expect("mock cluster");
-    cluster.create_topic(TOPIC, 1, 1).expect("topic");
-    cluster.create_topic(DEAD, 1, 1).expect("dead-letter topic");
-    let brokers = cluster.bootstrap_servers();
+    let (cluster, brokers) = source_cluster(1);
     let server_brokers = brokers.clone();
     let server = TestServer::start(move |settings| {
         settings.kafka.brokers = server_brokers;
@@ -300,10 +291,7 @@ async fn simulate_produces_to_kafka_in_both_formats() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn protobuf_records_are_applied_and_a_nan_amount_is_dead_lettered() {
     use prost::Message as _;
-    let cluster = MockCluster::new(1).expect("mock cluster");
-    cluster.create_topic(TOPIC, 1, 1).expect("topic");
-    cluster.create_topic(DEAD, 1, 1).expect("dead-letter topic");
-    let brokers = cluster.bootstrap_servers();
+    let (_cluster, brokers) = source_cluster(1);
     let events: Vec<RawEvent> = Simulator::new(SimConfig::default()).take(400).collect();
     let mut nan = events
         .iter()
@@ -350,6 +338,29 @@ async fn protobuf_records_are_applied_and_a_nan_amount_is_dead_lettered() {
     server.stop().await;
 }
 
+/// A mock cluster with the source topic (`partitions` of them) and its dead-letter
+/// topic, and its bootstrap address.
+fn source_cluster(
+    partitions: i32,
+) -> (
+    MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    String,
+) {
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    cluster.create_topic(TOPIC, partitions, 1).expect("topic");
+    cluster.create_topic(DEAD, 1, 1).expect("dead-letter topic");
+    let brokers = cluster.bootstrap_servers();
+    (cluster, brokers)
+}
+
+/// A producer with librdkafka's defaults, as a shop's might be.
+fn plain_producer(brokers: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("producer")
+}
+
 /// Sends `events` as JSON to `TOPIC`'s partition `partition`, in order.
 async fn send_json(producer: &FutureProducer, partition: i32, events: &[RawEvent]) {
     for event in events {
@@ -371,14 +382,8 @@ async fn store(producer: &FutureProducer, record: FutureRecord<'_, [u8], [u8]>) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quiet_partition_headed_by_a_tombstone_and_garbage_does_not_stall_the_others() {
-    let cluster = MockCluster::new(1).expect("mock cluster");
-    cluster.create_topic(TOPIC, 2, 1).expect("topic");
-    cluster.create_topic(DEAD, 1, 1).expect("dead-letter topic");
-    let brokers = cluster.bootstrap_servers();
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .expect("producer");
+    let (_cluster, brokers) = source_cluster(2);
+    let producer = plain_producer(&brokers);
     // Partition 1 holds only a tombstone (no payload) and a record that is not JSON,
     // and then stays quiet; every event goes to partition 0.
     let tombstone = FutureRecord::<[u8], [u8]>::to(TOPIC)
@@ -420,10 +425,7 @@ async fn a_quiet_partition_headed_by_a_tombstone_and_garbage_does_not_stall_the_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_too_large_for_the_dead_letter_topic_goes_there_as_a_stub_and_ingest_goes_on() {
     use streamscore::kafka::dead_letter::STUB_VALUE_BYTES;
-    let cluster = MockCluster::new(1).expect("mock cluster");
-    cluster.create_topic(TOPIC, 1, 1).expect("topic");
-    cluster.create_topic(DEAD, 1, 1).expect("dead-letter topic");
-    let brokers = cluster.bootstrap_servers();
+    let (_cluster, brokers) = source_cluster(1);
     // The shop's producer allows larger records than the server's dead-letter producer
     // (librdkafka's default limit, 1,000,000 bytes): a 1.2 MB record that is not JSON.
     let producer: FutureProducer = ClientConfig::new()
@@ -493,10 +495,7 @@ async fn kafka_ingest_waits_out_a_full_disk_and_resumes_without_a_restart() {
         eprintln!("SKIPPED: cannot mount a tmpfs here (not root?)");
         return;
     };
-    let cluster = MockCluster::new(1).expect("mock cluster");
-    cluster.create_topic(TOPIC, 1, 1).expect("topic");
-    cluster.create_topic(DEAD, 1, 1).expect("dead-letter topic");
-    let brokers = cluster.bootstrap_servers();
+    let (_cluster, brokers) = source_cluster(1);
     let (server_brokers, data_dir) = (brokers.clone(), disk.path().to_path_buf());
     let server = TestServer::start(move |settings| {
         settings.data_dir = data_dir;
@@ -557,14 +556,8 @@ async fn kafka_ingest_waits_out_a_full_disk_and_resumes_without_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_letter_topic_that_refuses_writes_pauses_the_source_and_loses_nothing() {
     use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
-    let cluster = MockCluster::new(1).expect("mock cluster");
-    cluster.create_topic(TOPIC, 1, 1).expect("topic");
-    cluster.create_topic(DEAD, 1, 1).expect("dead-letter topic");
-    let brokers = cluster.bootstrap_servers();
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &brokers)
-        .create()
-        .expect("producer");
+    let (cluster, brokers) = source_cluster(1);
+    let producer = plain_producer(&brokers);
     let events: Vec<RawEvent> = Simulator::new(SimConfig::default()).take(600).collect();
     store(&producer, FutureRecord::to(TOPIC).payload(b"{not json")).await;
     send_json(&producer, 0, &events[..300]).await;
