@@ -613,6 +613,64 @@ async fn route_through(pipeline: &Arc<Pipeline>, brokers: &str, through: i64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_router_writes_what_it_refuses_to_the_dead_letter_topic_in_its_transaction() {
+    let kafka = MockCluster::new(1).expect("mock cluster");
+    kafka.create_topic("events", 1, 1).expect("events topic");
+    let brokers = kafka.bootstrap_servers();
+    let pipeline = router_pipeline(&brokers);
+    for topic in pipeline.entity_topics() {
+        kafka.create_topic(&topic, 4, 1).expect("entity topic");
+    }
+    kafka
+        .create_topic(&pipeline.checkpoint_topic(), 1, 1)
+        .expect("checkpoint topic");
+    let dead_topic = pipeline.kafka.dead_letter_topic.clone();
+    kafka
+        .create_topic(&dead_topic, 1, 1)
+        .expect("dead-letter topic");
+    let events: Vec<RawEvent> = Simulator::new(SimConfig::default()).take(300).collect();
+    common::kafka::produce(&brokers, "events", &events[..200]).await;
+    // An invalid event (a type the definitions do not know), one far behind the
+    // watermark, and a record that is not JSON at all.
+    let invalid = RawEvent {
+        event_id: "teleport-1".into(),
+        event_type: "teleport".into(),
+        ..events[199].clone()
+    };
+    let late = RawEvent {
+        event_id: "straggler".into(),
+        event_time_ms: events[199].event_time_ms - pipeline.engine.allowed_lateness_ms - 60_000,
+        ..events[199].clone()
+    };
+    common::kafka::produce(&brokers, "events", &[invalid, late]).await;
+    let garbage: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .expect("producer");
+    garbage
+        .send(
+            rdkafka::producer::FutureRecord::<[u8], [u8]>::to("events").payload(b"{not json"),
+            Duration::from_secs(5),
+        )
+        .await
+        .expect("stored");
+    common::kafka::produce(&brokers, "events", &events[200..]).await;
+    route_through(&pipeline, &brokers, 302).await;
+
+    let dead = common::kafka::read_committed(&brokers, &dead_topic, 1);
+    let mut payloads: Vec<String> = dead
+        .iter()
+        .map(|(_, payload)| {
+            let text = String::from_utf8_lossy(payload).into_owned();
+            serde_json::from_str::<RawEvent>(&text).map_or(text, |event| event.event_id)
+        })
+        .collect();
+    payloads.sort();
+    // Before the fix the router logged and skipped them: the topic stayed empty.
+    assert_eq!(payloads, ["straggler", "teleport-1", "{not json"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_duplicate_sent_across_a_router_restart_is_routed_once_and_late_stays_late() {
     let kafka = MockCluster::new(1).expect("mock cluster");
     kafka.create_topic("events", 1, 1).expect("events topic");

@@ -2,7 +2,8 @@
 //! lateness, against its own dedup set and watermark) and sends it to the topic of
 //! every entity it names, keyed by the entity's id and stamped with the watermark, in
 //! one Kafka transaction with the input offsets: an event is routed to all its entity
-//! topics or to none, and exactly once.
+//! topics or to none, and exactly once. What it refuses goes to the dead-letter topic
+//! in the same transaction.
 
 use std::sync::Arc;
 
@@ -20,6 +21,7 @@ use super::{
 };
 use crate::events::validate;
 use crate::features::{Admission, Engine};
+use crate::kafka::dead_letter::{self, Refused};
 use crate::kafka::{client_config, consumer_config, decode, resume};
 use crate::time::now_ms;
 
@@ -234,6 +236,8 @@ async fn transact(
     let mut admissions: BTreeMap<(&str, i32), Vec<(u128, i64)>> = BTreeMap::new();
     let mut admitted = 0u64;
     let mut unrouted = 0u64;
+    // Records refused (not duplicates): to the dead-letter topic, in this transaction.
+    let mut refused: Vec<(&OwnedMessage, Refused)> = Vec::new();
     {
         let mut writer = engine.writer();
         let now = now_ms();
@@ -241,9 +245,17 @@ async fn transact(
             let payload = message.payload();
             let raw = match decode::event(payload, pipeline.kafka.format) {
                 Ok(raw) => raw,
-                Err(why) => {
-                    tracing::warn!(%why, topic = message.topic(), partition = message.partition(), offset = message.offset(), "router: record skipped");
+                Err(reason) => {
+                    tracing::debug!(%reason, topic = message.topic(), partition = message.partition(), offset = message.offset(), "router: record undecodable");
                     unrouted += 1;
+                    refused.push((
+                        message,
+                        Refused {
+                            field: "payload".into(),
+                            reason,
+                            kind: "undecodable",
+                        },
+                    ));
                     continue;
                 }
             };
@@ -252,12 +264,21 @@ async fn transact(
                 Err(refusal) => {
                     tracing::debug!(field = %refusal.field, reason = %refusal.reason, "router: event refused");
                     unrouted += 1;
+                    refused.push((message, dead_letter_of(refusal)));
                     continue;
                 }
             };
-            if writer.admit(&event) != Admission::Apply {
-                unrouted += 1;
-                continue;
+            match writer.admit(&event) {
+                Admission::Apply => {}
+                Admission::Duplicate => {
+                    unrouted += 1;
+                    continue;
+                }
+                Admission::Refused(refusal) => {
+                    unrouted += 1;
+                    refused.push((message, dead_letter_of(refusal)));
+                    continue;
+                }
             }
             writer.record_admission(&event);
             admissions
@@ -289,6 +310,15 @@ async fn transact(
         match producer.send_result(record) {
             Ok(delivery) => deliveries.push(delivery),
             Err((error, _)) => return Err(abort(producer, fail(error)).await),
+        }
+    }
+    // Dead letters in the same transaction: a refused record leaves the input exactly
+    // when its dead letter is written.
+    let dead_letter_topic = &pipeline.kafka.dead_letter_topic;
+    if !refused.is_empty() && !dead_letter_topic.is_empty() {
+        let failed = dead_letter::send_all(producer, dead_letter_topic, &refused).await;
+        if let Some((_, error)) = failed.into_iter().next() {
+            return Err(abort(producer, fail(error)).await);
         }
     }
     // The checkpoints last: on a broker that shows unfinished transactions (the mock),
@@ -356,6 +386,18 @@ async fn transact(
             Ok(())
         }
         Err(error) => Err(abort(producer, error).await),
+    }
+}
+
+/// A refused event's dead letter: the field and reason of the refusal, and its kind.
+fn dead_letter_of(refusal: crate::events::Refusal) -> Refused {
+    Refused {
+        field: refusal.field,
+        reason: refusal.reason,
+        kind: match refusal.kind {
+            crate::events::RefusalKind::Invalid => "invalid",
+            crate::events::RefusalKind::Late => "late",
+        },
     }
 }
 
