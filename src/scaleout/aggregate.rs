@@ -66,6 +66,9 @@ pub async fn aggregate(
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
         .set("isolation.level", "read_committed")
+        // A rebalance moves only the partitions that change owner; the others keep
+        // their state (every rebalance used to drop and rebuild all of it).
+        .set("partition.assignment.strategy", "cooperative-sticky")
         .create_with_context(AggregatorContext::default())?;
     let topics = pipeline.entity_topics();
     super::check_topics(&consumer, &topics)?;
