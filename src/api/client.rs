@@ -67,7 +67,7 @@ pub enum ConnectError {
     InvalidUrl(String),
     #[error("{0}")]
     Options(String),
-    #[error("cannot connect to {url}: {source}")]
+    #[error("cannot connect to {url}: {}", with_causes(source))]
     Transport {
         url: String,
         source: tonic::transport::Error,
@@ -79,7 +79,36 @@ pub async fn connect(url: &str) -> Result<Connection, ConnectError> {
     connect_with(url, &ClientOptions::default()).await
 }
 
+/// `url` with a scheme: an address given without one (`127.0.0.1:50051`) is plaintext,
+/// or TLS when certificates are given for it.
+fn with_scheme(url: &str, tls: bool) -> String {
+    if url.contains("://") {
+        url.to_string()
+    } else if tls {
+        format!("https://{url}")
+    } else {
+        format!("http://{url}")
+    }
+}
+
+/// `error` and every error below it, as one line: tonic's own message is only
+/// "transport error", and the reason (refused, reset, a certificate) is underneath.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(below) = cause {
+        let said = below.to_string();
+        if !text.ends_with(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        cause = below.source();
+    }
+    text
+}
+
 pub async fn connect_with(url: &str, options: &ClientOptions) -> Result<Connection, ConnectError> {
+    let url = &with_scheme(url, options.ca.is_some() || options.cert.is_some());
     let mut endpoint = Channel::from_shared(url.to_string())
         .map_err(|_| ConnectError::InvalidUrl(url.to_string()))?;
     let read = |what: &str, path: &PathBuf| {
@@ -203,4 +232,42 @@ pub async fn get_features(
         .get_features(request)
         .await?
         .into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_without_a_scheme_is_plaintext_or_tls_with_certificates() {
+        assert_eq!(
+            with_scheme("127.0.0.1:50051", false),
+            "http://127.0.0.1:50051"
+        );
+        assert_eq!(
+            with_scheme("scoring.internal:443", true),
+            "https://scoring.internal:443"
+        );
+        assert_eq!(with_scheme("https://a:1", false), "https://a:1");
+        assert_eq!(with_scheme("http://a:1", true), "http://a:1");
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_says_why_not_just_transport_error() {
+        // A port nothing listens on: bound, then closed.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let Err(error) = connect(&format!("127.0.0.1:{port}")).await else {
+            panic!("nothing listens there");
+        };
+        let message = error.to_string();
+        // Before: "cannot connect to ...: transport error".
+        assert!(
+            message.contains(&format!("http://127.0.0.1:{port}")),
+            "{message}"
+        );
+        assert!(message.to_lowercase().contains("refused"), "{message}");
+    }
 }
