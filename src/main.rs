@@ -13,11 +13,30 @@ async fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = streamscore::cli::Cli::parse();
+    let serving = matches!(cli.command, streamscore::cli::Command::Serve(_));
     match streamscore::cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // `streamscore models list | head -1`: the reader has what it wanted. Quiet, as
+        // other command-line tools are; a server never gets here on a client's pipe.
+        Err(error) if !serving && broken_pipe(error.as_ref()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error}");
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Whether `error`, or an error beneath it, is a write to a closed pipe.
+fn broken_pipe(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if error
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
 }
