@@ -223,20 +223,11 @@ impl FeatureStore {
         self: &Arc<Self>,
         events: Vec<RawEvent>,
     ) -> Result<Result<BatchOutcome, Vec<RawEvent>>, StoreError> {
-        let submitted = {
-            let _turn = self.writer_turn.lock().await;
-            let store = Arc::clone(self);
-            let (submitted, events) = self
-                .writer_thread
-                .run(move || (store.submit(&events), events))
-                .await
-                .map_err(|stopped| StoreError::Task(stopped.to_string()))?;
-            match submitted {
-                Err(StoreError::Log(LogError::Stalled)) => return Ok(Err(events)),
-                submitted => submitted?,
-            }
-        };
-        self.wait_durable(submitted).await.map(Ok)
+        let (submitted, events) = self.submit_handing_back(events).await?;
+        match submitted {
+            Err(StoreError::Log(LogError::Stalled)) => Ok(Err(events)),
+            submitted => self.wait_durable(submitted?).await.map(Ok),
+        }
     }
 
     /// Waits until the log takes events again (see [`FeatureStore::log_stalled`]).
@@ -250,12 +241,20 @@ impl FeatureStore {
         self: &Arc<Self>,
         events: Vec<RawEvent>,
     ) -> Result<Submitted, StoreError> {
+        self.submit_handing_back(events).await?.0
+    }
+
+    /// [`FeatureStore::submit_off_runtime`], handing the events back with the result.
+    async fn submit_handing_back(
+        self: &Arc<Self>,
+        events: Vec<RawEvent>,
+    ) -> Result<(Result<Submitted, StoreError>, Vec<RawEvent>), StoreError> {
         let _turn = self.writer_turn.lock().await;
         let store = Arc::clone(self);
         self.writer_thread
-            .run(move || store.submit(&events))
+            .run(move || (store.submit(&events), events))
             .await
-            .map_err(|stopped| StoreError::Task(stopped.to_string()))?
+            .map_err(|stopped| StoreError::Task(stopped.to_string()))
     }
 
     /// The outcome a submitted batch will be acked with, before it is durable.

@@ -60,13 +60,7 @@ async fn records_from_kafka_are_applied_like_ingested_events() {
 
     // The whole backlog is there before the server starts, so its partitions are read
     // at uneven speeds: without alignment in event time, a fifth of it came late.
-    let server_brokers = brokers.clone();
-    let server = TestServer::start(move |settings| {
-        settings.kafka.brokers = server_brokers;
-        settings.kafka.topics = vec![TOPIC.into()];
-        settings.kafka.dead_letter_topic = DEAD.into();
-    })
-    .await;
+    let server = source_server(&brokers).await;
     // The same events through the gRPC path, to compare with.
     let grpc = TestServer::start(|_| {}).await;
     client::stream_events(
@@ -353,6 +347,17 @@ fn source_cluster(
     (cluster, brokers)
 }
 
+/// A server whose Kafka source reads `TOPIC` and dead-letters to `DEAD`.
+async fn source_server(brokers: &str) -> TestServer {
+    let brokers = brokers.to_string();
+    TestServer::start(move |settings| {
+        settings.kafka.brokers = brokers;
+        settings.kafka.topics = vec![TOPIC.into()];
+        settings.kafka.dead_letter_topic = DEAD.into();
+    })
+    .await
+}
+
 /// A producer with librdkafka's defaults, as a shop's might be.
 fn plain_producer(brokers: &str) -> FutureProducer {
     ClientConfig::new()
@@ -396,13 +401,7 @@ async fn a_quiet_partition_headed_by_a_tombstone_and_garbage_does_not_stall_the_
     store(&producer, garbage).await;
     let events: Vec<RawEvent> = Simulator::new(SimConfig::default()).take(400).collect();
     send_json(&producer, 0, &events).await;
-    let server_brokers = brokers.clone();
-    let server = TestServer::start(move |settings| {
-        settings.kafka.brokers = server_brokers;
-        settings.kafka.topics = vec![TOPIC.into()];
-        settings.kafka.dead_letter_topic = DEAD.into();
-    })
-    .await;
+    let server = source_server(&brokers).await;
     // Before the fix nothing was ever applied: the quiet lane's garbage kept it busy
     // without an event time, which held every lane.
     wait_applied(&server, 400).await;
@@ -437,13 +436,7 @@ async fn a_record_too_large_for_the_dead_letter_topic_goes_there_as_a_stub_and_i
     store(&producer, FutureRecord::to(TOPIC).payload(&big)).await;
     let events: Vec<RawEvent> = Simulator::new(SimConfig::default()).take(800).collect();
     send_json(&producer, 0, &events[..400]).await;
-    let server_brokers = brokers.clone();
-    let server = TestServer::start(move |settings| {
-        settings.kafka.brokers = server_brokers;
-        settings.kafka.topics = vec![TOPIC.into()];
-        settings.kafka.dead_letter_topic = DEAD.into();
-    })
-    .await;
+    let server = source_server(&brokers).await;
     wait_applied(&server, 400).await;
     // Before the fix the source stopped at the dead letter it could not write, and
     // nothing after it was ever applied.
@@ -565,13 +558,7 @@ async fn a_dead_letter_topic_that_refuses_writes_pauses_the_source_and_loses_not
     // the topic's ACL was taken away, say.
     let refusals = [RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 10_000];
     cluster.request_errors(RDKafkaApiKey::Produce, &refusals);
-    let server_brokers = brokers.clone();
-    let server = TestServer::start(move |settings| {
-        settings.kafka.brokers = server_brokers;
-        settings.kafka.topics = vec![TOPIC.into()];
-        settings.kafka.dead_letter_topic = DEAD.into();
-    })
-    .await;
+    let server = source_server(&brokers).await;
     wait_health(
         &server,
         tonic_health::ServingStatus::NotServing,

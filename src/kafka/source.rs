@@ -597,10 +597,12 @@ async fn dead_letter_all(
     refused: &[(&OwnedMessage, Refused)],
     shutdown: &mut tokio::sync::watch::Receiver<bool>,
 ) -> bool {
-    let mut pending: Vec<(&OwnedMessage, Refused)> = refused.to_vec();
+    // Copied only once some failed: most batches go at the first try.
+    let mut pending: Option<Vec<(&OwnedMessage, Refused)>> = None;
     let mut pause = FIRST_DEAD_LETTER_PAUSE;
     loop {
-        let failed = dead_letter::send_all(producer, &settings.dead_letter_topic, &pending).await;
+        let sending = pending.as_deref().unwrap_or(refused);
+        let failed = dead_letter::send_all(producer, &settings.dead_letter_topic, sending).await;
         let Some((_, error)) = failed.first() else {
             counters.health.set_waiting(false);
             return true;
@@ -613,11 +615,12 @@ async fn dead_letter_all(
             "kafka source paused: cannot write to the dead-letter topic; trying again"
         );
         counters.health.set_waiting(true);
-        let failed: Vec<usize> = failed.into_iter().map(|(index, _)| index).collect();
-        pending = failed
-            .into_iter()
-            .map(|index| pending[index].clone())
-            .collect();
+        pending = Some(
+            failed
+                .into_iter()
+                .map(|(index, _)| sending[index].clone())
+                .collect(),
+        );
         tokio::select! {
             () = tokio::time::sleep(pause) => {}
             _ = shutdown.wait_for(|stop| *stop) => return false,
