@@ -434,6 +434,10 @@ pub struct IngestSettings {
     /// Answers of recorded `Score` calls kept (newest first) so that a retry with the
     /// same event id gets the first answer; 0 keeps none (a retry is then refused).
     pub recorded_answers: usize,
+    /// CPUs (0-based) the ingest threads (the engine's writer, the log writer and the
+    /// decoder of large batches) run on; empty: any. Set it to keep heavy ingest off
+    /// the cores that answer `Score`.
+    pub cpus: Vec<usize>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -510,6 +514,7 @@ impl Default for IngestSettings {
             max_message_bytes: 4 << 20,
             max_batch_events: 10_000,
             recorded_answers: 100_000,
+            cpus: Vec::new(),
         }
     }
 }
@@ -647,6 +652,8 @@ impl Settings {
                 "ingest.max_id_bytes and max_batch_events must be positive, max_message_bytes at least 1024".into(),
             ));
         }
+        crate::background::check_cpus(&ingest.cpus)
+            .map_err(|reason| ConfigError::Invalid(format!("ingest.cpus: {reason}")))?;
         if self.models.watch_interval.0 < 10 {
             return Err(ConfigError::Invalid(
                 "models.watch_interval must be at least 10ms".into(),
@@ -781,6 +788,25 @@ mod tests {
             assert!(error.contains("dedup_horizon"), "{error}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn ingest_cpus_must_exist_and_be_listed_once() {
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+        let mut settings = Settings::default();
+        settings.ingest.cpus = vec![cpus];
+        let refused = settings
+            .validate()
+            .expect_err("a CPU past the last refused");
+        assert!(
+            refused.to_string().contains("ingest.cpus: CPU"),
+            "{refused}"
+        );
+        settings.ingest.cpus = vec![0, 0];
+        let refused = settings.validate().expect_err("a repeat refused");
+        assert!(refused.to_string().contains("twice"), "{refused}");
+        settings.ingest.cpus = vec![cpus - 1];
+        settings.validate().expect("the last CPU is fine");
     }
 
     #[test]

@@ -342,13 +342,15 @@ pub async fn run_with(
         .add_service(reflection_v1alpha)
         .add_service(
             IngestServer::new(
-                IngestService::new(Arc::clone(&store), drain, Arc::clone(&budget)).map_err(
-                    |error| {
-                        ServerError::Setup(format!(
-                            "cannot start the ingest decoding thread: {error}"
-                        ))
-                    },
-                )?,
+                IngestService::new(
+                    Arc::clone(&store),
+                    drain,
+                    Arc::clone(&budget),
+                    &settings.ingest.cpus,
+                )
+                .map_err(|error| {
+                    ServerError::Setup(format!("cannot start the ingest decoding thread: {error}"))
+                })?,
             )
             .max_decoding_message_size(max_message),
         )

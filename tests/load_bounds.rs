@@ -510,3 +510,47 @@ async fn a_request_with_both_content_length_and_transfer_encoding_is_refused() {
     );
     assert!(plain.starts_with("HTTP/1.1 200"), "{plain}");
 }
+
+/// `ingest.cpus` keeps the engine's writer, the log writer and the decoder of large
+/// batches on the CPUs it names (read back from /proc), and leaves the request threads
+/// on all of them: the setting that keeps `Score` p99 beside heavy ingest near its p99
+/// alone (`cargo bench --bench score_load`).
+#[tokio::test]
+async fn the_ingest_threads_keep_to_the_cpus_they_are_given() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("server.toml");
+    std::fs::write(&config, "[ingest]\ncpus = [0]\n").expect("config");
+    let data = dir.path().join("data");
+    let (mut child, url) = common::spawn_server_configured(&data, &config);
+    // Once a batch is acked every ingest thread has started.
+    let channel = client::connect(&url).await.expect("connect");
+    IngestClient::new(channel)
+        .ingest_batch(common::view_batch(0, 1))
+        .await
+        .expect("acked");
+    let allowed = |comm: &str| -> Vec<String> {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", child.id())).expect("tasks");
+        tasks
+            .filter_map(|task| {
+                let task = task.ok()?.path();
+                let name = std::fs::read_to_string(task.join("comm")).ok()?;
+                (name.trim() == comm).then_some(())?;
+                let status = std::fs::read_to_string(task.join("status")).ok()?;
+                status
+                    .lines()
+                    .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))
+                    .map(|list| list.trim().to_string())
+            })
+            .collect()
+    };
+    for ingest_thread in ["streamscore-wri", "event-log-write", "streamscore-dec"] {
+        assert_eq!(allowed(ingest_thread), ["0"], "{ingest_thread}");
+    }
+    let workers = allowed("tokio-rt-worker");
+    assert!(!workers.is_empty(), "the request threads are found");
+    if std::thread::available_parallelism().map_or(1, usize::from) > 1 {
+        assert!(workers.iter().all(|list| list != "0"), "{workers:?}");
+    }
+    child.kill().expect("kill");
+    child.wait().expect("wait");
+}

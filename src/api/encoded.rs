@@ -69,9 +69,9 @@ impl IngestDecoder {
     /// Normal priority, like the writer it feeds: nice 10 for both moved `Score` p99
     /// beside heavy ingest only within run-to-run noise (2.6-3.9x of alone either way)
     /// and took 10-30% from large-batch ingest (`cargo bench --bench score_load`).
-    pub fn start() -> std::io::Result<IngestDecoder> {
+    pub fn start(cpus: &[usize]) -> std::io::Result<IngestDecoder> {
         Ok(IngestDecoder {
-            thread: Background::start_at("streamscore-decode", 0)?,
+            thread: Background::start_on("streamscore-decode", 0, cpus)?,
         })
     }
 
@@ -157,7 +157,7 @@ mod tests {
 
     #[tokio::test]
     async fn small_and_large_batches_decode_to_what_was_sent() {
-        let decoder = IngestDecoder::start().expect("decode thread");
+        let decoder = IngestDecoder::start(&[]).expect("decode thread");
         for events in [0, 3, 20_000] {
             let sent = batch(events);
             let bytes = Bytes::from(prost::Message::encode_to_vec(&sent));
@@ -173,7 +173,7 @@ mod tests {
 
     #[tokio::test]
     async fn garbage_is_an_invalid_argument_on_either_path() {
-        let decoder = IngestDecoder::start().expect("decode thread");
+        let decoder = IngestDecoder::start(&[]).expect("decode thread");
         // Field 2 (events) declared 100 bytes long with none following; then the same
         // lie after enough padding (field 1 varints) to take the large path.
         let short = vec![0x12, 100];

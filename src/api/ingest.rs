@@ -50,17 +50,18 @@ pub struct IngestService {
 
 impl IngestService {
     /// Streams take their bytes from `budget`'s pool. Starts the thread that decodes
-    /// large batches.
+    /// large batches, on `cpus` (empty: any).
     pub fn new(
         store: Arc<FeatureStore>,
         drain: Drain,
         budget: Arc<Budget>,
+        cpus: &[usize],
     ) -> std::io::Result<IngestService> {
         Ok(IngestService {
             store,
             drain,
             pending_bytes: Arc::clone(budget.bytes()),
-            decoder: Arc::new(IngestDecoder::start()?),
+            decoder: Arc::new(IngestDecoder::start(cpus)?),
         })
     }
 }

@@ -69,6 +69,11 @@ impl Sources {
                 crate::scoring::NON_FINITE_SCORES.load(std::sync::atomic::Ordering::Relaxed) as f64,
             ),
             (
+                "streamscore_log_commits",
+                "group commits of the event log since start (a write and its fsyncs each)",
+                self.store.log_commits() as f64,
+            ),
+            (
                 "streamscore_entities",
                 "entities held in memory",
                 entities as f64,

@@ -1,7 +1,13 @@
 //! Appending to the log with group commit: producers encode records into a shared buffer
-//! under a short lock; one writer thread takes the whole buffer, writes it, fsyncs once,
-//! and publishes the new durable sequence number, so one fsync covers every batch that
+//! under a short lock and ask for a flush once their batch is in (or the buffer is
+//! large); one writer thread takes the whole buffer, writes it, fsyncs once, and
+//! publishes the new durable sequence number, so one fsync covers every batch that
 //! arrived meanwhile.
+//!
+//! The writer waits for a flush request rather than for the first record: woken per
+//! record, it committed a 10,000-event batch in about 200 small fsyncs (two each, with
+//! the acked mark), and the disk's interrupts and the writer's wake-ups preempted the
+//! threads answering `Score` (measured: about 2,600 commits/s beside heavy ingest).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -38,6 +44,10 @@ struct Durable {
     stalled: bool,
 }
 
+/// A buffer this large is written without waiting for a flush request, so a huge
+/// batch is written while it is still being applied.
+const FLUSH_AT_BYTES: usize = 1 << 20;
+
 /// The first pause after a failed write; it doubles up to [`MAX_RETRY_PAUSE`].
 const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(10);
 const MAX_RETRY_PAUSE: Duration = Duration::from_secs(2);
@@ -48,7 +58,16 @@ struct Pending {
     buffer_first_seq: u64,
     next_seq: u64,
     durable: Durable,
+    /// Somebody asked for what is buffered to be written ([`EventLog::flush`]).
+    flush_requested: bool,
     closing: bool,
+}
+
+impl Pending {
+    /// Whether the writer has work: a flush was asked for or the buffer is large.
+    fn due(&self) -> bool {
+        !self.buffer.is_empty() && (self.flush_requested || self.buffer.len() >= FLUSH_AT_BYTES)
+    }
 }
 
 struct Shared {
@@ -58,6 +77,8 @@ struct Shared {
     durable: watch::Sender<Durable>,
     /// The newest durable sequence number, for readers that must not see the rest.
     durable_seq: Arc<AtomicU64>,
+    /// Group commits so far (a write and its fsyncs each).
+    commits: AtomicU64,
 }
 
 pub struct EventLog {
@@ -124,11 +145,13 @@ impl SegmentWriter {
 impl EventLog {
     /// Opens the log for appending; the next record gets `next_seq`. A new segment is
     /// started so a tail truncated during recovery is never appended to.
+    /// The writer thread runs on `cpus` (empty: any).
     pub fn open(
         dir: &Path,
         next_seq: u64,
         segment_bytes: u64,
         fsync: FsyncPolicy,
+        cpus: &[usize],
     ) -> Result<EventLog, LogError> {
         std::fs::create_dir_all(dir).map_err(io_error(dir))?;
         let mut segment = SegmentWriter::create(dir, next_seq, segment_bytes, fsync)?;
@@ -144,17 +167,23 @@ impl EventLog {
                 buffer_first_seq: next_seq,
                 next_seq,
                 durable,
+                flush_requested: false,
                 closing: false,
             }),
             work: Condvar::new(),
             durable_changed: Condvar::new(),
             durable: watch::Sender::new(durable),
             durable_seq: Arc::new(AtomicU64::new(durable.seq)),
+            commits: AtomicU64::new(0),
         });
         let worker_shared = Arc::clone(&shared);
+        let cpus = cpus.to_vec();
         let worker = std::thread::Builder::new()
             .name("event-log-writer".into())
-            .spawn(move || write_loop(&worker_shared, &mut segment, &mut acked))
+            .spawn(move || {
+                crate::background::pin_current_thread(&cpus);
+                write_loop(&worker_shared, &mut segment, &mut acked)
+            })
             .map_err(io_error(dir))?;
         Ok(EventLog {
             shared,
@@ -162,29 +191,45 @@ impl EventLog {
         })
     }
 
-    /// Appends a record and returns its sequence number; durable once
-    /// [`EventLog::wait_durable`] says so.
+    /// Appends a record and returns its sequence number. It is written once
+    /// [`EventLog::flush`] is called (or the buffer is large), and durable once
+    /// [`EventLog::wait_durable`] says so (which flushes).
     pub fn append(&self, event: &RawEvent) -> Result<u64, LogError> {
         let mut pending = self.shared.pending.lock();
         if pending.durable.failed || pending.closing {
             return Err(LogError::WriterFailed);
         }
         let seq = pending.next_seq;
-        let was_empty = pending.buffer.is_empty();
-        if was_empty {
+        if pending.buffer.is_empty() {
             pending.buffer_first_seq = seq;
         }
+        let was_due = pending.due();
         record::encode(&mut pending.buffer, seq, event)?;
         pending.next_seq += 1;
-        if was_empty {
+        if !was_due && pending.due() {
             self.shared.work.notify_one();
         }
         Ok(seq)
     }
 
+    /// Asks the writer to write what is buffered: call it once a batch is appended.
+    pub fn flush(&self) {
+        let mut pending = self.shared.pending.lock();
+        if pending.buffer.is_empty() || pending.flush_requested {
+            return;
+        }
+        pending.flush_requested = true;
+        self.shared.work.notify_one();
+    }
+
     /// The newest durable sequence number, kept up to date by the writer.
     pub fn durable_seq(&self) -> Arc<AtomicU64> {
         Arc::clone(&self.shared.durable_seq)
+    }
+
+    /// Group commits since the log was opened (one write and fsync each).
+    pub fn commits(&self) -> u64 {
+        self.shared.commits.load(Ordering::Relaxed)
     }
 
     /// Whether writes are failing and being retried (new appends are refused).
@@ -212,6 +257,7 @@ impl EventLog {
 
     /// Waits until every record up to `seq` is durable.
     pub async fn wait_durable(&self, seq: u64) -> Result<(), LogError> {
+        self.flush();
         let mut receiver = self.shared.durable.subscribe();
         let reached = receiver
             .wait_for(|durable| durable.seq >= seq || durable.failed)
@@ -224,6 +270,7 @@ impl EventLog {
 
     /// Blocking form of [`EventLog::wait_durable`], for snapshots and shutdown.
     pub fn wait_durable_blocking(&self, seq: u64) -> Result<(), LogError> {
+        self.flush();
         let mut pending = self.shared.pending.lock();
         while pending.durable.seq < seq && !pending.durable.failed {
             self.shared.durable_changed.wait(&mut pending);
@@ -258,12 +305,13 @@ fn write_loop(shared: &Shared, segment: &mut SegmentWriter, acked: &mut AckedMar
     loop {
         let (mut batch, first_seq, upto) = {
             let mut pending = shared.pending.lock();
-            while pending.buffer.is_empty() && !pending.closing {
+            while !pending.due() && !pending.closing {
                 shared.work.wait(&mut pending);
             }
             if pending.buffer.is_empty() {
                 return;
             }
+            pending.flush_requested = false;
             let batch = std::mem::replace(&mut pending.buffer, std::mem::take(&mut spare));
             (batch, pending.buffer_first_seq, pending.next_seq - 1)
         };
@@ -282,6 +330,7 @@ fn write_loop(shared: &Shared, segment: &mut SegmentWriter, acked: &mut AckedMar
             });
             match result {
                 Ok(()) => {
+                    shared.commits.fetch_add(1, Ordering::Relaxed);
                     break Durable {
                         seq: upto,
                         failed: false,
@@ -331,4 +380,70 @@ fn publish(shared: &Shared, change: impl FnOnce(&mut Durable)) {
     shared.durable_seq.store(durable.seq, Ordering::Release);
     shared.durable_changed.notify_all();
     shared.durable.send_replace(durable);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(i: usize) -> RawEvent {
+        RawEvent {
+            event_id: format!("e{i}"),
+            event_type: "page_view".into(),
+            event_time_ms: 1_000 + i as i64,
+            entities: [("user".to_string(), format!("u{}", i % 97))].into(),
+            ..RawEvent::default()
+        }
+    }
+
+    #[test]
+    fn a_batch_is_committed_once_when_flushed_not_once_per_record() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = EventLog::open(dir.path(), 1, 64 << 20, FsyncPolicy::Always, &[]).expect("open");
+        // Small enough to stay under FLUSH_AT_BYTES: one commit when it is flushed.
+        let mut last = 0;
+        for i in 0..2_000 {
+            last = log.append(&event(i)).expect("append");
+            // Give a writer that woke early (per record, as it once did) its chance.
+            if i % 100 == 0 {
+                std::thread::yield_now();
+            }
+        }
+        log.flush();
+        log.wait_durable_blocking(last).expect("durable");
+        assert_eq!(log.commits(), 1, "one batch, one flush");
+        // Waiting flushes too, so a record is never left waiting for a flush nobody asks for.
+        let next = log.append(&event(2_000)).expect("append");
+        log.wait_durable_blocking(next).expect("durable");
+        assert_eq!(log.commits(), 2);
+    }
+
+    #[test]
+    fn a_huge_batch_is_written_while_it_is_still_appended() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = EventLog::open(dir.path(), 1, 64 << 20, FsyncPolicy::Always, &[]).expect("open");
+        let mut first = 0;
+        let mut i = 0;
+        // Append until the buffer has passed FLUSH_AT_BYTES, then wait for the first
+        // record without asking for a flush by hand: the writer took the buffer itself.
+        loop {
+            let before = log.shared.pending.lock().buffer.len();
+            let seq = log.append(&event(i)).expect("append");
+            first = if first == 0 { seq } else { first };
+            i += 1;
+            let after = log.shared.pending.lock().buffer.len();
+            // Past the mark, or already taken by the writer.
+            if after >= FLUSH_AT_BYTES || after < before {
+                break;
+            }
+        }
+        let mut receiver = log.shared.durable.subscribe();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        runtime
+            .block_on(receiver.wait_for(|durable| durable.seq >= first))
+            .expect("written without a flush");
+        assert_eq!(log.commits(), 1);
+    }
 }
