@@ -47,6 +47,14 @@ impl Background {
         Ok(Background { jobs })
     }
 
+    /// Queues `job` on the background thread without waiting for it; a stopped thread
+    /// runs it here instead.
+    pub fn detach(&self, job: impl FnOnce() + Send + 'static) {
+        if let Err(returned) = self.jobs.send(Box::new(job)) {
+            (returned.0)();
+        }
+    }
+
     /// Runs `job` on the background thread and waits (asynchronously) for its result.
     pub async fn run<T: Send + 'static>(
         &self,

@@ -73,14 +73,6 @@ pub struct Submitted {
     wait_for: Option<u64>,
 }
 
-/// Whether a batch submitted on the writer thread comes back to its caller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum HandBack {
-    Never,
-    /// Only when the log refused it whole (stalled), to be submitted again.
-    IfStalled,
-}
-
 pub struct FeatureStore {
     /// Shared, not behind a lock of ours: the engine locks each shard it touches and
     /// lets one writer at a time admit and apply (see [`Engine::writer`]).
@@ -214,18 +206,7 @@ impl FeatureStore {
         self.wait_durable(submitted).await
     }
 
-    /// [`FeatureStore::ingest`] off the request runtime: the batch is validated and
-    /// applied on the writer thread once it is this caller's turn, so a `Score` never
-    /// waits behind a batch it does not read.
-    pub async fn ingest_off_runtime(
-        self: &Arc<Self>,
-        events: Vec<RawEvent>,
-    ) -> Result<BatchOutcome, StoreError> {
-        let submitted = self.submit_off_runtime(events).await?;
-        self.wait_durable(submitted).await
-    }
-
-    /// [`FeatureStore::ingest_off_runtime`] for a source that must neither drop a batch
+    /// [`FeatureStore::ingest`] off the runtime, for a source that must neither drop a batch
     /// nor stop (Kafka): while the log cannot write (a full disk) the batch is refused
     /// whole and handed back (`Err`), to be submitted again after
     /// [`FeatureStore::wait_writable`].
@@ -233,12 +214,10 @@ impl FeatureStore {
         self: &Arc<Self>,
         events: Vec<RawEvent>,
     ) -> Result<Result<BatchOutcome, Vec<RawEvent>>, StoreError> {
-        match self
-            .submit_on_writer_thread(events, HandBack::IfStalled)
-            .await?
-        {
-            (Err(StoreError::Log(LogError::Stalled)), Some(events)) => Ok(Err(events)),
-            (submitted, _) => self.wait_durable(submitted?).await.map(Ok),
+        let (submitted, events) = self.submit_handing_back(events).await?;
+        match submitted {
+            Err(StoreError::Log(LogError::Stalled)) => Ok(Err(events)),
+            submitted => self.wait_durable(submitted?).await.map(Ok),
         }
     }
 
@@ -248,34 +227,19 @@ impl FeatureStore {
     }
 
     /// [`FeatureStore::submit`] on the writer thread, in turn with the other async
-    /// submitters (so batches of one caller keep their order).
-    pub async fn submit_off_runtime(
+    /// submitters (so batches of one caller keep their order), so a `Score` never waits
+    /// behind a batch it does not read. The events come back with the result: freeing
+    /// a 10,000-event batch (a map per event) takes milliseconds that neither the writer
+    /// (measured: 20% of large-batch ingest) nor a runtime thread should spend, so the
+    /// caller chooses where (see `IngestDecoder::dispose`).
+    pub async fn submit_handing_back(
         self: &Arc<Self>,
         events: Vec<RawEvent>,
-    ) -> Result<Submitted, StoreError> {
-        self.submit_on_writer_thread(events, HandBack::Never)
-            .await?
-            .0
-    }
-
-    /// Submits `events` on the writer thread, which also drops them unless they are
-    /// handed back: freeing a 10,000-event batch (a map per event) takes milliseconds
-    /// that a runtime thread would take from the `Score` calls queued behind it
-    /// (measured: Score p99 beside heavy ingest).
-    async fn submit_on_writer_thread(
-        self: &Arc<Self>,
-        events: Vec<RawEvent>,
-        hand_back: HandBack,
-    ) -> Result<(Result<Submitted, StoreError>, Option<Vec<RawEvent>>), StoreError> {
+    ) -> Result<(Result<Submitted, StoreError>, Vec<RawEvent>), StoreError> {
         let _turn = self.writer_turn.lock().await;
         let store = Arc::clone(self);
         self.writer_thread
-            .run(move || {
-                let submitted = store.submit(&events);
-                let stalled = matches!(submitted, Err(StoreError::Log(LogError::Stalled)));
-                let events = (hand_back == HandBack::IfStalled && stalled).then_some(events);
-                (submitted, events)
-            })
+            .run(move || (store.submit(&events), events))
             .await
             .map_err(|stopped| StoreError::Task(stopped.to_string()))
     }

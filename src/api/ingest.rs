@@ -111,7 +111,9 @@ impl Ingest for IngestService {
         request: Request<EncodedIngest>,
     ) -> Result<Response<pb::IngestAck>, Status> {
         let (batch_id, events) = self.decoder.decode(request.into_inner(), to_raw).await?;
-        let outcome = self.store.ingest_off_runtime(events).await?;
+        let (submitted, events) = self.store.submit_handing_back(events).await?;
+        self.decoder.dispose(events);
+        let outcome = self.store.wait_durable(submitted?).await?;
         Ok(Response::new(ack(batch_id, outcome)))
     }
 
@@ -180,7 +182,13 @@ impl Ingest for IngestService {
                 else {
                     break;
                 };
-                let submitted = store.submit_off_runtime(events).await;
+                let submitted = match store.submit_handing_back(events).await {
+                    Ok((submitted, events)) => {
+                        decoder.dispose(events);
+                        submitted
+                    }
+                    Err(error) => Err(error),
+                };
                 // The batch is applied and gone; what waits now is its ack, whose refusal
                 // reasons are known: they are what counts until the ack is taken.
                 drop((reading, decoding));
