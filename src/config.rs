@@ -546,6 +546,64 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// `STREAMSCORE_...` variables with single underscores (`STREAMSCORE_MODELS_SHADOW`),
+/// which the settings never read, each with the name it was probably meant as.
+fn misspelt_variables(variables: impl Iterator<Item = (String, String)>) -> Vec<(String, String)> {
+    // Read by the command line itself (clap's `env`).
+    const COMMAND_LINE: &[&str] = &["STREAMSCORE_TOKEN"];
+    variables
+        .filter_map(|(name, _)| {
+            let rest = name.strip_prefix("STREAMSCORE_")?;
+            if rest.starts_with('_') || COMMAND_LINE.contains(&name.as_str()) {
+                return None;
+            }
+            // The first part is the section when it names one, as in the README.
+            let meant = match rest.split_once('_') {
+                Some((section, key)) if SECTIONS.contains(&section.to_lowercase().as_str()) => {
+                    format!("STREAMSCORE__{section}__{key}")
+                }
+                _ => format!("STREAMSCORE__{rest}"),
+            };
+            Some((name, meant))
+        })
+        .collect()
+}
+
+/// The settings' sections (tables), for [`misspelt_variables`].
+const SECTIONS: &[&str] = &[
+    "ingest", "log", "snapshot", "models", "metrics", "shutdown", "tls", "auth", "admin", "kafka",
+    "cluster", "samples", "http", "limits",
+];
+
+/// A settings error with the key as the user wrote it (`models.watch_intervall`, or
+/// the variable `STREAMSCORE__MODELS__WATCH_INTERVALL`) and where it came from (the
+/// file's absolute path), without figment's profile prefix (`default.`).
+fn describe(error: figment::Error) -> String {
+    error
+        .into_iter()
+        .map(|error| {
+            let key = match (&error.metadata, &error.profile) {
+                (Some(metadata), Some(profile))
+                    if !matches!(metadata.source, Some(figment::Source::File(_))) =>
+                {
+                    metadata.interpolate(profile, &error.path)
+                }
+                _ => error.path.join("."),
+            };
+            let origin = match error.metadata.as_ref().map(|m| (&m.source, &m.name)) {
+                Some((Some(figment::Source::File(path)), _)) => format!(" in {}", path.display()),
+                Some((_, name)) => format!(" in {name}"),
+                None => String::new(),
+            };
+            match key.is_empty() {
+                true => format!("{}{origin}", error.kind),
+                false => format!("{key}: {}{origin}", error.kind),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 impl Settings {
     /// Defaults, then `file` (if given), then `STREAMSCORE__...` environment variables.
     pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
@@ -566,12 +624,19 @@ impl Settings {
                     file.display()
                 )));
             }
+            // Absolute, so an error names the file wherever the command ran.
+            let file = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
             figment = figment.merge(Toml::file(file));
+        }
+        for (name, meant) in misspelt_variables(std::env::vars()) {
+            tracing::warn!(
+                "{name} is not read: settings take two underscores before and between their parts ({meant})"
+            );
         }
         let settings: Settings = figment
             .merge(Env::prefixed("STREAMSCORE__").split("__"))
             .extract()
-            .map_err(Box::new)?;
+            .map_err(|error| ConfigError::Invalid(describe(error)))?;
         Ok(settings)
     }
 
@@ -788,6 +853,31 @@ mod tests {
             assert!(error.contains("dedup_horizon"), "{error}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn single_underscore_variables_are_named_with_what_they_meant() {
+        let variables = [
+            ("STREAMSCORE_MODELS_SHADOW", "true"),
+            ("STREAMSCORE__MODELS__SHADOW", "true"),
+            ("STREAMSCORE_TOKEN", "secret"),
+            ("STREAMSCORE_LISTEN", "0.0.0.0:1"),
+            ("HOME", "/root"),
+        ]
+        .map(|(name, value)| (name.to_string(), value.to_string()));
+        assert_eq!(
+            misspelt_variables(variables.into_iter()),
+            [
+                (
+                    "STREAMSCORE_MODELS_SHADOW".to_string(),
+                    "STREAMSCORE__MODELS__SHADOW".to_string()
+                ),
+                (
+                    "STREAMSCORE_LISTEN".to_string(),
+                    "STREAMSCORE__LISTEN".to_string()
+                ),
+            ]
+        );
     }
 
     #[test]

@@ -33,5 +33,6 @@ pub mod scoring;
 pub mod server;
 pub mod simulate;
 pub mod store;
+pub mod suggest;
 pub mod time;
 pub mod train;

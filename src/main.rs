@@ -20,10 +20,34 @@ async fn main() -> std::process::ExitCode {
         // other command-line tools are; a server never gets here on a client's pipe.
         Err(error) if !serving && broken_pipe(error.as_ref()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error}");
+            eprintln!("error: {}", human(error.as_ref()));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The error as a person reads it: a server's answer is its message and then its code
+/// (`... [NOT_FOUND]`), where tonic would print `code: 'Some requested entity was not
+/// found', message: "..."`.
+fn human(error: &(dyn std::error::Error + 'static)) -> String {
+    match error.downcast_ref::<tonic::Status>() {
+        Some(status) if !status.message().is_empty() => {
+            format!("{} [{}]", status.message(), code_name(status.code()))
+        }
+        _ => error.to_string(),
+    }
+}
+
+/// The gRPC name of `code` (`NOT_FOUND`), as grpcurl and the gRPC docs spell it.
+fn code_name(code: tonic::Code) -> String {
+    let mut name = String::new();
+    for (i, c) in format!("{code:?}").chars().enumerate() {
+        if c.is_uppercase() && i > 0 {
+            name.push('_');
+        }
+        name.push(c.to_ascii_uppercase());
+    }
+    name
 }
 
 /// Whether `error`, or an error beneath it, is a write to a closed pipe.

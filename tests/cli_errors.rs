@@ -55,3 +55,64 @@ fn a_server_that_is_not_there_is_named_with_the_reason() {
     );
     assert!(stderr.to_lowercase().contains("refused"), "{stderr}");
 }
+
+/// A settings file with a typo in a key, in a relative path, and a variable with single
+/// underscores: the error names the key as written and the file's absolute path
+/// (before: `for key "default.models.watch_intervall" in ../bad.toml TOML file`), and
+/// the variable is warned about with its right spelling (before: silently ignored).
+#[test]
+fn a_settings_typo_names_the_key_and_the_whole_path_and_a_misspelt_variable_is_warned() {
+    let dir = tempfile::tempdir().expect("dir");
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).expect("work dir");
+    std::fs::write(
+        dir.path().join("bad.toml"),
+        "[models]\nwatch_intervall = \"5s\"\n",
+    )
+    .expect("config");
+    let output = Command::new(env!("CARGO_BIN_EXE_streamscore"))
+        .args(["serve", "--config", "../bad.toml", "--data-dir", "data"])
+        .current_dir(&work)
+        .env("STREAMSCORE_MODELS_SHADOW", "true")
+        .output()
+        .expect("run the CLI");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    let absolute = std::fs::canonicalize(dir.path().join("bad.toml")).expect("path");
+    assert!(
+        stderr.contains("models.watch_intervall: unknown field"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&absolute.display().to_string()), "{stderr}");
+    assert!(!stderr.contains("default."), "{stderr}");
+    assert!(
+        stderr.contains("STREAMSCORE_MODELS_SHADOW is not read")
+            && stderr.contains("STREAMSCORE__MODELS__SHADOW"),
+        "{stderr}"
+    );
+}
+
+/// A model name with a typo, or a version that does not exist, is answered with what
+/// does (before: `no model 'frud' (list the models with ListModels)`).
+#[test]
+fn a_mistyped_model_gets_a_did_you_mean_and_a_missing_version_the_versions() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (mut server, url) = common::spawn_server(dir.path());
+    let show = |model: &str| {
+        let output = Command::new(env!("CARGO_BIN_EXE_streamscore"))
+            .args(["models", "--target", &url, "show", model])
+            .output()
+            .expect("run the CLI");
+        assert!(!output.status.success());
+        String::from_utf8_lossy(&output.stderr).to_string()
+    };
+    let typo = show("frud");
+    assert!(typo.contains("did you mean 'fraud'?"), "{typo}");
+    // The server's message, then its code, not tonic's debug form.
+    assert!(typo.contains("[NOT_FOUND]"), "{typo}");
+    assert!(!typo.contains("Some requested entity"), "{typo}");
+    let version = show("fraud@9");
+    assert!(version.contains("loaded versions: fraud@1"), "{version}");
+    server.kill().ok();
+    server.wait().ok();
+}

@@ -44,7 +44,7 @@ impl From<ReadError> for Status {
 impl From<RegistryError> for Status {
     fn from(error: RegistryError) -> Self {
         match &error {
-            RegistryError::NotFound(_) => Status::not_found(format!("model: {error}")),
+            RegistryError::NotFound { .. } => Status::not_found(format!("model: {error}")),
             RegistryError::BadReference(_) | RegistryError::WrongKind { .. } => {
                 Status::invalid_argument(format!("model: {error}"))
             }

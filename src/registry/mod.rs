@@ -130,8 +130,12 @@ impl LoadedModel {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    #[error("no model '{0}' (list the models with ListModels)")]
-    NotFound(String),
+    #[error("no model '{reference}'{hint} (list the models with ListModels)")]
+    NotFound {
+        reference: String,
+        /// What exists instead: "; did you mean 'fraud'?", or the versions loaded.
+        hint: String,
+    },
     #[error("model reference '{0}': expected name, name@version or an alias")]
     BadReference(String),
     #[error(transparent)]
@@ -189,7 +193,7 @@ pub struct Catalog {
 
 impl Catalog {
     pub fn resolve(&self, reference: &str) -> Result<Arc<LoadedModel>, RegistryError> {
-        let not_found = || RegistryError::NotFound(reference.to_string());
+        let not_found = || self.not_found(reference);
         if let Some(reason) = self.unavailable.get(reference) {
             return Err(RegistryError::Unavailable {
                 name: reference.to_string(),
@@ -224,6 +228,39 @@ impl Catalog {
                     .collect(),
             }),
             None => Err(not_found()),
+        }
+    }
+
+    /// NOT_FOUND for `reference`, saying what exists instead: the versions of the
+    /// model it names, or the model or alias a typo was probably meant for.
+    fn not_found(&self, reference: &str) -> RegistryError {
+        let (name, version) = match reference.split_once('@') {
+            Some((name, version)) => (name, Some(version)),
+            None => (reference, None),
+        };
+        let hint = match (self.models.get(name), version) {
+            (Some(versions), Some(_)) => format!(
+                "; loaded versions: {}",
+                versions
+                    .keys()
+                    .map(|v| format!("{name}@{v}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            _ => {
+                let known = self.models.keys().chain(self.aliases.keys());
+                match crate::suggest::closest(name, known.map(String::as_str)) {
+                    Some(meant) => match version {
+                        Some(version) => format!("; did you mean '{meant}@{version}'?"),
+                        None => format!("; did you mean '{meant}'?"),
+                    },
+                    None => String::new(),
+                }
+            }
+        };
+        RegistryError::NotFound {
+            reference: reference.to_string(),
+            hint,
         }
     }
 
@@ -809,10 +846,20 @@ mod tests {
         let fraud = registry.resolve("fraud").unwrap();
         assert_eq!(fraud.reference(), "fraud@1");
         assert_eq!(registry.resolve("fraud@1").unwrap().version(), 1);
-        assert!(matches!(
-            registry.resolve("fraud@9"),
-            Err(RegistryError::NotFound(_))
-        ));
+        // What exists instead is named: the versions, or the name a typo meant.
+        let error = registry.resolve("fraud@9").expect_err("no version 9");
+        assert!(matches!(error, RegistryError::NotFound { .. }), "{error}");
+        assert!(
+            error.to_string().contains("loaded versions: fraud@1"),
+            "{error}"
+        );
+        let error = registry.resolve("frud").expect_err("a typo");
+        assert!(
+            error.to_string().contains("did you mean 'fraud'?"),
+            "{error}"
+        );
+        let error = registry.resolve("churn").expect_err("a stranger");
+        assert!(!error.to_string().contains("did you mean"), "{error}");
         assert!(matches!(
             registry.resolve("fraud@x"),
             Err(RegistryError::BadReference(_))
