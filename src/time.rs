@@ -59,9 +59,33 @@ pub fn format_duration_ms(ms: i64) -> String {
     format!("{ms}ms")
 }
 
-/// Formats epoch milliseconds as a UTC date and time, e.g. `2026-11-26 18:58:36 UTC`,
-/// by the proleptic Gregorian calendar (days-to-civil conversion of H. Hinnant).
+/// Formats epoch milliseconds as a UTC date and time, e.g. `2026-11-26 18:58:36 UTC`.
 pub fn format_utc(ms: i64) -> String {
+    let (year, month, day, second_of_day) = civil(ms);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        second_of_day / 3600,
+        second_of_day / 60 % 60,
+        second_of_day % 60
+    )
+}
+
+/// Formats epoch milliseconds as ISO 8601 in UTC with milliseconds, e.g.
+/// `2026-11-26T18:58:36.250Z`: what the command line prints beside a time in ms.
+pub fn format_iso(ms: i64) -> String {
+    let (year, month, day, second_of_day) = civil(ms);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        second_of_day / 3600,
+        second_of_day / 60 % 60,
+        second_of_day % 60,
+        ms.rem_euclid(1000)
+    )
+}
+
+/// (year, month, day, second of the day) of epoch milliseconds, in UTC, by the
+/// proleptic Gregorian calendar (days-to-civil conversion of H. Hinnant).
+fn civil(ms: i64) -> (i64, i64, i64, i64) {
     let seconds = ms.div_euclid(1000);
     let (days, second_of_day) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
     let z = days + 719_468;
@@ -78,12 +102,7 @@ pub fn format_utc(ms: i64) -> String {
         month_index - 9
     };
     let year = year_of_era + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
-        second_of_day / 3600,
-        second_of_day / 60 % 60,
-        second_of_day % 60
-    )
+    (year, month, day, second_of_day)
 }
 
 /// A duration in config files: either a string such as `"10m"` or a number of ms.
@@ -135,6 +154,10 @@ mod tests {
         assert_eq!(format_utc(1_795_719_516_000), "2026-11-26 18:58:36 UTC");
         assert_eq!(format_utc(-1_000), "1969-12-31 23:59:59 UTC");
         assert_eq!(format_utc(4_107_542_399_000), "2100-02-28 23:59:59 UTC");
+        // The same instants in ISO 8601, milliseconds kept (checked with `date -u -d @...`).
+        assert_eq!(format_iso(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(format_iso(1_795_719_516_250), "2026-11-26T18:58:36.250Z");
+        assert_eq!(format_iso(-1), "1969-12-31T23:59:59.999Z");
     }
 
     #[test]

@@ -113,6 +113,18 @@ fn a_mistyped_model_gets_a_did_you_mean_and_a_missing_version_the_versions() {
     assert!(!typo.contains("Some requested entity"), "{typo}");
     let version = show("fraud@9");
     assert!(version.contains("loaded versions: fraud@1"), "{version}");
+    // A time is printed in ISO 8601 beside its ms (before: `as of 1796571683411 ms`).
+    let output = Command::new(env!("CARGO_BIN_EXE_streamscore"))
+        .args(["features", "--target", &url, "--as-of-ms", "1795719516250"])
+        .args(["user", "u1"])
+        .output()
+        .expect("run the CLI");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("as of 2026-11-26T18:58:36.250Z = 1795719516250 ms"),
+        "{stdout}"
+    );
     server.kill().ok();
     server.wait().ok();
 }

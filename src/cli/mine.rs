@@ -151,10 +151,11 @@ fn segments(args: SegmentsArgs) -> CliResult {
         )?)
     })?;
     eprintln!(
-        "{} events -> {} {} entities as of {} ({} events refused)",
+        "{} events -> {} {} entities as of {} = {} ms ({} events refused)",
         events,
         rows.rows.len(),
         config.entity,
+        crate::time::format_iso(rows.as_of_ms),
         rows.as_of_ms,
         rows.refused_events
     );

@@ -925,8 +925,12 @@ async fn features(args: FeaturesArgs) -> CliResult {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "{} {} (known: {}, as of {} ms)",
-        args.entity_type, args.entity_id, response.known, response.as_of_ms
+        "{} {} (known: {}, as of {} = {} ms)",
+        args.entity_type,
+        args.entity_id,
+        response.known,
+        crate::time::format_iso(response.as_of_ms),
+        response.as_of_ms
     )?;
     for value in response.values {
         match value.value {
