@@ -16,7 +16,7 @@ use super::convert::ack;
 use super::encoded::{EncodedIngest, IngestDecoder, server::ingest_server::Ingest};
 use super::pb;
 use crate::events::RawEvent;
-use crate::store::{BatchOutcome, FeatureStore};
+use crate::store::{BatchOutcome, FeatureStore, StoreError, Submitted};
 
 /// Batches a stream may have in flight (applied, waiting to be durable) before the server
 /// stops reading more from it.
@@ -102,6 +102,17 @@ fn to_raw(request: pb::IngestRequest) -> (u64, Vec<RawEvent>) {
     )
 }
 
+/// Submits a batch on the writer thread and has the decoder free it afterwards.
+async fn submit(
+    store: &Arc<FeatureStore>,
+    decoder: &IngestDecoder,
+    events: Vec<RawEvent>,
+) -> Result<Submitted, StoreError> {
+    let (submitted, events) = store.submit_handing_back(events).await?;
+    decoder.dispose(events);
+    submitted
+}
+
 type AckStream = Pin<Box<dyn Stream<Item = Result<pb::IngestAck, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -111,9 +122,8 @@ impl Ingest for IngestService {
         request: Request<EncodedIngest>,
     ) -> Result<Response<pb::IngestAck>, Status> {
         let (batch_id, events) = self.decoder.decode(request.into_inner(), to_raw).await?;
-        let (submitted, events) = self.store.submit_handing_back(events).await?;
-        self.decoder.dispose(events);
-        let outcome = self.store.wait_durable(submitted?).await?;
+        let submitted = submit(&self.store, &self.decoder, events).await?;
+        let outcome = self.store.wait_durable(submitted).await?;
         Ok(Response::new(ack(batch_id, outcome)))
     }
 
@@ -182,13 +192,7 @@ impl Ingest for IngestService {
                 else {
                     break;
                 };
-                let submitted = match store.submit_handing_back(events).await {
-                    Ok((submitted, events)) => {
-                        decoder.dispose(events);
-                        submitted
-                    }
-                    Err(error) => Err(error),
-                };
+                let submitted = submit(&store, &decoder, events).await;
                 // The batch is applied and gone; what waits now is its ack, whose refusal
                 // reasons are known: they are what counts until the ack is taken.
                 drop((reading, decoding));
