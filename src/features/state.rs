@@ -524,6 +524,9 @@ impl EntityState {
         let range = series_range(&self.recents, list, |r| r.list);
         let oldest_tile = window.tiles_read_at(at).0;
         let mut out: Vec<(&str, i64)> = Vec::with_capacity(k);
+        // Hashes of `out`'s values, compared before the strings: a list holds up to
+        // k + slack values, and k² string compares were most of a read's time.
+        let mut hashes: smallvec::SmallVec<[u64; 64]> = smallvec::SmallVec::new();
         for value in self.recents[range].iter().rev() {
             if out.len() == k {
                 break;
@@ -534,8 +537,14 @@ impl EntityState {
             if window.tile_of(value.time_ms) < oldest_tile {
                 break;
             }
-            if !out.iter().any(|(seen, _)| *seen == &*value.value) {
+            let hash = fnv64(value.value.as_bytes());
+            let seen = hashes
+                .iter()
+                .zip(&out)
+                .any(|(&h, (seen, _))| h == hash && *seen == &*value.value);
+            if !seen {
                 out.push((&value.value, value.time_ms));
+                hashes.push(hash);
             }
         }
         out
