@@ -422,6 +422,21 @@ impl FeatureStore {
         validate(&self.definitions, &self.limits, raw, Some(now_ms())).map(|_| ())
     }
 
+    /// A copy of one entity's state as held now, or `None` when it is not held (what
+    /// an aggregator would write to the online store for it).
+    pub fn entity_state(
+        &self,
+        entity: crate::definitions::EntityTypeId,
+        id: &str,
+    ) -> Option<crate::features::EntityState> {
+        self.engine.entity_state(entity, id)
+    }
+
+    /// The newest event time applied.
+    pub fn watermark_ms(&self) -> i64 {
+        self.engine.watermark_ms()
+    }
+
     /// Runs `f` on a view of what is acknowledged now (for reads that need several
     /// entities: they are read at one cut of the log).
     pub fn with_engine<T>(&self, f: impl FnOnce(&EngineView<'_>) -> T) -> T {

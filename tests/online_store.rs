@@ -525,3 +525,231 @@ fn a_cluster_that_requires_auth_is_used_with_the_password_file_and_refuses_witho
         .to_string();
     assert!(refused.contains("missing.pass"), "{refused}");
 }
+
+/// `ScoreCandidates` and `Recommend` on a scorer answer as the embedded server does: an
+/// embedded store holds a simulated history, its entity states are written to the
+/// cluster as aggregators would, and rules are mined from the same history by
+/// `streamscore mine rules`. For users with history, each answer (products, order,
+/// probabilities to the bit, reasons, context, exclusions) equals the embedded one.
+#[test]
+fn a_scorer_ranks_candidates_and_recommends_as_the_embedded_server_does() {
+    use streamscore::config::Settings;
+    use streamscore::log::FsyncPolicy;
+    use streamscore::scoring::CandidateInput;
+    use streamscore::scoring::recommend::{RecentFeatures, RecommendInput};
+    use streamscore::simulate::{SimConfig, Simulator};
+    use streamscore::store::FeatureStore;
+    use streamscore::time::{HOUR_MS, MINUTE_MS, now_ms};
+
+    let cluster = RedisCluster::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut settings = Settings {
+        data_dir: dir.path().join("data"),
+        ..Settings::default()
+    };
+    settings.log.fsync = FsyncPolicy::Never;
+    let definitions = Arc::new(Definitions::default_shop());
+    let (store, _) = FeatureStore::open(&settings, Arc::clone(&definitions)).expect("store");
+    let end = now_ms() - MINUTE_MS;
+    let history: Vec<RawEvent> = Simulator::new(SimConfig {
+        start_ms: end - 6 * HOUR_MS,
+        users: 400,
+        products: 60,
+        affinity: 0.8,
+        seed: 17,
+        ..SimConfig::default()
+    })
+    .take_while(|event| event.event_time_ms <= end)
+    .take(60_000)
+    .collect();
+    let runtime = runtime();
+    for batch in history.chunks(2_000) {
+        runtime
+            .block_on(store.ingest(batch))
+            .expect("history applies");
+    }
+
+    // Every entity the history names (composites such as user x product included), as
+    // an aggregator would write it.
+    let mut named: Vec<(usize, String)> = history
+        .iter()
+        .flat_map(|event| {
+            (0..definitions.entities.len()).filter_map(|entity| {
+                streamscore::features::vector::entity_id(&definitions, entity, event)
+                    .map(|id| (entity, id.into_owned()))
+            })
+        })
+        .collect();
+    named.sort();
+    named.dedup();
+    let records: Vec<(String, EntityRecord)> = named
+        .iter()
+        .filter_map(|(entity, id)| {
+            let state = store.entity_state(*entity, id)?;
+            let record = EntityRecord {
+                seq: state.applied_seq(),
+                fingerprint: definitions.state_fingerprint,
+                state,
+            };
+            Some((entity_key(&definitions.entities[*entity].name, id), record))
+        })
+        .collect();
+    assert!(records.len() > 500, "{} entities", records.len());
+    let online = runtime
+        .block_on(RedisOnline::connect(&cluster.nodes))
+        .expect("connects");
+    for chunk in records.chunks(500) {
+        runtime
+            .block_on(online.write(chunk, |_| 3_600_000))
+            .expect("writes");
+    }
+    runtime
+        .block_on(online.advance_watermark(store.watermark_ms()))
+        .expect("watermark");
+
+    // The shipped purchase model and rules mined from the history, both promoted.
+    let models = dir.path().join("models");
+    std::fs::create_dir_all(models.join("purchase")).expect("models dir");
+    std::fs::copy(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/purchase/purchase-v1.json"),
+        models.join("purchase/purchase-v1.json"),
+    )
+    .expect("copy the purchase model");
+    let history_file = dir.path().join("history.jsonl");
+    let lines: Vec<String> = history
+        .iter()
+        .map(|event| serde_json::to_string(event).expect("event as JSON"))
+        .collect();
+    std::fs::write(&history_file, lines.join("\n")).expect("history file");
+    let mined = std::process::Command::new(env!("CARGO_BIN_EXE_streamscore"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "mine",
+            "rules",
+            "--config",
+            "training/rules.toml",
+            "--events",
+        ])
+        .arg(&history_file)
+        .arg("--models-dir")
+        .arg(&models)
+        .output()
+        .expect("runs mine rules");
+    assert!(
+        mined.status.success(),
+        "{}",
+        String::from_utf8_lossy(&mined.stderr)
+    );
+    std::fs::write(
+        models.join("aliases.json"),
+        r#"{"purchase": "purchase@1", "rules": "rules@1"}"#,
+    )
+    .expect("aliases");
+    let registry = Registry::new(Arc::clone(&definitions), models);
+    registry.scan().expect("models load");
+    let scorer = OnlineScorer::new(online, Arc::clone(&definitions), settings.ingest.engine())
+        .with_limits(settings.ingest.limits());
+
+    // Users who viewed or carted lately, newest first.
+    let mut users: Vec<&str> = Vec::new();
+    let mut products: Vec<&str> = Vec::new();
+    for event in history.iter().rev() {
+        let (Some(user), Some(product)) =
+            (event.entities.get("user"), event.entities.get("product"))
+        else {
+            continue;
+        };
+        if users.len() < 40 && !users.contains(&user.as_str()) {
+            users.push(user);
+        }
+        if !products.contains(&product.as_str()) {
+            products.push(product);
+        }
+    }
+    assert_eq!(users.len(), 40, "users with recent views");
+    let candidates: Vec<CandidateInput> = products
+        .iter()
+        .take(20)
+        .chain(["never-seen-product"].iter())
+        .map(|product| CandidateInput {
+            product: product.to_string(),
+            numbers: BTreeMap::new(),
+        })
+        .collect();
+    let (mut with_rules, mut with_context) = (0, 0);
+    for (i, user) in users.iter().enumerate() {
+        let mut context = RawEvent {
+            event_type: "page_view".into(),
+            event_time_ms: end,
+            ..RawEvent::default()
+        };
+        context.entities.insert("user".into(), user.to_string());
+        let embedded = scoring::score_candidates(
+            &store,
+            &registry,
+            "purchase",
+            context.clone(),
+            &candidates,
+            10,
+        )
+        .expect("embedded ranks");
+        let online = runtime
+            .block_on(scorer.score_candidates(&registry, "purchase", context, &candidates, 10))
+            .expect("scorer ranks");
+        let ranked = |ranking: &scoring::Ranking| -> Vec<(String, u64)> {
+            ranking
+                .candidates
+                .iter()
+                .map(|c| (c.product.clone(), c.score.to_bits()))
+                .collect()
+        };
+        assert_eq!(ranked(&online), ranked(&embedded), "{user}");
+        assert_eq!(online.unknown_entities, embedded.unknown_entities, "{user}");
+        assert_eq!(online.unknown_products, embedded.unknown_products, "{user}");
+        assert_eq!(embedded.unknown_products, ["never-seen-product"]);
+
+        let input = RecommendInput {
+            user: user.to_string(),
+            cart: if i % 2 == 0 {
+                vec![products[i % products.len()].to_string()]
+            } else {
+                Vec::new()
+            },
+            event_time_ms: end,
+            ..RecommendInput::default()
+        };
+        let features = RecentFeatures::default();
+        let embedded = scoring::recommend::recommend(&store, &registry, &features, input.clone())
+            .expect("embedded recommends");
+        let online = runtime
+            .block_on(scorer.recommend(&registry, &features, input))
+            .expect("scorer recommends");
+        let items = |answer: &scoring::recommend::Recommended| -> Vec<String> {
+            answer
+                .items
+                .iter()
+                .map(|item| {
+                    format!(
+                        "{} {} {:?}",
+                        item.product,
+                        item.probability.to_bits(),
+                        item.why
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(items(&online), items(&embedded), "{user}");
+        assert_eq!(online.context, embedded.context, "{user}");
+        assert_eq!(online.excluded, embedded.excluded, "{user}");
+        with_rules += usize::from(
+            embedded
+                .items
+                .iter()
+                .any(|item| matches!(item.why, scoring::recommend::Why::Rule(_))),
+        );
+        with_context += usize::from(embedded.context.len() > 1);
+    }
+    // Not vacuous: the answers came from the users' lists and the mined rules.
+    assert!(with_rules >= 10, "{with_rules} answers with a rule");
+    assert!(with_context >= 10, "{with_context} answers with a history");
+}

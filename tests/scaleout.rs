@@ -486,6 +486,76 @@ async fn separate_processes_survive_a_killed_aggregator_and_a_killed_redis_maste
         }
     }
 
+    // ScoreCandidates over gRPC on a scorer: the same ranking as the embedded server,
+    // to the bit. (Recommend's ranking is compared in tests/online_store.rs, with mined
+    // rules; here no rule set is promoted and both refuse alike.)
+    {
+        let products = of("product");
+        let rank = |url: String, request: pb::ScoreCandidatesRequest| async move {
+            let channel = streamscore::api::client::connect(&url)
+                .await
+                .expect("connect");
+            pb::scoring_client::ScoringClient::new(channel)
+                .score_candidates(request)
+                .await
+                .map(tonic::Response::into_inner)
+        };
+        for user in users.iter().take(10) {
+            let request = pb::ScoreCandidatesRequest {
+                context: Some(pb::Event {
+                    event_type: "page_view".into(),
+                    event_time_ms: at,
+                    entities: [("user".to_string(), user.clone())].into(),
+                    ..Default::default()
+                }),
+                candidates: products
+                    .iter()
+                    .map(|product| pb::Candidate {
+                        product: product.clone(),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            };
+            let expected = rank(embedded.url.clone(), request.clone())
+                .await
+                .expect("embedded ranks");
+            let got = rank(url_a.clone(), request).await.expect("scorer ranks");
+            let bits = |answer: &pb::ScoreCandidatesResponse| -> Vec<(String, u64)> {
+                answer
+                    .candidates
+                    .iter()
+                    .map(|c| (c.product.clone(), c.score.to_bits()))
+                    .collect()
+            };
+            assert!(!expected.candidates.is_empty());
+            assert_eq!(bits(&got), bits(&expected), "{user}");
+        }
+        let first_user = users[0].clone();
+        let recommend = |url: String| {
+            let user = first_user.clone();
+            async move {
+                let channel = streamscore::api::client::connect(&url)
+                    .await
+                    .expect("connect");
+                pb::scoring_client::ScoringClient::new(channel)
+                    .recommend(pb::RecommendRequest {
+                        user,
+                        event_time_ms: at,
+                        ..Default::default()
+                    })
+                    .await
+            }
+        };
+        let (expected, got) = (
+            recommend(embedded.url.clone()).await,
+            recommend(url_a.clone()).await,
+        );
+        let code =
+            |answer: &Result<_, tonic::Status>| answer.as_ref().err().map(tonic::Status::code);
+        assert_eq!(code(&got), code(&expected), "{got:?} / {expected:?}");
+    }
+
     // `streamscore skew` on scorer A's sampled scores against the history as a file
     // (a scorer keeps no log): every vector re-computes to the bit.
     let samples = streamscore::scoring::samples::samples_dir(dirs[2].path());

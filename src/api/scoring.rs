@@ -295,23 +295,24 @@ impl Scoring for ScoringService {
                 numbers: c.numbers,
             })
             .collect();
-        let store = match &self.backend {
-            Backend::Embedded(store) => store,
+        let context = event_or_default(request.context, "page_view");
+        let top_n = request.top_n as usize;
+        let ranking = match &self.backend {
+            Backend::Embedded(store) => scoring::score_candidates(
+                store,
+                &self.registry,
+                &model,
+                context,
+                &candidates,
+                top_n,
+            )?,
             #[cfg(feature = "cluster")]
-            Backend::Online(_) => {
-                return Err(Status::unimplemented(
-                    "ScoreCandidates: not answered by a scorer yet; ask an embedded server",
-                ));
+            Backend::Online(scorer) => {
+                scorer
+                    .score_candidates(&self.registry, &model, context, &candidates, top_n)
+                    .await?
             }
         };
-        let ranking = scoring::score_candidates(
-            store,
-            &self.registry,
-            &model,
-            event_or_default(request.context, "page_view"),
-            &candidates,
-            request.top_n as usize,
-        )?;
         let mut response = Response::new(pb::ScoreCandidatesResponse {
             candidates: ranking
                 .candidates
@@ -338,15 +339,6 @@ impl Scoring for ScoringService {
         request: Request<pb::RecommendRequest>,
     ) -> Result<Response<pb::RecommendResponse>, Status> {
         let request = request.into_inner();
-        let store = match &self.backend {
-            Backend::Embedded(store) => store,
-            #[cfg(feature = "cluster")]
-            Backend::Online(_) => {
-                return Err(Status::unimplemented(
-                    "Recommend: not answered by a scorer yet; ask an embedded server",
-                ));
-            }
-        };
         let input = RecommendInput {
             rules: request.rules,
             model: request.model,
@@ -357,9 +349,19 @@ impl Scoring for ScoringService {
             top_n: request.top_n as usize,
             event_time_ms: request.event_time_ms,
         };
-        // Inline like ScoreCandidates: one read lock and at most a few hundred rows
-        // through the model, tens of microseconds.
-        let recommended = recommend::recommend(store, &self.registry, &self.recent, input)?;
+        let recommended = match &self.backend {
+            // Inline like ScoreCandidates: one read lock and at most a few hundred rows
+            // through the model, tens of microseconds.
+            Backend::Embedded(store) => {
+                recommend::recommend(store, &self.registry, &self.recent, input)?
+            }
+            #[cfg(feature = "cluster")]
+            Backend::Online(scorer) => {
+                scorer
+                    .recommend(&self.registry, &self.recent, input)
+                    .await?
+            }
+        };
         let mut response = Response::new(pb::RecommendResponse {
             recommendations: recommended
                 .items

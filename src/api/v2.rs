@@ -107,7 +107,7 @@ impl InferenceService {
     ) -> Result<(Arc<LoadedModel>, Vec<Tensor>), Status> {
         let model = self.model(model_name, version)?;
         if model.rules().is_some() {
-            return self.recommend(model, inputs, requested, parameters);
+            return self.recommend(model, inputs, requested, parameters).await;
         }
         let signature = self.signature(&model)?;
         let mut rows = inference::prepare(&signature, inputs, self.max_rows)?;
@@ -127,30 +127,27 @@ impl InferenceService {
     }
 
     /// A rule set's answer: `Recommend` for the context the tensors give.
-    fn recommend(
+    async fn recommend(
         &self,
         rules: Arc<LoadedModel>,
         inputs: &[Tensor],
         requested: &[String],
         parameters: Parameters,
     ) -> Result<(Arc<LoadedModel>, Vec<Tensor>), Status> {
-        let store = match &self.backend {
-            Backend::Embedded(store) => store,
-            #[cfg(feature = "cluster")]
-            Backend::Online(_) => {
-                return Err(Status::unimplemented(
-                    "a rule set is not answered by a scorer yet; ask an embedded server",
-                ));
-            }
-        };
         let input = inference::recommend::input(
             rules.reference(),
             inputs,
             parameters.top_n,
             parameters.event_time_ms,
         )?;
-        let recommended =
-            recommend::recommend(store, &self.registry, &RecentFeatures::default(), input)?;
+        let features = RecentFeatures::default();
+        let recommended = match &self.backend {
+            Backend::Embedded(store) => {
+                recommend::recommend(store, &self.registry, &features, input)?
+            }
+            #[cfg(feature = "cluster")]
+            Backend::Online(scorer) => scorer.recommend(&self.registry, &features, input).await?,
+        };
         let outputs = inference::recommend::outputs(&recommended, requested)?;
         Ok((rules, outputs))
     }

@@ -7,10 +7,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::definitions::{Definitions, EntityTypeId};
-use crate::events::{Limits, RawEvent, validate};
+use crate::events::{Limits, RawEvent, Refusal, validate};
 use crate::features::{DetachedReads, Engine, EngineSettings, EntityState, ReadError};
 use crate::registry::{LoadedModel, Registry};
-use crate::scoring::{ScoreError, ScoreInput, Scored, score_on};
+use crate::scoring::recommend::{RecentFeatures, RecommendCall, RecommendInput, Recommended};
+use crate::scoring::{
+    CandidateCall, CandidateInput, Ranking, ScoreError, ScoreInput, Scored, score_on,
+};
 use crate::store::NamedFeatures;
 use crate::time::now_ms;
 
@@ -93,16 +96,68 @@ impl OnlineScorer {
             .resolve_scorer(&input.model)
             .map_err(ScoreError::from)?;
         if model.body.model.inputs.is_none() {
-            validate(
-                self.definitions(),
-                &self.limits,
-                &input.event,
-                Some(now_ms()),
-            )
-            .map_err(ScoreError::Refused)?;
+            self.check(&input.event).map_err(ScoreError::Refused)?;
         }
         self.score(model, &input.event, input.reasons, input.include_features)
             .await
+    }
+
+    /// `ScoreCandidates` as the embedded server answers it: every entity of the context
+    /// and of the candidates fetched at once, then ranked by the same code.
+    pub async fn score_candidates(
+        &self,
+        registry: &Registry,
+        model: &str,
+        context: RawEvent,
+        candidates: &[CandidateInput],
+        top_n: usize,
+    ) -> Result<Ranking, ScorerError> {
+        let call = CandidateCall::new(registry, model, context, candidates, top_n)?;
+        let states = self.fetch(&call.entities(self.definitions())).await?;
+        let reads = DetachedReads {
+            engine: &self.engine,
+            states: &states,
+        };
+        Ok(call.rank(self.definitions(), &reads, |event| self.check(event))?)
+    }
+
+    /// `Recommend` as the embedded server answers it: the user's lists fetched first,
+    /// then the proposed candidates ranked as [`OnlineScorer::score_candidates`] does.
+    pub async fn recommend(
+        &self,
+        registry: &Registry,
+        features: &RecentFeatures,
+        input: RecommendInput,
+    ) -> Result<Recommended, ScorerError> {
+        let call = RecommendCall::new(registry, input)?;
+        let definitions = self.definitions();
+        let states = self
+            .fetch(&call.history_entities(definitions, features))
+            .await?;
+        let reads = DetachedReads {
+            engine: &self.engine,
+            states: &states,
+        };
+        let proposal = call.propose(definitions, &reads, features)?;
+        let ranking = match proposal.candidates.is_empty() {
+            true => None,
+            false => Some(
+                self.score_candidates(
+                    registry,
+                    &proposal.model,
+                    proposal.context.clone(),
+                    &proposal.candidates,
+                    0,
+                )
+                .await?,
+            ),
+        };
+        Ok(proposal.finish(registry, ranking)?)
+    }
+
+    /// An event checked as the embedded server's ingest checks it.
+    fn check(&self, event: &RawEvent) -> Result<(), Refusal> {
+        validate(self.definitions(), &self.limits, event, Some(now_ms())).map(|_| ())
     }
 
     /// `GetFeatures` on the online store: one entity's features by name (all of its

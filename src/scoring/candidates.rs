@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::{ScoreError, complete};
-use crate::events::RawEvent;
+use crate::definitions::{Definitions, EntityTypeId};
+use crate::events::{RawEvent, Refusal};
+use crate::features::EntityReads;
 use crate::registry::{LoadedModel, Registry};
 use crate::store::FeatureStore;
 
@@ -54,47 +56,90 @@ fn set_candidate(
     }
 }
 
-/// Scores every candidate as a page view of it by the context's user (the purchase
-/// model's observation) and returns the best `top_n` (all when 0).
-pub fn score_candidates(
-    store: &FeatureStore,
-    registry: &Registry,
-    model: &str,
-    mut context: RawEvent,
-    candidates: &[CandidateInput],
+/// A ranking call checked, its model resolved and its context completed: what either
+/// backend (the embedded engine, or a scorer's fetched states) reads for.
+pub struct CandidateCall<'c> {
+    pub model: Arc<LoadedModel>,
+    context: RawEvent,
+    candidates: &'c [CandidateInput],
     top_n: usize,
-) -> Result<Ranking, ScoreError> {
-    let model = registry.resolve_ranker(model)?;
-    if candidates.is_empty() || candidates.len() > MAX_CANDIDATES {
-        return Err(ScoreError::Invalid {
-            field: "candidates",
-            reason: format!(
-                "give 1 to {MAX_CANDIDATES} candidates, got {}",
-                candidates.len()
-            ),
-        });
+}
+
+impl<'c> CandidateCall<'c> {
+    pub fn new(
+        registry: &Registry,
+        model: &str,
+        mut context: RawEvent,
+        candidates: &'c [CandidateInput],
+        top_n: usize,
+    ) -> Result<CandidateCall<'c>, ScoreError> {
+        let model = registry.resolve_ranker(model)?;
+        if candidates.is_empty() || candidates.len() > MAX_CANDIDATES {
+            return Err(ScoreError::Invalid {
+                field: "candidates",
+                reason: format!(
+                    "give 1 to {MAX_CANDIDATES} candidates, got {}",
+                    candidates.len()
+                ),
+            });
+        }
+        if context.event_type.is_empty() {
+            context.event_type = "page_view".into();
+        }
+        complete(&mut context, false)?;
+        Ok(CandidateCall {
+            model,
+            context,
+            candidates,
+            top_n,
+        })
     }
-    if context.event_type.is_empty() {
-        context.event_type = "page_view".into();
+
+    /// Every entity the ranking reads (the context's and each candidate product), once
+    /// each: what a scorer fetches before [`CandidateCall::rank`].
+    pub fn entities(&self, definitions: &Definitions) -> Vec<(EntityTypeId, String)> {
+        let mut event = self.context.clone();
+        let context_numbers = self.context.numbers.clone();
+        let mut entities = Vec::new();
+        for candidate in self.candidates {
+            set_candidate(&mut event, &context_numbers, candidate);
+            entities.extend(self.model.plan.entities_of(definitions, &event));
+        }
+        entities.sort_unstable();
+        entities.dedup();
+        entities
     }
-    complete(&mut context, false)?;
-    // One event is reused for every candidate: its product and numbers are set in place,
-    // so a large context is never copied per candidate. The context's own numbers are
-    // kept to restore between candidates.
-    let context_numbers = context.numbers.clone();
-    let mut event = context;
-    let definitions = store.definitions();
-    let mut ranked = Vec::with_capacity(candidates.len());
-    let mut vector = Vec::with_capacity(model.plan.width());
-    let mut unknown = None;
-    let mut unknown_products = Vec::new();
-    let product_entity = definitions.entity_id("product");
-    store.with_engine(|engine| {
+
+    /// Scores every candidate as a page view of it by the context's user (the purchase
+    /// model's observation), each event checked by `check`, and keeps the best `top_n`
+    /// (all when 0).
+    pub fn rank(
+        self,
+        definitions: &Definitions,
+        engine: &dyn EntityReads,
+        check: impl Fn(&RawEvent) -> Result<(), Refusal>,
+    ) -> Result<Ranking, ScoreError> {
+        let CandidateCall {
+            model,
+            context,
+            candidates,
+            top_n,
+        } = self;
+        // One event is reused for every candidate: its product and numbers are set in
+        // place, so a large context is never copied per candidate. The context's own
+        // numbers are kept to restore between candidates.
+        let context_numbers = context.numbers.clone();
+        let mut event = context;
+        let mut ranked = Vec::with_capacity(candidates.len());
+        let mut vector = Vec::with_capacity(model.plan.width());
+        let mut unknown = None;
+        let mut unknown_products = Vec::new();
+        let product_entity = definitions.entity_id("product");
         let mut reads = model.plan.cached_reads();
         for (index, candidate) in candidates.iter().enumerate() {
             set_candidate(&mut event, &context_numbers, candidate);
-            store.check(&event).map_err(|refusal| {
-                ScoreError::Refused(crate::events::Refusal {
+            check(&event).map_err(|refusal| {
+                ScoreError::Refused(Refusal {
                     field: format!("candidates[{index}].{}", refusal.field),
                     ..refusal
                 })
@@ -109,26 +154,38 @@ pub fn score_candidates(
                 score: super::finite(&model, model.body.model.predict(&vector))?,
             });
         }
-        Ok::<(), ScoreError>(())
-    })?;
-    let unknown = unknown.unwrap_or_default();
-    let mut context = event;
-    context.entities.remove("product");
-    ranked.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.product.cmp(&b.product)));
-    if top_n > 0 {
-        ranked.truncate(top_n);
+        let unknown = unknown.unwrap_or_default();
+        let mut context = event;
+        context.entities.remove("product");
+        ranked.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.product.cmp(&b.product)));
+        if top_n > 0 {
+            ranked.truncate(top_n);
+        }
+        // Only the context's entities are reported: an unknown candidate is the normal
+        // case for a new product, not something the caller got wrong.
+        let unknown_entities = unknown
+            .iter()
+            .map(|entity| definitions.entities[*entity].name.clone())
+            .filter(|name| context.entities.contains_key(name))
+            .collect();
+        Ok(Ranking {
+            model,
+            candidates: ranked,
+            unknown_entities,
+            unknown_products,
+        })
     }
-    // Only the context's entities are reported: an unknown candidate is the normal
-    // case for a new product, not something the caller got wrong.
-    let unknown_entities = unknown
-        .iter()
-        .map(|entity| definitions.entities[*entity].name.clone())
-        .filter(|name| context.entities.contains_key(name))
-        .collect();
-    Ok(Ranking {
-        model,
-        candidates: ranked,
-        unknown_entities,
-        unknown_products,
-    })
+}
+
+/// Ranks `candidates` on the embedded engine, all read at one cut of the log.
+pub fn score_candidates(
+    store: &FeatureStore,
+    registry: &Registry,
+    model: &str,
+    context: RawEvent,
+    candidates: &[CandidateInput],
+    top_n: usize,
+) -> Result<Ranking, ScoreError> {
+    let call = CandidateCall::new(registry, model, context, candidates, top_n)?;
+    store.with_engine(|engine| call.rank(store.definitions(), engine, |event| store.check(event)))
 }

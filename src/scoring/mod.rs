@@ -22,7 +22,7 @@ use crate::registry::{LoadedModel, Registry, RegistryError};
 use crate::store::{Attempt, BatchOutcome, FeatureStore, StoreError};
 use crate::time::now_ms;
 
-pub use candidates::{CandidateInput, RankedCandidate, Ranking, score_candidates};
+pub use candidates::{CandidateCall, CandidateInput, RankedCandidate, Ranking, score_candidates};
 
 /// Scores refused because the model gave NaN or an infinity (a Prometheus counter).
 pub static NON_FINITE_SCORES: AtomicU64 = AtomicU64::new(0);

@@ -10,8 +10,9 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use super::candidates::{CandidateInput, score_candidates};
+use super::candidates::{CandidateInput, Ranking, score_candidates};
 use super::{ScoreError, complete};
+use crate::definitions::{Definitions, EntityTypeId};
 use crate::events::RawEvent;
 use crate::features::EntityReads;
 use crate::model::rules::{AssociationRule, MAX_PRODUCT_BYTES};
@@ -156,14 +157,14 @@ struct History {
 }
 
 fn read_history(
-    store: &FeatureStore,
+    definitions: &Definitions,
+    engine: &dyn EntityReads,
     features: &RecentFeatures,
     user: &str,
     at: i64,
 ) -> Result<History, ScoreError> {
-    let definitions = store.definitions();
     // A feature the running definitions lack reads as an empty list.
-    let list = |engine: &dyn EntityReads, name: &str| -> Result<Vec<(String, i64)>, ScoreError> {
+    let list = |name: &str| -> Result<Vec<(String, i64)>, ScoreError> {
         match definitions.feature_id(name) {
             Some(id) if definitions.features[id].is_list() => {
                 Ok(engine.read_recent(definitions.features[id].entity, user, id, at)?)
@@ -171,129 +172,234 @@ fn read_history(
             _ => Ok(Vec::new()),
         }
     };
-    store.with_engine(|engine| {
-        let seen = list(engine, &features.products)?;
-        let carts = list(engine, &features.carts)?;
-        let last_order = list(engine, &features.last_order)?
-            .first()
-            .map(|(_, time)| *time);
-        let ordered = match last_order {
-            Some(ordered_at) => carts
-                .into_iter()
-                .filter(|(_, time)| *time <= ordered_at)
-                .map(|(product, _)| product)
-                .collect(),
-            None => Vec::new(),
-        };
-        Ok(History {
-            seen: seen.into_iter().map(|(product, _)| product).collect(),
-            ordered,
-        })
+    let seen = list(&features.products)?;
+    let carts = list(&features.carts)?;
+    let last_order = list(&features.last_order)?.first().map(|(_, time)| *time);
+    let ordered = match last_order {
+        Some(ordered_at) => carts
+            .into_iter()
+            .filter(|(_, time)| *time <= ordered_at)
+            .map(|(product, _)| product)
+            .collect(),
+        None => Vec::new(),
+    };
+    Ok(History {
+        seen: seen.into_iter().map(|(product, _)| product).collect(),
+        ordered,
     })
 }
 
-/// Recommends products for `input`'s user (see the module doc).
+/// A `Recommend` call checked, its rule set resolved and its context built: what
+/// either backend (the embedded engine, or a scorer's fetched states) reads for.
+pub struct RecommendCall {
+    input: RecommendInput,
+    rules_model: Arc<LoadedModel>,
+    context: RawEvent,
+}
+
+impl RecommendCall {
+    pub fn new(registry: &Registry, mut input: RecommendInput) -> Result<Self, ScoreError> {
+        input.check()?;
+        let rules_model = registry.resolve_rules(&input.rules)?;
+        if rules_model.rules().is_none() {
+            return Err(invalid("rules", "not a rule set"));
+        }
+        let mut context = RawEvent {
+            event_type: "page_view".into(),
+            event_time_ms: input.event_time_ms,
+            ..RawEvent::default()
+        };
+        context.entities.insert("user".into(), input.user.clone());
+        if let Some(device) = &input.device {
+            context.entities.insert("device".into(), device.clone());
+        }
+        complete(&mut context, false)?;
+        Ok(RecommendCall {
+            input,
+            rules_model,
+            context,
+        })
+    }
+
+    /// The entities whose lists [`RecommendCall::propose`] reads: what a scorer fetches
+    /// first.
+    pub fn history_entities(
+        &self,
+        definitions: &Definitions,
+        features: &RecentFeatures,
+    ) -> Vec<(EntityTypeId, String)> {
+        let mut entities: Vec<(EntityTypeId, String)> =
+            [&features.products, &features.carts, &features.last_order]
+                .into_iter()
+                .filter_map(|name| definitions.feature_id(name))
+                .map(|id| (definitions.features[id].entity, self.input.user.clone()))
+                .collect();
+        entities.sort_unstable();
+        entities.dedup();
+        entities
+    }
+
+    /// Reads the user's history through `engine` and proposes candidates: rule
+    /// consequents first, popular products to fill up.
+    pub fn propose(
+        self,
+        definitions: &Definitions,
+        engine: &dyn EntityReads,
+        features: &RecentFeatures,
+    ) -> Result<Proposal, ScoreError> {
+        let RecommendCall {
+            input,
+            rules_model,
+            context,
+        } = self;
+        let history = read_history(
+            definitions,
+            engine,
+            features,
+            &input.user,
+            context.event_time_ms,
+        )?;
+        let Some(rules) = rules_model.rules() else {
+            return Err(invalid("rules", "not a rule set"));
+        };
+        let mut context_products: Vec<String> = Vec::new();
+        for product in input.product.iter().chain(&input.cart).chain(&history.seen) {
+            if !context_products.contains(product) {
+                context_products.push(product.clone());
+            }
+        }
+        let mut excluded: Vec<String> = Vec::new();
+        for product in input
+            .product
+            .iter()
+            .chain(&input.cart)
+            .chain(&history.ordered)
+        {
+            if !excluded.contains(product) {
+                excluded.push(product.clone());
+            }
+        }
+        let seen: HashSet<&str> = context_products.iter().map(String::as_str).collect();
+        let left_out: HashSet<&str> = excluded.iter().map(String::as_str).collect();
+
+        let mut why: Vec<(String, Why)> = rules
+            .propose(&seen, &left_out)
+            .into_iter()
+            .take(MAX_RULE_CANDIDATES)
+            .map(|proposal| {
+                (
+                    proposal.product.to_string(),
+                    Why::Rule(proposal.rule.clone()),
+                )
+            })
+            .collect();
+        if why.len() < input.top_n {
+            let proposed: HashSet<String> = why.iter().map(|(p, _)| p.clone()).collect();
+            let fill: Vec<(String, Why)> = rules
+                .popular
+                .iter()
+                .filter(|p| {
+                    !left_out.contains(p.product.as_str()) && !proposed.contains(&p.product)
+                })
+                .take(input.top_n - why.len())
+                .map(|p| (p.product.clone(), Why::Popular(p.support)))
+                .collect();
+            why.extend(fill);
+        }
+        let candidates = why
+            .iter()
+            .map(|(product, _)| CandidateInput {
+                product: product.clone(),
+                numbers: Default::default(),
+            })
+            .collect();
+        Ok(Proposal {
+            model: input.model,
+            top_n: input.top_n,
+            rules_model,
+            context,
+            why,
+            candidates,
+            context_products,
+            excluded,
+        })
+    }
+}
+
+/// Candidates proposed for a `Recommend` call, to be ranked by the purchase model.
+pub struct Proposal {
+    /// The ranking model's reference.
+    pub model: String,
+    top_n: usize,
+    rules_model: Arc<LoadedModel>,
+    /// The page view the candidates are ranked as (the user, the device, the moment).
+    pub context: RawEvent,
+    why: Vec<(String, Why)>,
+    pub candidates: Vec<CandidateInput>,
+    context_products: Vec<String>,
+    excluded: Vec<String>,
+}
+
+impl Proposal {
+    /// The answer, given the candidates' ranking (`None` when none was proposed).
+    pub fn finish(
+        self,
+        registry: &Registry,
+        ranking: Option<Ranking>,
+    ) -> Result<Recommended, ScoreError> {
+        let Some(ranking) = ranking else {
+            return Ok(Recommended {
+                model: registry.resolve_ranker(&self.model)?,
+                rules: self.rules_model,
+                items: Vec::new(),
+                context: self.context_products,
+                excluded: self.excluded,
+            });
+        };
+        let mut reasons: std::collections::HashMap<String, Why> = self.why.into_iter().collect();
+        let items = ranking
+            .candidates
+            .into_iter()
+            .filter_map(|ranked| {
+                let why = reasons.remove(&ranked.product)?;
+                Some(Recommendation {
+                    product: ranked.product,
+                    probability: ranked.score,
+                    why,
+                })
+            })
+            .take(self.top_n)
+            .collect();
+        Ok(Recommended {
+            rules: self.rules_model,
+            model: ranking.model,
+            items,
+            context: self.context_products,
+            excluded: self.excluded,
+        })
+    }
+}
+
+/// Recommends products for `input`'s user (see the module doc) on the embedded engine.
 pub fn recommend(
     store: &FeatureStore,
     registry: &Registry,
     features: &RecentFeatures,
-    mut input: RecommendInput,
+    input: RecommendInput,
 ) -> Result<Recommended, ScoreError> {
-    input.check()?;
-    let rules_model = registry.resolve_rules(&input.rules)?;
-    let Some(rules) = rules_model.rules() else {
-        return Err(invalid("rules", "not a rule set"));
+    let call = RecommendCall::new(registry, input)?;
+    let proposal =
+        store.with_engine(|engine| call.propose(store.definitions(), engine, features))?;
+    let ranking = match proposal.candidates.is_empty() {
+        true => None,
+        false => Some(score_candidates(
+            store,
+            registry,
+            &proposal.model,
+            proposal.context.clone(),
+            &proposal.candidates,
+            0,
+        )?),
     };
-    let mut context = RawEvent {
-        event_type: "page_view".into(),
-        event_time_ms: input.event_time_ms,
-        ..RawEvent::default()
-    };
-    context.entities.insert("user".into(), input.user.clone());
-    if let Some(device) = &input.device {
-        context.entities.insert("device".into(), device.clone());
-    }
-    complete(&mut context, false)?;
-    let history = read_history(store, features, &input.user, context.event_time_ms)?;
-
-    let mut context_products: Vec<String> = Vec::new();
-    for product in input.product.iter().chain(&input.cart).chain(&history.seen) {
-        if !context_products.contains(product) {
-            context_products.push(product.clone());
-        }
-    }
-    let mut excluded: Vec<String> = Vec::new();
-    for product in input
-        .product
-        .iter()
-        .chain(&input.cart)
-        .chain(&history.ordered)
-    {
-        if !excluded.contains(product) {
-            excluded.push(product.clone());
-        }
-    }
-    let seen: HashSet<&str> = context_products.iter().map(String::as_str).collect();
-    let left_out: HashSet<&str> = excluded.iter().map(String::as_str).collect();
-
-    let mut why: Vec<(String, Why)> = rules
-        .propose(&seen, &left_out)
-        .into_iter()
-        .take(MAX_RULE_CANDIDATES)
-        .map(|proposal| {
-            (
-                proposal.product.to_string(),
-                Why::Rule(proposal.rule.clone()),
-            )
-        })
-        .collect();
-    if why.len() < input.top_n {
-        let proposed: HashSet<String> = why.iter().map(|(p, _)| p.clone()).collect();
-        let fill: Vec<(String, Why)> = rules
-            .popular
-            .iter()
-            .filter(|p| !left_out.contains(p.product.as_str()) && !proposed.contains(&p.product))
-            .take(input.top_n - why.len())
-            .map(|p| (p.product.clone(), Why::Popular(p.support)))
-            .collect();
-        why.extend(fill);
-    }
-    if why.is_empty() {
-        return Ok(Recommended {
-            model: registry.resolve_ranker(&input.model)?,
-            rules: rules_model,
-            items: Vec::new(),
-            context: context_products,
-            excluded,
-        });
-    }
-    let candidates: Vec<CandidateInput> = why
-        .iter()
-        .map(|(product, _)| CandidateInput {
-            product: product.clone(),
-            numbers: Default::default(),
-        })
-        .collect();
-    let ranking = score_candidates(store, registry, &input.model, context, &candidates, 0)?;
-    let mut reasons: std::collections::HashMap<String, Why> = why.into_iter().collect();
-    let items = ranking
-        .candidates
-        .into_iter()
-        .filter_map(|ranked| {
-            let why = reasons.remove(&ranked.product)?;
-            Some(Recommendation {
-                product: ranked.product,
-                probability: ranked.score,
-                why,
-            })
-        })
-        .take(input.top_n)
-        .collect();
-    Ok(Recommended {
-        rules: rules_model,
-        model: ranking.model,
-        items,
-        context: context_products,
-        excluded,
-    })
+    proposal.finish(registry, ranking)
 }
