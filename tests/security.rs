@@ -9,11 +9,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use common::TestServer;
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+use common::pki::Pki;
 use streamscore::api::client::{self, ClientOptions, Connection};
 use streamscore::api::pb::{
     self, ingest_client::IngestClient, models_client::ModelsClient, scoring_client::ScoringClient,
@@ -23,47 +23,6 @@ use streamscore::loadtest::{self, Call, LoadSpec};
 use streamscore::simulate::SimConfig;
 use streamscore::time::now_ms;
 use tonic::Code;
-
-/// A CA, a server certificate for `localhost` and a client certificate, as PEM files.
-struct Pki {
-    dir: tempfile::TempDir,
-    client_der: Vec<u8>,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let dir = tempfile::tempdir().unwrap();
-        let write = |name: &str, text: String| std::fs::write(dir.path().join(name), text).unwrap();
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let ca_key = KeyPair::generate().unwrap();
-        let ca = ca_params.self_signed(&ca_key).unwrap();
-        write("ca.pem", ca.pem());
-        let issuer = Issuer::new(ca_params, ca_key);
-        let server_key = KeyPair::generate().unwrap();
-        let server = CertificateParams::new(vec!["localhost".to_string()])
-            .unwrap()
-            .signed_by(&server_key, &issuer)
-            .unwrap();
-        write("server.pem", server.pem());
-        write("server.key", server_key.serialize_pem());
-        let client_key = KeyPair::generate().unwrap();
-        let client = CertificateParams::new(vec!["checkout.internal".to_string()])
-            .unwrap()
-            .signed_by(&client_key, &issuer)
-            .unwrap();
-        write("client.pem", client.pem());
-        write("client.key", client_key.serialize_pem());
-        Pki {
-            client_der: client.der().to_vec(),
-            dir,
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-}
 
 fn sha256_hex(bytes: &[u8]) -> String {
     ring::digest::digest(&ring::digest::SHA256, bytes)
@@ -140,7 +99,7 @@ fn score(event: pb::Event, record: bool) -> pb::ScoreRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_needs_tls_and_the_clients_with_ca_get_through() {
-    let pki = Pki::new();
+    let pki = Pki::new(&["localhost"]);
     let server = TestServer::start(|settings| {
         tls(settings, &pki);
         token_callers(settings);
@@ -225,7 +184,7 @@ async fn tls_needs_tls_and_the_clients_with_ca_get_through() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mtls_refuses_clients_without_a_certificate() {
-    let pki = Pki::new();
+    let pki = Pki::new(&["localhost"]);
     let fingerprint = sha256_hex(&pki.client_der);
     let server = TestServer::start(|settings| {
         tls(settings, &pki);
