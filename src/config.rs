@@ -156,6 +156,14 @@ pub struct ClusterSettings {
     /// A file holding the Redis password (`requirepass`, or the ACL user's): kept out of
     /// the config and the environment. None: no AUTH.
     pub redis_password_file: Option<PathBuf>,
+    /// TLS to every node (`rediss`, rustls; the nodes' `tls-port`s).
+    pub redis_tls: bool,
+    /// The CA (PEM) that signed the nodes' certificates; None: the system's roots.
+    pub redis_tls_ca_file: Option<PathBuf>,
+    /// A client certificate and key (PEM) for nodes that require one
+    /// (`tls-auth-clients yes`): both or neither.
+    pub redis_tls_cert_file: Option<PathBuf>,
+    pub redis_tls_key_file: Option<PathBuf>,
 }
 
 #[cfg(feature = "cluster")]
@@ -166,6 +174,13 @@ impl ClusterSettings {
             nodes: self.redis.clone(),
             username: (!self.redis_username.is_empty()).then(|| self.redis_username.clone()),
             password_file: self.redis_password_file.clone(),
+            tls: self.redis_tls.then(|| crate::online::RedisTls {
+                ca_file: self.redis_tls_ca_file.clone(),
+                client: self
+                    .redis_tls_cert_file
+                    .clone()
+                    .zip(self.redis_tls_key_file.clone()),
+            }),
         }
     }
 }
@@ -183,6 +198,10 @@ impl Default for ClusterSettings {
             scorer_cache_entries: 100_000,
             redis_username: String::new(),
             redis_password_file: None,
+            redis_tls: false,
+            redis_tls_ca_file: None,
+            redis_tls_cert_file: None,
+            redis_tls_key_file: None,
         }
     }
 }
@@ -703,6 +722,22 @@ impl Settings {
                 "cluster.redis[{index}]: give a node as host:port; a login goes in cluster.redis_username and cluster.redis_password_file"
             )));
         }
+        let cluster = &self.cluster;
+        let tls_files = [
+            &cluster.redis_tls_ca_file,
+            &cluster.redis_tls_cert_file,
+            &cluster.redis_tls_key_file,
+        ];
+        if !cluster.redis_tls && tls_files.iter().any(|file| file.is_some()) {
+            return Err(ConfigError::Invalid(
+                "cluster.redis_tls_*_file is set but cluster.redis_tls is false: set redis_tls = true to use TLS".into(),
+            ));
+        }
+        if cluster.redis_tls_cert_file.is_some() != cluster.redis_tls_key_file.is_some() {
+            return Err(ConfigError::Invalid(
+                "cluster.redis_tls_cert_file and cluster.redis_tls_key_file go together: give both or neither".into(),
+            ));
+        }
         let ingest = &self.ingest;
         if ingest.dedup_horizon.0 < ingest.allowed_lateness.0 {
             return Err(ConfigError::Invalid(
@@ -912,6 +947,21 @@ mod tests {
         assert!(!message.contains("s3cret"), "{message}");
         settings.cluster.redis.truncate(1);
         settings.validate().expect("host:port is fine");
+    }
+
+    #[test]
+    fn redis_tls_files_need_redis_tls_and_a_certificate_its_key() {
+        let mut settings = Settings::default();
+        settings.cluster.redis_tls_ca_file = Some("ca.pem".into());
+        let message = settings.validate().expect_err("TLS off").to_string();
+        assert!(message.contains("cluster.redis_tls is false"), "{message}");
+        settings.cluster.redis_tls = true;
+        settings.validate().expect("TLS with a CA");
+        settings.cluster.redis_tls_cert_file = Some("client.pem".into());
+        let message = settings.validate().expect_err("no key").to_string();
+        assert!(message.contains("give both or neither"), "{message}");
+        settings.cluster.redis_tls_key_file = Some("client.key".into());
+        settings.validate().expect("a certificate and its key");
     }
 
     #[test]

@@ -753,3 +753,98 @@ fn a_scorer_ranks_candidates_and_recommends_as_the_embedded_server_does() {
     assert!(with_rules >= 10, "{with_rules} answers with a rule");
     assert!(with_context >= 10, "{with_context} answers with a history");
 }
+
+/// A cluster that speaks only TLS, requires client certificates and AUTH: used with its
+/// CA, our certificate and the password; refused (saying why, naming no node and no
+/// secret) over plain TCP, with the system's roots instead of its CA, without our
+/// certificate, or without the password.
+#[test]
+fn a_cluster_over_tls_with_auth_is_used_with_its_ca_and_refused_otherwise() {
+    use common::pki::Pki;
+    use common::redis::Security;
+    use streamscore::online::{RedisAccess, RedisTls};
+    const PASSWORD: &str = "tls and a password";
+    let pki = Pki::new(&["127.0.0.1"]);
+    let cluster = RedisCluster::start_secured(Security {
+        password: Some(PASSWORD.into()),
+        tls: Some(pki.dir().to_path_buf()),
+        client_certificates: true,
+    });
+    let (definitions, engine) = engine();
+    let records = records_of(&definitions, &engine);
+    let keys: Vec<String> = records.iter().map(|(key, _)| key.clone()).collect();
+    let runtime = runtime();
+    let dir = tempfile::tempdir().expect("dir");
+    let password = dir.path().join("redis.pass");
+    std::fs::write(&password, format!("{PASSWORD}\n")).expect("password file");
+    let secured = RedisAccess {
+        password_file: Some(password.clone()),
+        tls: Some(RedisTls {
+            ca_file: Some(pki.path("ca.pem")),
+            client: Some((pki.path("client.pem"), pki.path("client.key"))),
+        }),
+        ..RedisAccess::open(&cluster.nodes)
+    };
+
+    let online = runtime
+        .block_on(RedisOnline::connect_with(&secured))
+        .expect("connects over TLS with the password");
+    runtime
+        .block_on(online.write(&records, |_| 3_600_000))
+        .expect("writes");
+    let fetched = runtime
+        .block_on(online.read(&keys, definitions.state_fingerprint))
+        .expect("reads");
+    assert!(fetched.iter().all(Option::is_some), "every record back");
+
+    for (what, access, why) in [
+        (
+            "plain TCP",
+            RedisAccess {
+                tls: None,
+                ..secured.clone()
+            },
+            "unreachable",
+        ),
+        (
+            "the system's roots",
+            RedisAccess {
+                tls: Some(RedisTls::default()),
+                ..secured.clone()
+            },
+            "certificate",
+        ),
+        (
+            "no client certificate",
+            RedisAccess {
+                tls: Some(RedisTls {
+                    ca_file: Some(pki.path("ca.pem")),
+                    client: None,
+                }),
+                ..secured.clone()
+            },
+            "TLS refused",
+        ),
+        (
+            "no password",
+            RedisAccess {
+                password_file: None,
+                ..secured.clone()
+            },
+            "authentication refused",
+        ),
+    ] {
+        let refused = match runtime.block_on(RedisOnline::connect_with(&access)) {
+            Ok(online) => runtime
+                .block_on(online.read(&keys, definitions.state_fingerprint))
+                .map(|_| ())
+                .expect_err(what),
+            Err(refused) => refused,
+        };
+        let message = refused.to_string();
+        eprintln!("{what}: {message}");
+        assert!(message.contains(why), "{what}: {message}");
+        assert!(!message.contains("127.0.0.1"), "{what}: {message}");
+        assert!(!message.contains(PASSWORD), "{what}: {message}");
+    }
+}

@@ -17,5 +17,5 @@ mod scorer;
 pub use cache::StateCache;
 pub use freshness::ReadAges;
 pub use record::{EntityRecord, RecordError, entity_key};
-pub use redis_store::{OnlineError, RedisAccess, RedisOnline, Written};
+pub use redis_store::{OnlineError, RedisAccess, RedisOnline, RedisTls, Written};
 pub use scorer::{OnlineScorer, ScorerError};

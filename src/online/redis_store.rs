@@ -52,6 +52,17 @@ pub struct RedisAccess {
     pub username: Option<String>,
     /// A file holding the password (`requirepass`, or the ACL user's); `None`: no AUTH.
     pub password_file: Option<std::path::PathBuf>,
+    /// TLS to every node; `None`: plain TCP.
+    pub tls: Option<RedisTls>,
+}
+
+/// How a TLS connection to the nodes is checked and, if they ask, who we are.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RedisTls {
+    /// The CA (PEM) that signed the nodes' certificates; `None`: the system's roots.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// A client certificate and its key (PEM), for nodes that require one.
+    pub client: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 impl RedisAccess {
@@ -73,8 +84,9 @@ pub enum OnlineError {
         #[source]
         source: redis::RedisError,
     },
-    #[error("online store: cannot read cluster.redis_password_file {path}: {source}")]
-    PasswordFile {
+    #[error("online store: cannot read cluster.{setting} {path}: {source}")]
+    SettingFile {
+        setting: &'static str,
         path: std::path::PathBuf,
         #[source]
         source: std::io::Error,
@@ -91,6 +103,18 @@ pub enum OnlineError {
     SeqTooLarge { key: String, seq: u64 },
 }
 
+/// The bytes of a file a setting names (a password, a certificate, a key).
+fn read_setting_file(
+    setting: &'static str,
+    path: &std::path::Path,
+) -> Result<Vec<u8>, OnlineError> {
+    std::fs::read(path).map_err(|source| OnlineError::SettingFile {
+        setting,
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 /// What went wrong, in words safe for any client: no address, no credential.
 fn describe(error: &redis::RedisError) -> String {
     // The cluster client wraps a refused login of its first connections in an I/O
@@ -101,8 +125,15 @@ fn describe(error: &redis::RedisError) -> String {
         || ["AuthenticationFailed", "NOAUTH", "WRONGPASS", "NOPERM"]
             .iter()
             .any(|word| text.contains(word));
+    let lower = text.to_lowercase();
     if refused_login {
         "authentication refused (check cluster.redis_username and cluster.redis_password_file)"
+            .into()
+    } else if ["certificate", "unknownissuer", "handshake"]
+        .iter()
+        .any(|word| lower.contains(word))
+    {
+        "TLS refused: the nodes' certificate is not trusted, or they asked for ours (check cluster.redis_tls_ca_file, redis_tls_cert_file and redis_tls_key_file)"
             .into()
     } else if error.is_timeout() {
         "timed out".into()
@@ -163,10 +194,15 @@ impl RedisOnline {
             tracing::warn!(nodes = %joined, error = %source, "online store: cannot connect");
             OnlineError::Redis { source }
         };
+        let scheme = if access.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
         let urls: Vec<String> = access
             .nodes
             .iter()
-            .map(|n| format!("redis://{n}/"))
+            .map(|n| format!("{scheme}://{n}/"))
             .collect();
         // Bounded waits: a master that is down must fail a request with an error the
         // caller can report, not hold it.
@@ -175,13 +211,31 @@ impl RedisOnline {
             .connection_timeout(Duration::from_secs(1))
             .response_timeout(Duration::from_secs(1));
         if let Some(path) = &access.password_file {
-            let password =
-                std::fs::read_to_string(path).map_err(|source| OnlineError::PasswordFile {
+            let password = String::from_utf8(read_setting_file("redis_password_file", path)?)
+                .map_err(|_| OnlineError::SettingFile {
+                    setting: "redis_password_file",
                     path: path.clone(),
-                    source,
+                    source: std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8"),
                 })?;
             // A trailing newline is the editor's, not the password's.
             builder = builder.password(password.trim_end_matches(['\r', '\n']));
+        }
+        if let Some(tls) = &access.tls {
+            let root_cert = match &tls.ca_file {
+                Some(path) => Some(read_setting_file("redis_tls_ca_file", path)?),
+                None => None,
+            };
+            let client_tls = match &tls.client {
+                Some((cert, key)) => Some(redis::ClientTlsConfig {
+                    client_cert: read_setting_file("redis_tls_cert_file", cert)?,
+                    client_key: read_setting_file("redis_tls_key_file", key)?,
+                }),
+                None => None,
+            };
+            builder = builder.certs(redis::TlsCertificates {
+                client_tls,
+                root_cert,
+            });
         }
         if let Some(username) = &access.username {
             builder = builder.username(username);

@@ -6,6 +6,7 @@ pub mod disk;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 pub mod naive;
+pub mod pki;
 #[cfg(feature = "cluster")]
 pub mod redis;
 

@@ -4,7 +4,8 @@
 //! create`, killed with its files when dropped. Each master keeps an append-only file
 //! synced on every write, so a killed and restarted master comes back with every write
 //! it acknowledged. [`RedisCluster::start_with_password`] starts one that requires AUTH
-//! (`requirepass`).
+//! (`requirepass`), [`RedisCluster::start_secured`] one that also speaks only TLS
+//! (`tls-port`, `tls-cluster`; certificates from [`super::pki::Pki`]).
 
 use std::net::TcpListener;
 use std::path::Path;
@@ -18,9 +19,20 @@ pub struct RedisCluster {
     pub nodes: Vec<String>,
     ports: Vec<u16>,
     servers: Vec<Option<Child>>,
-    /// The `requirepass` of every node, if any.
-    password: Option<String>,
+    security: Security,
     dir: TempDir,
+}
+
+/// How the nodes are reached: AUTH and TLS, each if set.
+#[derive(Clone, Default)]
+pub struct Security {
+    /// The `requirepass` of every node.
+    pub password: Option<String>,
+    /// A dir with `ca.pem`, `server.pem` and `server.key`: the nodes speak TLS only.
+    pub tls: Option<std::path::PathBuf>,
+    /// With `tls`: clients must present a certificate signed by `ca.pem` (the dir's
+    /// `client.pem` and `client.key`).
+    pub client_certificates: bool,
 }
 
 /// A port free for Redis and for its cluster bus (the port + 10000).
@@ -36,11 +48,21 @@ fn free_port_pair() -> u16 {
     }
 }
 
-fn redis_cli(port: u16, password: Option<&str>, args: &[&str]) -> Option<String> {
+fn redis_cli(port: u16, security: &Security, args: &[&str]) -> Option<String> {
     let mut command = Command::new("redis-cli");
     command.args(["-h", "127.0.0.1", "-p", &port.to_string()]);
-    if let Some(password) = password {
+    if let Some(password) = &security.password {
         command.args(["-a", password, "--no-auth-warning"]);
+    }
+    if let Some(tls) = &security.tls {
+        command.arg("--tls").arg("--cacert").arg(tls.join("ca.pem"));
+        if security.client_certificates {
+            command
+                .arg("--cert")
+                .arg(tls.join("client.pem"))
+                .arg("--key")
+                .arg(tls.join("client.key"));
+        }
     }
     let output = command.args(args).stdin(Stdio::null()).output().ok()?;
     output
@@ -59,15 +81,40 @@ fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
-fn spawn_server(dir: &Path, port: u16, password: Option<&str>) -> Child {
+fn spawn_server(dir: &Path, port: u16, security: &Security) -> Child {
     let data = dir.join(port.to_string());
     std::fs::create_dir_all(&data).expect("node dir");
     let mut command = Command::new("redis-server");
-    if let Some(password) = password {
+    if let Some(password) = &security.password {
         command.args(["--requirepass", password, "--masterauth", password]);
     }
+    match &security.tls {
+        // TLS only: no plain port; the cluster bus and replication speak TLS too.
+        Some(tls) => {
+            command
+                .args(["--port", "0", "--tls-port", &port.to_string()])
+                .args(["--tls-cluster", "yes", "--tls-replication", "yes"])
+                .args([
+                    "--tls-auth-clients",
+                    if security.client_certificates {
+                        "yes"
+                    } else {
+                        "no"
+                    },
+                ])
+                .arg("--tls-cert-file")
+                .arg(tls.join("server.pem"))
+                .arg("--tls-key-file")
+                .arg(tls.join("server.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(tls.join("ca.pem"));
+        }
+        None => {
+            command.args(["--port", &port.to_string()]);
+        }
+    }
     command
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--bind", "127.0.0.1"])
         .args([
             "--cluster-enabled",
             "yes",
@@ -98,14 +145,14 @@ fn spawn_server(dir: &Path, port: u16, password: Option<&str>) -> Child {
 /// Starts a node on a free port and waits until it answers; a node that exits first
 /// (another process took the port between our check and its bind) is started again on
 /// another port.
-fn spawn_pinging(dir: &Path, password: Option<&str>) -> (u16, Child) {
+fn spawn_pinging(dir: &Path, security: &Security) -> (u16, Child) {
     for _ in 0..10 {
         let port = free_port_pair();
-        let mut server = spawn_server(dir, port, password);
+        let mut server = spawn_server(dir, port, security);
         let mut exited = false;
         wait_until(&format!("redis-server on {port}"), || {
             exited = matches!(server.try_wait(), Ok(Some(_)));
-            exited || redis_cli(port, password, &["ping"]).is_some_and(|r| r.trim() == "PONG")
+            exited || redis_cli(port, security, &["ping"]).is_some_and(|r| r.trim() == "PONG")
         });
         if !exited {
             return (port, server);
@@ -116,20 +163,24 @@ fn spawn_pinging(dir: &Path, password: Option<&str>) -> (u16, Child) {
 
 impl RedisCluster {
     pub fn start() -> RedisCluster {
-        Self::start_on(None)
+        Self::start_secured(Security::default())
     }
 
     /// A cluster whose nodes require AUTH with `password` (the default user's).
     pub fn start_with_password(password: &str) -> RedisCluster {
-        Self::start_on(Some(password.to_string()))
+        Self::start_secured(Security {
+            password: Some(password.to_string()),
+            ..Security::default()
+        })
     }
 
-    fn start_on(password: Option<String>) -> RedisCluster {
+    /// A cluster reached as `security` says.
+    pub fn start_secured(security: Security) -> RedisCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut ports = Vec::new();
         let mut servers = Vec::new();
         for _ in 0..3 {
-            let (port, server) = spawn_pinging(dir.path(), password.as_deref());
+            let (port, server) = spawn_pinging(dir.path(), &security);
             ports.push(port);
             servers.push(Some(server));
         }
@@ -137,7 +188,7 @@ impl RedisCluster {
             nodes: ports.iter().map(|p| format!("127.0.0.1:{p}")).collect(),
             ports,
             servers,
-            password,
+            security,
             dir,
         };
         let mut create = vec!["--cluster", "create"];
@@ -153,7 +204,7 @@ impl RedisCluster {
     pub fn wait_healthy(&self) {
         for port in &self.ports {
             wait_until(&format!("cluster_state:ok on {port}"), || {
-                redis_cli(*port, self.password.as_deref(), &["cluster", "info"])
+                redis_cli(*port, &self.security, &["cluster", "info"])
                     .is_some_and(|info| info.contains("cluster_state:ok"))
             });
         }
@@ -172,10 +223,9 @@ impl RedisCluster {
     pub fn restart(&mut self, index: usize) {
         assert!(self.servers[index].is_none(), "node {index} is running");
         let port = self.ports[index];
-        let password = self.password.as_deref();
-        self.servers[index] = Some(spawn_server(self.dir.path(), port, password));
+        self.servers[index] = Some(spawn_server(self.dir.path(), port, &self.security));
         wait_until(&format!("redis-server on {port} again"), || {
-            redis_cli(port, password, &["ping"]).is_some_and(|reply| reply.trim() == "PONG")
+            redis_cli(port, &self.security, &["ping"]).is_some_and(|reply| reply.trim() == "PONG")
         });
         self.wait_healthy();
     }
@@ -183,7 +233,7 @@ impl RedisCluster {
     /// Runs a command on master `index` with redis-cli (for checks outside the client
     /// under test).
     pub fn cli(&self, index: usize, args: &[&str]) -> Option<String> {
-        redis_cli(self.ports[index], self.password.as_deref(), args)
+        redis_cli(self.ports[index], &self.security, args)
     }
 }
 
