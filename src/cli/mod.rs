@@ -1,6 +1,7 @@
 //! The `streamscore` command line: `serve`, `simulate`, `features`, `train`, `export`,
 //! `score`, `models`, `loadtest`, `skew`, `repair`, `mine`, `check-definitions`.
 
+mod ingest;
 mod mine;
 mod remote;
 
@@ -34,6 +35,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Generate a seeded shop event stream, to a JSON-lines file or a running server.
     Simulate(SimulateArgs),
+    /// Send a history (JSON lines, CSV, Parquet or stdin) to a running server: resumable,
+    /// refusals summed up by reason, exit 1 when any row was refused.
+    Ingest(ingest::IngestArgs),
     /// Print the feature values of one entity from a running server.
     Features(FeaturesArgs),
     /// Train models from event history (JSON lines) or a feature table (CSV), by a
@@ -367,6 +371,7 @@ pub async fn run(cli: Cli) -> CliResult {
     match cli.command {
         Command::Serve(args) => serve(args).await,
         Command::Simulate(args) => simulate(args).await,
+        Command::Ingest(args) => ingest::ingest(args).await,
         Command::Features(args) => features(args).await,
         Command::Train(args) => train(*args),
         Command::Export(args) => export(args),
@@ -455,10 +460,16 @@ async fn simulate(args: SimulateArgs) -> CliResult {
                 .take(args.events)
                 .take_while(move |e| e.event_time_ms <= now);
             let mut sent = 0u64;
+            let mut refusals = ingest::Refusals::default();
+            let batch = args.batch.max(1) as u64;
             let summary = client::stream_events(channel, events, args.batch, 16, |ack| {
                 sent += u64::from(ack.accepted + ack.duplicates) + ack.refused.len() as u64;
                 if ack.batch_id % 100 == 0 {
                     eprintln!("  {sent} events acknowledged");
+                }
+                for refusal in &ack.refused {
+                    let event = (ack.batch_id - 1) * batch + u64::from(refusal.index) + 1;
+                    refusals.add(&refusal.field, &refusal.reason, format!("event {event}"));
                 }
             })
             .await?;
@@ -469,11 +480,19 @@ async fn simulate(args: SimulateArgs) -> CliResult {
                 summary.duplicates,
                 summary.refused.len()
             );
-            for refusal in summary.refused.iter().take(5) {
-                println!(
-                    "  refused #{}: {}: {}",
-                    refusal.index, refusal.field, refusal.reason
-                );
+            if refusals.total() > 0 {
+                refusals.print();
+                if refusals.late() {
+                    println!("{}", ingest::late_hint());
+                    println!(
+                        "  simulate: --start-ms sets where the simulated history begins; give one after the server's newest event time minus ingest.allowed_lateness, or a fresh data dir"
+                    );
+                }
+                return Err(format!(
+                    "{} of {sent} events refused (listed above)",
+                    refusals.total()
+                )
+                .into());
             }
         }
         (None, out) => {

@@ -1,6 +1,7 @@
 //! Commerce events: the raw form producers send (and the log and JSON lines keep), and
 //! the validated form the feature engine applies.
 
+pub mod file;
 mod validate;
 
 pub use validate::{Event, Limits, Refusal, RefusalKind, validate};
