@@ -177,21 +177,49 @@ async fn json_lines_csv_and_parquet_arrive_as_the_same_events() {
         text(&from_parquet)
     );
     assert_eq!(payments_of(&server, "pq-user").await, 5.0);
+    // The timestamps read as the ms they were: the same payments again are duplicates.
+    let mut jsonl_again = dir.path().join("payments.jsonl");
+    jsonl_again.set_extension("jsonl");
+    write_jsonl(
+        &jsonl_again,
+        &(0..5)
+            .map(|i| {
+                let mut event = payment(i, "pq-user");
+                event.event_id = streamscore::events::file::derived_id(&event);
+                event
+            })
+            .collect::<Vec<_>>(),
+    );
+    let same = run(ingest_args(&server.url, &[&jsonl_again], &[]), None).await;
+    assert!(
+        text(&same).contains("5 rows: 0 accepted, 5 duplicates"),
+        "{}",
+        text(&same)
+    );
 }
 
 /// Payments as a Parquet file, the columns a warehouse export has.
 fn write_parquet(path: &Path, events: &[RawEvent]) {
-    use arrow_array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
+    use arrow_array::{
+        ArrayRef, Float64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+    };
     let strings = |f: &dyn Fn(&RawEvent) -> String| -> ArrayRef {
         Arc::new(StringArray::from(events.iter().map(f).collect::<Vec<_>>()))
     };
     let batch = RecordBatch::try_from_iter([
         ("event_type", strings(&|e| e.event_type.clone())),
+        // As warehouses write times: a timestamp column (microseconds, UTC).
         (
             "event_time_ms",
-            Arc::new(Int64Array::from(
-                events.iter().map(|e| e.event_time_ms).collect::<Vec<_>>(),
-            )) as ArrayRef,
+            Arc::new(
+                TimestampMicrosecondArray::from(
+                    events
+                        .iter()
+                        .map(|e| e.event_time_ms * 1_000)
+                        .collect::<Vec<_>>(),
+                )
+                .with_timezone("UTC"),
+            ) as ArrayRef,
         ),
         ("user", strings(&|e| e.entities["user"].clone())),
         ("card", strings(&|e| e.entities["card"].clone())),

@@ -15,7 +15,7 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::Float64Type;
 use arrow_array::{Array, RecordBatch};
 use arrow_cast::cast::cast;
-use arrow_schema::DataType;
+use arrow_schema::{DataType, TimeUnit};
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 
 use super::RawEvent;
@@ -412,6 +412,24 @@ fn column_cells(column: &arrow_array::ArrayRef) -> Result<Vec<Cell>, String> {
         data_type,
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Boolean
     ) || matches!(data_type, DataType::Dictionary(_, _));
+    // Timestamps (a warehouse's usual event time) as whole milliseconds since 1970,
+    // UTC whatever the column's time zone (its values are UTC).
+    if let DataType::Timestamp(unit, _) = data_type {
+        let raw = cast(column, &DataType::Int64).map_err(|e| e.to_string())?;
+        let values = raw.as_primitive::<arrow_array::types::Int64Type>();
+        let to_ms = |v: i64| match unit {
+            TimeUnit::Second => v.saturating_mul(1_000),
+            TimeUnit::Millisecond => v,
+            TimeUnit::Microsecond => v.div_euclid(1_000),
+            TimeUnit::Nanosecond => v.div_euclid(1_000_000),
+        };
+        return Ok((0..values.len())
+            .map(|row| match values.is_null(row) {
+                true => Cell::Missing,
+                false => Cell::Number(to_ms(values.value(row)) as f64),
+            })
+            .collect());
+    }
     if data_type.is_numeric() {
         let cast = cast(column, &DataType::Float64).map_err(|e| e.to_string())?;
         let values = cast.as_primitive::<Float64Type>();
@@ -436,6 +454,92 @@ fn column_cells(column: &arrow_array::ArrayRef) -> Result<Vec<Cell>, String> {
             .collect());
     }
     Err(format!(
-        "a column of {data_type}: give numbers, strings or booleans"
+        "a column of {data_type}: give numbers, timestamps, strings or booleans"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn csv_rows(text: &str, map: &[&str]) -> Vec<Row> {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("events.csv");
+        std::fs::write(&path, text).expect("csv");
+        let mapping = Mapping::parse(&map.iter().map(|m| m.to_string()).collect::<Vec<_>>())
+            .expect("mapping");
+        rows(
+            Some(&path),
+            FileFormat::Csv,
+            &mapping,
+            &Definitions::default_shop(),
+        )
+        .expect("rows")
+        .collect()
+    }
+
+    #[test]
+    fn a_csv_row_becomes_an_event_by_its_column_names() {
+        let rows = csv_rows(
+            "id,event_type,ts,user,card,amount,ip_country,channel,score\n\
+             p1,payment,1700000000000,u1,c1,12.5,DE,web,7\n",
+            &["id=event_id", "ts=event_time_ms"],
+        );
+        let event = rows[0].event.clone().expect("an event");
+        assert_eq!(rows[0].number, 1);
+        assert_eq!(event.event_id, "p1");
+        assert_eq!(event.event_time_ms, 1_700_000_000_000);
+        assert_eq!(event.entities["user"], "u1");
+        assert_eq!(event.entities["card"], "c1");
+        assert_eq!(event.numbers["amount"], 12.5);
+        assert_eq!(event.strings["ip_country"], "DE");
+        // Columns the event type does not declare go as what they look like.
+        assert_eq!(event.strings["channel"], "web");
+        assert_eq!(event.numbers["score"], 7.0);
+    }
+
+    #[test]
+    fn a_declared_number_that_is_not_one_or_a_bad_time_refuses_the_row_only() {
+        let rows = csv_rows(
+            "event_type,event_time_ms,user,amount\n\
+             payment,1700000000000,u1,ten\n\
+             payment,17e11x,u1,10\n\
+             payment,1700000000001,u1,10\n",
+            &[],
+        );
+        let refused = |row: &Row| row.event.clone().expect_err("refused");
+        assert_eq!(refused(&rows[0]).field, "amount");
+        assert!(refused(&rows[0]).reason.contains("'ten' is not a number"));
+        assert_eq!(refused(&rows[1]).field, "event_time_ms");
+        assert!(rows[2].event.is_ok());
+    }
+
+    #[test]
+    fn a_derived_id_is_the_same_for_the_same_content_and_differs_otherwise() {
+        let rows = csv_rows(
+            "event_type,event_time_ms,user,amount\n\
+             payment,1700000000000,u1,10\n\
+             payment,1700000000000,u1,10\n\
+             payment,1700000000000,u1,11\n",
+            &[],
+        );
+        let ids: Vec<String> = rows
+            .iter()
+            .map(|row| row.event.clone().expect("an event").event_id)
+            .collect();
+        assert!(
+            ids[0].starts_with("row-") && ids[0].len() == 4 + 32,
+            "{}",
+            ids[0]
+        );
+        assert_eq!(ids[0], ids[1]);
+        assert_ne!(ids[0], ids[2]);
+    }
+
+    #[test]
+    fn a_mapping_needs_both_sides() {
+        for bad in ["ts", "=user", "ts=", ""] {
+            assert!(Mapping::parse(&[bad.to_string()]).is_err(), "{bad}");
+        }
+    }
 }
