@@ -11,8 +11,8 @@ use std::process::Command;
 
 /// The tour's commands (after `cargo run --release --`) whose first words are `start`.
 fn tour_commands(start: &str) -> Vec<Vec<String>> {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
-        .expect("README");
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
     let tour = readme
         .split("## Quick tour")
         .nth(1)
@@ -56,8 +56,14 @@ fn the_tours_ordinary_payment_is_allowed_and_the_new_customers_is_not() {
 
     let scores = tour_commands("score --user");
     let (ordinary, new_customer) = (&scores[0], &scores[1]);
-    assert!(ordinary.join(" ").contains("--user u1 --card c2"), "{ordinary:?}");
-    assert!(new_customer.join(" ").contains("--user u-new"), "{new_customer:?}");
+    assert!(
+        ordinary.join(" ").contains("--user u1 --card c2"),
+        "{ordinary:?}"
+    );
+    assert!(
+        new_customer.join(" ").contains("--user u-new"),
+        "{new_customer:?}"
+    );
     let answer = run(ordinary.clone(), &url);
     assert!(answer.contains("-> allow"), "{answer}");
     let answer = run(new_customer.clone(), &url);
