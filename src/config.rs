@@ -404,7 +404,15 @@ pub struct ModelSettings {
     /// Score candidates beside the serving version on live traffic (answers not
     /// returned) and count agreement and score differences per candidate.
     pub shadow: bool,
+    /// Which candidates to shadow, as `name@N`; empty: the newest
+    /// [`DEFAULT_SHADOWED`] of each serving model. At most [`MAX_SHADOWED`].
+    pub shadow_candidates: Vec<String>,
 }
+
+/// Candidates shadowed per serving model when `models.shadow_candidates` is empty.
+pub const DEFAULT_SHADOWED: usize = 2;
+/// Most candidates `models.shadow_candidates` may name: each is a score per call.
+pub const MAX_SHADOWED: usize = 8;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -423,6 +431,7 @@ impl Default for ModelSettings {
             require_signature: false,
             promotion: crate::registry::Promotion::Manual,
             shadow: false,
+            shadow_candidates: Vec::new(),
         }
     }
 }
@@ -722,6 +731,22 @@ impl Settings {
                 "cluster.redis[{index}]: give a node as host:port; a login goes in cluster.redis_username and cluster.redis_password_file"
             )));
         }
+        let shadowed = &self.models.shadow_candidates;
+        if shadowed.len() > MAX_SHADOWED {
+            return Err(ConfigError::Invalid(format!(
+                "models.shadow_candidates: at most {MAX_SHADOWED} (each is one more score per call), got {}",
+                shadowed.len()
+            )));
+        }
+        if let Some(bad) = shadowed.iter().find(|reference| {
+            !reference.split_once('@').is_some_and(|(name, version)| {
+                !name.is_empty() && version.parse::<u32>().is_ok_and(|v| v > 0)
+            })
+        }) {
+            return Err(ConfigError::Invalid(format!(
+                "models.shadow_candidates: '{bad}' is not name@N (e.g. \"fraud@2\")"
+            )));
+        }
         let cluster = &self.cluster;
         let tls_files = [
             &cluster.redis_tls_ca_file,
@@ -947,6 +972,26 @@ mod tests {
         assert!(!message.contains("s3cret"), "{message}");
         settings.cluster.redis.truncate(1);
         settings.validate().expect("host:port is fine");
+    }
+
+    #[test]
+    fn shadow_candidates_are_name_at_version_and_few() {
+        let mut settings = Settings::default();
+        for bad in ["fraud", "fraud@", "@2", "fraud@0", "fraud@two"] {
+            settings.models.shadow_candidates = vec![bad.into()];
+            let message = settings.validate().expect_err(bad).to_string();
+            assert!(
+                message.contains(&format!("'{bad}' is not name@N")),
+                "{message}"
+            );
+        }
+        settings.models.shadow_candidates = (1..=MAX_SHADOWED + 1)
+            .map(|v| format!("fraud@{v}"))
+            .collect();
+        let message = settings.validate().expect_err("too many").to_string();
+        assert!(message.contains("at most 8"), "{message}");
+        settings.models.shadow_candidates.truncate(2);
+        settings.validate().expect("two named candidates");
     }
 
     #[test]

@@ -187,6 +187,48 @@ pub async fn run(
     .await
 }
 
+/// Says at start whether candidates are shadowed, and which are now (versions found
+/// later are shadowed by the same rule).
+fn log_shadowing(models: &crate::config::ModelSettings, registry: &Registry) {
+    if !models.shadow {
+        tracing::info!(
+            "shadow scoring off (serve --shadow, or models.shadow = true, scores candidates beside the serving version)"
+        );
+        return;
+    }
+    let catalog = registry.catalog();
+    let loaded = catalog.models();
+    let mut names: Vec<&str> = loaded.iter().map(|m| m.name()).collect();
+    names.dedup();
+    let shadowed: Vec<String> = names
+        .iter()
+        .filter_map(|name| {
+            let serving = catalog.serving(name)?;
+            let chosen = catalog.shadowed(
+                name,
+                &models.shadow_candidates,
+                crate::config::DEFAULT_SHADOWED,
+            );
+            (!chosen.is_empty()).then(|| {
+                let chosen: Vec<String> = chosen.iter().map(|m| m.reference()).collect();
+                format!("{} beside {name}@{serving}", chosen.join(" and "))
+            })
+        })
+        .collect();
+    let rule = match models.shadow_candidates.is_empty() {
+        true => format!(
+            "the newest {} candidates of each model",
+            crate::config::DEFAULT_SHADOWED
+        ),
+        false => format!("models.shadow_candidates = {:?}", models.shadow_candidates),
+    };
+    let shadowed = match shadowed.is_empty() {
+        true => "none yet (versions found later are shadowed by the rule)".to_string(),
+        false => shadowed.join("; "),
+    };
+    tracing::info!(rule = %rule, shadowed = %shadowed, "shadow scoring on");
+}
+
 /// Loads the models directory into a new registry (a bad file is logged and skipped).
 pub async fn open_registry(
     settings: &Settings,
@@ -244,6 +286,7 @@ pub async fn run_with(
     if registry.catalog().models().is_empty() {
         tracing::warn!(dir = %settings.models.dir.display(), "no model loaded: Score answers NOT_FOUND until one is");
     }
+    log_shadowing(&settings.models, &registry);
     let scoring_health = tokio::spawn(report_scoring_health(
         health.clone(),
         Arc::clone(&registry),
@@ -363,7 +406,10 @@ pub async fn run_with(
                 let scoring = ScoringService::new(Arc::clone(&store), Arc::clone(&registry))
                     .with_samples(open_samples(settings)?);
                 if settings.models.shadow {
-                    scoring.with_shadow(Arc::clone(&metrics))
+                    scoring.with_shadow(
+                        Arc::clone(&metrics),
+                        settings.models.shadow_candidates.clone(),
+                    )
                 } else {
                     scoring
                 }

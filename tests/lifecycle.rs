@@ -185,6 +185,53 @@ fn metric(scrape: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The shadow counts of each of `fraud@2..=4` after 5 recorded calls on a server with
+/// those three candidates and `models.shadow_candidates = chosen`.
+async fn shadow_counts(chosen: &[&str]) -> Vec<f64> {
+    let models = models_dir();
+    for v in 2..=4 {
+        drop_in(models.path(), version(v, None));
+    }
+    let dir = models.path().to_path_buf();
+    let chosen: Vec<String> = chosen.iter().map(|c| c.to_string()).collect();
+    let server = TestServer::start(move |settings| {
+        settings.models.dir = dir;
+        settings.models.shadow = true;
+        settings.models.shadow_candidates = chosen;
+    })
+    .await;
+    let mut scoring = ScoringClient::new(server.channel().await);
+    for i in 0..5 {
+        let mut call = request();
+        call.record = true;
+        if let Some(event) = call.event.as_mut() {
+            event.event_id = format!("p{i}");
+        }
+        scoring.score(call).await.unwrap();
+    }
+    let scrape = server.scrape().await;
+    server.stop().await;
+    (2..=4)
+        .map(|v| {
+            metric(
+                &scrape,
+                &format!("streamscore_shadow_scores_total{{model=\"fraud\",candidate=\"{v}\"}}"),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_candidates_shadowed_are_the_newest_two_or_those_chosen() {
+    // Before `models.shadow_candidates`, the newest two were the only choice.
+    assert_eq!(shadow_counts(&[]).await, [0.0, 5.0, 5.0]);
+    assert_eq!(shadow_counts(&["fraud@2"]).await, [5.0, 0.0, 0.0]);
+    assert_eq!(
+        shadow_counts(&["fraud@2", "fraud@3", "fraud@4"]).await,
+        [5.0, 5.0, 5.0]
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recorded_call_shadows_its_candidates_on_the_features_the_serving_version_read() {
     let models = models_dir();

@@ -34,13 +34,13 @@ pub struct ScoringService {
 struct Shadow {
     metrics: Arc<Metrics>,
     running: Arc<tokio::sync::Semaphore>,
+    /// `models.shadow_candidates`: empty, the newest
+    /// [`crate::config::DEFAULT_SHADOWED`].
+    chosen: Vec<String>,
 }
 
 /// Shadow tasks in flight at most; beyond that a call is not shadowed.
 const SHADOW_TASKS: usize = 64;
-
-/// Candidates shadowed per call at most (the newest).
-const SHADOW_CANDIDATES: usize = 2;
 
 impl ScoringService {
     pub fn new(store: Arc<FeatureStore>, registry: Arc<Registry>) -> ScoringService {
@@ -64,29 +64,31 @@ impl ScoringService {
         self
     }
 
-    /// Shadow-scores candidates on every `Score`, counting into `metrics`.
-    pub fn with_shadow(mut self, metrics: Arc<Metrics>) -> ScoringService {
+    /// Shadow-scores candidates on every `Score` (those `chosen`, as `name@N`, or the
+    /// newest [`crate::config::DEFAULT_SHADOWED`] when it is empty), counting into
+    /// `metrics`.
+    pub fn with_shadow(mut self, metrics: Arc<Metrics>, chosen: Vec<String>) -> ScoringService {
         self.shadow = Some(Shadow {
             metrics,
             running: Arc::new(tokio::sync::Semaphore::new(SHADOW_TASKS)),
+            chosen,
         });
         self
     }
 
     /// The candidates of the model `reference` resolves to, when shadowing is on.
     fn candidates(&self, reference: &str) -> Vec<Arc<LoadedModel>> {
-        if self.shadow.is_none() {
+        let Some(shadow) = &self.shadow else {
             return Vec::new();
-        }
+        };
         let Ok(serving) = self.registry.resolve(reference) else {
             return Vec::new();
         };
-        self.registry
-            .catalog()
-            .candidates(serving.name())
-            .into_iter()
-            .take(SHADOW_CANDIDATES)
-            .collect()
+        self.registry.catalog().shadowed(
+            serving.name(),
+            &shadow.chosen,
+            crate::config::DEFAULT_SHADOWED,
+        )
     }
 
     /// Counts candidates scored beside `serving` (agreement, score difference, errors).

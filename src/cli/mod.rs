@@ -117,6 +117,10 @@ pub struct ServeArgs {
     /// reach the port may then ingest, score and move aliases).
     #[arg(long)]
     pub insecure: bool,
+    /// Score candidate models beside the serving version on live traffic (answers not
+    /// returned; counted in streamscore_shadow_*): models.shadow = true.
+    #[arg(long)]
+    pub shadow: bool,
     /// What this process is: everything in one (embedded, the default), an aggregator
     /// or a scorer of a scaled-out deployment (cargo feature `cluster`).
     #[arg(long, value_enum)]
@@ -402,6 +406,7 @@ async fn serve(args: ServeArgs) -> CliResult {
         settings.definitions = Some(definitions);
     }
     settings.insecure |= args.insecure;
+    settings.models.shadow |= args.shadow;
     if let Some(role) = args.role {
         settings.cluster.role = role;
     }

@@ -280,6 +280,18 @@ impl Catalog {
             .unwrap_or_default()
     }
 
+    /// The candidates of `name` to shadow: those `chosen` names (`name@N`), or when it
+    /// names none at all, the newest `newest` of them.
+    pub fn shadowed(&self, name: &str, chosen: &[String], newest: usize) -> Vec<Arc<LoadedModel>> {
+        let candidates = self.candidates(name).into_iter();
+        if chosen.is_empty() {
+            return candidates.take(newest).collect();
+        }
+        candidates
+            .filter(|candidate| chosen.iter().any(|c| *c == candidate.reference()))
+            .collect()
+    }
+
     /// Every loaded model, by name then version.
     pub fn models(&self) -> Vec<Arc<LoadedModel>> {
         let mut all: Vec<Arc<LoadedModel>> = self
