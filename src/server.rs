@@ -250,9 +250,17 @@ pub async fn open_registry(
     let scanning = Arc::clone(&registry);
     let failures = tokio::task::spawn_blocking(move || scanning.scan()).await??;
     let catalog = registry.catalog();
+    let models = catalog.models();
+    let (serving, candidates): (Vec<_>, Vec<_>) = models
+        .iter()
+        .partition(|m| catalog.serving(m.name()) == Some(m.version()));
+    let references = |models: Vec<&Arc<crate::registry::LoadedModel>>| {
+        models.iter().map(|m| m.reference()).collect::<Vec<_>>().join(", ")
+    };
     tracing::info!(
         dir = %settings.models.dir.display(),
-        loaded = catalog.models().len(),
+        serving = %references(serving),
+        candidates = %references(candidates),
         refused = failures.len(),
         "model registry loaded"
     );
@@ -644,8 +652,13 @@ pub(crate) async fn report_scoring_health(
                 tonic_health::ServingStatus::NotServing
             };
             if names.get(&name) != Some(&status) {
-                if let Err(reason) = &state {
-                    tracing::error!(model = %name, %reason, "model not serving");
+                match &state {
+                    // Versions waiting to be promoted: how a new model starts, not a fault.
+                    Err(reason @ RegistryError::NotPromoted { .. }) => {
+                        tracing::info!(model = %name, %reason, "model not serving yet");
+                    }
+                    Err(reason) => tracing::error!(model = %name, %reason, "model not serving"),
+                    Ok(()) => {}
                 }
                 health.set_service_status(name.clone(), status).await;
                 names.insert(name, status);

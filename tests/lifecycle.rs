@@ -185,6 +185,26 @@ fn metric(scrape: &str, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// A model with versions but none promoted yet is how a new model starts (after `mine
+/// segments`, say): logged as news on every start, not as an ERROR.
+#[test]
+fn a_model_waiting_for_promotion_is_logged_as_news_not_as_an_error() {
+    let models = tempfile::tempdir().unwrap();
+    drop_in(models.path(), version(1, None));
+    let data = tempfile::tempdir().unwrap();
+    let dir = models.path().display().to_string();
+    let (mut server, lines) = common::spawn_server_lines(
+        data.path(),
+        &[("STREAMSCORE__MODELS__DIR", &dir)],
+        &["model not serving", "streamscore listening"],
+    );
+    server.kill().ok();
+    server.wait().ok();
+    let line = &lines[0];
+    assert!(line.contains("INFO") && !line.contains("ERROR"), "{line}");
+    assert!(line.contains("streamscore models promote fraud@N"), "{line}");
+}
+
 /// The shadow counts of each of `fraud@2..=4` after 5 recorded calls on a server with
 /// those three candidates and `models.shadow_candidates = chosen`.
 async fn shadow_counts(chosen: &[&str]) -> Vec<f64> {

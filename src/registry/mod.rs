@@ -321,7 +321,7 @@ impl Catalog {
 
     /// Every model name and alias with whether it serves, and why not: what health
     /// reports per name.
-    pub fn health(&self) -> Vec<(String, Result<(), String>)> {
+    pub fn health(&self) -> Vec<(String, Result<(), RegistryError>)> {
         let mut names: Vec<&String> = self
             .models
             .keys()
@@ -333,8 +333,7 @@ impl Catalog {
         names
             .into_iter()
             .map(|name| {
-                let state = self.resolve(name).map(|_| ()).map_err(|e| e.to_string());
-                (name.clone(), state)
+                (name.clone(), self.resolve(name).map(|_| ()))
             })
             .collect()
     }
@@ -595,7 +594,9 @@ impl Registry {
                 catalog.unavailable.remove(model.name());
             }
         });
-        tracing::info!(model = %model.reference(), path = %path.display(), promoted = promote, "model loaded");
+        // Whether this load promoted it; what serves is said once the directory (and
+        // its aliases) is read: `promoted=false` on the serving version read as a fault.
+        tracing::info!(model = %model.reference(), path = %path.display(), promoted_by_this_load = promote, "model loaded");
         Ok(model)
     }
 

@@ -376,6 +376,16 @@ fn spawn_for_line(
 
 /// Spawns `serve` and returns, for each of `ready`, the first log line containing it
 /// (once all have been logged).
+/// `serve` with `env`; returns the child and, for each of `ready`, the first log line
+/// containing it.
+pub fn spawn_server_lines(
+    data_dir: &std::path::Path,
+    env: &[(&str, &str)],
+    ready: &[&str],
+) -> (Child, Vec<String>) {
+    spawn_for_lines(data_dir, &[], env, ready)
+}
+
 fn spawn_for_lines(
     data_dir: &std::path::Path,
     args: &[&str],
