@@ -232,7 +232,13 @@ fn print_detail(out: &mut impl Write, detail: &pb::ModelDetail) -> std::io::Resu
         )?;
     }
     for metric in &detail.metrics {
-        writeln!(out, "  {:<10} {:.4}", metric.name, metric.value)?;
+        // Counts (baskets, rules) as whole numbers; rates and scores to 4 places.
+        let value = metric.value;
+        if value.fract() == 0.0 && value.abs() >= 1.0 && value.abs() < 1e15 {
+            writeln!(out, "  {:<10} {}", metric.name, value as i64)?;
+        } else {
+            writeln!(out, "  {:<10} {value:.4}", metric.name)?;
+        }
     }
     match (detail.review_threshold, detail.block_threshold) {
         (Some(review), Some(block)) => {
@@ -240,6 +246,10 @@ fn print_detail(out: &mut impl Write, detail: &pb::ModelDetail) -> std::io::Resu
         }
         (Some(review), None) => writeln!(out, "  review at >= {review:.4}, never blocks")?,
         _ => {}
+    }
+    // A rule set or a table model reads no feature columns: nothing to list.
+    if detail.columns.is_empty() {
+        return Ok(());
     }
     writeln!(
         out,
@@ -317,4 +327,46 @@ pub async fn models(args: ModelsArgs) -> CliResult {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn detail(columns: &[&str], metrics: &[(&str, f64)]) -> String {
+        let detail = pb::ModelDetail {
+            summary: Some(pb::ModelSummary {
+                name: "rules".into(),
+                version: 1,
+                family: "association_rules".into(),
+                path: "models/rules/rules-v1.json".into(),
+                created_at_ms: 0,
+                serving: true,
+            }),
+            columns: columns.iter().map(|c| c.to_string()).collect(),
+            metrics: metrics
+                .iter()
+                .map(|(name, value)| pb::Metric {
+                    name: name.to_string(),
+                    value: *value,
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        print_detail(&mut out, &detail).expect("printed");
+        String::from_utf8(out).expect("UTF-8")
+    }
+
+    #[test]
+    fn counts_print_whole_and_a_model_without_columns_lists_no_inputs() {
+        // Before: "baskets    5288.0000" and "  0 inputs: ".
+        let rules = detail(&[], &[("baskets", 5288.0), ("min_support", 0.002)]);
+        assert!(rules.contains("  baskets    5288\n"), "{rules}");
+        assert!(rules.contains("  min_support 0.0020\n"), "{rules}");
+        assert!(!rules.contains("inputs"), "{rules}");
+        let fraud = detail(&["amount", "card_payments_1h"], &[("roc_auc", 0.9312)]);
+        assert!(fraud.contains("  roc_auc    0.9312\n"), "{fraud}");
+        assert!(fraud.contains("  2 inputs: amount, card_payments_1h\n"), "{fraud}");
+    }
 }
