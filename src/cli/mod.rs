@@ -688,7 +688,7 @@ fn train(args: TrainArgs) -> CliResult {
     };
     let mut out = std::io::stdout().lock();
     for (kind, family) in &config.families {
-        let bar = crate::train::progress::TrainingBar::new(kind, 0);
+        let bar = crate::train::progress::TrainingBar::fitting(kind);
         let outcome = crate::train::pipeline::train_on(
             &dataset,
             classifier,

@@ -28,6 +28,17 @@ impl TrainingBar {
         }
     }
 
+    /// A bar for a family fitted on a training set already built (no replay of its
+    /// own): a spinner from the start, never an empty `replay 0/0` bar.
+    pub fn fitting(family: &str) -> TrainingBar {
+        let bar = TrainingBar {
+            bar: ProgressBar::new(0),
+            family: family.to_string(),
+        };
+        bar.spin("preparing".into());
+        bar
+    }
+
     pub fn show(&self, step: Progress) {
         match step {
             Progress::Replayed(done) => self.bar.set_position(done),
