@@ -255,7 +255,11 @@ pub async fn open_registry(
         .iter()
         .partition(|m| catalog.serving(m.name()) == Some(m.version()));
     let references = |models: Vec<&Arc<crate::registry::LoadedModel>>| {
-        models.iter().map(|m| m.reference()).collect::<Vec<_>>().join(", ")
+        models
+            .iter()
+            .map(|m| m.reference())
+            .collect::<Vec<_>>()
+            .join(", ")
     };
     tracing::info!(
         dir = %settings.models.dir.display(),

@@ -202,7 +202,10 @@ fn a_model_waiting_for_promotion_is_logged_as_news_not_as_an_error() {
     server.wait().ok();
     let line = &lines[0];
     assert!(line.contains("INFO") && !line.contains("ERROR"), "{line}");
-    assert!(line.contains("streamscore models promote fraud@N"), "{line}");
+    assert!(
+        line.contains("streamscore models promote fraud@N"),
+        "{line}"
+    );
 }
 
 /// The shadow counts of each of `fraud@2..=4` after 5 recorded calls on a server with

@@ -204,3 +204,39 @@ fn a_flag_no_family_takes_is_refused_not_ignored() {
         "nothing was trained"
     );
 }
+
+#[test]
+fn retraining_on_the_same_data_and_settings_writes_no_new_version() {
+    let dir = tempfile::tempdir().unwrap();
+    write_table(&dir.path().join("table.csv"));
+    let config = dir.path().join("risk.toml");
+    std::fs::write(
+        &config,
+        "name = 'risk'\ntarget = 'fraud'\n[[family]]\nkind = 'logistic'\n",
+    )
+    .unwrap();
+    let config = config.to_str().unwrap();
+    let first = train(dir.path(), &["--config", config]);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    // The same run again: said so, and no v2. (Before: an identical risk-v2.json.)
+    let again = train(dir.path(), &["--config", config]);
+    let stdout = String::from_utf8_lossy(&again.stdout);
+    assert!(again.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("the same model as risk@1") && stdout.contains("no new version written"),
+        "{stdout}"
+    );
+    assert!(!dir.path().join("models/risk/risk-v2.json").exists());
+    // Another setting fits another model: a new version.
+    let other = train(dir.path(), &["--config", config, "--l2", "3.5"]);
+    assert!(
+        other.status.success(),
+        "{}",
+        String::from_utf8_lossy(&other.stderr)
+    );
+    assert!(dir.path().join("models/risk/risk-v2.json").exists());
+}

@@ -713,6 +713,16 @@ fn train(args: TrainArgs) -> CliResult {
         );
         bar.finish();
         let outcome = outcome?;
+        if outcome.unchanged {
+            writeln!(
+                out,
+                "{kind}: the same model as {}@{} (same data, settings and thresholds): no new version written ({})",
+                config.name,
+                outcome.version,
+                outcome.artifact.display()
+            )?;
+            continue;
+        }
         writeln!(
             out,
             "trained {} v{} ({kind}): {} training rows{}, {} validation rows, fit in {:.2} s",

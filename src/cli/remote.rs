@@ -367,6 +367,9 @@ mod tests {
         assert!(!rules.contains("inputs"), "{rules}");
         let fraud = detail(&["amount", "card_payments_1h"], &[("roc_auc", 0.9312)]);
         assert!(fraud.contains("  roc_auc    0.9312\n"), "{fraud}");
-        assert!(fraud.contains("  2 inputs: amount, card_payments_1h\n"), "{fraud}");
+        assert!(
+            fraud.contains("  2 inputs: amount, card_payments_1h\n"),
+            "{fraud}"
+        );
     }
 }

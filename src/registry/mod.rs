@@ -332,9 +332,7 @@ impl Catalog {
         names.dedup();
         names
             .into_iter()
-            .map(|name| {
-                (name.clone(), self.resolve(name).map(|_| ()))
-            })
+            .map(|name| (name.clone(), self.resolve(name).map(|_| ())))
             .collect()
     }
 }

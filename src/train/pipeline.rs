@@ -91,6 +91,23 @@ pub struct TrainOutcome {
     pub metrics: Vec<(String, f64)>,
     /// Mean and spread of each metric over the cross-validation folds, if asked for.
     pub cross_validation: Vec<CrossValidated>,
+    /// The fit equals an existing version (same model, data, definitions and
+    /// thresholds): nothing new was written, and `version`/`artifact` are that one's.
+    pub unchanged: bool,
+}
+
+/// An existing version of `name` in `dir` that `candidate` would only repeat: the same
+/// model, fitted on the same data under the same definitions, with the same thresholds.
+fn same_as_existing(dir: &Path, name: &str, candidate: &ArtifactBody) -> Option<(u32, PathBuf)> {
+    (1..next_version(dir, name)).rev().find_map(|version| {
+        let path = dir.join(format!("{name}-v{version}.json"));
+        let existing = artifact::read_unchecked(&path).ok()?;
+        let same = existing.model == candidate.model
+            && existing.data_fingerprint == candidate.data_fingerprint
+            && existing.definitions_fingerprint == candidate.definitions_fingerprint
+            && existing.thresholds == candidate.thresholds;
+        same.then_some((version, path))
+    })
 }
 
 /// The next free version number in `dir` for files named `<name>-v<N>.json`.
@@ -470,25 +487,44 @@ pub fn train_on(
     let dir = models_dir.join(name);
     let version = next_version(&dir, name);
     let path = dir.join(format!("{name}-v{version}.json"));
-    artifact::save_signed(
-        &path,
-        ArtifactBody {
-            name: name.to_string(),
-            version,
-            created_at_ms,
-            definitions_fingerprint,
-            trained_from_ms: train.first().map(|r| r.time_ms).unwrap_or(0),
-            trained_to_ms: train.last().map(|r| r.time_ms).unwrap_or(0),
-            data_fingerprint: fnv64(&fingerprint_bytes),
-            metrics: metrics.clone(),
+    let body = ArtifactBody {
+        name: name.to_string(),
+        version,
+        created_at_ms,
+        definitions_fingerprint,
+        trained_from_ms: train.first().map(|r| r.time_ms).unwrap_or(0),
+        trained_to_ms: train.last().map(|r| r.time_ms).unwrap_or(0),
+        data_fingerprint: fnv64(&fingerprint_bytes),
+        metrics: metrics.clone(),
+        thresholds: chosen,
+        scored_event: scored_event.map(str::to_string),
+        comparison: comparison.clone(),
+        provenance: Some(provenance.clone()),
+        model: model.clone(),
+    };
+    // Retraining on the same data with the same settings fits the same model: a new
+    // version would only be a copy to promote by mistake.
+    if let Some((version, path)) = same_as_existing(&dir, name, &body) {
+        return Ok(TrainOutcome {
+            artifact: path,
+            comparison,
+            plots: Vec::new(),
             thresholds: chosen,
-            scored_event: scored_event.map(str::to_string),
-            comparison: comparison.clone(),
-            provenance: Some(provenance.clone()),
-            model: model.clone(),
-        },
-        signing_key,
-    )?;
+            version,
+            train_rows: train.len(),
+            validation_rows: validation.len(),
+            positives: if classifier {
+                labels.iter().filter(|l| **l > 0.5).count()
+            } else {
+                0
+            },
+            fit_seconds,
+            metrics,
+            cross_validation,
+            unchanged: true,
+        });
+    }
+    artifact::save_signed(&path, body, signing_key)?;
     let report = Report {
         name: name.to_string(),
         version,
@@ -558,5 +594,6 @@ pub fn train_on(
         fit_seconds,
         metrics,
         cross_validation,
+        unchanged: false,
     })
 }
