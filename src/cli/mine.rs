@@ -214,17 +214,36 @@ fn over_history<T>(
     path: &std::path::Path,
     consume: impl FnOnce(Box<dyn Iterator<Item = crate::events::RawEvent> + '_>) -> Result<T, Failure>,
 ) -> Result<(T, u64), Failure> {
+    use crate::train::pipeline::Progress;
+    use crate::train::progress::TrainingBar;
     let file = HistoryFile::new(path);
+    // A terminal sees the read and the replay move (a long history took 24 s in
+    // silence); the bars hide themselves in logs and pipes.
+    let reading = TrainingBar::spinner("mine", &format!("reading {}", path.display()));
     let scan = file.scan(|_| {})?;
+    reading.finish();
+    let bar = TrainingBar::new("mine", scan.events);
+    let mut replayed = 0u64;
+    let counted = |event: crate::events::RawEvent| {
+        replayed += 1;
+        if replayed.is_multiple_of(8_192) {
+            bar.show(Progress::Replayed(replayed));
+        }
+        event
+    };
     if scan.out_of_order > 0 {
         eprintln!(
             "the history was not in time order ({} events came after a later one): sorting it by event time in memory",
             scan.out_of_order
         );
         let sorted = file.read_sorted()?;
-        return Ok((consume(Box::new(sorted.into_iter()))?, scan.events));
+        let result = consume(Box::new(sorted.into_iter().map(counted)));
+        bar.finish();
+        return Ok((result?, scan.events));
     }
-    let result = consume(Box::new(file.events()))?;
+    let result = consume(Box::new(file.events().map(counted)));
+    bar.finish();
+    let result = result?;
     if let Some(problem) = file.problem() {
         return Err(problem.into());
     }

@@ -31,11 +31,16 @@ impl TrainingBar {
     /// A bar for a family fitted on a training set already built (no replay of its
     /// own): a spinner from the start, never an empty `replay 0/0` bar.
     pub fn fitting(family: &str) -> TrainingBar {
+        TrainingBar::spinner(family, "preparing")
+    }
+
+    /// A spinner saying `message` until [`TrainingBar::finish`].
+    pub fn spinner(prefix: &str, message: &str) -> TrainingBar {
         let bar = TrainingBar {
             bar: ProgressBar::new(0),
-            family: family.to_string(),
+            family: prefix.to_string(),
         };
-        bar.spin("preparing".into());
+        bar.spin(message.to_string());
         bar
     }
 
