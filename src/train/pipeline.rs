@@ -504,24 +504,30 @@ pub fn train_on(
     };
     // Retraining on the same data with the same settings fits the same model: a new
     // version would only be a copy to promote by mistake.
-    if let Some((version, path)) = same_as_existing(&dir, name, &body) {
+    let outcome = TrainOutcome {
+        artifact: path.clone(),
+        comparison: comparison.clone(),
+        plots: Vec::new(),
+        thresholds: chosen,
+        version,
+        train_rows: train.len(),
+        validation_rows: validation.len(),
+        positives: if classifier {
+            labels.iter().filter(|l| **l > 0.5).count()
+        } else {
+            0
+        },
+        fit_seconds,
+        metrics: metrics.clone(),
+        cross_validation: cross_validation.clone(),
+        unchanged: false,
+    };
+    if let Some((version, artifact)) = same_as_existing(&dir, name, &body) {
         return Ok(TrainOutcome {
-            artifact: path,
-            comparison,
-            plots: Vec::new(),
-            thresholds: chosen,
+            artifact,
             version,
-            train_rows: train.len(),
-            validation_rows: validation.len(),
-            positives: if classifier {
-                labels.iter().filter(|l| **l > 0.5).count()
-            } else {
-                0
-            },
-            fit_seconds,
-            metrics,
-            cross_validation,
             unchanged: true,
+            ..outcome
         });
     }
     artifact::save_signed(&path, body, signing_key)?;
@@ -578,22 +584,5 @@ pub fn train_on(
             thresholds: chosen.as_ref(),
         },
     )?;
-    Ok(TrainOutcome {
-        artifact: path,
-        comparison,
-        plots,
-        thresholds: chosen,
-        version,
-        train_rows: train.len(),
-        validation_rows: validation.len(),
-        positives: if classifier {
-            labels.iter().filter(|l| **l > 0.5).count()
-        } else {
-            0
-        },
-        fit_seconds,
-        metrics,
-        cross_validation,
-        unchanged: false,
-    })
+    Ok(TrainOutcome { plots, ..outcome })
 }
