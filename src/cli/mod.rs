@@ -859,7 +859,15 @@ fn export(args: ExportArgs) -> CliResult {
     }
     let mut sink = open_sink(args.out.as_ref())?;
     let mut failure = None;
+    // On a terminal, a spinner with the count (a large log takes a while); hidden in
+    // pipes and logs.
+    let spinner = crate::train::progress::TrainingBar::spinner("export", "events written");
+    let mut written = 0u64;
     let stats = crate::log::replay(&segments, 0, crate::log::TailDamage::Stop, |_, event| {
+        written += 1;
+        if written.is_multiple_of(65_536) {
+            spinner.message(format!("{written} events written"));
+        }
         if failure.is_none()
             && let Err(error) = serde_json::to_writer(&mut sink, event)
                 .map_err(std::io::Error::from)
@@ -868,6 +876,7 @@ fn export(args: ExportArgs) -> CliResult {
             failure = Some(error);
         }
     })?;
+    spinner.finish();
     if let Some(error) = failure {
         return Err(error.into());
     }

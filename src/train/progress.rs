@@ -44,6 +44,11 @@ impl TrainingBar {
         bar
     }
 
+    /// Changes a spinner's message.
+    pub fn message(&self, message: String) {
+        self.bar.set_message(message);
+    }
+
     pub fn show(&self, step: Progress) {
         match step {
             Progress::Replayed(done) => self.bar.set_position(done),
