@@ -65,14 +65,6 @@ fn history(events: usize, seed: u64, hours: i64) -> Vec<RawEvent> {
     .collect()
 }
 
-fn write_jsonl(path: &Path, events: &[RawEvent]) {
-    let lines: Vec<String> = events
-        .iter()
-        .map(|e| serde_json::to_string(e).expect("json"))
-        .collect();
-    std::fs::write(path, lines.join("\n") + "\n").expect("write JSON lines");
-}
-
 /// A user's payment count over 24 hours, from the server.
 async fn payments_of(server: &common::TestServer, user: &str) -> f64 {
     let features =
@@ -97,7 +89,7 @@ async fn json_lines_csv_and_parquet_arrive_as_the_same_events() {
     // JSON lines: every event accepted; a second run sends nothing; --from-start sends
     // all again and the server counts them as duplicates.
     let jsonl = dir.path().join("history.jsonl");
-    write_jsonl(&jsonl, &events);
+    common::write_jsonl(&jsonl, &events);
     let first = run(ingest_args(&server.url, &[&jsonl], &[]), None).await;
     assert!(first.status.success(), "{}", text(&first));
     assert!(
@@ -180,7 +172,7 @@ async fn json_lines_csv_and_parquet_arrive_as_the_same_events() {
     // The timestamps read as the ms they were: the same payments again are duplicates.
     let mut jsonl_again = dir.path().join("payments.jsonl");
     jsonl_again.set_extension("jsonl");
-    write_jsonl(
+    common::write_jsonl(
         &jsonl_again,
         &(0..5)
             .map(|i| {
@@ -322,7 +314,7 @@ async fn a_run_killed_midway_goes_on_where_it_stopped_and_applies_nothing_twice(
     let total = events.len() as u64;
     assert_eq!(total, 300_000);
     let file = dir.path().join("big.jsonl");
-    write_jsonl(&file, &events);
+    common::write_jsonl(&file, &events);
     let progress = dir.path().join("big.jsonl.ingest-progress");
 
     let args = ingest_args(&server.url, &[&file], &["--batch", "500"]);

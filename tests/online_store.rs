@@ -616,30 +616,8 @@ fn a_scorer_ranks_candidates_and_recommends_as_the_embedded_server_does() {
     )
     .expect("copy the purchase model");
     let history_file = dir.path().join("history.jsonl");
-    let lines: Vec<String> = history
-        .iter()
-        .map(|event| serde_json::to_string(event).expect("event as JSON"))
-        .collect();
-    std::fs::write(&history_file, lines.join("\n")).expect("history file");
-    let mined = std::process::Command::new(env!("CARGO_BIN_EXE_streamscore"))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args([
-            "mine",
-            "rules",
-            "--config",
-            "training/rules.toml",
-            "--events",
-        ])
-        .arg(&history_file)
-        .arg("--models-dir")
-        .arg(&models)
-        .output()
-        .expect("runs mine rules");
-    assert!(
-        mined.status.success(),
-        "{}",
-        String::from_utf8_lossy(&mined.stderr)
-    );
+    common::write_jsonl(&history_file, &history);
+    common::mine_rules(&history_file, &models);
     std::fs::write(
         models.join("aliases.json"),
         r#"{"purchase": "purchase@1", "rules": "rules@1"}"#,

@@ -9,9 +9,7 @@
 mod common;
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::Write;
 use std::path::Path;
-use std::process::Command;
 
 use streamscore::api::pb::{self, models_client::ModelsClient, scoring_client::ScoringClient};
 use streamscore::api::v2pb::{self, grpc_inference_service_client::GrpcInferenceServiceClient};
@@ -34,14 +32,6 @@ fn history() -> Vec<RawEvent> {
     })
     .take(EVENTS)
     .collect()
-}
-
-fn write_history(path: &Path, events: &[RawEvent]) {
-    let mut file = std::io::BufWriter::new(std::fs::File::create(path).expect("history file"));
-    for event in events {
-        serde_json::to_writer(&mut file, event).expect("event as JSON");
-        file.write_all(b"\n").expect("write");
-    }
 }
 
 /// The products of `baskets` by how many baskets hold them, most first, ties by id:
@@ -92,26 +82,8 @@ async fn recommend_beats_popularity_and_says_why() {
     )
     .expect("aliases");
     let history_file = models.path().join("history.jsonl");
-    write_history(&history_file, earlier);
-    let mined = Command::new(env!("CARGO_BIN_EXE_streamscore"))
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args([
-            "mine",
-            "rules",
-            "--config",
-            "training/rules.toml",
-            "--events",
-        ])
-        .arg(&history_file)
-        .arg("--models-dir")
-        .arg(models.path())
-        .output()
-        .expect("runs mine rules");
-    assert!(
-        mined.status.success(),
-        "{}",
-        String::from_utf8_lossy(&mined.stderr)
-    );
+    common::write_jsonl(&history_file, earlier);
+    common::mine_rules(&history_file, models.path());
     assert!(models.path().join("rules/rules-v1.rules.png").exists());
 
     let models_dir = models.path().to_path_buf();

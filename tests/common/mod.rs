@@ -575,3 +575,38 @@ pub fn peak_rss(pid: u32) -> u64 {
 pub fn rss(pid: u32) -> u64 {
     status_bytes(pid, "VmRSS:")
 }
+
+/// Writes `events` as JSON lines (what `simulate --out` and `export` write).
+pub fn write_jsonl(path: &std::path::Path, events: &[streamscore::events::RawEvent]) {
+    use std::io::Write;
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path).expect("history file"));
+    for event in events {
+        serde_json::to_writer(&mut file, event).expect("event as JSON");
+        file.write_all(b"\n").expect("write");
+    }
+    file.flush().expect("flush");
+}
+
+/// Runs `streamscore mine rules --config training/rules.toml` on `history` into
+/// `models_dir`, asserting it succeeded.
+pub fn mine_rules(history: &std::path::Path, models_dir: &std::path::Path) {
+    let mined = Command::new(env!("CARGO_BIN_EXE_streamscore"))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "mine",
+            "rules",
+            "--config",
+            "training/rules.toml",
+            "--events",
+        ])
+        .arg(history)
+        .arg("--models-dir")
+        .arg(models_dir)
+        .output()
+        .expect("runs mine rules");
+    assert!(
+        mined.status.success(),
+        "{}",
+        String::from_utf8_lossy(&mined.stderr)
+    );
+}
