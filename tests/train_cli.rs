@@ -240,3 +240,82 @@ fn retraining_on_the_same_data_and_settings_writes_no_new_version() {
     );
     assert!(dir.path().join("models/risk/risk-v2.json").exists());
 }
+
+/// The band between review and block on the hold-out: `train` prints its size, warns
+/// when it is (nearly) empty (the shipped fraud model reviewed 0 of 1,000 payments), and
+/// `review_rate` sizes it by workload instead.
+#[test]
+fn train_reports_the_review_band_and_review_rate_sizes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // 8,000 rows, amounts nearly all distinct (so scores seldom tie): positive above 80,
+    // and one row in 37 at any amount.
+    let mut text = String::from("event_id,time_ms,amount,label\n");
+    for i in 0..8000u32 {
+        let amount = f64::from((i * 7919) % 10_000) / 100.0;
+        let label = u8::from(amount > 80.0 || i % 37 == 0);
+        let time = 1_767_225_600_000i64 + i64::from(i) * 60_000;
+        text += &format!("e{i},{time},{amount},{label}\n");
+    }
+    std::fs::write(dir.path().join("table.csv"), text).unwrap();
+    let band_rows = |stdout: &str| -> usize {
+        let line = stdout
+            .lines()
+            .find(|l| l.contains("review band:"))
+            .unwrap_or_else(|| panic!("no review band line in {stdout}"));
+        line.split("review band: ")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let by_recall = dir.path().join("recall.toml");
+    std::fs::write(
+        &by_recall,
+        "name = 'risk'\ntarget = 'fraud'\n[thresholds]\nblock_precision = 0.9\nreview_recall = 0.8\n[[family]]\nkind = 'logistic'\n",
+    )
+    .unwrap();
+    let output = train(dir.path(), &["--config", by_recall.to_str().unwrap()]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(output.status.success(), "{stderr}");
+    // 2,000 hold-out rows: recall 0.8 is reached above block, so review sits just below
+    // it and reviews a row or two.
+    let rows = band_rows(&stdout);
+    assert!(rows < 2, "{stdout}");
+    assert!(
+        stderr.contains("the review band is (nearly) empty") && stderr.contains("review_rate"),
+        "{stderr}"
+    );
+    let report = std::fs::read_to_string(dir.path().join("models/risk/risk-v1.report.md")).unwrap();
+    assert!(
+        report.contains("Review band: ") && report.contains("nearly) empty"),
+        "{report}"
+    );
+
+    let by_rate = dir.path().join("rate.toml");
+    std::fs::write(
+        &by_rate,
+        "name = 'risk'\ntarget = 'fraud'\n[thresholds]\nblock_precision = 0.9\nreview_rate = 0.02\n[[family]]\nkind = 'logistic'\n",
+    )
+    .unwrap();
+    let output = train(dir.path(), &["--config", by_rate.to_str().unwrap()]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(output.status.success(), "{stderr}");
+    // 2% of 2,000, and ties at the threshold all inside.
+    let rows = band_rows(&stdout);
+    assert!((40..60).contains(&rows), "{stdout}");
+    assert!(!stderr.contains("review band is"), "{stderr}");
+    let thresholds = artifact(dir.path(), 2)["thresholds"].clone();
+    assert!(
+        thresholds["review"].as_f64().unwrap() < thresholds["block"].as_f64().unwrap(),
+        "{thresholds}"
+    );
+}

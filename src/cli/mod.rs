@@ -753,6 +753,14 @@ fn train(args: TrainArgs) -> CliResult {
         if let Some(thresholds) = outcome.thresholds {
             writeln!(out, "  {thresholds}")?;
         }
+        if let Some(band) = outcome.review_band {
+            writeln!(out, "  {band}")?;
+            if band.nearly_empty() {
+                eprintln!(
+                    "warning: {kind}: the review band is (nearly) empty ({band}): review and block almost meet, so next to nothing would be reviewed; set [thresholds] review_rate = 0.02 (say) in the training config to review that share"
+                );
+            }
+        }
         let candidate = format!("{}@{}", config.name, outcome.version);
         match &outcome.comparison {
             Some(c) => writeln!(

@@ -424,7 +424,9 @@ mod tests {
         let mut every = fields(&serde_json::json!({
             "name": "", "target": "", "label": "", "label_window": "", "holdout": 0,
             "split": "", "seed": 0, "cv_folds": 0, "compare_by": "",
-            "thresholds": ThresholdRule::default(),
+            // `review_rate` has no default (unset: review by recall); the README shows it
+            // commented out.
+            "thresholds": ThresholdRule { review_rate: Some(0.02), ..ThresholdRule::default() },
         }));
         for family in defaults {
             every.extend(fields(&serde_json::json!({ "family": family })));

@@ -83,6 +83,8 @@ pub struct TrainOutcome {
     pub comparison: Option<Comparison>,
     pub plots: Vec<PathBuf>,
     pub thresholds: Option<crate::model::decision::Thresholds>,
+    /// How many hold-out rows the thresholds review (classifiers).
+    pub review_band: Option<thresholds::ReviewBand>,
     pub version: u32,
     pub train_rows: usize,
     pub validation_rows: usize,
@@ -454,6 +456,7 @@ pub fn train_on(
     } else {
         None
     };
+    let review_band = chosen.map(|t| thresholds::ReviewBand::measure(&scores, &truth, &t));
     let comparison = compare_with_serving(
         models_dir,
         name,
@@ -509,6 +512,7 @@ pub fn train_on(
         comparison: comparison.clone(),
         plots: Vec::new(),
         thresholds: chosen,
+        review_band,
         version,
         train_rows: train.len(),
         validation_rows: validation.len(),
@@ -543,6 +547,7 @@ pub fn train_on(
         fit_seconds,
         metrics: metrics.clone(),
         thresholds: chosen,
+        review_band,
         operating_points: if classifier {
             decisions::operating_points(&scores, &truth, chosen.as_ref())
         } else {

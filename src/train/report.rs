@@ -7,6 +7,7 @@ use serde::Serialize;
 
 use super::decisions::{OperatingPoint, SegmentRates};
 use super::evaluate::CalibrationBin;
+use super::thresholds::ReviewBand;
 use crate::model::Model;
 use crate::model::artifact::Provenance;
 use crate::model::decision::Thresholds;
@@ -28,6 +29,8 @@ pub struct Report {
     pub fit_seconds: f64,
     pub metrics: Vec<(String, f64)>,
     pub thresholds: Option<Thresholds>,
+    /// How many validation rows fall between review and block.
+    pub review_band: Option<ReviewBand>,
     /// Precision, recall and flag rate at the chosen thresholds and a grid.
     pub operating_points: Vec<OperatingPoint>,
     /// Decision rates by customer segment on the validation rows.
@@ -37,6 +40,14 @@ pub struct Report {
     pub calibration: Vec<CalibrationBin>,
     /// Mean absolute contribution per feature on (a sample of) the validation rows.
     pub importance: Vec<(String, f64)>,
+}
+
+fn capitalised(text: &str) -> String {
+    let mut chars = text.chars();
+    chars
+        .next()
+        .map(|first| first.to_uppercase().chain(chars).collect())
+        .unwrap_or_default()
 }
 
 /// One metric over k cross-validation folds.
@@ -143,6 +154,12 @@ impl Report {
         }
         if let Some(thresholds) = &self.thresholds {
             text += &format!("\n## Decisions\n\n{thresholds}\n\n");
+            if let Some(band) = &self.review_band {
+                text += &format!("{}.\n\n", capitalised(&band.to_string()));
+                if band.nearly_empty() {
+                    text += "**The review band is (nearly) empty**: review and block almost meet, so next to nothing would be reviewed. Set `thresholds.review_rate` (e.g. 0.02) to review a stated share.\n\n";
+                }
+            }
             text += "| threshold | score >= | precision | recall | flag rate |\n|---|---|---|---|---|\n";
             for point in &self.operating_points {
                 text += &format!(
