@@ -319,3 +319,39 @@ fn train_reports_the_review_band_and_review_rate_sizes_it() {
         "{thresholds}"
     );
 }
+
+/// Several families end with one table: each version's metrics side by side. (Before,
+/// four versions scrolled past with no overview.)
+#[test]
+fn several_families_end_with_a_summary_table() {
+    let dir = tempfile::tempdir().unwrap();
+    write_table(&dir.path().join("table.csv"));
+    let config = dir.path().join("risk.toml");
+    std::fs::write(
+        &config,
+        "name = 'risk'\ntarget = 'fraud'\n[[family]]\nkind = 'logistic'\n[[family]]\nkind = 'tree'\nmax_depth = 3\n",
+    )
+    .unwrap();
+    let output = train(dir.path(), &["--config", config.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    let table: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("summary: 2 families of risk"))
+        .collect();
+    assert_eq!(table.len(), 4, "{stdout}");
+    assert!(
+        table[1].starts_with("family") && table[1].contains("roc_auc"),
+        "{stdout}"
+    );
+    for (line, (family, version)) in table[2..].iter().zip([("logistic", 1), ("tree", 2)]) {
+        assert!(line.starts_with(family), "{stdout}");
+        assert!(line.contains(&format!("risk@{version}")), "{stdout}");
+        assert!(line.ends_with("nothing serving"), "{stdout}");
+        // The metric in the table is the one printed above it for that version.
+        let auc = artifact(dir.path(), version)["metrics"][0][1]
+            .as_f64()
+            .unwrap();
+        assert!(line.contains(&format!("{auc:.4}")), "{line} {auc}");
+    }
+}

@@ -687,6 +687,7 @@ fn train(args: TrainArgs) -> CliResult {
         None => None,
     };
     let mut out = std::io::stdout().lock();
+    let mut summary = Vec::new();
     for (kind, family) in &config.families {
         let bar = crate::train::progress::TrainingBar::fitting(kind);
         let outcome = crate::train::pipeline::train_on(
@@ -713,6 +714,7 @@ fn train(args: TrainArgs) -> CliResult {
         );
         bar.finish();
         let outcome = outcome?;
+        summary.push((*kind, outcome.clone()));
         if outcome.unchanged {
             writeln!(
                 out,
@@ -796,7 +798,67 @@ fn train(args: TrainArgs) -> CliResult {
             writeln!(out, "plot: {}", plot.display())?;
         }
     }
+    if summary.len() > 1 {
+        write!(out, "\n{}", training_summary(&config.name, &summary))?;
+    }
     Ok(())
+}
+
+/// The table `train` ends with when it fitted several families: each version's
+/// hold-out metrics, review band and standing against the serving version, side by side.
+fn training_summary(
+    name: &str,
+    outcomes: &[(&str, crate::train::pipeline::TrainOutcome)],
+) -> String {
+    let Some((_, first)) = outcomes.first() else {
+        return String::new();
+    };
+    let metrics: Vec<&str> = first.metrics.iter().map(|(m, _)| m.as_str()).collect();
+    let mut text = format!(
+        "summary: {} families of {name}, each on the same {} hold-out rows\n",
+        outcomes.len(),
+        first.validation_rows
+    );
+    let mut header = format!("{:<12} {:<14}", "family", "version");
+    for metric in &metrics {
+        header += &format!(" {metric:>9}");
+    }
+    header += &format!(" {:>11}  vs serving", "review band");
+    text += &header;
+    text += "\n";
+    for (kind, outcome) in outcomes {
+        let version = format!(
+            "{name}@{}{}",
+            outcome.version,
+            if outcome.unchanged { " (same)" } else { "" }
+        );
+        let mut line = format!("{kind:<12} {version:<14}");
+        for (_, value) in &outcome.metrics {
+            line += &format!(" {value:>9.4}");
+        }
+        let band = outcome
+            .review_band
+            .map_or_else(|| "-".to_string(), |b| format!("{:.2}%", b.share * 100.0));
+        line += &format!(" {band:>11}  ");
+        line += &match &outcome.comparison {
+            Some(c) => format!(
+                "{} {} {:.4} vs {:.4}: {}",
+                c.serving,
+                c.metric,
+                c.serving_value,
+                c.candidate_value,
+                if c.candidate_is_better() {
+                    "better"
+                } else {
+                    "not better"
+                }
+            ),
+            None => "nothing serving".to_string(),
+        };
+        text += line.trim_end();
+        text += "\n";
+    }
+    text
 }
 
 fn repair(data_dir: &std::path::Path) -> CliResult {
