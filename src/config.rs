@@ -206,7 +206,7 @@ impl Default for ClusterSettings {
     }
 }
 
-/// Where admin calls (LoadModel, SetAlias) are answered.
+/// Where admin calls (LoadModel, SetAlias, RetireModel) are answered.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdminSettings {
@@ -328,7 +328,7 @@ pub enum Role {
     Score,
     /// GetFeatures, ListModels, GetModel.
     Read,
-    /// LoadModel, SetAlias.
+    /// LoadModel, SetAlias, RetireModel.
     Admin,
 }
 

@@ -150,7 +150,7 @@ pub struct Listeners {
     pub grpc: TcpListener,
     /// Prometheus scrapes; `None` = no metrics endpoint.
     pub metrics: Option<TcpListener>,
-    /// Admin calls (LoadModel, SetAlias) only; `None` = on `grpc`.
+    /// Admin calls (LoadModel, SetAlias, RetireModel) only; `None` = on `grpc`.
     pub admin: Option<TcpListener>,
     /// The REST door (Open Inference Protocol as JSON); `None` = none.
     pub http: Option<TcpListener>,
@@ -546,7 +546,7 @@ pub(crate) async fn bind_admin(settings: &Settings) -> Result<Option<TcpListener
     Ok(Some(admin))
 }
 
-/// Serves admin calls (LoadModel, SetAlias; and health) on `admin`, when there is one,
+/// Serves admin calls (LoadModel, SetAlias, RetireModel; and health) on `admin`, when there is one,
 /// until `stopped` turns true. Returns that task and the auth layer for the public
 /// port: with an admin listener, admin calls are answered there only.
 #[allow(clippy::too_many_arguments)]

@@ -310,3 +310,91 @@ async fn a_recorded_call_shadows_its_candidates_on_the_features_the_serving_vers
     );
     server.stop().await;
 }
+
+/// `models retire`: a candidate's files move to `fraud/retired/`, it leaves the list
+/// (and stays gone after a restart), and the audit log names who did it; the serving
+/// version and a version an alias points at are refused. (Before, moving a file away by
+/// hand left the version listed until a restart, with no record.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_candidate_is_retired_with_its_files_and_the_serving_version_is_refused() {
+    let models = models_dir();
+    drop_in(models.path(), version(2, None));
+    drop_in(models.path(), version(3, None));
+    std::fs::write(models.path().join("fraud/fraud-v2.report.md"), "# fraud v2").unwrap();
+    let dir = models.path().to_path_buf();
+    let start = move || {
+        let dir = dir.clone();
+        TestServer::start(move |settings| settings.models.dir = dir)
+    };
+    let server = start().await;
+    let mut admin = ModelsClient::new(server.channel().await);
+    let retire = |model: &str| pb::RetireModelRequest {
+        model: model.into(),
+    };
+    let status = admin.retire_model(retire("fraud@1")).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("it serves fraud; promote another version first"),
+        "{status:?}"
+    );
+    admin
+        .set_alias(pb::SetAliasRequest {
+            alias: "canary".into(),
+            target: "fraud@3".into(),
+        })
+        .await
+        .unwrap();
+    let status = admin.retire_model(retire("fraud@3")).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().contains("alias 'canary'"), "{status:?}");
+    let status = admin.retire_model(retire("fraud")).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("name@N"), "{status:?}");
+
+    let retired = admin
+        .retire_model(retire("fraud@2"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(retired.model, "fraud@2");
+    let listed = |list: pb::ListModelsResponse| -> Vec<u32> {
+        list.models.iter().map(|m| m.version).collect()
+    };
+    let list = admin.list_models(pb::ListModelsRequest {}).await.unwrap();
+    assert_eq!(listed(list.into_inner()), [1, 3]);
+    let gone = models.path().join("fraud");
+    assert!(!gone.join("fraud-v2.json").exists());
+    assert!(gone.join("retired/fraud-v2.json").exists());
+    assert!(gone.join("retired/fraud-v2.report.md").exists());
+    let status = admin.retire_model(retire("fraud@2")).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+    let answer = ScoringClient::new(server.channel().await)
+        .score(request())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.version, 1);
+    let audit = std::fs::read_to_string(models.path().join("audit.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{audit}");
+    assert_eq!(
+        (&lines[0]["action"], &lines[0]["model"], &lines[0]["alias"]),
+        (&"alias".into(), &"fraud@3".into(), &"canary".into())
+    );
+    assert_eq!(
+        (&lines[1]["action"], &lines[1]["model"], &lines[1]["by"]),
+        (&"retire".into(), &"fraud@2".into(), &"anonymous".into())
+    );
+    server.stop().await;
+
+    let server = start().await;
+    let mut admin = ModelsClient::new(server.channel().await);
+    let list = admin.list_models(pb::ListModelsRequest {}).await.unwrap();
+    assert_eq!(listed(list.into_inner()), [1, 3], "retired stays retired");
+    server.stop().await;
+}

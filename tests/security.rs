@@ -316,6 +316,14 @@ async fn roles_decide_who_may_do_what() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    let status = models_as_checkout
+        .retire_model(pb::RetireModelRequest {
+            model: "fraud@1".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("admin"), "{status:?}");
     let status = ScoringClient::new(checkout.clone())
         .score(score(payment("p1"), true))
         .await

@@ -3,7 +3,7 @@
 //! or by its TLS client certificate (SHA-256 of the certificate), and holds roles.
 //! Health and reflection are open to all, so load balancers and tools can probe;
 //! everything else needs a role: Ingest `ingest`, Score/ScoreCandidates/Recommend `score`,
-//! GetFeatures/ListModels/GetModel `read`, LoadModel/SetAlias `admin`, and unknown
+//! GetFeatures/ListModels/GetModel `read`, LoadModel/SetAlias/RetireModel `admin`, and unknown
 //! methods at least a known caller. With no callers configured the layer lets every
 //! call through as `anonymous` with every role (loopback-only use, see `config`).
 //!
@@ -76,7 +76,7 @@ fn required_role(path: &str) -> Option<Option<Role>> {
         ("streamscore.v1.Ingest", _) => Some(Role::Ingest),
         ("streamscore.v1.Scoring", _) => Some(Role::Score),
         ("streamscore.v1.Features", _) => Some(Role::Read),
-        ("streamscore.v1.Models", "LoadModel" | "SetAlias") => Some(Role::Admin),
+        ("streamscore.v1.Models", "LoadModel" | "SetAlias" | "RetireModel") => Some(Role::Admin),
         ("streamscore.v1.Models", _) => Some(Role::Read),
         // The Open Inference Protocol: liveness and readiness are probes, open like
         // health; inference scores; metadata reads.
@@ -286,7 +286,7 @@ where
             (_, Some(Some(Role::Admin))) if self.admin_elsewhere => (
                 unauthenticated(),
                 Err(Status::permission_denied(
-                    "admin calls (LoadModel, SetAlias) are answered on the admin listener (admin.listen), not on this port",
+                    "admin calls (LoadModel, SetAlias, RetireModel) are answered on the admin listener (admin.listen), not on this port",
                 )),
             ),
             (false, _) => (Caller::anonymous(), Ok(())),
@@ -344,6 +344,10 @@ mod tests {
         );
         assert_eq!(
             required_role("/streamscore.v1.Models/LoadModel"),
+            Some(Some(Role::Admin))
+        );
+        assert_eq!(
+            required_role("/streamscore.v1.Models/RetireModel"),
             Some(Some(Role::Admin))
         );
         assert_eq!(

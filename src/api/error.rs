@@ -45,15 +45,17 @@ impl From<RegistryError> for Status {
     fn from(error: RegistryError) -> Self {
         match &error {
             RegistryError::NotFound { .. } => Status::not_found(format!("model: {error}")),
-            RegistryError::BadReference(_) | RegistryError::WrongKind { .. } => {
-                Status::invalid_argument(format!("model: {error}"))
-            }
+            RegistryError::BadReference(_)
+            | RegistryError::WrongKind { .. }
+            | RegistryError::RetireWhich(_) => Status::invalid_argument(format!("model: {error}")),
             RegistryError::BadAlias(_)
             | RegistryError::AliasCrossesModels { .. }
             | RegistryError::TooManyAliases => Status::invalid_argument(format!("alias: {error}")),
             RegistryError::OutsideDir { .. } => Status::invalid_argument(format!("path: {error}")),
             // Not UNAVAILABLE: retrying does not help, an operator must set the alias.
-            RegistryError::Unavailable { .. } | RegistryError::NotPromoted { .. } => {
+            RegistryError::Unavailable { .. }
+            | RegistryError::NotPromoted { .. }
+            | RegistryError::Retire { .. } => {
                 Status::failed_precondition(format!("model: {error}"))
             }
             RegistryError::Artifact(_)

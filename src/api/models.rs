@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 
+use super::auth::Caller;
 use super::pb::{self, models_server::Models};
 use crate::registry::{Catalog, LoadedModel, Registry};
 
@@ -38,7 +39,20 @@ fn summary(model: &LoadedModel, catalog: &Catalog) -> pb::ModelSummary {
         path: model.path.display().to_string(),
         created_at_ms: model.body.created_at_ms,
         serving: catalog.serving(model.name()) == Some(model.version()),
+        metrics: metrics(model),
     }
+}
+
+fn metrics(model: &LoadedModel) -> Vec<pb::Metric> {
+    model
+        .body
+        .metrics
+        .iter()
+        .map(|(name, value)| pb::Metric {
+            name: name.clone(),
+            value: *value,
+        })
+        .collect()
 }
 
 fn detail(model: &LoadedModel, catalog: &Catalog) -> pb::ModelDetail {
@@ -46,14 +60,7 @@ fn detail(model: &LoadedModel, catalog: &Catalog) -> pb::ModelDetail {
     pb::ModelDetail {
         summary: Some(summary(model, catalog)),
         columns: body.model.columns.clone(),
-        metrics: body
-            .metrics
-            .iter()
-            .map(|(name, value)| pb::Metric {
-                name: name.clone(),
-                value: *value,
-            })
-            .collect(),
+        metrics: metrics(model),
         review_threshold: body.thresholds.map(|t| t.review),
         block_threshold: body.thresholds.and_then(|t| t.block),
         trained_from_ms: body.trained_from_ms,
@@ -123,15 +130,41 @@ impl Models for ModelsService {
         &self,
         request: Request<pb::SetAliasRequest>,
     ) -> Result<Response<pb::ModelDetail>, Status> {
-        let request = request.into_inner();
         // Saving the aliases fsyncs a file and its folder: off the request runtime, so
         // a slow disk stalls this call and not the scores beside it.
+        let by = caller_name(&request);
+        let request = request.into_inner();
         let registry = Arc::clone(&self.registry);
         let model = tokio::task::spawn_blocking(move || {
-            registry.set_alias(&request.alias, &request.target)
+            registry.set_alias_by(&request.alias, &request.target, &by)
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))??;
         Ok(Response::new(detail(&model, &self.registry.catalog())))
     }
+
+    async fn retire_model(
+        &self,
+        request: Request<pb::RetireModelRequest>,
+    ) -> Result<Response<pb::RetireModelResponse>, Status> {
+        let by = caller_name(&request);
+        let model = request.into_inner().model;
+        // Moving files fsyncs two folders: off the request runtime, like SetAlias.
+        let registry = Arc::clone(&self.registry);
+        let retired = tokio::task::spawn_blocking(move || registry.retire(&model, &by))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(pb::RetireModelResponse {
+            model: retired.model,
+            moved_to: retired.moved_to.display().to_string(),
+        }))
+    }
+}
+
+/// Who made an admin call, for the audit log ("anonymous" without configured callers).
+fn caller_name<T>(request: &Request<T>) -> String {
+    request
+        .extensions()
+        .get::<Caller>()
+        .map_or_else(|| "anonymous".to_string(), |caller| caller.name.to_string())
 }

@@ -145,6 +145,9 @@ pub enum ModelsCommand {
     Alias { alias: String, target: String },
     /// Serve name@version under its name: promote a candidate, or roll back.
     Promote { version: String },
+    /// Retire a candidate name@version: its files move to <name>/retired/ and it is
+    /// unloaded (recorded in the models directory's audit.jsonl). Not the serving one.
+    Retire { version: String },
 }
 
 pub async fn score(args: ScoreArgs) -> CliResult {
@@ -219,6 +222,16 @@ pub async fn score(args: ScoreArgs) -> CliResult {
     Ok(())
 }
 
+/// `name value`: counts (baskets, rules) as whole numbers; rates and scores to 4 places.
+fn metric_text(metric: &pb::Metric) -> String {
+    let value = metric.value;
+    if value.fract() == 0.0 && value.abs() >= 1.0 && value.abs() < 1e15 {
+        format!("{:<10} {}", metric.name, value as i64)
+    } else {
+        format!("{:<10} {value:.4}", metric.name)
+    }
+}
+
 fn print_detail(out: &mut impl Write, detail: &pb::ModelDetail) -> std::io::Result<()> {
     if let Some(summary) = &detail.summary {
         writeln!(
@@ -232,13 +245,7 @@ fn print_detail(out: &mut impl Write, detail: &pb::ModelDetail) -> std::io::Resu
         )?;
     }
     for metric in &detail.metrics {
-        // Counts (baskets, rules) as whole numbers; rates and scores to 4 places.
-        let value = metric.value;
-        if value.fract() == 0.0 && value.abs() >= 1.0 && value.abs() < 1e15 {
-            writeln!(out, "  {:<10} {}", metric.name, value as i64)?;
-        } else {
-            writeln!(out, "  {:<10} {value:.4}", metric.name)?;
-        }
+        writeln!(out, "  {}", metric_text(metric))?;
     }
     match (detail.review_threshold, detail.block_threshold) {
         (Some(review), Some(block)) => {
@@ -270,18 +277,20 @@ pub async fn models(args: ModelsArgs) -> CliResult {
                 .await?
                 .into_inner();
             for model in &list.models {
+                let reference = format!("{}@{}", model.name, model.version);
+                let status = if model.serving {
+                    "serving"
+                } else {
+                    "candidate"
+                };
+                let headline = model
+                    .metrics
+                    .first()
+                    .map_or_else(|| "-".to_string(), metric_text);
                 writeln!(
                     out,
-                    "{}@{}  {:<20} {}{}",
-                    model.name,
-                    model.version,
-                    model.family,
-                    model.path,
-                    if model.serving {
-                        "  (serving)"
-                    } else {
-                        "  (candidate)"
-                    }
+                    "{reference:<16} {status:<9}  {:<20} {headline:<18} {}",
+                    model.family, model.path
                 )?;
             }
             for alias in &list.aliases {
@@ -318,6 +327,20 @@ pub async fn models(args: ModelsArgs) -> CliResult {
             writeln!(out, "{version} now serves as {name}")?;
             print_detail(&mut out, &detail)?;
         }
+        ModelsCommand::Retire { version } => {
+            let retired = models
+                .retire_model(pb::RetireModelRequest { model: version })
+                .await?
+                .into_inner();
+            writeln!(
+                out,
+                "{} retired: unloaded, its files moved to {}",
+                retired.model,
+                std::path::Path::new(&retired.moved_to)
+                    .parent()
+                    .map_or_else(|| retired.moved_to.clone(), |p| p.display().to_string())
+            )?;
+        }
         ModelsCommand::Alias { alias, target } => {
             let detail = models
                 .set_alias(pb::SetAliasRequest { alias, target })
@@ -342,6 +365,7 @@ mod tests {
                 path: "models/rules/rules-v1.json".into(),
                 created_at_ms: 0,
                 serving: true,
+                metrics: Vec::new(),
             }),
             columns: columns.iter().map(|c| c.to_string()).collect(),
             metrics: metrics

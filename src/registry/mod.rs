@@ -16,7 +16,10 @@
 //! directory, named after the name and version they hold, structurally valid (and
 //! signed, when required) are loaded.
 
+mod retire;
 mod watch;
+
+pub use retire::{AUDIT_FILE, RETIRED_DIR, Retired};
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -173,6 +176,10 @@ pub enum RegistryError {
         "{model} is already loaded and {path} now holds other content; a loaded version is never replaced in place (it would skip candidate, shadow and promotion): write the new model as a new version"
     )]
     ChangedInPlace { model: String, path: String },
+    #[error("retire '{0}': name one version, name@N (e.g. fraud@3)")]
+    RetireWhich(String),
+    #[error("cannot retire {model}: {reason}")]
+    Retire { model: String, reason: String },
     #[error("{model} is {is}, not {wanted}")]
     WrongKind {
         model: String,
@@ -626,6 +633,17 @@ impl Registry {
 
     /// Points `alias` at `target` (`name@version`, or a name for its newest version).
     pub fn set_alias(&self, alias: &str, target: &str) -> Result<Arc<LoadedModel>, RegistryError> {
+        self.set_alias_by(alias, target, "local")
+    }
+
+    /// [`Registry::set_alias`] on behalf of `by` (a caller name), recorded in the
+    /// audit log.
+    pub fn set_alias_by(
+        &self,
+        alias: &str,
+        target: &str,
+        by: &str,
+    ) -> Result<Arc<LoadedModel>, RegistryError> {
         if !valid_model_name(alias) {
             return Err(RegistryError::BadAlias(
                 alias.escape_debug().take(80).collect(),
@@ -662,7 +680,8 @@ impl Registry {
             catalog.aliases = aliases;
             catalog.unavailable.remove(alias);
         });
-        tracing::info!(alias, target = %model.reference(), "alias moved");
+        tracing::info!(alias, target = %model.reference(), by, "alias moved");
+        self.append_audit("alias", &model.reference(), Some(alias), by);
         Ok(model)
     }
 

@@ -112,25 +112,28 @@ fn same_as_existing(dir: &Path, name: &str, candidate: &ArtifactBody) -> Option<
     })
 }
 
-/// The next free version number in `dir` for files named `<name>-v<N>.json`.
+/// The next free version number in `dir` for files named `<name>-v<N>.json`, retired
+/// versions (`dir/retired/`) counted: a number once used never names another model.
 pub(crate) fn next_version(dir: &Path, name: &str) -> u32 {
     let prefix = format!("{name}-v");
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(|e| e.ok())
-                .filter_map(|e| {
-                    let file = e.file_name().to_string_lossy().to_string();
-                    file.strip_prefix(&prefix)?
-                        .strip_suffix(".json")?
-                        .parse::<u32>()
-                        .ok()
-                })
-                .max()
-                .unwrap_or(0)
-        })
-        .unwrap_or(0)
-        + 1
+    let highest_in = |dir: &Path| {
+        std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .filter_map(|e| e.ok())
+                    .filter_map(|e| {
+                        let file = e.file_name().to_string_lossy().to_string();
+                        file.strip_prefix(&prefix)?
+                            .strip_suffix(".json")?
+                            .parse::<u32>()
+                            .ok()
+                    })
+                    .max()
+                    .unwrap_or(0)
+            })
+            .unwrap_or(0)
+    };
+    highest_in(dir).max(highest_in(&dir.join(crate::registry::RETIRED_DIR))) + 1
 }
 
 /// Where the run's output goes and what it is called.
