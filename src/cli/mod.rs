@@ -74,17 +74,17 @@ pub enum Command {
 #[derive(Debug, Clone, Args)]
 pub struct ConnectArgs {
     /// PEM CA certificate of the server (for an https:// address; default: public roots).
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub ca: Option<PathBuf>,
     /// PEM client certificate, for a server that requires one (mTLS); with --key.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub cert: Option<PathBuf>,
     /// PEM key of the client certificate.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub key: Option<PathBuf>,
     /// Bearer token, for a server with callers configured (better: the environment, so
     /// it stays out of the process list).
-    #[arg(long, env = "STREAMSCORE_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "STREAMSCORE_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
 }
 
@@ -326,8 +326,9 @@ pub struct RepairArgs {
 pub struct LoadtestArgs {
     #[command(flatten)]
     pub connect: ConnectArgs,
-    /// The server, e.g. http://127.0.0.1:50051 (https:// for TLS).
-    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    /// The server, e.g. http://127.0.0.1:50051 (https:// for TLS); `--target`, as the
+    /// other client commands call it, is the same.
+    #[arg(long, default_value = "http://127.0.0.1:50051", visible_alias = "target")]
     pub addr: String,
     /// score, candidates, recommend, ingest, v2 or rest.
     #[arg(long, default_value = "score")]

@@ -127,7 +127,8 @@ pub async fn recommend(args: RecommendArgs) -> CliResult {
 pub struct ModelsArgs {
     #[command(flatten)]
     pub connect: super::ConnectArgs,
-    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    /// Global: `models list --target URL` works as well as `models --target URL list`.
+    #[arg(long, default_value = "http://127.0.0.1:50051", global = true)]
     pub target: String,
     #[command(subcommand)]
     pub command: ModelsCommand,

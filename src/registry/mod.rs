@@ -649,6 +649,7 @@ impl Registry {
                 alias.escape_debug().take(80).collect(),
             ));
         }
+        self.load_if_just_written(target)?;
         let _writer = self.writer.lock();
         let catalog = self.catalog.load_full();
         let model = catalog.resolve(target)?;
@@ -683,6 +684,28 @@ impl Registry {
         tracing::info!(alias, target = %model.reference(), by, "alias moved");
         self.append_audit("alias", &model.reference(), Some(alias), by);
         Ok(model)
+    }
+
+    /// A version written a moment ago (by `train` or `mine`) that the watcher has not
+    /// picked up yet is loaded now, so `promote` right after training works instead of
+    /// answering NOT_FOUND for the next two seconds. Only `name@N` whose file lies where
+    /// the watcher would find it.
+    fn load_if_just_written(&self, target: &str) -> Result<(), RegistryError> {
+        let Some((name, version)) = target.split_once('@') else {
+            return Ok(());
+        };
+        if !valid_model_name(name)
+            || version.parse::<u32>().is_err()
+            || self.catalog.load().resolve(target).is_ok()
+        {
+            return Ok(());
+        }
+        let path = self.dir.join(name).join(format!("{name}-v{version}.json"));
+        if path.is_file() {
+            let model = self.load_file(&path)?;
+            tracing::info!(model = %model.reference(), path = %path.display(), "model file loaded on request");
+        }
+        Ok(())
     }
 
     fn aliases_file(&self) -> PathBuf {
@@ -897,6 +920,33 @@ mod tests {
         for name in ["purchase", "order_value"] {
             assert!(registry.resolve(name).is_ok(), "{name}");
         }
+    }
+
+    /// `train` then `models promote` at once: the file is there, the watcher has not
+    /// seen it yet. Before, the promote answered NOT_FOUND for up to two seconds.
+    #[test]
+    fn a_version_written_after_the_scan_is_promoted_at_once() {
+        let definitions = Arc::new(Definitions::default_shop());
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fraud/fraud-v1.json");
+        let body = artifact::load(&shipped, &definitions).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let save = |version: u32| {
+            let mut body = body.clone();
+            body.version = version;
+            let path = dir.path().join(format!("fraud/fraud-v{version}.json"));
+            artifact::save(&path, body).unwrap();
+        };
+        save(1);
+        let registry = Registry::new(Arc::clone(&definitions), dir.path());
+        registry.scan().unwrap();
+        save(2);
+        assert_eq!(registry.set_alias("fraud", "fraud@2").unwrap().version(), 2);
+        assert_eq!(registry.resolve("fraud").unwrap().version(), 2);
+        // Only a file where the watcher looks: no version 3 anywhere.
+        let error = registry.set_alias("fraud", "fraud@3").unwrap_err();
+        assert!(matches!(error, RegistryError::NotFound { .. }), "{error}");
+        let error = registry.set_alias("fraud", "../fraud@2").unwrap_err();
+        assert!(matches!(error, RegistryError::NotFound { .. }), "{error}");
     }
 
     #[test]

@@ -374,8 +374,17 @@ fn spawn_for_line(
     (child, lines.remove(0))
 }
 
-/// Spawns `serve` and returns, for each of `ready`, the first log line containing it
-/// (once all have been logged).
+/// `serve` with `args` and `env`; returns the child and, for each of `ready`, the
+/// first log line containing it (once all have been logged).
+pub fn spawn_server_args_lines(
+    data_dir: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    ready: &[&str],
+) -> (Child, Vec<String>) {
+    spawn_for_lines(data_dir, args, env, ready)
+}
+
 /// `serve` with `env`; returns the child and, for each of `ready`, the first log line
 /// containing it.
 pub fn spawn_server_lines(
