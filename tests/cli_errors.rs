@@ -128,3 +128,61 @@ fn a_mistyped_model_gets_a_did_you_mean_and_a_missing_version_the_versions() {
     server.kill().ok();
     server.wait().ok();
 }
+
+/// A country written out is refused by name, at `score` and at ingest alike. Before,
+/// `--billing-country Germany` was accepted and counted as a country that matched no
+/// ip: a mismatch that raised the payment's risk.
+#[test]
+fn a_country_that_is_not_a_two_letter_code_is_refused_by_name() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (mut server, url) = common::spawn_server(dir.path());
+    let score = |country: &str| {
+        Command::new(env!("CARGO_BIN_EXE_streamscore"))
+            .args(["score", "--target", &url, "--user", "u1", "--card", "c1"])
+            .args(["--amount", "20", "--ip-country", "DE"])
+            .args(["--billing-country", country])
+            .output()
+            .expect("run the CLI")
+    };
+    let refused = score("Germany");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains(
+            "strings.billing_country: 'GERMANY' is not a two-letter ISO 3166-1 country code (e.g. DE, US, GB)"
+        ) && stderr.contains("[INVALID_ARGUMENT]"),
+        "{stderr}"
+    );
+    for accepted in ["de", " DE"] {
+        let output = score(accepted);
+        assert!(
+            output.status.success(),
+            "{accepted:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    let history = dir.path().join("countries.csv");
+    std::fs::write(
+        &history,
+        "event_id,event_type,event_time_ms,user,card,amount,billing_country,ip_country\n\
+         p1,payment,1796000000000,u1,c1,20,DE,DE\n\
+         p2,payment,1796000000001,u1,c1,20,DEU,DE\n",
+    )
+    .expect("write");
+    let output = Command::new(env!("CARGO_BIN_EXE_streamscore"))
+        .args(["ingest", "--target", &url])
+        .arg(&history)
+        .output()
+        .expect("run the CLI");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stdout}{stderr}");
+    assert!(
+        format!("{stdout}{stderr}").contains(
+            "1 refused: strings.billing_country: '…' is not a two-letter ISO 3166-1 country code"
+        ),
+        "{stdout}{stderr}"
+    );
+    server.kill().ok();
+    server.wait().ok();
+}

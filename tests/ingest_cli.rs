@@ -260,7 +260,8 @@ async fn refusals_are_summed_up_by_reason_and_fail_the_run_unless_allowed() {
         "{out}"
     );
     assert!(
-        out.contains("1 refused: amount: 'ten' is not a number"),
+        out.contains("1 refused: amount: '…' is not a number")
+            && out.contains("('ten' is not a number)"),
         "{out}"
     );
     assert!(out.contains("bad.csv:row 2"), "{out}");

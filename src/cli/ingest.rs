@@ -57,6 +57,29 @@ const EXAMPLES: usize = 3;
 /// How often the progress file is rewritten at most.
 const NOTE_EVERY: Duration = Duration::from_millis(200);
 
+/// A refusal reason without what differs row by row, so rows refused for one reason
+/// are counted together: numbers become `#` ("is 4999 ms behind ..."), quoted values
+/// `'…'` ("'ten' is not a number"). A number inside a word ("ISO 3166-1") stays.
+fn general_reason(reason: &str) -> String {
+    let token = |word: &str| -> String {
+        let core = word.trim_start_matches('(');
+        let core = core.trim_end_matches([',', ';', ':', ')', '.']);
+        let (start, end) = match word.find(core) {
+            Some(start) if !core.is_empty() => (start, start + core.len()),
+            _ => return word.to_string(),
+        };
+        let general = if core.parse::<f64>().is_ok_and(f64::is_finite) {
+            "#"
+        } else if core.len() >= 2 && core.starts_with('\'') && core.ends_with('\'') {
+            "'…'"
+        } else {
+            return word.to_string();
+        };
+        format!("{}{general}{}", &word[..start], &word[end..])
+    };
+    reason.split(' ').map(token).collect::<Vec<_>>().join(" ")
+}
+
 /// Refusals by reason: how many, and the first few rows.
 #[derive(Debug, Default)]
 pub struct Refusals {
@@ -68,15 +91,7 @@ pub struct Refusals {
 impl Refusals {
     /// Notes one refused row: `at` says where (`file:row N`).
     pub fn add(&mut self, field: &str, reason: &str, at: String) {
-        // Reasons differ by their numbers ("is 4999 ms behind ..."): grouped without.
-        let mut general = String::with_capacity(reason.len());
-        for c in reason.chars() {
-            match c.is_ascii_digit() {
-                true if general.ends_with('#') => {}
-                true => general.push('#'),
-                false => general.push(c),
-            }
-        }
+        let general = general_reason(reason);
         self.late |= field == "event_time_ms" && reason.contains("behind");
         let entry = self
             .by_reason
@@ -366,4 +381,31 @@ pub fn late_hint() -> &'static str {
     "  late: the server refuses events older than its newest event time minus \
      ingest.allowed_lateness (default 1h). Send history oldest first, before live \
      traffic, or start the server with a larger ingest.allowed_lateness for the backfill."
+}
+
+#[cfg(test)]
+mod tests {
+    use super::general_reason;
+
+    #[test]
+    fn reasons_group_without_their_numbers_and_quoted_values() {
+        assert_eq!(
+            general_reason(
+                "is 7200000 ms behind the newest event time 1796637655618; at most 3600000 ms of lateness is allowed"
+            ),
+            "is # ms behind the newest event time #; at most # ms of lateness is allowed"
+        );
+        assert_eq!(
+            general_reason("'ten' is not a number"),
+            "'…' is not a number"
+        );
+        assert_eq!(
+            general_reason("'DEU' is not a two-letter ISO 3166-1 country code (e.g. DE, US, GB)"),
+            "'…' is not a two-letter ISO 3166-1 country code (e.g. DE, US, GB)"
+        );
+        assert_eq!(
+            general_reason("must be >= 0, got -5"),
+            "must be >= #, got #"
+        );
+    }
 }

@@ -328,7 +328,11 @@ pub struct LoadtestArgs {
     pub connect: ConnectArgs,
     /// The server, e.g. http://127.0.0.1:50051 (https:// for TLS); `--target`, as the
     /// other client commands call it, is the same.
-    #[arg(long, default_value = "http://127.0.0.1:50051", visible_alias = "target")]
+    #[arg(
+        long,
+        default_value = "http://127.0.0.1:50051",
+        visible_alias = "target"
+    )]
     pub addr: String,
     /// score, candidates, recommend, ingest, v2 or rest.
     #[arg(long, default_value = "score")]

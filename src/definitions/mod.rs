@@ -94,6 +94,11 @@ pub struct StringField {
     /// Values are trimmed and upper-cased at validation (`normalize = "upper"`).
     #[serde(default)]
     pub upper: bool,
+    /// Only two-letter ISO 3166-1 codes are accepted (`format = "country"`). Left out
+    /// of the fingerprint: it decides which events are accepted, not what any feature
+    /// computes from them, so models trained before it keep loading.
+    #[serde(default, skip_serializing)]
+    pub country: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -97,6 +97,9 @@ struct RawField {
     /// Strings only: "upper" trims and upper-cases values (country codes), so `de`,
     /// ` DE` and `DE` are one value.
     normalize: Option<String>,
+    /// Strings only: "country" accepts two-letter ISO 3166-1 codes only (after
+    /// `normalize`), so `Germany` is refused rather than counted as another country.
+    format: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -363,11 +366,11 @@ fn resolve_event_types(
                             ),
                         ));
                     }
-                    if field.normalize.is_some() {
+                    if field.normalize.is_some() || field.format.is_some() {
                         return Err(invalid(
                             line,
                             format!(
-                                "field '{name}.{field_name}': normalize applies to strings only"
+                                "field '{name}.{field_name}': normalize and format apply to strings only"
                             ),
                         ));
                     }
@@ -405,10 +408,23 @@ fn resolve_event_types(
                             ));
                         }
                     };
+                    let country = match field.format.as_deref() {
+                        None => false,
+                        Some("country") => true,
+                        Some(other) => {
+                            return Err(invalid(
+                                line,
+                                format!(
+                                    "field '{name}.{field_name}': format = '{other}' is not known (known: country)"
+                                ),
+                            ));
+                        }
+                    };
                     strings.push(StringField {
                         name: field_name.clone(),
                         required: field.required,
                         upper,
+                        country,
                     });
                 }
             }

@@ -75,6 +75,12 @@ pub fn normalize_upper(value: &str) -> Cow<'_, str> {
     }
 }
 
+/// Two ASCII letters: the shape of an ISO 3166-1 alpha-2 code. (Which pairs are
+/// assigned changes over time; the shape is what tells `DE` from `Germany` or `DEU`.)
+fn is_country_code(value: &str) -> bool {
+    value.len() == 2 && value.bytes().all(|b| b.is_ascii_alphabetic())
+}
+
 fn check_id(field: impl FnOnce() -> String, value: &str, limits: &Limits) -> Result<(), Refusal> {
     if value.is_empty() {
         return Err(Refusal::invalid(field(), "must not be empty"));
@@ -242,11 +248,21 @@ pub fn validate<'a>(
                 ),
             ));
         }
-        strings[index] = Some(if event_type.strings[index].upper {
+        let value = if event_type.strings[index].upper {
             normalize_upper(value)
         } else {
             Cow::Borrowed(value.as_str())
-        });
+        };
+        if event_type.strings[index].country && !is_country_code(&value) {
+            return Err(Refusal::invalid(
+                format!("strings.{name}"),
+                format!(
+                    "'{}' is not a two-letter ISO 3166-1 country code (e.g. DE, US, GB)",
+                    value.escape_debug().take(40).collect::<String>()
+                ),
+            ));
+        }
+        strings[index] = Some(value);
     }
     for (index, field) in event_type.strings.iter().enumerate() {
         if field.required && strings[index].is_none() {
