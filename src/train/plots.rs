@@ -36,10 +36,13 @@ pub(crate) fn failed<E: std::fmt::Display>(error: E) -> PlotError {
 }
 
 /// Points of a curve through (x, y), from the scores sorted high to low: each distinct
-/// score is a threshold. At most ~500 points are kept.
+/// score is a threshold. About 500 points are kept, and always the points of the
+/// `marked` thresholds, so a marked threshold lies on the curve drawn (a precision-recall
+/// curve is not straight between two kept points: its marks were drawn off it).
 fn sweep(
     scores: &[f64],
     labels: &[f64],
+    marked: &[f64],
     point: impl Fn(f64, f64, f64, f64) -> (f64, f64),
 ) -> Vec<(f64, f64)> {
     let mut order: Vec<usize> = (0..scores.len()).collect();
@@ -60,7 +63,11 @@ fn sweep(
             .get(rank + 1)
             .is_none_or(|next| scores[*next] != scores[*index]);
         let due = last_kept.is_none_or(|kept| rank - kept >= step) || rank + 1 == order.len();
-        if boundary && due {
+        // The last row at or above a marked threshold: its point is the mark's.
+        let marks = marked.iter().any(|t| {
+            scores[*index] >= *t && order.get(rank + 1).is_none_or(|next| scores[*next] < *t)
+        });
+        if boundary && (due || marks) {
             points.push(point(true_positives, false_positives, positives, negatives));
             last_kept = Some(rank);
         }
@@ -76,9 +83,42 @@ struct UnitChart<'a> {
     /// Each piece is drawn as its own line (so gaps stay gaps).
     pieces: Vec<Vec<(f64, f64)>>,
     baseline: Option<(Vec<(f64, f64)>, String)>,
-    /// Position, radius and label of each dot, the label below it when `true` (so the
-    /// labels of two close dots do not overwrite each other).
-    dots: Vec<((f64, f64), i32, String, bool)>,
+    /// Threshold marks: a dot each in its own colour, named in the legend rather than
+    /// beside the dot (two close thresholds wrote their labels over each other's dots).
+    marks: Vec<Mark>,
+    /// Dots with a short text beside them (a calibration bin and its row count).
+    counted: Vec<Counted>,
+}
+
+/// A threshold's point on a curve.
+#[derive(Debug, Clone, PartialEq)]
+struct Mark {
+    at: (f64, f64),
+    label: String,
+    colour: RGBColor,
+}
+
+/// A dot sized by its weight, with its text.
+#[derive(Debug, Clone, PartialEq)]
+struct Counted {
+    at: (f64, f64),
+    radius: i32,
+    text: String,
+}
+
+/// Where a dot's text goes, in pixels from the dot: to its right, or to its left near
+/// the right edge (it was cut off there), and below it near the top (it ran into the
+/// title).
+fn text_offset((x, y): (f64, f64), radius: i32, text: &str) -> (i32, i32) {
+    // DejaVu Sans at 14 px: about 8 px per character.
+    let width = 8 * text.chars().count() as i32;
+    let dx = if x > 0.8 {
+        -radius - 4 - width
+    } else {
+        radius + 4
+    };
+    let dy = if y > 0.9 { radius + 4 } else { -radius - 14 };
+    (dx, dy)
 }
 
 fn draw_unit_chart(path: &Path, chart_spec: &UnitChart) -> Result<(), PlotError> {
@@ -111,14 +151,25 @@ fn draw_unit_chart(path: &Path, chart_spec: &UnitChart) -> Result<(), PlotError>
             .map_err(failed)?;
     }
     chart
-        .draw_series(chart_spec.dots.iter().map(|(at, radius, label, below)| {
-            let offset = if *below { radius + 4 } else { -radius - 14 };
-            EmptyElement::at(*at)
-                + Circle::new((0, 0), *radius, RED.filled())
-                + Text::new(label.clone(), (radius + 4, offset), (FONT, 14))
+        .draw_series(chart_spec.counted.iter().map(|dot| {
+            EmptyElement::at(dot.at)
+                + Circle::new((0, 0), dot.radius, RED.filled())
+                + Text::new(
+                    dot.text.clone(),
+                    text_offset(dot.at, dot.radius, &dot.text),
+                    (FONT, 14),
+                )
         }))
         .map_err(failed)?;
-    if chart_spec.baseline.is_some() {
+    for mark in &chart_spec.marks {
+        let colour = mark.colour;
+        chart
+            .draw_series(std::iter::once(Circle::new(mark.at, 6, colour.filled())))
+            .map_err(failed)?
+            .label(&mark.label)
+            .legend(move |(x, y)| Circle::new((x + 10, y), 6, colour.filled()));
+    }
+    if chart_spec.baseline.is_some() || !chart_spec.marks.is_empty() {
         chart
             .configure_series_labels()
             .position(SeriesLabelPosition::LowerRight)
@@ -148,6 +199,13 @@ fn counts_at(scores: &[f64], labels: &[f64], threshold: f64) -> (f64, f64, f64, 
     (tp, fp, p, labels.len() as f64 - p)
 }
 
+fn cut_colour(name: &str) -> RGBColor {
+    match name {
+        "block" => RGBColor(200, 0, 0),
+        _ => RGBColor(240, 150, 0),
+    }
+}
+
 /// The chosen thresholds as named cut points.
 fn cuts(thresholds: Option<&Thresholds>) -> Vec<(&'static str, f64)> {
     let mut cuts = Vec::new();
@@ -174,15 +232,12 @@ fn calibration_plot(path: &Path, title: &str, bins: &[CalibrationBin]) -> Result
         previous_upper = Some(bin.upper);
     }
     // Bigger dots for bins with more rows, each with its count: a bin of 5 rows says little.
-    let dots = bins
+    let counted = bins
         .iter()
-        .map(|b| {
-            (
-                (b.mean_predicted, b.observed_rate),
-                3 + ((b.count as f64).log10().max(0.0) * 2.0) as i32,
-                format!("n={}", b.count),
-                false,
-            )
+        .map(|b| Counted {
+            at: (b.mean_predicted, b.observed_rate),
+            radius: 3 + ((b.count as f64).log10().max(0.0) * 2.0) as i32,
+            text: format!("n={}", b.count),
         })
         .collect();
     draw_unit_chart(
@@ -192,7 +247,8 @@ fn calibration_plot(path: &Path, title: &str, bins: &[CalibrationBin]) -> Result
             axes: ("mean predicted probability", "observed positive rate"),
             pieces,
             baseline: Some((vec![(0.0, 0.0), (1.0, 1.0)], "perfectly calibrated".into())),
-            dots,
+            marks: Vec::new(),
+            counted,
         },
     )
 }
@@ -288,6 +344,79 @@ fn importance_plot(path: &Path, title: &str, ranked: &[(String, f64)]) -> Result
     root.present().map_err(failed)
 }
 
+/// The ROC curve with the thresholds marked on it.
+fn roc_chart(inputs: &PlotInputs) -> UnitChart<'static> {
+    let (scores, truth) = (inputs.scores, inputs.truth);
+    let marks = cuts(inputs.thresholds);
+    let at: Vec<f64> = marks.iter().map(|(_, t)| *t).collect();
+    let mut roc = vec![(0.0, 0.0)];
+    roc.extend(sweep(scores, truth, &at, |tp, fp, p, n| {
+        (fp / n.max(1.0), tp / p.max(1.0))
+    }));
+    UnitChart {
+        title: format!(
+            "{}: ROC (hold-out), AUC {:.4}",
+            inputs.title,
+            roc_auc(scores, truth)
+        ),
+        axes: ("false positive rate", "true positive rate"),
+        pieces: vec![roc],
+        baseline: Some((vec![(0.0, 0.0), (1.0, 1.0)], "chance (AUC 0.5)".into())),
+        marks: marks
+            .iter()
+            .map(|(name, t)| {
+                let (tp, fp, p, n) = counts_at(scores, truth, *t);
+                let (x, y) = (fp / n.max(1.0), tp / p.max(1.0));
+                Mark {
+                    at: (x, y),
+                    label: format!("{name} >= {t:.3}: FPR {x:.4}, TPR {y:.4}"),
+                    colour: cut_colour(name),
+                }
+            })
+            .collect(),
+        counted: Vec::new(),
+    }
+}
+
+/// The precision-recall curve with the thresholds marked on it.
+fn pr_chart(inputs: &PlotInputs) -> UnitChart<'static> {
+    let (scores, truth) = (inputs.scores, inputs.truth);
+    let marks = cuts(inputs.thresholds);
+    let at: Vec<f64> = marks.iter().map(|(_, t)| *t).collect();
+    let prevalence = counts_at(scores, truth, f64::NEG_INFINITY).2 / truth.len().max(1) as f64;
+    UnitChart {
+        title: format!(
+            "{}: precision-recall (hold-out), AP {:.4}",
+            inputs.title,
+            pr_auc(scores, truth)
+        ),
+        axes: ("recall", "precision"),
+        pieces: vec![sweep(scores, truth, &at, |tp, fp, p, _| {
+            (tp / p.max(1.0), tp / (tp + fp))
+        })],
+        baseline: Some((
+            vec![(0.0, prevalence), (1.0, prevalence)],
+            format!("chance (positive rate {prevalence:.4})"),
+        )),
+        marks: marks
+            .iter()
+            .map(|(name, t)| {
+                let (tp, fp, p, _) = counts_at(scores, truth, *t);
+                let precision = if tp + fp > 0.0 { tp / (tp + fp) } else { 1.0 };
+                let recall = tp / p.max(1.0);
+                Mark {
+                    at: (recall, precision),
+                    label: format!(
+                        "{name} >= {t:.3}: recall {recall:.4}, precision {precision:.4}"
+                    ),
+                    colour: cut_colour(name),
+                }
+            })
+            .collect(),
+        counted: Vec::new(),
+    }
+}
+
 /// What a report's plots are drawn from.
 pub struct PlotInputs<'a> {
     pub title: &'a str,
@@ -306,70 +435,9 @@ pub fn draw_beside(artifact: &Path, inputs: &PlotInputs) -> Result<Vec<PathBuf>,
     let path = |kind: &str| artifact.with_extension(format!("{kind}.png"));
     let mut written = Vec::new();
     if inputs.classifier {
-        let (scores, truth) = (inputs.scores, inputs.truth);
-        let marks = cuts(inputs.thresholds);
-        let mut roc = vec![(0.0, 0.0)];
-        roc.extend(sweep(scores, truth, |tp, fp, p, n| {
-            (fp / n.max(1.0), tp / p.max(1.0))
-        }));
-        draw_unit_chart(
-            &path("roc"),
-            &UnitChart {
-                title: format!(
-                    "{}: ROC (hold-out), AUC {:.4}",
-                    inputs.title,
-                    roc_auc(scores, truth)
-                ),
-                axes: ("false positive rate", "true positive rate"),
-                pieces: vec![roc],
-                baseline: Some((vec![(0.0, 0.0), (1.0, 1.0)], "chance (AUC 0.5)".into())),
-                dots: marks
-                    .iter()
-                    .map(|(name, t)| {
-                        let (tp, fp, p, n) = counts_at(scores, truth, *t);
-                        (
-                            (fp / n.max(1.0), tp / p.max(1.0)),
-                            5,
-                            format!("{name} >= {t:.3}"),
-                            *name == "review",
-                        )
-                    })
-                    .collect(),
-            },
-        )?;
+        draw_unit_chart(&path("roc"), &roc_chart(inputs))?;
         written.push(path("roc"));
-        let prevalence = counts_at(scores, truth, f64::NEG_INFINITY).2 / truth.len().max(1) as f64;
-        draw_unit_chart(
-            &path("pr"),
-            &UnitChart {
-                title: format!(
-                    "{}: precision-recall (hold-out), AP {:.4}",
-                    inputs.title,
-                    pr_auc(scores, truth)
-                ),
-                axes: ("recall", "precision"),
-                pieces: vec![sweep(scores, truth, |tp, fp, p, _| {
-                    (tp / p.max(1.0), tp / (tp + fp))
-                })],
-                baseline: Some((
-                    vec![(0.0, prevalence), (1.0, prevalence)],
-                    format!("chance (positive rate {prevalence:.4})"),
-                )),
-                dots: marks
-                    .iter()
-                    .map(|(name, t)| {
-                        let (tp, fp, p, _) = counts_at(scores, truth, *t);
-                        let precision = if tp + fp > 0.0 { tp / (tp + fp) } else { 1.0 };
-                        (
-                            (tp / p.max(1.0), precision),
-                            5,
-                            format!("{name} >= {t:.3}"),
-                            *name == "review",
-                        )
-                    })
-                    .collect(),
-            },
-        )?;
+        draw_unit_chart(&path("pr"), &pr_chart(inputs))?;
         written.push(path("pr"));
         calibration_plot(
             &path("calibration"),
@@ -403,7 +471,7 @@ mod tests {
     fn roc_sweep_runs_from_the_strictest_threshold_to_everything() {
         let scores = [0.9, 0.8, 0.8, 0.3, 0.1];
         let labels = [1.0, 1.0, 0.0, 1.0, 0.0];
-        let points = sweep(&scores, &labels, |tp, fp, p, n| (fp / n, tp / p));
+        let points = sweep(&scores, &labels, &[], |tp, fp, p, n| (fp / n, tp / p));
         // Ties (the two 0.8s) make one point, not two.
         assert_eq!(
             points,
@@ -454,5 +522,58 @@ mod tests {
             let bytes = std::fs::read(&path).unwrap();
             assert_eq!(&bytes[1..4], b"PNG", "{}", path.display());
         }
+    }
+
+    /// The marks are points of the curve drawn, even where the curve keeps one point
+    /// in many (5,000 rows: every 10th); before, precision-recall marks lay off it.
+    #[test]
+    fn threshold_marks_lie_on_the_curves() {
+        // A deterministic jumble: scores spread over (0, 1), positives likelier high.
+        let scores: Vec<f64> = (0..5000u32)
+            .map(|i| f64::from((i * 7919) % 5000) / 5000.0)
+            .collect();
+        let truth: Vec<f64> = scores
+            .iter()
+            .enumerate()
+            .map(|(i, s)| f64::from(u8::from(*s > 0.9 || (*s > 0.5 && i % 7 == 0))))
+            .collect();
+        let thresholds = Thresholds {
+            review: 0.6123,
+            block: Some(0.6131),
+        };
+        let inputs = PlotInputs {
+            title: "t",
+            classifier: true,
+            scores: &scores,
+            truth: &truth,
+            calibration: &[],
+            importance: &[],
+            thresholds: Some(&thresholds),
+        };
+        for chart in [roc_chart(&inputs), pr_chart(&inputs)] {
+            assert_eq!(chart.marks.len(), 2);
+            for mark in &chart.marks {
+                assert!(
+                    chart.pieces[0].contains(&mark.at),
+                    "{}: {mark:?} is not on the curve",
+                    chart.title
+                );
+            }
+            // Close thresholds: told apart in the legend, with their own colours.
+            assert_ne!(chart.marks[0].colour, chart.marks[1].colour);
+            assert!(chart.marks[0].label.starts_with("review >= 0.612"));
+            assert!(chart.marks[1].label.starts_with("block >= 0.613"));
+        }
+    }
+
+    /// Dot texts stay inside the plot: left of a dot near the right edge, below one
+    /// near the top (the calibration plot's `n=` labels ran into the title and off the
+    /// edge).
+    #[test]
+    fn dot_texts_turn_away_from_the_edges() {
+        let (dx, dy) = text_offset((0.95, 0.97), 5, "n=1234");
+        assert!(dx < -40 && dy > 0, "{dx} {dy}");
+        let (dx, dy) = text_offset((0.2, 0.3), 5, "n=12");
+        assert!(dx > 0 && dy < 0, "{dx} {dy}");
     }
 }
