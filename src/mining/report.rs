@@ -141,8 +141,55 @@ impl RulesReport {
     }
 }
 
+/// The colour of a lift: blue at the lowest of the rules, red at the highest.
+fn lift_colour(lift: f64, (low, high): (f64, f64)) -> RGBColor {
+    let warmth = ((lift - low) / (high - low).max(1e-12)).clamp(0.0, 1.0);
+    RGBColor((255.0 * warmth) as u8, 40, (255.0 * (1.0 - warmth)) as u8)
+}
+
+/// Width of the colour bar's area at the right of the rules plot, in pixels.
+const BAR_AREA: u32 = 110;
+
+/// The lifts the colour bar labels, lowest first: its ends and three between.
+fn bar_ticks((low, high): (f64, f64)) -> Vec<f64> {
+    (0..5)
+        .map(|i| low + (high - low) * f64::from(i) / 4.0)
+        .collect()
+}
+
+/// A vertical colour bar for lift, labelled with its values (before, the title said
+/// "colour: lift" and nothing said which colour was which lift).
+fn colour_bar(
+    area: &DrawingArea<BitMapBackend, plotters::coord::Shift>,
+    lifts: (f64, f64),
+) -> Result<(), PlotError> {
+    let (top, bottom, left) = (60i32, SIZE.1 as i32 - 70, 16i32);
+    let height = bottom - top;
+    for step in 0..height {
+        let lift = lifts.0 + (lifts.1 - lifts.0) * f64::from(height - step) / f64::from(height);
+        area.draw(&Rectangle::new(
+            [(left, top + step), (left + 20, top + step + 1)],
+            lift_colour(lift, lifts).filled(),
+        ))
+        .map_err(failed)?;
+    }
+    area.draw(&Text::new("lift", (left - 4, top - 28), (FONT, 14)))
+        .map_err(failed)?;
+    for lift in bar_ticks(lifts) {
+        let share = (lift - lifts.0) / (lifts.1 - lifts.0).max(1e-12);
+        let y = bottom - (share * f64::from(height)) as i32;
+        area.draw(&Text::new(
+            format!("{lift:.2}"),
+            (left + 26, y - 7),
+            (FONT, 13),
+        ))
+        .map_err(failed)?;
+    }
+    Ok(())
+}
+
 /// Support against confidence, one point per rule (at most 20,000 drawn, evenly
-/// spread), coloured from blue (lowest lift) to red (highest).
+/// spread), coloured from blue (lowest lift) to red (highest), with a colour bar.
 fn scatter(path: &Path, title: &str, mined: &Mined) -> Result<(), PlotError> {
     register_font()?;
     let max_support = mined
@@ -160,10 +207,12 @@ fn scatter(path: &Path, title: &str, mined: &Mined) -> Result<(), PlotError> {
         });
     let root = BitMapBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(failed)?;
-    let mut chart = ChartBuilder::on(&root)
+    let (plot_area, bar_area) = root.split_horizontally(SIZE.0 - BAR_AREA);
+    colour_bar(&bar_area, (low_lift, high_lift))?;
+    let mut chart = ChartBuilder::on(&plot_area)
         .caption(
-            format!("{title}: {} rules (colour: lift)", mined.rules.len()),
-            (FONT, 24),
+            format!("{title}: {} rules, coloured by lift", mined.rules.len()),
+            (FONT, 22),
         )
         .margin(16)
         .x_label_area_size(48)
@@ -178,13 +227,30 @@ fn scatter(path: &Path, title: &str, mined: &Mined) -> Result<(), PlotError> {
         .draw()
         .map_err(failed)?;
     let step = (mined.rules.len() / 20_000).max(1);
-    let span = (high_lift - low_lift).max(1e-12);
     chart
         .draw_series(mined.rules.iter().step_by(step).map(|rule| {
-            let warmth = ((rule.lift - low_lift) / span).clamp(0.0, 1.0);
-            let colour = RGBColor((255.0 * warmth) as u8, 40, (255.0 * (1.0 - warmth)) as u8);
+            let colour = lift_colour(rule.lift, (low_lift, high_lift));
             Circle::new((rule.support, rule.confidence), 3, colour.mix(0.6).filled())
         }))
         .map_err(failed)?;
     root.present().map_err(failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bar's ends are the rules' lowest and highest lift, in the colours their
+    /// rules are drawn with.
+    #[test]
+    fn the_colour_bar_spans_the_lifts_in_the_dots_colours() {
+        let lifts = (1.2, 9.6);
+        let ticks = bar_ticks(lifts);
+        assert_eq!(ticks.first(), Some(&1.2));
+        assert_eq!(ticks.last(), Some(&9.6));
+        assert_eq!(lift_colour(1.2, lifts), RGBColor(0, 40, 255));
+        assert_eq!(lift_colour(9.6, lifts), RGBColor(255, 40, 0));
+        // One lift for every rule: no division by zero, one colour.
+        assert_eq!(lift_colour(2.0, (2.0, 2.0)), RGBColor(0, 40, 255));
+    }
 }

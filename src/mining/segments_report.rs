@@ -103,8 +103,13 @@ pub fn write(
     let markdown = path.with_extension("report.md");
     std::fs::write(&markdown, report.markdown()).map_err(|e| error(&markdown, e.to_string()))?;
     let plot = path.with_extension("sweep.png");
-    sweep_plot(&plot, &format!("{} v{version}", config.name), &fitted.sweep)
-        .map_err(|e| error(&plot, e.to_string()))?;
+    sweep_plot(
+        &plot,
+        &format!("{} v{version}", config.name),
+        &fitted.sweep,
+        config.k,
+    )
+    .map_err(|e| error(&plot, e.to_string()))?;
     let mut fingerprint = Vec::new();
     for (id, row) in rows.ids.iter().zip(&rows.rows) {
         fingerprint.extend_from_slice(id.as_bytes());
@@ -147,8 +152,14 @@ pub fn write(
     Ok((report, vec![path, json, markdown, plot]))
 }
 
-/// Inertia (left axis) and silhouette (right axis) against k.
-fn sweep_plot(path: &Path, title: &str, sweep: &[SweepPoint]) -> Result<(), PlotError> {
+/// Inertia (left axis) and silhouette (right axis) against k, with the k fitted marked
+/// (before, nothing on the plot said which k the artifact holds).
+fn sweep_plot(
+    path: &Path,
+    title: &str,
+    sweep: &[SweepPoint],
+    chosen: usize,
+) -> Result<(), PlotError> {
     register_font()?;
     let (low, high) = (
         sweep.first().map_or(2, |p| p.k),
@@ -190,6 +201,20 @@ fn sweep_plot(path: &Path, title: &str, sweep: &[SweepPoint]) -> Result<(), Plot
             sweep.iter().map(|p| (p.k as f64, p.silhouette)),
             RED.stroke_width(2),
         ))
+        .map_err(failed)?;
+    let k = chosen as f64;
+    chart
+        .draw_series(std::iter::once(PathElement::new(
+            [(k, 0.0), (k, top)],
+            BLACK.mix(0.6).stroke_width(2),
+        )))
+        .map_err(failed)?;
+    chart
+        .draw_series(std::iter::once(Text::new(
+            format!("chosen k = {chosen}"),
+            (k + 0.1, top * 0.95),
+            (FONT, 15),
+        )))
         .map_err(failed)?;
     root.present().map_err(failed)
 }
