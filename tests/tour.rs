@@ -245,6 +245,16 @@ fn the_quick_tour_runs_as_written() {
                 );
                 assert!(stdout.contains("review band:"), "{stdout}");
                 assert!(!stderr.contains("review band is"), "{stderr}");
+                // The report compares it with the version serving, and links its plots.
+                let report =
+                    std::fs::read_to_string(scratch.join("models/fraud/fraud-v2.report.md"))
+                        .expect("the report");
+                assert!(
+                    report.contains("## Against the serving version")
+                        && report.contains("fraud@1")
+                        && report.contains("](fraud-v2.pr.png)"),
+                    "{report}"
+                );
                 // The watcher loads the new file within its interval (2 s): wait for
                 // it as a user reading `models list` would.
                 let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);

@@ -145,6 +145,12 @@ fn flags_win_over_the_config_and_the_artifact_and_report_say_so() {
         "| review |",
         "new user (no history)",
         "no ip in the request",
+        // Its plots, linked (they lie beside it).
+        "## Plots",
+        "![risk-v2.roc.png](risk-v2.roc.png)",
+        "![risk-v2.importance.png](risk-v2.importance.png)",
+        // Nothing serves in a fresh models directory: said so.
+        "Nothing of this name was serving to compare with",
     ] {
         assert!(
             report.contains(expected),

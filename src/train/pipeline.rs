@@ -578,8 +578,9 @@ pub fn train_on(
                 .collect::<Vec<_>>(),
             15,
         ),
+        comparison: comparison.clone(),
+        plots: Vec::new(),
     };
-    report.write_beside(&path)?;
     let plots = plots::draw_beside(
         &path,
         &plots::PlotInputs {
@@ -592,5 +593,13 @@ pub fn train_on(
             thresholds: chosen.as_ref(),
         },
     )?;
+    let report = Report {
+        plots: plots
+            .iter()
+            .filter_map(|p| p.file_name().map(|f| f.to_string_lossy().into_owned()))
+            .collect(),
+        ..report
+    };
+    report.write_beside(&path)?;
     Ok(TrainOutcome { plots, ..outcome })
 }

@@ -9,7 +9,7 @@ use super::decisions::{OperatingPoint, SegmentRates};
 use super::evaluate::CalibrationBin;
 use super::thresholds::ReviewBand;
 use crate::model::Model;
-use crate::model::artifact::Provenance;
+use crate::model::artifact::{Comparison, Provenance};
 use crate::model::decision::Thresholds;
 use crate::time::format_utc;
 
@@ -40,6 +40,10 @@ pub struct Report {
     pub calibration: Vec<CalibrationBin>,
     /// Mean absolute contribution per feature on (a sample of) the validation rows.
     pub importance: Vec<(String, f64)>,
+    /// The version serving when this one was trained, scored on the same hold-out.
+    pub comparison: Option<Comparison>,
+    /// The plots drawn beside the report (file names, in the same folder).
+    pub plots: Vec<String>,
 }
 
 fn capitalised(text: &str) -> String {
@@ -135,6 +139,7 @@ impl Report {
         for (metric, value) in &self.metrics {
             text += &format!("| {metric} | {value:.4} |\n");
         }
+        text += &self.against_serving();
         if !self.cross_validation.is_empty() {
             text += &format!(
                 "\n## Cross-validation ({} folds, {} split)\n\n| metric | mean | std | folds |\n|---|---|---|---|\n",
@@ -192,7 +197,39 @@ impl Report {
         for (feature, score) in &self.importance {
             text += &format!("| {feature} | {score:.4} |\n");
         }
+        if !self.plots.is_empty() {
+            text += "\n## Plots\n\n";
+            for plot in &self.plots {
+                text += &format!("![{plot}]({plot})\n\n");
+            }
+        }
         text
+    }
+
+    /// The section comparing this version with the one serving when it was trained.
+    fn against_serving(&self) -> String {
+        let Some(c) = &self.comparison else {
+            return "\nNothing of this name was serving to compare with (or it was trained on other definitions).\n".into();
+        };
+        let verdict = if c.candidate_is_better() {
+            "better"
+        } else {
+            "not better"
+        };
+        format!(
+            "\n## Against the serving version\n\nOn this hold-out, by {} ({} is better): {} {:.4}, this version {:.4}: **{verdict}**. Promote it with `streamscore models promote {}@{}`.\n",
+            c.metric,
+            if c.higher_is_better {
+                "higher"
+            } else {
+                "lower"
+            },
+            c.serving,
+            c.serving_value,
+            c.candidate_value,
+            self.name,
+            self.version
+        )
     }
 
     /// Writes `<stem>.report.json` and `<stem>.report.md` beside `artifact`.
