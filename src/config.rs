@@ -35,6 +35,7 @@ pub struct Settings {
     pub kafka: KafkaSettings,
     pub cluster: ClusterSettings,
     pub samples: SampleSettings,
+    pub drift: DriftSettings,
     pub http: HttpSettings,
     pub limits: LimitSettings,
     /// Allow listening beyond loopback without TLS and tokens (`serve --insecure`).
@@ -109,6 +110,29 @@ impl Default for SampleSettings {
         SampleSettings {
             every: 100,
             max_file_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Live features against the serving model's training data (see `scoring::drift`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DriftSettings {
+    /// One `Score` in this many adds its input vector to its model's window (0: off).
+    pub every: u64,
+    /// Vectors per check.
+    pub window: u64,
+    /// A column whose live mean moved further than this many training standard
+    /// deviations from its training mean is drift (logged, counted).
+    pub threshold: f64,
+}
+
+impl Default for DriftSettings {
+    fn default() -> Self {
+        DriftSettings {
+            every: 10,
+            window: 500,
+            threshold: 3.0,
         }
     }
 }
@@ -507,6 +531,7 @@ impl Default for Settings {
             kafka: KafkaSettings::default(),
             cluster: ClusterSettings::default(),
             samples: SampleSettings::default(),
+            drift: DriftSettings::default(),
             http: HttpSettings::default(),
             limits: LimitSettings::default(),
             insecure: false,
@@ -729,6 +754,15 @@ impl Settings {
         {
             return Err(ConfigError::Invalid(format!(
                 "cluster.redis[{index}]: give a node as host:port; a login goes in cluster.redis_username and cluster.redis_password_file"
+            )));
+        }
+        if self.drift.every > 0
+            && (self.drift.window < 10
+                || !(self.drift.threshold.is_finite() && self.drift.threshold > 0.0))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "drift.window must be at least 10 and drift.threshold a positive number of standard deviations, got window {} and threshold {}",
+                self.drift.window, self.drift.threshold
             )));
         }
         let shadowed = &self.models.shadow_candidates;

@@ -270,7 +270,8 @@ pub async fn run_scorer(
         .add_service(
             ScoringServer::new(
                 ScoringService::on(backend.clone(), Arc::clone(&registry))
-                    .with_samples(open_samples(settings)?),
+                    .with_samples(open_samples(settings)?)
+                    .with_drift(settings.drift, Arc::clone(&metrics)),
             )
             .max_decoding_message_size(max_message),
         )

@@ -416,7 +416,8 @@ pub async fn run_with(
         .add_service(
             ScoringServer::new({
                 let scoring = ScoringService::new(Arc::clone(&store), Arc::clone(&registry))
-                    .with_samples(open_samples(settings)?);
+                    .with_samples(open_samples(settings)?)
+                    .with_drift(settings.drift, Arc::clone(&metrics));
                 if settings.models.shadow {
                     scoring.with_shadow(
                         Arc::clone(&metrics),

@@ -54,6 +54,7 @@ type Labels = Vec<(&'static str, String)>;
 struct Series {
     counters: BTreeMap<(&'static str, Labels), u64>,
     histograms: BTreeMap<(&'static str, Labels), Histogram>,
+    gauges: BTreeMap<(&'static str, Labels), f64>,
 }
 
 /// Counters and histograms of the gRPC calls, shared by the layer and the scrape.
@@ -94,6 +95,11 @@ impl Metrics {
             .entry((name, labels))
             .or_default()
             .observe(seconds);
+    }
+
+    /// Sets a labelled gauge (a value that goes up and down, like a drift measure).
+    pub fn set(&self, name: &'static str, labels: Labels, value: f64) {
+        self.series.lock().gauges.insert((name, labels), value);
     }
 
     /// The Prometheus text format of everything recorded, then `gauges`.
@@ -140,6 +146,13 @@ impl Metrics {
                 labels_text(labels, None),
                 histogram.count
             );
+        }
+        for ((name, labels), value) in &series.gauges {
+            if *name != last {
+                let _ = writeln!(out, "# TYPE {name} gauge");
+                last = name;
+            }
+            let _ = writeln!(out, "{name}{} {value}", labels_text(labels, None));
         }
         for (name, help, value) in gauges {
             let _ = writeln!(

@@ -10,10 +10,12 @@ use super::auth::Caller;
 use super::convert::{ack, decision};
 use super::metrics::{Metrics, ScoredBy};
 use super::pb::{self, scoring_server::Scoring};
+use crate::config::DriftSettings;
 use crate::config::Role;
 use crate::events::RawEvent;
 use crate::model::decision::Decision;
 use crate::registry::{LoadedModel, Registry};
+use crate::scoring::drift::{DriftCheck, DriftMonitor};
 use crate::scoring::recommend::{self, RecentFeatures, RecommendInput, Why};
 use crate::scoring::samples::{SampleLog, ScoreSample};
 use crate::scoring::{self, CandidateInput, DEFAULT_REASONS, ScoreInput};
@@ -25,6 +27,8 @@ pub struct ScoringService {
     registry: Arc<Registry>,
     shadow: Option<Shadow>,
     samples: Option<Arc<SampleLog>>,
+    /// Live features against the serving model's training data, counted into metrics.
+    drift: Option<(DriftMonitor, Arc<Metrics>)>,
     /// Where `Recommend` reads the user's recent products.
     recent: RecentFeatures,
 }
@@ -54,6 +58,7 @@ impl ScoringService {
             registry,
             shadow: None,
             samples: None,
+            drift: None,
             recent: RecentFeatures::default(),
         }
     }
@@ -62,6 +67,43 @@ impl ScoringService {
     pub fn with_samples(mut self, samples: Option<Arc<SampleLog>>) -> ScoringService {
         self.samples = samples;
         self
+    }
+
+    /// Compares live input vectors with the serving model's training data (see
+    /// `scoring::drift`), into `metrics` and the log; off when `settings.every` is 0.
+    pub fn with_drift(mut self, settings: DriftSettings, metrics: Arc<Metrics>) -> ScoringService {
+        self.drift = DriftMonitor::new(settings).map(|monitor| (monitor, metrics));
+        self
+    }
+
+    /// Records a full drift window: every column's shift as a gauge, and a warning
+    /// (log and counter) when one moved past the threshold.
+    fn report_drift(metrics: &Metrics, model: &LoadedModel, check: &DriftCheck, threshold: f64) {
+        let labels = |feature: Option<&str>| {
+            let mut labels = vec![
+                ("model", model.name().to_string()),
+                ("version", model.version().to_string()),
+            ];
+            labels.extend(feature.map(|f| ("feature", f.to_string())));
+            labels
+        };
+        for shift in &check.shifts {
+            metrics.set(
+                "streamscore_feature_drift_deviations",
+                labels(Some(&shift.feature)),
+                shift.deviations,
+            );
+        }
+        metrics.count("streamscore_drift_checks_total", labels(None));
+        if check.drifted {
+            metrics.count("streamscore_drift_warnings_total", labels(None));
+            tracing::warn!(
+                model = %check.model,
+                vectors = check.vectors,
+                features = %check.summary(threshold),
+                "live features far from the serving model's training data: its scores may not mean what they meant in training (check the traffic, or retrain on it)"
+            );
+        }
     }
 
     /// Shadow-scores candidates on every `Score` (those `chosen`, as `name@N`, or the
@@ -242,6 +284,13 @@ impl Scoring for ScoringService {
             && !scored.is_repeat()
         {
             samples.send(ScoreSample::of(&scored, &event, now_ms()));
+        }
+        if let Some((monitor, metrics)) = &self.drift
+            && !scored.is_repeat()
+            && monitor.due()
+            && let Some(check) = monitor.observe(&scored.model, &scored.vector)
+        {
+            Self::report_drift(metrics, &scored.model, &check, monitor.threshold());
         }
         let decision = decision(scored.decision);
         let mut response = Response::new(pb::ScoreResponse {

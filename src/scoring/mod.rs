@@ -5,6 +5,7 @@
 //! next score's velocity features.
 
 mod candidates;
+pub mod drift;
 pub mod recommend;
 pub mod samples;
 pub mod skew;
