@@ -990,6 +990,7 @@ async fn skew(args: SkewArgs) -> CliResult {
     if unreadable > 0 {
         eprintln!("{unreadable} unreadable sample lines skipped");
     }
+    let sampled = samples.len();
     let mut check = SkewCheck::new(
         definitions,
         settings.ingest.engine(),
@@ -997,6 +998,19 @@ async fn skew(args: SkewArgs) -> CliResult {
         samples,
         args.events.is_some(),
     );
+    // A long log replays for a while: a spinner with the count on a terminal (a large
+    // history was silent for as long as the replay took).
+    let bar = crate::train::progress::TrainingBar::spinner(
+        "skew",
+        &format!("replaying the history for {sampled} samples"),
+    );
+    let mut replayed = 0u64;
+    let mut tick = |bar: &crate::train::progress::TrainingBar| {
+        replayed += 1;
+        if replayed.is_multiple_of(50_000) {
+            bar.message(format!("replayed {replayed} events for {sampled} samples"));
+        }
+    };
     match &args.events {
         Some(path) => {
             let file = std::fs::File::open(path)
@@ -1010,6 +1024,7 @@ async fn skew(args: SkewArgs) -> CliResult {
                 let raw: crate::events::RawEvent = serde_json::from_str(&line)
                     .map_err(|e| format!("--events {} line {}: {e}", path.display(), index + 1))?;
                 check.event(index as u64 + 1, &raw);
+                tick(&bar);
             }
         }
         None => {
@@ -1022,10 +1037,12 @@ async fn skew(args: SkewArgs) -> CliResult {
                 .into());
             }
             crate::log::replay(&segments, 0, crate::log::TailDamage::Stop, |seq, raw| {
-                check.event(seq, raw)
+                check.event(seq, raw);
+                tick(&bar);
             })?;
         }
     }
+    bar.finish();
     let report = check.finish();
     print!("{report}");
     if report.differing > 0 {
