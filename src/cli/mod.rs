@@ -777,11 +777,7 @@ fn train(args: TrainArgs) -> CliResult {
                 c.metric,
                 c.serving_value,
                 c.candidate_value,
-                if c.candidate_is_better() {
-                    "better"
-                } else {
-                    "not better"
-                }
+                c.verdict()
             )?,
             None => writeln!(
                 out,
@@ -852,11 +848,7 @@ fn training_summary(
                 c.metric,
                 c.serving_value,
                 c.candidate_value,
-                if c.candidate_is_better() {
-                    "better"
-                } else {
-                    "not better"
-                }
+                c.verdict()
             ),
             None => "nothing serving".to_string(),
         };

@@ -110,6 +110,15 @@ impl Comparison {
             self.candidate_value < self.serving_value
         }
     }
+
+    /// "better" or "not better", as `train`, its summary and the report say it.
+    pub fn verdict(&self) -> &'static str {
+        if self.candidate_is_better() {
+            "better"
+        } else {
+            "not better"
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

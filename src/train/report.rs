@@ -211,11 +211,7 @@ impl Report {
         let Some(c) = &self.comparison else {
             return "\nNothing of this name was serving to compare with (or it was trained on other definitions).\n".into();
         };
-        let verdict = if c.candidate_is_better() {
-            "better"
-        } else {
-            "not better"
-        };
+        let verdict = c.verdict();
         format!(
             "\n## Against the serving version\n\nOn this hold-out, by {} ({} is better): {} {:.4}, this version {:.4}: **{verdict}**. Promote it with `streamscore models promote {}@{}`.\n",
             c.metric,
