@@ -487,6 +487,11 @@ async fn candidates_are_ranked_in_one_call() {
         ranked.unknown_products,
         vec!["never-seen-product".to_string()]
     );
+    // ... and ranked after every known one, whatever its score on defaults.
+    assert_eq!(
+        ranked.candidates.last().map(|c| c.product.as_str()),
+        Some("never-seen-product")
+    );
 
     // Only a purchase-probability model ranks: not fraud (payments), not a value.
     for (model, says) in [

@@ -39,6 +39,22 @@ pub struct Ranking {
     pub unknown_products: Vec<String>,
 }
 
+/// Orders `ranked` best first. A product the store knows nothing of comes after every
+/// known one, whatever its score (its features are the model's defaults, not evidence).
+/// Equal scores keep the caller's order, which is its own evidence (`Recommend` passes
+/// its candidates strongest rule first): before, ties went by product id, and a purchase
+/// model with no signal for the moment (all 24 h features empty) ranked the smallest ids
+/// first.
+fn best_first(ranked: &mut [RankedCandidate], unknown_products: &[String]) {
+    let unknown = |candidate: &RankedCandidate| unknown_products.contains(&candidate.product);
+    // A stable sort: ties stay in the order given.
+    ranked.sort_by(|a, b| {
+        unknown(a)
+            .cmp(&unknown(b))
+            .then(b.score.total_cmp(&a.score))
+    });
+}
+
 /// Makes `event` the context with `candidate`'s product and numbers.
 fn set_candidate(
     event: &mut RawEvent,
@@ -157,7 +173,7 @@ impl<'c> CandidateCall<'c> {
         let unknown = unknown.unwrap_or_default();
         let mut context = event;
         context.entities.remove("product");
-        ranked.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.product.cmp(&b.product)));
+        best_first(&mut ranked, &unknown_products);
         if top_n > 0 {
             ranked.truncate(top_n);
         }
@@ -188,4 +204,35 @@ pub fn score_candidates(
 ) -> Result<Ranking, ScoreError> {
     let call = CandidateCall::new(registry, model, context, candidates, top_n)?;
     store.with_engine(|engine| call.rank(store.definitions(), engine, |event| store.check(event)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ranked(pairs: &[(&str, f64)]) -> Vec<RankedCandidate> {
+        pairs
+            .iter()
+            .map(|(product, score)| RankedCandidate {
+                product: product.to_string(),
+                score: *score,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn ties_keep_the_order_given_and_unknown_products_come_last() {
+        // As Recommend passes them: strongest rule first, ids in no order.
+        let mut all = ranked(&[
+            ("p9", 0.4),
+            ("p1", 0.4),
+            ("p5", 0.7),
+            ("new", 0.9),
+            ("p3", 0.4),
+        ]);
+        best_first(&mut all, &["new".to_string()]);
+        let order: Vec<&str> = all.iter().map(|c| c.product.as_str()).collect();
+        // Before: ["new", "p5", "p1", "p3", "p9"].
+        assert_eq!(order, ["p5", "p9", "p1", "p3", "new"]);
+    }
 }
