@@ -35,11 +35,15 @@ pub struct Rule {
 
 /// The rules of `itemsets` (all frequent itemsets of `baskets` baskets, so every subset
 /// of one is among them) that pass `limits`, strongest lift first.
+///
+/// Confidence and lift are computed from the integer counts, one rounding each: as a
+/// ratio of shares (`(89/892) / (890/892)`) a rule at exactly `min_confidence` came out
+/// at 0.0999... and was dropped.
 pub fn rules(itemsets: &[Itemset], baskets: usize, limits: RuleLimits) -> Vec<Rule> {
     let n = baskets.max(1) as f64;
-    let support: HashMap<&[u32], f64> = itemsets
+    let counts: HashMap<&[u32], u64> = itemsets
         .iter()
-        .map(|i| (i.items.as_slice(), i.count as f64 / n))
+        .map(|i| (i.items.as_slice(), i.count))
         .collect();
     let mut out = Vec::new();
     for itemset in itemsets.iter().filter(|i| i.items.len() >= 2) {
@@ -59,14 +63,17 @@ pub fn rules(itemsets: &[Itemset], baskets: usize, limits: RuleLimits) -> Vec<Ru
                 }
                 (a, c)
             };
-            let (Some(&a), Some(&c)) = (
-                support.get(antecedent.as_slice()),
-                support.get(consequent.as_slice()),
+            let (Some(&a_count), Some(&c_count)) = (
+                counts.get(antecedent.as_slice()),
+                counts.get(consequent.as_slice()),
             ) else {
                 continue;
             };
-            let confidence = both / a;
-            let lift = confidence / c;
+            let (a, c) = (a_count as f64 / n, c_count as f64 / n);
+            let confidence = itemset.count as f64 / a_count as f64;
+            // both x n / (a x c) in counts; u128 so the products cannot overflow.
+            let lift = (u128::from(itemset.count) * baskets.max(1) as u128) as f64
+                / (u128::from(a_count) * u128::from(c_count)) as f64;
             if confidence < limits.min_confidence || lift < limits.min_lift {
                 continue;
             }
@@ -132,8 +139,10 @@ mod tests {
             .iter()
             .find(|r| r.antecedent == vec![1] && r.consequent == vec![2])
             .expect("bread -> milk");
-        // Supports are shares, as mlxtend keeps them: confidence is a ratio of shares.
-        let confidence = (3.0 / 5.0) / (4.0 / 5.0);
+        // Supports are shares, as mlxtend keeps them; confidence is the ratio of the
+        // counts (3 of the 4 baskets with bread), one rounding (mlxtend's ratio of shares
+        // agrees within an ulp).
+        let confidence = 3.0 / 4.0;
         assert_eq!(bread_to_milk.confidence, confidence);
         assert_eq!(
             bread_to_milk.conviction,
@@ -151,5 +160,42 @@ mod tests {
         assert!(strong.iter().all(|r| r.confidence >= 0.9 && r.lift >= 1.1));
         assert!(strong.contains(milk_to_bread));
         assert!(!strong.contains(bread_to_milk));
+    }
+
+    /// 89 of 890 baskets: confidence exactly 0.1, kept at `min_confidence = 0.1` as
+    /// mlxtend keeps it. Over 892 baskets the ratio of shares is 0.09999999999999999.
+    #[test]
+    fn a_rule_at_exactly_min_confidence_is_kept() {
+        let itemsets = [
+            Itemset {
+                items: vec![0],
+                count: 890,
+            },
+            Itemset {
+                items: vec![1],
+                count: 100,
+            },
+            Itemset {
+                items: vec![0, 1],
+                count: 89,
+            },
+        ];
+        // The case the test is about: as a ratio of shares it falls short.
+        let (shares, limit) = (std::hint::black_box(89.0 / 892.0), 0.1);
+        assert!(shares / (890.0 / 892.0) < limit);
+        let kept = rules(
+            &itemsets,
+            892,
+            RuleLimits {
+                min_confidence: 0.1,
+                min_lift: 0.0,
+            },
+        );
+        let rule = kept
+            .iter()
+            .find(|r| r.antecedent == [0])
+            .expect("0 -> 1 at exactly min_confidence");
+        assert_eq!(rule.confidence, 0.1);
+        assert_eq!(rule.lift, 89.0 * 892.0 / (890.0 * 100.0));
     }
 }
