@@ -58,19 +58,6 @@ async fn logged(events: &[RawEvent], keep_snapshots: bool) -> tempfile::TempDir 
     dir
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let path = entry.unwrap().path();
-        let target = to.join(path.file_name().unwrap());
-        if path.is_dir() {
-            copy_dir(&path, &target);
-        } else {
-            std::fs::copy(&path, &target).unwrap();
-        }
-    }
-}
-
 /// Non-empty segments, oldest first.
 fn segments(dir: &Path) -> Vec<PathBuf> {
     let mut segments: Vec<PathBuf> = std::fs::read_dir(segments_dir(dir))
@@ -102,7 +89,7 @@ async fn single_byte_flips_in_the_newest_segment_never_cut_acknowledged_events()
     let (mut refused, mut started) = (0, 0);
     for round in 0..100 {
         let work = tempfile::tempdir().unwrap();
-        copy_dir(template.path(), work.path());
+        common::copy_dir(template.path(), work.path());
         let segment = segments_dir(work.path()).join(newest.file_name().unwrap());
         let mut bytes = std::fs::read(&segment).unwrap();
         let at = rng.random_range(0..length);
@@ -148,7 +135,7 @@ async fn a_deleted_segment_stops_the_start() {
         assert!(all.len() >= 3, "several segments: {all:?}");
         // A middle segment: a gap in the sequence.
         let middle = tempfile::tempdir().unwrap();
-        copy_dir(dir.path(), middle.path());
+        common::copy_dir(dir.path(), middle.path());
         std::fs::remove_file(segments_dir(middle.path()).join(all[1].file_name().unwrap()))
             .unwrap();
         let error = open(middle.path()).err().expect("a gap stops the start");
@@ -251,7 +238,7 @@ async fn a_newest_segment_cut_at_any_record_boundary_or_deleted_is_found_with_it
     // Every record boundary (the whole segment's records kept is no damage at all).
     for (kept, at) in starts.iter().enumerate() {
         let work = tempfile::tempdir().unwrap();
-        copy_dir(template.path(), work.path());
+        common::copy_dir(template.path(), work.path());
         let segment = segments_dir(work.path()).join(newest.file_name().unwrap());
         std::fs::write(&segment, &bytes[..*at]).unwrap();
         refused(work.path(), kept as u64);
@@ -267,14 +254,14 @@ async fn a_newest_segment_cut_at_any_record_boundary_or_deleted_is_found_with_it
         let record = rng.random_range(0..starts.len());
         let at = starts[record] + rng.random_range(1..16);
         let work = tempfile::tempdir().unwrap();
-        copy_dir(template.path(), work.path());
+        common::copy_dir(template.path(), work.path());
         let segment = segments_dir(work.path()).join(newest.file_name().unwrap());
         std::fs::write(&segment, &bytes[..at]).unwrap();
         assert!(open(work.path()).is_err(), "cut at {at}");
     }
     // The newest segment deleted, with no snapshot to tell.
     let work = tempfile::tempdir().unwrap();
-    copy_dir(template.path(), work.path());
+    common::copy_dir(template.path(), work.path());
     std::fs::remove_file(segments_dir(work.path()).join(newest.file_name().unwrap())).unwrap();
     refused(work.path(), 0);
 
@@ -305,7 +292,7 @@ async fn repair_untangles_two_writers_a_reversed_range_and_a_damaged_loss_record
     let (shared, own) = events.split_at(2_000);
     let dir = logged(shared, false).await;
     let other = tempfile::tempdir().unwrap();
-    copy_dir(dir.path(), other.path());
+    common::copy_dir(dir.path(), other.path());
     // Two writers on copies of one data dir, each appending its own events.
     let theirs: Vec<RawEvent> = own
         .iter()

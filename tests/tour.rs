@@ -149,19 +149,6 @@ fn run(mut args: Vec<String>, scratch: &Path, url: &str) -> (String, String) {
     (stdout, stderr)
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read dir") {
-        let entry = entry.expect("entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("type").is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copy");
-        }
-    }
-}
-
 /// The value of the first series of `scrape` that starts with `series`.
 fn metric(scrape: &str, series: &str) -> Option<f64> {
     scrape
@@ -176,8 +163,8 @@ fn the_quick_tour_runs_as_written() {
     let scratch = tempfile::tempdir().expect("dir");
     let scratch = scratch.path();
     let repository = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    copy_dir(&repository.join("models"), &scratch.join("models"));
-    copy_dir(&repository.join("training"), &scratch.join("training"));
+    common::copy_dir(&repository.join("models"), &scratch.join("models"));
+    common::copy_dir(&repository.join("training"), &scratch.join("training"));
     let mut server = Server::start(scratch, &[]);
     let mut checked = Vec::new();
     let mut scores = 0;

@@ -619,3 +619,17 @@ pub fn mine_rules(history: &std::path::Path, models_dir: &std::path::Path) {
         String::from_utf8_lossy(&mined.stderr)
     );
 }
+
+/// Copies the directory tree `from` into `to` (created if missing).
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).expect("create the copy's folder");
+    for entry in std::fs::read_dir(from).expect("read the folder") {
+        let path = entry.expect("a folder entry").path();
+        let target = to.join(path.file_name().expect("an entry has a name"));
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).expect("copy a file");
+        }
+    }
+}
