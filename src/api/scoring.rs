@@ -438,6 +438,7 @@ impl Scoring for ScoringService {
             model: recommended.model.reference(),
             context: recommended.context,
             excluded: recommended.excluded,
+            unknown_products: recommended.unknown_products,
         });
         response.extensions_mut().insert(ScoredBy {
             model: recommended.model.name().to_string(),

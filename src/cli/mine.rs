@@ -62,8 +62,10 @@ pub enum MineCommand {
     /// Association rules from the baskets of an event history (or a baskets file):
     /// FP-growth, then rules, into <models-dir>/<name>/<name>-v<N>.json with a report.
     Rules(RulesArgs),
-    /// Hit rate, recall and NDCG at k of the rules against popularity on a cut in time:
-    /// rules mined from the earlier baskets, tested on the later ones.
+    /// Recommend as served, on a cut in time: rules mined from the earlier baskets, the
+    /// history replayed, and the live call's code asked as each later basket was being
+    /// filled; hit rate, recall, NDCG and coverage against rule confidence and
+    /// popularity.
     Evaluate(EvaluateArgs),
     /// Customer segments: k-means (k-means++, seeded) on chosen features of every
     /// entity at the end of the history, with a sweep of k to choose by; the artifact
@@ -97,12 +99,28 @@ pub struct EvaluateArgs {
     /// Share of the baskets (the earliest) the rules are mined from.
     #[arg(long, default_value_t = 0.7)]
     pub split: f64,
-    /// How many products each recommender names.
+    /// How many products each recommender names (Recommend's top_n).
     #[arg(long, default_value_t = 10)]
     pub k: usize,
+    /// Where the ranking model is (the server's models directory).
+    #[arg(long, default_value = "models")]
+    pub models_dir: PathBuf,
+    /// The ranking model: name, name@version or alias.
+    #[arg(long, default_value = "purchase")]
+    pub model: String,
+    /// Feature definitions the server runs with (default: the built-in shop).
+    #[arg(long)]
+    pub definitions: Option<PathBuf>,
     /// Also write the evaluation as JSON here.
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// Also write every query and each recommender's answer as JSON lines here.
+    #[arg(long)]
+    pub queries: Option<PathBuf>,
+    /// Keep the rule set evaluated in --models-dir (a candidate, as `mine rules`
+    /// writes it), to serve or to check the live call against; otherwise it goes.
+    #[arg(long)]
+    pub save_rules: bool,
 }
 
 #[derive(Debug, Args)]
@@ -250,18 +268,8 @@ fn over_history<T>(
     Ok((result, scan.events))
 }
 
-/// The baskets of a history file.
-fn history_baskets(
-    path: &std::path::Path,
-    window_ms: i64,
-) -> Result<crate::mining::Baskets, Failure> {
-    let (baskets, events) =
-        over_history(path, |events| Ok(crate::mining::baskets(events, window_ms)))?;
-    eprintln!("{events} events -> {} baskets", baskets.baskets.len());
-    Ok(baskets)
-}
-
 fn evaluate(args: EvaluateArgs) -> CliResult {
+    use crate::mining::evaluate::{self, Case, Evaluation, Hide, ServedPath};
     if !(args.split > 0.0 && args.split < 1.0) {
         return Err(format!("--split: must be between 0 and 1, got {}", args.split).into());
     }
@@ -274,7 +282,24 @@ fn evaluate(args: EvaluateArgs) -> CliResult {
         .into());
     }
     let config = RulesConfig::from_file(&args.config)?;
-    let mut all = history_baskets(&args.events, config.window_ms)?;
+    let definitions = std::sync::Arc::new(match &args.definitions {
+        Some(path) => Definitions::load(path)?,
+        None => Definitions::default_shop(),
+    });
+    // One pass: the baskets to mine, and each basket of two or more as carted, with its
+    // index (whether it falls after the cut).
+    let ((mut all, carts), events) = over_history(&args.events, |events| {
+        let mut builder = crate::mining::BasketsBuilder::default();
+        let mut carts = Vec::new();
+        crate::mining::closed_carts(events, config.window_ms, |cart| {
+            if cart.carted.len() >= 2 {
+                carts.push((builder.len(), cart.clone()));
+            }
+            builder.push(cart);
+        });
+        Ok((builder.finish(), carts))
+    })?;
+    eprintln!("{events} events -> {} baskets", all.baskets.len());
     let cut = (all.baskets.len() as f64 * args.split) as usize;
     if cut == 0 || cut == all.baskets.len() {
         return Err(crate::mining::MiningError::NoBaskets(format!(
@@ -285,23 +310,128 @@ fn evaluate(args: EvaluateArgs) -> CliResult {
         ))
         .into());
     }
-    let later = crate::mining::Baskets {
-        baskets: all.baskets.split_off(cut),
-        products: all.products.clone(),
-        times: all.times.split_off(cut),
-        users: all.users.split_off(cut),
-    };
+    let test_baskets = all.baskets.len() - cut;
+    all.baskets.truncate(cut);
+    all.times.truncate(cut);
+    all.users.truncate(cut);
     let mined = mine::mine(&all.baskets, &config)?;
-    let set = mine::rule_set(&mined, &all);
-    let evaluation = crate::mining::evaluate::evaluate(&set, all.baskets.len(), &later, args.k);
+
+    // The rule set is written to a scratch models directory and loaded beside the
+    // ranking model, so the queries resolve both as the server would.
+    let registry = crate::registry::Registry::new(
+        std::sync::Arc::clone(&definitions),
+        args.models_dir.clone(),
+    );
+    for (path, error) in registry.scan()? {
+        eprintln!("skipped {}: {error}", path.display());
+    }
+    let scratch = ScratchDir::new("evaluate")?;
+    let outcome = mine::write(
+        &all,
+        &mined,
+        &config,
+        MineOutput {
+            models_dir: match args.save_rules {
+                true => &args.models_dir,
+                false => scratch.path(),
+            },
+            created_at_ms: now_ms(),
+            definitions_fingerprint: definitions.fingerprint,
+            signing_key: None,
+        },
+    )?;
+    let rules = registry.load_file(&outcome.artifact)?;
+    if args.save_rules {
+        eprintln!(
+            "kept {} (a candidate: streamscore models promote {})",
+            outcome.artifact.display(),
+            rules.reference()
+        );
+    }
+    let model = registry.resolve_ranker(&args.model)?;
+    let cases: Vec<Case> = carts
+        .iter()
+        .filter(|(index, _)| *index >= cut)
+        .flat_map(|(_, cart)| [Case::of(cart, Hide::Rest), Case::of(cart, Hide::Last)])
+        .flatten()
+        .collect();
+    let settings = crate::config::Settings::default();
+    let path = ServedPath {
+        registry: &registry,
+        definitions: std::sync::Arc::clone(&definitions),
+        engine: settings.ingest.engine(),
+        limits: settings.ingest.limits(),
+        features: crate::scoring::recommend::RecentFeatures::default(),
+        rules: rules.reference(),
+        model: model.reference(),
+        k: args.k,
+    };
+    eprintln!(
+        "{} rules from the earliest {cut} baskets; asking Recommend {} times while replaying",
+        outcome.report.rules,
+        cases.len()
+    );
+    let (answered, failed_queries) = over_history(&args.events, |events| {
+        Ok(evaluate::replay(&path, events, cases))
+    })?
+    .0;
+    if answered.is_empty() {
+        return Err(format!(
+            "no query could be answered ({} failed; the first: {})",
+            failed_queries.count,
+            failed_queries.first.as_deref().unwrap_or("none was asked")
+        )
+        .into());
+    }
+    let evaluation = Evaluation {
+        k: args.k,
+        rules: rules.reference(),
+        model: model.reference(),
+        train_baskets: cut,
+        test_baskets,
+        modes: evaluate::modes(&answered, args.k),
+        failed_queries,
+    };
+    if let Some(path) = &args.queries {
+        let mut lines = String::new();
+        for one in &answered {
+            lines.push_str(&serde_json::to_string(one)?);
+            lines.push('\n');
+        }
+        std::fs::write(path, lines).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
     if let Some(path) = &args.report {
         let text = serde_json::to_string_pretty(&evaluation)?;
         std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     }
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{} rules from the earlier baskets", set.rules.len())?;
-    write!(out, "{}", evaluation.markdown())?;
+    write!(std::io::stdout().lock(), "{}", evaluation.markdown())?;
     Ok(())
+}
+
+/// A directory under the system's temporary one, removed when dropped.
+struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    fn new(purpose: &str) -> Result<ScratchDir, Failure> {
+        let path = std::env::temp_dir().join(format!(
+            "streamscore-{purpose}-{}-{}",
+            std::process::id(),
+            now_ms()
+        ));
+        std::fs::create_dir_all(&path)
+            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        Ok(ScratchDir(path))
+    }
+
+    fn path(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn rules(args: RulesArgs) -> CliResult {

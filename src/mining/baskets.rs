@@ -19,12 +19,25 @@ pub struct Baskets {
     pub users: Vec<String>,
 }
 
-/// Builds the baskets of `events` (in time order, as logged; streamed, so memory holds
-/// only the open carts). Item ids are given in order of first appearance in a basket.
-pub fn baskets(events: impl IntoIterator<Item = impl Borrow<RawEvent>>, window_ms: i64) -> Baskets {
+/// One order and what its user carted for it: each distinct product once, in the order
+/// first carted within the window, with when.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClosedCart {
+    pub user: String,
+    pub order_ms: i64,
+    pub carted: Vec<(i64, String)>,
+}
+
+/// Walks `events` (in time order, as logged; streamed, so memory holds only the open
+/// carts) and hands `closed` every order that closes a non-empty cart: the products
+/// added to the cart since the user's previous order and at most `window_ms` before
+/// this one.
+pub fn closed_carts(
+    events: impl IntoIterator<Item = impl Borrow<RawEvent>>,
+    window_ms: i64,
+    mut closed: impl FnMut(ClosedCart),
+) {
     let mut open: HashMap<String, Vec<(i64, String)>> = HashMap::new();
-    let mut ids: HashMap<String, u32> = HashMap::new();
-    let mut out = Baskets::default();
     for event in events {
         let event = event.borrow();
         let Some(user) = event.entities.get("user") else {
@@ -44,33 +57,74 @@ pub fn baskets(events: impl IntoIterator<Item = impl Borrow<RawEvent>>, window_m
             "order" => {
                 let carted = open.remove(user.as_str()).unwrap_or_default();
                 let start = event.event_time_ms.saturating_sub(window_ms);
-                let products: BTreeSet<&str> = carted
-                    .iter()
-                    .filter(|(time, _)| *time >= start && *time <= event.event_time_ms)
-                    .map(|(_, product)| product.as_str())
-                    .collect();
-                if products.is_empty() {
-                    continue;
+                let mut distinct: Vec<(i64, String)> = Vec::new();
+                for (time, product) in carted {
+                    if time >= start
+                        && time <= event.event_time_ms
+                        && !distinct.iter().any(|(_, p)| *p == product)
+                    {
+                        distinct.push((time, product));
+                    }
                 }
-                let mut basket: Vec<u32> = products
-                    .into_iter()
-                    .map(|product| {
-                        let next = ids.len() as u32;
-                        *ids.entry(product.to_string()).or_insert_with(|| {
-                            out.products.push(product.to_string());
-                            next
-                        })
-                    })
-                    .collect();
-                basket.sort_unstable();
-                out.baskets.push(basket);
-                out.times.push(event.event_time_ms);
-                out.users.push(user.clone());
+                if !distinct.is_empty() {
+                    closed(ClosedCart {
+                        user: user.clone(),
+                        order_ms: event.event_time_ms,
+                        carted: distinct,
+                    });
+                }
             }
             _ => {}
         }
     }
-    out
+}
+
+/// Builds the baskets of `events` (see [`closed_carts`]).
+pub fn baskets(events: impl IntoIterator<Item = impl Borrow<RawEvent>>, window_ms: i64) -> Baskets {
+    let mut builder = BasketsBuilder::default();
+    closed_carts(events, window_ms, |cart| builder.push(cart));
+    builder.finish()
+}
+
+/// Baskets from closed carts, one at a time. Item ids are given in order of first
+/// appearance in a basket, a basket's new products taken by product id.
+#[derive(Debug, Default)]
+pub struct BasketsBuilder {
+    ids: HashMap<String, u32>,
+    out: Baskets,
+}
+
+impl BasketsBuilder {
+    pub fn push(&mut self, cart: ClosedCart) {
+        let products: BTreeSet<&str> = cart.carted.iter().map(|(_, p)| p.as_str()).collect();
+        let mut basket: Vec<u32> = products
+            .into_iter()
+            .map(|product| {
+                let next = self.ids.len() as u32;
+                *self.ids.entry(product.to_string()).or_insert_with(|| {
+                    self.out.products.push(product.to_string());
+                    next
+                })
+            })
+            .collect();
+        basket.sort_unstable();
+        self.out.baskets.push(basket);
+        self.out.times.push(cart.order_ms);
+        self.out.users.push(cart.user);
+    }
+
+    /// How many baskets so far.
+    pub fn len(&self) -> usize {
+        self.out.baskets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.out.baskets.is_empty()
+    }
+
+    pub fn finish(self) -> Baskets {
+        self.out
+    }
 }
 
 #[cfg(test)]
@@ -111,5 +165,26 @@ mod tests {
         assert_eq!(found.baskets, vec![vec![0, 1], vec![2]]);
         assert_eq!(found.times, vec![30, 210]);
         assert_eq!(found.users, vec!["u1", "u1"]);
+    }
+
+    #[test]
+    fn a_closed_cart_keeps_the_order_products_were_first_carted() {
+        let events = vec![
+            event("add_to_cart", "u1", Some("p9"), 0),
+            event("add_to_cart", "u1", Some("p2"), 10),
+            event("add_to_cart", "u1", Some("p9"), 20),
+            event("add_to_cart", "u1", Some("p5"), 25),
+            event("order", "u1", None, 30),
+        ];
+        let mut closed = Vec::new();
+        closed_carts(&events, 100, |cart| closed.push(cart));
+        assert_eq!(
+            closed,
+            vec![ClosedCart {
+                user: "u1".into(),
+                order_ms: 30,
+                carted: vec![(0, "p9".into()), (10, "p2".into()), (25, "p5".into())],
+            }]
+        );
     }
 }

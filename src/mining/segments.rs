@@ -18,8 +18,9 @@ use serde::{Deserialize, Serialize};
 
 use super::MiningError;
 use crate::definitions::Definitions;
-use crate::events::{Limits, RawEvent, validate};
-use crate::features::{Admission, Engine, EngineSettings};
+use crate::events::{Limits, RawEvent};
+use crate::features::EngineSettings;
+use crate::features::replay::Replay;
 use crate::model::segments::{Centroids, MAX_SEGMENTS};
 use crate::model::{Family, Model, Preprocessing};
 
@@ -152,28 +153,20 @@ pub fn rows(
     history: impl Iterator<Item = RawEvent>,
     config: &SegmentsConfig,
 ) -> Result<Rows, MiningError> {
-    let mut engine = Engine::new(Arc::clone(&definitions), settings);
     let limits = Limits {
         max_future_skew_ms: i64::MAX,
         max_id_bytes: usize::MAX,
     };
-    let mut out = Rows::default();
-    for (seq, raw) in history.enumerate() {
-        if seq > 0 && seq % 200_000 == 0 {
-            engine.evict_expired();
-        }
-        let Ok(event) = validate(&definitions, &limits, &raw, None) else {
-            out.refused_events += 1;
-            continue;
-        };
-        if engine.admit(&event) != Admission::Apply {
-            out.refused_events += 1;
-            continue;
-        }
-        out.as_of_ms = out.as_of_ms.max(raw.event_time_ms);
-        engine.apply(&event, seq as u64 + 1);
+    let mut replay = Replay::new(Arc::clone(&definitions), settings, limits);
+    for raw in history {
+        replay.apply(&raw);
     }
-    engine.evict_expired();
+    let mut out = Rows {
+        refused_events: replay.refused,
+        as_of_ms: replay.newest_ms.max(0),
+        ..Rows::default()
+    };
+    let engine = replay.finish();
     let (entity, ids) = engine
         .resolve(&config.entity, &config.features)
         .map_err(|e| MiningError::NoBaskets(e.to_string()))?;

@@ -124,13 +124,8 @@ impl RuleSet {
             .into_iter()
             .map(|(product, rule)| Proposal { product, rule })
             .collect();
-        proposals.sort_by(|a, b| {
-            b.rule
-                .confidence
-                .total_cmp(&a.rule.confidence)
-                .then(b.rule.lift.total_cmp(&a.rule.lift))
-                .then(a.product.cmp(b.product))
-        });
+        // Strongest evidence first; the id only makes equal evidence deterministic.
+        proposals.sort_by(|a, b| evidence(b.rule, a.rule).then(a.product.cmp(b.product)));
         proposals
     }
 
@@ -179,10 +174,16 @@ impl RuleSet {
 
 /// Whether `a` is the better reason to propose a product than `b`.
 fn stronger(a: &AssociationRule, b: &AssociationRule) -> bool {
+    evidence(a, b).is_gt()
+}
+
+/// How `a`'s evidence compares with `b`'s: confidence, then lift, then support (a rule
+/// seen in more baskets is the surer of two otherwise equal ones).
+pub fn evidence(a: &AssociationRule, b: &AssociationRule) -> std::cmp::Ordering {
     a.confidence
         .total_cmp(&b.confidence)
         .then(a.lift.total_cmp(&b.lift))
-        .is_gt()
+        .then(a.support.total_cmp(&b.support))
 }
 
 #[cfg(test)]
