@@ -192,10 +192,7 @@ pub struct Scores {
 const HIT_AT: [usize; 2] = [1, 5];
 
 /// Scores `ranked` (one list per case) against each case's hidden products.
-pub fn score<'a>(
-    lists: impl Iterator<Item = (&'a [String], &'a [String])>,
-    k: usize,
-) -> Scores {
+pub fn score<'a>(lists: impl Iterator<Item = (&'a [String], &'a [String])>, k: usize) -> Scores {
     let mut cutoffs: Vec<usize> = HIT_AT.iter().copied().filter(|n| *n < k).collect();
     cutoffs.push(k);
     let mut hits = vec![0.0; cutoffs.len()];
@@ -222,7 +219,11 @@ pub fn score<'a>(
     }
     let n = cases.max(1) as f64;
     Scores {
-        hit_rate: cutoffs.into_iter().zip(hits).map(|(c, h)| (c, h / n)).collect(),
+        hit_rate: cutoffs
+            .into_iter()
+            .zip(hits)
+            .map(|(c, h)| (c, h / n))
+            .collect(),
         recall: recall / n,
         ndcg: ndcg / n,
         coverage: named.intersection(&hidden_products).count() as f64
@@ -354,9 +355,15 @@ mod tests {
             carted: vec![(10, "p9".into()), (20, "p2".into()), (30, "p5".into())],
         };
         let rest = Case::of(&basket, Hide::Rest).expect("three products");
-        assert_eq!((rest.at_ms, rest.cart, rest.hidden), (10, strings(&["p9"]), strings(&["p2", "p5"])));
+        assert_eq!(
+            (rest.at_ms, rest.cart, rest.hidden),
+            (10, strings(&["p9"]), strings(&["p2", "p5"]))
+        );
         let last = Case::of(&basket, Hide::Last).expect("three products");
-        assert_eq!((last.at_ms, last.cart, last.hidden), (20, strings(&["p9", "p2"]), strings(&["p5"])));
+        assert_eq!(
+            (last.at_ms, last.cart, last.hidden),
+            (20, strings(&["p9", "p2"]), strings(&["p5"]))
+        );
         let single = ClosedCart {
             carted: vec![(10, "p9".into())],
             ..basket

@@ -555,7 +555,14 @@ mod tests {
         evidence_first(&mut items, &[]);
         assert_eq!(
             order(&items),
-            ["strong", "tied-likelier", "tied", "weak", "more-popular", "popular"]
+            [
+                "strong",
+                "tied-likelier",
+                "tied",
+                "weak",
+                "more-popular",
+                "popular"
+            ]
         );
     }
 
