@@ -229,7 +229,11 @@ async fn with_no_signal_recommend_ranks_exactly_by_rule_confidence() {
             .await
             .expect("recommends")
             .into_inner();
-        assert_eq!(answer.context, [carted.clone()], "nothing seen lately");
+        assert_eq!(
+            answer.context,
+            std::slice::from_ref(&carted),
+            "nothing seen lately"
+        );
         let first = answer.recommendations.first().map(|r| r.probability);
         assert!(
             answer
@@ -336,7 +340,8 @@ async fn mine_evaluate_scores_what_the_live_call_answers() {
         if upto > sent {
             streamscore::api::client::stream_events(
                 server.channel().await,
-                events[sent..upto].to_vec().into_iter(),
+                // Owned: the stream sends from its own task.
+                Vec::from(&events[sent..upto]).into_iter(),
                 500,
                 2,
                 |_| {},
