@@ -332,7 +332,7 @@ async fn mine_evaluate_scores_what_the_live_call_answers() {
 
     // Replayed as the evaluation does: each query once every event up to its moment is
     // acknowledged, before any later one is sent.
-    let mut live: Vec<(Vec<String>, Vec<String>)> = Vec::new();
+    let mut live: Vec<LiveAnswer> = Vec::new();
     let (mut next, mut sent, mut with_signal) = (0, 0, 0);
     while next < queries.len() || sent < events.len() {
         let until = queries.get(next).map_or(i64::MAX, |q| q.case.at_ms);
@@ -370,10 +370,10 @@ async fn mine_evaluate_scores_what_the_live_call_answers() {
                     .iter()
                     .any(|r| Some(r.probability) != first),
             );
-            live.push((
-                got,
-                by_confidence(&artifact, &answer.context, &answer.excluded, 10),
-            ));
+            live.push(LiveAnswer {
+                by_confidence: by_confidence(&artifact, &answer.context, &answer.excluded, 10),
+                served: got,
+            });
             next += 1;
         }
     }
@@ -395,7 +395,7 @@ async fn mine_evaluate_scores_what_the_live_call_answers() {
         let cases: Vec<usize> = (0..queries.len())
             .filter(|i| queries[*i].case.hide == hide)
             .collect();
-        let rate = |pick: fn(&(Vec<String>, Vec<String>)) -> &Vec<String>| {
+        let rate = |pick: fn(&LiveAnswer) -> &[String]| {
             let hits = cases
                 .iter()
                 .filter(|i| {
@@ -407,7 +407,7 @@ async fn mine_evaluate_scores_what_the_live_call_answers() {
                 .count();
             hits as f64 / cases.len() as f64
         };
-        let (served, confidence) = (rate(|l| &l.0), rate(|l| &l.1));
+        let (served, confidence) = (rate(|l| &l.served), rate(|l| &l.by_confidence));
         let reported = number_at(mode, &["served", "hit_rate", "10"]);
         assert!(
             (served - reported).abs() < 1e-12,
@@ -425,6 +425,12 @@ async fn mine_evaluate_scores_what_the_live_call_answers() {
         eprintln!("{hide:?}: hit rate at 10 served {served:.4}, by confidence {confidence:.4}");
     }
     server.stop().await;
+}
+
+/// What the server answered a query, and its candidates by rule confidence.
+struct LiveAnswer {
+    served: Vec<String>,
+    by_confidence: Vec<String>,
 }
 
 fn number_at(value: &serde_json::Value, path: &[&str]) -> f64 {
