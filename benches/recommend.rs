@@ -107,6 +107,7 @@ fn main() {
             created_at_ms: now_ms(),
             definitions_fingerprint: definitions.fingerprint,
             signing_key: None,
+            max_artifact_bytes: streamscore::model::artifact::DEFAULT_MAX_ARTIFACT_BYTES,
         },
     )
     .expect("rules written");

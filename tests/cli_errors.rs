@@ -186,3 +186,53 @@ fn a_country_that_is_not_a_two_letter_code_is_refused_by_name() {
     server.kill().ok();
     server.wait().ok();
 }
+
+/// A rule set bigger than a server loads (`models.max_artifact_bytes`) is refused with
+/// its size before anything is written. Before, it was written without a word and the
+/// server refused it at load.
+#[test]
+fn a_rule_set_over_the_load_limit_is_refused_with_its_size_before_writing() {
+    let dir = tempfile::tempdir().expect("dir");
+    let baskets = dir.path().join("baskets.txt");
+    let lines: String = (0..200)
+        .map(|i| format!("p{} p{} p{}\n", i % 20, (i + 1) % 20, (i + 7) % 20))
+        .collect();
+    std::fs::write(&baskets, lines).expect("baskets");
+    let models = dir.path().join("models");
+    let mine = |limit: &str| {
+        Command::new(env!("CARGO_BIN_EXE_streamscore"))
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["mine", "rules", "--config", "training/rules.toml"])
+            .arg("--baskets")
+            .arg(&baskets)
+            .arg("--models-dir")
+            .arg(&models)
+            .args(["--max-artifact-bytes", limit])
+            .output()
+            .expect("run the CLI")
+    };
+    let refused = mine("4096");
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("more than the 4096 a server loads (models.max_artifact_bytes"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("nothing was written"), "{stderr}");
+    assert!(!models.join("rules").exists(), "nothing was written");
+    // The same within the default limit: written, and the size that was refused is
+    // the size on disk.
+    let written = mine("67108864");
+    assert!(
+        written.status.success(),
+        "{}",
+        String::from_utf8_lossy(&written.stderr)
+    );
+    let size = std::fs::metadata(models.join("rules/rules-v1.json"))
+        .expect("the artifact")
+        .len();
+    assert!(
+        stderr.contains(&format!("would be {size} bytes")),
+        "{size}: {stderr}"
+    );
+}

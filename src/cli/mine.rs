@@ -27,6 +27,10 @@ pub struct OutputArgs {
     /// Creation time written into the artifact (default: now).
     #[arg(long)]
     pub created_at_ms: Option<i64>,
+    /// Largest artifact to write: the server's models.max_artifact_bytes (64 MiB by
+    /// default). A rule set over it is refused with its size, before anything is written.
+    #[arg(long, default_value_t = crate::model::artifact::DEFAULT_MAX_ARTIFACT_BYTES)]
+    pub max_artifact_bytes: u64,
 }
 
 impl OutputArgs {
@@ -326,6 +330,23 @@ fn evaluate(args: EvaluateArgs) -> CliResult {
         eprintln!("skipped {}: {error}", path.display());
     }
     let scratch = ScratchDir::new("evaluate")?;
+    // Unsaved, the set gets a name of its own: the models directory may already hold a
+    // `rules@1`, and a loaded version is never replaced.
+    let config = match args.save_rules {
+        true => config,
+        false => {
+            if registry.resolve(&format!("{EVALUATED}@1")).is_ok() {
+                return Err(format!(
+                    "{} already holds a model named {EVALUATED}; the rule set evaluated takes that name",
+                    args.models_dir.display()
+                )
+                .into());
+            }
+            let mut config = config;
+            config.config.name = EVALUATED.into();
+            config
+        }
+    };
     let outcome = mine::write(
         &all,
         &mined,
@@ -338,6 +359,8 @@ fn evaluate(args: EvaluateArgs) -> CliResult {
             created_at_ms: now_ms(),
             definitions_fingerprint: definitions.fingerprint,
             signing_key: None,
+            // The registry below loads it with its default limit.
+            max_artifact_bytes: crate::model::artifact::DEFAULT_MAX_ARTIFACT_BYTES,
         },
     )?;
     let rules = registry.load_file(&outcome.artifact)?;
@@ -407,6 +430,9 @@ fn evaluate(args: EvaluateArgs) -> CliResult {
     write!(std::io::stdout().lock(), "{}", evaluation.markdown())?;
     Ok(())
 }
+
+/// The name of a rule set `mine evaluate` mines and does not keep.
+const EVALUATED: &str = "evaluated-rules";
 
 /// A directory under the system's temporary one, removed when dropped.
 struct ScratchDir(PathBuf);
@@ -485,6 +511,7 @@ fn rules(args: RulesArgs) -> CliResult {
             created_at_ms: args.output.created_at_ms(),
             definitions_fingerprint: definitions.fingerprint,
             signing_key: signing_key.as_ref(),
+            max_artifact_bytes: args.output.max_artifact_bytes,
         },
     )?;
     let report = &outcome.report;

@@ -9,9 +9,11 @@ use super::MiningError;
 use crate::model::artifact::valid_model_name;
 use crate::time::parse_duration_ms;
 
-/// Longest itemset (and so rule) `max_len` may ask for: the rules of an itemset are
-/// all its splits (2^len - 2 of them).
-pub const MAX_ITEMSET_LEN: usize = 8;
+/// Longest itemset (and so rule) `max_len` may ask for. Real baskets hold frequent
+/// itemsets of 9-12 products at low support; the rules of an itemset are all its
+/// splits (2^len - 2 of them, 65,534 at 16), and the itemsets and rules mined are
+/// bounded in count (`mine::MAX_ITEMSETS`, `mine::MAX_RULES`).
+pub const MAX_ITEMSET_LEN: usize = 16;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

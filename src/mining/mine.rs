@@ -12,7 +12,8 @@ use serde::Serialize;
 use super::config::CheckedRulesConfig;
 use super::report::RulesReport;
 use super::{
-    Baskets, Itemset, MiningError, Rule, RuleLimits, frequent_itemsets_within, min_count, rules,
+    Baskets, Itemset, MiningError, Rule, RuleLimits, frequent_itemsets_within, min_count,
+    rules_within,
 };
 use crate::definitions::fnv64;
 use crate::model::artifact::{self, ArtifactBody, Provenance, SigningKey};
@@ -33,6 +34,8 @@ pub struct Mined {
 /// Most frequent itemsets one run may find (about 100 bytes each, and every one is
 /// split into rules): past this, `mine` stops and asks for a higher support.
 pub const MAX_ITEMSETS: usize = 5_000_000;
+/// Most rules one mining may keep (a 64 MiB artifact holds about 250,000).
+pub const MAX_RULES: usize = 1_000_000;
 
 /// Mines `baskets` under the config's limits.
 pub fn mine(baskets: &[Vec<u32>], config: &CheckedRulesConfig) -> Result<Mined, MiningError> {
@@ -49,14 +52,18 @@ pub fn mine(baskets: &[Vec<u32>], config: &CheckedRulesConfig) -> Result<Mined, 
     })?;
     let itemset_seconds = started.elapsed().as_secs_f64();
     let started = Instant::now();
-    let found = rules(
-        &itemsets,
-        baskets.len(),
-        RuleLimits {
-            min_confidence: config.min_confidence,
-            min_lift: config.min_lift,
-        },
-    );
+    let limits = RuleLimits {
+        min_confidence: config.min_confidence,
+        min_lift: config.min_lift,
+    };
+    let found = rules_within(&itemsets, baskets.len(), limits, MAX_RULES).ok_or_else(|| {
+        MiningError::TooMany(format!(
+            "more than {MAX_RULES} rules at min_confidence {} and min_lift {} from {} frequent itemsets: raise min_confidence, min_lift or min_support, or lower max_len",
+            config.min_confidence,
+            config.min_lift,
+            itemsets.len()
+        ))
+    })?;
     Ok(Mined {
         baskets: baskets.len(),
         itemsets,
@@ -126,6 +133,9 @@ pub struct MineOutput<'a> {
     /// Of the definitions the server runs with: the registry refuses other artifacts.
     pub definitions_fingerprint: u64,
     pub signing_key: Option<&'a SigningKey>,
+    /// Largest artifact the server will load (`models.max_artifact_bytes`): a bigger
+    /// one is refused before anything is written.
+    pub max_artifact_bytes: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -199,9 +209,20 @@ pub fn write(
             family: Family::AssociationRules(set),
         },
     };
+    let text = artifact::encode(body, out.signing_key).map_err(|reason| MiningError::Write {
+        path: path.display().to_string(),
+        reason,
+    })?;
+    if text.len() as u64 > out.max_artifact_bytes {
+        return Err(MiningError::TooLarge {
+            bytes: text.len() as u64,
+            limit: out.max_artifact_bytes,
+            rules: report.rules,
+        });
+    }
     // The report first: the registry may load the artifact the moment it appears.
     let mut files = report.write_beside(&path, mined)?;
-    artifact::save_signed(&path, body, out.signing_key)?;
+    artifact::save_encoded(&path, &text)?;
     files.insert(0, path.clone());
     Ok(MineOutcome {
         artifact: path,

@@ -19,4 +19,4 @@ pub use error::MiningError;
 
 pub use baskets::{Baskets, BasketsBuilder, ClosedCart, baskets, closed_carts};
 pub use fpgrowth::{Itemset, frequent_itemsets, frequent_itemsets_within, min_count};
-pub use rules::{Rule, RuleLimits, rules};
+pub use rules::{Rule, RuleLimits, rules, rules_within};

@@ -245,19 +245,33 @@ pub fn save_signed(
     body: ArtifactBody,
     key: Option<&SigningKey>,
 ) -> Result<(), ArtifactError> {
-    let error = |reason: String| ArtifactError::Write {
+    let text = encode(body, key).map_err(|reason| ArtifactError::Write {
         path: path.display().to_string(),
         reason,
-    };
-    let bytes = serde_json::to_vec(&body).map_err(|e| error(e.to_string()))?;
+    })?;
+    save_encoded(path, &text)
+}
+
+/// The artifact file's text: the body, its checksum and, with `key`, its signature.
+/// Its length is what a loader's `models.max_artifact_bytes` is held against.
+pub fn encode(body: ArtifactBody, key: Option<&SigningKey>) -> Result<String, String> {
+    let bytes = serde_json::to_vec(&body).map_err(|e| e.to_string())?;
     let checksum = format!("{:016x}", fnv64(&bytes));
     let signature = key.map(|key| key.sign(&bytes));
-    let text = serde_json::to_string_pretty(&ArtifactFile {
+    serde_json::to_string_pretty(&ArtifactFile {
         checksum,
         signature,
         body,
     })
-    .map_err(|e| error(e.to_string()))?;
+    .map_err(|e| e.to_string())
+}
+
+/// Writes an [`encode`]d artifact durably (temp file, fsync, rename).
+pub fn save_encoded(path: &Path, text: &str) -> Result<(), ArtifactError> {
+    let error = |reason: String| ArtifactError::Write {
+        path: path.display().to_string(),
+        reason,
+    };
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent).map_err(|e| error(e.to_string()))?;
     }
