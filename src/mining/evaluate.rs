@@ -1,7 +1,7 @@
 //! Offline evaluation of `Recommend` on a cut in time, through the served path. Rules
 //! are mined from the baskets closed before the cut. The history is then replayed
 //! through a fresh feature engine, and at the moments a later basket was being filled
-//! the very function the live call runs ([`recommend_explained`]) is asked, with the
+//! the very function the live call runs ([`recommend_on`]) is asked, with the
 //! user's history as the store held it then:
 //! - `rest` hidden: the moment the first product went into the cart, that product in
 //!   the cart; the hidden products are the others the basket went on to hold;
@@ -24,7 +24,7 @@ use crate::events::{Limits, RawEvent};
 use crate::features::EngineSettings;
 use crate::features::replay::Replay;
 use crate::registry::Registry;
-use crate::scoring::recommend::{RecentFeatures, RecommendInput, recommend_explained};
+use crate::scoring::recommend::{RecentFeatures, RecommendInput, recommend_on};
 
 /// Which of a basket's products a query hides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -133,15 +133,17 @@ pub fn replay(
             ..RecommendInput::default()
         };
         let view = replay.engine().view();
-        match recommend_explained(
+        let mut proposed = Vec::new();
+        match recommend_on(
             path.registry,
             &path.definitions,
             &view,
             |event| replay.check(event),
             &path.features,
             input,
+            Some(&mut proposed),
         ) {
-            Ok((recommended, proposed)) => {
+            Ok(recommended) => {
                 let excluded: HashSet<&str> =
                     recommended.excluded.iter().map(String::as_str).collect();
                 answered.push(Answered {

@@ -31,7 +31,7 @@ pub struct RankedCandidate {
 #[derive(Debug, Clone)]
 pub struct Ranking {
     pub model: Arc<LoadedModel>,
-    /// Best first, at most `top_n`.
+    /// Best first, at most `top_n` (in the order given, all, when unordered).
     pub candidates: Vec<RankedCandidate>,
     /// Entity types of the user context the store holds nothing for.
     pub unknown_entities: Vec<String>,
@@ -79,6 +79,8 @@ pub struct CandidateCall<'c> {
     context: RawEvent,
     candidates: &'c [CandidateInput],
     top_n: usize,
+    /// Whether [`CandidateCall::rank`] orders the candidates (best first).
+    ordered: bool,
 }
 
 impl<'c> CandidateCall<'c> {
@@ -108,7 +110,18 @@ impl<'c> CandidateCall<'c> {
             context,
             candidates,
             top_n,
+            ordered: true,
         })
+    }
+
+    /// Leaves the candidates in the order given, all of them: for a caller that orders
+    /// them by more than the probability (`Recommend`), so they are sorted once.
+    pub fn unordered(self) -> CandidateCall<'c> {
+        CandidateCall {
+            ordered: false,
+            top_n: 0,
+            ..self
+        }
     }
 
     /// Every entity the ranking reads (the context's and each candidate product), once
@@ -140,6 +153,7 @@ impl<'c> CandidateCall<'c> {
             context,
             candidates,
             top_n,
+            ordered,
         } = self;
         // One event is reused for every candidate: its product and numbers are set in
         // place, so a large context is never copied per candidate. The context's own
@@ -173,7 +187,9 @@ impl<'c> CandidateCall<'c> {
         let unknown = unknown.unwrap_or_default();
         let mut context = event;
         context.entities.remove("product");
-        best_first(&mut ranked, &unknown_products);
+        if ordered {
+            best_first(&mut ranked, &unknown_products);
+        }
         if top_n > 0 {
             ranked.truncate(top_n);
         }

@@ -449,12 +449,16 @@ pub fn recommend(
             |event| store.check(event),
             features,
             input,
+            None,
         )
     })
 }
 
 /// Recommends on any engine view, each candidate event checked by `check`: the live
-/// call and `mine evaluate`'s replay run this same code.
+/// call and `mine evaluate`'s replay run this same code. With `proposed`, it also
+/// receives every candidate in the order proposed (strongest rule first, then the
+/// popular fill): the rules' own ranking, which `mine evaluate` compares with. The live
+/// call passes `None` and copies nothing.
 pub fn recommend_on(
     registry: &Registry,
     definitions: &Definitions,
@@ -462,27 +466,12 @@ pub fn recommend_on(
     check: impl Fn(&RawEvent) -> Result<(), Refusal>,
     features: &RecentFeatures,
     input: RecommendInput,
+    proposed: Option<&mut Vec<String>>,
 ) -> Result<Recommended, ScoreError> {
-    recommend_explained(registry, definitions, engine, check, features, input)
-        .map(|(recommended, _)| recommended)
-}
-
-/// [`recommend_on`], and every candidate in the order proposed (strongest rule first,
-/// then the popular fill): the rules' own ranking, which `mine evaluate` compares with.
-pub fn recommend_explained(
-    registry: &Registry,
-    definitions: &Definitions,
-    engine: &dyn EntityReads,
-    check: impl Fn(&RawEvent) -> Result<(), Refusal>,
-    features: &RecentFeatures,
-    input: RecommendInput,
-) -> Result<(Recommended, Vec<String>), ScoreError> {
     let proposal = RecommendCall::new(registry, input)?.propose(definitions, engine, features)?;
-    let proposed = proposal
-        .candidates
-        .iter()
-        .map(|candidate| candidate.product.clone())
-        .collect();
+    if let Some(proposed) = proposed {
+        proposed.extend(proposal.candidates.iter().map(|c| c.product.clone()));
+    }
     let ranking = match proposal.candidates.is_empty() {
         true => None,
         false => Some(
@@ -493,10 +482,11 @@ pub fn recommend_explained(
                 &proposal.candidates,
                 0,
             )?
+            .unordered()
             .rank(definitions, engine, check)?,
         ),
     };
-    Ok((proposal.finish(registry, ranking)?, proposed))
+    proposal.finish(registry, ranking)
 }
 
 #[cfg(test)]
