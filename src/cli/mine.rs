@@ -173,12 +173,13 @@ fn segments(args: SegmentsArgs) -> CliResult {
         )?)
     })?;
     eprintln!(
-        "{} events -> {} {} entities as of {} = {} ms ({} events refused)",
+        "{} events -> {} {} entities as of {} = {} ms ({} idle past every window; {} events refused)",
         events,
         rows.rows.len(),
         config.entity,
         crate::time::format_iso(rows.as_of_ms),
         rows.as_of_ms,
+        rows.idle,
         rows.refused_events
     );
     let fitted = segments::fit(&rows, &config)?;
@@ -215,6 +216,9 @@ fn segments(args: SegmentsArgs) -> CliResult {
             "  k {:>3}: inertia {:.3}, silhouette {:.4}",
             point.k, point.inertia, point.silhouette
         )?;
+    }
+    for warning in &report.warnings {
+        writeln!(out, "  warning: {warning}")?;
     }
     for file in &files {
         writeln!(out, "  wrote {}", file.display())?;

@@ -5,6 +5,7 @@
 //! to help choose k), and the chosen k is fitted into an artifact whose score is the
 //! segment, so serving assigns an entity's current features exactly as training did.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -23,6 +24,9 @@ use crate::features::EngineSettings;
 use crate::features::replay::Replay;
 use crate::model::segments::{Centroids, MAX_SEGMENTS};
 use crate::model::{Family, Model, Preprocessing};
+
+/// The share of rows missing or 0 from which a feature is warned about.
+pub const MOSTLY_EMPTY: f64 = 0.95;
 
 /// Rows the silhouette is computed on at most (it is quadratic), an even spread.
 pub const SILHOUETTE_SAMPLE: usize = 2_000;
@@ -51,6 +55,12 @@ pub struct SegmentsConfig {
     pub max_iterations: u64,
     #[serde(default = "default_tolerance")]
     pub tolerance: f64,
+    /// Each feature is clipped to its `winsorize` and `1 - winsorize` quantiles before
+    /// standardising (and so when served: the clip is the artifact's range), so a few
+    /// heavy spenders neither stretch the scale nor earn a segment of their own.
+    /// 0 turns it off.
+    #[serde(default = "default_winsorize")]
+    pub winsorize: f64,
 }
 
 fn default_name() -> String {
@@ -70,6 +80,9 @@ fn default_iterations() -> u64 {
 }
 fn default_tolerance() -> f64 {
     1e-4
+}
+fn default_winsorize() -> f64 {
+    0.01
 }
 
 impl SegmentsConfig {
@@ -125,6 +138,12 @@ impl SegmentsConfig {
         if self.n_runs == 0 || self.max_iterations == 0 {
             return Err("n_runs and max_iterations: must be at least 1".into());
         }
+        if !(0.0..0.5).contains(&self.winsorize) {
+            return Err(format!(
+                "winsorize: must be at least 0 and below 0.5, got {}",
+                self.winsorize
+            ));
+        }
         if !(self.tolerance.is_finite() && self.tolerance > 0.0) {
             return Err(format!(
                 "tolerance: must be positive, got {}",
@@ -143,10 +162,16 @@ pub struct Rows {
     /// The moment the features were read as of (the newest event time).
     pub as_of_ms: i64,
     pub refused_events: u64,
+    /// Entities no longer held at the end (idle past every window and evicted): their
+    /// rows are what the server reads for them now, empty windows.
+    pub idle: usize,
 }
 
 /// Replays `history` through a fresh engine (as training does) and reads `features` of
-/// every live `entity` as of the newest event.
+/// every `entity` the history names as of the newest event, idle or not. An entity idle
+/// past every window (evicted, as the server evicts it) reads as the server reads it
+/// now: counts and sums 0, means and last values missing (imputed). Before, only the
+/// entities still held were segmented, and a shopper quiet for a month had no segment.
 pub fn rows(
     definitions: Arc<Definitions>,
     settings: EngineSettings,
@@ -158,8 +183,14 @@ pub fn rows(
         max_id_bytes: usize::MAX,
     };
     let mut replay = Replay::new(Arc::clone(&definitions), settings, limits);
+    let mut named: HashSet<String> = HashSet::new();
     for raw in history {
-        replay.apply(&raw);
+        if replay.apply(&raw)
+            && let Some(id) = raw.entities.get(&config.entity)
+            && !named.contains(id)
+        {
+            named.insert(id.clone());
+        }
     }
     let mut out = Rows {
         refused_events: replay.refused,
@@ -170,18 +201,66 @@ pub fn rows(
     let (entity, ids) = engine
         .resolve(&config.entity, &config.features)
         .map_err(|e| MiningError::NoBaskets(e.to_string()))?;
+    // A composite entity is never named whole by an event: those held are all there is.
+    let held: HashSet<String> = engine.entity_ids(entity).into_iter().collect();
+    named.extend(held.iter().cloned());
+    let mut every: Vec<String> = named.into_iter().collect();
+    every.sort_unstable();
     let view = engine.view();
-    for id in engine.entity_ids(entity) {
+    for id in every {
         let Ok(read) = view.read(entity, &id, &ids, out.as_of_ms) else {
             continue;
         };
-        if !read.known {
-            continue;
-        }
+        // Not held, or held for its first-seen times alone: no window holds anything.
+        out.idle += usize::from(!read.known);
         out.rows.push(read.values.iter().map(|(_, v)| *v).collect());
         out.ids.push(id);
     }
     Ok(out)
+}
+
+/// The features missing or 0 for at least [`MOSTLY_EMPTY`] of the rows, with that
+/// share: they separate almost nothing, and usually mean the history lacks their
+/// events (payment features on an order-only history). A count of 0 for half the
+/// users is information (they did not pay this week); for all of them it is not.
+pub fn mostly_empty(rows: &Rows, config: &SegmentsConfig) -> Vec<(String, f64)> {
+    let n = rows.rows.len().max(1) as f64;
+    config
+        .features
+        .iter()
+        .enumerate()
+        .filter_map(|(column, name)| {
+            let empty = rows
+                .rows
+                .iter()
+                .filter(|row| row[column].is_none_or(|v| v == 0.0))
+                .count() as f64
+                / n;
+            (empty >= MOSTLY_EMPTY).then(|| (name.clone(), empty))
+        })
+        .collect()
+}
+
+/// `rows` with each column clipped to its `q` and `1 - q` quantiles (nearest rank over
+/// the present values; missing values stay missing).
+fn winsorized(rows: &[Vec<Option<f64>>], columns: usize, q: f64) -> Vec<Vec<Option<f64>>> {
+    let mut clipped = rows.to_vec();
+    for column in 0..columns {
+        let mut present: Vec<f64> = rows.iter().filter_map(|row| row[column]).collect();
+        if present.is_empty() {
+            continue;
+        }
+        present.sort_by(f64::total_cmp);
+        let last = (present.len() - 1) as f64;
+        let low = present[(q * last).floor() as usize];
+        let high = present[((1.0 - q) * last).ceil() as usize];
+        for row in &mut clipped {
+            if let Some(value) = row[column].as_mut() {
+                *value = value.clamp(low, high);
+            }
+        }
+    }
+    clipped
 }
 
 /// One k of the sweep.
@@ -277,7 +356,10 @@ pub fn fit(rows: &Rows, config: &SegmentsConfig) -> Result<Fitted, MiningError> 
             config.k.max(config.sweep.1)
         )));
     }
-    let preprocessing = Preprocessing::fit(&rows.rows, columns);
+    // Fitted on the clipped rows, the preprocessing's range is the clip: serving clips
+    // to it before standardising, so a live entity is transformed as training did.
+    let clipped = winsorized(&rows.rows, columns, config.winsorize);
+    let preprocessing = Preprocessing::fit(&clipped, columns);
     let mut standardised = Array2::<f64>::zeros((rows.rows.len(), columns));
     let mut buffer = vec![0.0; columns];
     for (at, row) in rows.rows.iter().enumerate() {
@@ -352,5 +434,149 @@ impl Fitted {
                 (size, means)
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::time::DAY_MS;
+
+    fn config(features: &[&str], winsorize: f64) -> SegmentsConfig {
+        SegmentsConfig {
+            name: "segments".into(),
+            entity: "user".into(),
+            features: features.iter().map(|f| f.to_string()).collect(),
+            k: 3,
+            sweep: (2, 5),
+            seed: 3,
+            n_runs: 3,
+            max_iterations: 300,
+            tolerance: 1e-4,
+            winsorize,
+        }
+    }
+
+    fn view(id: &str, user: &str, at: i64) -> RawEvent {
+        RawEvent {
+            event_id: id.into(),
+            event_type: "page_view".into(),
+            event_time_ms: at,
+            entities: [("user".to_string(), user.to_string())].into(),
+            strings: [("session_id".to_string(), format!("s-{id}"))].into(),
+            ..RawEvent::default()
+        }
+    }
+
+    /// A user quiet for 60 days (evicted, as the server evicts) is still segmented, on
+    /// empty windows: what the server reads for them now.
+    #[test]
+    fn a_user_idle_past_every_window_is_segmented_on_empty_windows() {
+        let start = 1_767_225_600_000;
+        let mut history: Vec<RawEvent> = (0..5)
+            .map(|i| view(&format!("q{i}"), "quiet", start + i * 1_000))
+            .collect();
+        history.extend((0..5).map(|i| view(&format!("a{i}"), "active", start + 60 * DAY_MS + i)));
+        let rows = rows(
+            Arc::new(Definitions::default_shop()),
+            crate::config::Settings::default().ingest.engine(),
+            history.into_iter(),
+            &config(&["user_views_24h", "user_orders_30d"], 0.01),
+        )
+        .expect("rows");
+        // Before: only "active" (the one still held).
+        assert_eq!(rows.ids, ["active", "quiet"]);
+        assert_eq!(rows.idle, 1);
+        assert_eq!(rows.rows[0][0], Some(5.0));
+        assert!(
+            rows.rows[1][0].is_none_or(|views| views == 0.0),
+            "{:?}",
+            rows.rows[1]
+        );
+    }
+
+    /// Three groups of shoppers and a handful of extreme spenders (0.5%, spend in the
+    /// thousands where the groups spend 0-6, visits like group 0's). Standardised as
+    /// they are, the spenders squash the spend axis: k = 3 gives them a segment of their
+    /// own and merges two real groups. Clipped at the 1% quantiles, the sweep prefers
+    /// k = 3 and its segments are the three groups, the spenders among the big spenders.
+    #[test]
+    fn a_few_extreme_spenders_do_not_earn_their_own_segment() {
+        let mut state = 7u64;
+        let mut jitter = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+        };
+        let mut data = Rows::default();
+        for (group, (x, y)) in [(0.0, 0.0), (6.0, 0.0), (0.0, 6.0)].into_iter().enumerate() {
+            for i in 0..300 {
+                data.ids.push(format!("g{group}-{i}"));
+                data.rows.push(vec![Some(x + jitter()), Some(y + jitter())]);
+            }
+        }
+        for i in 0..4 {
+            data.ids.push(format!("whale-{i}"));
+            data.rows
+                .push(vec![Some(5_000.0 + 100.0 * i as f64), Some(jitter())]);
+        }
+        let segments = |winsorize: f64| {
+            let fitted = fit(&data, &config(&["spend", "visits"], winsorize)).expect("fits");
+            let best = fitted
+                .sweep
+                .iter()
+                .max_by(|a, b| a.silhouette.total_cmp(&b.silhouette))
+                .map(|point| point.k);
+            let label_of = |prefix: &str| -> Vec<usize> {
+                let mut labels: Vec<usize> = data
+                    .ids
+                    .iter()
+                    .zip(&fitted.labels)
+                    .filter(|(id, _)| id.starts_with(prefix))
+                    .map(|(_, label)| *label)
+                    .collect();
+                labels.sort_unstable();
+                labels.dedup();
+                labels
+            };
+            let groups = [label_of("g0-"), label_of("g1-"), label_of("g2-")];
+            (best, groups, label_of("whale-"))
+        };
+        // The failure this guards against: a segment of the four spenders alone.
+        let (_, groups, whales) = segments(0.0);
+        assert!(
+            whales.iter().all(|w| groups.iter().all(|g| !g.contains(w))),
+            "{groups:?} {whales:?}"
+        );
+        let (best, groups, whales) = segments(0.01);
+        assert_eq!(best, Some(3));
+        assert!(groups.iter().all(|g| g.len() == 1), "{groups:?}");
+        assert!(groups[0] != groups[1] && groups[1] != groups[2] && groups[0] != groups[2]);
+        assert_eq!(whales, groups[1], "the spenders are among the big spenders");
+    }
+
+    #[test]
+    fn a_feature_empty_for_nearly_all_rows_is_named() {
+        // Payments: 19 of 20 rows missing or 0. Views: 0 for half, which is information.
+        let data = Rows {
+            ids: (0..20).map(|i| i.to_string()).collect(),
+            rows: (0..20)
+                .map(|i| {
+                    let payments = match i {
+                        0 => Some(3.0),
+                        i if i % 2 == 0 => None,
+                        _ => Some(0.0),
+                    };
+                    vec![payments, Some(f64::from(i % 2))]
+                })
+                .collect(),
+            ..Rows::default()
+        };
+        let empty = mostly_empty(
+            &data,
+            &config(&["user_payments_7d", "user_views_24h"], 0.01),
+        );
+        assert_eq!(empty, [("user_payments_7d".to_string(), 0.95)]);
     }
 }

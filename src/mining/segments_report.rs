@@ -26,12 +26,37 @@ pub struct SegmentsReport {
     pub sweep: Vec<SweepPoint>,
     /// Per segment: its size and each feature's mean in its own units.
     pub profiles: Vec<(usize, Vec<Option<f64>>)>,
+    /// Entities idle past every window at the end (segmented on empty windows).
+    pub idle: usize,
+    /// What a reader should know before trusting the segments.
+    pub warnings: Vec<String>,
+}
+
+/// The report's warnings about `rows`: features empty for most entities.
+pub fn warnings(rows: &Rows, config: &SegmentsConfig) -> Vec<String> {
+    super::segments::mostly_empty(rows, config)
+        .into_iter()
+        .map(|(feature, share)| {
+            format!(
+                "{feature} is missing or 0 for {:.0}% of the {} {} entities: it separates almost nothing (does the history hold its events?); consider leaving it out",
+                share * 100.0,
+                rows.rows.len(),
+                config.entity
+            )
+        })
+        .collect()
 }
 
 impl SegmentsReport {
     pub fn markdown(&self) -> String {
+        let idle = match self.idle {
+            0 => String::new(),
+            idle => format!(
+                " ({idle} of them idle past every window: empty windows, as the server reads them now)"
+            ),
+        };
         let mut text = format!(
-            "# {} v{}: {} segments of {}\n\n{} {} entities, features as of {} ms; k-means (linfa, k-means++, seed {}, {} runs).\n\n## Choosing k\n\nInertia: the mean squared distance of an entity to its segment's centre (standardised units; lower is tighter). Silhouette: how much nearer an entity is to its own segment than to the next (-1 to 1; higher is better separated).\n\n| k | inertia | silhouette |\n|---|---|---|\n",
+            "# {} v{}: {} segments of {}\n\n{} {} entities{idle}, features as of {} ms; each clipped to its {} and {} quantiles; k-means (linfa, k-means++, seed {}, {} runs).\n\n",
             self.name,
             self.version,
             self.config.k,
@@ -39,9 +64,19 @@ impl SegmentsReport {
             self.rows,
             self.entity,
             self.as_of_ms,
+            self.config.winsorize,
+            1.0 - self.config.winsorize,
             self.config.seed,
             self.config.n_runs
         );
+        if !self.warnings.is_empty() {
+            text += "## Warnings\n\n";
+            for warning in &self.warnings {
+                text += &format!("- {warning}\n");
+            }
+            text += "\n";
+        }
+        text += "## Choosing k\n\nInertia: the mean squared distance of an entity to its segment's centre (standardised units; lower is tighter). Silhouette: how much nearer an entity is to its own segment than to the next (-1 to 1; higher is better separated).\n\n| k | inertia | silhouette |\n|---|---|---|\n";
         for point in &self.sweep {
             text += &format!(
                 "| {} | {:.4} | {:.4} |\n",
@@ -91,6 +126,8 @@ pub fn write(
         inertia: fitted.inertia,
         sweep: fitted.sweep.clone(),
         profiles: fitted.profiles(rows, config.k),
+        idle: rows.idle,
+        warnings: warnings(rows, config),
     };
     let error = |path: &Path, reason: String| MiningError::Write {
         path: path.display().to_string(),
