@@ -13,6 +13,7 @@
 
 pub mod align;
 pub mod batch;
+pub mod commits;
 pub mod dead_letter;
 pub mod decode;
 pub mod produce;

@@ -22,14 +22,14 @@ use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
 
 use super::align::{Aligner, Flow};
+use super::commits::{CommitLedger, partitions};
 use super::dead_letter::{self, Refused};
 use super::{SourceCounters, SourceError, client_config, consumer_config, lock};
 use crate::config::KafkaSettings;
 use crate::events::{RawEvent, RefusalKind};
 use crate::store::{BatchOutcome, FeatureStore};
 
-/// A partition of a topic.
-pub type Partition = (Arc<str>, i32);
+pub use super::commits::Partition;
 
 /// How long a batch waits for more records after its first.
 const BATCH_WAIT: Duration = Duration::from_millis(5);
@@ -93,37 +93,8 @@ impl InFlight {
 struct SourceContext {
     changes: Mutex<Changes>,
     in_flight: InFlight,
-    /// Per partition, the offset after its last applied record: what a commit says.
-    applied: Mutex<BTreeMap<Partition, i64>>,
-    /// Per partition, the offset the broker confirmed as committed.
-    confirmed: Mutex<BTreeMap<Partition, i64>>,
+    commits: CommitLedger,
     counters: Arc<SourceCounters>,
-}
-
-impl SourceContext {
-    /// Whether some applied offset is not confirmed committed yet (a commit failed, for
-    /// example while the group was rebalancing, or is still in flight).
-    fn behind(&self) -> bool {
-        let applied = lock(&self.applied);
-        let confirmed = lock(&self.confirmed);
-        applied
-            .iter()
-            .any(|(partition, offset)| confirmed.get(partition) < Some(offset))
-    }
-
-    /// The applied offsets of `partitions` (all when `None`), as a commit list.
-    fn applied_offsets(&self, partitions: Option<&[Partition]>) -> TopicPartitionList {
-        let applied = lock(&self.applied);
-        let mut list = TopicPartitionList::new();
-        for ((topic, partition), offset) in applied.iter() {
-            let wanted = partitions.is_none_or(|p| p.contains(&(topic.clone(), *partition)));
-            if wanted {
-                // Only fails for an offset librdkafka cannot represent; ours are >= 0.
-                let _ = list.add_partition_offset(topic, *partition, Offset::Offset(*offset));
-            }
-        }
-        list
-    }
 }
 
 impl ClientContext for SourceContext {
@@ -147,13 +118,6 @@ impl ClientContext for SourceContext {
 /// How often librdkafka reports statistics (the lag metrics' age at most).
 const STATISTICS_INTERVAL_MS: &str = "5000";
 
-fn partitions(list: &TopicPartitionList) -> Vec<Partition> {
-    list.elements()
-        .iter()
-        .map(|e| (Arc::from(e.topic()), e.partition()))
-        .collect()
-}
-
 impl ConsumerContext for SourceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(list) = rebalance {
@@ -164,35 +128,19 @@ impl ConsumerContext for SourceContext {
             self.in_flight.wait_all();
             // Committed before they go, synchronously: the next owner starts after the
             // last record we applied, not at an older commit still in flight.
-            let offsets = self.applied_offsets(Some(&revoked));
+            let offsets = self.commits.offsets(Some(&revoked));
             if offsets.count() > 0
                 && let Err(error) = consumer.commit(&offsets, CommitMode::Sync)
             {
                 tracing::warn!(%error, "commit of revoked partitions failed; their next owner reads again what we applied since the last commit");
             }
-            let (mut applied, mut confirmed) = (lock(&self.applied), lock(&self.confirmed));
-            for partition in &revoked {
-                applied.remove(partition);
-                confirmed.remove(partition);
-            }
+            self.commits.forget(&revoked);
             lock(&self.changes).revoked.extend(revoked);
         }
     }
 
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
-        if let Err(error) = result {
-            tracing::debug!(%error, "kafka commit failed; it is made again");
-            return;
-        }
-        let mut confirmed = lock(&self.confirmed);
-        for element in offsets.elements() {
-            if let (Offset::Offset(offset), Ok(())) = (element.offset(), element.error()) {
-                let slot = confirmed
-                    .entry((Arc::from(element.topic()), element.partition()))
-                    .or_insert(offset);
-                *slot = (*slot).max(offset);
-            }
-        }
+        self.commits.confirm(result, offsets);
     }
 
     fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -225,8 +173,7 @@ pub async fn run(
     let context = SourceContext {
         changes: Mutex::new(Changes::default()),
         in_flight: InFlight::default(),
-        applied: Mutex::new(BTreeMap::new()),
-        confirmed: Mutex::new(BTreeMap::new()),
+        commits: CommitLedger::default(),
         counters: Arc::clone(&counters),
     };
     let consumer: Arc<SourceConsumer> = Arc::new(
@@ -317,7 +264,7 @@ const FINAL_COMMIT_FOR: Duration = Duration::from_secs(15);
 fn final_commit(consumer: &SourceConsumer) -> Result<(), SourceError> {
     let deadline = Instant::now() + FINAL_COMMIT_FOR;
     loop {
-        let offsets = consumer.context().applied_offsets(None);
+        let offsets = consumer.context().commits.offsets(None);
         if offsets.count() == 0 {
             return Ok(());
         }
@@ -417,8 +364,8 @@ fn read(
         // made again, or the group's next owner would apply those records a second time.
         if last_commit_check.elapsed() >= RECOMMIT_AFTER {
             last_commit_check = Instant::now();
-            if consumer.context().behind() {
-                let offsets = consumer.context().applied_offsets(None);
+            if consumer.context().commits.behind() {
+                let offsets = consumer.context().commits.offsets(None);
                 if let Err(error) = consumer.commit(&offsets, CommitMode::Async) {
                     tracing::warn!(%error, "kafka commit failed; it is made again");
                 }
@@ -651,7 +598,7 @@ fn commit(consumer: &SourceConsumer, next: BTreeMap<Partition, i64>) -> Result<(
     for ((topic, partition), offset) in &next {
         offsets.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
     }
-    lock(&consumer.context().applied).extend(next);
+    consumer.context().commits.applied(next);
     // Async: a lost commit only means records already applied are read again, and the
     // engine's dedup turns them into duplicates.
     consumer.commit(&offsets, CommitMode::Async)
