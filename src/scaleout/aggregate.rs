@@ -12,14 +12,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
+use rdkafka::error::KafkaResult;
 use rdkafka::message::{Headers, OwnedMessage};
-use rdkafka::{ClientContext, Message};
+use rdkafka::{ClientContext, Message, TopicPartitionList};
 
 use super::{Pipeline, ScaleOutError, WATERMARK_HEADER, next_offsets, receive};
 use crate::definitions::EntityTypeId;
 use crate::events::{Limits, RawEvent, validate};
 use crate::features::Engine;
+use crate::kafka::commits::{CommitLedger, partitions};
 use crate::kafka::{consumer_config, decode};
 use crate::online::{EntityRecord, RedisOnline, Written, entity_key};
 
@@ -27,21 +31,44 @@ use crate::online::{EntityRecord, RedisOnline, Written, entity_key};
 const EVICT_EVERY: Duration = Duration::from_secs(10);
 
 /// Notes a revocation: what the aggregator holds may be older than what the
-/// partition's next owner writes, so it drops everything before the next batch.
+/// partition's next owner writes, so it drops everything before the next batch. Keeps
+/// the commits: a revoked partition's applied offsets are committed before it goes,
+/// and a commit lost in a rebalance is made again while the aggregator is idle (before,
+/// the last batch's lost commit was never made again, and the group's committed offsets
+/// stayed behind what was applied until more records came).
 #[derive(Default)]
 struct AggregatorContext {
     revoked: AtomicBool,
+    commits: CommitLedger,
 }
 
 impl ClientContext for AggregatorContext {}
 
 impl ConsumerContext for AggregatorContext {
-    fn pre_rebalance(&self, _: &rdkafka::consumer::BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if matches!(rebalance, Rebalance::Revoke(_)) {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(list) = rebalance {
             self.revoked.store(true, Ordering::Release);
+            // Every batch received before this callback was applied and its commit
+            // sent (the loop applies inline); committed now, synchronously, the next
+            // owner starts after our last applied record.
+            let revoked = partitions(list);
+            let offsets = self.commits.offsets(Some(&revoked));
+            if offsets.count() > 0
+                && let Err(error) = consumer.commit(&offsets, CommitMode::Sync)
+            {
+                tracing::warn!(%error, "aggregator: commit of revoked partitions failed; their next owner skips what we applied by sequence number");
+            }
+            self.commits.forget(&revoked);
         }
     }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        self.commits.confirm(result, offsets);
+    }
 }
+
+/// How often, while idle, applied offsets not confirmed committed are committed again.
+const RECOMMIT_AFTER: Duration = Duration::from_secs(1);
 
 /// One record made ready: its entity, the event, the router's watermark, its sequence
 /// number.
@@ -87,6 +114,7 @@ pub async fn aggregate(
         pipeline.engine,
     ));
     let mut evicted_at = Instant::now();
+    let mut recommitted_at = Instant::now();
     loop {
         let batch = tokio::select! {
             batch = receive(&consumer, pipeline.kafka.batch_records) => batch,
@@ -97,6 +125,13 @@ pub async fn aggregate(
             pipeline.counters.newest_applied_ms.lock().clear();
         }
         if batch.is_empty() {
+            let commits = &consumer.context().commits;
+            if recommitted_at.elapsed() >= RECOMMIT_AFTER && commits.behind() {
+                recommitted_at = Instant::now();
+                if let Err(error) = consumer.commit(&commits.offsets(None), CommitMode::Async) {
+                    tracing::debug!(%error, "aggregator: commit failed; it is made again");
+                }
+            }
             continue;
         }
         tracing::debug!(records = batch.len(), "aggregator: batch received");
@@ -112,7 +147,17 @@ pub async fn aggregate(
                 .map_err(|_| ScaleOutError::Panicked)?;
             tracing::debug!(dropped, "aggregator: expired entities dropped");
         }
-        consumer.commit(&next_offsets(&batch)?, CommitMode::Async)?;
+        let next = next_offsets(&batch)?;
+        consumer
+            .context()
+            .commits
+            .applied(next.elements().iter().filter_map(|e| match e.offset() {
+                rdkafka::Offset::Offset(offset) => {
+                    Some(((Arc::from(e.topic()), e.partition()), offset))
+                }
+                _ => None,
+            }));
+        consumer.commit(&next, CommitMode::Async)?;
     }
 }
 
