@@ -711,6 +711,12 @@ async fn recommend_beats_popularity_and_says_why() {
         .collect();
     assert_eq!(output("probability").fp64_contents, native_probabilities);
     assert_eq!(output("reasons").bytes_contents.len(), products.len());
+    let unknown: Vec<String> = output("unknown_products")
+        .bytes_contents
+        .iter()
+        .map(|b| String::from_utf8_lossy(b).to_string())
+        .collect();
+    assert_eq!(unknown, native.unknown_products);
     let refused = inference
         .model_infer(v2pb::ModelInferRequest {
             model_name: "rules".into(),

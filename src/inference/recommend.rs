@@ -27,6 +27,8 @@ pub fn signature() -> Signature {
             spec("product", "BYTES", vec![-1], None),
             spec("probability", "FP64", vec![-1], None),
             spec("reasons", "BYTES", vec![-1], None),
+            // The recommended products the store holds nothing for (ranked last).
+            spec("unknown_products", "BYTES", vec![-1], None),
         ],
     }
 }
@@ -99,11 +101,12 @@ pub fn input(
 /// The answer's tensors: every output, or those `requested` in that order.
 pub fn outputs(recommended: &Recommended, requested: &[String]) -> Result<Vec<Tensor>, InferError> {
     let wanted: Vec<&str> = if requested.is_empty() {
-        vec!["product", "probability", "reasons"]
+        vec!["product", "probability", "reasons", "unknown_products"]
     } else {
         requested.iter().map(String::as_str).collect()
     };
     let shape = vec![recommended.items.len() as i64];
+    let unknown_shape = vec![recommended.unknown_products.len() as i64];
     wanted
         .into_iter()
         .map(|name| {
@@ -125,10 +128,15 @@ pub fn outputs(recommended: &Recommended, requested: &[String]) -> Result<Vec<Te
                         .map(|item| Bytes::from(reason_json(&item.why)))
                         .collect(),
                 ),
+                "unknown_products" => {
+                    let products = recommended.unknown_products.iter().cloned();
+                    let elements = Elements::Bytes(products.map(Bytes::from).collect());
+                    return Ok(Tensor::new(name, unknown_shape.clone(), elements));
+                }
                 other => {
                     return Err(InferError::tensor(
                         format!("outputs.{other}"),
-                        "not an output of a rule set (outputs: product, probability, reasons)",
+                        "not an output of a rule set (outputs: product, probability, reasons, unknown_products)",
                     ));
                 }
             };

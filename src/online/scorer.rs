@@ -112,7 +112,14 @@ impl OnlineScorer {
         candidates: &[CandidateInput],
         top_n: usize,
     ) -> Result<Ranking, ScorerError> {
-        let call = CandidateCall::new(registry, model, context, candidates, top_n)?;
+        self.rank(CandidateCall::new(
+            registry, model, context, candidates, top_n,
+        )?)
+        .await
+    }
+
+    /// Fetches every entity `call` reads at once, then ranks by the embedded code.
+    async fn rank(&self, call: CandidateCall<'_>) -> Result<Ranking, ScorerError> {
         let states = self.fetch(&call.entities(self.definitions())).await?;
         let reads = DetachedReads {
             engine: &self.engine,
@@ -122,7 +129,7 @@ impl OnlineScorer {
     }
 
     /// `Recommend` as the embedded server answers it: the user's lists fetched first,
-    /// then the proposed candidates ranked as [`OnlineScorer::score_candidates`] does.
+    /// then the proposed candidates scored as [`OnlineScorer::score_candidates`] does.
     pub async fn recommend(
         &self,
         registry: &Registry,
@@ -141,16 +148,17 @@ impl OnlineScorer {
         let proposal = call.propose(definitions, &reads, features)?;
         let ranking = match proposal.candidates.is_empty() {
             true => None,
-            false => Some(
-                self.score_candidates(
+            false => {
+                // Unordered: `finish` orders them by evidence, once.
+                let call = CandidateCall::new(
                     registry,
                     &proposal.model,
                     proposal.context.clone(),
                     &proposal.candidates,
                     0,
-                )
-                .await?,
-            ),
+                )?;
+                Some(self.rank(call.unordered()).await?)
+            }
         };
         Ok(proposal.finish(registry, ranking)?)
     }
