@@ -11,25 +11,13 @@ use serde::Serialize;
 
 use super::config::CheckedRulesConfig;
 use super::report::RulesReport;
-use super::{
-    Baskets, Itemset, MiningError, Rule, RuleLimits, frequent_itemsets_within, min_count,
-    rules_within,
-};
+use super::{Baskets, MiningError, RuleLimits, frequent_itemsets_within, min_count, rules_within};
 use crate::definitions::fnv64;
 use crate::model::artifact::{self, ArtifactBody, Provenance, SigningKey};
 use crate::model::rules::{AssociationRule, POPULAR_KEPT, Popular, RuleSet};
 use crate::model::{Family, Model, Preprocessing};
 
-/// What mining found, over item ids.
-#[derive(Debug, Clone)]
-pub struct Mined {
-    pub baskets: usize,
-    pub itemsets: Vec<Itemset>,
-    pub rules: Vec<Rule>,
-    /// Seconds in FP-growth, and in deriving the rules (reading not included).
-    pub itemset_seconds: f64,
-    pub rule_seconds: f64,
-}
+pub use super::rules::Mined;
 
 /// Most frequent itemsets one run may find (about 100 bytes each, and every one is
 /// split into rules): past this, `mine` stops and asks for a higher support.

@@ -8,7 +8,7 @@ use plotters::prelude::*;
 use serde::Serialize;
 
 use super::config::{CheckedRulesConfig, RulesConfig};
-use super::mine::Mined;
+use super::rules::Mined;
 use super::{Baskets, MiningError};
 use crate::model::rules::{AssociationRule, RuleSet};
 use crate::train::plots::{FONT, PlotError, SIZE, failed, register_font};

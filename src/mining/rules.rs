@@ -14,6 +14,17 @@ pub struct RuleLimits {
     pub min_lift: f64,
 }
 
+/// What mining found, over item ids: what `mine` writes and the report describes.
+#[derive(Debug, Clone)]
+pub struct Mined {
+    pub baskets: usize,
+    pub itemsets: Vec<Itemset>,
+    pub rules: Vec<Rule>,
+    /// Seconds in FP-growth, and in deriving the rules (reading not included).
+    pub itemset_seconds: f64,
+    pub rule_seconds: f64,
+}
+
 /// One rule, its measures over `baskets` baskets.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rule {
