@@ -499,6 +499,26 @@ pub struct LogSettings {
     pub fsync: FsyncPolicy,
     /// A new segment file is started past this size.
     pub segment_bytes: u64,
+    /// Threads that apply the log at start beside the one reading it (each owns a part
+    /// of the entity shards) when no snapshot is usable. None: one per core, at most
+    /// [`MAX_REPLAY_THREADS`]; 0 applies it on the reading thread. The tail after a
+    /// snapshot is always applied on the reading thread (see `FeatureStore::open`).
+    pub replay_threads: Option<usize>,
+}
+
+/// Past a few threads the one reading and checking the log is the limit.
+pub const MAX_REPLAY_THREADS: usize = 8;
+
+impl LogSettings {
+    /// How many threads apply the log at start: nothing else runs yet, so by default
+    /// all the cores are the replay's.
+    pub fn replay_threads(&self) -> usize {
+        self.replay_threads.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map_or(1, |cores| cores.get())
+                .min(MAX_REPLAY_THREADS)
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -577,6 +597,7 @@ impl Default for LogSettings {
         LogSettings {
             fsync: FsyncPolicy::Always,
             segment_bytes: 64 << 20,
+            replay_threads: None,
         }
     }
 }
@@ -885,6 +906,15 @@ impl Settings {
                 "http: max_connections must be positive, header_timeout and request_timeout at least 100ms".into(),
             ));
         }
+        if self
+            .log
+            .replay_threads
+            .is_some_and(|threads| threads > MAX_REPLAY_THREADS)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "log.replay_threads must be at most {MAX_REPLAY_THREADS} (0 replays on the reading thread; leave it out for one per core)"
+            )));
+        }
         if self.snapshot.interval.0 < 1000 {
             return Err(ConfigError::Invalid(
                 "snapshot.interval must be at least 1s".into(),
@@ -991,6 +1021,21 @@ mod tests {
         assert!(refused.to_string().contains("twice"), "{refused}");
         settings.ingest.cpus = vec![cpus - 1];
         settings.validate().expect("the last CPU is fine");
+    }
+
+    #[test]
+    fn replay_threads_are_bounded_and_zero_means_the_reading_thread() {
+        let mut settings = Settings::default();
+        assert!((1..=MAX_REPLAY_THREADS).contains(&settings.log.replay_threads()));
+        settings.log.replay_threads = Some(0);
+        settings.validate().expect("0 is the reading thread alone");
+        assert_eq!(settings.log.replay_threads(), 0);
+        settings.log.replay_threads = Some(MAX_REPLAY_THREADS + 1);
+        let refused = settings.validate().expect_err("too many threads refused");
+        assert!(
+            refused.to_string().contains("log.replay_threads"),
+            "{refused}"
+        );
     }
 
     #[test]

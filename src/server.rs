@@ -87,6 +87,7 @@ pub async fn open_store(settings: &Settings) -> Result<Arc<FeatureStore>, Server
     tracing::info!(
         snapshot_seq = ?report.snapshot_seq,
         replayed = report.replayed,
+        replay_threads = report.replay_threads,
         truncated_bytes = report.truncated_bytes,
         elapsed_ms = report.elapsed.as_millis() as u64,
         "feature store recovered"

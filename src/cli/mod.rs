@@ -936,7 +936,7 @@ fn export(args: ExportArgs) -> CliResult {
             spinner.message(format!("{written} events written"));
         }
         if failure.is_none()
-            && let Err(error) = serde_json::to_writer(&mut sink, event)
+            && let Err(error) = serde_json::to_writer(&mut sink, &event)
                 .map_err(std::io::Error::from)
                 .and_then(|()| sink.write_all(b"\n"))
         {
@@ -1029,7 +1029,7 @@ async fn skew(args: SkewArgs) -> CliResult {
                 .into());
             }
             crate::log::replay(&segments, 0, crate::log::TailDamage::Stop, |seq, raw| {
-                check.event(seq, raw);
+                check.event(seq, &raw);
                 tick(&bar);
             })?;
         }

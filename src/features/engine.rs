@@ -380,22 +380,12 @@ impl Engine {
     /// Reads as of an earlier moment are refused: tiles before it may be pruned, and
     /// events older than it are sealed into tiles.
     pub fn oldest_exact_read_ms(&self) -> i64 {
-        self.watermark_ms()
-            .saturating_sub(self.settings.allowed_lateness_ms)
+        self.oldest_exact_read_at(self.watermark_ms())
     }
 
-    /// Newest-event times below this mean the entity is expired.
-    fn expiry_cutoff(&self, plan: &EntityPlan) -> i64 {
-        self.oldest_exact_read_ms()
-            .saturating_sub(plan.ttl_ms)
-            .saturating_sub(plan.longest_tile_ms)
-    }
-
-    /// Newest-event times below this mean even the entity's first-seen times are gone.
-    fn identity_cutoff(&self, plan: &EntityPlan) -> i64 {
-        self.oldest_exact_read_ms()
-            .saturating_sub(plan.identity_ttl_ms)
-            .saturating_sub(plan.longest_tile_ms)
+    /// [`Self::oldest_exact_read_ms`] when the watermark is `watermark_ms`.
+    fn oldest_exact_read_at(&self, watermark_ms: i64) -> i64 {
+        watermark_ms.saturating_sub(self.settings.allowed_lateness_ms)
     }
 
     /// How long after an entity's newest event (in event time) anything of it is still
@@ -431,14 +421,18 @@ impl Engine {
         let Some(plan) = &self.plans[table] else {
             return 0;
         };
-        let (cutoff, identity_cutoff) = (self.expiry_cutoff(plan), self.identity_cutoff(plan));
+        let oldest_exact = self.oldest_exact_read_ms();
+        let (expired_before, identity_before) = (
+            expiry_cutoff(plan, oldest_exact),
+            identity_cutoff(plan, oldest_exact),
+        );
         let mut shard = self.tables[table].write_shard(shard);
         let before = shard.len();
         shard.retain(|_, state| {
-            if state.last_seen_ms >= cutoff {
+            if state.last_seen_ms >= expired_before {
                 return true;
             }
-            if state.last_seen_ms < identity_cutoff {
+            if state.last_seen_ms < identity_before {
                 return false;
             }
             // Window state expired, identity kept: only what reads still use stays.
@@ -558,6 +552,14 @@ impl EngineWriter<'_> {
         engine.applied_seq.fetch_max(seq, Ordering::AcqRel);
     }
 
+    /// Admits an event read back from the log ([`super::recovery`]): its id joins the
+    /// dedup set, its time the watermark, and it is counted as applied; the entities are
+    /// left to the replay's workers.
+    pub(super) fn admit_logged(&mut self, event: &Event<'_>) {
+        self.record_admission(event);
+        self.engine.applied.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// What admitting `event` changes without touching entities: its id joins the
     /// dedup set and its time the watermark (a scaled-out router admits events and
     /// leaves applying them to the aggregators).
@@ -590,13 +592,32 @@ impl EngineWriter<'_> {
         seq: u64,
     ) -> bool {
         let engine = self.engine;
-        let Some(plan) = &engine.plans[entity] else {
+        let shard = engine.tables[entity].shard_index(key);
+        engine.apply_in_shard(event, entity, key, shard, seq, engine.watermark_ms())
+    }
+}
+
+impl Engine {
+    /// Applies `event` to one entity (type `entity`, id `key`, in shard `shard` of its
+    /// table) as it stands when the watermark is `watermark_ms`: the one place an event
+    /// changes an entity. Taking the watermark rather than reading it lets several
+    /// threads replay one log, each at its own place in it ([`super::recovery`]).
+    pub(super) fn apply_in_shard(
+        &self,
+        event: &Event<'_>,
+        entity: EntityTypeId,
+        key: &str,
+        shard: usize,
+        seq: u64,
+        watermark_ms: i64,
+    ) -> bool {
+        let Some(plan) = &self.plans[entity] else {
             return false;
         };
-        let expired_before = engine.expiry_cutoff(plan);
-        let identity_before = engine.identity_cutoff(plan);
-        let seal_before = engine.oldest_exact_read_ms();
-        let mut shard = engine.tables[entity].write_shard_of(key);
+        let seal_before = self.oldest_exact_read_at(watermark_ms);
+        let expired_before = expiry_cutoff(plan, seal_before);
+        let identity_before = identity_cutoff(plan, seal_before);
+        let mut shard = self.tables[entity].write_shard(shard);
         let state = match shard.entry_ref(key) {
             hashbrown::hash_map::EntryRef::Occupied(occupied) => {
                 let state = occupied.into_mut();
@@ -625,9 +646,53 @@ impl EngineWriter<'_> {
     }
 }
 
+impl Engine {
+    /// Applies `event` to those of its entities whose shard index is `part` modulo
+    /// `parts`, the watermark being `watermark_ms` (see [`super::recovery`]).
+    pub(super) fn apply_part(
+        &self,
+        event: &Event<'_>,
+        seq: u64,
+        watermark_ms: i64,
+        key: &mut String,
+        (part, parts): (usize, usize),
+    ) {
+        for entity in 0..self.plans.len() {
+            if !build_event_key(self, key, entity, event) {
+                continue;
+            }
+            let shard = self.tables[entity].shard_index(key);
+            if shard % parts == part {
+                self.apply_in_shard(event, entity, key, shard, seq, watermark_ms);
+            }
+        }
+    }
+
+    /// Marks every event up to `seq` applied to every entity it names (the end of a
+    /// replay whose workers have all finished).
+    pub(super) fn applied_through(&self, seq: u64) {
+        self.applied_seq.fetch_max(seq, Ordering::AcqRel);
+    }
+}
+
+/// Newest-event times below this mean the entity is expired, when reads go back to
+/// `oldest_exact_read_ms`.
+fn expiry_cutoff(plan: &EntityPlan, oldest_exact_read_ms: i64) -> i64 {
+    oldest_exact_read_ms
+        .saturating_sub(plan.ttl_ms)
+        .saturating_sub(plan.longest_tile_ms)
+}
+
+/// Newest-event times below this mean even the entity's first-seen times are gone.
+fn identity_cutoff(plan: &EntityPlan, oldest_exact_read_ms: i64) -> i64 {
+    oldest_exact_read_ms
+        .saturating_sub(plan.identity_ttl_ms)
+        .saturating_sub(plan.longest_tile_ms)
+}
+
 /// Writes into `key` the id of the `entity` that `event` names; false when it names
 /// none (or the entity type has no features).
-fn build_event_key(
+pub(super) fn build_event_key(
     engine: &Engine,
     key: &mut String,
     entity: EntityTypeId,
@@ -889,7 +954,8 @@ impl Engine {
                 watermark_ms: self.watermark_ms(),
             });
         }
-        let live = held.filter(|state| state.last_seen_ms >= self.expiry_cutoff(plan));
+        let live = held
+            .filter(|state| state.last_seen_ms >= expiry_cutoff(plan, self.oldest_exact_read_ms()));
         if let Some(state) = live
             && as_of_ms < state.exact_from_ms
         {
@@ -904,7 +970,9 @@ impl Engine {
         let remembered = match live {
             Some(_) => None,
             None => held
-                .filter(|state| state.last_seen_ms >= self.identity_cutoff(plan))
+                .filter(|state| {
+                    state.last_seen_ms >= identity_cutoff(plan, self.oldest_exact_read_ms())
+                })
                 .map(|state| state.identity_only(plan.first_slots.len())),
         };
         let empty = EntityState::default();

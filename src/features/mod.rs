@@ -5,6 +5,7 @@
 mod dedup;
 mod engine;
 mod plan;
+pub mod recovery;
 pub mod replay;
 pub mod request;
 mod sketch;

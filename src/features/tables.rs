@@ -46,6 +46,10 @@ impl Default for ShardedTable {
 
 impl ShardedTable {
     /// The shard an id lives in: the top bits of its keyed hash.
+    pub fn shard_index(&self, id: &str) -> usize {
+        Self::shard_of(id)
+    }
+
     fn shard_of(id: &str) -> usize {
         let hash = SHARD_HASHER.hash_one(id);
         (hash >> (64 - SHARDS.trailing_zeros())) as usize

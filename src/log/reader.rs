@@ -53,7 +53,7 @@ pub fn replay(
     dir: &Path,
     after_seq: u64,
     tail: TailDamage,
-    mut apply: impl FnMut(u64, &RawEvent),
+    mut apply: impl FnMut(u64, RawEvent),
 ) -> Result<ReplayStats, LogError> {
     // Read before the segments: a live writer raises it only after its records are
     // written, so every record it counts is found below.
@@ -101,7 +101,7 @@ pub fn replay(
                                 reason: format!("undecodable payload: {e}"),
                                 following: 0,
                             })?;
-                        apply(seq, &event);
+                        apply(seq, event);
                         stats.replayed += 1;
                     }
                     stats.last_seq = seq;
