@@ -2,7 +2,12 @@
 //! a hard kill: (a) no snapshot, the whole log replayed; (b) from a snapshot taken at
 //! 90% of the log, replaying the rest.
 //!
-//! `cargo bench --bench restart` (env: EVENTS=10000000).
+//! Each is measured with the log applied on the reading thread alone, then with the
+//! default replay threads (one per core; the store uses them for a full replay only),
+//! alternating in the same run.
+//!
+//! `cargo bench --bench restart` (env: EVENTS=10000000; LOG_DIR=path keeps the logged
+//! events there and reuses them on the next run, which then measures recovery alone).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -21,9 +26,12 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000_000);
-    let dir = tempfile::tempdir().expect("temp dir");
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let kept = std::env::var_os("LOG_DIR").map(std::path::PathBuf::from);
+    let data_dir = kept.clone().unwrap_or_else(|| scratch.path().to_path_buf());
+    let reuse = kept.is_some() && data_dir.join("log").exists();
     let mut settings = Settings {
-        data_dir: dir.path().to_path_buf(),
+        data_dir: data_dir.clone(),
         ..Settings::default()
     };
     settings.log.fsync = FsyncPolicy::Never; // setup speed only; recovery reads the same bytes
@@ -34,7 +42,7 @@ fn main() {
         .expect("runtime");
 
     let started = Instant::now();
-    {
+    if !reuse {
         let (store, _) = FeatureStore::open(&settings, Arc::clone(&definitions)).expect("open");
         let mut simulator = Simulator::new(SimConfig::default());
         let mut written = 0;
@@ -51,27 +59,43 @@ fn main() {
         }
         // Dropped without close(): no final snapshot, as after a kill.
     }
-    eprintln!(
-        "logged {events} events in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
+    if !reuse {
+        eprintln!(
+            "logged {events} events in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
 
-    let started = Instant::now();
-    let (store, report) = FeatureStore::open(&settings, Arc::clone(&definitions)).expect("reopen");
-    println!(
-        "restart from snapshot at seq {:?} + replay of {} events: {:.2} s",
-        report.snapshot_seq,
-        report.replayed,
-        started.elapsed().as_secs_f64()
-    );
-    drop(store);
-
-    std::fs::remove_dir_all(snapshots_dir(dir.path())).expect("drop snapshots");
-    let started = Instant::now();
-    let (_store, report) = FeatureStore::open(&settings, definitions).expect("reopen");
-    println!(
-        "restart with no snapshot, full replay of {} events: {:.2} s",
-        report.replayed,
-        started.elapsed().as_secs_f64()
-    );
+    // Each recovery twice, alternating: on the reading thread alone (as before replay
+    // had threads), then with the default threads (one per core).
+    let snapshots = snapshots_dir(&data_dir);
+    let aside = data_dir.join("snapshots.aside");
+    if aside.exists() && !snapshots.exists() {
+        // An earlier run stopped while they were aside.
+        std::fs::rename(&aside, &snapshots).expect("put the snapshots back");
+    }
+    for snapshot in [true, false] {
+        if !snapshot {
+            // Set aside rather than deleted, so a kept log dir has it on the next run.
+            std::fs::rename(&snapshots, &aside).expect("set the snapshots aside");
+        }
+        for threads in [Some(0), None] {
+            settings.log.replay_threads = threads;
+            let started = Instant::now();
+            let (store, report) =
+                FeatureStore::open(&settings, Arc::clone(&definitions)).expect("reopen");
+            let elapsed = started.elapsed().as_secs_f64();
+            let what = match report.snapshot_seq {
+                Some(seq) => format!("restart from snapshot at seq {seq} + replay of"),
+                None => "restart with no snapshot, full replay of".to_string(),
+            };
+            println!(
+                "{what} {} events, {} replay threads: {elapsed:.2} s",
+                report.replayed, report.replay_threads
+            );
+            drop(store);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&snapshots);
+    std::fs::rename(&aside, &snapshots).expect("put the snapshots back");
 }
