@@ -230,19 +230,20 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+    use crate::config::IngestSettings;
     use crate::definitions::Definitions;
     use crate::features::EngineSettings;
     use crate::simulate::{SimConfig, Simulator};
     use crate::time::{DAY_MS, MINUTE_MS};
 
-    const SETTINGS: EngineSettings = EngineSettings {
-        allowed_lateness_ms: 3_600_000,
-        dedup_horizon_ms: 86_400_000,
-    };
-    const LIMITS: Limits = Limits {
-        max_future_skew_ms: 300_000,
-        max_id_bytes: 128,
-    };
+    /// The server's defaults (lateness 1 h: the out-of-order events below are within it).
+    fn settings() -> EngineSettings {
+        IngestSettings::default().engine()
+    }
+
+    fn limits() -> Limits {
+        IngestSettings::default().limits()
+    }
 
     /// A logged history with what replay must get right: events up to 50 minutes out of
     /// order, shoppers gone quiet for 40 days (their windows expire, their first-seen
@@ -273,9 +274,9 @@ mod tests {
     /// What the store did before replay had workers: one thread, in log order.
     fn replayed_on_one_thread(history: &[(u64, RawEvent)]) -> Engine {
         let definitions = Arc::new(Definitions::default_shop());
-        let mut engine = Engine::new(Arc::clone(&definitions), SETTINGS);
+        let mut engine = Engine::new(Arc::clone(&definitions), settings());
         for (seq, raw) in history {
-            if let Ok(event) = validate(&definitions, &LIMITS, raw, None) {
+            if let Ok(event) = validate(&definitions, &limits(), raw, None) {
                 engine.apply(&event, *seq);
             }
         }
@@ -321,8 +322,8 @@ mod tests {
             "the history names too few users to compare"
         );
         for workers in [0, 1, 2, 3, 5] {
-            let engine = Engine::new(Arc::new(Definitions::default_shop()), SETTINGS);
-            let ((), replayed) = replay_logged(&engine, &LIMITS, workers, |apply| {
+            let engine = Engine::new(Arc::new(Definitions::default_shop()), settings());
+            let ((), replayed) = replay_logged(&engine, &limits(), workers, |apply| {
                 for (seq, raw) in &history {
                     apply(*seq, raw.clone());
                 }
@@ -338,8 +339,8 @@ mod tests {
     #[test]
     fn a_read_that_fails_midway_stops_the_workers_and_is_returned() {
         let history = logged_history();
-        let engine = Engine::new(Arc::new(Definitions::default_shop()), SETTINGS);
-        let outcome = replay_logged(&engine, &LIMITS, 2, |apply| {
+        let engine = Engine::new(Arc::new(Definitions::default_shop()), settings());
+        let outcome = replay_logged(&engine, &limits(), 2, |apply| {
             for (seq, raw) in history.iter().take(5_000) {
                 apply(*seq, raw.clone());
             }
