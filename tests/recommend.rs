@@ -157,20 +157,6 @@ fn by_confidence(
     out
 }
 
-/// A server on `models` with `rules@1` promoted.
-async fn serve_rules_v1(models: &Path) -> common::TestServer {
-    let models_dir = models.to_path_buf();
-    let server = common::TestServer::start(|settings| settings.models.dir = models_dir).await;
-    ModelsClient::new(server.channel().await)
-        .set_alias(pb::SetAliasRequest {
-            alias: "rules".into(),
-            target: "rules@1".into(),
-        })
-        .await
-        .expect("promote rules@1");
-    server
-}
-
 fn read_json(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).expect("read")).expect("JSON")
 }
@@ -213,7 +199,7 @@ async fn with_no_signal_recommend_ranks_exactly_by_rule_confidence() {
     common::write_jsonl(&history_file, earlier);
     common::mine_rules(&history_file, models.path());
     let artifact = read_json(&models.path().join("rules/rules-v1.json"));
-    let server = serve_rules_v1(models.path()).await;
+    let server = common::TestServer::start_promoted(models.path(), "rules", "rules@1").await;
     let mut scoring = ScoringClient::new(server.channel().await);
     streamscore::api::client::stream_events(
         server.channel().await,
@@ -325,7 +311,7 @@ async fn mine_evaluate_scores_what_the_live_call_answers() {
     let report = read_json(&report_file);
     let artifact = read_json(&models.path().join("rules/rules-v1.json"));
 
-    let server = serve_rules_v1(models.path()).await;
+    let server = common::TestServer::start_promoted(models.path(), "rules", "rules@1").await;
     let mut scoring = ScoringClient::new(server.channel().await);
 
     // Replayed as the evaluation does: each query once every event up to its moment is

@@ -16,7 +16,7 @@ use linfa_clustering::{KMeans, KMeansInit};
 use ndarray::Array2;
 use rand_xoshiro::Xoshiro256Plus;
 use rand_xoshiro::rand_core::SeedableRng;
-use streamscore::api::pb::{self, models_client::ModelsClient, scoring_client::ScoringClient};
+use streamscore::api::pb::{self, scoring_client::ScoringClient};
 use streamscore::events::RawEvent;
 use streamscore::simulate::{SimConfig, Simulator};
 
@@ -103,15 +103,7 @@ async fn segments_equal_linfa_and_serving_assigns_as_training_did() {
     let as_of = report["as_of_ms"].as_i64().expect("as_of_ms");
 
     // Served: the same history ingested, the segments model promoted.
-    let models_dir = models.clone();
-    let server = common::TestServer::start(|settings| settings.models.dir = models_dir).await;
-    ModelsClient::new(server.channel().await)
-        .set_alias(pb::SetAliasRequest {
-            alias: "segments".into(),
-            target: "segments@1".into(),
-        })
-        .await
-        .expect("promote segments@1");
+    let server = common::TestServer::start_promoted(&models, "segments", "segments@1").await;
     let owned = events.clone();
     streamscore::api::client::stream_events(
         server.channel().await,

@@ -644,9 +644,7 @@ impl Engine {
         state.applied_seq = state.applied_seq.max(seq);
         true
     }
-}
 
-impl Engine {
     /// Applies `event` to those of its entities whose shard index is `part` modulo
     /// `parts`, the watermark being `watermark_ms` (see [`super::recovery`]).
     pub(super) fn apply_part(

@@ -38,6 +38,22 @@ pub struct TestServer {
 }
 
 impl TestServer {
+    /// Starts the real server with models from `models`, `alias` pointing at `target`
+    /// (`name@version`).
+    pub async fn start_promoted(models: &std::path::Path, alias: &str, target: &str) -> TestServer {
+        use streamscore::api::pb::{self, models_client::ModelsClient};
+        let models_dir = models.to_path_buf();
+        let server = TestServer::start(|settings| settings.models.dir = models_dir).await;
+        ModelsClient::new(server.channel().await)
+            .set_alias(pb::SetAliasRequest {
+                alias: alias.into(),
+                target: target.into(),
+            })
+            .await
+            .unwrap_or_else(|status| panic!("promote {target}: {status}"));
+        server
+    }
+
     /// Starts the real server on 127.0.0.1:0 with a fresh data dir; `adjust` may change
     /// the settings first.
     pub async fn start(adjust: impl FnOnce(&mut Settings)) -> TestServer {
