@@ -164,7 +164,8 @@ pub struct ClusterSettings {
     pub topic_prefix: String,
     /// The routers' consumer group over `kafka.topics`.
     pub route_group: String,
-    /// The aggregators' consumer group over the entity topics.
+    /// The aggregators' consumer group over the entity topics; joined as
+    /// `<aggregate_group>.<state fingerprint>`, one group per set of definitions.
     pub aggregate_group: String,
     /// The router's transactional id: unique per aggregator process and kept across its
     /// restarts (a restarted router fences its old self). Empty (the default): the

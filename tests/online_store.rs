@@ -13,7 +13,9 @@ use common::redis::RedisCluster;
 use streamscore::definitions::Definitions;
 use streamscore::events::{Limits, RawEvent, validate};
 use streamscore::features::{Engine, EngineSettings};
-use streamscore::online::{EntityRecord, OnlineScorer, RedisOnline, Written, entity_key};
+use streamscore::online::{
+    EntityRecord, OnlineScorer, RedisOnline, Written, entity_key, entity_type_of,
+};
 use streamscore::registry::Registry;
 use streamscore::scoring;
 
@@ -78,7 +80,10 @@ fn records_of(definitions: &Definitions, engine: &Engine) -> Vec<(String, Entity
                 fingerprint: definitions.state_fingerprint,
                 state,
             };
-            (entity_key(entity, &id), record)
+            (
+                entity_key(definitions.state_fingerprint, entity, &id),
+                record,
+            )
         })
         .collect()
 }
@@ -93,7 +98,7 @@ fn records_come_back_bit_for_bit_and_read_as_the_engine_reads() {
         .block_on(RedisOnline::connect(&cluster.nodes))
         .expect("connects");
     let retention = |key: &str| {
-        let entity = key[4..].split(':').next().expect("entity in key");
+        let entity = entity_type_of(key).expect("entity in key");
         let id = definitions.entity_id(entity).expect("entity type");
         engine.retention_ms(id).expect("has features") as u64
     };
@@ -118,7 +123,8 @@ fn records_come_back_bit_for_bit_and_read_as_the_engine_reads() {
     for ((key, record), fetched) in records.iter().zip(&fetched) {
         let fetched = fetched.as_ref().unwrap_or_else(|| panic!("{key} missing"));
         assert_eq!(format!("{fetched:?}"), format!("{record:?}"), "{key}");
-        let (entity, id) = key[4..key.len() - 1].split_once(':').expect("key");
+        let tagged = key.split_once('{').expect("hash tag").1;
+        let (entity, id) = tagged[..tagged.len() - 1].split_once(':').expect("key");
         let (entity_id, features) = engine.resolve(entity, &[]).expect("resolves");
         let own = view
             .read(entity_id, id, &features, at)
@@ -145,7 +151,7 @@ fn records_come_back_bit_for_bit_and_read_as_the_engine_reads() {
     );
     let absent = runtime
         .block_on(online.read(
-            &[entity_key("user", "nobody")],
+            &[entity_key(definitions.state_fingerprint, "user", "nobody")],
             definitions.state_fingerprint,
         ))
         .expect("reads");
@@ -258,7 +264,7 @@ fn a_scorer_on_the_cluster_scores_as_the_engine_does_to_the_bit() {
         .block_on(online.write(&records, |_| 3_600_000))
         .expect("writes");
     runtime
-        .block_on(online.advance_watermark(engine.watermark_ms()))
+        .block_on(online.advance_watermark(definitions.state_fingerprint, engine.watermark_ms()))
         .expect("watermark");
     let registry = Registry::new(
         Arc::clone(&definitions),
@@ -400,7 +406,7 @@ fn a_cached_scorer_answers_from_what_it_fetched_until_it_is_stale() {
         .block_on(online.write(&records_of(&definitions, &engine), |_| 3_600_000))
         .expect("writes");
     runtime
-        .block_on(online.advance_watermark(engine.watermark_ms()))
+        .block_on(online.advance_watermark(definitions.state_fingerprint, engine.watermark_ms()))
         .expect("watermark");
     let connect = || {
         runtime
@@ -447,7 +453,13 @@ fn a_cached_scorer_answers_from_what_it_fetched_until_it_is_stale() {
         state,
     };
     let written = runtime
-        .block_on(online.write(&[(entity_key("card", "c1"), record)], |_| 3_600_000))
+        .block_on(online.write(
+            &[(
+                entity_key(definitions.state_fingerprint, "card", "c1"),
+                record,
+            )],
+            |_| 3_600_000,
+        ))
         .expect("writes");
     assert_eq!(written, vec![Written::Stored]);
 
@@ -591,7 +603,12 @@ fn a_scorer_ranks_candidates_and_recommends_as_the_embedded_server_does() {
                 fingerprint: definitions.state_fingerprint,
                 state,
             };
-            Some((entity_key(&definitions.entities[*entity].name, id), record))
+            let key = entity_key(
+                definitions.state_fingerprint,
+                &definitions.entities[*entity].name,
+                id,
+            );
+            Some((key, record))
         })
         .collect();
     assert!(records.len() > 500, "{} entities", records.len());
@@ -604,7 +621,7 @@ fn a_scorer_ranks_candidates_and_recommends_as_the_embedded_server_does() {
             .expect("writes");
     }
     runtime
-        .block_on(online.advance_watermark(store.watermark_ms()))
+        .block_on(online.advance_watermark(definitions.state_fingerprint, store.watermark_ms()))
         .expect("watermark");
 
     // The shipped purchase model and rules mined from the history, both promoted.

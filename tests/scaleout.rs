@@ -19,7 +19,7 @@ use streamscore::definitions::Definitions;
 use streamscore::events::{RawEvent, validate};
 use streamscore::features::{Admission, DetachedReads, Engine};
 use streamscore::online::{RedisOnline, entity_key};
-use streamscore::scaleout::{Pipeline, aggregate, route};
+use streamscore::scaleout::{Pipeline, aggregate, aggregate_group, route};
 use streamscore::simulate::{SimConfig, Simulator};
 
 const EVENTS: usize = 20_000;
@@ -137,7 +137,7 @@ fn two_aggregators_build_what_the_embedded_engine_holds_to_the_bit() {
         .block_on(RedisOnline::connect(&redis.nodes))
         .expect("connects");
     let shared = runtime
-        .block_on(online.watermark())
+        .block_on(online.watermark(definitions.state_fingerprint))
         .expect("watermark")
         .expect("written");
     assert_eq!(shared, embedded.watermark_ms());
@@ -152,7 +152,10 @@ fn two_aggregators_build_what_the_embedded_engine_holds_to_the_bit() {
     for (entity, id) in &samples {
         let (entity_id, features) = embedded.resolve(entity, &[]).expect("resolves");
         let record = runtime
-            .block_on(online.read(&[entity_key(entity, id)], definitions.state_fingerprint))
+            .block_on(online.read(
+                &[entity_key(definitions.state_fingerprint, entity, id)],
+                definitions.state_fingerprint,
+            ))
             .expect("reads")
             .remove(0);
         let mut states = std::collections::HashMap::new();
@@ -183,6 +186,233 @@ fn two_aggregators_build_what_the_embedded_engine_holds_to_the_bit() {
     }
     common::assert_matches_naive(&definitions, &naive, &samples, &reads, at);
     assert!(samples.len() > 100, "only {} samples", samples.len());
+}
+
+/// The shop's definitions changed as a team changes them: a window added to a feature
+/// and a new feature, on entity types that already had features (so the routers and
+/// the entity topics are the same under both).
+fn changed_shop() -> Definitions {
+    let text = streamscore::definitions::DEFAULT_DEFINITIONS.replacen(
+        r#"windows = ["10m", "1h", "24h", "7d"]"#,
+        r#"windows = ["10m", "1h", "2h", "24h", "7d"]"#,
+        1,
+    ) + "\n[[features]]\nname = \"user_amount_min_30d\"\nentity = \"user\"\nevents = [\"payment\"]\naggregation = \"min\"\nfield = \"amount\"\nwindow = \"30d\"\n";
+    let changed = Definitions::from_toml(&text).expect("changed definitions");
+    assert!(changed.feature_id("card_payments_2h").is_some());
+    assert_ne!(
+        changed.state_fingerprint,
+        Definitions::default_shop().state_fingerprint
+    );
+    changed
+}
+
+/// The embedded engine under `definitions` fed `events` in order, and how many entity
+/// records the aggregators running them apply.
+fn embedded(pipeline: &Pipeline, events: &[RawEvent]) -> (Engine, u64) {
+    let definitions = &pipeline.definitions;
+    let mut expected = 0u64;
+    let mut engine = Engine::new(Arc::clone(definitions), pipeline.engine);
+    for (seq, raw) in events.iter().enumerate() {
+        let event = validate(definitions, &pipeline.limits, raw, None).expect("valid");
+        if engine.admit(&event) == Admission::Apply {
+            expected += engine.entities_of(&event).len() as u64;
+            engine.apply(&event, seq as u64 + 1);
+        }
+    }
+    (engine, expected)
+}
+
+/// Every sampled entity's record in Redis, under `pipeline`'s definitions, reads as the
+/// embedded engine reads its own, and their watermarks are the same. Returns how many
+/// entities were compared.
+fn assert_records_read_as_embedded(
+    runtime: &tokio::runtime::Runtime,
+    online: &RedisOnline,
+    pipeline: &Pipeline,
+    embedded: &Engine,
+    events: &[RawEvent],
+) -> usize {
+    let definitions = &pipeline.definitions;
+    let fingerprint = definitions.state_fingerprint;
+    let shared = runtime
+        .block_on(online.watermark(fingerprint))
+        .expect("watermark")
+        .expect("written");
+    assert_eq!(shared, embedded.watermark_ms());
+    let scorer = Engine::new(Arc::clone(definitions), pipeline.engine);
+    scorer.advance_watermark(shared);
+    let samples = common::sample_entities(definitions, events, 25);
+    for (entity, id) in &samples {
+        let (entity_id, features) = embedded.resolve(entity, &[]).expect("resolves");
+        let record = runtime
+            .block_on(online.read(&[entity_key(fingerprint, entity, id)], fingerprint))
+            .expect("reads")
+            .remove(0);
+        let states: std::collections::HashMap<_, _> = record
+            .map(|record| ((entity_id, id.clone()), record.state))
+            .into_iter()
+            .collect();
+        use streamscore::features::EntityReads;
+        let from_redis = DetachedReads {
+            engine: &scorer,
+            states: &states,
+        }
+        .read_entity(entity_id, id, &features, shared)
+        .expect("reads from Redis");
+        let own = embedded
+            .view()
+            .read(entity_id, id, &features, shared)
+            .expect("embedded reads");
+        assert_eq!(
+            format!("{from_redis:?}"),
+            format!("{own:?}"),
+            "{entity} {id}: from Redis, embedded ({fingerprint:016x})"
+        );
+    }
+    samples.len()
+}
+
+/// Waits until `pipeline`'s aggregators applied `expected` records, every task still
+/// running.
+fn wait_applied(pipeline: &Pipeline, expected: u64, tasks: &[&tokio::task::JoinHandle<()>]) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while pipeline.counters.applied.load(Ordering::Relaxed) < expected {
+        for task in tasks {
+            assert!(!task.is_finished(), "a pipeline task ended early");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} of {expected} records applied",
+            pipeline.counters.applied.load(Ordering::Relaxed),
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A definitions change rolled out while events flow, as the README says to roll it:
+/// the new aggregators start beside the old ones (their own group, from the entity
+/// topics' first records), then the old ones stop one by one. Under both
+/// definitions, every sampled entity's record reads as an embedded engine running
+/// them reads its own, over the whole history, and each side applied exactly its
+/// records (none twice, none dropped). A record the definitions refuse is counted.
+///
+/// Before records and groups carried the fingerprint, the first new aggregator joined
+/// the old group, met an old record and ended with "computed with other feature
+/// definitions" on every retry.
+#[test]
+fn a_definitions_change_rolled_out_while_events_flow_rebuilds_every_entity() {
+    let redis = RedisCluster::start();
+    let kafka = MockCluster::new(1).expect("mock cluster");
+    kafka.create_topic("events", 1, 1).expect("events topic");
+    let brokers = kafka.bootstrap_servers();
+    let old = Arc::new(pipeline(&brokers, &redis));
+    let new = Arc::new(Pipeline {
+        definitions: Arc::new(changed_shop()),
+        ..pipeline(&brokers, &redis)
+    });
+    assert_eq!(old.entity_topics(), new.entity_topics());
+    for topic in &old.entity_topics() {
+        kafka.create_topic(topic, 4, 1).expect("entity topic");
+    }
+    kafka
+        .create_topic(&old.checkpoint_topic(), 1, 1)
+        .expect("checkpoint topic");
+    let events: Vec<RawEvent> = Simulator::new(SimConfig {
+        users: 1_000,
+        ..SimConfig::default()
+    })
+    .take(EVENTS)
+    .collect();
+    let (first, second) = events.split_at(EVENTS / 2);
+    let (_, expected_old_first) = embedded(&old, first);
+    let (embedded_old, expected_old) = embedded(&old, &events);
+    let (embedded_new, expected_new) = embedded(&new, &events);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    // Each member stops on its own signal: a rolling restart stops them one by one.
+    let spawn = |pipeline: &Arc<Pipeline>, router: bool| {
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let pipeline = Arc::clone(pipeline);
+        let task = runtime.spawn(async move {
+            let run = if router {
+                route(pipeline, "route".into(), "route-0".into(), shutdown).await
+            } else {
+                aggregate(pipeline, "aggregate".into(), shutdown).await
+            };
+            run.expect("ran without error");
+        });
+        (stop, task)
+    };
+    let router = spawn(&old, true);
+    let old_members = [spawn(&old, false), spawn(&old, false)];
+    runtime.block_on(common::kafka::produce(&brokers, "events", first));
+    wait_applied(
+        &old,
+        expected_old_first,
+        &[&router.1, &old_members[0].1, &old_members[1].1],
+    );
+
+    // The roll: a new member joins, an old one stops, the second half flows, the
+    // second new member joins, the last old one stops.
+    let first_new = spawn(&new, false);
+    let [old_a, old_b] = old_members;
+    old_a.0.send(true).expect("stop");
+    runtime.block_on(old_a.1).expect("stopped cleanly");
+    runtime.block_on(common::kafka::produce(&brokers, "events", second));
+    let second_new = spawn(&new, false);
+    wait_applied(&old, expected_old, &[&router.1, &old_b.1]);
+    old_b.0.send(true).expect("stop");
+    runtime.block_on(old_b.1).expect("stopped cleanly");
+    wait_applied(
+        &new,
+        expected_new,
+        &[&router.1, &first_new.1, &second_new.1],
+    );
+
+    // Applied exactly: no more than expected either, under both definitions.
+    assert_eq!(old.counters.applied.load(Ordering::Relaxed), expected_old);
+    assert_eq!(new.counters.applied.load(Ordering::Relaxed), expected_new);
+    let online = runtime
+        .block_on(RedisOnline::connect(&redis.nodes))
+        .expect("connects");
+    let compared = assert_records_read_as_embedded(&runtime, &online, &old, &embedded_old, &events);
+    assert!(compared > 100, "only {compared} samples");
+    assert_records_read_as_embedded(&runtime, &online, &new, &embedded_new, &events);
+
+    // A record the new definitions cannot apply is skipped, counted, and the rest go on.
+    let card_topic = new.entity_topic("card");
+    let mut refused = events
+        .iter()
+        .find(|e| e.event_type == "payment")
+        .expect("a payment")
+        .clone();
+    refused.event_id = "refused-amount".into();
+    refused.numbers.insert("amount".into(), -5.0);
+    runtime.block_on(common::kafka::produce(&brokers, &card_topic, &[refused]));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while new.counters.skipped.load(Ordering::Relaxed) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the refused record was not counted"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(new.counters.skipped.load(Ordering::Relaxed), 1);
+    assert_eq!(new.counters.applied.load(Ordering::Relaxed), expected_new);
+    let metrics = new.prometheus(streamscore::time::now_ms());
+    assert!(
+        metrics.contains("streamscore_aggregator_skipped_records_total 1"),
+        "{metrics}"
+    );
+
+    for (stop, task) in [router, first_new, second_new] {
+        stop.send(true).expect("stop");
+        runtime.block_on(task).expect("stopped cleanly");
+    }
 }
 
 /// Whether the aggregators committed every record of the entity topics: each
@@ -273,6 +503,8 @@ async fn separate_processes_survive_a_killed_aggregator_and_a_killed_redis_maste
     for topic in &topics {
         kafka.create_topic(topic, 4, 1).expect("entity topic");
     }
+    let shop = Definitions::default_shop();
+    let (fingerprint, group) = (shop.state_fingerprint, aggregate_group("aggregate", &shop));
     let checkpoints = pipeline(&brokers, &redis).checkpoint_topic();
     kafka
         .create_topic(&checkpoints, 1, 1)
@@ -317,7 +549,13 @@ async fn separate_processes_survive_a_killed_aggregator_and_a_killed_redis_maste
             // Mid-stream: part of this step is in Redis, not all of it.
             let middle = chunk[chunk.len() / 2].event_time_ms;
             let deadline = Instant::now() + Duration::from_secs(120);
-            while online.watermark().await.expect("watermark").unwrap_or(0) < middle {
+            while online
+                .watermark(fingerprint)
+                .await
+                .expect("watermark")
+                .unwrap_or(0)
+                < middle
+            {
                 assert!(
                     Instant::now() < deadline,
                     "the aggregators made no progress"
@@ -332,7 +570,7 @@ async fn separate_processes_survive_a_killed_aggregator_and_a_killed_redis_maste
             let routed = routed_through(&brokers, &checkpoints) + 1;
             let taken = routed >= fed
                 && embedded_progress.total() >= fed
-                && aggregated(&brokers, "aggregate", &topics);
+                && aggregated(&brokers, &group, &topics);
             if taken {
                 break;
             }
@@ -346,7 +584,10 @@ async fn separate_processes_survive_a_killed_aggregator_and_a_killed_redis_maste
     }
     let naive = common::naive::over_default_shop(&events);
     let at = naive.watermark_ms();
-    assert_eq!(online.watermark().await.expect("watermark"), Some(at));
+    assert_eq!(
+        online.watermark(fingerprint).await.expect("watermark"),
+        Some(at)
+    );
     assert_eq!(embedded.store.counters().applied, events.len() as u64);
 
     // The survivor's freshness lag per partition: now - the newest event time it

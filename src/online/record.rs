@@ -2,11 +2,31 @@
 
 use crate::features::EntityState;
 
-/// The key of an entity's record: `ss:{<entity type>:<id>}`. The braces are Redis
-/// Cluster's hash tag, so a record and anything stored beside it later (per-entity
-/// side keys) land in the same slot.
-pub fn entity_key(entity_type: &str, id: &str) -> String {
-    format!("ss:{{{entity_type}:{id}}}")
+/// The key of an entity's record under the definitions whose state fingerprint is
+/// `fingerprint`: `ss:<fingerprint, 16 hex digits>:{<entity type>:<id>}`. The braces
+/// are Redis Cluster's hash tag, so a record and anything stored beside it later
+/// (per-entity side keys) land in the same slot.
+///
+/// The fingerprint is in the key so that two sets of definitions never share a record:
+/// during a definitions change the old and the new aggregators each keep their own
+/// records (each group rebuilding from the entity topics), and a scorer reads only what
+/// was computed with its own definitions. Before, both wrote one key and a record of
+/// the other definitions was an error: aggregators retried the batch forever and
+/// scorers answered INTERNAL for that entity until its key expired.
+pub fn entity_key(fingerprint: u64, entity_type: &str, id: &str) -> String {
+    format!("ss:{fingerprint:016x}:{{{entity_type}:{id}}}")
+}
+
+/// The key of the watermark of the aggregators running the definitions whose state
+/// fingerprint is `fingerprint` (a group rebuilding after a change has its own, behind).
+pub fn watermark_key(fingerprint: u64) -> String {
+    format!("ss:{fingerprint:016x}:{{meta}}:watermark")
+}
+
+/// The entity type named in a key made by [`entity_key`].
+pub fn entity_type_of(key: &str) -> Option<&str> {
+    let (_, tagged) = key.split_once('{')?;
+    Some(tagged.split_once(':')?.0)
 }
 
 /// An entity's state as stored: the state, the sequence number of the newest event in
@@ -107,12 +127,19 @@ mod tests {
     }
 
     #[test]
-    fn keys_carry_the_entity_as_hash_tag() {
-        assert_eq!(entity_key("card", "c2"), "ss:{card:c2}");
+    fn keys_carry_the_fingerprint_and_the_entity_as_hash_tag() {
+        assert_eq!(entity_key(7, "card", "c2"), "ss:0000000000000007:{card:c2}");
         assert_eq!(
-            entity_key("user_product", "u1|p9"),
-            "ss:{user_product:u1|p9}"
+            entity_key(u64::MAX, "user_product", "u1|p9"),
+            "ss:ffffffffffffffff:{user_product:u1|p9}"
         );
+        assert_ne!(entity_key(1, "card", "c2"), entity_key(2, "card", "c2"));
+        assert_ne!(watermark_key(1), watermark_key(2));
+        assert_eq!(
+            entity_type_of(&entity_key(9, "user_product", "u:1|p")),
+            Some("user_product")
+        );
+        assert_eq!(entity_type_of("ss:no-tag"), None);
     }
 
     #[test]

@@ -12,7 +12,7 @@ use futures_util::future::try_join_all;
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 
-use super::record::{EntityRecord, RecordError};
+use super::record::{EntityRecord, RecordError, watermark_key};
 
 /// Writes a record when its sequence number is higher than the stored one. Sequence
 /// numbers stay below 2^53, where Lua's numbers are exact. Returns 1 when written, 0
@@ -37,10 +37,6 @@ end
 redis.call('SET', KEYS[1], ARGV[1])
 return 1
 ";
-
-/// The newest event time any aggregator applied: scorers read as of it (expiry, the
-/// oldest moment answered exactly) as the embedded engine does with its own.
-const WATERMARK_KEY: &str = "ss:{meta}:watermark";
 
 /// Where the online store is and how to log in to it. The credentials are kept apart
 /// from the node addresses, so no address carries them into a message or a log.
@@ -382,12 +378,19 @@ impl RedisOnline {
         }
     }
 
-    /// Raises the shared watermark to `watermark_ms` (never lowers it).
-    pub async fn advance_watermark(&self, watermark_ms: i64) -> Result<(), OnlineError> {
+    /// Raises the watermark of the aggregators running the definitions with state
+    /// fingerprint `fingerprint` to `watermark_ms` (never lowers it): the newest event
+    /// time they applied. Their scorers read as of it (expiry, the oldest moment
+    /// answered exactly) as the embedded engine does with its own.
+    pub async fn advance_watermark(
+        &self,
+        fingerprint: u64,
+        watermark_ms: i64,
+    ) -> Result<(), OnlineError> {
         let mut connection = self.connection();
         let result: Result<i64, _> = self
             .advance
-            .key(WATERMARK_KEY)
+            .key(watermark_key(fingerprint))
             .arg(watermark_ms)
             .invoke_async(&mut connection)
             .await;
@@ -397,11 +400,12 @@ impl RedisOnline {
         }
     }
 
-    /// The shared watermark (`None` before any aggregator wrote one).
-    pub async fn watermark(&self) -> Result<Option<i64>, OnlineError> {
+    /// The watermark of the definitions with state fingerprint `fingerprint` (`None`
+    /// before any of their aggregators wrote one).
+    pub async fn watermark(&self, fingerprint: u64) -> Result<Option<i64>, OnlineError> {
         let mut connection = self.connection();
         match redis::cmd("GET")
-            .arg(WATERMARK_KEY)
+            .arg(watermark_key(fingerprint))
             .query_async::<Option<i64>>(&mut connection)
             .await
         {

@@ -222,8 +222,11 @@ impl OnlineScorer {
         entities: &[(EntityTypeId, String)],
     ) -> Result<HashMap<(EntityTypeId, String), EntityState>, OnlineError> {
         let Some(cache) = &self.cache else {
-            let (states, watermark) =
-                tokio::join!(self.fetch_states(entities), self.online.watermark());
+            let (states, watermark) = tokio::join!(
+                self.fetch_states(entities),
+                self.online
+                    .watermark(self.engine.definitions().state_fingerprint)
+            );
             self.note_watermark(watermark?);
             return Ok(states?.into_iter().filter_map(flatten).collect());
         };
@@ -242,7 +245,11 @@ impl OnlineScorer {
         let watermark = async {
             match cached_watermark {
                 Some(watermark) => Ok(watermark),
-                None => self.online.watermark().await,
+                None => {
+                    self.online
+                        .watermark(self.engine.definitions().state_fingerprint)
+                        .await
+                }
             }
         };
         let (fetched, watermark) = tokio::join!(self.fetch_states(&missing), watermark);
@@ -267,7 +274,13 @@ impl OnlineScorer {
         let definitions = self.engine.definitions();
         let keys: Vec<String> = entities
             .iter()
-            .map(|(entity, id)| entity_key(&definitions.entities[*entity].name, id))
+            .map(|(entity, id)| {
+                entity_key(
+                    definitions.state_fingerprint,
+                    &definitions.entities[*entity].name,
+                    id,
+                )
+            })
             .collect();
         let records = self
             .online

@@ -25,7 +25,7 @@ use crate::events::{Limits, RawEvent, validate};
 use crate::features::Engine;
 use crate::kafka::commits::{CommitLedger, partitions};
 use crate::kafka::{consumer_config, decode};
-use crate::online::{EntityRecord, RedisOnline, Written, entity_key};
+use crate::online::{EntityRecord, RedisOnline, Written, entity_key, entity_type_of};
 
 /// How often expired entities are dropped from memory.
 const EVICT_EVERY: Duration = Duration::from_secs(10);
@@ -80,13 +80,27 @@ struct Routed {
     partition: i32,
 }
 
+/// The consumer group of the aggregators given `base` (`cluster.aggregate_group`) and
+/// running `definitions`: `<base>.<state fingerprint, 16 hex digits>`.
+///
+/// One group per set of definitions: after a definitions change, the new aggregators
+/// form a group of their own that starts at the entity topics' earliest records and
+/// rebuilds every entity under the new definitions (in records of their own, see
+/// [`entity_key`]) while the old group goes on serving the old scorers. Sharing one
+/// group, the two would split the partitions between them and each set of records
+/// would miss the other's events.
+pub fn aggregate_group(base: &str, definitions: &crate::definitions::Definitions) -> String {
+    format!("{base}.{:016x}", definitions.state_fingerprint)
+}
+
 /// Aggregates until `shutdown` turns true; an error ends the run (the caller starts it
-/// again).
+/// again). `group` is the base name; the group joined is [`aggregate_group`]'s.
 pub async fn aggregate(
     pipeline: Arc<Pipeline>,
     group: String,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), ScaleOutError> {
+    let group = aggregate_group(&group, &pipeline.definitions);
     let online = RedisOnline::connect_with(&pipeline.redis).await?;
     let consumer: StreamConsumer<AggregatorContext> = consumer_config(&pipeline.kafka)
         .set("group.id", &group)
@@ -108,7 +122,7 @@ pub async fn aggregate(
         .enumerate()
         .map(|(id, entity)| (pipeline.entity_topic(&entity.name), id))
         .collect();
-    tracing::info!(topics = ?topics, %group, "aggregator started");
+    tracing::info!(topics = ?topics, %group, fingerprint = %format!("{:016x}", pipeline.definitions.state_fingerprint), "aggregator started");
     let engine = Arc::new(Engine::new(
         Arc::clone(&pipeline.definitions),
         pipeline.engine,
@@ -173,7 +187,8 @@ fn prepare(
             let raw = match decode::event(message.payload(), pipeline.kafka.format) {
                 Ok(raw) => raw,
                 Err(why) => {
-                    tracing::warn!(%why, topic = message.topic(), offset = message.offset(), "aggregator: record skipped");
+                    pipeline.counters.skipped.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%why, topic = message.topic(), offset = message.offset(), "aggregator: undecodable record skipped");
                     return None;
                 }
             };
@@ -209,19 +224,41 @@ async fn apply(
     };
     let mut events = Vec::with_capacity(routed.len());
     let mut touched = BTreeSet::new();
+    // A record these definitions cannot apply was routed under other ones (a router
+    // not yet rolled to them, or already rolled past them). Skipping it is what these
+    // definitions say of that event; it is counted and logged, never dropped silently.
+    let mut skipped = Vec::new();
     for record in routed {
-        let Ok(event) = validate(definitions, &limits, &record.raw, None) else {
-            continue;
+        let event = match validate(definitions, &limits, &record.raw, None) {
+            Ok(event) => event,
+            Err(refusal) => {
+                skipped.push((record, refusal.to_string()));
+                continue;
+            }
         };
         let Some((_, id)) = engine
             .entities_of(&event)
             .into_iter()
             .find(|(entity, _)| *entity == record.entity)
         else {
+            let entity = &definitions.entities[record.entity].name;
+            skipped.push((record, format!("the event does not name its {entity}")));
             continue;
         };
         touched.insert((record.entity, id.clone()));
         events.push((record, event, id));
+    }
+    if let Some((first, why)) = skipped.first() {
+        pipeline
+            .counters
+            .skipped
+            .fetch_add(skipped.len() as u64, Ordering::Relaxed);
+        tracing::warn!(
+            skipped = skipped.len(),
+            first_event = %first.raw.event_id,
+            %why,
+            "aggregator: records these definitions cannot apply were skipped (routed under other definitions?)"
+        );
     }
     // Entities not held come from Redis first (their newest state and sequence).
     let missing: Vec<(EntityTypeId, String)> = touched
@@ -232,7 +269,13 @@ async fn apply(
     if !missing.is_empty() {
         let keys: Vec<String> = missing
             .iter()
-            .map(|(entity, id)| entity_key(&definitions.entities[*entity].name, id))
+            .map(|(entity, id)| {
+                entity_key(
+                    definitions.state_fingerprint,
+                    &definitions.entities[*entity].name,
+                    id,
+                )
+            })
             .collect();
         let records = online.read(&keys, definitions.state_fingerprint).await?;
         for ((entity, id), record) in missing.into_iter().zip(records) {
@@ -264,7 +307,12 @@ async fn apply(
             fingerprint: definitions.state_fingerprint,
             state,
         };
-        records.push((entity_key(&definitions.entities[entity].name, &id), record));
+        let key = entity_key(
+            definitions.state_fingerprint,
+            &definitions.entities[entity].name,
+            &id,
+        );
+        records.push((key, record));
     }
     let retention: HashMap<&str, u64> = definitions
         .entities
@@ -277,14 +325,14 @@ async fn apply(
         .collect();
     let written = online
         .write(&records, |key| {
-            // `ss:{<entity>:<id>}`: the entity type is between the brace and the colon.
-            key.get(4..)
-                .and_then(|rest| rest.split(':').next())
+            entity_type_of(key)
                 .and_then(|entity| retention.get(entity).copied())
                 .unwrap_or(u64::MAX)
         })
         .await?;
-    online.advance_watermark(engine.watermark_ms()).await?;
+    online
+        .advance_watermark(definitions.state_fingerprint, engine.watermark_ms())
+        .await?;
     let stale = written.iter().filter(|w| **w == Written::Stale).count() as u64;
     let counters = &pipeline.counters;
     counters.stale_writes.fetch_add(stale, Ordering::Relaxed);

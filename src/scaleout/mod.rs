@@ -37,7 +37,7 @@ use crate::features::EngineSettings;
 use crate::online::OnlineError;
 use crate::prometheus_text::{header, sample, single};
 
-pub use aggregate::aggregate;
+pub use aggregate::{aggregate, aggregate_group};
 pub use route::route;
 
 use crate::kafka::batch::{next_offsets, receive};
@@ -74,6 +74,9 @@ pub struct Counters {
     pub applied: AtomicU64,
     /// Entity writes the online store refused as older than what it holds.
     pub stale_writes: AtomicU64,
+    /// Records the aggregator could not apply: undecodable, or refused by its
+    /// definitions (routed under other ones during a definitions change).
+    pub skipped: AtomicU64,
     /// Per owned entity-topic partition, the newest event time applied: the freshness
     /// of what scorers read from it.
     pub newest_applied_ms: parking_lot::Mutex<BTreeMap<(EntityTypeId, i32), i64>>,
@@ -114,6 +117,11 @@ impl Pipeline {
                 "streamscore_aggregated_records_total",
                 "entity records applied and written to the online store",
                 &counters.applied,
+            ),
+            (
+                "streamscore_aggregator_skipped_records_total",
+                "entity-topic records the aggregator could not apply: undecodable, or refused by its definitions",
+                &counters.skipped,
             ),
             (
                 "streamscore_online_stale_writes_total",
