@@ -18,7 +18,7 @@ use crate::api::prometheus::{self, Render};
 use crate::api::v2pb::grpc_inference_service_server::GrpcInferenceServiceServer;
 use crate::api::{Backend, FeaturesService, InferenceService, ModelsService, ScoringService};
 use crate::config::Settings;
-use crate::online::{OnlineScorer, RedisOnline};
+use crate::online::{OnlineScorer, Recording, RedisOnline};
 use crate::scaleout::{Pipeline, aggregate, route};
 use crate::server::{
     ServerError, bind, grpc_builder, load_definitions, open_registry, open_samples, without_nagle,
@@ -179,6 +179,24 @@ async fn again<F>(
     }
 }
 
+/// How a scorer records (`record` on `Score`): to the first of `kafka.topics` when
+/// `kafka.brokers` names brokers, answers kept for the routers' dedup horizon; `None`
+/// (recorded calls refused, saying why) without them.
+fn recording(settings: &Settings) -> Result<Option<Recording>, ServerError> {
+    let recorder = crate::kafka::produce::EventRecorder::from_settings(&settings.kafka)
+        .map_err(|error| ServerError::Setup(format!("the events topic producer: {error}")))?;
+    Ok(recorder.map(|recorder| {
+        tracing::info!(
+            topic = recorder.topic(),
+            "scorer: recorded calls go to the events topic"
+        );
+        Recording {
+            sink: Arc::new(recorder),
+            answers_kept_ms: u64::try_from(settings.ingest.dedup_horizon.0).unwrap_or(1),
+        }
+    }))
+}
+
 /// Serves `Score` and `GetFeatures` from the online store on `listener` until
 /// `shutdown` resolves.
 pub async fn run_scorer(
@@ -191,14 +209,16 @@ pub async fn run_scorer(
     let online = RedisOnline::connect_with(&settings.cluster.redis_access())
         .await
         .map_err(|e| ServerError::Setup(e.to_string()))?;
-    let scorer = Arc::new(
-        OnlineScorer::new(online, Arc::clone(&definitions), settings.ingest.engine())
-            .with_limits(settings.ingest.limits())
-            .with_cache(
-                settings.cluster.scorer_cache.as_duration(),
-                settings.cluster.scorer_cache_entries,
-            ),
-    );
+    let mut scorer = OnlineScorer::new(online, Arc::clone(&definitions), settings.ingest.engine())
+        .with_limits(settings.ingest.limits())
+        .with_cache(
+            settings.cluster.scorer_cache.as_duration(),
+            settings.cluster.scorer_cache_entries,
+        );
+    if let Some(recording) = recording(settings)? {
+        scorer = scorer.with_recording(recording);
+    }
+    let scorer = Arc::new(scorer);
     let registry = open_registry(settings, definitions).await?;
     let watcher = tokio::spawn(crate::registry::watch(
         Arc::clone(&registry),

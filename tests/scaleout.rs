@@ -483,6 +483,181 @@ fn routed_through(brokers: &str, checkpoints: &str) -> i64 {
         .unwrap_or(-1)
 }
 
+/// Waits until `fed` events of the events topic are routed, taken by the embedded
+/// server's source, and every routed record aggregated by `group`.
+async fn wait_taken(
+    brokers: &str,
+    checkpoints: &str,
+    embedded: &common::kafka::Committed,
+    group: &str,
+    topics: &[String],
+    fed: i64,
+) {
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let routed = routed_through(brokers, checkpoints) + 1;
+        if routed >= fed && embedded.total() >= fed && aggregated(brokers, group, topics) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{routed} of {fed} events routed, {} taken by the embedded server",
+            embedded.total()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `record` on a scorer: ten payments of one shopper, each recorded on a scorer and
+/// on an embedded server fed the same events topic, one after the other once the last
+/// is aggregated. Each scorer answer equals the embedded one to the bit (features,
+/// score, decision, reasons): both score before the payment counts. A retry gets the
+/// first answer back marked as a duplicate, and nothing is counted twice: the
+/// shopper's payment count on the scorer and on the embedded server is the history's
+/// plus ten. Before, a scorer refused `record` with FAILED_PRECONDITION.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_scorer_records_as_the_embedded_server_does_and_a_retry_gets_the_first_answer() {
+    use streamscore::api::pb;
+    let redis = RedisCluster::start();
+    let kafka = MockCluster::new(1).expect("mock cluster");
+    kafka.create_topic("events", 1, 1).expect("events topic");
+    let brokers = kafka.bootstrap_servers();
+    let topics = pipeline(&brokers, &redis).entity_topics();
+    for topic in &topics {
+        kafka.create_topic(topic, 4, 1).expect("entity topic");
+    }
+    let group = aggregate_group("aggregate", &Definitions::default_shop());
+    let checkpoints = pipeline(&brokers, &redis).checkpoint_topic();
+    kafka
+        .create_topic(&checkpoints, 1, 1)
+        .expect("checkpoint topic");
+    let history: Vec<RawEvent> = Simulator::new(SimConfig {
+        users: 10_000,
+        ..SimConfig::default()
+    })
+    .take(3_000)
+    .collect();
+    let embedded_brokers = brokers.clone();
+    let embedded = common::TestServer::start(move |settings| {
+        settings.kafka.brokers = embedded_brokers;
+        settings.kafka.topics = vec!["events".into()];
+        settings.kafka.group = "embedded".into();
+    })
+    .await;
+    let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().expect("dir")).collect();
+    let config =
+        |index: usize| write_role_config(dirs[index].path(), &brokers, &redis, &index.to_string());
+    let (mut aggregator, _, _) = common::spawn_role(
+        dirs[0].path(),
+        "aggregator",
+        &config(0),
+        "streamscore aggregator running",
+    );
+    let (mut scorer, scorer_url, _) = common::spawn_role(
+        dirs[1].path(),
+        "scorer",
+        &config(1),
+        "streamscore listening",
+    );
+    let progress = common::kafka::Committed::new(&brokers, "embedded", "events", 1);
+    common::kafka::produce(&brokers, "events", &history).await;
+    let mut fed = history.len() as i64;
+    wait_taken(&brokers, &checkpoints, &progress, &group, &topics, fed).await;
+
+    let newest = history
+        .iter()
+        .map(|e| e.event_time_ms)
+        .max()
+        .expect("events");
+    let shopper = history
+        .iter()
+        .rev()
+        .find(|e| e.event_type == "payment")
+        .expect("a payment");
+    let (user, card) = (&shopper.entities["user"], &shopper.entities["card"]);
+    let client = |url: String| async move {
+        let channel = streamscore::api::client::connect(&url)
+            .await
+            .expect("connect");
+        pb::scoring_client::ScoringClient::new(channel)
+    };
+    let (mut on_embedded, mut on_scorer) = (
+        client(embedded.url.clone()).await,
+        client(scorer_url.clone()).await,
+    );
+    let payments_before = embedded.store.counters().applied;
+    for i in 0..10i64 {
+        let mut request = common::fraud_payment(20.0 + i as f64 * 35.0);
+        request.record = true;
+        request.include_features = true;
+        let event = request.event.as_mut().expect("event");
+        event.event_id = format!("recorded-{i}");
+        event.event_time_ms = newest + 1_000 * (i + 1);
+        event.entities = [("user", user), ("card", card)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        let expected = on_embedded
+            .score(request.clone())
+            .await
+            .expect("embedded")
+            .into_inner();
+        let got = on_scorer
+            .score(request.clone())
+            .await
+            .expect("scorer records")
+            .into_inner();
+        assert_eq!(got.score.to_bits(), expected.score.to_bits(), "payment {i}");
+        assert_eq!(got.decision, expected.decision, "payment {i}");
+        assert_eq!(
+            format!("{:?}", got.features),
+            format!("{:?}", expected.features),
+            "payment {i}"
+        );
+        assert_eq!(
+            format!("{:?}", got.reasons),
+            format!("{:?}", expected.reasons)
+        );
+        let recorded = got.recorded.expect("recorded");
+        assert_eq!((recorded.accepted, recorded.duplicates), (1, 0));
+        // A retry (the client timed out, say): the first answer, as a duplicate.
+        let retried = on_scorer.score(request).await.expect("retry").into_inner();
+        assert_eq!(retried.score.to_bits(), got.score.to_bits());
+        assert_eq!(
+            format!("{:?}", retried.features),
+            format!("{:?}", got.features)
+        );
+        let again = retried.recorded.expect("recorded");
+        assert_eq!((again.accepted, again.duplicates), (0, 1));
+        // The scorer's event (sent twice) and the embedded server's own are one event.
+        fed += 2;
+        wait_taken(&brokers, &checkpoints, &progress, &group, &topics, fed).await;
+    }
+    // Each of the ten is counted once on both sides: the entities read the same, and
+    // the embedded server applied ten payments more (their copies from the topic were
+    // duplicates).
+    assert_eq!(
+        embedded.store.counters().applied,
+        payments_before + 10,
+        "the embedded server applied each recorded payment once"
+    );
+    // As of the last recorded payment: both watermarks.
+    let at = newest + 10_000;
+    let card_samples = vec![
+        ("card".to_string(), card.clone()),
+        ("user".to_string(), user.clone()),
+    ];
+    let from_scorer = common::read_all_remote(&scorer_url, &card_samples, at).await;
+    let from_embedded = common::read_all_remote(&embedded.url, &card_samples, at).await;
+    assert_eq!(format!("{from_scorer:?}"), format!("{from_embedded:?}"));
+
+    for child in [&mut aggregator, &mut scorer] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    embedded.stop().await;
+}
+
 /// Events fed per step: the mock broker keeps only about 5 MB per partition, so the
 /// test feeds the next step once every consumer has taken the last one.
 const STEP: usize = 20_000;

@@ -68,3 +68,80 @@ async fn drain(pending: &mut Vec<DeliveryFuture>) -> Result<u64, KafkaError> {
     }
     Ok(delivered)
 }
+
+/// The events of a scorer's recorded calls, sent to the first of `kafka.topics` one at
+/// a time as calls come (idempotent, so a broker retry never writes one twice), each
+/// call waiting until the broker has its event.
+#[cfg(feature = "cluster")]
+pub struct EventRecorder {
+    producer: FutureProducer,
+    topic: String,
+    format: KafkaFormat,
+}
+
+/// How long a recorded call waits for the broker before it fails (its answer is kept
+/// and a retry sends the event again).
+#[cfg(feature = "cluster")]
+const RECORD_TIMEOUT_MS: &str = "10000";
+
+#[cfg(feature = "cluster")]
+impl EventRecorder {
+    /// A recorder for `settings`, or `None` when they name no brokers or no topic.
+    pub fn from_settings(
+        settings: &crate::config::KafkaSettings,
+    ) -> Result<Option<EventRecorder>, KafkaError> {
+        let Some(topic) = settings.topics.first() else {
+            return Ok(None);
+        };
+        if settings.brokers.is_empty() {
+            return Ok(None);
+        }
+        let producer: FutureProducer = super::client_config(settings)
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "1")
+            .set("message.timeout.ms", RECORD_TIMEOUT_MS)
+            .create()?;
+        Ok(Some(EventRecorder {
+            producer,
+            topic: topic.clone(),
+            format: settings.format,
+        }))
+    }
+
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+}
+
+#[cfg(feature = "cluster")]
+impl crate::online::EventSink for EventRecorder {
+    fn send(
+        &self,
+        event: RawEvent,
+    ) -> futures_util::future::BoxFuture<'static, Result<(), String>> {
+        // Keyed by user as `produce` keys them: a user's events stay in one partition.
+        let key = event.entities.get("user").cloned().unwrap_or_default();
+        let payload = match self.format {
+            KafkaFormat::Json => match serde_json::to_vec(&event) {
+                Ok(payload) => payload,
+                Err(error) => return Box::pin(async move { Err(error.to_string()) }),
+            },
+            KafkaFormat::Protobuf => pb::Event::from(event).encode_to_vec(),
+        };
+        let record = FutureRecord::to(&self.topic).key(&key).payload(&payload);
+        let delivery = self
+            .producer
+            .send_result(record)
+            .map_err(|(error, _)| error);
+        Box::pin(async move {
+            match delivery {
+                Err(error) => Err(error.to_string()),
+                Ok(delivery) => match delivery.await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err((error, _))) => Err(error.to_string()),
+                    Err(_cancelled) => Err("the producer was shut down".into()),
+                },
+            }
+        })
+    }
+}

@@ -16,6 +16,8 @@ mod scorer;
 
 pub use cache::StateCache;
 pub use freshness::ReadAges;
-pub use record::{EntityRecord, RecordError, entity_key, entity_type_of, watermark_key};
+pub use record::{
+    EntityRecord, RecordError, answer_key, entity_key, entity_type_of, watermark_key,
+};
 pub use redis_store::{OnlineError, RedisAccess, RedisOnline, RedisTls, Written};
-pub use scorer::{OnlineScorer, ScorerError};
+pub use scorer::{EventSink, OnlineScorer, Recording, ScorerError};

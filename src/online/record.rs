@@ -23,6 +23,13 @@ pub fn watermark_key(fingerprint: u64) -> String {
     format!("ss:{fingerprint:016x}:{{meta}}:watermark")
 }
 
+/// The key of the kept answer of a recorded call with event id `event_id` (already in
+/// its caller's namespace). Not per fingerprint: a retry that lands on a scorer already
+/// rolled to new definitions still gets the first answer, never a second scoring.
+pub fn answer_key(event_id: &str) -> String {
+    format!("ss:answer:{{{event_id}}}")
+}
+
 /// The entity type named in a key made by [`entity_key`].
 pub fn entity_type_of(key: &str) -> Option<&str> {
     let (_, tagged) = key.split_once('{')?;

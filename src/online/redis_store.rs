@@ -38,6 +38,17 @@ redis.call('SET', KEYS[1], ARGV[1])
 return 1
 ";
 
+/// Keeps `ARGV[1]` under `KEYS[1]` for `ARGV[2]` ms unless something is kept there
+/// already; returns what was kept before (nothing: ours is kept now).
+const KEEP_FIRST: &str = r"
+local kept = redis.call('GET', KEYS[1])
+if kept then
+  return kept
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return false
+";
+
 /// Where the online store is and how to log in to it. The credentials are kept apart
 /// from the node addresses, so no address carries them into a message or a log.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -163,6 +174,7 @@ pub struct RedisOnline {
     shared: Arc<Shared>,
     script: redis::Script,
     advance: redis::Script,
+    keep_first: redis::Script,
 }
 
 struct Shared {
@@ -247,6 +259,7 @@ impl RedisOnline {
             }),
             script: redis::Script::new(COMPARE_AND_SET),
             advance: redis::Script::new(ADVANCE_WATERMARK),
+            keep_first: redis::Script::new(KEEP_FIRST),
         })
     }
 
@@ -363,6 +376,42 @@ impl RedisOnline {
                 .map_err(OnlineError::from)
             })
             .collect()
+    }
+
+    /// Keeps `value` under `key` for `ttl_ms` unless a value is kept there already, in
+    /// one step on the key's master: the first of two racing writers wins. Returns the
+    /// value kept before (`None`: `value` is kept now).
+    pub async fn keep_first(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl_ms: u64,
+    ) -> Result<Option<Vec<u8>>, OnlineError> {
+        let mut connection = self.connection();
+        let result: Result<Option<Vec<u8>>, _> = self
+            .keep_first
+            .key(key)
+            .arg(value)
+            .arg(ttl_ms.max(1))
+            .invoke_async(&mut connection)
+            .await;
+        match result {
+            Ok(kept) => Ok(kept),
+            Err(error) => Err(self.failed(error).await),
+        }
+    }
+
+    /// The value kept under `key` (`None`: none).
+    pub async fn kept(&self, key: &str) -> Result<Option<Vec<u8>>, OnlineError> {
+        let mut connection = self.connection();
+        match redis::cmd("GET")
+            .arg(key)
+            .query_async::<Option<Vec<u8>>>(&mut connection)
+            .await
+        {
+            Ok(kept) => Ok(kept),
+            Err(error) => Err(self.failed(error).await),
+        }
     }
 
     /// The remaining time to live of a key in milliseconds (`None`: no key, or none set).

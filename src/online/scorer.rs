@@ -6,20 +6,24 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use futures_util::future::BoxFuture;
+
 use crate::definitions::{Definitions, EntityTypeId};
 use crate::events::{Limits, RawEvent, Refusal, validate};
 use crate::features::{DetachedReads, Engine, EngineSettings, EntityState, ReadError};
 use crate::registry::{LoadedModel, Registry};
 use crate::scoring::recommend::{RecentFeatures, RecommendCall, RecommendInput, Recommended};
 use crate::scoring::{
-    CandidateCall, CandidateInput, Ranking, ScoreError, ScoreInput, Scored, score_on,
+    CandidateCall, CandidateInput, KeptAnswer, Ranking, ScoreError, ScoreInput, Scored,
+    check_recordable, score_on,
 };
+use crate::store::BatchOutcome;
 use crate::store::NamedFeatures;
 use crate::time::now_ms;
 
 use super::cache::StateCache;
 use super::freshness::ReadAges;
-use super::record::entity_key;
+use super::record::{answer_key, entity_key};
 use super::redis_store::{OnlineError, RedisOnline};
 
 #[derive(Debug, thiserror::Error)]
@@ -30,8 +34,30 @@ pub enum ScorerError {
     Score(#[from] ScoreError),
     #[error(transparent)]
     Read(#[from] ReadError),
-    #[error("record: a scorer holds no state; send the event to the events topic instead")]
+    #[error(
+        "record: this scorer has no events topic to record to (set kafka.brokers and kafka.topics), or send the event to the events topic yourself"
+    )]
     Record,
+    /// The recorded call's answer is kept, its event could not be handed to the events
+    /// topic: a retry with the same event id gets the same answer and sends it again.
+    #[error(
+        "record: event '{event_id}' could not be sent to the events topic ({reason}); its answer is kept: retry with the same event_id"
+    )]
+    Unrecorded { event_id: String, reason: String },
+}
+
+/// Where a scorer records the events of recorded calls: the events topic, durably (the
+/// future resolves once the broker has the event). The routers then admit it as any
+/// other event: validation, dedup by event id, lateness.
+pub trait EventSink: Send + Sync {
+    fn send(&self, event: RawEvent) -> BoxFuture<'static, Result<(), String>>;
+}
+
+/// How a scorer records: the sink, and how long a recorded call's answer is kept for
+/// its retries (the routers' dedup horizon: past it a re-sent event is new anyway).
+pub struct Recording {
+    pub sink: Arc<dyn EventSink>,
+    pub answers_kept_ms: u64,
 }
 
 /// A scorer: the definitions' plans and the shared watermark, no entities of its own.
@@ -41,6 +67,7 @@ pub struct OnlineScorer {
     limits: Limits,
     read_ages: ReadAges,
     cache: Option<StateCache>,
+    recording: Option<Recording>,
 }
 
 impl OnlineScorer {
@@ -58,6 +85,7 @@ impl OnlineScorer {
             },
             read_ages: ReadAges::default(),
             cache: None,
+            recording: None,
         }
     }
 
@@ -79,6 +107,12 @@ impl OnlineScorer {
         self
     }
 
+    /// Answers recorded calls (`record`), sending their events to `recording.sink`.
+    pub fn with_recording(mut self, recording: Recording) -> OnlineScorer {
+        self.recording = Some(recording);
+        self
+    }
+
     /// `Score` as the embedded server answers it, on the online store: the model
     /// resolved once, the event checked, the entities fetched, the vector read.
     pub async fn score_input(
@@ -87,7 +121,7 @@ impl OnlineScorer {
         mut input: ScoreInput,
     ) -> Result<Scored, ScorerError> {
         if input.record {
-            return Err(ScorerError::Record);
+            return self.score_recorded(registry, input).await;
         }
         // As the embedded path: the time (now) and the unrecorded id filled in when
         // left out (the V2 door leaves them out).
@@ -100,6 +134,75 @@ impl OnlineScorer {
         }
         self.score(model, &input.event, input.reasons, input.include_features)
             .await
+    }
+
+    /// A recorded `Score`: scored on the entities as they are before the event (as the
+    /// embedded server scores it before applying it), the answer kept in the online
+    /// store under the event id, then the event sent to the events topic. The order
+    /// makes a retry safe wherever it lands: an answer kept means the first attempt
+    /// scored, so the retry gets that answer and sends the event again (the first send
+    /// may not have happened; the routers drop a second one as a duplicate). Two
+    /// attempts racing: the first answer kept wins, for both.
+    ///
+    /// Unlike the embedded server, the event is not in the entities' state when the
+    /// call returns: it is there once routed and aggregated (the aggregators' freshness,
+    /// `streamscore_aggregator_freshness_lag_seconds`). A second payment scored before
+    /// that does not see the first; and `recorded` says the event reached the events
+    /// topic, not whether the routers admit it (a late or invalid one goes to their
+    /// dead-letter topic).
+    async fn score_recorded(
+        &self,
+        registry: &Registry,
+        mut input: ScoreInput,
+    ) -> Result<Scored, ScorerError> {
+        let Some(recording) = &self.recording else {
+            return Err(ScorerError::Record);
+        };
+        crate::scoring::complete(&mut input.event, true)?;
+        let model = registry
+            .resolve_scorer(&input.model)
+            .map_err(ScoreError::from)?;
+        check_recordable(&model, &input.event)?;
+        self.check(&input.event).map_err(ScoreError::Refused)?;
+        let key = answer_key(&input.event.event_id);
+        if let Some(kept) = self.online.kept(&key).await? {
+            return self.repeat(registry, recording, &kept, input.event).await;
+        }
+        let mut scored = self
+            .score(model, &input.event, input.reasons, input.include_features)
+            .await?;
+        let answer = KeptAnswer::of(&scored).encode();
+        if let Some(first) = self
+            .online
+            .keep_first(&key, &answer, recording.answers_kept_ms)
+            .await?
+        {
+            return self.repeat(registry, recording, &first, input.event).await;
+        }
+        send(recording, input.event).await?;
+        scored.recorded = Some(BatchOutcome {
+            accepted: 1,
+            duplicates: 0,
+            refused: Vec::new(),
+        });
+        Ok(scored)
+    }
+
+    /// A retry's answer: the kept one, after sending the event again.
+    async fn repeat(
+        &self,
+        registry: &Registry,
+        recording: &Recording,
+        kept: &[u8],
+        event: RawEvent,
+    ) -> Result<Scored, ScorerError> {
+        let event_id = event.event_id.clone();
+        let forgotten = || ScoreError::RepeatForgotten {
+            event_id: event_id.clone(),
+        };
+        let answer = KeptAnswer::decode(kept).ok_or_else(forgotten)?;
+        send(recording, event).await?;
+        Ok(answer.into_scored(registry, &event_id)?)
     }
 
     /// `ScoreCandidates` as the embedded server answers it: every entity of the context
@@ -333,6 +436,16 @@ impl OnlineScorer {
             include_features,
         )?)
     }
+}
+
+/// Sends a recorded call's event, naming it in the error.
+async fn send(recording: &Recording, event: RawEvent) -> Result<(), ScorerError> {
+    let event_id = event.event_id.clone();
+    recording
+        .sink
+        .send(event)
+        .await
+        .map_err(|reason| ScorerError::Unrecorded { event_id, reason })
 }
 
 /// An entity with a stored state, as a map entry.

@@ -6,9 +6,12 @@
 
 mod candidates;
 pub mod drift;
+mod kept;
 pub mod recommend;
 pub mod samples;
 pub mod skew;
+
+pub use kept::KeptAnswer;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -209,21 +212,8 @@ pub async fn score(
 ) -> Result<Scored, ScoreError> {
     let model = registry.resolve_scorer(&input.model)?;
     complete(&mut input.event, input.record)?;
-    if input.record && model.body.scored_event.as_deref() != Some(input.event.event_type.as_str()) {
-        return Err(ScoreError::Invalid {
-            field: "record",
-            reason: match &model.body.scored_event {
-                Some(scored) => format!(
-                    "model {} records only {scored} events, not {}",
-                    model.reference(),
-                    input.event.event_type
-                ),
-                None => format!(
-                    "model {} does not say which event type it scores (trained from a table, or before this was recorded): it cannot record",
-                    model.reference()
-                ),
-            },
-        });
+    if input.record {
+        check_recordable(&model, &input.event)?;
     }
     check(store, &model, &input.event)?;
     let (reasons, include_features) = (input.reasons, input.include_features);
@@ -280,6 +270,28 @@ pub async fn score(
         .await??;
     scored.recorded = Some(store.wait_durable(submitted).await?);
     Ok(scored)
+}
+
+/// Whether `model` may record `event`: only events of the type it was trained to
+/// score, so a recorded call never files an event the model was not made for.
+pub fn check_recordable(model: &LoadedModel, event: &RawEvent) -> Result<(), ScoreError> {
+    if model.body.scored_event.as_deref() == Some(event.event_type.as_str()) {
+        return Ok(());
+    }
+    Err(ScoreError::Invalid {
+        field: "record",
+        reason: match &model.body.scored_event {
+            Some(scored) => format!(
+                "model {} records only {scored} events, not {}",
+                model.reference(),
+                event.event_type
+            ),
+            None => format!(
+                "model {} does not say which event type it scores (trained from a table, or before this was recorded): it cannot record",
+                model.reference()
+            ),
+        },
+    })
 }
 
 /// The synchronous heart of [`score`] without `record`: validation, input vector,
