@@ -59,133 +59,102 @@ fn two_aggregators_build_what_the_embedded_engine_holds_to_the_bit() {
             .try_init();
     }
     let redis = RedisCluster::start();
-    let kafka = MockCluster::new(1).expect("mock cluster");
-    kafka.create_topic("events", 1, 1).expect("events topic");
-    let brokers = kafka.bootstrap_servers();
+    let (_kafka, brokers) = mock_cluster(&redis);
     let pipeline = Arc::new(pipeline(&brokers, &redis));
-    let entity_topics = pipeline.entity_topics();
-    for topic in &entity_topics {
-        kafka.create_topic(topic, 4, 1).expect("entity topic");
-    }
-    kafka
-        .create_topic(&pipeline.checkpoint_topic(), 1, 1)
-        .expect("checkpoint topic");
     let events: Vec<RawEvent> = Simulator::new(SimConfig {
         users: 1_000,
         ..SimConfig::default()
     })
     .take(EVENTS)
     .collect();
+    let (embedded, expected) = embedded(&pipeline, &events);
 
-    // The embedded engine on the same events, in the same order.
-    let definitions = Arc::clone(&pipeline.definitions);
-    let mut expected = 0u64;
-    let mut embedded = Engine::new(Arc::clone(&definitions), pipeline.engine);
-    for (seq, raw) in events.iter().enumerate() {
-        let event = validate(&definitions, &pipeline.limits, raw, None).expect("valid");
-        if embedded.admit(&event) == Admission::Apply {
-            expected += embedded.entities_of(&event).len() as u64;
-            embedded.apply(&event, seq as u64 + 1);
-        }
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let runtime = runtime();
     runtime.block_on(common::kafka::produce(&brokers, "events", &events));
-    let mut tasks = Vec::new();
-    {
-        let pipeline = Arc::clone(&pipeline);
-        let shutdown = shutdown.clone();
-        tasks.push(runtime.spawn(async move {
-            route(pipeline, "route".into(), "route-0".into(), shutdown).await
-        }));
-    }
-    for _ in 0..2 {
-        let pipeline = Arc::clone(&pipeline);
-        let shutdown = shutdown.clone();
-        tasks.push(
-            runtime.spawn(async move { aggregate(pipeline, "aggregate".into(), shutdown).await }),
-        );
-    }
-
+    let members = [
+        spawn_member(&runtime, &pipeline, Member::Router),
+        spawn_member(&runtime, &pipeline, Member::Aggregator),
+        spawn_member(&runtime, &pipeline, Member::Aggregator),
+    ];
     // Done when every record the embedded engine would apply is applied (and written).
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while pipeline.counters.applied.load(Ordering::Relaxed) < expected {
-        for task in &tasks {
-            assert!(!task.is_finished(), "a pipeline task ended early");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} of {expected} records applied, {} events routed",
-            pipeline.counters.applied.load(Ordering::Relaxed),
-            pipeline.counters.routed.load(Ordering::Relaxed)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    stop.send(true).expect("stop");
-    for task in tasks {
-        runtime
-            .block_on(task)
-            .expect("task")
-            .expect("ran without error");
+    wait_applied(
+        &pipeline,
+        expected,
+        &members.iter().map(|m| &m.1).collect::<Vec<_>>(),
+    );
+    for (stop, task) in members {
+        stop.send(true).expect("stop");
+        runtime.block_on(task).expect("ran without error");
     }
 
     let online = runtime
         .block_on(RedisOnline::connect(&redis.nodes))
         .expect("connects");
-    let shared = runtime
-        .block_on(online.watermark(definitions.state_fingerprint))
-        .expect("watermark")
-        .expect("written");
-    assert_eq!(shared, embedded.watermark_ms());
-
     let naive = common::naive::over_default_shop(&events);
     let at = naive.watermark_ms();
     assert_eq!(at, embedded.watermark_ms());
-    let samples = common::sample_entities(&definitions, &events, 25);
-    let scorer = Engine::new(Arc::clone(&definitions), pipeline.engine);
-    scorer.advance_watermark(shared);
-    let mut reads = Vec::new();
-    for (entity, id) in &samples {
-        let (entity_id, features) = embedded.resolve(entity, &[]).expect("resolves");
-        let record = runtime
-            .block_on(online.read(
-                &[entity_key(definitions.state_fingerprint, entity, id)],
-                definitions.state_fingerprint,
-            ))
-            .expect("reads")
-            .remove(0);
-        let mut states = std::collections::HashMap::new();
-        if let Some(record) = record {
-            states.insert((entity_id, id.clone()), record.state);
-        }
-        let reads_online = DetachedReads {
-            engine: &scorer,
-            states: &states,
-        };
-        use streamscore::features::EntityReads;
-        let from_redis = reads_online
-            .read_entity(entity_id, id, &features, at)
-            .expect("reads from Redis");
-        let own = embedded
-            .view()
-            .read(entity_id, id, &features, at)
-            .expect("embedded reads");
-        assert_eq!(
-            format!("{:?}", from_redis),
-            format!("{:?}", own),
-            "{entity} {id}: from Redis, embedded"
-        );
-        reads.push((
-            from_redis.known,
-            from_redis.values.into_iter().map(|(_, v)| v).collect(),
-        ));
-    }
-    common::assert_matches_naive(&definitions, &naive, &samples, &reads, at);
+    let (samples, reads) =
+        assert_records_read_as_embedded(&runtime, &online, &pipeline, &embedded, &events);
+    common::assert_matches_naive(&pipeline.definitions, &naive, &samples, &reads, at);
     assert!(samples.len() > 100, "only {} samples", samples.len());
+}
+
+/// The mock Kafka cluster of a scale-out test: the events topic (one partition), the
+/// entity topics (four each) and the routers' checkpoint topic. Returns it and its
+/// bootstrap address.
+fn mock_cluster(
+    redis: &RedisCluster,
+) -> (
+    MockCluster<'static, rdkafka::producer::DefaultProducerContext>,
+    String,
+) {
+    let kafka = MockCluster::new(1).expect("mock cluster");
+    kafka.create_topic("events", 1, 1).expect("events topic");
+    let brokers = kafka.bootstrap_servers();
+    let pipeline = pipeline(&brokers, redis);
+    for topic in &pipeline.entity_topics() {
+        kafka.create_topic(topic, 4, 1).expect("entity topic");
+    }
+    kafka
+        .create_topic(&pipeline.checkpoint_topic(), 1, 1)
+        .expect("checkpoint topic");
+    (kafka, brokers)
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+#[derive(Clone, Copy)]
+enum Member {
+    Router,
+    Aggregator,
+}
+
+/// A router or an aggregator of `pipeline` on `runtime`, stopped by its own signal (a
+/// rolling restart stops them one by one); the task fails if the member ends in error.
+fn spawn_member(
+    runtime: &tokio::runtime::Runtime,
+    pipeline: &Arc<Pipeline>,
+    member: Member,
+) -> (
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let pipeline = Arc::clone(pipeline);
+    let task = runtime.spawn(async move {
+        let run = match member {
+            Member::Router => route(pipeline, "route".into(), "route-0".into(), shutdown).await,
+            Member::Aggregator => aggregate(pipeline, "aggregate".into(), shutdown).await,
+        };
+        run.expect("ran without error");
+    });
+    (stop, task)
 }
 
 /// The shop's definitions changed as a team changes them: a window added to a feature
@@ -222,16 +191,19 @@ fn embedded(pipeline: &Pipeline, events: &[RawEvent]) -> (Engine, u64) {
     (engine, expected)
 }
 
+/// Read from Redis: per sampled entity, whether it is known and its values.
+type Reads = Vec<(bool, Vec<Option<f64>>)>;
+
 /// Every sampled entity's record in Redis, under `pipeline`'s definitions, reads as the
-/// embedded engine reads its own, and their watermarks are the same. Returns how many
-/// entities were compared.
+/// embedded engine reads its own, and their watermarks are the same. Returns the
+/// samples and what was read of them.
 fn assert_records_read_as_embedded(
     runtime: &tokio::runtime::Runtime,
     online: &RedisOnline,
     pipeline: &Pipeline,
     embedded: &Engine,
     events: &[RawEvent],
-) -> usize {
+) -> (Vec<(String, String)>, Reads) {
     let definitions = &pipeline.definitions;
     let fingerprint = definitions.state_fingerprint;
     let shared = runtime
@@ -242,6 +214,7 @@ fn assert_records_read_as_embedded(
     let scorer = Engine::new(Arc::clone(definitions), pipeline.engine);
     scorer.advance_watermark(shared);
     let samples = common::sample_entities(definitions, events, 25);
+    let mut reads = Vec::new();
     for (entity, id) in &samples {
         let (entity_id, features) = embedded.resolve(entity, &[]).expect("resolves");
         let record = runtime
@@ -268,8 +241,12 @@ fn assert_records_read_as_embedded(
             format!("{own:?}"),
             "{entity} {id}: from Redis, embedded ({fingerprint:016x})"
         );
+        reads.push((
+            from_redis.known,
+            from_redis.values.into_iter().map(|(_, v)| v).collect(),
+        ));
     }
-    samples.len()
+    (samples, reads)
 }
 
 /// Waits until `pipeline`'s aggregators applied `expected` records, every task still
@@ -302,21 +279,13 @@ fn wait_applied(pipeline: &Pipeline, expected: u64, tasks: &[&tokio::task::JoinH
 #[test]
 fn a_definitions_change_rolled_out_while_events_flow_rebuilds_every_entity() {
     let redis = RedisCluster::start();
-    let kafka = MockCluster::new(1).expect("mock cluster");
-    kafka.create_topic("events", 1, 1).expect("events topic");
-    let brokers = kafka.bootstrap_servers();
+    let (_kafka, brokers) = mock_cluster(&redis);
     let old = Arc::new(pipeline(&brokers, &redis));
     let new = Arc::new(Pipeline {
         definitions: Arc::new(changed_shop()),
         ..pipeline(&brokers, &redis)
     });
     assert_eq!(old.entity_topics(), new.entity_topics());
-    for topic in &old.entity_topics() {
-        kafka.create_topic(topic, 4, 1).expect("entity topic");
-    }
-    kafka
-        .create_topic(&old.checkpoint_topic(), 1, 1)
-        .expect("checkpoint topic");
     let events: Vec<RawEvent> = Simulator::new(SimConfig {
         users: 1_000,
         ..SimConfig::default()
@@ -328,27 +297,13 @@ fn a_definitions_change_rolled_out_while_events_flow_rebuilds_every_entity() {
     let (embedded_old, expected_old) = embedded(&old, &events);
     let (embedded_new, expected_new) = embedded(&new, &events);
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    // Each member stops on its own signal: a rolling restart stops them one by one.
-    let spawn = |pipeline: &Arc<Pipeline>, router: bool| {
-        let (stop, shutdown) = tokio::sync::watch::channel(false);
-        let pipeline = Arc::clone(pipeline);
-        let task = runtime.spawn(async move {
-            let run = if router {
-                route(pipeline, "route".into(), "route-0".into(), shutdown).await
-            } else {
-                aggregate(pipeline, "aggregate".into(), shutdown).await
-            };
-            run.expect("ran without error");
-        });
-        (stop, task)
-    };
-    let router = spawn(&old, true);
-    let old_members = [spawn(&old, false), spawn(&old, false)];
+    let runtime = runtime();
+    let spawn = |pipeline: &Arc<Pipeline>, member| spawn_member(&runtime, pipeline, member);
+    let router = spawn(&old, Member::Router);
+    let old_members = [
+        spawn(&old, Member::Aggregator),
+        spawn(&old, Member::Aggregator),
+    ];
     runtime.block_on(common::kafka::produce(&brokers, "events", first));
     wait_applied(
         &old,
@@ -358,12 +313,12 @@ fn a_definitions_change_rolled_out_while_events_flow_rebuilds_every_entity() {
 
     // The roll: a new member joins, an old one stops, the second half flows, the
     // second new member joins, the last old one stops.
-    let first_new = spawn(&new, false);
+    let first_new = spawn(&new, Member::Aggregator);
     let [old_a, old_b] = old_members;
     old_a.0.send(true).expect("stop");
     runtime.block_on(old_a.1).expect("stopped cleanly");
     runtime.block_on(common::kafka::produce(&brokers, "events", second));
-    let second_new = spawn(&new, false);
+    let second_new = spawn(&new, Member::Aggregator);
     wait_applied(&old, expected_old, &[&router.1, &old_b.1]);
     old_b.0.send(true).expect("stop");
     runtime.block_on(old_b.1).expect("stopped cleanly");
@@ -379,8 +334,9 @@ fn a_definitions_change_rolled_out_while_events_flow_rebuilds_every_entity() {
     let online = runtime
         .block_on(RedisOnline::connect(&redis.nodes))
         .expect("connects");
-    let compared = assert_records_read_as_embedded(&runtime, &online, &old, &embedded_old, &events);
-    assert!(compared > 100, "only {compared} samples");
+    let (compared, _) =
+        assert_records_read_as_embedded(&runtime, &online, &old, &embedded_old, &events);
+    assert!(compared.len() > 100, "only {} samples", compared.len());
     assert_records_read_as_embedded(&runtime, &online, &new, &embedded_new, &events);
 
     // A record the new definitions cannot apply is skipped, counted, and the rest go on.
@@ -519,31 +475,17 @@ async fn wait_taken(
 async fn a_scorer_records_as_the_embedded_server_does_and_a_retry_gets_the_first_answer() {
     use streamscore::api::pb;
     let redis = RedisCluster::start();
-    let kafka = MockCluster::new(1).expect("mock cluster");
-    kafka.create_topic("events", 1, 1).expect("events topic");
-    let brokers = kafka.bootstrap_servers();
+    let (_kafka, brokers) = mock_cluster(&redis);
     let topics = pipeline(&brokers, &redis).entity_topics();
-    for topic in &topics {
-        kafka.create_topic(topic, 4, 1).expect("entity topic");
-    }
     let group = aggregate_group("aggregate", &Definitions::default_shop());
     let checkpoints = pipeline(&brokers, &redis).checkpoint_topic();
-    kafka
-        .create_topic(&checkpoints, 1, 1)
-        .expect("checkpoint topic");
     let history: Vec<RawEvent> = Simulator::new(SimConfig {
         users: 10_000,
         ..SimConfig::default()
     })
     .take(3_000)
     .collect();
-    let embedded_brokers = brokers.clone();
-    let embedded = common::TestServer::start(move |settings| {
-        settings.kafka.brokers = embedded_brokers;
-        settings.kafka.topics = vec!["events".into()];
-        settings.kafka.group = "embedded".into();
-    })
-    .await;
+    let embedded = embedded_on_events(&brokers).await;
     let dirs: Vec<tempfile::TempDir> = (0..2).map(|_| tempfile::tempdir().expect("dir")).collect();
     let config =
         |index: usize| write_role_config(dirs[index].path(), &brokers, &redis, &index.to_string());
@@ -658,6 +600,18 @@ async fn a_scorer_records_as_the_embedded_server_does_and_a_retry_gets_the_first
     embedded.stop().await;
 }
 
+/// An embedded server whose Kafka source reads the events topic (group `embedded`),
+/// for the scale-out tier's answers to be compared with.
+async fn embedded_on_events(brokers: &str) -> common::TestServer {
+    let brokers = brokers.to_string();
+    common::TestServer::start(move |settings| {
+        settings.kafka.brokers = brokers;
+        settings.kafka.topics = vec!["events".into()];
+        settings.kafka.group = "embedded".into();
+    })
+    .await
+}
+
 /// Events fed per step: the mock broker keeps only about 5 MB per partition, so the
 /// test feeds the next step once every consumer has taken the last one.
 const STEP: usize = 20_000;
@@ -671,19 +625,11 @@ const STEP: usize = 20_000;
 async fn separate_processes_survive_a_killed_aggregator_and_a_killed_redis_master() {
     use streamscore::api::pb;
     let mut redis = RedisCluster::start();
-    let kafka = MockCluster::new(1).expect("mock cluster");
-    kafka.create_topic("events", 1, 1).expect("events topic");
-    let brokers = kafka.bootstrap_servers();
+    let (_kafka, brokers) = mock_cluster(&redis);
     let topics = pipeline(&brokers, &redis).entity_topics();
-    for topic in &topics {
-        kafka.create_topic(topic, 4, 1).expect("entity topic");
-    }
     let shop = Definitions::default_shop();
     let (fingerprint, group) = (shop.state_fingerprint, aggregate_group("aggregate", &shop));
     let checkpoints = pipeline(&brokers, &redis).checkpoint_topic();
-    kafka
-        .create_topic(&checkpoints, 1, 1)
-        .expect("checkpoint topic");
     let events: Vec<RawEvent> = Simulator::new(SimConfig {
         users: 10_000,
         ..SimConfig::default()
@@ -692,13 +638,7 @@ async fn separate_processes_survive_a_killed_aggregator_and_a_killed_redis_maste
     .collect();
 
     // The same events through an embedded server's Kafka source, as they come.
-    let embedded_brokers = brokers.clone();
-    let embedded = common::TestServer::start(move |settings| {
-        settings.kafka.brokers = embedded_brokers;
-        settings.kafka.topics = vec!["events".into()];
-        settings.kafka.group = "embedded".into();
-    })
-    .await;
+    let embedded = embedded_on_events(&brokers).await;
     let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().expect("dir")).collect();
     let spawn = |index: usize, role: &str| {
         let config = write_role_config(dirs[index].path(), &brokers, &redis, &index.to_string());
@@ -740,22 +680,15 @@ async fn separate_processes_survive_a_killed_aggregator_and_a_killed_redis_maste
             doomed.kill().expect("SIGKILL");
             doomed.wait().expect("reaped");
         }
-        let deadline = Instant::now() + Duration::from_secs(240);
-        loop {
-            let routed = routed_through(&brokers, &checkpoints) + 1;
-            let taken = routed >= fed
-                && embedded_progress.total() >= fed
-                && aggregated(&brokers, &group, &topics);
-            if taken {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "step {step}: {routed} of {fed} events routed, {} taken by the embedded server",
-                embedded_progress.total()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_taken(
+            &brokers,
+            &checkpoints,
+            &embedded_progress,
+            &group,
+            &topics,
+            fed,
+        )
+        .await;
     }
     let naive = common::naive::over_default_shop(&events);
     let at = naive.watermark_ms();
