@@ -39,11 +39,7 @@ pub async fn produce(
     let mut pending = Vec::with_capacity(IN_FLIGHT);
     let mut sent = 0u64;
     for event in events {
-        let key = event.entities.get("user").cloned().unwrap_or_default();
-        let payload = match format {
-            KafkaFormat::Json => serde_json::to_vec(&event)?,
-            KafkaFormat::Protobuf => pb::Event::from(event).encode_to_vec(),
-        };
+        let (key, payload) = keyed(event, format)?;
         let record = FutureRecord::to(topic).key(&key).payload(&payload);
         // At most IN_FLIGHT queued, well under librdkafka's queue of 100k: no QueueFull.
         let delivery = producer.send_result(record).map_err(|(error, _)| error)?;
@@ -55,6 +51,17 @@ pub async fn produce(
     }
     sent += drain(&mut pending).await?;
     Ok(sent)
+}
+
+/// An event's record key and payload: keyed by user, so each user's events stay in
+/// order in one partition; the payload in `format`.
+fn keyed(event: RawEvent, format: KafkaFormat) -> Result<(String, Vec<u8>), ProduceError> {
+    let key = event.entities.get("user").cloned().unwrap_or_default();
+    let payload = match format {
+        KafkaFormat::Json => serde_json::to_vec(&event)?,
+        KafkaFormat::Protobuf => pb::Event::from(event).encode_to_vec(),
+    };
+    Ok((key, payload))
 }
 
 async fn drain(pending: &mut Vec<DeliveryFuture>) -> Result<u64, KafkaError> {
@@ -119,14 +126,9 @@ impl crate::online::EventSink for EventRecorder {
         &self,
         event: RawEvent,
     ) -> futures_util::future::BoxFuture<'static, Result<(), String>> {
-        // Keyed by user as `produce` keys them: a user's events stay in one partition.
-        let key = event.entities.get("user").cloned().unwrap_or_default();
-        let payload = match self.format {
-            KafkaFormat::Json => match serde_json::to_vec(&event) {
-                Ok(payload) => payload,
-                Err(error) => return Box::pin(async move { Err(error.to_string()) }),
-            },
-            KafkaFormat::Protobuf => pb::Event::from(event).encode_to_vec(),
+        let (key, payload) = match keyed(event, self.format) {
+            Ok(keyed) => keyed,
+            Err(error) => return Box::pin(async move { Err(error.to_string()) }),
         };
         let record = FutureRecord::to(&self.topic).key(&key).payload(&payload);
         let delivery = self
