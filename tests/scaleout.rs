@@ -527,6 +527,19 @@ async fn a_scorer_records_as_the_embedded_server_does_and_a_retry_gets_the_first
         client(embedded.url.clone()).await,
         client(scorer_url.clone()).await,
     );
+    // Bad input is refused by name before anything is scored or sent.
+    let mut unnamed = common::fraud_payment(10.0);
+    unnamed.record = true;
+    let status = on_scorer.score(unnamed).await.expect_err("no event id");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("event_id"), "{status:?}");
+    let mut negative = common::fraud_payment(-5.0);
+    negative.record = true;
+    negative.event.as_mut().expect("event").event_id = "negative".into();
+    let status = on_scorer.score(negative).await.expect_err("amount below 0");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("amount"), "{status:?}");
+
     let payments_before = embedded.store.counters().applied;
     for i in 0..10i64 {
         let mut request = common::fraud_payment(20.0 + i as f64 * 35.0);
