@@ -91,7 +91,7 @@ pub fn set_aside_damage(dir: &Path) -> Result<Option<(PathBuf, usize)>, LogError
         .iter()
         .map(|(number, line)| format!("line {number}: {line}\n"))
         .collect();
-    let aside = super::repair::keep_aside(dir, &path(dir), 0, text.as_bytes())?;
+    let aside = super::damaged::keep_aside(dir, &path(dir), 0, text.as_bytes())?;
     let kept: String = losses
         .0
         .iter()

@@ -11,6 +11,7 @@
 //! segment cut short or deleted is found at start with the exact range it held.
 
 mod acked;
+mod damaged;
 pub mod losses;
 mod reader;
 mod record;
@@ -19,7 +20,8 @@ mod snapshot;
 mod writer;
 
 pub use acked::read as read_acked_mark;
-pub use reader::{ReplayStats, TailDamage, damaged_dir, replay};
+pub use damaged::damaged_dir;
+pub use reader::{ReplayStats, TailDamage, replay};
 pub use snapshot::{load_newest_snapshot, remove_stale_temporaries, write_snapshot};
 pub use writer::{EventLog, FsyncPolicy};
 

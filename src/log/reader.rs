@@ -13,7 +13,7 @@
 //! would drop acknowledged events; `streamscore repair` then moves the damage aside and
 //! records the loss (see [`super::repair`]).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::record::{Frame, HEADER_BYTES, decode_frame, resync};
 use super::{LogError, io_error, list_segments, losses};
@@ -40,11 +40,6 @@ pub enum TailDamage {
     /// Stop reading there and leave the file alone (a reader beside a live server, whose
     /// writer may be mid-append).
     Stop,
-}
-
-/// The folder damaged bytes are moved to, never deleted.
-pub fn damaged_dir(segments: &Path) -> PathBuf {
-    segments.join("damaged")
 }
 
 /// Calls `apply` for each record with a sequence number above `after_seq`, after
@@ -183,7 +178,7 @@ fn is_torn(rest: &[u8]) -> bool {
 
 /// Moves a torn tail's bytes aside, then cuts them from the segment.
 fn cut_torn_tail(dir: &Path, path: &Path, offset: usize, rest: &[u8]) -> Result<u64, LogError> {
-    let aside = super::repair::keep_aside(dir, path, offset, rest)?;
+    let aside = super::damaged::keep_aside(dir, path, offset, rest)?;
     let file = std::fs::OpenOptions::new()
         .write(true)
         .open(path)

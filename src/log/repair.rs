@@ -6,8 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
+use super::damaged::{keep_aside, write_durably};
 use super::losses::{self, Loss};
-use super::reader::damaged_dir;
 use super::record::{Frame, HEADER_BYTES, decode_frame, resync};
 use super::{LogError, io_error, list_segments};
 
@@ -35,34 +35,6 @@ impl RepairReport {
     pub fn lost(&self) -> u64 {
         self.losses.iter().map(|l| l.to - l.from).sum()
     }
-}
-
-/// Writes `bytes` (damaged at `offset` of `segment`) to the damaged folder, durably.
-pub(crate) fn keep_aside(
-    dir: &Path,
-    segment: &Path,
-    offset: usize,
-    bytes: &[u8],
-) -> Result<PathBuf, LogError> {
-    let folder = damaged_dir(dir);
-    std::fs::create_dir_all(&folder).map_err(io_error(&folder))?;
-    let name = segment
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("segment");
-    let mut target = folder.join(format!("{name}.at-{offset}"));
-    let mut copy = 1;
-    while target.exists() {
-        target = folder.join(format!("{name}.at-{offset}.{copy}"));
-        copy += 1;
-    }
-    write_durably(&target, bytes)?;
-    Ok(target)
-}
-
-/// Temp file, fsync, rename, fsync the folder.
-fn write_durably(target: &Path, bytes: &[u8]) -> Result<(), LogError> {
-    crate::durable::replace_file(target, bytes).map_err(io_error(target))
 }
 
 /// Repairs the log in `dir`; `snapshot_seq` is what the newest snapshot covers.
