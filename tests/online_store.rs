@@ -79,6 +79,7 @@ fn records_of(definitions: &Definitions, engine: &Engine) -> Vec<(String, Entity
                 seq: state.applied_seq(),
                 fingerprint: definitions.state_fingerprint,
                 state,
+                sealed: Default::default(),
             };
             (
                 entity_key(definitions.state_fingerprint, entity, &id),
@@ -451,6 +452,7 @@ fn a_cached_scorer_answers_from_what_it_fetched_until_it_is_stale() {
         seq: state.applied_seq(),
         fingerprint: definitions.state_fingerprint,
         state,
+        sealed: Default::default(),
     };
     let written = runtime
         .block_on(online.write(
@@ -602,6 +604,7 @@ fn a_scorer_ranks_candidates_and_recommends_as_the_embedded_server_does() {
                 seq: state.applied_seq(),
                 fingerprint: definitions.state_fingerprint,
                 state,
+                sealed: Default::default(),
             };
             let key = entity_key(
                 definitions.state_fingerprint,
@@ -842,4 +845,139 @@ fn a_cluster_over_tls_with_auth_is_used_with_its_ca_and_refused_otherwise() {
         assert!(!message.contains("127.0.0.1"), "{what}: {message}");
         assert!(!message.contains(PASSWORD), "{what}: {message}");
     }
+}
+
+/// What a scorer does with the tier's cut, on records written as aggregators write
+/// them (each event tagged with its input position): the events past the cut are left
+/// out of every entity, which then reads as an engine that never saw them; a record
+/// that sealed an event past the cut into its tiles is refused by name (UNAVAILABLE),
+/// never read mixed; once the cut covers it, it reads whole.
+#[test]
+fn a_scorer_reads_at_the_cut_and_refuses_a_record_sealed_past_it() {
+    use streamscore::features::{DetachedReads, EntityReads};
+    use streamscore::online::{ScorerError, Sealed, cut};
+    let cluster = RedisCluster::start();
+    let definitions = Arc::new(Definitions::default_shop());
+    let fingerprint = definitions.state_fingerprint;
+    let limits = Limits {
+        max_future_skew_ms: i64::MAX / 4,
+        max_id_bytes: 64,
+    };
+    let lane = cut::lane(0, 0).expect("a lane");
+    // Ten payments of one shopper: `tagged` applies them as an aggregator does, `before`
+    // is an engine fed only the first six (the reference).
+    let tagged = Engine::new(Arc::clone(&definitions), SETTINGS);
+    let mut before = Engine::new(Arc::clone(&definitions), SETTINGS);
+    for i in 0..10i64 {
+        let raw = RawEvent {
+            event_id: format!("p{i}"),
+            event_type: "payment".into(),
+            event_time_ms: T0 + i * 1_000,
+            entities: BTreeMap::from([("user".into(), "u1".into()), ("card".into(), "c1".into())]),
+            numbers: BTreeMap::from([("amount".into(), 10.0 + i as f64)]),
+            strings: BTreeMap::new(),
+        };
+        let event = validate(&definitions, &limits, &raw, None).expect("valid payment");
+        tagged.advance_watermark(event.time_ms);
+        for (entity, id) in tagged.entities_of(&event) {
+            let tag = cut::tag(lane, i).expect("fits");
+            tagged
+                .writer()
+                .apply_to_entity_tagged(&event, entity, &id, i as u64 + 1, tag);
+        }
+        if i < 6 {
+            before.apply(&event, i as u64 + 1);
+        }
+    }
+    before.advance_watermark(tagged.watermark_ms());
+    let at = tagged.watermark_ms();
+    let runtime = runtime();
+    let online = runtime
+        .block_on(RedisOnline::connect(&cluster.nodes))
+        .expect("connects");
+    let ids: Vec<_> = ["card", "user"]
+        .into_iter()
+        .map(|name| {
+            let (entity, features) = tagged.resolve(name, &[]).expect("resolves");
+            (name, entity, features, format!("{}1", &name[..1]))
+        })
+        .collect();
+    let write = |sealed: Sealed| {
+        let records: Vec<(String, EntityRecord)> = ids
+            .iter()
+            .map(|(name, entity, _, id)| {
+                let state = tagged.entity_state(*entity, id).expect("held");
+                let record = EntityRecord {
+                    seq: state.applied_seq(),
+                    fingerprint,
+                    state,
+                    sealed: sealed.clone(),
+                };
+                (entity_key(fingerprint, name, id), record)
+            })
+            .collect();
+        runtime
+            .block_on(online.write(&records, |_| 3_600_000))
+            .expect("writes");
+    };
+    let publish = |through: u64| {
+        runtime
+            .block_on(online.publish_progress(
+                fingerprint,
+                at,
+                1,
+                [("x/0".to_string(), lane, through)],
+            ))
+            .expect("publishes");
+    };
+    let scorer = OnlineScorer::new(online.clone(), Arc::clone(&definitions), SETTINGS);
+    let wanted: Vec<_> = ids.iter().map(|(_, e, _, id)| (*e, id.clone())).collect();
+    let reads_as = |reference: &dyn EntityReads| {
+        let states = runtime.block_on(scorer.fetch(&wanted)).expect("fetches");
+        let reads = DetachedReads {
+            engine: &tagged,
+            states: &states,
+        };
+        for (name, entity, features, id) in &ids {
+            let got = reads.read_entity(*entity, id, features, at).expect("reads");
+            let want = reference
+                .read_entity(*entity, id, features, at)
+                .expect("reads");
+            assert_eq!(format!("{got:?}"), format!("{want:?}"), "{name} {id}");
+        }
+    };
+
+    // Nothing sealed; the cut is through the sixth payment: both read as before the
+    // last four.
+    write(Sealed::default());
+    publish(6);
+    reads_as(&before.view());
+
+    // The card sealed the eighth payment (past the cut): refused by name.
+    let mut sealed = Sealed::default();
+    sealed.add(cut::tag(lane, 7).expect("fits"), T0 + 7_000);
+    write(Sealed::default());
+    let card_key = entity_key(fingerprint, "card", "c1");
+    let mut card = runtime
+        .block_on(online.read(std::slice::from_ref(&card_key), fingerprint))
+        .expect("reads")
+        .remove(0)
+        .expect("stored");
+    card.seq += 1;
+    card.sealed = sealed;
+    runtime
+        .block_on(online.write(&[(card_key, card)], |_| 3_600_000))
+        .expect("writes");
+    match runtime.block_on(scorer.fetch(&wanted)) {
+        Err(error @ ScorerError::Behind { .. }) => {
+            let status = tonic::Status::from(error);
+            assert_eq!(status.code(), tonic::Code::Unavailable);
+            assert!(status.message().contains("card 'c1'"), "{status:?}");
+        }
+        other => panic!("read past a sealed event: {:?}", other.map(|s| s.len())),
+    }
+
+    // The cut covers all ten: both read whole.
+    publish(10);
+    reads_as(&tagged.view());
 }

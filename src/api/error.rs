@@ -114,7 +114,9 @@ impl From<crate::online::ScorerError> for Status {
             ScorerError::Score(error) => error.into(),
             ScorerError::Read(error) => error.into(),
             error @ ScorerError::Record => Status::failed_precondition(error.to_string()),
-            error @ ScorerError::Unrecorded { .. } => Status::unavailable(error.to_string()),
+            error @ (ScorerError::Unrecorded { .. } | ScorerError::Behind { .. }) => {
+                Status::unavailable(error.to_string())
+            }
             // Fails closed and says so: no answer without the entities' state.
             ScorerError::Online(error @ OnlineError::Redis { .. }) => {
                 Status::unavailable(error.to_string())

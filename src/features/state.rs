@@ -188,6 +188,55 @@ impl EntityState {
         self.applied_seq
     }
 
+    /// The events still pending, as (tag, event time), in event time order: a tag is a
+    /// log sequence number, or a scaled-out tier's input position.
+    pub fn pending_events(&self) -> impl Iterator<Item = (u64, i64)> + '_ {
+        self.recent.iter().filter_map(|pending| match pending.part {
+            Part::Event(tag) => Some((tag, pending.time_ms)),
+            _ => None,
+        })
+    }
+
+    /// Leaves out the events whose tag `keep` refuses: their pending contributions and
+    /// their values in the recent lists. Only pending events can be left out: a caller
+    /// knows from elsewhere that none it refuses was sealed, and the newest time of
+    /// those sealed (`sealed_newest_ms`), which with the pending ones kept says when
+    /// the entity was last seen without the events left out (see `online::cut`).
+    /// Returns false when nothing is left: the entity reads as never seen.
+    pub fn leave_out(&mut self, keep: impl Fn(u64) -> bool, sealed_newest_ms: i64) -> bool {
+        if self.pending_events().all(|(tag, _)| keep(tag))
+            && self.recents.iter().all(|v| keep(v.seq))
+        {
+            return true;
+        }
+        let mut kept = true;
+        let recent: ThinVec<Pending> = self
+            .recent
+            .iter()
+            .filter(|pending| {
+                if let Part::Event(tag) = pending.part {
+                    kept = keep(tag);
+                }
+                kept
+            })
+            .copied()
+            .collect();
+        self.recent = recent;
+        self.recents.retain(|value| keep(value.seq));
+        self.last_seen_ms = self
+            .pending_events()
+            .map(|(_, time)| time)
+            .fold(sealed_newest_ms, i64::max);
+        !(self.recent.is_empty()
+            && self.recents.is_empty()
+            && self.counts.is_empty()
+            && self.stats.is_empty()
+            && self.distinct.is_empty()
+            && self.sketches.is_empty()
+            && self.lasts.is_empty()
+            && self.firsts.is_empty())
+    }
+
     /// What an expired entity keeps while it is remembered: its first-seen times,
     /// pending ones folded in (`slots` first-seen slots), and when it was last seen and
     /// applied, for expiry and replay.

@@ -1,4 +1,4 @@
-//! A scorer's optional in-process cache of entity states and the shared watermark,
+//! A scorer's optional in-process cache of entity states and the shared watermark and cut,
 //! each entry served for at most `staleness` after it was fetched: a hot card scored
 //! many times a second costs one Redis read per `staleness`, and an answer is never
 //! older than that. Off (staleness 0) by default, because a cached answer can miss the
@@ -14,35 +14,44 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use crate::definitions::EntityTypeId;
-use crate::features::EntityState;
 
 type Key = (EntityTypeId, String);
 
-/// The cache (see the module doc).
+/// The cache (see the module doc): entities' records as fetched (`V`) and what is read
+/// beside them (`M`: the watermark and the cut).
 #[derive(Debug)]
-pub struct StateCache {
+pub struct StateCache<V, M> {
     staleness: Duration,
     max_entries: usize,
-    entries: Mutex<Entries>,
-    watermark: Mutex<Option<(Instant, Option<i64>)>>,
+    entries: Mutex<Entries<V>>,
+    meta: Mutex<Option<(Instant, M)>>,
 }
 
-#[derive(Debug, Default)]
-struct Entries {
-    /// `None`: Redis holds nothing for the entity (also worth remembering).
-    states: HashMap<Key, (Instant, Option<EntityState>)>,
+#[derive(Debug)]
+struct Entries<V> {
+    /// Also what Redis does not hold for an entity (worth remembering too).
+    states: HashMap<Key, (Instant, V)>,
     /// Every put in the order made: (fetched, key). An entry put again later leaves its
     /// older place here, skipped when it reaches the front.
     order: VecDeque<(Instant, Key)>,
 }
 
-impl StateCache {
-    pub fn new(staleness: Duration, max_entries: usize) -> StateCache {
+impl<V> Default for Entries<V> {
+    fn default() -> Self {
+        Entries {
+            states: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+}
+
+impl<V: Clone, M: Clone> StateCache<V, M> {
+    pub fn new(staleness: Duration, max_entries: usize) -> StateCache<V, M> {
         StateCache {
             staleness,
             max_entries,
             entries: Mutex::new(Entries::default()),
-            watermark: Mutex::new(None),
+            meta: Mutex::new(None),
         }
     }
 
@@ -50,20 +59,15 @@ impl StateCache {
         now.saturating_duration_since(fetched) < self.staleness
     }
 
-    /// The cached state of `key` if fetched less than `staleness` ago: `Some(None)`
-    /// when Redis held nothing for it.
-    pub fn get(&self, key: &Key, now: Instant) -> Option<Option<EntityState>> {
+    /// The cached record of `key` if fetched less than `staleness` ago.
+    pub fn get(&self, key: &Key, now: Instant) -> Option<V> {
         let entries = self.entries.lock();
         let (fetched, state) = entries.states.get(key)?;
         self.fresh(*fetched, now).then(|| state.clone())
     }
 
     /// Keeps what was fetched at `fetched`.
-    pub fn put(
-        &self,
-        fetched: Instant,
-        states: impl IntoIterator<Item = (Key, Option<EntityState>)>,
-    ) {
+    pub fn put(&self, fetched: Instant, states: impl IntoIterator<Item = (Key, V)>) {
         let mut entries = self.entries.lock();
         let Entries {
             states: held,
@@ -89,15 +93,15 @@ impl StateCache {
         }
     }
 
-    /// The cached watermark if fetched less than `staleness` ago.
-    pub fn watermark(&self, now: Instant) -> Option<Option<i64>> {
-        let cached = *self.watermark.lock();
-        let (fetched, watermark) = cached?;
-        self.fresh(fetched, now).then_some(watermark)
+    /// The cached watermark and cut if fetched less than `staleness` ago.
+    pub fn meta(&self, now: Instant) -> Option<M> {
+        let cached = self.meta.lock();
+        let (fetched, meta) = cached.as_ref()?;
+        self.fresh(*fetched, now).then(|| meta.clone())
     }
 
-    pub fn put_watermark(&self, fetched: Instant, watermark: Option<i64>) {
-        *self.watermark.lock() = Some((fetched, watermark));
+    pub fn put_meta(&self, fetched: Instant, meta: M) {
+        *self.meta.lock() = Some((fetched, meta));
     }
 
     /// Entries held (expired ones included until they are dropped).
@@ -120,7 +124,7 @@ mod tests {
 
     #[test]
     fn entries_are_served_until_they_are_stale_and_never_past_the_bound() {
-        let cache = StateCache::new(Duration::from_millis(100), 2);
+        let cache: StateCache<Option<u8>, ()> = StateCache::new(Duration::from_millis(100), 2);
         let t0 = Instant::now();
         cache.put(t0, [(key("a"), None), (key("b"), None)]);
         assert_eq!(
@@ -151,7 +155,7 @@ mod tests {
     #[test]
     fn a_hot_key_fetched_again_and_again_leaves_no_trail() {
         let staleness = Duration::from_millis(100);
-        let cache = StateCache::new(staleness, 1_000);
+        let cache: StateCache<Option<u8>, ()> = StateCache::new(staleness, 1_000);
         let t0 = Instant::now();
         for step in 0..10_000u32 {
             // Each put comes once the last one went stale, as a scorer fetches again.
@@ -168,15 +172,12 @@ mod tests {
     }
 
     #[test]
-    fn the_watermark_is_served_until_it_is_stale() {
-        let cache = StateCache::new(Duration::from_millis(100), 2);
+    fn the_watermark_and_cut_are_served_until_they_are_stale() {
+        let cache: StateCache<(), Option<i64>> = StateCache::new(Duration::from_millis(100), 2);
         let t0 = Instant::now();
-        assert_eq!(cache.watermark(t0), None);
-        cache.put_watermark(t0, Some(42));
-        assert_eq!(
-            cache.watermark(t0 + Duration::from_millis(50)),
-            Some(Some(42))
-        );
-        assert_eq!(cache.watermark(t0 + Duration::from_millis(100)), None);
+        assert_eq!(cache.meta(t0), None);
+        cache.put_meta(t0, Some(42));
+        assert_eq!(cache.meta(t0 + Duration::from_millis(50)), Some(Some(42)));
+        assert_eq!(cache.meta(t0 + Duration::from_millis(100)), None);
     }
 }

@@ -9,12 +9,14 @@
 //! rebalance and writes late can never put older state over newer.
 
 mod cache;
+pub mod cut;
 mod freshness;
 mod record;
 mod redis_store;
 mod scorer;
 
 pub use cache::StateCache;
+pub use cut::{Cut, Lanes, Sealed, SealedPastCut};
 pub use freshness::ReadAges;
 pub use record::{
     EntityRecord, RecordError, answer_key, entity_key, entity_type_of, watermark_key,

@@ -1,5 +1,6 @@
 //! One entity's record in the online store, and the key it lives under.
 
+use super::cut::Sealed;
 use crate::features::EntityState;
 
 /// The key of an entity's record under the definitions whose state fingerprint is
@@ -23,6 +24,18 @@ pub fn watermark_key(fingerprint: u64) -> String {
     format!("ss:{fingerprint:016x}:{{meta}}:watermark")
 }
 
+/// The key of the hash in which the aggregators running the definitions whose state
+/// fingerprint is `fingerprint` publish, per entity partition and lane, how far their
+/// records are (see [`super::cut`]).
+pub fn progress_key(fingerprint: u64) -> String {
+    format!("ss:{fingerprint:016x}:{{meta}}:progress")
+}
+
+/// The key of the tier's cut, folded from [`progress_key`]'s hash (same slot).
+pub fn cut_key(fingerprint: u64) -> String {
+    format!("ss:{fingerprint:016x}:{{meta}}:cut")
+}
+
 /// The key of the kept answer of a recorded call with event id `event_id` (already in
 /// its caller's namespace). Not per fingerprint: a retry that lands on a scorer already
 /// rolled to new definitions still gets the first answer, never a second scoring.
@@ -37,13 +50,15 @@ pub fn entity_type_of(key: &str) -> Option<&str> {
 }
 
 /// An entity's state as stored: the state, the sequence number of the newest event in
-/// it, and the fingerprint of the definitions it was computed with.
+/// it, the fingerprint of the definitions it was computed with, and per lane the
+/// newest event it sealed into its tiles (see [`super::cut`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct EntityRecord {
     /// Source partition offset + 1 of the newest event applied (0: none).
     pub seq: u64,
     pub fingerprint: u64,
     pub state: EntityState,
+    pub sealed: Sealed,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -60,6 +75,8 @@ pub enum RecordError {
         found: u64,
         running: u64,
     },
+    #[error("record of {key}: its sealed-events field is unreadable")]
+    Sealed { key: String },
     #[error("record of {key}: state undecodable: {reason}")]
     Undecodable { key: String, reason: String },
 }
@@ -77,6 +94,7 @@ impl EntityRecord {
         seq: Option<&[u8]>,
         fingerprint: Option<&[u8]>,
         state: Option<&[u8]>,
+        sealed: Option<&[u8]>,
         running: u64,
     ) -> Result<EntityRecord, RecordError> {
         let number = |field: &'static str, bytes: Option<&[u8]>| -> Result<u64, RecordError> {
@@ -109,10 +127,21 @@ impl EntityRecord {
             key: key.to_string(),
             reason: e.to_string(),
         })?;
+        // Absent in records written before cuts: nothing sealed is known.
+        let sealed = match sealed {
+            None => Sealed::default(),
+            Some(bytes) => std::str::from_utf8(bytes)
+                .ok()
+                .and_then(Sealed::decode)
+                .ok_or_else(|| RecordError::Sealed {
+                    key: key.to_string(),
+                })?,
+        };
         Ok(EntityRecord {
             seq,
             fingerprint: found,
             state,
+            sealed,
         })
     }
 }
@@ -129,6 +158,10 @@ mod tests {
                 last_seen_ms: 1_700_000_000_123,
                 applied_seq: 42,
                 ..EntityState::default()
+            },
+            sealed: Sealed {
+                through: [(1, 9)].into_iter().collect(),
+                newest_ms: 1_700_000_000_000,
             },
         }
     }
@@ -153,8 +186,15 @@ mod tests {
     fn a_record_decodes_to_what_was_encoded() {
         let original = record();
         let bytes = original.encode_state().expect("encodes");
-        let decoded =
-            EntityRecord::decode("k", Some(b"42"), Some(b"7"), Some(&bytes), 7).expect("decodes");
+        let decoded = EntityRecord::decode(
+            "k",
+            Some(b"42"),
+            Some(b"7"),
+            Some(&bytes),
+            Some(b"1700000000000;1:9"),
+            7,
+        )
+        .expect("decodes");
         assert_eq!(
             format!("{decoded:?}"),
             format!("{original:?}"),
@@ -166,7 +206,7 @@ mod tests {
     fn damaged_or_foreign_records_are_refused_by_name() {
         let bytes = record().encode_state().expect("encodes");
         let decode = |seq: Option<&[u8]>, fp: Option<&[u8]>, state: Option<&[u8]>| {
-            EntityRecord::decode("ss:{card:c2}", seq, fp, state, 7).map(|_| ())
+            EntityRecord::decode("ss:{card:c2}", seq, fp, state, None, 7).map(|_| ())
         };
         assert!(matches!(
             decode(None, Some(b"7"), Some(&bytes)),
@@ -197,6 +237,10 @@ mod tests {
         assert!(matches!(
             decode(Some(b"1"), Some(b"7"), None),
             Err(RecordError::Missing { field: "state", .. })
+        ));
+        assert!(matches!(
+            EntityRecord::decode("k", Some(b"1"), Some(b"7"), Some(&bytes), Some(b"1;1:x"), 7),
+            Err(RecordError::Sealed { .. })
         ));
     }
 }

@@ -12,7 +12,9 @@ use futures_util::future::try_join_all;
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 
-use super::record::{EntityRecord, RecordError, watermark_key};
+use super::cut::Cut;
+use super::record::{EntityRecord, RecordError, cut_key, entity_key, progress_key, watermark_key};
+use crate::definitions::{Definitions, EntityTypeId};
 
 /// Writes a record when its sequence number is higher than the stored one. Sequence
 /// numbers stay below 2^53, where Lua's numbers are exact. Returns 1 when written, 0
@@ -22,9 +24,59 @@ local stored = redis.call('HGET', KEYS[1], 'o')
 if stored and tonumber(stored) >= tonumber(ARGV[1]) then
   return 0
 end
-redis.call('HSET', KEYS[1], 'o', ARGV[1], 'f', ARGV[2], 's', ARGV[3])
+redis.call('HSET', KEYS[1], 'o', ARGV[1], 'f', ARGV[2], 's', ARGV[3], 'x', ARGV[5])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return 1
+";
+
+/// Publishes how far an aggregator's partitions are and folds every partition's into
+/// the tier's cut (see [`super::cut`]), in one step on the `{meta}` slot: raises the
+/// watermark (`KEYS[3]`) to `ARGV[2]`, sets the `partition|lane` fields of the progress
+/// hash (`KEYS[1]`) from the pairs after `ARGV[2]`, then, per lane that all `ARGV[1]`
+/// entity partitions have published, takes the lowest as the lane's place in the cut
+/// (`KEYS[2]`, `version;lane:through,...`) when that is further than it was: a cut
+/// only moves on (each place in it was true when set, and records only grow). Offsets
+/// stay below 2^44, where Lua's numbers are exact.
+const PUBLISH_PROGRESS: &str = r"
+local watermark = redis.call('GET', KEYS[3])
+if not watermark or tonumber(watermark) < tonumber(ARGV[2]) then
+  redis.call('SET', KEYS[3], ARGV[2])
+end
+for i = 3, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+end
+local lowest, published = {}, {}
+local fields = redis.call('HGETALL', KEYS[1])
+for i = 1, #fields, 2 do
+  local lane = string.match(fields[i], '|(%d+)$')
+  if lane then
+    local through = tonumber(fields[i + 1])
+    if lowest[lane] == nil or through < lowest[lane] then
+      lowest[lane] = through
+    end
+    published[lane] = (published[lane] or 0) + 1
+  end
+end
+local version, cut = 0, {}
+local stored = redis.call('GET', KEYS[2])
+if stored then
+  local v, lanes = string.match(stored, '^(%d+);(.*)$')
+  version = tonumber(v) or 0
+  for lane, through in string.gmatch(lanes or '', '(%d+):(%d+)') do
+    cut[lane] = tonumber(through)
+  end
+end
+for lane, through in pairs(lowest) do
+  if published[lane] >= tonumber(ARGV[1]) and (cut[lane] == nil or through > cut[lane]) then
+    cut[lane] = through
+  end
+end
+local out = {}
+for lane, through in pairs(cut) do
+  table.insert(out, lane .. ':' .. string.format('%d', through))
+end
+redis.call('SET', KEYS[2], string.format('%d', version + 1) .. ';' .. table.concat(out, ','))
+return version + 1
 ";
 
 /// Raises the stored watermark to `ARGV[1]` when that is newer. Event times in ms stay
@@ -106,6 +158,8 @@ pub enum OnlineError {
         #[source]
         source: postcard::Error,
     },
+    #[error("online store: the entity tier's cut is unreadable")]
+    Cut,
     #[error("sequence number {seq} of {key} is not below 2^53, the largest Lua compares exactly")]
     SeqTooLarge { key: String, seq: u64 },
 }
@@ -165,7 +219,12 @@ pub enum Written {
 const MAX_EXACT_SEQ: u64 = 1 << 53;
 
 /// A record's fields as read: sequence number, fingerprint, state.
-type StoredFields = (Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>);
+type StoredFields = (
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+);
 
 /// A connection to the online store, cheap to clone (one multiplexed connection per
 /// node, shared).
@@ -174,6 +233,7 @@ pub struct RedisOnline {
     shared: Arc<Shared>,
     script: redis::Script,
     advance: redis::Script,
+    publish: redis::Script,
     keep_first: redis::Script,
 }
 
@@ -259,6 +319,7 @@ impl RedisOnline {
             }),
             script: redis::Script::new(COMPARE_AND_SET),
             advance: redis::Script::new(ADVANCE_WATERMARK),
+            publish: redis::Script::new(PUBLISH_PROGRESS),
             keep_first: redis::Script::new(KEEP_FIRST),
         })
     }
@@ -318,7 +379,8 @@ impl RedisOnline {
                 .arg(record.seq)
                 .arg(record.fingerprint.to_string())
                 .arg(state)
-                .arg(ttl_ms(key).max(1));
+                .arg(ttl_ms(key).max(1))
+                .arg(record.sealed.encode());
             let mut connection = self.connection();
             calls.push(async move {
                 let stored: i64 = invocation.invoke_async(&mut connection).await?;
@@ -333,6 +395,26 @@ impl RedisOnline {
             Ok(written) => Ok(written),
             Err(error) => Err(self.failed(error).await),
         }
+    }
+
+    /// Reads the records of `entities` (type, id) under `definitions` (`None` for one
+    /// not stored), as [`Self::read`] does.
+    pub async fn read_entities(
+        &self,
+        definitions: &Definitions,
+        entities: &[(EntityTypeId, String)],
+    ) -> Result<Vec<Option<EntityRecord>>, OnlineError> {
+        let keys: Vec<String> = entities
+            .iter()
+            .map(|(entity, id)| {
+                entity_key(
+                    definitions.state_fingerprint,
+                    &definitions.entities[*entity].name,
+                    id,
+                )
+            })
+            .collect();
+        self.read(&keys, definitions.state_fingerprint).await
     }
 
     /// Reads the records of `keys` (`None` for a key not stored), checked against the
@@ -350,6 +432,7 @@ impl RedisOnline {
                     .arg("o")
                     .arg("f")
                     .arg("s")
+                    .arg("x")
                     .query_async(&mut connection)
                     .await?;
                 Ok::<_, redis::RedisError>(fields)
@@ -361,7 +444,7 @@ impl RedisOnline {
         };
         keys.iter()
             .zip(replies)
-            .map(|(key, (seq, stored_fingerprint, state))| {
+            .map(|(key, (seq, stored_fingerprint, state, sealed))| {
                 if seq.is_none() && stored_fingerprint.is_none() && state.is_none() {
                     return Ok(None);
                 }
@@ -370,6 +453,7 @@ impl RedisOnline {
                     seq.as_deref(),
                     stored_fingerprint.as_deref(),
                     state.as_deref(),
+                    sealed.as_deref(),
                     fingerprint,
                 )
                 .map(Some)
@@ -461,5 +545,57 @@ impl RedisOnline {
             Ok(watermark) => Ok(watermark),
             Err(error) => Err(self.failed(error).await),
         }
+    }
+
+    /// Raises the watermark of the aggregators running `fingerprint`'s definitions to
+    /// `watermark_ms` and publishes how far their records are: `progress` holds
+    /// `(entity partition, lane, through)` (see [`super::cut`]); `partitions` is how many
+    /// entity partitions the definitions have, all of which must have published a lane
+    /// before the cut takes it in. Returns the new cut's version.
+    pub async fn publish_progress(
+        &self,
+        fingerprint: u64,
+        watermark_ms: i64,
+        partitions: usize,
+        progress: impl IntoIterator<Item = (String, u32, u64)>,
+    ) -> Result<u64, OnlineError> {
+        let mut invocation = self.publish.key(progress_key(fingerprint));
+        invocation
+            .key(cut_key(fingerprint))
+            .key(watermark_key(fingerprint))
+            .arg(partitions)
+            .arg(watermark_ms);
+        for (partition, lane, through) in progress {
+            invocation.arg(format!("{partition}|{lane}")).arg(through);
+        }
+        let mut connection = self.connection();
+        match invocation.invoke_async(&mut connection).await {
+            Ok(version) => Ok(version),
+            Err(error) => Err(self.failed(error).await),
+        }
+    }
+
+    /// The shared watermark and the tier's cut of `fingerprint`'s definitions, read in
+    /// one step (one slot). No cut published yet: the empty cut (version 0), which
+    /// sees only untagged events.
+    pub async fn watermark_and_cut(
+        &self,
+        fingerprint: u64,
+    ) -> Result<(Option<i64>, Cut), OnlineError> {
+        let mut connection = self.connection();
+        let (watermark, cut): (Option<i64>, Option<String>) = match redis::cmd("MGET")
+            .arg(watermark_key(fingerprint))
+            .arg(cut_key(fingerprint))
+            .query_async(&mut connection)
+            .await
+        {
+            Ok(read) => read,
+            Err(error) => return Err(self.failed(error).await),
+        };
+        let cut = match cut {
+            None => Cut::default(),
+            Some(text) => Cut::decode(&text).ok_or(OnlineError::Cut)?,
+        };
+        Ok((watermark, cut))
     }
 }

@@ -22,8 +22,9 @@ use crate::store::NamedFeatures;
 use crate::time::now_ms;
 
 use super::cache::StateCache;
+use super::cut::{Cut, Sealed, SealedPastCut};
 use super::freshness::ReadAges;
-use super::record::{answer_key, entity_key};
+use super::record::answer_key;
 use super::redis_store::{OnlineError, RedisOnline};
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +39,16 @@ pub enum ScorerError {
         "record: this scorer has no events topic to record to (set kafka.brokers and kafka.topics), or send the event to the events topic yourself"
     )]
     Record,
+    /// An entity sealed into its tiles an event past the tier's cut: it cannot be read
+    /// as of the cut, and read past it, it would not match the other entities.
+    #[error(
+        "the {entity} record holds an event past the entity tier's cut that it can no longer leave out (lane {}, sealed through {}, cut at {}): aggregators of other partitions are behind; retry",
+        behind.lane, behind.sealed, behind.cut
+    )]
+    Behind {
+        entity: String,
+        behind: SealedPastCut,
+    },
     /// The recorded call's answer is kept, its event could not be handed to the events
     /// topic: a retry with the same event id gets the same answer and sends it again.
     #[error(
@@ -66,9 +77,27 @@ pub struct OnlineScorer {
     engine: Engine,
     limits: Limits,
     read_ages: ReadAges,
-    cache: Option<StateCache>,
+    cache: Option<StateCache<Fetched, Meta>>,
     recording: Option<Recording>,
 }
+
+/// An entity's record as fetched, and the cut read before it (the record holds every
+/// event in that cut).
+#[derive(Clone)]
+struct Fetched {
+    /// `None`: Redis holds nothing for the entity.
+    state: Option<EntityState>,
+    sealed: Sealed,
+    cut: Arc<Cut>,
+}
+
+/// The shared watermark and the tier's cut, read together.
+type Meta = (Option<i64>, Arc<Cut>);
+
+/// How many times a read meets a record sealed past the cut before it fails (each
+/// time with a newer cut, after a pause that lets the aggregators behind go on).
+const CUT_ATTEMPTS: u32 = 3;
+const CUT_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(25);
 
 impl OnlineScorer {
     pub fn new(
@@ -318,81 +347,99 @@ impl OnlineScorer {
         self.engine.definitions()
     }
 
-    /// Fetches the states of `entities` and the shared watermark, all at once (what
-    /// the cache, when on, holds fresh enough is not fetched).
+    /// Fetches the states of `entities` as of one cut of the event stream (see
+    /// [`super::cut`]): the shared watermark and the tier's cut first, then the
+    /// entities, each with the events past the cut left out. With the cache on, what
+    /// it holds fresh enough is not fetched, and the read is at the oldest cut among
+    /// what is used.
     pub async fn fetch(
         &self,
         entities: &[(EntityTypeId, String)],
-    ) -> Result<HashMap<(EntityTypeId, String), EntityState>, OnlineError> {
-        let Some(cache) = &self.cache else {
-            let (states, watermark) = tokio::join!(
-                self.fetch_states(entities),
-                self.online
-                    .watermark(self.engine.definitions().state_fingerprint)
-            );
-            self.note_watermark(watermark?);
-            return Ok(states?.into_iter().filter_map(flatten).collect());
-        };
+    ) -> Result<HashMap<(EntityTypeId, String), EntityState>, ScorerError> {
+        let mut attempt = 1;
+        loop {
+            // A retry reads everything again: what is cached was read at the old cut.
+            let fetched = self.fetch_records(entities, attempt == 1).await?;
+            match at_one_cut(self.definitions(), fetched) {
+                Ok(states) => return Ok(states),
+                Err(error) if attempt < CUT_ATTEMPTS => {
+                    tracing::debug!(%error, attempt, "scorer: a record is sealed past the cut; read again");
+                    tokio::time::sleep(CUT_RETRY_PAUSE * attempt).await;
+                    attempt += 1;
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    /// The records of `entities`, each with the cut read before it: from the cache
+    /// when `cached` and it holds them fresh, the rest from Redis after the watermark
+    /// and the cut.
+    async fn fetch_records(
+        &self,
+        entities: &[(EntityTypeId, String)],
+        cached: bool,
+    ) -> Result<Vec<((EntityTypeId, String), Fetched)>, ScorerError> {
+        let fingerprint = self.engine.definitions().state_fingerprint;
+        let cache = self.cache.as_ref().filter(|_| cached);
         let now = std::time::Instant::now();
-        let mut found = HashMap::with_capacity(entities.len());
+        let mut found = Vec::with_capacity(entities.len());
         let mut missing = Vec::new();
         for entity in entities {
-            match cache.get(entity, now) {
-                Some(state) => {
-                    found.insert(entity.clone(), state);
-                }
+            match cache.and_then(|cache| cache.get(entity, now)) {
+                Some(fetched) => found.push((entity.clone(), fetched)),
                 None => missing.push(entity.clone()),
             }
         }
-        let cached_watermark = cache.watermark(now);
-        let watermark = async {
-            match cached_watermark {
-                Some(watermark) => Ok(watermark),
-                None => {
-                    self.online
-                        .watermark(self.engine.definitions().state_fingerprint)
-                        .await
+        let meta = match cache.and_then(|cache| cache.meta(now)) {
+            Some(meta) => meta,
+            None => {
+                let (watermark, cut) = self.online.watermark_and_cut(fingerprint).await?;
+                let meta = (watermark, Arc::new(cut));
+                if let Some(cache) = &self.cache {
+                    cache.put_meta(now, meta.clone());
                 }
+                meta
             }
         };
-        let (fetched, watermark) = tokio::join!(self.fetch_states(&missing), watermark);
-        let (fetched, watermark) = (fetched?, watermark?);
-        if cached_watermark.is_none() {
-            cache.put_watermark(now, watermark);
+        self.note_watermark(meta.0);
+        // Only now the entities: each holds every event of the cut just read.
+        let fetched = self.fetch_states(&missing, &meta.1).await?;
+        if let Some(cache) = &self.cache {
+            cache.put(now, fetched.iter().cloned());
         }
-        self.note_watermark(watermark);
-        cache.put(now, fetched.iter().cloned());
         found.extend(fetched);
-        Ok(found.into_iter().filter_map(flatten).collect())
+        Ok(found)
     }
 
-    /// Reads `entities` from Redis: each one's state, `None` where none is stored.
+    /// Reads `entities` from Redis: each one's record (its state `None` where none is
+    /// stored), read after `cut`.
     async fn fetch_states(
         &self,
         entities: &[(EntityTypeId, String)],
-    ) -> Result<Vec<((EntityTypeId, String), Option<EntityState>)>, OnlineError> {
+        cut: &Arc<Cut>,
+    ) -> Result<Vec<((EntityTypeId, String), Fetched)>, OnlineError> {
         if entities.is_empty() {
             return Ok(Vec::new());
         }
-        let definitions = self.engine.definitions();
-        let keys: Vec<String> = entities
-            .iter()
-            .map(|(entity, id)| {
-                entity_key(
-                    definitions.state_fingerprint,
-                    &definitions.entities[*entity].name,
-                    id,
-                )
-            })
-            .collect();
         let records = self
             .online
-            .read(&keys, definitions.state_fingerprint)
+            .read_entities(self.engine.definitions(), entities)
             .await?;
         Ok(entities
             .iter()
             .cloned()
-            .zip(records.into_iter().map(|r| r.map(|r| r.state)))
+            .zip(records.into_iter().map(|record| {
+                let (state, sealed) = match record {
+                    Some(record) => (Some(record.state), record.sealed),
+                    None => (None, Sealed::default()),
+                };
+                Fetched {
+                    state,
+                    sealed,
+                    cut: Arc::clone(cut),
+                }
+            }))
             .collect())
     }
 
@@ -448,7 +495,36 @@ async fn send(recording: &Recording, event: RawEvent) -> Result<(), ScorerError>
         .map_err(|reason| ScorerError::Unrecorded { event_id, reason })
 }
 
-/// An entity with a stored state, as a map entry.
-fn flatten<K>((key, state): (K, Option<EntityState>)) -> Option<(K, EntityState)> {
-    Some((key, state?))
+/// The fetched entities' states as of the oldest cut among them (each holds every
+/// event of it), the events past it left out; fails naming the entity when one sealed
+/// such an event into its tiles.
+fn at_one_cut(
+    definitions: &Definitions,
+    fetched: Vec<((EntityTypeId, String), Fetched)>,
+) -> Result<HashMap<(EntityTypeId, String), EntityState>, ScorerError> {
+    let Some(cut) = fetched
+        .iter()
+        .map(|(_, record)| &record.cut)
+        .min_by_key(|cut| cut.version)
+        .cloned()
+    else {
+        return Ok(HashMap::new());
+    };
+    let mut states = HashMap::with_capacity(fetched.len());
+    for ((entity, id), record) in fetched {
+        let Some(mut state) = record.state else {
+            continue;
+        };
+        if let Err(behind) = cut.check_sealed(&record.sealed) {
+            return Err(ScorerError::Behind {
+                entity: format!("{} '{id}'", definitions.entities[entity].name),
+                behind,
+            });
+        }
+        // Nothing left (all its events are past the cut): as never seen, as it was.
+        if state.leave_out(|tag| cut.sees(tag), record.sealed.newest_ms) {
+            states.insert((entity, id), state);
+        }
+    }
+    Ok(states)
 }

@@ -19,13 +19,17 @@ use rdkafka::error::KafkaResult;
 use rdkafka::message::{Headers, OwnedMessage};
 use rdkafka::{ClientContext, Message, TopicPartitionList};
 
-use super::{Pipeline, ScaleOutError, WATERMARK_HEADER, next_offsets, receive};
+use super::{
+    PROGRESS_HEADER, Pipeline, ScaleOutError, TAG_HEADER, WATERMARK_HEADER, next_offsets, receive,
+};
 use crate::definitions::EntityTypeId;
-use crate::events::{Limits, RawEvent, validate};
+use crate::events::{Event, Limits, RawEvent, validate};
 use crate::features::Engine;
 use crate::kafka::commits::{CommitLedger, partitions};
 use crate::kafka::{consumer_config, decode};
-use crate::online::{EntityRecord, RedisOnline, Written, entity_key, entity_type_of};
+use crate::online::{
+    EntityRecord, Lanes, RedisOnline, Sealed, Written, entity_key, entity_type_of,
+};
 
 /// How often expired entities are dropped from memory.
 const EVICT_EVERY: Duration = Duration::from_secs(10);
@@ -71,13 +75,37 @@ impl ConsumerContext for AggregatorContext {
 const RECOMMIT_AFTER: Duration = Duration::from_secs(1);
 
 /// One record made ready: its entity, the event, the router's watermark, its sequence
-/// number.
+/// number and its tag (see [`crate::online::cut`]).
 struct Routed {
     entity: EntityTypeId,
     raw: RawEvent,
     watermark_ms: Option<i64>,
     seq: u64,
+    tag: u64,
     partition: i32,
+}
+
+/// What an aggregator keeps besides its entities for the tier's cut (see
+/// [`crate::online::cut`]).
+struct CutState {
+    /// Per entity partition (entity type, partition), how far each lane is in its
+    /// records.
+    progress: HashMap<EntityPartition, Lanes>,
+    /// Per held entity, what it sealed.
+    sealed: HashMap<(EntityTypeId, String), Sealed>,
+    /// How many entity partitions the definitions have.
+    partitions: usize,
+}
+
+/// An entity partition: its entity type (and so its topic) and its number. Kept as
+/// numbers per record, named only when published.
+type EntityPartition = (EntityTypeId, i32);
+
+/// A header's value as text, if the record has it.
+fn header<'m>(message: &'m OwnedMessage, key: &str) -> Option<&'m str> {
+    let headers = message.headers()?;
+    let found = headers.iter().find(|header| header.key == key)?;
+    std::str::from_utf8(found.value?).ok()
 }
 
 /// The consumer group of the aggregators given `base` (`cluster.aggregate_group`) and
@@ -113,6 +141,11 @@ pub async fn aggregate(
         .create_with_context(AggregatorContext::default())?;
     let topics = pipeline.entity_topics();
     super::check_topics(&consumer, &topics)?;
+    let mut cut = CutState {
+        progress: HashMap::new(),
+        sealed: HashMap::new(),
+        partitions: super::entity_partitions(&consumer, &pipeline)?.len(),
+    };
     let subscribed: Vec<&str> = topics.iter().map(String::as_str).collect();
     consumer.subscribe(&subscribed)?;
     let by_topic: HashMap<String, EntityTypeId> = pipeline
@@ -136,6 +169,7 @@ pub async fn aggregate(
         };
         if consumer.context().revoked.swap(false, Ordering::AcqRel) {
             engine.clear_entities();
+            cut.sealed.clear();
             pipeline.counters.newest_applied_ms.lock().clear();
         }
         if batch.is_empty() {
@@ -149,16 +183,24 @@ pub async fn aggregate(
             continue;
         }
         tracing::debug!(records = batch.len(), "aggregator: batch received");
-        let routed = prepare(&by_topic, &pipeline, &batch);
-        apply(&pipeline, &engine, &online, &routed).await?;
+        let (routed, partitions) = prepare(&by_topic, &pipeline, &batch, &mut cut.progress);
+        let outcome = apply(&pipeline, &engine, &online, &routed, &mut cut).await?;
+        publish(&pipeline, &engine, &online, &cut, &partitions).await?;
+        // Published and so readable at the cut: only now is it applied and fresh.
+        outcome.count(&pipeline.counters);
         // As the embedded server does in the background: expired entities go, so memory
         // follows the live set (their state in Redis expires by its own TTL).
         if evicted_at.elapsed() >= EVICT_EVERY {
             evicted_at = Instant::now();
             let engine = Arc::clone(&engine);
-            let dropped = tokio::task::spawn_blocking(move || engine.evict_expired())
-                .await
-                .map_err(|_| ScaleOutError::Panicked)?;
+            let dropped = {
+                let engine = Arc::clone(&engine);
+                tokio::task::spawn_blocking(move || engine.evict_expired())
+                    .await
+                    .map_err(|_| ScaleOutError::Panicked)?
+            };
+            cut.sealed
+                .retain(|(entity, id), _| engine.holds(*entity, id));
             tracing::debug!(dropped, "aggregator: expired entities dropped");
         }
         let next = next_offsets(&batch)?;
@@ -175,15 +217,37 @@ pub async fn aggregate(
     }
 }
 
+/// The batch's records made ready, and the entity partitions it came from. Each
+/// record's tag and each progress marker (which is no event) move its partition's
+/// progress on.
 fn prepare(
     by_topic: &HashMap<String, EntityTypeId>,
     pipeline: &Pipeline,
     batch: &[OwnedMessage],
-) -> Vec<Routed> {
-    batch
+    progress: &mut HashMap<EntityPartition, Lanes>,
+) -> (Vec<Routed>, BTreeSet<EntityPartition>) {
+    let mut partitions = BTreeSet::new();
+    let routed = batch
         .iter()
         .filter_map(|message| {
             let entity = *by_topic.get(message.topic())?;
+            let partition = (entity, message.partition());
+            let lanes = progress.entry(partition).or_default();
+            partitions.insert(partition);
+            if let Some(marker) = header(message, PROGRESS_HEADER) {
+                match Lanes::decode(marker) {
+                    Some(marked) => lanes.raise_all(&marked),
+                    None => {
+                        pipeline.counters.skipped.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(topic = message.topic(), offset = message.offset(), "aggregator: unreadable progress marker skipped");
+                    }
+                }
+                return None;
+            }
+            let tag = header(message, TAG_HEADER)
+                .and_then(|tag| tag.parse().ok())
+                .unwrap_or(0);
+            lanes.raise(tag);
             let raw = match decode::event(message.payload(), pipeline.kafka.format) {
                 Ok(raw) => raw,
                 Err(why) => {
@@ -192,22 +256,56 @@ fn prepare(
                     return None;
                 }
             };
-            let watermark_ms = message.headers().and_then(|headers| {
-                headers
-                    .iter()
-                    .find(|header| header.key == WATERMARK_HEADER)
-                    .and_then(|header| std::str::from_utf8(header.value?).ok()?.parse().ok())
-            });
+            let watermark_ms =
+                header(message, WATERMARK_HEADER).and_then(|watermark| watermark.parse().ok());
             Some(Routed {
                 entity,
                 raw,
                 watermark_ms,
                 seq: u64::try_from(message.offset()).ok()? + 1,
+                tag,
                 partition: message.partition(),
             })
         })
-        .collect()
+        .collect();
+    (routed, partitions)
 }
+
+/// Publishes how far the batch's partitions are, and the watermark, once their records
+/// are written.
+async fn publish(
+    pipeline: &Pipeline,
+    engine: &Engine,
+    online: &RedisOnline,
+    cut: &CutState,
+    partitions: &BTreeSet<EntityPartition>,
+) -> Result<(), ScaleOutError> {
+    let mut progress = Vec::new();
+    for &(entity, partition) in partitions {
+        let topic = pipeline.entity_topic(&pipeline.definitions.entities[entity].name);
+        let name = format!("{topic}/{partition}");
+        for (lane, through) in cut
+            .progress
+            .get(&(entity, partition))
+            .into_iter()
+            .flat_map(Lanes::iter)
+        {
+            progress.push((name.clone(), lane, through));
+        }
+    }
+    online
+        .publish_progress(
+            pipeline.definitions.state_fingerprint,
+            engine.watermark_ms(),
+            cut.partitions,
+            progress,
+        )
+        .await?;
+    Ok(())
+}
+
+/// The entities a batch touches, by type and id.
+type Touched = BTreeSet<(EntityTypeId, String)>;
 
 /// Applies a batch and writes every entity it touched.
 async fn apply(
@@ -215,7 +313,57 @@ async fn apply(
     engine: &Engine,
     online: &RedisOnline,
     routed: &[Routed],
-) -> Result<(), ScaleOutError> {
+    cut: &mut CutState,
+) -> Result<Outcome, ScaleOutError> {
+    let (events, touched) = checked(pipeline, engine, routed);
+    load_missing(pipeline, engine, online, &touched, cut).await?;
+    // What each entity has pending before the batch, to learn what the batch seals.
+    let mut pending: HashMap<(EntityTypeId, &str), Vec<(u64, i64)>> = touched
+        .iter()
+        .filter_map(|(entity, id)| {
+            let events = engine.with_state(*entity, id, |s| s.pending_events().collect())?;
+            Some(((*entity, id.as_str()), events))
+        })
+        .collect();
+    let mut applied = 0u64;
+    let mut newest: HashMap<(EntityTypeId, i32), i64> = HashMap::new();
+    {
+        let mut writer = engine.writer();
+        for (record, event, id) in &events {
+            engine.advance_watermark(record.watermark_ms.unwrap_or(event.time_ms));
+            let done =
+                writer.apply_to_entity_tagged(event, record.entity, id, record.seq, record.tag);
+            if done {
+                pending
+                    .entry((record.entity, id.as_str()))
+                    .or_default()
+                    .push((record.tag, event.time_ms));
+            }
+            applied += u64::from(done);
+            let slot = newest
+                .entry((record.entity, record.partition))
+                .or_insert(i64::MIN);
+            *slot = (*slot).max(event.time_ms);
+        }
+    }
+    let stale = write_touched(pipeline, engine, online, &touched, pending, cut).await?;
+    Ok(Outcome {
+        applied,
+        stale,
+        newest,
+    })
+}
+
+/// The batch's events these definitions can apply, each with its record and entity
+/// id, and the entities they touch. A record these definitions cannot apply was routed
+/// under other ones (a router not yet rolled to them, or already rolled past them).
+/// Skipping it is what these definitions say of that event; it is counted and logged,
+/// never dropped silently.
+fn checked<'r>(
+    pipeline: &Pipeline,
+    engine: &Engine,
+    routed: &'r [Routed],
+) -> (Vec<(&'r Routed, Event<'r>, String)>, Touched) {
     let definitions = &pipeline.definitions;
     // Admitted by the router already; only the shape is checked again.
     let limits = Limits {
@@ -224,9 +372,6 @@ async fn apply(
     };
     let mut events = Vec::with_capacity(routed.len());
     let mut touched = BTreeSet::new();
-    // A record these definitions cannot apply was routed under other ones (a router
-    // not yet rolled to them, or already rolled past them). Skipping it is what these
-    // definitions say of that event; it is counted and logged, never dropped silently.
     let mut skipped = Vec::new();
     for record in routed {
         let event = match validate(definitions, &limits, &record.raw, None) {
@@ -260,57 +405,74 @@ async fn apply(
             "aggregator: records these definitions cannot apply were skipped (routed under other definitions?)"
         );
     }
-    // Entities not held come from Redis first (their newest state and sequence).
+    (events, touched)
+}
+
+/// Brings the touched entities not held from Redis (their newest state, sequence and
+/// what they sealed): a partition may have been someone else's.
+async fn load_missing(
+    pipeline: &Pipeline,
+    engine: &Engine,
+    online: &RedisOnline,
+    touched: &Touched,
+    cut: &mut CutState,
+) -> Result<(), ScaleOutError> {
     let missing: Vec<(EntityTypeId, String)> = touched
         .iter()
         .filter(|(entity, id)| !engine.holds(*entity, id))
         .cloned()
         .collect();
-    if !missing.is_empty() {
-        let keys: Vec<String> = missing
-            .iter()
-            .map(|(entity, id)| {
-                entity_key(
-                    definitions.state_fingerprint,
-                    &definitions.entities[*entity].name,
-                    id,
-                )
-            })
-            .collect();
-        let records = online.read(&keys, definitions.state_fingerprint).await?;
-        for ((entity, id), record) in missing.into_iter().zip(records) {
-            if let Some(record) = record {
-                engine.install_state(entity, &id, record.state);
-            }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let records = online
+        .read_entities(&pipeline.definitions, &missing)
+        .await?;
+    for ((entity, id), record) in missing.into_iter().zip(records) {
+        if let Some(record) = record {
+            engine.install_state(entity, &id, record.state);
+            cut.sealed.insert((entity, id), record.sealed);
         }
     }
-    let mut applied = 0u64;
-    let mut newest: HashMap<(EntityTypeId, i32), i64> = HashMap::new();
-    {
-        let mut writer = engine.writer();
-        for (record, event, id) in &events {
-            engine.advance_watermark(record.watermark_ms.unwrap_or(event.time_ms));
-            applied += u64::from(writer.apply_to_entity(event, record.entity, id, record.seq));
-            let slot = newest
-                .entry((record.entity, record.partition))
-                .or_insert(i64::MIN);
-            *slot = (*slot).max(event.time_ms);
-        }
-    }
+    Ok(())
+}
+
+/// Writes every touched entity by compare-and-set, with what it sealed: the events
+/// `pending` before or applied in this batch that are pending no more. Returns how
+/// many writes were stale (a newer record was there).
+async fn write_touched(
+    pipeline: &Pipeline,
+    engine: &Engine,
+    online: &RedisOnline,
+    touched: &Touched,
+    mut pending: HashMap<(EntityTypeId, &str), Vec<(u64, i64)>>,
+    cut: &mut CutState,
+) -> Result<u64, ScaleOutError> {
+    let definitions = &pipeline.definitions;
     let mut records = Vec::with_capacity(touched.len());
     for (entity, id) in touched {
-        let Some(state) = engine.entity_state(entity, &id) else {
+        let (entity, id) = (*entity, id.as_str());
+        let Some(state) = engine.entity_state(entity, id) else {
             continue;
         };
+        // Sealed by this batch (or dropped by an expiry, which no read can leave out
+        // either).
+        let still: Vec<(u64, i64)> = state.pending_events().collect();
+        let was = pending.remove(&(entity, id)).unwrap_or_default();
+        let sealed = cut.sealed.entry((entity, id.to_string())).or_default();
+        for (tag, time_ms) in was.into_iter().filter(|event| !still.contains(event)) {
+            sealed.add(tag, time_ms);
+        }
         let record = EntityRecord {
             seq: state.applied_seq(),
             fingerprint: definitions.state_fingerprint,
             state,
+            sealed: sealed.clone(),
         };
         let key = entity_key(
             definitions.state_fingerprint,
             &definitions.entities[entity].name,
-            &id,
+            id,
         );
         records.push((key, record));
     }
@@ -330,18 +492,27 @@ async fn apply(
                 .unwrap_or(u64::MAX)
         })
         .await?;
-    online
-        .advance_watermark(definitions.state_fingerprint, engine.watermark_ms())
-        .await?;
-    let stale = written.iter().filter(|w| **w == Written::Stale).count() as u64;
-    let counters = &pipeline.counters;
-    counters.stale_writes.fetch_add(stale, Ordering::Relaxed);
-    counters.applied.fetch_add(applied, Ordering::Relaxed);
-    // Written and so readable: only now is it the freshness scorers see.
-    let mut freshness = counters.newest_applied_ms.lock();
-    for (partition, time_ms) in newest {
-        let slot = freshness.entry(partition).or_insert(time_ms);
-        *slot = (*slot).max(time_ms);
+    Ok(written.iter().filter(|w| **w == Written::Stale).count() as u64)
+}
+
+/// What a batch did, counted once it is published.
+struct Outcome {
+    applied: u64,
+    stale: u64,
+    /// Per (entity type, partition), the newest event time applied.
+    newest: HashMap<(EntityTypeId, i32), i64>,
+}
+
+impl Outcome {
+    fn count(self, counters: &super::Counters) {
+        counters
+            .stale_writes
+            .fetch_add(self.stale, Ordering::Relaxed);
+        counters.applied.fetch_add(self.applied, Ordering::Relaxed);
+        let mut freshness = counters.newest_applied_ms.lock();
+        for (partition, time_ms) in self.newest {
+            let slot = freshness.entry(partition).or_insert(time_ms);
+            *slot = (*slot).max(time_ms);
+        }
     }
-    Ok(())
 }

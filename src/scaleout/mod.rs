@@ -45,6 +45,15 @@ use crate::kafka::batch::{next_offsets, receive};
 /// The header that carries the router's watermark after admitting the event.
 pub const WATERMARK_HEADER: &str = "ss-watermark";
 
+/// The header that carries a routed record's tag: its event's place in its input
+/// partition (see [`crate::online::cut`]).
+pub const TAG_HEADER: &str = "ss-tag";
+
+/// The header of a router's progress marker (a record with an empty value written to
+/// every entity partition after a transaction's records): per lane, the offset + 1
+/// through which the lane is routed (see [`crate::online::cut`]).
+pub const PROGRESS_HEADER: &str = "ss-progress";
+
 /// Timeout of each transaction step and metadata request.
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -233,6 +242,19 @@ fn check_topics<C: rdkafka::consumer::ConsumerContext>(
     } else {
         Err(ScaleOutError::MissingTopics(missing))
     }
+}
+
+/// Every entity topic's partitions, as `(topic, partition)`.
+fn entity_partitions<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &impl rdkafka::consumer::Consumer<C>,
+    pipeline: &Pipeline,
+) -> Result<Vec<(String, i32)>, ScaleOutError> {
+    let mut all = Vec::new();
+    for topic in pipeline.entity_topics() {
+        let count = partition_count(consumer, &topic)?;
+        all.extend((0..count).map(|partition| (topic.clone(), partition)));
+    }
+    Ok(all)
 }
 
 /// How many partitions `topic` has.

@@ -16,13 +16,14 @@ use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use super::{
-    KAFKA_TIMEOUT, Pipeline, ScaleOutError, WATERMARK_HEADER, admission, blocking, next_offsets,
-    receive,
+    KAFKA_TIMEOUT, PROGRESS_HEADER, Pipeline, ScaleOutError, TAG_HEADER, WATERMARK_HEADER,
+    admission, blocking, next_offsets, receive,
 };
 use crate::events::validate;
 use crate::features::{Admission, Engine};
 use crate::kafka::dead_letter::{self, Refused};
 use crate::kafka::{client_config, consumer_config, decode, resume};
+use crate::online::cut::{self, Lanes};
 use crate::time::now_ms;
 
 /// Where each input partition got to: the offset of its newest routed record (`None`:
@@ -68,6 +69,10 @@ pub async fn route(
     topics.push(checkpoints.clone());
     super::check_topics(&consumer, &topics)?;
     let checkpoint_partitions = super::partition_count(&consumer, &checkpoints)?;
+    let outputs = Outputs {
+        checkpoint_partitions,
+        entity_partitions: super::entity_partitions(&consumer, &pipeline)?,
+    };
     let inputs: Vec<&str> = kafka.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&inputs)?;
     let producer: FutureProducer = client_config(kafka)
@@ -95,15 +100,7 @@ pub async fn route(
         if batch.is_empty() {
             continue;
         }
-        transact(
-            &pipeline,
-            &engine,
-            &consumer,
-            &producer,
-            checkpoint_partitions,
-            &batch,
-        )
-        .await?;
+        transact(&pipeline, &engine, &consumer, &producer, &outputs, &batch).await?;
         let mut routed = consumer
             .context()
             .routed
@@ -222,106 +219,207 @@ async fn unrouted(
         .collect())
 }
 
+/// Where a router writes besides the entity records' own partitions.
+struct Outputs {
+    checkpoint_partitions: i32,
+    /// Every entity partition: each gets a progress marker per transaction.
+    entity_partitions: Vec<(String, i32)>,
+}
+
+/// The tag of the input record `message` of `pipeline`'s input topics (see
+/// [`crate::online::cut`]); 0 (untagged: always seen) where the numbers do not fit a
+/// tag (more than 63 input topics, 16,384 partitions or 2^44 records).
+fn tag_of(pipeline: &Pipeline, message: &OwnedMessage) -> u64 {
+    let topic = pipeline
+        .kafka
+        .topics
+        .iter()
+        .position(|t| t == message.topic());
+    topic
+        .and_then(|topic| cut::lane(topic, message.partition()))
+        .and_then(|lane| cut::tag(lane, message.offset()))
+        .unwrap_or_else(|| {
+            tracing::warn!(topic = message.topic(), partition = message.partition(), offset = message.offset(), "router: record routed untagged (its position does not fit a tag): scorers read it at no cut");
+            0
+        })
+}
+
+/// What admitting a batch decided: the records to route, what each input partition's
+/// checkpoint names, what goes to the dead-letter topic, and how far each lane is.
+struct Admitted<'b> {
+    /// (entity topic, entity id, payload, watermark, tag) per record to route.
+    routed: Vec<(String, String, &'b [u8], String, String)>,
+    /// Per lane, how far this batch routes it: the progress markers'.
+    progress: Lanes,
+    /// Per input partition, the events admitted (id hash, time): its checkpoint's.
+    admissions: BTreeMap<(&'b str, i32), Vec<(u128, i64)>>,
+    /// Records refused (not duplicates): to the dead-letter topic, in the transaction.
+    refused: Vec<(&'b OwnedMessage, Refused)>,
+    admitted: u64,
+    unrouted: u64,
+}
+
+/// Admits `batch` under the engine's writer (no await while it is held): validation,
+/// dedup and lateness, each admitted event to every entity it names.
+fn admit_batch<'b>(
+    pipeline: &Pipeline,
+    engine: &Engine,
+    batch: &'b [OwnedMessage],
+) -> Admitted<'b> {
+    let mut out = Admitted {
+        routed: Vec::new(),
+        progress: Lanes::default(),
+        admissions: BTreeMap::new(),
+        refused: Vec::new(),
+        admitted: 0,
+        unrouted: 0,
+    };
+    let mut writer = engine.writer();
+    let now = now_ms();
+    for message in batch {
+        let tag = tag_of(pipeline, message);
+        out.progress.raise(tag);
+        let payload = message.payload();
+        let raw = match decode::event(payload, pipeline.kafka.format) {
+            Ok(raw) => raw,
+            Err(reason) => {
+                tracing::debug!(%reason, topic = message.topic(), partition = message.partition(), offset = message.offset(), "router: record undecodable");
+                out.unrouted += 1;
+                let refused = Refused {
+                    field: "payload".into(),
+                    reason,
+                    kind: "undecodable",
+                };
+                out.refused.push((message, refused));
+                continue;
+            }
+        };
+        let event = match validate(&pipeline.definitions, &pipeline.limits, &raw, Some(now)) {
+            Ok(event) => event,
+            Err(refusal) => {
+                tracing::debug!(field = %refusal.field, reason = %refusal.reason, "router: event refused");
+                out.unrouted += 1;
+                out.refused.push((message, dead_letter_of(refusal)));
+                continue;
+            }
+        };
+        match writer.admit(&event) {
+            Admission::Apply => {}
+            Admission::Duplicate => {
+                out.unrouted += 1;
+                continue;
+            }
+            Admission::Refused(refusal) => {
+                out.unrouted += 1;
+                out.refused.push((message, dead_letter_of(refusal)));
+                continue;
+            }
+        }
+        writer.record_admission(&event);
+        out.admissions
+            .entry((message.topic(), message.partition()))
+            .or_default()
+            .push((event.id_hash, event.time_ms));
+        out.admitted += 1;
+        let watermark = engine.watermark_ms().to_string();
+        let tag = tag.to_string();
+        for (entity, id) in engine.entities_of(&event) {
+            let topic = pipeline.entity_topic(&pipeline.definitions.entities[entity].name);
+            let payload = payload.unwrap_or_default();
+            out.routed
+                .push((topic, id, payload, watermark.clone(), tag.clone()));
+        }
+    }
+    out
+}
+
+/// Routes `batch` in one transaction: its records, the progress markers, its dead
+/// letters and its checkpoints, with the input offsets. Aborted on any failure.
 async fn transact(
     pipeline: &Pipeline,
     engine: &Engine,
     consumer: &StreamConsumer<RouterContext>,
     producer: &FutureProducer,
-    checkpoint_partitions: i32,
+    outputs: &Outputs,
     batch: &[OwnedMessage],
 ) -> Result<(), ScaleOutError> {
-    let fail = |error: rdkafka::error::KafkaError| ScaleOutError::Transaction(error.to_string());
-    producer.begin_transaction().map_err(fail)?;
-    // Admission first, under the engine's writer (no await while it is held), then
-    // the sends.
-    let mut routed: Vec<(String, String, &[u8], String)> = Vec::new();
-    // Per input partition, the events admitted (id hash, time): its checkpoint's.
-    let mut admissions: BTreeMap<(&str, i32), Vec<(u128, i64)>> = BTreeMap::new();
-    let mut admitted = 0u64;
-    let mut unrouted = 0u64;
-    // Records refused (not duplicates): to the dead-letter topic, in this transaction.
-    let mut refused: Vec<(&OwnedMessage, Refused)> = Vec::new();
-    {
-        let mut writer = engine.writer();
-        let now = now_ms();
-        for message in batch {
-            let payload = message.payload();
-            let raw = match decode::event(payload, pipeline.kafka.format) {
-                Ok(raw) => raw,
-                Err(reason) => {
-                    tracing::debug!(%reason, topic = message.topic(), partition = message.partition(), offset = message.offset(), "router: record undecodable");
-                    unrouted += 1;
-                    refused.push((
-                        message,
-                        Refused {
-                            field: "payload".into(),
-                            reason,
-                            kind: "undecodable",
-                        },
-                    ));
-                    continue;
-                }
-            };
-            let event = match validate(&pipeline.definitions, &pipeline.limits, &raw, Some(now)) {
-                Ok(event) => event,
-                Err(refusal) => {
-                    tracing::debug!(field = %refusal.field, reason = %refusal.reason, "router: event refused");
-                    unrouted += 1;
-                    refused.push((message, dead_letter_of(refusal)));
-                    continue;
-                }
-            };
-            match writer.admit(&event) {
-                Admission::Apply => {}
-                Admission::Duplicate => {
-                    unrouted += 1;
-                    continue;
-                }
-                Admission::Refused(refusal) => {
-                    unrouted += 1;
-                    refused.push((message, dead_letter_of(refusal)));
-                    continue;
-                }
-            }
-            writer.record_admission(&event);
-            admissions
-                .entry((message.topic(), message.partition()))
-                .or_default()
-                .push((event.id_hash, event.time_ms));
-            admitted += 1;
-            let watermark = engine.watermark_ms().to_string();
-            for (entity, id) in engine.entities_of(&event) {
-                let topic = pipeline.entity_topic(&pipeline.definitions.entities[entity].name);
-                routed.push((topic, id, payload.unwrap_or_default(), watermark.clone()));
-            }
-        }
-    }
+    producer.begin_transaction().map_err(failed)?;
+    let admitted = admit_batch(pipeline, engine, batch);
     pipeline
         .counters
         .unrouted
-        .fetch_add(unrouted, std::sync::atomic::Ordering::Relaxed);
-    let mut deliveries = Vec::with_capacity(routed.len());
-    for (topic, id, payload, watermark) in &routed {
-        let headers = OwnedHeaders::new().insert(Header {
-            key: WATERMARK_HEADER,
-            value: Some(watermark.as_bytes()),
-        });
+        .fetch_add(admitted.unrouted, std::sync::atomic::Ordering::Relaxed);
+    let sent = send_batch(pipeline, producer, outputs, batch, &admitted).await;
+    let committed = match sent {
+        Ok(()) => commit(consumer, producer, batch).await,
+        Err(error) => Err(error),
+    };
+    match committed {
+        Ok(()) => {
+            pipeline
+                .counters
+                .routed
+                .fetch_add(admitted.admitted, std::sync::atomic::Ordering::Relaxed);
+            Ok(())
+        }
+        Err(error) => Err(abort(producer, error).await),
+    }
+}
+
+fn failed(error: rdkafka::error::KafkaError) -> ScaleOutError {
+    ScaleOutError::Transaction(error.to_string())
+}
+
+/// Sends everything the batch writes inside its transaction and waits until the broker
+/// has it all.
+async fn send_batch(
+    pipeline: &Pipeline,
+    producer: &FutureProducer,
+    outputs: &Outputs,
+    batch: &[OwnedMessage],
+    admitted: &Admitted<'_>,
+) -> Result<(), ScaleOutError> {
+    let mut deliveries = Vec::with_capacity(admitted.routed.len());
+    for (topic, id, payload, watermark, tag) in &admitted.routed {
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: WATERMARK_HEADER,
+                value: Some(watermark.as_bytes()),
+            })
+            .insert(Header {
+                key: TAG_HEADER,
+                value: Some(tag.as_bytes()),
+            });
         let record = FutureRecord::to(topic)
             .key(id)
             .payload(*payload)
             .headers(headers);
-        match producer.send_result(record) {
-            Ok(delivery) => deliveries.push(delivery),
-            Err((error, _)) => return Err(abort(producer, fail(error)).await),
+        deliveries.push(producer.send_result(record).map_err(|(e, _)| failed(e))?);
+    }
+    // After every record of the batch in each partition (one producer keeps a
+    // partition's order): each entity partition learns how far each lane is routed,
+    // those this batch sent nothing to included, so a quiet one never holds the cut.
+    if !admitted.progress.is_empty() {
+        let marker = admitted.progress.encode();
+        for (topic, partition) in &outputs.entity_partitions {
+            let headers = OwnedHeaders::new().insert(Header {
+                key: PROGRESS_HEADER,
+                value: Some(marker.as_bytes()),
+            });
+            let record = FutureRecord::<(), [u8]>::to(topic)
+                .partition(*partition)
+                .payload(&[])
+                .headers(headers);
+            deliveries.push(producer.send_result(record).map_err(|(e, _)| failed(e))?);
         }
     }
     // Dead letters in the same transaction: a refused record leaves the input exactly
     // when its dead letter is written.
     let dead_letter_topic = &pipeline.kafka.dead_letter_topic;
-    if !refused.is_empty() && !dead_letter_topic.is_empty() {
-        let failed = dead_letter::send_all(producer, dead_letter_topic, &refused).await;
-        if let Some((_, error)) = failed.into_iter().next() {
-            return Err(abort(producer, fail(error)).await);
+    if !admitted.refused.is_empty() && !dead_letter_topic.is_empty() {
+        let failures = dead_letter::send_all(producer, dead_letter_topic, &admitted.refused).await;
+        if let Some((_, error)) = failures.into_iter().next() {
+            return Err(failed(error));
         }
     }
     // The checkpoints last: on a broker that shows unfinished transactions (the mock),
@@ -335,61 +433,51 @@ async fn transact(
     }
     let checkpoints = pipeline.checkpoint_topic();
     for ((topic, partition), offset) in newest {
-        let admitted = admissions
+        let admissions = admitted
+            .admissions
             .get(&(topic, partition))
             .map_or(&[][..], Vec::as_slice);
-        let checkpoint = admission::Checkpoint::new(topic, partition, offset, admitted);
-        let payload = match serde_json::to_string(&checkpoint) {
-            Ok(payload) => payload,
-            Err(error) => {
-                let error = ScaleOutError::Transaction(error.to_string());
-                return Err(abort(producer, error).await);
-            }
-        };
+        let checkpoint = admission::Checkpoint::new(topic, partition, offset, admissions);
+        let payload = serde_json::to_string(&checkpoint)
+            .map_err(|error| ScaleOutError::Transaction(error.to_string()))?;
         let record = FutureRecord::<str, str>::to(&checkpoints)
-            .partition(resume::output_partition(partition, checkpoint_partitions))
+            .partition(resume::output_partition(
+                partition,
+                outputs.checkpoint_partitions,
+            ))
             .payload(&payload);
-        match producer.send_result(record) {
-            Ok(delivery) => deliveries.push(delivery),
-            Err((error, _)) => return Err(abort(producer, fail(error)).await),
-        }
+        deliveries.push(producer.send_result(record).map_err(|(e, _)| failed(e))?);
     }
     for delivery in deliveries {
-        let delivered = match delivery.await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err((error, _))) => Err(fail(error)),
-            Err(_cancelled) => Err(ScaleOutError::Transaction(
-                "a delivery was cancelled".into(),
-            )),
-        };
-        if let Err(error) = delivered {
-            return Err(abort(producer, error).await);
+        match delivery.await {
+            Ok(Ok(_)) => {}
+            Ok(Err((error, _))) => return Err(failed(error)),
+            Err(_cancelled) => {
+                return Err(ScaleOutError::Transaction(
+                    "a delivery was cancelled".into(),
+                ));
+            }
         }
     }
-    let offsets = next_offsets(batch).map_err(fail)?;
+    Ok(())
+}
+
+/// Commits the transaction with the batch's input offsets.
+async fn commit(
+    consumer: &StreamConsumer<RouterContext>,
+    producer: &FutureProducer,
+    batch: &[OwnedMessage],
+) -> Result<(), ScaleOutError> {
+    let offsets = next_offsets(batch).map_err(failed)?;
     let Some(group) = consumer.group_metadata() else {
-        return Err(abort(
-            producer,
-            ScaleOutError::Transaction("no group metadata yet".into()),
-        )
-        .await);
+        return Err(ScaleOutError::Transaction("no group metadata yet".into()));
     };
     let committing = producer.clone();
-    let committed = blocking(move || {
+    blocking(move || {
         committing.send_offsets_to_transaction(&offsets, &group, KAFKA_TIMEOUT)?;
         committing.commit_transaction(KAFKA_TIMEOUT)
     })
-    .await;
-    match committed {
-        Ok(()) => {
-            pipeline
-                .counters
-                .routed
-                .fetch_add(admitted, std::sync::atomic::Ordering::Relaxed);
-            Ok(())
-        }
-        Err(error) => Err(abort(producer, error).await),
-    }
+    .await
 }
 
 /// A refused event's dead letter: the field and reason of the refusal, and its kind.
