@@ -4,12 +4,12 @@
 //! definition that could not work is refused when the file is loaded, never at ingest.
 
 mod parse;
+pub mod window;
 
 pub use parse::DefinitionsError;
+pub use window::Window;
 
 use serde::{Deserialize, Serialize};
-
-use crate::features::window::Window;
 
 /// The shop domain described in PRODUCT.md, compiled into the binary so `serve` works
 /// with no files around it.

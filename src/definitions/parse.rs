@@ -9,11 +9,11 @@ const MAX_DECLARED_BOUND: f64 = 1e15;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::window::Window;
 use super::{
     Aggregation, Definitions, EntityDef, EntitySlot, EventTypeDef, FeatureDef, FieldSource,
     MAX_RECENT_K, NumberField, StringField, fnv64,
 };
-use crate::features::window::Window;
 use crate::time::parse_duration_ms;
 
 /// Event types are kept in a 64-bit mask per feature.

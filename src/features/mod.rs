@@ -1,5 +1,5 @@
-//! Real-time features: tiled sliding windows ([`window`]), per-entity state, and the
-//! [`Engine`] that applies events and reads values. See `window` for the exact window
+//! Real-time features: per-entity state over tiled sliding windows, and the [`Engine`]
+//! that applies events and reads values. See `definitions::window` for the exact window
 //! semantics and `engine` for lateness, dedup and eviction.
 
 mod dedup;
@@ -12,7 +12,6 @@ mod sketch;
 mod state;
 mod tables;
 pub mod vector;
-pub mod window;
 
 pub use dedup::{DEDUP_SHARDS, Dedup};
 pub use engine::{

@@ -5,7 +5,7 @@
 
 use crate::definitions::{Aggregation, Definitions, EntityTypeId, FieldSource};
 
-use super::window::Window;
+use crate::definitions::Window;
 
 /// One tile series: which event types feed it, where its field is per event type, and
 /// its window.

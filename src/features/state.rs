@@ -11,7 +11,7 @@ use crate::events::Event;
 
 use super::plan::{EntityPlan, Reader};
 use super::sketch::Registers;
-use super::window::Window;
+use crate::definitions::Window;
 
 /// A count of events in one tile of one series.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

@@ -1,5 +1,5 @@
 //! A deliberately simple model of the feature semantics documented in
-//! `src/features/window.rs` and `src/features/engine.rs`: it keeps every accepted event
+//! `src/definitions/window.rs` and `src/features/engine.rs`: it keeps every accepted event
 //! and answers each read with plain loops. No tiles, no sharing, no pruning. A read as of
 //! `t` sees the events stamped at or before `t` and nothing later; it is refused when `t`
 //! is older than `watermark - allowed_lateness`, or older than what the engine keeps

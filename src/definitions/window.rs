@@ -12,7 +12,7 @@
 //!   further back than `t - W`, never less far;
 //! - the new edge is `t` itself: an event stamped after `t` is never seen, even inside
 //!   `t`'s tile. The engine keeps an entity's newest events apart from its tiles until
-//!   no read may be older than they are (see `state::EntityState::recent`), so a read
+//!   no read may be older than they are (see `features::state::EntityState::recent`), so a read
 //!   "as of" a past moment leaves them out exactly.
 //!
 //! A lifetime window is a single tile that every read sees (events after `t` excepted).
