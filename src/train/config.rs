@@ -8,10 +8,11 @@ use std::path::Path;
 use serde::Deserialize;
 
 use super::dataset::{DatasetSpec, Target};
+use super::error::TrainError;
 use super::evaluate::{Metric, metric, metrics_for};
 use super::kernel_svm::KernelSvmParams;
 use super::linear::LinearParams;
-use super::logistic::{LogisticParams, TrainError};
+use super::logistic::LogisticParams;
 use super::pipeline::{FamilyParams, Holdout};
 use super::split::Split;
 use super::svm::SvmParams;

@@ -12,7 +12,7 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
-use super::logistic::TrainError;
+use super::error::TrainError;
 use super::{objective, svm};
 use crate::model::{Family, KernelSvm, Model, dot};
 

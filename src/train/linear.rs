@@ -2,7 +2,7 @@
 //! equations with a Cholesky factorisation: one pass over the rows builds the
 //! (columns+1)^2 system, so a million rows cost one sweep.
 
-use super::logistic::TrainError;
+use super::error::TrainError;
 use crate::model::{Family, LinearWeights, Model, Preprocessing};
 
 #[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize, serde::Serialize)]

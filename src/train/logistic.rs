@@ -4,6 +4,7 @@
 //! same coefficients (tested against linfa) in a fraction of that, and reports whether it
 //! converged. Hyper-parameters are checked before anything is fitted.
 
+use super::error::TrainError;
 use super::weight::PositiveWeight;
 use super::{lbfgs, objective};
 use crate::model::{Family, LinearWeights, Model, sigmoid};
@@ -36,14 +37,6 @@ impl Default for LogisticParams {
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 #[serde(transparent)]
 pub struct CheckedLogisticParams(LogisticParams);
-
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum TrainError {
-    #[error("invalid hyper-parameter {name}: {reason}")]
-    InvalidParam { name: &'static str, reason: String },
-    #[error("cannot train on {0}")]
-    BadData(String),
-}
 
 impl LogisticParams {
     pub fn check(self) -> Result<CheckedLogisticParams, TrainError> {

@@ -4,6 +4,7 @@
 pub mod config;
 pub mod dataset;
 pub mod decisions;
+mod error;
 pub mod evaluate;
 pub mod history;
 pub mod kernel_svm;
@@ -25,3 +26,4 @@ pub mod tree;
 pub mod weight;
 
 pub use dataset::{Dataset, DatasetError, DatasetSpec, Row, Target};
+pub use error::TrainError;

@@ -3,7 +3,7 @@
 
 use std::ops::Range;
 
-use super::logistic::TrainError;
+use super::error::TrainError;
 use super::weight::PositiveWeight;
 use crate::model::Preprocessing;
 

@@ -7,10 +7,11 @@ use std::time::Instant;
 
 use super::dataset::{Dataset, DatasetError, DatasetSpec, Row};
 use super::decisions;
+use super::error::TrainError;
 use super::evaluate::{Metric, calibration, metrics_for};
 use super::kernel_svm::{self, CheckedKernelSvmParams};
 use super::linear::{self, CheckedLinearParams};
-use super::logistic::{self, CheckedLogisticParams, TrainError};
+use super::logistic::{self, CheckedLogisticParams};
 use super::plots;
 use super::report::{CrossValidated, Report, importance};
 use super::split::{self, Split};

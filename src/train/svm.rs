@@ -5,7 +5,7 @@
 //! descent; without liblinear's shrinking it needed a minute for 1M rows. Scores become
 //! probabilities by Platt scaling, a sigmoid fitted to the decision values.
 
-use super::logistic::TrainError;
+use super::error::TrainError;
 use super::weight::PositiveWeight;
 use super::{lbfgs, objective};
 use crate::model::{Family, LinearSvm, Model};

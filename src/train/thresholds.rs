@@ -10,7 +10,7 @@
 //! `review_rate` share of validation rows below block are reviewed (what a review team
 //! can staff for), so the band is never empty by accident of the recall point.
 
-use super::logistic::TrainError;
+use super::error::TrainError;
 use crate::model::decision::Thresholds;
 
 #[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize, serde::Serialize)]

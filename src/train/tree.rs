@@ -9,7 +9,7 @@ use super::weight::PositiveWeight;
 use crate::model::tree::{Node, Tree};
 use crate::model::{Family, Model};
 
-use super::logistic::TrainError;
+use super::error::TrainError;
 
 /// Unchecked hyper-parameters, as written in a training config.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize, serde::Serialize)]

@@ -8,7 +8,7 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::logistic::TrainError;
+use super::error::TrainError;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum PositiveWeight {
