@@ -7,6 +7,8 @@
 
 use std::sync::mpsc;
 
+use crate::config::MAX_CPUS;
+
 type Job = Box<dyn FnOnce() + Send>;
 
 /// The background thread went away (it panicked, or the process is ending).
@@ -94,28 +96,6 @@ pub fn lower_current_thread_priority_to(nice: i32) {
             );
         }
     }
-}
-
-/// CPU numbers an affinity mask can name.
-const MAX_CPUS: usize = 1024;
-
-/// Checks a CPU list for [`pin_current_thread`]: numbers this machine has, no repeats.
-/// Pinning every CPU the process may use is allowed but keeps nothing apart.
-pub fn check_cpus(cpus: &[usize]) -> Result<(), String> {
-    let available = std::thread::available_parallelism().map_or(1, usize::from);
-    if let Some(&cpu) = cpus.iter().find(|&&cpu| cpu >= available.min(MAX_CPUS)) {
-        return Err(format!(
-            "CPU {cpu} does not exist here: this machine has CPUs 0 to {}",
-            available - 1
-        ));
-    }
-    let mut sorted = cpus.to_vec();
-    sorted.sort_unstable();
-    sorted.dedup();
-    if sorted.len() != cpus.len() {
-        return Err("a CPU is listed twice".into());
-    }
-    Ok(())
 }
 
 /// Runs the calling thread on `cpus` only; empty leaves it where it is. Used to keep

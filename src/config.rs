@@ -11,7 +11,6 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
-use crate::log::FsyncPolicy;
 use crate::time::{DAY_MS, HOUR_MS, MINUTE_MS, Millis};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -189,25 +188,6 @@ pub struct ClusterSettings {
     /// (`tls-auth-clients yes`): both or neither.
     pub redis_tls_cert_file: Option<PathBuf>,
     pub redis_tls_key_file: Option<PathBuf>,
-}
-
-#[cfg(feature = "cluster")]
-impl ClusterSettings {
-    /// Where the online store is and how to log in.
-    pub fn redis_access(&self) -> crate::online::RedisAccess {
-        crate::online::RedisAccess {
-            nodes: self.redis.clone(),
-            username: (!self.redis_username.is_empty()).then(|| self.redis_username.clone()),
-            password_file: self.redis_password_file.clone(),
-            tls: self.redis_tls.then(|| crate::online::RedisTls {
-                ca_file: self.redis_tls_ca_file.clone(),
-                client: self
-                    .redis_tls_cert_file
-                    .clone()
-                    .zip(self.redis_tls_key_file.clone()),
-            }),
-        }
-    }
 }
 
 impl Default for ClusterSettings {
@@ -425,7 +405,7 @@ pub struct ModelSettings {
     pub require_signature: bool,
     /// What a newly found version does: `manual` (stays a candidate until promoted) or
     /// `if_better` (promoted when it beat the serving version on the same hold-out).
-    pub promotion: crate::registry::Promotion,
+    pub promotion: Promotion,
     /// Score candidates beside the serving version on live traffic (answers not
     /// returned) and count agreement and score differences per candidate.
     pub shadow: bool,
@@ -433,6 +413,22 @@ pub struct ModelSettings {
     /// [`DEFAULT_SHADOWED`] of each serving model. At most [`MAX_SHADOWED`].
     pub shadow_candidates: Vec<String>,
 }
+
+/// What happens when a new version is loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Promotion {
+    /// It stays a candidate until someone promotes it.
+    #[default]
+    Manual,
+    /// It is promoted when its artifact shows it beat the version serving now on the
+    /// same hold-out (`train` evaluates the serving version on the new hold-out), or
+    /// when nothing of that name serves yet.
+    IfBetter,
+}
+
+/// Largest artifact read by default (`models.max_artifact_bytes`).
+pub const DEFAULT_MAX_ARTIFACT_BYTES: u64 = 64 << 20;
 
 /// Candidates shadowed per serving model when `models.shadow_candidates` is empty.
 pub const DEFAULT_SHADOWED: usize = 2;
@@ -451,10 +447,10 @@ impl Default for ModelSettings {
         ModelSettings {
             dir: PathBuf::from("models"),
             watch_interval: Millis(2_000),
-            max_artifact_bytes: crate::model::artifact::DEFAULT_MAX_ARTIFACT_BYTES,
+            max_artifact_bytes: DEFAULT_MAX_ARTIFACT_BYTES,
             signing_key: None,
             require_signature: false,
-            promotion: crate::registry::Promotion::Manual,
+            promotion: Promotion::Manual,
             shadow: false,
             shadow_candidates: Vec::new(),
         }
@@ -491,6 +487,17 @@ pub struct IngestSettings {
     /// decoder of large batches) run on; empty: any. Set it to keep heavy ingest off
     /// the cores that answer `Score`.
     pub cpus: Vec<usize>,
+}
+
+/// When an append counts as durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncPolicy {
+    /// After the record is written and fsynced (the default: an ack survives power loss).
+    #[default]
+    Always,
+    /// After the record is handed to the OS (survives a process crash, not power loss).
+    Never,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -556,24 +563,6 @@ impl Default for Settings {
             http: HttpSettings::default(),
             limits: LimitSettings::default(),
             insecure: false,
-        }
-    }
-}
-
-impl IngestSettings {
-    /// What the engine needs of these: lateness and the dedup horizon.
-    pub fn engine(&self) -> crate::features::EngineSettings {
-        crate::features::EngineSettings {
-            allowed_lateness_ms: self.allowed_lateness.0,
-            dedup_horizon_ms: self.dedup_horizon.0,
-        }
-    }
-
-    /// What validation needs of these: the clock skew and id length allowed.
-    pub fn limits(&self) -> crate::events::Limits {
-        crate::events::Limits {
-            max_future_skew_ms: self.max_future_skew.0,
-            max_id_bytes: self.max_id_bytes,
         }
     }
 }
@@ -833,7 +822,7 @@ impl Settings {
                 "ingest.max_id_bytes and max_batch_events must be positive, max_message_bytes at least 1024".into(),
             ));
         }
-        crate::background::check_cpus(&ingest.cpus)
+        check_cpus(&ingest.cpus)
             .map_err(|reason| ConfigError::Invalid(format!("ingest.cpus: {reason}")))?;
         if self.models.watch_interval.0 < 10 {
             return Err(ConfigError::Invalid(
@@ -923,6 +912,28 @@ impl Settings {
         }
         Ok(())
     }
+}
+
+/// CPU numbers an affinity mask can name (`CPU_SETSIZE`).
+pub const MAX_CPUS: usize = 1024;
+
+/// Checks `ingest.cpus`: numbers this machine has, no repeats. Listing every CPU the
+/// process may use is allowed but keeps nothing apart.
+fn check_cpus(cpus: &[usize]) -> Result<(), String> {
+    let available = std::thread::available_parallelism().map_or(1, usize::from);
+    if let Some(&cpu) = cpus.iter().find(|&&cpu| cpu >= available.min(MAX_CPUS)) {
+        return Err(format!(
+            "CPU {cpu} does not exist here: this machine has CPUs 0 to {}",
+            available - 1
+        ));
+    }
+    let mut sorted = cpus.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    if sorted.len() != cpus.len() {
+        return Err("a CPU is listed twice".into());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -18,7 +18,9 @@ use crate::api::prometheus::{self, Render};
 use crate::api::v2pb::grpc_inference_service_server::GrpcInferenceServiceServer;
 use crate::api::{Backend, FeaturesService, InferenceService, ModelsService, ScoringService};
 use crate::config::Settings;
-use crate::online::{OnlineScorer, Recording, RedisOnline};
+use crate::events::Limits;
+use crate::features::EngineSettings;
+use crate::online::{OnlineScorer, Recording, RedisAccess, RedisOnline};
 use crate::scaleout::{Pipeline, aggregate, route};
 use crate::server::{
     ServerError, bind, grpc_builder, load_definitions, open_registry, open_samples, without_nagle,
@@ -206,11 +208,11 @@ pub async fn run_scorer(
 ) -> Result<(), ServerError> {
     require_redis(settings)?;
     let definitions = load_definitions(settings)?;
-    let online = RedisOnline::connect_with(&settings.cluster.redis_access())
+    let online = RedisOnline::connect_with(&RedisAccess::from(&settings.cluster))
         .await
         .map_err(|e| ServerError::Setup(e.to_string()))?;
-    let mut scorer = OnlineScorer::new(online, Arc::clone(&definitions), settings.ingest.engine())
-        .with_limits(settings.ingest.limits())
+    let mut scorer = OnlineScorer::new(online, Arc::clone(&definitions), EngineSettings::from(&settings.ingest))
+        .with_limits(Limits::from(&settings.ingest))
         .with_cache(
             settings.cluster.scorer_cache.as_duration(),
             settings.cluster.scorer_cache_entries,

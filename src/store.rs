@@ -15,8 +15,8 @@ use crate::definitions::Definitions;
 use crate::events::{Event, Limits, RawEvent, Refusal, validate};
 use crate::features::recovery::replay_logged;
 use crate::features::{
-    Admission, Counters, DEDUP_SHARDS, Engine, EngineView, EngineWriter, FeatureRead, ReadError,
-    SHARDS,
+    Admission, Counters, DEDUP_SHARDS, Engine, EngineSettings, EngineView, EngineWriter,
+    FeatureRead, ReadError, SHARDS,
 };
 use crate::log::{self, EventLog, LogError};
 use crate::time::now_ms;
@@ -117,8 +117,8 @@ impl FeatureStore {
         let started = Instant::now();
         // Before anything is read: a second writer would interleave its records with ours.
         let lock = crate::datadir::DataDirLock::acquire(&settings.data_dir)?;
-        let engine_settings = settings.ingest.engine();
-        let limits = settings.ingest.limits();
+        let engine_settings = EngineSettings::from(&settings.ingest);
+        let limits = Limits::from(&settings.ingest);
         let snapshots = log::snapshots_dir(&settings.data_dir);
         let stale = log::remove_stale_temporaries(&snapshots)?;
         if stale > 0 {

@@ -645,8 +645,12 @@ fn a_scorer_ranks_candidates_and_recommends_as_the_embedded_server_does() {
     .expect("aliases");
     let registry = Registry::new(Arc::clone(&definitions), models);
     registry.scan().expect("models load");
-    let scorer = OnlineScorer::new(online, Arc::clone(&definitions), settings.ingest.engine())
-        .with_limits(settings.ingest.limits());
+    let scorer = OnlineScorer::new(
+        online,
+        Arc::clone(&definitions),
+        EngineSettings::from(&settings.ingest),
+    )
+    .with_limits(Limits::from(&settings.ingest));
 
     // Users who viewed or carted lately, newest first.
     let mut users: Vec<&str> = Vec::new();

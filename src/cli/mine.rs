@@ -8,6 +8,8 @@ use clap::{Args, Subcommand};
 
 use super::CliResult;
 use crate::definitions::Definitions;
+use crate::events::Limits;
+use crate::features::EngineSettings;
 use crate::mining::config::RulesConfig;
 use crate::mining::mine::{self, MineOutput};
 use crate::time::now_ms;
@@ -163,7 +165,7 @@ fn segments(args: SegmentsArgs) -> CliResult {
         .check(&definitions)
         .map_err(|reason| format!("config {}: {reason}", args.config.display()))?;
     let signing_key = args.output.signing_key()?;
-    let settings = crate::config::Settings::default().ingest.engine();
+    let settings = EngineSettings::from(&crate::config::IngestSettings::default());
     let (rows, events) = over_history(&args.events, |events| {
         Ok(segments::rows(
             std::sync::Arc::clone(&definitions),
@@ -386,8 +388,8 @@ fn evaluate(args: EvaluateArgs) -> CliResult {
     let path = ServedPath {
         registry: &registry,
         definitions: std::sync::Arc::clone(&definitions),
-        engine: settings.ingest.engine(),
-        limits: settings.ingest.limits(),
+        engine: EngineSettings::from(&settings.ingest),
+        limits: Limits::from(&settings.ingest),
         features: crate::scoring::recommend::RecentFeatures::default(),
         rules: rules.reference(),
         model: model.reference(),

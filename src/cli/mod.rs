@@ -14,6 +14,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::api::client;
 use crate::config::Settings;
 use crate::definitions::Definitions;
+use crate::features::EngineSettings;
 use crate::simulate::{SimConfig, Simulator};
 use crate::time::{DAY_MS, now_ms};
 use crate::train::config::TrainConfig;
@@ -636,7 +637,7 @@ fn train(args: TrainArgs) -> CliResult {
             }
             let mut spec = config.spec.clone();
             spec.max_refused_share = args.max_refused_share;
-            let settings = Settings::default().ingest.engine();
+            let settings = EngineSettings::from(&crate::config::IngestSettings::default());
             let bar = crate::train::progress::TrainingBar::new("dataset", scan.events);
             let progress = |done| bar.show(crate::train::pipeline::Progress::Replayed(done));
             let definitions = std::sync::Arc::clone(&definitions);
@@ -985,7 +986,7 @@ async fn skew(args: SkewArgs) -> CliResult {
     let sampled = samples.len();
     let mut check = SkewCheck::new(
         definitions,
-        settings.ingest.engine(),
+        EngineSettings::from(&settings.ingest),
         &registry,
         samples,
         args.events.is_some(),

@@ -4,6 +4,7 @@
 use smallvec::{SmallVec, smallvec};
 use std::borrow::Cow;
 
+use crate::config::IngestSettings;
 use crate::definitions::{Definitions, EventTypeId, fnv128};
 
 use super::{COMPOSITE_SEPARATOR, RawEvent};
@@ -20,6 +21,16 @@ pub struct Limits {
     pub max_future_skew_ms: i64,
     /// Longest event id, entity id or string field, in bytes.
     pub max_id_bytes: usize,
+}
+
+impl From<&IngestSettings> for Limits {
+    /// What validation reads of the ingest settings: the clock skew and id length.
+    fn from(ingest: &IngestSettings) -> Self {
+        Limits {
+            max_future_skew_ms: ingest.max_future_skew.0,
+            max_id_bytes: ingest.max_id_bytes,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

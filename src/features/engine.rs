@@ -28,6 +28,7 @@ use parking_lot::{Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::IngestSettings;
 use crate::definitions::{Aggregation, Definitions, EntityTypeId};
 use crate::events::{COMPOSITE_SEPARATOR, Event, Refusal, RefusalKind};
 
@@ -40,6 +41,16 @@ use super::tables::{EntityTable, SHARDS, ShardedTable};
 pub struct EngineSettings {
     pub allowed_lateness_ms: i64,
     pub dedup_horizon_ms: i64,
+}
+
+impl From<&IngestSettings> for EngineSettings {
+    /// What the engine reads of the ingest settings: lateness and the dedup horizon.
+    fn from(ingest: &IngestSettings) -> Self {
+        EngineSettings {
+            allowed_lateness_ms: ingest.allowed_lateness.0,
+            dedup_horizon_ms: ingest.dedup_horizon.0,
+        }
+    }
 }
 
 /// What the engine decides about an event before it is logged and applied.

@@ -238,11 +238,11 @@ mod tests {
 
     /// The server's defaults (lateness 1 h: the out-of-order events below are within it).
     fn settings() -> EngineSettings {
-        IngestSettings::default().engine()
+        EngineSettings::from(&IngestSettings::default())
     }
 
     fn limits() -> Limits {
-        IngestSettings::default().limits()
+        Limits::from(&IngestSettings::default())
     }
 
     /// A logged history with what replay must get right: events up to 50 minutes out of

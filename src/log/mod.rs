@@ -19,11 +19,12 @@ pub mod repair;
 mod snapshot;
 mod writer;
 
+pub use crate::config::FsyncPolicy;
 pub use acked::read as read_acked_mark;
 pub use damaged::damaged_dir;
 pub use reader::{ReplayStats, TailDamage, replay};
 pub use snapshot::{load_newest_snapshot, remove_stale_temporaries, write_snapshot};
-pub use writer::{EventLog, FsyncPolicy};
+pub use writer::EventLog;
 
 use std::path::{Path, PathBuf};
 

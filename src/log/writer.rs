@@ -18,23 +18,12 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use parking_lot::{Condvar, Mutex};
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::acked::AckedMark;
 use super::{LogError, io_error, record, sync_dir};
+use crate::config::FsyncPolicy;
 use crate::events::RawEvent;
-
-/// When an append counts as durable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FsyncPolicy {
-    /// After the record is written and fsynced (the default: an ack survives power loss).
-    #[default]
-    Always,
-    /// After the record is handed to the OS (survives a process crash, not power loss).
-    Never,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Durable {

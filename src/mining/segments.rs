@@ -479,7 +479,7 @@ mod tests {
         history.extend((0..5).map(|i| view(&format!("a{i}"), "active", start + 60 * DAY_MS + i)));
         let rows = rows(
             Arc::new(Definitions::default_shop()),
-            crate::config::Settings::default().ingest.engine(),
+            EngineSettings::from(&crate::config::IngestSettings::default()),
             history.into_iter(),
             &config(&["user_views_24h", "user_orders_30d"], 0.01),
         )

@@ -130,8 +130,7 @@ struct ArtifactFile {
     body: ArtifactBody,
 }
 
-/// Largest artifact read by default (`models.max_artifact_bytes`).
-pub const DEFAULT_MAX_ARTIFACT_BYTES: u64 = 64 << 20;
+pub use crate::config::DEFAULT_MAX_ARTIFACT_BYTES;
 
 /// Shortest signing key accepted, in bytes (the HMAC-SHA256 block security level).
 pub const MIN_KEY_BYTES: usize = 32;

@@ -14,6 +14,7 @@ use redis::cluster_async::ClusterConnection;
 
 use super::cut::Cut;
 use super::record::{EntityRecord, RecordError, cut_key, entity_key, progress_key, watermark_key};
+use crate::config::ClusterSettings;
 use crate::definitions::{Definitions, EntityTypeId};
 
 /// Writes a record when its sequence number is higher than the stored one. Sequence
@@ -122,6 +123,24 @@ pub struct RedisTls {
     pub ca_file: Option<std::path::PathBuf>,
     /// A client certificate and its key (PEM), for nodes that require one.
     pub client: Option<(std::path::PathBuf, std::path::PathBuf)>,
+}
+
+impl From<&ClusterSettings> for RedisAccess {
+    /// Where the settings say the online store is, and how to log in.
+    fn from(cluster: &ClusterSettings) -> Self {
+        RedisAccess {
+            nodes: cluster.redis.clone(),
+            username: (!cluster.redis_username.is_empty()).then(|| cluster.redis_username.clone()),
+            password_file: cluster.redis_password_file.clone(),
+            tls: cluster.redis_tls.then(|| RedisTls {
+                ca_file: cluster.redis_tls_ca_file.clone(),
+                client: cluster
+                    .redis_tls_cert_file
+                    .clone()
+                    .zip(cluster.redis_tls_key_file.clone()),
+            }),
+        }
+    }
 }
 
 impl RedisAccess {

@@ -32,6 +32,7 @@ use crate::definitions::Definitions;
 use crate::features::vector::{PlanError, VectorPlan};
 use crate::model::artifact::{self, ArtifactBody, ArtifactError, Trust, valid_model_name};
 
+pub use crate::config::Promotion;
 pub use watch::watch;
 
 /// Where `SetAlias` keeps the aliases, in the models directory.
@@ -342,19 +343,6 @@ impl Catalog {
             .map(|name| (name.clone(), self.resolve(name).map(|_| ())))
             .collect()
     }
-}
-
-/// What happens when a new version is loaded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Promotion {
-    /// It stays a candidate until someone promotes it.
-    #[default]
-    Manual,
-    /// It is promoted when its artifact shows it beat the version serving now on the
-    /// same hold-out (`train` evaluates the serving version on the new hold-out), or
-    /// when nothing of that name serves yet.
-    IfBetter,
 }
 
 pub struct Registry {

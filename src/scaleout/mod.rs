@@ -34,7 +34,7 @@ use crate::config::KafkaSettings;
 use crate::definitions::{Definitions, EntityTypeId};
 use crate::events::Limits;
 use crate::features::EngineSettings;
-use crate::online::OnlineError;
+use crate::online::{OnlineError, RedisAccess};
 use crate::prometheus_text::{header, sample, single};
 
 pub use aggregate::{aggregate, aggregate_group};
@@ -66,7 +66,7 @@ pub struct Pipeline {
     /// Entity topics are `<prefix>.<entity type>`.
     pub topic_prefix: String,
     /// The online store (nodes and login).
-    pub redis: crate::online::RedisAccess,
+    pub redis: RedisAccess,
     pub counters: Counters,
 }
 
@@ -98,10 +98,10 @@ impl Pipeline {
         Pipeline {
             kafka: settings.kafka.clone(),
             definitions,
-            engine: settings.ingest.engine(),
-            limits: settings.ingest.limits(),
+            engine: EngineSettings::from(&settings.ingest),
+            limits: Limits::from(&settings.ingest),
             topic_prefix: settings.cluster.topic_prefix.clone(),
-            redis: settings.cluster.redis_access(),
+            redis: RedisAccess::from(&settings.cluster),
             counters: Default::default(),
         }
     }
