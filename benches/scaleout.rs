@@ -165,7 +165,7 @@ fn main() {
         {
             let (settings, mut stopped) = (settings.clone(), stopped.clone());
             tokio::spawn(async move {
-                streamscore::roles::run_scorer(scorer, &settings, async move {
+                streamscore::server::run_scorer(scorer, &settings, async move {
                     let _ = stopped.changed().await;
                 })
                 .await
@@ -177,7 +177,7 @@ fn main() {
             let (mut settings, mut stopped) = (settings.clone(), stopped.clone());
             settings.cluster.scorer_cache = streamscore::time::Millis(1_000);
             tokio::spawn(async move {
-                streamscore::roles::run_scorer(cached, &settings, async move {
+                streamscore::server::run_scorer(cached, &settings, async move {
                     let _ = stopped.changed().await;
                 })
                 .await

@@ -26,8 +26,6 @@ pub mod prometheus_text;
 mod readme_blocks;
 pub mod registry;
 #[cfg(feature = "cluster")]
-pub mod roles;
-#[cfg(feature = "cluster")]
 pub mod scaleout;
 pub mod scoring;
 pub mod server;

@@ -1,0 +1,175 @@
+//! The scorer role (cargo feature `cluster`): answers `Score`, `GetFeatures`, V2 and
+//! recorded calls from the online store with the same gRPC face, checks and errors as
+//! the embedded server; admin calls on the admin listener when there is one.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use super::ServerError;
+use super::doors::{
+    grpc_builder, reflection_services, report_scoring_health, serve_admin, without_nagle,
+};
+use super::open::{
+    bind_admin, load_definitions, open_registry, open_samples, require_redis, serve_metrics,
+};
+use crate::api::auth::{AuthLayer, Callers};
+use crate::api::metrics::Metrics;
+use crate::api::pb::features_server::FeaturesServer;
+use crate::api::pb::models_server::ModelsServer;
+use crate::api::pb::scoring_server::ScoringServer;
+use crate::api::prometheus::Render;
+use crate::api::v2pb::grpc_inference_service_server::GrpcInferenceServiceServer;
+use crate::api::{Backend, FeaturesService, InferenceService, ModelsService, ScoringService};
+use crate::config::Settings;
+use crate::events::Limits;
+use crate::features::EngineSettings;
+use crate::online::{OnlineScorer, Recording, RedisAccess, RedisOnline};
+
+/// How a scorer records (`record` on `Score`): to the first of `kafka.topics` when
+/// `kafka.brokers` names brokers, answers kept for the routers' dedup horizon; `None`
+/// (recorded calls refused, saying why) without them.
+fn recording(settings: &Settings) -> Result<Option<Recording>, ServerError> {
+    let recorder = crate::kafka::produce::EventRecorder::from_settings(&settings.kafka)
+        .map_err(|error| ServerError::Setup(format!("the events topic producer: {error}")))?;
+    Ok(recorder.map(|recorder| {
+        tracing::info!(
+            topic = recorder.topic(),
+            "scorer: recorded calls go to the events topic"
+        );
+        Recording {
+            sink: Arc::new(recorder),
+            answers_kept_ms: u64::try_from(settings.ingest.dedup_horizon.0).unwrap_or(1),
+        }
+    }))
+}
+
+/// Serves `Score` and `GetFeatures` from the online store on `listener` until
+/// `shutdown` resolves.
+pub async fn run_scorer(
+    listener: TcpListener,
+    settings: &Settings,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    require_redis(settings)?;
+    let definitions = load_definitions(settings)?;
+    let online = RedisOnline::connect_with(&RedisAccess::from(&settings.cluster))
+        .await
+        .map_err(|e| ServerError::Setup(e.to_string()))?;
+    let mut scorer = OnlineScorer::new(
+        online,
+        Arc::clone(&definitions),
+        EngineSettings::from(&settings.ingest),
+    )
+    .with_limits(Limits::from(&settings.ingest))
+    .with_cache(
+        settings.cluster.scorer_cache.as_duration(),
+        settings.cluster.scorer_cache_entries,
+    );
+    if let Some(recording) = recording(settings)? {
+        scorer = scorer.with_recording(recording);
+    }
+    let scorer = Arc::new(scorer);
+    let registry = open_registry(settings, definitions).await?;
+    let watcher = tokio::spawn(crate::registry::watch(
+        Arc::clone(&registry),
+        settings.models.watch_interval.as_duration(),
+    ));
+    let (health, health_service) = tonic_health::server::health_reporter();
+    // Scoring is NOT_SERVING until a model is loaded, as on the embedded server.
+    health
+        .set_not_serving::<ScoringServer<ScoringService>>()
+        .await;
+    let scoring_health = tokio::spawn(report_scoring_health(
+        health.clone(),
+        Arc::clone(&registry),
+        settings.models.watch_interval.as_duration(),
+    ));
+    health
+        .set_serving::<FeaturesServer<FeaturesService>>()
+        .await;
+    health.set_serving::<ModelsServer<ModelsService>>().await;
+    health
+        .set_serving::<GrpcInferenceServiceServer<InferenceService>>()
+        .await;
+    let (reflection, reflection_v1alpha) = reflection_services()?;
+    let metrics = Arc::new(Metrics::default());
+    let callers = Callers::from_settings(&settings.auth).map_err(ServerError::Setup)?;
+    let max_message = settings.ingest.max_message_bytes;
+    let (stop_scrapes, scrapes_stopped) = tokio::sync::watch::channel(false);
+    let budget = Arc::new(crate::api::budget::Budget::from_settings(&settings.limits));
+    let (admin_serving, main_auth) = serve_admin(
+        bind_admin(settings).await?,
+        settings,
+        &metrics,
+        AuthLayer::new(callers),
+        &budget,
+        &registry,
+        health_service.clone(),
+        scrapes_stopped.clone(),
+    )?;
+    let scrapes = {
+        let (metrics, scorer, registry) = (
+            Arc::clone(&metrics),
+            Arc::clone(&scorer),
+            Arc::clone(&registry),
+        );
+        let render: Render = Arc::new(move || {
+            let mut text = metrics.render(&[(
+                "streamscore_models_loaded",
+                "model versions in the registry",
+                registry.catalog().models().len() as f64,
+            )]);
+            scorer.read_ages().render(
+                &mut text,
+                "streamscore_scorer_read_age_seconds",
+                "how old the data behind each read was: now - the newest event time written by the aggregators",
+            );
+            text
+        });
+        serve_metrics(settings, render, scrapes_stopped).await?
+    };
+    let addr = listener.local_addr().unwrap_or(settings.listen);
+    // Same words as the embedded server's line, the address last: tools wait for it.
+    tracing::info!(role = "scorer", metrics = %scrapes.addr, addr = %addr, "streamscore listening");
+    let scorer_for_v2 = Arc::clone(&scorer);
+    let backend = Backend::Online(scorer);
+    let served = grpc_builder(settings, &metrics, main_auth, &budget)?
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(reflection_v1alpha)
+        .add_service(
+            ScoringServer::new(
+                ScoringService::on(backend.clone(), Arc::clone(&registry))
+                    .with_samples(open_samples(settings)?)
+                    .with_drift(settings.drift, Arc::clone(&metrics)),
+            )
+            .max_decoding_message_size(max_message),
+        )
+        .add_service(
+            FeaturesServer::new(FeaturesService::on(backend))
+                .max_decoding_message_size(max_message),
+        )
+        .add_service(ModelsServer::new(ModelsService::new(Arc::clone(&registry))))
+        .add_service(
+            GrpcInferenceServiceServer::new(InferenceService::new(
+                Backend::Online(Arc::clone(&scorer_for_v2)),
+                registry,
+                settings.ingest.max_batch_events,
+            ))
+            .max_decoding_message_size(max_message),
+        )
+        .serve_with_incoming_shutdown(without_nagle(listener), shutdown)
+        .await;
+    watcher.abort();
+    scoring_health.abort();
+    if let Some(admin) = admin_serving {
+        admin.abort();
+    }
+    let _ = stop_scrapes.send(true);
+    if let Some(task) = scrapes.task {
+        task.await?;
+    }
+    Ok(served?)
+}
