@@ -12,6 +12,8 @@ pub mod definitions;
 pub mod durable;
 pub mod events;
 pub mod features;
+#[cfg(test)]
+mod house;
 pub mod inference;
 #[cfg(feature = "kafka")]
 pub mod kafka;
