@@ -160,34 +160,15 @@ pub async fn run_with(
     settings: &Settings,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
-    let max_message = settings.ingest.max_message_bytes;
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_not_serving::<ScoringServer<ScoringService>>()
-        .await;
-    health.set_serving::<IngestServer<IngestService>>().await;
-    health
-        .set_serving::<FeaturesServer<FeaturesService>>()
-        .await;
-    health.set_serving::<ModelsServer<ModelsService>>().await;
-    health
-        .set_serving::<GrpcInferenceServiceServer<InferenceService>>()
-        .await;
-    let (reflection, reflection_v1alpha) = reflection_services()?;
-
+    let (health, health_service) = health_at_start().await;
     let registry = open_registry(settings, Arc::clone(store.definitions())).await?;
     if registry.catalog().models().is_empty() {
         tracing::warn!(dir = %settings.models.dir.display(), "no model loaded: Score answers NOT_FOUND until one is");
     }
     log_shadowing(&settings.models, &registry);
-    let scoring_health = tokio::spawn(report_scoring_health(
-        health.clone(),
-        Arc::clone(&registry),
-        settings.models.watch_interval.as_duration(),
-    ));
-    let ingest_health = tokio::spawn(report_ingest_health(health.clone(), Arc::clone(&store)));
+    let mut helpers = spawn_helpers(settings, &health, &store, &registry);
     let (draining, draining_rx) = tokio::sync::watch::channel(false);
-    let mut drain_started = draining_rx.clone();
+    let drain_started = draining_rx.clone();
     // The Kafka parts stop when draining starts, committing what is durable.
     #[cfg(feature = "kafka")]
     let kafka = Arc::new(
@@ -195,16 +176,17 @@ pub async fn run_with(
             .map_err(|e| ServerError::Setup(format!("kafka: {e}")))?,
     );
     #[cfg(feature = "kafka")]
-    let kafka_health = tokio::spawn(report_kafka_health(
-        health.clone(),
-        Arc::clone(&kafka),
-        settings.kafka.clone(),
-    ));
+    helpers.push(
+        tokio::spawn(report_kafka_health(
+            health.clone(),
+            Arc::clone(&kafka),
+            settings.kafka.clone(),
+        ))
+        .abort_handle(),
+    );
     let metrics = Arc::new(Metrics::default());
-    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
-    let metrics_task = listeners.metrics.map(|listener| {
-        tracing::info!(addr = ?listener.local_addr().ok(), "metrics on GET /metrics");
-        tokio::spawn(prometheus::serve(
+    let scrapes = listeners.metrics.map(|listener| {
+        serve_scrapes(
             listener,
             prometheus::Sources {
                 metrics: Arc::clone(&metrics),
@@ -214,47 +196,23 @@ pub async fn run_with(
                     #[cfg(feature = "kafka")]
                     &kafka,
                 ),
-            }
-            .into_render(),
-            async {
-                let _ = metrics_stopped.await;
             },
-        ))
+        )
     });
-    let watcher = tokio::spawn(crate::registry::watch(
-        Arc::clone(&registry),
-        settings.models.watch_interval.as_duration(),
-    ));
-    let maintenance = tokio::spawn(maintain(
-        Arc::clone(&store),
-        settings.snapshot.interval.as_duration(),
-        settings.snapshot.every_events,
-    ));
-    // Shutdown: stop accepting at once; open streams may go on for the drain timeout,
-    // then end with UNAVAILABLE. A connection that still holds the server after that
-    // (and a grace for the last acks) is dropped, so SIGTERM always ends the process.
     let drain_timeout = settings.shutdown.drain_timeout.as_duration();
     let drain = Drain {
         draining: draining_rx,
         timeout: drain_timeout,
     };
-    let shutdown = async move {
-        shutdown.await;
-        tracing::info!(
-            drain_ms = drain_timeout.as_millis() as u64,
-            "draining: no new connections; open streams end at the drain deadline"
-        );
-        let _ = draining.send(true);
-    };
     let callers = Callers::from_settings(&settings.auth).map_err(ServerError::Setup)?;
-    let auth = AuthLayer::new(callers);
     let budget = Arc::new(Budget::from_settings(&settings.limits));
-    let give_back = tokio::spawn(crate::api::give_back::after_load(Arc::clone(&budget)));
+    helpers
+        .push(tokio::spawn(crate::api::give_back::after_load(Arc::clone(&budget))).abort_handle());
     let (admin_serving, main_auth) = serve_admin(
         listeners.admin,
         settings,
         &metrics,
-        auth,
+        AuthLayer::new(callers),
         &budget,
         &registry,
         health_service.clone(),
@@ -272,60 +230,23 @@ pub async fn run_with(
         &budget,
         drain_started.clone(),
     )?;
+    let services = Services {
+        store: &store,
+        registry: &registry,
+        metrics: &metrics,
+        budget: &budget,
+        drain,
+    };
+    let routes = services
+        .routes(settings, inference)?
+        .add_service(health_service);
     let serving = grpc_builder(settings, &metrics, main_auth, &budget)?
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(reflection_v1alpha)
-        .add_service(
-            IngestServer::new(
-                IngestService::new(
-                    Arc::clone(&store),
-                    drain,
-                    Arc::clone(&budget),
-                    &settings.ingest.cpus,
-                )
-                .map_err(|error| {
-                    ServerError::Setup(format!("cannot start the ingest decoding thread: {error}"))
-                })?,
-            )
-            .max_decoding_message_size(max_message),
-        )
-        .add_service(
-            FeaturesServer::new(FeaturesService::new(Arc::clone(&store)))
-                .max_decoding_message_size(max_message),
-        )
-        .add_service(
-            ScoringServer::new({
-                let scoring = ScoringService::new(Arc::clone(&store), Arc::clone(&registry))
-                    .with_samples(open_samples(settings)?)
-                    .with_drift(settings.drift, Arc::clone(&metrics));
-                if settings.models.shadow {
-                    scoring.with_shadow(
-                        Arc::clone(&metrics),
-                        settings.models.shadow_candidates.clone(),
-                    )
-                } else {
-                    scoring
-                }
-            })
-            .max_decoding_message_size(max_message),
-        )
-        .add_service(ModelsServer::new(ModelsService::new(Arc::clone(&registry))))
-        .add_service(
-            GrpcInferenceServiceServer::from_arc(inference).max_decoding_message_size(max_message),
-        )
-        .serve_with_incoming_shutdown(without_nagle(listeners.grpc), shutdown);
-    let backstop = async {
-        let _ = drain_started.wait_for(|draining| *draining).await;
-        tokio::time::sleep(drain_timeout + DRAIN_GRACE).await;
-    };
-    let result = tokio::select! {
-        result = serving => result,
-        () = backstop => {
-            tracing::warn!("connections still open after the drain deadline: dropping them");
-            Ok(())
-        }
-    };
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(
+            without_nagle(listeners.grpc),
+            drain_on(shutdown, draining, drain_timeout),
+        );
+    let result = until_drained(serving, drain_started, drain_timeout).await;
     if let Some(admin) = admin_serving {
         admin.abort();
     }
@@ -334,21 +255,186 @@ pub async fn run_with(
     }
     #[cfg(feature = "kafka")]
     kafka.join().await;
-    maintenance.abort();
-    give_back.abort();
-    watcher.abort();
-    scoring_health.abort();
-    ingest_health.abort();
-    #[cfg(feature = "kafka")]
-    kafka_health.abort();
-    let _ = stop_metrics.send(());
-    if let Some(task) = metrics_task {
+    drop(helpers);
+    if let Some((stop, task)) = scrapes {
+        let _ = stop.send(());
         let _ = task.await;
     }
     tracing::info!("server stopped accepting; flushing the log and writing a final snapshot");
     tokio::task::spawn_blocking(move || store.close()).await??;
     result?;
     Ok(())
+}
+
+/// The tasks beside the embedded server: the health of `Scoring` and `Ingest`, the
+/// models directory's watcher, snapshots and eviction.
+fn spawn_helpers(
+    settings: &Settings,
+    health: &tonic_health::server::HealthReporter,
+    store: &Arc<FeatureStore>,
+    registry: &Arc<Registry>,
+) -> Helpers {
+    let every = settings.models.watch_interval.as_duration();
+    Helpers(vec![
+        tokio::spawn(report_scoring_health(
+            health.clone(),
+            Arc::clone(registry),
+            every,
+        ))
+        .abort_handle(),
+        tokio::spawn(report_ingest_health(health.clone(), Arc::clone(store))).abort_handle(),
+        tokio::spawn(crate::registry::watch(Arc::clone(registry), every)).abort_handle(),
+        tokio::spawn(maintain(
+            Arc::clone(store),
+            settings.snapshot.interval.as_duration(),
+            settings.snapshot.every_events,
+        ))
+        .abort_handle(),
+    ])
+}
+
+/// Tasks that end with the server: aborted when dropped, on an early error too.
+struct Helpers(Vec<tokio::task::AbortHandle>);
+
+impl Helpers {
+    fn push(&mut self, task: tokio::task::AbortHandle) {
+        self.0.push(task);
+    }
+}
+
+impl Drop for Helpers {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// The health service as the embedded server starts: everything SERVING but `Scoring`,
+/// which waits for a model (see [`report_scoring_health`]).
+async fn health_at_start() -> (
+    tonic_health::server::HealthReporter,
+    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+) {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_not_serving::<ScoringServer<ScoringService>>()
+        .await;
+    health.set_serving::<IngestServer<IngestService>>().await;
+    health
+        .set_serving::<FeaturesServer<FeaturesService>>()
+        .await;
+    health.set_serving::<ModelsServer<ModelsService>>().await;
+    health
+        .set_serving::<GrpcInferenceServiceServer<InferenceService>>()
+        .await;
+    (health, health_service)
+}
+
+/// Serves Prometheus scrapes on `listener` until the returned sender is used.
+fn serve_scrapes(
+    listener: TcpListener,
+    sources: prometheus::Sources,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    tracing::info!(addr = ?listener.local_addr().ok(), "metrics on GET /metrics");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(prometheus::serve(listener, sources.into_render(), async {
+        let _ = stopped.await;
+    }));
+    (stop, task)
+}
+
+/// Shutdown: stop accepting at once; open streams may go on for the drain timeout,
+/// then end with UNAVAILABLE (see [`until_drained`] for connections that stay).
+async fn drain_on(
+    shutdown: impl Future<Output = ()>,
+    draining: tokio::sync::watch::Sender<bool>,
+    drain_timeout: Duration,
+) {
+    shutdown.await;
+    tracing::info!(
+        drain_ms = drain_timeout.as_millis() as u64,
+        "draining: no new connections; open streams end at the drain deadline"
+    );
+    let _ = draining.send(true);
+}
+
+/// Waits for `serving` to end. A connection that still holds the server after the
+/// drain deadline (and a grace for the last acks) is dropped, so SIGTERM always ends
+/// the process.
+async fn until_drained(
+    serving: impl Future<Output = Result<(), tonic::transport::Error>>,
+    mut drain_started: tokio::sync::watch::Receiver<bool>,
+    drain_timeout: Duration,
+) -> Result<(), tonic::transport::Error> {
+    let backstop = async {
+        let _ = drain_started.wait_for(|draining| *draining).await;
+        tokio::time::sleep(drain_timeout + DRAIN_GRACE).await;
+    };
+    tokio::select! {
+        result = serving => result,
+        () = backstop => {
+            tracing::warn!("connections still open after the drain deadline: dropping them");
+            Ok(())
+        }
+    }
+}
+
+/// What the embedded server's gRPC services are made of.
+struct Services<'a> {
+    store: &'a Arc<FeatureStore>,
+    registry: &'a Arc<Registry>,
+    metrics: &'a Arc<Metrics>,
+    budget: &'a Arc<Budget>,
+    drain: Drain,
+}
+
+impl Services<'_> {
+    /// Reflection, Ingest, Features, Scoring, Models and V2, each with the message limit.
+    fn routes(
+        self,
+        settings: &Settings,
+        inference: Arc<InferenceService>,
+    ) -> Result<tonic::service::Routes, ServerError> {
+        let max_message = settings.ingest.max_message_bytes;
+        let (reflection, reflection_v1alpha) = reflection_services()?;
+        let ingest = IngestService::new(
+            Arc::clone(self.store),
+            self.drain,
+            Arc::clone(self.budget),
+            &settings.ingest.cpus,
+        )
+        .map_err(|error| {
+            ServerError::Setup(format!("cannot start the ingest decoding thread: {error}"))
+        })?;
+        let mut scoring = ScoringService::new(Arc::clone(self.store), Arc::clone(self.registry))
+            .with_samples(open_samples(settings)?)
+            .with_drift(settings.drift, Arc::clone(self.metrics));
+        if settings.models.shadow {
+            scoring = scoring.with_shadow(
+                Arc::clone(self.metrics),
+                settings.models.shadow_candidates.clone(),
+            );
+        }
+        Ok(tonic::service::Routes::new(reflection)
+            .add_service(reflection_v1alpha)
+            .add_service(IngestServer::new(ingest).max_decoding_message_size(max_message))
+            .add_service(
+                FeaturesServer::new(FeaturesService::new(Arc::clone(self.store)))
+                    .max_decoding_message_size(max_message),
+            )
+            .add_service(ScoringServer::new(scoring).max_decoding_message_size(max_message))
+            .add_service(ModelsServer::new(ModelsService::new(Arc::clone(
+                self.registry,
+            ))))
+            .add_service(
+                GrpcInferenceServiceServer::from_arc(inference)
+                    .max_decoding_message_size(max_message),
+            ))
+    }
 }
 
 /// Aborts its task when dropped (a task's helper dies with it).
