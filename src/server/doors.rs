@@ -15,9 +15,13 @@ use crate::api::auth::{AuthLayer, Callers};
 use crate::api::budget::{Budget, BudgetLayer};
 use crate::api::limits::SizeRefusalLayer;
 use crate::api::metrics::{Metrics, MetricsLayer};
+use crate::api::pb::features_server::FeaturesServer;
 use crate::api::pb::models_server::ModelsServer;
 use crate::api::pb::scoring_server::ScoringServer;
-use crate::api::{FILE_DESCRIPTOR_SET, InferenceService, ModelsService, ScoringService};
+use crate::api::v2pb::grpc_inference_service_server::GrpcInferenceServiceServer;
+use crate::api::{
+    FILE_DESCRIPTOR_SET, FeaturesService, InferenceService, ModelsService, ScoringService,
+};
 use crate::config::{Settings, TlsSettings};
 use crate::registry::{Registry, RegistryError};
 
@@ -257,4 +261,24 @@ pub(super) async fn report_scoring_health(
             serving = Some(now);
         }
     }
+}
+
+/// The health service as a role starts: `Scoring` NOT_SERVING until a model is loaded
+/// (see [`report_scoring_health`]), `Features`, `Models` and V2 SERVING.
+pub(super) async fn health_at_start() -> (
+    tonic_health::server::HealthReporter,
+    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+) {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_not_serving::<ScoringServer<ScoringService>>()
+        .await;
+    health
+        .set_serving::<FeaturesServer<FeaturesService>>()
+        .await;
+    health.set_serving::<ModelsServer<ModelsService>>().await;
+    health
+        .set_serving::<GrpcInferenceServiceServer<InferenceService>>()
+        .await;
+    (health, health_service)
 }

@@ -12,8 +12,8 @@ use tokio::net::TcpListener;
 
 use super::ServerError;
 use super::doors::{
-    grpc_builder, reflection_services, report_scoring_health, serve_admin, serve_rest,
-    without_nagle,
+    grpc_builder, health_at_start, reflection_services, report_scoring_health, serve_admin,
+    serve_rest, without_nagle,
 };
 use super::open::{bind, bind_admin, load_definitions, open_registry, open_samples};
 use crate::api::auth::{AuthLayer, Callers};
@@ -161,6 +161,7 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
     let (health, health_service) = health_at_start().await;
+    health.set_serving::<IngestServer<IngestService>>().await;
     let registry = open_registry(settings, Arc::clone(store.definitions())).await?;
     if registry.catalog().models().is_empty() {
         tracing::warn!(dir = %settings.models.dir.display(), "no model loaded: Score answers NOT_FOUND until one is");
@@ -308,27 +309,6 @@ impl Drop for Helpers {
             task.abort();
         }
     }
-}
-
-/// The health service as the embedded server starts: everything SERVING but `Scoring`,
-/// which waits for a model (see [`report_scoring_health`]).
-async fn health_at_start() -> (
-    tonic_health::server::HealthReporter,
-    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
-) {
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_not_serving::<ScoringServer<ScoringService>>()
-        .await;
-    health.set_serving::<IngestServer<IngestService>>().await;
-    health
-        .set_serving::<FeaturesServer<FeaturesService>>()
-        .await;
-    health.set_serving::<ModelsServer<ModelsService>>().await;
-    health
-        .set_serving::<GrpcInferenceServiceServer<InferenceService>>()
-        .await;
-    (health, health_service)
 }
 
 /// Serves Prometheus scrapes on `listener` until the returned sender is used.

@@ -9,7 +9,8 @@ use tokio::net::TcpListener;
 
 use super::ServerError;
 use super::doors::{
-    grpc_builder, reflection_services, report_scoring_health, serve_admin, without_nagle,
+    grpc_builder, health_at_start, reflection_services, report_scoring_health, serve_admin,
+    without_nagle,
 };
 use super::open::{
     bind_admin, load_definitions, open_registry, open_samples, require_redis, serve_metrics,
@@ -76,23 +77,12 @@ pub async fn run_scorer(
         Arc::clone(&registry),
         settings.models.watch_interval.as_duration(),
     ));
-    let (health, health_service) = tonic_health::server::health_reporter();
-    // Scoring is NOT_SERVING until a model is loaded, as on the embedded server.
-    health
-        .set_not_serving::<ScoringServer<ScoringService>>()
-        .await;
+    let (health, health_service) = health_at_start().await;
     let scoring_health = tokio::spawn(report_scoring_health(
         health.clone(),
         Arc::clone(&registry),
         settings.models.watch_interval.as_duration(),
     ));
-    health
-        .set_serving::<FeaturesServer<FeaturesService>>()
-        .await;
-    health.set_serving::<ModelsServer<ModelsService>>().await;
-    health
-        .set_serving::<GrpcInferenceServiceServer<InferenceService>>()
-        .await;
     let (reflection, reflection_v1alpha) = reflection_services()?;
     let metrics = Arc::new(Metrics::default());
     let callers = Callers::from_settings(&settings.auth).map_err(ServerError::Setup)?;
