@@ -45,7 +45,7 @@ fn encoded_ingest_server(
         .out_dir(&encoded_dir)
         .build_client(false)
         .codec_path("crate::api::encoded::EncodedCodec")
-        .extern_path(".streamscore.v1", "crate::api::pb")
+        .extern_path(".streamscore.v1", "crate::wire::pb")
         .extern_path(
             ".streamscore.v1.IngestRequest",
             "crate::api::encoded::EncodedIngest",

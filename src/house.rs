@@ -26,6 +26,9 @@ const LAYERS: &[(&str, u8)] = &[
     ("background", 2),
     ("events", 2),
     ("simulate", 3),
+    // The generated wire types every door shares (the only module below the doors
+    // that knows tonic and prost).
+    ("wire", 3),
     ("features", 3),
     ("log", 3),
     ("model", 4),

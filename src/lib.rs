@@ -36,3 +36,4 @@ pub mod store;
 pub mod suggest;
 pub mod time;
 pub mod train;
+pub mod wire;

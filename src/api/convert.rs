@@ -1,35 +1,9 @@
 //! Conversions between protobuf messages and domain types.
 
 use super::pb;
-use crate::events::{RawEvent, RefusalKind};
+use crate::events::RefusalKind;
 use crate::model::decision::Decision;
 use crate::store::{BatchOutcome, NamedFeatures};
-
-impl From<pb::Event> for RawEvent {
-    fn from(event: pb::Event) -> Self {
-        RawEvent {
-            event_id: event.event_id,
-            event_type: event.event_type,
-            event_time_ms: event.event_time_ms,
-            entities: event.entities,
-            numbers: event.numbers,
-            strings: event.strings,
-        }
-    }
-}
-
-impl From<RawEvent> for pb::Event {
-    fn from(event: RawEvent) -> Self {
-        pb::Event {
-            event_id: event.event_id,
-            event_type: event.event_type,
-            event_time_ms: event.event_time_ms,
-            entities: event.entities,
-            numbers: event.numbers,
-            strings: event.strings,
-        }
-    }
-}
 
 pub(super) fn ack(batch_id: u64, outcome: BatchOutcome) -> pb::IngestAck {
     pb::IngestAck {

@@ -1,5 +1,5 @@
-//! The gRPC face of streamscore: generated protobuf types, conversions between them and
-//! the domain types, the services, and the one place domain errors become statuses.
+//! The gRPC face of streamscore: conversions between the wire's types (`crate::wire`)
+//! and the domain's, the services, and the one place domain errors become statuses.
 //! Handlers stay thin: convert, call the store, convert back.
 
 pub mod auth;
@@ -39,18 +39,4 @@ pub use models::ModelsService;
 pub use scoring::ScoringService;
 pub use v2::InferenceService;
 
-/// Generated from `proto/streamscore.proto`.
-pub mod pb {
-    #![allow(clippy::all, clippy::pedantic)]
-    tonic::include_proto!("streamscore.v1");
-}
-
-/// Generated from `proto/grpc_predict_v2.proto` (the Open Inference Protocol).
-pub mod v2pb {
-    #![allow(clippy::all, clippy::pedantic)]
-    tonic::include_proto!("inference");
-}
-
-/// The descriptor set served by gRPC reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    tonic::include_file_descriptor_set!("streamscore_descriptor");
+pub use crate::wire::{FILE_DESCRIPTOR_SET, pb, v2pb};

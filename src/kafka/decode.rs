@@ -3,9 +3,9 @@
 
 use prost::Message as _;
 
-use crate::api::pb;
 use crate::config::KafkaFormat;
 use crate::events::RawEvent;
+use crate::wire::pb;
 
 /// Decodes `payload`; the error says why in words fit for a dead-letter header.
 pub fn event(payload: Option<&[u8]>, format: KafkaFormat) -> Result<RawEvent, String> {

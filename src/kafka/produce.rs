@@ -6,9 +6,9 @@ use rdkafka::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 
-use crate::api::pb;
 use crate::config::KafkaFormat;
 use crate::events::RawEvent;
+use crate::wire::pb;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProduceError {
