@@ -67,6 +67,18 @@ fn role_name(role: Role) -> &'static str {
     }
 }
 
+/// What an Open Inference Protocol (V2) call needs, by its gRPC method name: liveness
+/// and readiness are probes, open like health (`None`); inference scores; metadata
+/// reads. The REST door names each of its paths by the same method
+/// (`rest::v2_method`), so both doors read this one table.
+pub(crate) fn v2_role(method: &str) -> Option<Role> {
+    match method {
+        "ServerLive" | "ServerReady" => None,
+        "ModelInfer" => Some(Role::Score),
+        _ => Some(Role::Read),
+    }
+}
+
 /// What a gRPC path needs: `None` = open to all.
 fn required_role(path: &str) -> Option<Option<Role>> {
     let (service, method) = path.trim_start_matches('/').split_once('/')?;
@@ -78,11 +90,7 @@ fn required_role(path: &str) -> Option<Option<Role>> {
         ("streamscore.v1.Features", _) => Some(Role::Read),
         ("streamscore.v1.Models", "LoadModel" | "SetAlias" | "RetireModel") => Some(Role::Admin),
         ("streamscore.v1.Models", _) => Some(Role::Read),
-        // The Open Inference Protocol: liveness and readiness are probes, open like
-        // health; inference scores; metadata reads.
-        ("inference.GRPCInferenceService", "ServerLive" | "ServerReady") => return None,
-        ("inference.GRPCInferenceService", "ModelInfer") => Some(Role::Score),
-        ("inference.GRPCInferenceService", _) => Some(Role::Read),
+        ("inference.GRPCInferenceService", method) => return v2_role(method).map(Some),
         // Unknown: no role, but a known caller (the router answers UNIMPLEMENTED).
         _ => None,
     })

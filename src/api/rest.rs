@@ -23,10 +23,9 @@ use axum::routing::{get, post};
 use serde_json::{Value, json};
 
 use super::InferenceService;
-use super::auth::Callers;
+use super::auth::{Callers, v2_role};
 use super::budget::{Budget, BudgetLayer, CallBudget, Refusal};
 pub use super::rest_serve::{Doors, serve};
-use crate::config::Role;
 use crate::inference::{Elements, ParamValue, Parameters, Tensor};
 
 /// The header of the binary tensor extension: how long the JSON part of the body is.
@@ -113,17 +112,28 @@ pub fn router(
         .with_state(door)
 }
 
-/// Health is open; inference needs the score role and metadata the read role, when
-/// callers are configured (bearer tokens; this listener has no TLS).
-async fn authorize(State(door): State<Door>, request: Request, next: Next) -> Response {
-    let path = request.uri().path();
-    let role = if path.starts_with("/v2/health/") {
-        None
+/// The V2 gRPC method a REST path is the JSON form of.
+fn v2_method(path: &str) -> &'static str {
+    if path.starts_with("/v2/health/live") {
+        "ServerLive"
+    } else if path.starts_with("/v2/health/") {
+        "ServerReady"
     } else if path.ends_with("/infer") {
-        Some(Role::Score)
+        "ModelInfer"
+    } else if path.ends_with("/ready") {
+        "ModelReady"
+    } else if path == "/v2" {
+        "ServerMetadata"
     } else {
-        Some(Role::Read)
-    };
+        "ModelMetadata"
+    }
+}
+
+/// Each path needs what its gRPC form needs ([`v2_role`]: health open, inference the
+/// score role, metadata the read role), when callers are configured (bearer tokens;
+/// this listener has no TLS).
+async fn authorize(State(door): State<Door>, request: Request, next: Next) -> Response {
+    let role = v2_role(v2_method(request.uri().path()));
     if let Some(role) = role
         && let Err(status) = door.callers.authorize(&request, role, "call the REST API")
     {
@@ -394,4 +404,28 @@ fn parameters(parameters: Option<&Value>, requested: &[String]) -> Result<Parame
             Some((name.as_str(), value))
         });
     Ok(Parameters::read(values, requested)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Role;
+
+    #[test]
+    fn each_rest_path_needs_what_its_grpc_form_needs() {
+        let paths = [
+            ("/v2/health/live", None),
+            ("/v2/health/ready", None),
+            ("/v2", Some(Role::Read)),
+            ("/v2/models/fraud", Some(Role::Read)),
+            ("/v2/models/fraud/versions/2", Some(Role::Read)),
+            ("/v2/models/fraud/ready", Some(Role::Read)),
+            ("/v2/models/fraud/versions/2/ready", Some(Role::Read)),
+            ("/v2/models/fraud/infer", Some(Role::Score)),
+            ("/v2/models/fraud/versions/2/infer", Some(Role::Score)),
+        ];
+        for (path, role) in paths {
+            assert_eq!(v2_role(v2_method(path)), role, "{path}");
+        }
+    }
 }
