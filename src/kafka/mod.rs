@@ -21,6 +21,7 @@ pub mod resume;
 pub mod scoring;
 pub mod serve;
 pub mod source;
+pub mod transaction;
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;

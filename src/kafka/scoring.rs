@@ -23,10 +23,11 @@ use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{ClientContext, Message, Offset};
 
-use super::batch::{next_offsets, receive};
+use super::batch::receive;
 use serde::Serialize;
 
 use super::resume::{self, ResumeError};
+use super::transaction::{self, TransactionError, blocking, commit_consumed};
 use super::{Health, client_config, consumer_config, lock};
 use crate::config::KafkaSettings;
 use crate::model::decision::decision_name;
@@ -137,6 +138,8 @@ enum StreamError {
     Kafka(#[from] KafkaError),
     #[error("the scoring stream's blocking task failed: {0}")]
     Join(#[from] tokio::task::JoinError),
+    #[error(transparent)]
+    Transaction(#[from] TransactionError),
     #[error("where to resume is unknown: {0}")]
     Resume(#[from] ResumeError),
     #[error("the output topic '{0}' has no partitions (does it exist?)")]
@@ -420,19 +423,7 @@ async fn transact(
             return Err(abort(producer, failure).await);
         }
     }
-    let offsets = next_offsets(batch).map_err(fail)?;
-    let Some(group) = consumer.group_metadata() else {
-        return Err(abort(
-            producer,
-            Failure::Retry("no consumer group metadata yet".into()),
-        )
-        .await);
-    };
-    let committed = blocking(producer, move |p| {
-        p.send_offsets_to_transaction(&offsets, &group, TRANSACTION_TIMEOUT)?;
-        p.commit_transaction(TRANSACTION_TIMEOUT)
-    })
-    .await;
+    let committed = commit_consumed(consumer, producer, batch, TRANSACTION_TIMEOUT).await;
     match committed {
         Ok(()) => {
             let errors = records.iter().filter(|r| r.decision == "error").count() as u64;
@@ -444,8 +435,11 @@ async fn transact(
                 .fetch_add(records.len() as u64 - errors, Relaxed);
             Ok(())
         }
-        Err(StreamError::Kafka(error)) => Err(abort(producer, fail(error)).await),
-        Err(error) => Err(Failure::Fatal(error)),
+        Err(TransactionError::Kafka(error)) => Err(abort(producer, fail(error)).await),
+        Err(error @ TransactionError::NoGroupMetadata) => {
+            Err(abort(producer, Failure::Retry(error.to_string())).await)
+        }
+        Err(error) => Err(Failure::Fatal(error.into())),
     }
 }
 
@@ -464,20 +458,11 @@ async fn abort(producer: &FutureProducer, failure: Failure) -> Failure {
     if let Failure::Fatal(_) = failure {
         return failure;
     }
-    match blocking(producer, |p| p.abort_transaction(TRANSACTION_TIMEOUT)).await {
+    match transaction::abort(producer, TRANSACTION_TIMEOUT).await {
         Ok(()) => failure,
         // An abort that fails leaves the producer unusable: start again.
-        Err(error) => Failure::Fatal(error),
+        Err(error) => Failure::Fatal(error.into()),
     }
-}
-
-/// Runs a blocking transaction call off the async runtime.
-async fn blocking<T: Send + 'static>(
-    producer: &FutureProducer,
-    call: impl FnOnce(&FutureProducer) -> Result<T, KafkaError> + Send + 'static,
-) -> Result<T, StreamError> {
-    let producer = producer.clone();
-    Ok(tokio::task::spawn_blocking(move || call(&producer)).await??)
 }
 
 /// After an abort, the consumer goes back to the batch's first record of each

@@ -211,13 +211,16 @@ pub enum ScaleOutError {
     Panicked,
 }
 
-/// Runs a blocking librdkafka call off the async runtime.
-async fn blocking<T: Send + 'static>(
-    call: impl FnOnce() -> Result<T, rdkafka::error::KafkaError> + Send + 'static,
-) -> Result<T, ScaleOutError> {
-    match tokio::task::spawn_blocking(call).await {
-        Ok(result) => Ok(result?),
-        Err(_) => Err(ScaleOutError::Panicked),
+impl From<crate::kafka::transaction::TransactionError> for ScaleOutError {
+    fn from(error: crate::kafka::transaction::TransactionError) -> Self {
+        use crate::kafka::transaction::TransactionError;
+        match error {
+            TransactionError::Kafka(error) => ScaleOutError::Kafka(error),
+            error @ TransactionError::NoGroupMetadata => {
+                ScaleOutError::Transaction(error.to_string())
+            }
+            TransactionError::Blocking(_) => ScaleOutError::Panicked,
+        }
     }
 }
 

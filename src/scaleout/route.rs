@@ -17,11 +17,12 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use super::{
     KAFKA_TIMEOUT, PROGRESS_HEADER, Pipeline, ScaleOutError, TAG_HEADER, WATERMARK_HEADER,
-    admission, blocking, next_offsets, receive,
+    admission, receive,
 };
 use crate::events::validate;
 use crate::features::{Admission, Engine};
 use crate::kafka::dead_letter::{self, Refused};
+use crate::kafka::transaction;
 use crate::kafka::{client_config, consumer_config, decode, resume};
 use crate::online::cut::{self, Lanes};
 use crate::time::now_ms;
@@ -80,10 +81,7 @@ pub async fn route(
         .set("compression.type", "lz4")
         .set("linger.ms", "5")
         .create()?;
-    {
-        let producer = producer.clone();
-        blocking(move || producer.init_transactions(KAFKA_TIMEOUT)).await?;
-    }
+    transaction::blocking(&producer, |p| p.init_transactions(KAFKA_TIMEOUT)).await?;
     tracing::info!(inputs = ?kafka.topics, outputs = ?topics, %transactional_id, "router started");
     // Admission state: the dedup set and the watermark (no entities are applied here).
     let engine = Engine::new(Arc::clone(&pipeline.definitions), pipeline.engine);
@@ -351,7 +349,7 @@ async fn transact(
         .fetch_add(admitted.unrouted, std::sync::atomic::Ordering::Relaxed);
     let sent = send_batch(pipeline, producer, outputs, batch, &admitted).await;
     let committed = match sent {
-        Ok(()) => commit(consumer, producer, batch).await,
+        Ok(()) => Ok(transaction::commit_consumed(consumer, producer, batch, KAFKA_TIMEOUT).await?),
         Err(error) => Err(error),
     };
     match committed {
@@ -462,24 +460,6 @@ async fn send_batch(
     Ok(())
 }
 
-/// Commits the transaction with the batch's input offsets.
-async fn commit(
-    consumer: &StreamConsumer<RouterContext>,
-    producer: &FutureProducer,
-    batch: &[OwnedMessage],
-) -> Result<(), ScaleOutError> {
-    let offsets = next_offsets(batch).map_err(failed)?;
-    let Some(group) = consumer.group_metadata() else {
-        return Err(ScaleOutError::Transaction("no group metadata yet".into()));
-    };
-    let committing = producer.clone();
-    blocking(move || {
-        committing.send_offsets_to_transaction(&offsets, &group, KAFKA_TIMEOUT)?;
-        committing.commit_transaction(KAFKA_TIMEOUT)
-    })
-    .await
-}
-
 /// A refused event's dead letter: the field and reason of the refusal, and its kind.
 fn dead_letter_of(refusal: crate::events::Refusal) -> Refused {
     Refused {
@@ -494,8 +474,7 @@ fn dead_letter_of(refusal: crate::events::Refusal) -> Refused {
 
 /// Aborts the open transaction and passes `error` on.
 async fn abort(producer: &FutureProducer, error: ScaleOutError) -> ScaleOutError {
-    let aborting = producer.clone();
-    if let Err(abort) = blocking(move || aborting.abort_transaction(KAFKA_TIMEOUT)).await {
+    if let Err(abort) = transaction::abort(producer, KAFKA_TIMEOUT).await {
         tracing::warn!(%abort, "router: abort failed");
     }
     error
