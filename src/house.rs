@@ -18,6 +18,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("durable", 0),
     ("prometheus_text", 0),
     ("answers", 0),
+    ("backoff", 0),
     ("suggest", 0),
     // Settings as plain data, and the definitions they name.
     ("config", 1),

@@ -5,6 +5,7 @@
 pub mod answers;
 pub mod api;
 pub mod background;
+pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod datadir;

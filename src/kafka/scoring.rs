@@ -29,6 +29,7 @@ use serde::Serialize;
 use super::resume::{self, ResumeError};
 use super::transaction::{self, TransactionError, blocking, commit_consumed};
 use super::{Health, client_config, consumer_config, lock};
+use crate::backoff::Backoff;
 use crate::config::KafkaSettings;
 use crate::model::decision::decision_name;
 use crate::registry::Registry;
@@ -180,15 +181,17 @@ pub struct Stream {
 /// Runs the scoring stream until `shutdown`, restarting it (new consumer and producer,
 /// with backoff) after a fatal error such as being fenced.
 pub async fn run(stream: Stream, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-    let mut failures = 0usize;
+    let mut backoff = Backoff::new(&BACKOFF);
     loop {
+        let started = tokio::time::Instant::now();
         let attempt = run_once(&stream, &mut shutdown);
         match attempt.await {
             Ok(()) => break,
             Err(error) => {
                 stream.counters.restarts.fetch_add(1, Relaxed);
-                let wait = BACKOFF[failures.min(BACKOFF.len() - 1)];
-                failures += 1;
+                // A stream that ran well for a while starts the pauses over (they
+                // used to keep growing over restarts days apart).
+                let wait = backoff.failed_after(started.elapsed());
                 tracing::warn!(%error, ?wait, "kafka scoring stream failed; starting again");
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
@@ -242,7 +245,7 @@ async fn run_once(
     blocking(&producer, |p| p.init_transactions(TRANSACTION_TIMEOUT)).await?;
     tracing::info!(input = %scoring.input_topic, output = %scoring.output_topic, model = %scoring.model, transactional_id = %stream.transactional_id, "kafka scoring stream started");
 
-    let mut failures = 0usize;
+    let mut backoff = Backoff::new(&BACKOFF);
     loop {
         let batch = tokio::select! {
             batch = receive(&consumer, scoring.batch_records) => batch,
@@ -258,7 +261,7 @@ async fn run_once(
         }
         match transact(stream, &consumer, &producer, output_partitions, &batch).await {
             Ok(()) => {
-                failures = 0;
+                backoff.succeeded();
                 stream.counters.health.set_waiting(false);
                 let mut decided = lock(&consumer.context().decided);
                 for message in &batch {
@@ -274,8 +277,7 @@ async fn run_once(
                 // Fails closed and says so: nothing is decided while the model cannot
                 // be resolved, and health is NOT_SERVING until it can.
                 stream.counters.health.set_waiting(true);
-                let wait = BACKOFF[failures.min(BACKOFF.len() - 1)];
-                failures += 1;
+                let wait = backoff.failed();
                 tracing::warn!(%why, ?wait, "kafka scoring waits: the model cannot be resolved");
                 rewind(&consumer, &batch).await;
                 tokio::select! {
@@ -285,8 +287,7 @@ async fn run_once(
             }
             Err(Failure::Retry(why)) => {
                 stream.counters.aborts.fetch_add(1, Relaxed);
-                let wait = BACKOFF[failures.min(BACKOFF.len() - 1)];
-                failures += 1;
+                let wait = backoff.failed();
                 tracing::warn!(%why, ?wait, payments = batch.len(), "kafka scoring transaction aborted; scoring them again");
                 rewind(&consumer, &batch).await;
                 tokio::select! {

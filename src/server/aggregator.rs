@@ -8,6 +8,7 @@ use std::time::Duration;
 use super::ServerError;
 use super::open::{load_definitions, require_redis, serve_metrics};
 use crate::api::prometheus::Render;
+use crate::backoff::Backoff;
 use crate::config::Settings;
 use crate::scaleout::{Pipeline, aggregate, route};
 use crate::time::now_ms;
@@ -19,9 +20,6 @@ const BACKOFF: [Duration; 4] = [
     Duration::from_secs(2),
     Duration::from_secs(5),
 ];
-
-/// A run this long resets the pauses before the next start to the first.
-const HEALTHY_RUN: Duration = Duration::from_secs(30);
 
 /// Runs the router and the aggregator until `shutdown` resolves, each started again
 /// after a failure.
@@ -96,7 +94,7 @@ pub async fn run_aggregator(
 
 /// Runs `start()` until it returns `Ok` or `stopped` turns true; after an error, waits
 /// (pauses growing over failures in a row, from the first again after a
-/// [`HEALTHY_RUN`]) and starts it again.
+/// [`crate::backoff::HEALTHY_RUN`]) and starts it again.
 async fn again<F>(
     name: &'static str,
     mut stopped: tokio::sync::watch::Receiver<bool>,
@@ -104,19 +102,13 @@ async fn again<F>(
 ) where
     F: Future<Output = Result<(), crate::scaleout::ScaleOutError>>,
 {
-    let mut failures = 0usize;
+    let mut backoff = Backoff::new(&BACKOFF);
     loop {
         let started = tokio::time::Instant::now();
         match start().await {
             Ok(()) => return,
             Err(error) => {
-                // A run that went well for a while starts the pauses over: a failure a
-                // day later is not the fifth of a streak.
-                if started.elapsed() >= HEALTHY_RUN {
-                    failures = 0;
-                }
-                let wait = BACKOFF[failures.min(BACKOFF.len() - 1)];
-                failures += 1;
+                let wait = backoff.failed_after(started.elapsed());
                 tracing::warn!(part = name, %error, ?wait, "failed; starting again");
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
@@ -130,6 +122,7 @@ async fn again<F>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backoff::HEALTHY_RUN;
 
     /// The pause before each start after the first, as `again` makes them: each run
     /// fails after its `runs` length.
