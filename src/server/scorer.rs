@@ -27,6 +27,7 @@ use crate::config::Settings;
 use crate::events::Limits;
 use crate::features::EngineSettings;
 use crate::online::{OnlineScorer, Recording, RedisAccess, RedisOnline};
+use crate::registry::Registry;
 
 /// How a scorer records (`record` on `Score`): to the first of `kafka.topics` when
 /// `kafka.brokers` names brokers, answers kept for the routers' dedup horizon; `None`
@@ -55,23 +56,7 @@ pub async fn run_scorer(
 ) -> Result<(), ServerError> {
     require_redis(settings)?;
     let definitions = load_definitions(settings)?;
-    let online = RedisOnline::connect_with(&RedisAccess::from(&settings.cluster))
-        .await
-        .map_err(|e| ServerError::Setup(e.to_string()))?;
-    let mut scorer = OnlineScorer::new(
-        online,
-        Arc::clone(&definitions),
-        EngineSettings::from(&settings.ingest),
-    )
-    .with_limits(Limits::from(&settings.ingest))
-    .with_cache(
-        settings.cluster.scorer_cache.as_duration(),
-        settings.cluster.scorer_cache_entries,
-    );
-    if let Some(recording) = recording(settings)? {
-        scorer = scorer.with_recording(recording);
-    }
-    let scorer = Arc::new(scorer);
+    let scorer = connect_scorer(settings, Arc::clone(&definitions)).await?;
     let registry = open_registry(settings, definitions).await?;
     let watcher = tokio::spawn(crate::registry::watch(
         Arc::clone(&registry),
@@ -83,10 +68,8 @@ pub async fn run_scorer(
         Arc::clone(&registry),
         settings.models.watch_interval.as_duration(),
     ));
-    let (reflection, reflection_v1alpha) = reflection_services()?;
     let metrics = Arc::new(Metrics::default());
     let callers = Callers::from_settings(&settings.auth).map_err(ServerError::Setup)?;
-    let max_message = settings.ingest.max_message_bytes;
     let (stop_scrapes, scrapes_stopped) = tokio::sync::watch::channel(false);
     let budget = Arc::new(crate::api::budget::Budget::from_settings(&settings.limits));
     let (admin_serving, main_auth) = serve_admin(
@@ -99,57 +82,14 @@ pub async fn run_scorer(
         health_service.clone(),
         scrapes_stopped.clone(),
     )?;
-    let scrapes = {
-        let (metrics, scorer, registry) = (
-            Arc::clone(&metrics),
-            Arc::clone(&scorer),
-            Arc::clone(&registry),
-        );
-        let render: Render = Arc::new(move || {
-            let mut text = metrics.render(&[(
-                "streamscore_models_loaded",
-                "model versions in the registry",
-                registry.catalog().models().len() as f64,
-            )]);
-            scorer.read_ages().render(
-                &mut text,
-                "streamscore_scorer_read_age_seconds",
-                "how old the data behind each read was: now - the newest event time written by the aggregators",
-            );
-            text
-        });
-        serve_metrics(settings, render, scrapes_stopped).await?
-    };
+    let render = scorer_metrics(&metrics, &scorer, &registry);
+    let scrapes = serve_metrics(settings, render, scrapes_stopped).await?;
     let addr = listener.local_addr().unwrap_or(settings.listen);
     // Same words as the embedded server's line, the address last: tools wait for it.
     tracing::info!(role = "scorer", metrics = %scrapes.addr, addr = %addr, "streamscore listening");
-    let scorer_for_v2 = Arc::clone(&scorer);
-    let backend = Backend::Online(scorer);
+    let routes = scorer_routes(settings, scorer, registry, &metrics)?.add_service(health_service);
     let served = grpc_builder(settings, &metrics, main_auth, &budget)?
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(reflection_v1alpha)
-        .add_service(
-            ScoringServer::new(
-                ScoringService::on(backend.clone(), Arc::clone(&registry))
-                    .with_samples(open_samples(settings)?)
-                    .with_drift(settings.drift, Arc::clone(&metrics)),
-            )
-            .max_decoding_message_size(max_message),
-        )
-        .add_service(
-            FeaturesServer::new(FeaturesService::on(backend))
-                .max_decoding_message_size(max_message),
-        )
-        .add_service(ModelsServer::new(ModelsService::new(Arc::clone(&registry))))
-        .add_service(
-            GrpcInferenceServiceServer::new(InferenceService::new(
-                Backend::Online(Arc::clone(&scorer_for_v2)),
-                registry,
-                settings.ingest.max_batch_events,
-            ))
-            .max_decoding_message_size(max_message),
-        )
+        .add_routes(routes)
         .serve_with_incoming_shutdown(without_nagle(listener), shutdown)
         .await;
     watcher.abort();
@@ -162,4 +102,83 @@ pub async fn run_scorer(
         task.await?;
     }
     Ok(served?)
+}
+
+/// The online scorer the settings describe: the Redis Cluster, the engine's and
+/// validation's settings, the cache, and recording when brokers are named.
+async fn connect_scorer(
+    settings: &Settings,
+    definitions: Arc<crate::definitions::Definitions>,
+) -> Result<Arc<OnlineScorer>, ServerError> {
+    let online = RedisOnline::connect_with(&RedisAccess::from(&settings.cluster))
+        .await
+        .map_err(|e| ServerError::Setup(e.to_string()))?;
+    let mut scorer = OnlineScorer::new(online, definitions, EngineSettings::from(&settings.ingest))
+        .with_limits(Limits::from(&settings.ingest))
+        .with_cache(
+            settings.cluster.scorer_cache.as_duration(),
+            settings.cluster.scorer_cache_entries,
+        );
+    if let Some(recording) = recording(settings)? {
+        scorer = scorer.with_recording(recording);
+    }
+    Ok(Arc::new(scorer))
+}
+
+/// A scorer's metrics: the calls, the models loaded and the age of what it read.
+fn scorer_metrics(
+    metrics: &Arc<Metrics>,
+    scorer: &Arc<OnlineScorer>,
+    registry: &Arc<Registry>,
+) -> Render {
+    let (metrics, scorer, registry) = (
+        Arc::clone(metrics),
+        Arc::clone(scorer),
+        Arc::clone(registry),
+    );
+    Arc::new(move || {
+        let mut text = metrics.render(&[(
+            "streamscore_models_loaded",
+            "model versions in the registry",
+            registry.catalog().models().len() as f64,
+        )]);
+        scorer.read_ages().render(
+            &mut text,
+            "streamscore_scorer_read_age_seconds",
+            "how old the data behind each read was: now - the newest event time written by the aggregators",
+        );
+        text
+    })
+}
+
+/// Reflection, Scoring, Features, Models and V2 on the online store, each with the
+/// message limit.
+fn scorer_routes(
+    settings: &Settings,
+    scorer: Arc<OnlineScorer>,
+    registry: Arc<Registry>,
+    metrics: &Arc<Metrics>,
+) -> Result<tonic::service::Routes, ServerError> {
+    let max_message = settings.ingest.max_message_bytes;
+    let (reflection, reflection_v1alpha) = reflection_services()?;
+    let backend = Backend::Online(scorer);
+    let scoring = ScoringService::on(backend.clone(), Arc::clone(&registry))
+        .with_samples(open_samples(settings)?)
+        .with_drift(settings.drift, Arc::clone(metrics));
+    let inference = InferenceService::new(
+        backend.clone(),
+        Arc::clone(&registry),
+        settings.ingest.max_batch_events,
+    );
+    Ok(tonic::service::Routes::new(reflection)
+        .add_service(reflection_v1alpha)
+        .add_service(ScoringServer::new(scoring).max_decoding_message_size(max_message))
+        .add_service(
+            FeaturesServer::new(FeaturesService::on(backend))
+                .max_decoding_message_size(max_message),
+        )
+        .add_service(ModelsServer::new(ModelsService::new(registry)))
+        .add_service(
+            GrpcInferenceServiceServer::new(inference).max_decoding_message_size(max_message),
+        ))
 }
