@@ -170,21 +170,15 @@ pub async fn run_with(
     let mut helpers = spawn_helpers(settings, &health, &store, &registry);
     let (draining, draining_rx) = tokio::sync::watch::channel(false);
     let drain_started = draining_rx.clone();
-    // The Kafka parts stop when draining starts, committing what is durable.
     #[cfg(feature = "kafka")]
-    let kafka = Arc::new(
-        crate::kafka::serve::start(settings, &store, &registry, &draining_rx)
-            .map_err(|e| ServerError::Setup(format!("kafka: {e}")))?,
-    );
-    #[cfg(feature = "kafka")]
-    helpers.push(
-        tokio::spawn(report_kafka_health(
-            health.clone(),
-            Arc::clone(&kafka),
-            settings.kafka.clone(),
-        ))
-        .abort_handle(),
-    );
+    let kafka = start_kafka(
+        settings,
+        &store,
+        &registry,
+        &draining_rx,
+        &health,
+        &mut helpers,
+    )?;
     let metrics = Arc::new(Metrics::default());
     let scrapes = listeners.metrics.map(|listener| {
         serve_scrapes(
@@ -309,6 +303,32 @@ impl Drop for Helpers {
             task.abort();
         }
     }
+}
+
+/// Starts the Kafka source and scoring stream the settings name, and the task keeping
+/// their health. They stop when draining starts, committing what is durable.
+#[cfg(feature = "kafka")]
+fn start_kafka(
+    settings: &Settings,
+    store: &Arc<FeatureStore>,
+    registry: &Arc<Registry>,
+    draining: &tokio::sync::watch::Receiver<bool>,
+    health: &tonic_health::server::HealthReporter,
+    helpers: &mut Helpers,
+) -> Result<Arc<crate::kafka::serve::Running>, ServerError> {
+    let kafka = Arc::new(
+        crate::kafka::serve::start(settings, store, registry, draining)
+            .map_err(|e| ServerError::Setup(format!("kafka: {e}")))?,
+    );
+    helpers.push(
+        tokio::spawn(report_kafka_health(
+            health.clone(),
+            Arc::clone(&kafka),
+            settings.kafka.clone(),
+        ))
+        .abort_handle(),
+    );
+    Ok(kafka)
 }
 
 /// Serves Prometheus scrapes on `listener` until the returned sender is used.
