@@ -755,6 +755,20 @@ impl Settings {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_kafka()?;
+        self.validate_redis_nodes()?;
+        self.validate_drift()?;
+        self.validate_shadowing()?;
+        self.validate_redis_tls()?;
+        self.validate_ingest()?;
+        self.validate_models()?;
+        self.validate_exposure()?;
+        self.validate_limits()?;
+        self.validate_recovery()?;
+        Ok(())
+    }
+
+    /// Cluster nodes as `host:port`, never with a login in them.
+    fn validate_redis_nodes(&self) -> Result<(), ConfigError> {
         // A node written as a URL with a login would carry the password into every
         // error and log line naming it: refused, without repeating it.
         if let Some(index) = self
@@ -767,6 +781,11 @@ impl Settings {
                 "cluster.redis[{index}]: give a node as host:port; a login goes in cluster.redis_username and cluster.redis_password_file"
             )));
         }
+        Ok(())
+    }
+
+    /// The drift check's window and threshold.
+    fn validate_drift(&self) -> Result<(), ConfigError> {
         if self.drift.every > 0
             && (self.drift.window < 10
                 || !(self.drift.threshold.is_finite() && self.drift.threshold > 0.0))
@@ -776,6 +795,11 @@ impl Settings {
                 self.drift.window, self.drift.threshold
             )));
         }
+        Ok(())
+    }
+
+    /// Which candidates are shadowed, and how many.
+    fn validate_shadowing(&self) -> Result<(), ConfigError> {
         let shadowed = &self.models.shadow_candidates;
         if shadowed.len() > MAX_SHADOWED {
             return Err(ConfigError::Invalid(format!(
@@ -792,6 +816,11 @@ impl Settings {
                 "models.shadow_candidates: '{bad}' is not name@N (e.g. \"fraud@2\")"
             )));
         }
+        Ok(())
+    }
+
+    /// TLS to Redis: its files only with it on, a client certificate with its key.
+    fn validate_redis_tls(&self) -> Result<(), ConfigError> {
         let cluster = &self.cluster;
         let tls_files = [
             &cluster.redis_tls_ca_file,
@@ -800,30 +829,40 @@ impl Settings {
         ];
         if !cluster.redis_tls && tls_files.iter().any(|file| file.is_some()) {
             return Err(ConfigError::Invalid(
-                "cluster.redis_tls_*_file is set but cluster.redis_tls is false: set redis_tls = true to use TLS".into(),
-            ));
+            "cluster.redis_tls_*_file is set but cluster.redis_tls is false: set redis_tls = true to use TLS".into(),
+        ));
         }
         if cluster.redis_tls_cert_file.is_some() != cluster.redis_tls_key_file.is_some() {
             return Err(ConfigError::Invalid(
-                "cluster.redis_tls_cert_file and cluster.redis_tls_key_file go together: give both or neither".into(),
-            ));
+            "cluster.redis_tls_cert_file and cluster.redis_tls_key_file go together: give both or neither".into(),
+        ));
         }
+        Ok(())
+    }
+
+    /// Ingest: dedup outlasts lateness, sizes positive, CPUs this machine has.
+    fn validate_ingest(&self) -> Result<(), ConfigError> {
         let ingest = &self.ingest;
         if ingest.dedup_horizon.0 < ingest.allowed_lateness.0 {
             return Err(ConfigError::Invalid(
-                "ingest.dedup_horizon must be at least ingest.allowed_lateness, or a late duplicate could be applied twice".into(),
-            ));
+            "ingest.dedup_horizon must be at least ingest.allowed_lateness, or a late duplicate could be applied twice".into(),
+        ));
         }
         if ingest.max_id_bytes == 0
             || ingest.max_batch_events == 0
             || ingest.max_message_bytes < 1024
         {
             return Err(ConfigError::Invalid(
-                "ingest.max_id_bytes and max_batch_events must be positive, max_message_bytes at least 1024".into(),
-            ));
+            "ingest.max_id_bytes and max_batch_events must be positive, max_message_bytes at least 1024".into(),
+        ));
         }
         check_cpus(&ingest.cpus)
             .map_err(|reason| ConfigError::Invalid(format!("ingest.cpus: {reason}")))?;
+        Ok(())
+    }
+
+    /// The models directory: its watch, signatures and artifact size.
+    fn validate_models(&self) -> Result<(), ConfigError> {
         if self.models.watch_interval.0 < 10 {
             return Err(ConfigError::Invalid(
                 "models.watch_interval must be at least 10ms".into(),
@@ -839,6 +878,12 @@ impl Settings {
                 "models.max_artifact_bytes must be at least 1024".into(),
             ));
         }
+        Ok(())
+    }
+
+    /// What is exposed: TLS and callers go together, and no listener off loopback without
+    /// them (unless `--insecure`).
+    fn validate_exposure(&self) -> Result<(), ConfigError> {
         if self.tls.cert.is_some() != self.tls.key.is_some() {
             return Err(ConfigError::Invalid(
                 "tls.cert and tls.key go together: set both, or neither".into(),
@@ -851,8 +896,8 @@ impl Settings {
         }
         if !self.auth.certificates.is_empty() && self.tls.client_ca.is_none() {
             return Err(ConfigError::Invalid(
-                "auth.certificates needs tls.client_ca (client certificates are only asked for with it)".into(),
-            ));
+            "auth.certificates needs tls.client_ca (client certificates are only asked for with it)".into(),
+        ));
         }
         let protected = self.tls.enabled() && self.auth.enabled();
         for listen in std::iter::once(self.listen).chain(self.admin.listen) {
@@ -878,6 +923,11 @@ impl Settings {
                 "metrics.listen: refusing to serve metrics on {listen}: the metrics endpoint has no TLS and no callers. Listen on 127.0.0.1 (and let the scraper reach it through a proxy or tunnel), or pass --insecure"
             )));
         }
+        Ok(())
+    }
+
+    /// The in-flight budget and the REST door's bounds.
+    fn validate_limits(&self) -> Result<(), ConfigError> {
         let limits = &self.limits;
         if limits.inflight_calls == 0
             || limits.inflight_bytes < self.ingest.max_message_bytes
@@ -893,9 +943,14 @@ impl Settings {
             || self.http.request_timeout.0 < 100
         {
             return Err(ConfigError::Invalid(
-                "http: max_connections must be positive, header_timeout and request_timeout at least 100ms".into(),
-            ));
+            "http: max_connections must be positive, header_timeout and request_timeout at least 100ms".into(),
+        ));
         }
+        Ok(())
+    }
+
+    /// Replay threads and the snapshot interval.
+    fn validate_recovery(&self) -> Result<(), ConfigError> {
         if self
             .log
             .replay_threads
