@@ -237,6 +237,16 @@ mod tests {
     }
 
     #[test]
+    fn damaged_texts_decode_to_nothing() {
+        for damaged in ["", "7", "x;1:9", "7;1", "7;1:x", "7;-1:9", "7;1:9:9"] {
+            assert_eq!(Cut::decode(damaged), None, "{damaged:?}");
+            assert_eq!(Sealed::decode(damaged), None, "{damaged:?}");
+        }
+        let cut = Cut::decode("7;1:9,2:4").expect("decodes");
+        assert_eq!(Cut::decode(&cut.encode()), Some(cut));
+    }
+
+    #[test]
     fn a_cut_sees_what_every_partition_holds_and_no_further() {
         let (a, b) = (lane(0, 0).unwrap(), lane(0, 1).unwrap());
         let cut = Cut {

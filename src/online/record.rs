@@ -203,6 +203,32 @@ mod tests {
     }
 
     #[test]
+    fn a_damaged_sealed_field_is_refused_by_name() {
+        let bytes = record().encode_state().expect("encodes");
+        for damaged in [
+            &b"12"[..],
+            b"x;1:9",
+            b"1;1:",
+            b"1;a:9",
+            b"1;1:9:9",
+            b"\xff;1:9",
+        ] {
+            let decoded = EntityRecord::decode(
+                "ss:{card:c2}",
+                Some(b"1"),
+                Some(b"7"),
+                Some(&bytes),
+                Some(damaged),
+                7,
+            );
+            assert!(
+                matches!(&decoded, Err(RecordError::Sealed { key }) if key == "ss:{card:c2}"),
+                "{damaged:?}: {decoded:?}"
+            );
+        }
+    }
+
+    #[test]
     fn damaged_or_foreign_records_are_refused_by_name() {
         let bytes = record().encode_state().expect("encodes");
         let decode = |seq: Option<&[u8]>, fp: Option<&[u8]>, state: Option<&[u8]>| {
